@@ -1,0 +1,230 @@
+"""What a measure may ask about one trained model, and the shared intermediates computed once.
+
+A ``Context`` wraps any ``nn.Module`` classifier (logits out) and the inputs a measure declares it needs:
+initial weights, training data, training hyperparameters, the training history. Intermediate quantities
+that several measures use (the layers' weight matrices, training logits and margins, the full-batch loss
+and its Hessian-vector products) are properties computed on first use; helpers private to a measure family
+share results through ``ctx.shared(helper, *args)``, which calls ``helper(ctx, *args)`` once per argument
+tuple. Measures never modify the model: parameters are handled functionally (``ctx.loss(params)``).
+
+    from measures import Context, REGISTRY
+    ctx = Context(model, init_model=init, train=(x, y), hparams={"optimizer.lr": 0.1, "train.batch_size": 32})
+    REGISTRY.get("path_norm")(ctx).value
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+
+class MissingInputError(ValueError):
+    """A measure asked for an input (initial weights, training data, …) the Context was not given."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A parametrised linear or convolutional layer, in forward order."""
+    name: str  # module path, e.g. "net.1"
+    module: nn.Module
+    weight: str  # parameter name of the weight, e.g. "net.1.weight"
+    bias: str | None
+
+
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+class Context:
+    def __init__(self, model: nn.Module, *, init_model: nn.Module | None = None,
+                 train: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 test: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 hparams: Mapping[str, Any] | None = None, history: Sequence[Mapping] | None = None,
+                 seed: int = 0, chunk: int = 8192, extras: Mapping[str, Any] | None = None):
+        """``train``/``test``: (inputs, integer labels). ``hparams``: flat dotted keys such as
+        ``optimizer.lr``, ``train.batch_size``, ``optimizer.weight_decay``. ``history``: per-epoch rows with
+        ``step`` and ``train_loss``. ``extras``: anything else a measure documents it reads (e.g. the
+        mislabeled mask). ``chunk``: samples per forward pass in full-dataset sums."""
+        self.model = copy.deepcopy(model).eval()
+        self.init_model = copy.deepcopy(init_model).eval() if init_model is not None else None
+        self.device = next(self.model.parameters()).device
+        self._train = tuple(t.to(self.device) for t in train) if train is not None else None
+        self._test = tuple(t.to(self.device) for t in test) if test is not None else None
+        self._hparams = dict(hparams or {})
+        self._history = list(history) if history is not None else None
+        self.seed = seed
+        self.chunk = chunk
+        self.extras = dict(extras or {})
+        self._shared: dict[tuple, Any] = {}
+
+    # ----------------------------------------------------------------------------------------- inputs
+    def _need(self, value, what: str):
+        if value is None:
+            raise MissingInputError(f"this measure needs {what}, which the Context was not given")
+        return value
+
+    @property
+    def x_train(self) -> torch.Tensor:
+        return self._need(self._train, "training data (train=(x, y))")[0]
+
+    @property
+    def y_train(self) -> torch.Tensor:
+        return self._need(self._train, "training data (train=(x, y))")[1]
+
+    @property
+    def x_test(self) -> torch.Tensor:
+        return self._need(self._test, "test data (test=(x, y))")[0]
+
+    @property
+    def y_test(self) -> torch.Tensor:
+        return self._need(self._test, "test data (test=(x, y))")[1]
+
+    @property
+    def history(self) -> list[Mapping]:
+        return self._need(self._history, "the training history (history=[...])")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train_logits.shape[1])
+
+    def hp(self, key: str) -> Any:
+        """A training hyperparameter by dotted key, e.g. ``ctx.hp("optimizer.lr")``."""
+        if key not in self._hparams:
+            raise MissingInputError(f"this measure needs the hyperparameter {key!r}; the Context has "
+                                    f"{sorted(self._hparams) or 'none'}")
+        return self._hparams[key]
+
+    def generator(self, tag: str) -> torch.Generator:
+        """A generator seeded by (ctx.seed, tag): each measure's randomness is independent of the others'
+        and of the order they run in."""
+        seed = int.from_bytes(hashlib.sha256(f"{self.seed}/{tag}".encode()).digest()[:8], "little") >> 1
+        return torch.Generator(device="cpu").manual_seed(seed)
+
+    def shared(self, helper: Callable[..., Any], *args) -> Any:
+        """``helper(ctx, *args)``, computed once per (helper, args) for this model."""
+        key = (helper.__module__, helper.__qualname__, *args)
+        if key not in self._shared:
+            self._shared[key] = helper(self, *args)
+        return self._shared[key]
+
+    # ----------------------------------------------------------------------------------------- weights
+    @cached_property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Trained parameters, detached, by name."""
+        return {k: v.detach() for k, v in self.model.named_parameters()}
+
+    @cached_property
+    def init_params(self) -> dict[str, torch.Tensor]:
+        m = self._need(self.init_model, "the initial weights (init_model=...)")
+        return {k: v.detach().to(self.device) for k, v in m.named_parameters()}
+
+    @cached_property
+    def layers(self) -> list[Layer]:
+        """Linear and convolutional layers in module order (the forward order of a Sequential)."""
+        out = []
+        for name, mod in self.model.named_modules():
+            if isinstance(mod, LAYER_TYPES):
+                prefix = f"{name}." if name else ""
+                out.append(Layer(name, mod, prefix + "weight", prefix + "bias" if mod.bias is not None else None))
+        if not out:
+            raise ValueError("the model has no Linear or Conv layers")
+        return out
+
+    @cached_property
+    def weights(self) -> list[torch.Tensor]:
+        """Each layer's weight tensor (conv kernels keep their shape)."""
+        return [self.params[layer.weight] for layer in self.layers]
+
+    @cached_property
+    def init_weights(self) -> list[torch.Tensor]:
+        return [self.init_params[layer.weight] for layer in self.layers]
+
+    @staticmethod
+    def matrix(w: torch.Tensor) -> torch.Tensor:
+        """A weight as a matrix: Linear (out, in) as is, conv (out, in, *k) reshaped to (out, in·k)."""
+        return w.reshape(w.shape[0], -1)
+
+    @cached_property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def flatten(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([params[k].reshape(-1) for k in self.params])
+
+    def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, i = {}, 0
+        for k, p in self.params.items():
+            out[k] = vec[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        return out
+
+    # ----------------------------------------------------------------------------------------- outputs
+    def forward(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of the model (eval mode) with the given parameters (default: the trained ones)."""
+        if params is None:
+            return self.model(x)
+        return functional_call(self.model, dict(params), (x,))
+
+    def logits(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.forward(x[i:i + self.chunk], params) for i in range(0, len(x), self.chunk)])
+
+    @cached_property
+    def train_logits(self) -> torch.Tensor:
+        return self.logits(self.x_train)  # (n, classes)
+
+    @cached_property
+    def margins(self) -> torch.Tensor:
+        """Output margin of each training sample, f_y(x) − max_{j≠y} f_j(x); negative when misclassified."""
+        z = self.train_logits
+        true = z.gather(1, self.y_train[:, None]).squeeze(1)
+        other = z.scatter(1, self.y_train[:, None], float("-inf")).max(1).values
+        return true - other
+
+    @cached_property
+    def train_loss(self) -> float:
+        return F.cross_entropy(self.train_logits, self.y_train).item()
+
+    @cached_property
+    def train_error(self) -> float:
+        return (self.train_logits.argmax(1) != self.y_train).float().mean().item()
+
+    def loss(self, params: Mapping[str, torch.Tensor] | None = None, x: torch.Tensor | None = None,
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over (x, y) (default: the whole training set) as a differentiable scalar."""
+        x = self.x_train if x is None else x
+        y = self.y_train if y is None else y
+        params = self.params if params is None else params
+        total = sum(F.cross_entropy(self.forward(x[i:i + self.chunk], params), y[i:i + self.chunk],
+                                    reduction="sum") for i in range(0, len(x), self.chunk))
+        return total / len(x)
+
+    def error(self, params: Mapping[str, torch.Tensor] | None = None) -> float:
+        """Training error rate with the given parameters."""
+        return (self.logits(self.x_train, params).argmax(1) != self.y_train).float().mean().item()
+
+    # ----------------------------------------------------------------------------------------- curvature
+    def hvp(self, vec: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
+        """Hessian-vector product H·v of the full training loss, with respect to the parameters ``names``
+        (default: all), as flat vectors. Double backward over the whole training set, chunked."""
+        names = list(self.params) if names is None else list(names)
+        base = dict(self.params)
+        sub = [base[k].clone().requires_grad_(True) for k in names]
+        sizes = [p.numel() for p in sub]
+        vs = [v.view_as(p) for v, p in zip(torch.split(vec, sizes), sub)]
+        x, y = self.x_train, self.y_train
+        out = torch.zeros_like(vec)
+        for i in range(0, len(x), self.chunk):
+            params = {**base, **dict(zip(names, sub))}
+            loss = F.cross_entropy(self.forward(x[i:i + self.chunk], params), y[i:i + self.chunk],
+                                   reduction="sum") / len(x)
+            grads = torch.autograd.grad(loss, sub, create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vs))
+            out += torch.cat([h.reshape(-1) for h in torch.autograd.grad(dot, sub)])
+        return out

@@ -1,0 +1,145 @@
+"""The measure registry: one measure = one small typed function with metadata, registered by a decorator.
+
+    @measure("path_norm", needs=("model",), sign=+1, family="norm",
+             reference="Neyshabur et al. 2015; Jiang et al. 2020 eq. (44)")
+    def path_norm(ctx: Context) -> float:
+        '''Σ over input-output paths of the product of squared weights.'''
+        ...
+
+``sign`` is the direction the measure is expected to move with the generalization gap (+1: a larger value
+predicts a larger gap). Registering a name twice is an error, not an overwrite.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from measures.context import Context
+
+NEEDS = ("model", "init_model", "train_data", "hparams", "history", "test_data")
+FAMILIES = ("size", "norm", "spectral", "margin", "sharpness", "pacbayes", "hessian", "optimization",
+            "heavy_tail", "physics", "duality", "plugin")
+
+
+@dataclass(frozen=True)
+class Value:
+    """A measure's number plus optional details (fit quality, counts) kept beside it in the store."""
+    value: float
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    fn: Callable[["Context"], float | Value]
+    needs: frozenset[str]
+    sign: int
+    reference: str
+    family: str
+    description: str
+    version: int = 1
+    oracle: bool = False  # uses test data: an analysis, shown labelled and never ranked
+
+    def __call__(self, ctx: "Context") -> Value:
+        """Run the measure; the result is always a ``Value`` (a bare float is wrapped)."""
+        out = self.fn(ctx)
+        if isinstance(out, Value):
+            return Value(float(out.value), dict(out.details))
+        return Value(float(out))
+
+    @property
+    def source(self) -> str:
+        fn = inspect.unwrap(self.fn)
+        try:
+            return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+        except (OSError, TypeError):
+            return f"{fn.__module__}.{fn.__qualname__}"
+
+
+class DuplicateMeasureError(ValueError):
+    pass
+
+
+class UnknownMeasureError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._measures: dict[str, Measure] = {}
+
+    def add(self, m: Measure) -> Measure:
+        if m.name in self._measures:
+            raise DuplicateMeasureError(
+                f"measure {m.name!r} is already registered (at {self._measures[m.name].source}); "
+                f"the second definition is at {m.source}. Pick another name.")
+        self._measures[m.name] = m
+        return m
+
+    def remove(self, name: str) -> None:
+        self._measures.pop(name)
+
+    def get(self, name: str) -> Measure:
+        try:
+            return self._measures[name]
+        except KeyError:
+            raise UnknownMeasureError(
+                f"unknown measure {name!r}; valid: {', '.join(sorted(self._measures))}") from None
+
+    def select(self, include: str | list[str] = "all", exclude: list[str] = ()) -> list[Measure]:
+        """Measures by name (``"all"`` for every one), in registration order; unknown names are errors."""
+        for name in list(exclude) + ([] if include == "all" else list(include)):
+            self.get(name)
+        chosen = self._measures.values() if include == "all" else [self._measures[n] for n in include]
+        return [m for m in chosen if m.name not in set(exclude)]
+
+    def __iter__(self) -> Iterator[Measure]:
+        return iter(list(self._measures.values()))
+
+    def __len__(self) -> int:
+        return len(self._measures)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._measures
+
+    def names(self) -> list[str]:
+        return list(self._measures)
+
+
+REGISTRY = Registry()
+
+
+def _description(fn: Callable) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, reference: str,
+            family: str, version: int = 1, oracle: bool = False,
+            registry: Registry | None = None) -> Callable:
+    """Register ``fn(ctx) -> float | Value`` as a measure. The first docstring paragraph is its description;
+    the docstring should carry the formula."""
+    bad = sorted(set(needs) - set(NEEDS))
+    if bad:
+        raise ValueError(f"measure {name!r}: unknown needs {bad}; valid: {', '.join(NEEDS)}")
+    if sign not in (1, -1):
+        raise ValueError(f"measure {name!r}: sign must be +1 or -1, got {sign}")
+    if family not in FAMILIES:
+        raise ValueError(f"measure {name!r}: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    if "test_data" in needs and not oracle:
+        raise ValueError(f"measure {name!r} needs test data, so it must be declared oracle=True")
+
+    def register(fn: Callable) -> Callable:
+        (registry or REGISTRY).add(Measure(name, fn, frozenset(needs), sign, reference, family,
+                                           _description(fn), version, oracle))
+        return fn
+
+    return register
+
+
+def is_finite(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value)

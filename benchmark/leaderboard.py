@@ -72,8 +72,6 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
-    table.attrs.update(df.attrs)
-    table.attrs["n_unconverged"] = int((~df["metric.converged"].astype(bool)).sum())
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
 
 

@@ -1,0 +1,525 @@
+"""Tests of benchmark.stats: scipy references, hand-worked cases, invariances, evaluate()."""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from benchmark import stats
+
+GAP = "metric.gap_error"
+MU = "measure.mu"
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------
+def _pairs_df(gap, mu, **hps) -> pd.DataFrame:
+    return pd.DataFrame({**{f"hp.{k}": v for k, v in hps.items()}, GAP: gap, MU: mu})
+
+
+def make_zoo(seed: int = 0, n_seeds: int = 2, unconverged: int = 0) -> pd.DataFrame:
+    """Full grid over 3 axes (3 x 2 x 2) x seeds with a synthetic gap and measures."""
+    rng = np.random.default_rng(seed)
+    grid = list(product([1, 2, 3], [0.01, 0.1], [32, 128], range(n_seeds)))
+    df = pd.DataFrame(grid, columns=["hp.model.depth", "hp.optimizer.lr", "hp.train.batch_size", "hp.seed"])
+    n = len(df)
+    gap = (
+        0.05 * df["hp.model.depth"]
+        - 0.3 * df["hp.optimizer.lr"]
+        + 0.0004 * df["hp.train.batch_size"]
+        + 0.01 * rng.standard_normal(n)
+    ).to_numpy()
+    train_error = 0.01 * rng.random(n)
+    df["metric.gap_error"] = gap
+    df["metric.test_error"] = gap + train_error
+    df["metric.gap_loss"] = 2 * gap
+    df["metric.test_size"] = 10_000
+    converged = np.ones(n, dtype=bool)
+    converged[rng.choice(n, size=unconverged, replace=False)] = False
+    df["metric.converged"] = converged
+    df["measure.perfect"] = np.exp(10 * gap)  # strictly increasing in the gap
+    df["measure.noise"] = rng.standard_normal(n)
+    df["measure.depth"] = df["hp.model.depth"].astype(float)
+    with_nan = gap + 0.02 * rng.standard_normal(n)
+    with_nan[rng.choice(n, size=n // 4, replace=False)] = np.nan
+    df["measure.with_nan"] = with_nan
+    df["measure.all_nan"] = np.nan
+    return df
+
+
+MEASURES = ["measure.perfect", "measure.noise", "measure.depth", "measure.with_nan", "measure.all_nan"]
+AXES = ["hp.model.depth", "hp.optimizer.lr", "hp.train.batch_size"]
+
+
+# ---------------------------------------------------------------------------------------
+# Kendall tau and Spearman against scipy
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_kendall_tau_matches_scipy(seed, ties):
+    rng = np.random.default_rng(seed)
+    n = 37
+    x, y = rng.standard_normal(n), rng.standard_normal(n) + 0.5 * np.arange(n) / n
+    if ties:
+        x, y = np.round(x * 2), np.round(y * 3)  # many ties in both
+    df = pd.DataFrame({MU: x, GAP: y})
+    expected = scipy.stats.kendalltau(x, y, variant="b").statistic
+    assert stats.kendall_tau(df, MU, GAP) == pytest.approx(expected, abs=1e-12)
+
+
+def test_kendall_tau_drops_nans():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal(30), rng.standard_normal(30)
+    x[[1, 5, 7]] = np.nan
+    y[[2, 5]] = np.nan
+    keep = ~(np.isnan(x) | np.isnan(y))
+    expected = scipy.stats.kendalltau(x[keep], y[keep], variant="b").statistic
+    assert stats.kendall_tau(pd.DataFrame({MU: x, GAP: y}), MU, GAP) == pytest.approx(expected, abs=1e-12)
+
+
+def test_kendall_tau_undefined_cases():
+    assert math.isnan(stats.kendall_tau(pd.DataFrame({MU: [1.0], GAP: [2.0]}), MU, GAP))
+    assert math.isnan(stats.kendall_tau(pd.DataFrame({MU: [1.0, 1.0, 1.0], GAP: [1.0, 2.0, 3.0]}), MU, GAP))
+    assert math.isnan(stats.kendall_tau(pd.DataFrame({MU: [1.0, np.nan, 3.0], GAP: [1.0, 2.0, np.nan]}), MU, GAP))
+
+
+def test_kendall_tau_hand_worked_with_tie():
+    # pairs: (0,1) concordant, (0,2) concordant, (1,2) tied in the measure only
+    # tau_b = 2 / sqrt(3 * 2)
+    df = pd.DataFrame({MU: [1.0, 2.0, 2.0], GAP: [1.0, 2.0, 3.0]})
+    assert stats.kendall_tau(df, MU, GAP) == pytest.approx(2 / math.sqrt(6), abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spearman_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    x, y = np.round(rng.standard_normal(40) * 3), rng.standard_normal(40)
+    x[[0, 9]] = np.nan
+    keep = ~np.isnan(x)
+    expected = scipy.stats.spearmanr(x[keep], y[keep]).statistic
+    assert stats.spearman_rho(pd.DataFrame({MU: x, GAP: y}), MU, GAP) == pytest.approx(expected, abs=1e-12)
+    assert math.isnan(stats.spearman_rho(pd.DataFrame({MU: [2.0, 2.0, 2.0], GAP: [1.0, 2.0, 3.0]}), MU, GAP))
+
+
+# ---------------------------------------------------------------------------------------
+# Granulated Kendall
+# ---------------------------------------------------------------------------------------
+def test_psi_hand_worked_2x3_grid():
+    # (a, b):   (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
+    # gap:        1     2     3     4     5     6
+    # measure:    1     3     2     4     6     6
+    # axis a, cells b=0,1,2: pairs (1,4), (2,5)/(3,6), (3,6)/(2,6): all concordant -> tau = 1
+    # axis b, cell a=0: gap 1,2,3 vs mu 1,3,2: C, C, D -> tau = (2 - 1) / 3 = 1/3
+    #         cell a=1: gap 4,5,6 vs mu 4,6,6: C, C, tie in mu -> tau_b = 2 / sqrt(3 * 2)
+    df = _pairs_df([1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 6], a=[0, 0, 0, 1, 1, 1], b=[0, 1, 2, 0, 1, 2])
+    out = stats.granulated_kendall(df, MU, GAP, ["hp.a", "hp.b"])
+    psi_b = (1 / 3 + 2 / math.sqrt(6)) / 2
+    assert out["per_axis"]["hp.a"] == pytest.approx(1.0)
+    assert out["per_axis"]["hp.b"] == pytest.approx(psi_b)
+    assert out["psi"] == pytest.approx((1.0 + psi_b) / 2)
+    assert out["cells"] == {"hp.a": 3, "hp.b": 2}
+
+
+def test_psi_cells_hold_the_seed_fixed():
+    # seed 0: gap 1 -> 2, mu 1 -> 2 (concordant); seed 1: gap 10 -> 20, mu 0 -> 5 (concordant)
+    # across seeds (a0,s1) vs (a1,s0): gap 10 > 2 but mu 0 < 2 would be discordant -> excluded
+    df = _pairs_df([1, 2, 10, 20], [1, 2, 0, 5], a=[0, 1, 0, 1], seed=[0, 0, 1, 1])
+    out = stats.granulated_kendall(df, MU, GAP, ["hp.a"])
+    assert out["psi"] == pytest.approx(1.0)
+    assert out["cells"] == {"hp.a": 2}
+
+
+def test_psi_ignores_pairs_with_the_same_axis_value():
+    # no seed column, two repeats of a=0 in the same cell: the pair of repeats (discordant:
+    # gap 1 < 2, mu 2 > 1) does not differ in a and is not used; the two a0-a1 pairs are
+    # concordant -> tau = 1 (with the repeat pair it would be (2 - 1) / 3)
+    df = _pairs_df([1.0, 2.0, 3.0], [2.0, 1.0, 3.0], a=[0, 0, 1])
+    assert stats.granulated_kendall(df, MU, GAP, ["hp.a"])["psi"] == pytest.approx(1.0)
+
+
+def test_psi_skips_undefined_cells_and_nans():
+    # cell b=1 has a NaN measure -> only one valid model -> tau undefined, skipped
+    df = _pairs_df([1, 2, 3, 4], [1, 2, np.nan, 0], a=[0, 1, 0, 1], b=[0, 0, 1, 1])
+    out = stats.granulated_kendall(df, MU, GAP, ["hp.a"])
+    assert out["psi"] == pytest.approx(1.0)
+    assert out["cells"]["hp.a"] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Conditional mutual information
+# ---------------------------------------------------------------------------------------
+def _binary_entropy(p: float) -> float:
+    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+
+
+def test_cmi_identical_sign_is_one():
+    rng = np.random.default_rng(0)
+    gap = rng.standard_normal(20)
+    df = _pairs_df(gap, gap**3 + 1.0, a=np.arange(20) % 2)
+    out = stats.conditional_mutual_information(df, MU, GAP, ["hp.a"])
+    assert out["cmi"] == pytest.approx(1.0)
+    assert out["set"] == ()  # every set scores 1; the first in enumeration order wins
+
+
+def test_cmi_independent_is_zero():
+    # unordered pairs of gap [0,1,2,3] vs mu [1,3,0,2]: 3 of 6 agree in sign; with both
+    # orientations V_g and V_mu are balanced and p(agree) = 1/2 -> independent -> I = 0
+    df = _pairs_df([0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 0.0, 2.0])
+    out = stats.conditional_mutual_information(df, MU, GAP, [])
+    assert out["cmi"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cmi_hand_worked_in_between():
+    # gap [0,1,2], mu [0,2,1]: pairs (0,1) agree, (0,2) agree, (1,2) disagree.
+    # Given V_mu, V_g is right with prob. 2/3 -> I = H(V_g) - H(V_g|V_mu) = 1 - H_b(1/3); H(V_g) = 1
+    df = _pairs_df([0.0, 1.0, 2.0], [0.0, 2.0, 1.0])
+    out = stats.conditional_mutual_information(df, MU, GAP, [])
+    assert out["cmi"] == pytest.approx(1 - _binary_entropy(1 / 3), abs=1e-12)
+    assert out["per_set"] == {(): pytest.approx(0.0817041659455, abs=1e-10)}
+
+
+def test_cmi_conditioning_on_the_explaining_axis_lowers_the_score():
+    # gap = a + small noise, measure = a. Unconditioned: 16 cross-level pairs agree, 12 same-level
+    # pairs have V_mu = 0 and V_g balanced -> I = 1 - 12/28 = 4/7, H = 1.
+    # Given U = (a_i, a_j): same-level cells have V_mu = 0 (I = 0); cross-level cells have
+    # a deterministic V_g (H = 0) -> score 0.
+    rng = np.random.default_rng(1)
+    a = np.repeat([0, 1], 4)
+    df = _pairs_df(a + 0.1 * rng.random(8), a.astype(float), a=a, seed=np.tile(np.arange(4), 2))
+    out = stats.conditional_mutual_information(df, MU, GAP, ["hp.a"])
+    assert out["per_set"][()] == pytest.approx(4 / 7)
+    assert out["per_set"][("hp.a",)] == pytest.approx(0.0, abs=1e-12)
+    assert out["cmi"] == pytest.approx(0.0, abs=1e-12)
+    assert out["set"] == ("hp.a",)
+
+
+def test_cmi_drops_tied_target_pairs():
+    # gap [0,0,1], mu [1,0,2]: the pair (0,1) has tied gaps and is dropped; the two others
+    # agree -> 1 (keeping it as "-gap" against "+measure" would lower the score)
+    df = _pairs_df([0.0, 0.0, 1.0], [1.0, 0.0, 2.0])
+    assert stats.conditional_mutual_information(df, MU, GAP, [])["cmi"] == pytest.approx(1.0)
+
+
+def _brute_force_cmi(df: pd.DataFrame, measure: str, target: str, subset: tuple) -> float:
+    """Jiang et al.'s I(V_mu; V_g | U_S) / H(V_g | U_S) by counting ordered pairs in dicts."""
+    rows = df.dropna(subset=[measure, target]).to_dict("records")
+    counts: dict = {}
+    for p in rows:
+        for q in rows:
+            if p is q or p[target] == q[target]:
+                continue
+            u = tuple((p[a], q[a]) for a in subset)
+            vg = np.sign(p[target] - q[target])
+            vm = np.sign(p[measure] - q[measure])
+            counts.setdefault(u, {}).setdefault((vg, vm), 0)
+            counts[u][(vg, vm)] += 1
+    total = sum(sum(c.values()) for c in counts.values())
+    mi = h = 0.0
+    for cell in counts.values():
+        n = sum(cell.values())
+        pg, pm = {}, {}
+        for (vg, vm), c in cell.items():
+            pg[vg] = pg.get(vg, 0) + c / n
+            pm[vm] = pm.get(vm, 0) + c / n
+        mi += n / total * sum(c / n * math.log2(c / n / (pg[vg] * pm[vm])) for (vg, vm), c in cell.items())
+        h += n / total * -sum(p * math.log2(p) for p in pg.values())
+    return mi / h
+
+
+@pytest.mark.parametrize("subset", [(), ("hp.a",), ("hp.a", "hp.b")])
+def test_cmi_matches_brute_force_reference(subset):
+    # unbalanced design (cells with different numbers of pairs), ties in both columns, NaNs
+    rng = np.random.default_rng(4)
+    n = 23
+    df = _pairs_df(
+        np.round(rng.random(n) * 6),
+        np.round(rng.standard_normal(n) * 2),
+        a=rng.integers(0, 3, n),
+        b=rng.integers(0, 2, n),
+    )
+    df[GAP] += 0.3 * df["hp.a"]
+    df.loc[[3, 11], MU] = np.nan
+    out = stats.conditional_mutual_information(df, MU, GAP, ["hp.a", "hp.b"])
+    assert out["per_set"][subset] == pytest.approx(_brute_force_cmi(df, MU, GAP, subset), abs=1e-12)
+
+
+def test_cmi_max_set_size_enumerates_subsets():
+    df = make_zoo()
+    out = stats.conditional_mutual_information(df, "measure.noise", GAP, AXES, max_set_size=2)
+    assert len(out["per_set"]) == 1 + 3 + 3
+    out1 = stats.conditional_mutual_information(df, "measure.noise", GAP, AXES, max_set_size=1)
+    assert set(out1["per_set"]) == {(), *((a,) for a in AXES)}
+    assert out["cmi"] <= out1["cmi"] + 1e-15
+
+
+# ---------------------------------------------------------------------------------------
+# Robust sign error
+# ---------------------------------------------------------------------------------------
+def test_hoeffding_weight_behaves():
+    assert stats.hoeffding_weight(0.02, 10_000) == pytest.approx((1 - 2 * math.exp(-2)) ** 2)
+    assert stats.hoeffding_weight(0.02, 10_000) == pytest.approx(0.531921422608486)
+    assert stats.hoeffding_weight(0.001, 10**12) == pytest.approx(1.0)
+    assert stats.hoeffding_weight(0.0, 10**12) == 0.0
+    assert stats.hoeffding_weight(0.01, 100) == 0.0  # 2 exp(-0.005) > 1: no confidence
+    w = stats.hoeffding_weight(np.array([0.01, 0.02, 0.05]), 10_000)
+    assert np.all(np.diff(w) > 0)
+    assert stats.hoeffding_weight(0.02, 20_000) > stats.hoeffding_weight(0.02, 10_000)
+    # unequal test sets: product of the two one-sided terms
+    expected = (1 - 2 * math.exp(-10_000 * 0.02**2 / 2)) * (1 - 2 * math.exp(-5_000 * 0.02**2 / 2))
+    assert stats.hoeffding_weight(0.02, 10_000, 5_000) == pytest.approx(expected)
+
+
+def test_sign_error_hand_worked_grid():
+    # (a,b):   (0,0) (1,0) (0,1) (1,1)
+    # gap:      .1    .3    .2    .4
+    # measure:   1     2     3     2
+    # env a|b=0: gap up, mu up -> 0      env a|b=1: gap up, mu down -> 1
+    # env b|a=0: gap up, mu up -> 0      env b|a=1: gap up, mu tie  -> 1/2
+    df = _pairs_df([0.1, 0.3, 0.2, 0.4], [1.0, 2.0, 3.0, 2.0], a=[0, 1, 0, 1], b=[0, 0, 1, 1])
+    df["metric.test_size"] = 10**12  # weights are 1
+    out = stats.robust_sign_error(df, MU, GAP, ["hp.a", "hp.b"])
+    assert out["n_envs"] == 4
+    assert out["mean"] == pytest.approx(0.375)
+    assert out["p90"] == pytest.approx(0.5 + 0.7 * 0.5)  # sorted [0, 0, .5, 1], position 2.7
+    assert out["max"] == pytest.approx(1.0)
+    assert out["per_axis"]["hp.a"]["mean"] == pytest.approx(0.5)
+    assert out["per_axis"]["hp.b"]["mean"] == pytest.approx(0.25)
+    assert out["per_axis"]["hp.b"]["max"] == pytest.approx(0.5)
+
+
+def _seed_environment(test_size: int) -> pd.DataFrame:
+    # one environment (a=0 vs a=1), two seeds each -> 4 cross pairs:
+    # (a0s0, a1s0): dg = -.20, dmu = -2 -> 0      (a0s0, a1s1): dg = -.05, dmu = +1 -> 1
+    # (a0s1, a1s0): dg = -.10, dmu = -1 -> 0      (a0s1, a1s1): dg = +.05, dmu = +2 -> 0
+    df = _pairs_df([0.10, 0.20, 0.30, 0.15], [1.0, 2.0, 3.0, 0.0], a=[0, 0, 1, 1], seed=[0, 1, 0, 1])
+    df["metric.test_size"] = test_size
+    return df
+
+
+def test_sign_error_seeds_are_repeats_within_an_environment():
+    out = stats.robust_sign_error(_seed_environment(10**12), MU, GAP, ["hp.a"])
+    assert out["n_envs"] == 1
+    assert out["mean"] == pytest.approx(0.25)
+
+
+def test_sign_error_hoeffding_weighted():
+    def w(delta, n=1000):
+        return (1 - 2 * math.exp(-n * delta**2 / 2)) ** 2
+
+    out = stats.robust_sign_error(_seed_environment(1000), MU, GAP, ["hp.a"])
+    expected = w(0.05) / (w(0.20) + w(0.05) + w(0.10) + w(0.05))
+    assert out["mean"] == pytest.approx(expected)
+    assert out["mean"] < 0.25  # the one wrong pair has the smallest, least trusted difference
+
+
+def test_sign_error_zero_weight_environment_is_undefined():
+    df = _seed_environment(10)  # tiny test sets: no pair is trusted
+    out = stats.robust_sign_error(df, MU, GAP, ["hp.a"])
+    assert out["n_envs"] == 0 and math.isnan(out["mean"])
+
+
+# ---------------------------------------------------------------------------------------
+# Invariances over the whole API
+# ---------------------------------------------------------------------------------------
+def _all_stats(df: pd.DataFrame, measure: str) -> dict:
+    psi = stats.granulated_kendall(df, measure, GAP, AXES)
+    cmi = stats.conditional_mutual_information(df, measure, GAP, AXES)
+    se = stats.robust_sign_error(df, measure, GAP, AXES)
+    return {
+        "tau": stats.kendall_tau(df, measure, GAP),
+        "spearman": stats.spearman_rho(df, measure, GAP),
+        "psi": psi["psi"],
+        **{f"psi.{a}": v for a, v in psi["per_axis"].items()},
+        "cmi": cmi["cmi"],
+        "se_mean": se["mean"],
+        "se_max": se["max"],
+        **{f"se.{a}": v["mean"] for a, v in se["per_axis"].items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def zoo() -> pd.DataFrame:
+    df = make_zoo(seed=5, n_seeds=3)
+    df["measure.mu"] = df[GAP] + 0.03 * np.random.default_rng(9).standard_normal(len(df))
+    return df
+
+
+def test_monotone_transform_changes_nothing(zoo):
+    base = _all_stats(zoo, MU)
+    transformed = zoo.assign(**{MU: np.exp(3 * zoo[MU]) + zoo[MU] ** 3})
+    assert _all_stats(transformed, MU) == pytest.approx(base, nan_ok=True)
+
+
+def test_negation_flips_tau_and_psi(zoo):
+    base = _all_stats(zoo, MU)
+    neg = _all_stats(zoo.assign(**{MU: -zoo[MU]}), MU)
+    for key in ["tau", "spearman", "psi"] + [f"psi.{a}" for a in AXES]:
+        assert neg[key] == pytest.approx(-base[key])
+    assert base["tau"] > 0.3
+    assert neg["cmi"] == pytest.approx(base["cmi"])  # mutual information ignores the labels' sign
+    assert neg["se_mean"] == pytest.approx(1 - base["se_mean"])  # no measure ties here
+
+
+def test_row_permutation_changes_nothing(zoo):
+    base = _all_stats(zoo, MU)
+    shuffled = zoo.sample(frac=1.0, random_state=np.random.default_rng(0)).reset_index(drop=True)
+    assert _all_stats(shuffled, MU) == pytest.approx(base, nan_ok=True, abs=1e-12)
+    ci = stats.bootstrap_ci(zoo, lambda d: stats.kendall_tau(d, MU, GAP), n_boot=30, seed=1)
+    assert stats.bootstrap_ci(shuffled, lambda d: stats.kendall_tau(d, MU, GAP), n_boot=30, seed=1) == ci
+
+
+def test_functions_do_not_mutate_input(zoo):
+    before = zoo.copy()
+    _all_stats(zoo, MU)
+    stats.bootstrap_ci(zoo, lambda d: stats.kendall_tau(d, MU, GAP), n_boot=5)
+    stats.filter_converged(zoo)
+    stats.evaluate(zoo, [MU], n_boot=5)
+    pd.testing.assert_frame_equal(zoo, before)
+
+
+# ---------------------------------------------------------------------------------------
+# Bootstrap
+# ---------------------------------------------------------------------------------------
+def test_bootstrap_deterministic_and_contains_estimate(zoo):
+    def tau(d):
+        return stats.kendall_tau(d, MU, GAP)
+
+    ci = stats.bootstrap_ci(zoo, tau, n_boot=60, seed=3)
+    assert ci == stats.bootstrap_ci(zoo, tau, n_boot=60, seed=3)
+    assert ci != stats.bootstrap_ci(zoo, tau, n_boot=60, seed=4)
+    low, high = ci
+    assert low < tau(zoo) < high
+    assert 0.0 < low and high <= 1.0
+    wide = stats.bootstrap_ci(zoo, tau, n_boot=60, seed=3, level=0.99)
+    assert wide[0] <= low and wide[1] >= high
+
+
+def test_bootstrap_nan_safe():
+    df = pd.DataFrame({MU: [1.0, 2.0, 3.0], GAP: [3.0, 1.0, 2.0]})
+    assert all(math.isnan(v) for v in stats.bootstrap_ci(df, lambda d: float("nan"), n_boot=10))
+    calls = iter(range(1000))
+
+    def sometimes_nan(d):
+        k = next(calls)
+        return float("nan") if k % 2 else float(k)
+
+    low, high = stats.bootstrap_ci(df, sometimes_nan, n_boot=10, level=0.5)
+    # finite replicates 0, 2, 4, 6, 8 -> quartiles 2 and 6
+    assert (low, high) == (2.0, 6.0)
+
+
+# ---------------------------------------------------------------------------------------
+# filter_converged and evaluate
+# ---------------------------------------------------------------------------------------
+def test_filter_converged():
+    df = pd.DataFrame({"metric.converged": [True, False, np.nan, None, True], MU: [1.0, 2.0, 3.0, 4.0, 5.0]})
+    kept, dropped = stats.filter_converged(df)
+    assert dropped == 3  # missing counts as not converged
+    assert kept[MU].tolist() == [1.0, 5.0]
+
+
+def test_default_axes_exclude_seed_and_constants():
+    df = make_zoo().assign(**{"hp.dataset.name": "mnist1d"})
+    assert stats.default_axes(df) == AXES
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    df = make_zoo(seed=2, n_seeds=3, unconverged=4)
+    return df, stats.evaluate(df, MEASURES, n_boot=30, seed=7)
+
+
+def test_evaluate_shape_and_columns(evaluated):
+    df, res = evaluated
+    assert len(res) == len(MEASURES) * 2
+    assert list(res["measure"]) == MEASURES * 2
+    assert list(res["target"]) == ["metric.gap_error"] * 5 + ["metric.test_error"] * 5
+    expected = (
+        ["measure", "target", "n_models", "n_failed", "tau", "tau_lo", "tau_hi", "spearman"]
+        + ["psi", "psi_lo", "psi_hi"]
+        + [f"psi.{a}" for a in AXES]
+        + ["cmi", "cmi_set", "sign_error_mean", "sign_error_p90", "sign_error_max"]
+        + [f"sign_error.{a}" for a in AXES]
+    )
+    assert list(res.columns) == expected
+    assert res.attrs["n_unconverged"] == 4
+    assert res.attrs["axes"] == AXES
+
+
+def test_evaluate_perfect_measure(evaluated):
+    _, res = evaluated
+    row = res[(res.measure == "measure.perfect") & (res.target == GAP)].iloc[0]
+    assert row.n_models == 36 - 4
+    assert row.tau == 1.0 and row.psi == 1.0 and row.spearman == pytest.approx(1.0)
+    assert row.tau_lo == 1.0 and row.tau_hi == 1.0
+    assert row.cmi == pytest.approx(1.0)
+    assert row.cmi_set == ""  # every set scores 1: the empty set comes first
+    assert row.sign_error_mean == 0.0 and row.sign_error_max == 0.0
+    assert all(row[f"psi.{a}"] == 1.0 for a in AXES)
+
+
+def test_evaluate_nan_measures(evaluated):
+    df, res = evaluated
+    conv, _ = stats.filter_converged(df)
+    row = res[(res.measure == "measure.with_nan") & (res.target == GAP)].iloc[0]
+    assert row.n_failed == conv["measure.with_nan"].isna().sum() > 0
+    assert row.n_models == conv["measure.with_nan"].notna().sum()
+    assert np.isfinite([row.tau, row.tau_lo, row.tau_hi, row.psi, row.cmi, row.sign_error_mean]).all()
+    assert row.tau == pytest.approx(stats.kendall_tau(conv, "measure.with_nan", GAP))
+    empty = res[res.measure == "measure.all_nan"]
+    assert (empty.n_models == 0).all()
+    numeric = ["tau", "tau_lo", "tau_hi", "spearman", "psi", "psi_lo", "psi_hi", "cmi", "sign_error_mean"]
+    assert empty[numeric].isna().all().all()
+    assert empty.cmi_set.isna().all()
+
+
+def test_evaluate_matches_the_single_statistics(evaluated):
+    df, res = evaluated
+    conv, _ = stats.filter_converged(df)
+    for _, row in res.iterrows():
+        m, t = row.measure, row.target
+        if m == "measure.all_nan":
+            continue
+        assert row.tau == pytest.approx(stats.kendall_tau(conv, m, t), abs=1e-12)
+        assert row.spearman == pytest.approx(stats.spearman_rho(conv, m, t), abs=1e-12)
+        psi = stats.granulated_kendall(conv, m, t, AXES)
+        assert row.psi == pytest.approx(psi["psi"], abs=1e-12)
+        cmi = stats.conditional_mutual_information(conv, m, t, AXES)
+        assert row.cmi == pytest.approx(cmi["cmi"], abs=1e-12)
+        assert row.cmi_set == ",".join(cmi["set"])
+        se = stats.robust_sign_error(conv, m, t, AXES)
+        assert row.sign_error_mean == pytest.approx(se["mean"], abs=1e-12)
+        assert row.sign_error_p90 == pytest.approx(se["p90"], abs=1e-12)
+        for a in AXES:
+            assert row[f"sign_error.{a}"] == pytest.approx(se["per_axis"][a]["mean"], abs=1e-12)
+
+
+def test_evaluate_bootstrap_equals_generic_bootstrap(evaluated):
+    df, res = evaluated
+    conv, _ = stats.filter_converged(df)
+    for m in ["measure.noise", "measure.with_nan"]:
+        row = res[(res.measure == m) & (res.target == GAP)].iloc[0]
+        tau_ci = stats.bootstrap_ci(conv, lambda d: stats.kendall_tau(d, m, GAP), n_boot=30, seed=7)
+        psi_ci = stats.bootstrap_ci(
+            conv, lambda d: stats.granulated_kendall(d, m, GAP, AXES)["psi"], n_boot=30, seed=7
+        )
+        assert (row.tau_lo, row.tau_hi) == pytest.approx(tau_ci, abs=1e-12)
+        assert (row.psi_lo, row.psi_hi) == pytest.approx(psi_ci, abs=1e-12)
+        assert row.tau_lo <= row.tau <= row.tau_hi
+
+
+def test_evaluate_depth_measure_is_explained_by_depth(evaluated):
+    _, res = evaluated
+    row = res[(res.measure == "measure.depth") & (res.target == GAP)].iloc[0]
+    # constant along the other axes while the gap moves -> those cells score 0 (Jiang's convention)
+    assert row["psi.hp.optimizer.lr"] == 0.0 and row["psi.hp.train.batch_size"] == 0.0
+    assert row["psi.hp.model.depth"] > 0.9
+    assert row.psi == pytest.approx(row["psi.hp.model.depth"] / 3)
+    assert row.cmi_set != "" and "hp.model.depth" in row.cmi_set.split(",")
+    assert row.cmi < 0.05

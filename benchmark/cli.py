@@ -7,6 +7,7 @@
     genbench evaluate ...               compute statistics and write leaderboard/ tables
     genbench leaderboard ...            print a leaderboard table from leaderboard/
     genbench measures ...               list every registered measure
+    genbench collect collect.sources=[DIR/*]   merge per-job stores (cluster sweeps) into store.root
     genbench reproduce pnas|prl|nmi|mlst [--out DIR] [--quick]
     genbench perf [--json PATH] [--quick]
 """
@@ -27,7 +28,7 @@ log = logging.getLogger("genbench")
 def _opts(cfg: DictConfig):
     from benchmark.pipeline import RunOptions
     ds = cfg.dataset
-    return RunOptions(jobs=int(cfg.run.jobs), device=str(cfg.run.device), vectorize=bool(cfg.run.vectorize),
+    return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device), vectorize=bool(cfg.run.vectorize),
                       progress=bool(cfg.run.progress), data_root=str(ds.get("root", "~/.cache/genbench/data")),
                       download=bool(ds.get("download", False)), on_corrupt=str(cfg.run.on_corrupt))
 
@@ -96,24 +97,44 @@ def do_evaluate(cfg: DictConfig) -> pd.DataFrame:
                        targets=list(cfg.evaluate.targets), n_boot=int(cfg.evaluate.n_boot),
                        seed=int(cfg.evaluate.seed))
     noise = lb.gap_noise(df)
-    out = Path(cfg.leaderboard.dir)
-    paths = lb.write(table, noise, lb.oracle_table(df, info), out, str(cfg.leaderboard.name), axes)
-    df.to_csv(out / f"{cfg.leaderboard.name}.zoo.csv", index=False)
+    out, name = Path(cfg.leaderboard.dir), str(cfg.leaderboard.name)
+    oracle = lb.oracle_table(df, info)
+    paths = lb.write(table, noise, oracle, out, name, axes)
+    df.to_csv(out / f"{name}.zoo.csv", index=False)
+    # --- the page: figures under leaderboard/<name>/, then index.html + README.md over every leaderboard in out
+    from benchmark import html, plots
+    oracle.to_csv(out / f"{name}.oracle.csv", index=False)
+    if cfg.leaderboard.plots:
+        figures = plots.write(df, table, out / name)
+        log.info("wrote %d figures under %s", len(figures), out / name)
+    paths += html.write(out)
+    # --- end page
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return table
 
 
 def do_leaderboard(cfg: DictConfig) -> str:
+    """Print one leaderboard: ``leaderboard.name`` (or ``leaderboard.zoo`` and ``leaderboard.dataset``, which compose
+    it), ``leaderboard.target``, ``leaderboard.sort``, ``leaderboard.order`` and ``leaderboard.top``."""
     from benchmark import leaderboard as lb
-    path = Path(cfg.leaderboard.dir) / f"{cfg.leaderboard.name}.csv"
+    folder = Path(cfg.leaderboard.dir)
+    path = folder / f"{cfg.leaderboard.name}.csv"
     if not path.exists():
-        have = sorted(p.stem for p in Path(cfg.leaderboard.dir).glob("*.csv") if not p.stem.endswith(".zoo"))
+        have = sorted(p.name.removesuffix(".csv") for p in folder.glob("*.csv")
+                      if not p.name.endswith((".zoo.csv", ".oracle.csv")))
         raise SystemExit(f"no leaderboard {path}; available: {', '.join(have) or 'none'} "
-                         f"(pick one with leaderboard.name=..., or run `genbench evaluate`)")
+                         f"(pick one with leaderboard.name=... or leaderboard.zoo=... leaderboard.dataset=..., "
+                         f"or run `genbench evaluate`)")
     table = pd.read_csv(path)
-    text = lb.terminal(table, str(cfg.leaderboard.target), str(cfg.leaderboard.sort), cfg.leaderboard.top)
+    try:
+        text = lb.terminal(table, str(cfg.leaderboard.target), str(cfg.leaderboard.sort), cfg.leaderboard.top,
+                           str(cfg.leaderboard.get("order", "auto")))
+    except ValueError as err:  # an unknown target, sort column or order: say which are valid, no traceback
+        raise SystemExit(f"leaderboard {cfg.leaderboard.name}: {err}") from None
     print(f"\nLeaderboard {cfg.leaderboard.name} — predicting {cfg.leaderboard.target} "
           f"(τ, Ψ oriented by each measure's sign; 95% bootstrap CIs)\n{text}\n")
+    if (folder / "index.html").exists():
+        print(f"Tables, per-axis breakdown and plots: {folder / 'index.html'}")
     return text
 
 
@@ -123,6 +144,23 @@ def do_run(cfg: DictConfig) -> None:
     do_measure(cfg)
     do_evaluate(cfg)
     do_leaderboard(cfg)
+
+
+def do_collect(cfg: DictConfig) -> dict:
+    """Merge the stores of ``collect.sources`` (paths or globs) into ``store.root``."""
+    import glob
+    from benchmark.store import Store, merge
+    dest = Store(cfg.store.root)
+    sources = sorted({p for pattern in cfg.collect.sources for p in glob.glob(str(Path(pattern).expanduser()))})
+    sources = [p for p in sources if Path(p).resolve() != dest.root.resolve()]
+    if not sources:
+        raise SystemExit(f"collect.sources={list(cfg.collect.sources)} matches no store")
+    total = {"models": 0, "measurements": 0}
+    for path in sources:
+        counts = merge(dest, Store(path))
+        log.info("collected %s: %d models, %d measurements", path, counts["models"], counts["measurements"])
+        total = {k: total[k] + counts[k] for k in total}
+    return total
 
 
 def do_list(cfg: DictConfig) -> None:
@@ -136,7 +174,7 @@ def do_list(cfg: DictConfig) -> None:
 
 
 TASKS = {"run": do_run, "train": do_train, "measure": do_measure, "evaluate": do_evaluate,
-         "leaderboard": do_leaderboard, "measures": do_list}
+         "leaderboard": do_leaderboard, "measures": do_list, "collect": do_collect}
 PAPERS = ("pnas", "prl", "nmi", "mlst")
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger("genbench")
 class RunOptions:
     """Operational settings: never part of a model's identity."""
     jobs: int = 1
+    threads: int | None = None  # torch threads per worker (None: cores // jobs)
     device: str = "cpu"
     vectorize: bool = True
     progress: bool = True
@@ -42,8 +43,9 @@ class RunOptions:
     on_corrupt: str = "retrain"  # a corrupt checkpoint: "retrain" the model, "skip" it, or "fail"
 
 
-def _set_threads(jobs: int) -> None:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+def _set_threads(opts: "RunOptions") -> None:
+    """torch threads per worker: ``run.threads``, or the cores divided among the workers."""
+    torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.jobs)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -69,7 +71,7 @@ def _parallel(fn, tasks: Sequence, jobs: int, desc: str, unit: str, weights: Seq
 # ------------------------------------------------------------------------------------------------ training
 def _train_task(args) -> tuple[int, list[str]]:
     root, hps, opts = args
-    _set_threads(opts.jobs)
+    _set_threads(opts)
     store = Store(root)
     data = lambda d: _data(d, opts.data_root, opts.download)
     if opts.vectorize and len(hps) > 1:
@@ -155,7 +157,7 @@ def _measure_task(args) -> tuple[int, str, int]:
     import measures
     from measures.context import Context
     from measures.plugins import load_all
-    _set_threads(opts.jobs)
+    _set_threads(opts)
     load_all(plugins)
     store = Store(root)
     try:

@@ -66,6 +66,7 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "checkpoints").mkdir(exist_ok=True)
         self.path = self.root / "genbench.sqlite"
+        self._remove_orphans()
         with self._db() as db:
             db.executescript(SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -75,6 +76,13 @@ class Store:
                 raise StoreError(
                     f"{self.path} has schema version {row[0]}, this genbench reads version {SCHEMA_VERSION}. "
                     f"Point store.root=... at a new folder, or retrain into it.")
+
+    def _remove_orphans(self) -> None:
+        """Delete temporary checkpoint files left by writers that died (their pid is no longer running)."""
+        for tmp in (self.root / "checkpoints").glob("*.tmp"):
+            pid = tmp.suffixes[-2].lstrip(".") if len(tmp.suffixes) >= 2 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -197,6 +205,46 @@ class Store:
         wide.columns = [f"measure.{c}" for c in wide.columns]
         return df.merge(wide, left_on="model_id", right_index=True, how="left").sort_values(
             "model_id", ignore_index=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def merge(dest: Store, source: Store) -> dict[str, int]:
+    """Copy into ``dest`` every model and measurement of ``source`` that it lacks (``genbench collect``).
+
+    For clusters whose shared file system cannot hold SQLite locks (NFS, Lustre): each job writes its own
+    store, and the stores are merged afterwards. Checkpoints are copied atomically before their rows, so
+    an interrupted merge can simply be rerun.
+    """
+    have = dest.model_ids()
+    with source._db() as db:
+        models = db.execute("SELECT id, hparams, metrics, history, checkpoint, created FROM models").fetchall()
+        rows = db.execute("SELECT * FROM measurements").fetchall()
+    copied = 0
+    for model_id, hp, metrics, history, ckpt, created in models:
+        if model_id in have:
+            continue
+        target = dest.checkpoint_path(model_id)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes((source.root / ckpt).read_bytes())
+        os.replace(tmp, target)
+        with dest._db() as ddb:
+            ddb.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                        (model_id, hp, metrics, history, str(target.relative_to(dest.root)), created))
+        copied += 1
+    with dest._db() as ddb:
+        before = ddb.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+        ddb.executemany("INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        after = ddb.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+    return {"models": copied, "measurements": after - before}
 
 
 def _jsonable(obj):

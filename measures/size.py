@@ -1,4 +1,8 @@
-"""Size of the model (Jiang et al. 2020, §C.1)."""
+"""Size of the model (Jiang et al. 2020, Appendix C, VC-dimension-based measures).
+
+Equation numbers are Jiang et al.'s (arXiv:1912.02178, Appendix C; numbering as in the ``ComplexityType``
+enum of nitarshan/robust-generalization-measures).
+"""
 from __future__ import annotations
 
 import math
@@ -8,10 +12,11 @@ from measures.registry import measure
 
 
 @measure("params", needs=("model",), sign=1, family="size",
-         reference="Jiang et al. 2020, 'Fantastic generalization measures', eq. (41): number of parameters")
+         reference="Jiang et al. 2020, 'Fantastic generalization measures', eq. (20): number of parameters")
 def num_params(ctx: Context) -> float:
     """log of the number of parameters, log ω (a VC-dimension proxy).
 
-    log ω with ω = Σ_layers numel(W) + numel(b).
+    log ω with ω the number of entries of all parameters (weights, biases and any other parameter). Jiang et al.
+    use ω itself; the log is a monotone transform, so rank correlations are unchanged.
     """
     return math.log(ctx.num_params)

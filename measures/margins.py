@@ -1,0 +1,65 @@
+"""Measures on the network's outputs on the training set: cross-entropy, margin, entropy.
+
+``tenth_percentile_margin`` is the margin γ that the margin-normalised norm and spectral measures
+(``measures.norms``, ``measures.spectral``) divide by; reach it through ``ctx.shared`` so it is computed once.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from measures.context import Context
+from measures.registry import measure
+
+MARGIN_PERCENTILE = 10.0
+
+
+def tenth_percentile_margin(ctx: Context) -> float:
+    """γ: the 10th percentile of the training output margins f_y(x) − max_{j≠y} f_j(x) (``ctx.margins``).
+
+    Linear interpolation between order statistics (``numpy.percentile``'s default), as in Jiang et al. 2020,
+    who take the 10th percentile rather than the minimum to be robust to a few outliers. Raises if γ ≤ 0
+    (more than ~10% of the training set misclassified): the margin-normalised measures are then undefined,
+    and we do not take |γ| as some implementations silently do.
+    """
+    gamma = torch.quantile(ctx.margins.double(), MARGIN_PERCENTILE / 100).item()
+    if not gamma > 0:
+        raise ValueError(f"the {MARGIN_PERCENTILE:g}th-percentile training margin is {gamma:.4g} ≤ 0 (at least "
+                         f"~{MARGIN_PERCENTILE:g}% of the training set is misclassified); margin-normalised "
+                         f"measures are undefined for this model")
+    return gamma
+
+
+@measure("cross_entropy", needs=("model", "train_data"), sign=1, family="margin",
+         reference="Jiang et al. 2020, 'Fantastic generalization measures' (training cross-entropy baseline)")
+def cross_entropy(ctx: Context) -> float:
+    """Mean cross-entropy of the trained model on the training set.
+
+    (1/n) Σ_i −log softmax(f(x_i))_{y_i}, model in eval mode (dropout off). The zoo stops every model at the
+    same target loss, so this mostly measures how far below the target a model lands; sign +1 by the usual
+    convention that the empirical-risk term of a bound grows with the loss.
+    """
+    return ctx.train_loss
+
+
+@measure("inverse_margin", needs=("model", "train_data"), sign=1, family="margin",
+         reference="Jiang et al. 2020, eq. (22)")
+def inverse_margin(ctx: Context) -> float:
+    """Inverse squared output margin, 1/γ², with γ the 10th-percentile training margin.
+
+    γ = percentile_10{ f_{y_i}(x_i) − max_{j≠y_i} f_j(x_i) } over the training set (raises if γ ≤ 0).
+    """
+    return 1.0 / ctx.shared(tenth_percentile_margin) ** 2
+
+
+@measure("output_entropy", needs=("model", "train_data"), sign=-1, family="margin",
+         reference="Pereyra et al. 2017, 'Regularizing neural networks by penalizing confident output "
+                   "distributions'")
+def output_entropy(ctx: Context) -> float:
+    """Mean entropy of the softmax outputs on the training set (in nats).
+
+    (1/n) Σ_i H(p_i), H(p) = −Σ_j p_j log p_j, p_i = softmax(f(x_i)). Sign −1: confident (low-entropy)
+    predictions on the training set are the overfitting that a confidence penalty counteracts.
+    """
+    logp = F.log_softmax(ctx.train_logits.double(), dim=1)  # (n, classes)
+    return -(logp.exp() * logp).sum(1).mean().item()

@@ -1,0 +1,219 @@
+"""PAC-Bayes and sharpness measures: the σ / α searches on a two-weight model whose accuracy drop is known in
+closed form (and the σ-is-a-standard-deviation regression), the bound terms by hand, the ascent routine on
+explicit quadratics, and finite, seeded outputs on small MLPs and ConvNets."""
+from __future__ import annotations
+
+import itertools
+import math
+from statistics import NormalDist
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.models import MLP, ConvNet
+from measures import REGISTRY, Context
+from measures import pacbayes as PB
+from measures import sharpness as S
+
+PACBAYES = ["pacbayes.init", "pacbayes.orig", "pacbayes.flatness", "pacbayes.mag.init", "pacbayes.mag.orig",
+            "pacbayes.mag.flatness"]
+SEARCH = ["sharpness.init", "sharpness.orig", "sharpness.flatness", "sharpness.mag.init", "sharpness.mag.orig",
+          "sharpness.mag.flatness"]
+FIXED = ["sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2", "sharpness.adaptive.linf"]
+Z90 = NormalDist().inv_cdf(0.9)  # Φ⁻¹(0.9) = 1.2816
+
+
+def test_registered():
+    fams = {m.name: m.family for m in REGISTRY if m.family in ("pacbayes", "sharpness")}
+    assert fams == {**{n: "pacbayes" for n in PACBAYES}, **{n: "sharpness" for n in SEARCH + FIXED}}
+    assert all(REGISTRY.get(n).sign == 1 for n in fams)
+    assert {n for n in fams if "init_model" in REGISTRY.get(n).needs} == {
+        "pacbayes.init", "pacbayes.mag.init", "pacbayes.mag.orig",
+        "sharpness.init", "sharpness.mag.init", "sharpness.mag.orig"}
+
+
+# ----------------------------------------------------------------------------------------- closed form
+def _two_weight_ctx(a: float) -> Context:
+    """logits = (a·x, −a·x) with x = 1, label 0: the margin is 2a, and Gaussian noise of standard deviation s on
+    both weights flips the prediction with probability Φ(−2a/(√2 s)); the worst case in the box |δ_i| ≤ α flips
+    it exactly when α > a."""
+    model = nn.Sequential(nn.Linear(1, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[a], [-a]]))
+    return Context(model, init_model=model, train=(torch.ones(1, 1), torch.zeros(1, dtype=torch.long)))
+
+
+def test_sigma_search_closed_form():
+    a = 0.1
+    ctx = _two_weight_ctx(a)
+    expected = math.sqrt(2) * a / Z90  # drop(σ) = Φ(−√2·a/σ) = 0.1
+    found = PB._sigma_search(ctx, False, samples=20000, tol=1e-3, steps=30)
+    assert found.sigma == pytest.approx(expected, rel=0.04)
+    # passing σ² as the standard deviation (the copied bug) would find √expected ≈ 0.33 instead
+    assert abs(found.sigma - math.sqrt(expected)) > 0.5 * expected
+
+
+def test_magnitude_sigma_search_closed_form():
+    a, eps = 0.1, PB.MAGNITUDE_EPS
+    ctx = _two_weight_ctx(a)
+    std = math.sqrt(2) * a / Z90  # noise std √(σ'²a² + ε²) at the crossing
+    expected = math.sqrt(std ** 2 - eps ** 2) / a
+    found = PB._sigma_search(ctx, True, samples=20000, tol=1e-3, steps=30)
+    assert found.sigma == pytest.approx(expected, rel=0.04)
+
+
+def test_noise_is_a_standard_deviation():
+    w = torch.tensor([0.5, -2.0, 0.0])
+    assert torch.allclose(PB.noise_std(w, 0.1, False), torch.full((3,), 0.1))
+    assert torch.allclose(PB.noise_std(w, 0.1, True, eps=1e-3), torch.sqrt(0.01 * w ** 2 + 1e-6))
+    z = torch.randn(200000, generator=torch.Generator().manual_seed(0))
+    assert (PB.noise_std(torch.zeros(1), 0.1, False) * z).std().item() == pytest.approx(0.1, rel=0.01)
+
+
+def test_alpha_search_closed_form():
+    a = 0.1
+    ctx = _two_weight_ctx(a)
+    plain = S._alpha_search(ctx, False, tol=0.0, steps=24)  # error increase jumps 0 → 1 at α = a
+    assert plain["alpha"] == pytest.approx(a, rel=1e-4)
+    mag = S._alpha_search(ctx, True, tol=0.0, steps=24)  # box α'|w_i| + ε: jump at α' = (a − ε)/a
+    assert mag["alpha"] == pytest.approx((a - S.MAG_EPS) / a, rel=1e-4)
+
+
+def test_bisect_log():
+    out = PB.bisect_log(lambda s: s, (1e-3, 10.0), 0.3, tol=0.0, steps=40)
+    assert out["s"] == pytest.approx(0.3, rel=1e-6) and out["at_bound"] is None
+    assert PB.bisect_log(lambda s: 0.0, (1e-3, 10.0), 0.3, tol=0.01, steps=8)["at_bound"] == "upper"
+    assert PB.bisect_log(lambda s: 1.0, (1e-3, 10.0), 0.3, tol=0.01, steps=8)["at_bound"] == "lower"
+
+
+def test_bound_terms_by_hand():
+    # ‖v‖² = 2, σ = 0.05, m = 1000: 2/(4·0.0025) + log(1000/0.05) + 10
+    assert PB.pacbayes_bound(2.0, 0.05, 1000) == pytest.approx(200 + math.log(20000) + 10)
+    dist = torch.tensor([0.1, -0.2])
+    sigma, eps, ref = 0.5, 1e-3, 0.3
+    num = eps ** 2 + (sigma ** 2 + 1) * ref / 2
+    hand = 0.25 * sum(math.log(num / (eps ** 2 + sigma ** 2 * d ** 2)) for d in (0.1, 0.2)) + math.log(
+        100 / sigma) + 10
+    assert PB.mag_bound(ref, dist, sigma, sigma ** 2 + 1, 100, eps) == pytest.approx(hand, rel=1e-6)
+
+
+def test_measures_use_sigma_as_standard_deviation(trained):
+    ctx = Context(trained.model, init_model=trained.init_model, train=(trained.x_train, trained.y_train))
+    flat = REGISTRY.get("pacbayes.flatness")(ctx)
+    sigma = flat.details["sigma"]
+    assert flat.value == pytest.approx(1 / sigma ** 2)
+    w, w0 = ctx.flatten(ctx.params).double(), ctx.flatten(ctx.init_params).double()
+    m = len(ctx.y_train)
+    init = REGISTRY.get("pacbayes.init")(ctx).value
+    assert init == pytest.approx(((w - w0) ** 2).sum().item() / (4 * sigma ** 2) + math.log(m / sigma) + 10)
+    alpha = REGISTRY.get("sharpness.orig")(ctx).details["alpha"]
+    omega = ctx.num_params
+    assert REGISTRY.get("sharpness.orig")(ctx).value == pytest.approx(
+        (w ** 2).sum().item() * math.log(2 * omega) / (4 * alpha ** 2) + math.log(m / alpha) + 10)
+
+
+# ----------------------------------------------------------------------------------------- ascent
+def _quadratic(h: torch.Tensor):
+    """evaluate(flat) for f(δ) = ½ δᵀHδ around w = 0."""
+    def evaluate(flat, need_grad):
+        g = h @ flat
+        return 0.5 * float(flat @ g), 0.0, g if need_grad else None
+    return evaluate
+
+
+def test_ascent_l2_ball_reaches_half_lambda_max_rho_squared():
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    h = (q * torch.tensor([5.0, 2.0, 1.0, 0.5, 0.2, 0.0], dtype=torch.float64)) @ q.T
+    rho = 0.3
+    w = torch.zeros(6, dtype=torch.float64)
+    u0 = rho * S.direction(torch.randn(6, generator=g, dtype=torch.float64), "l2")
+    out = S.ascent(_quadratic(h), w, torch.ones_like(w), rho, "l2", 30, u0)
+    assert out["loss"] == pytest.approx(0.5 * 5.0 * rho ** 2, rel=1e-8)
+    assert all(b >= a - 1e-12 for a, b in zip(out["losses"], out["losses"][1:]))  # monotone on a convex f
+    # adaptive: ‖δ ⊘ c‖₂ ≤ ρ gives ½ ρ² λ_max(C H C)
+    c = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.1, 3.0], dtype=torch.float64)
+    out = S.ascent(_quadratic(h), w, c, rho, "l2", 60, u0)
+    assert out["loss"] == pytest.approx(0.5 * rho ** 2 * torch.linalg.eigvalsh(c[:, None] * h * c).max().item(),
+                                        rel=1e-6)
+
+
+def test_ascent_linf_box_finds_best_vertex():
+    v = torch.tensor([1.0, -2.0, 0.5, 0.3, -1.5], dtype=torch.float64)
+    h = torch.outer(v, v) + 0.1 * torch.eye(5, dtype=torch.float64)
+    rho = 0.2
+    brute = max(0.5 * rho ** 2 * float(torch.tensor(s, dtype=torch.float64) @ h @ torch.tensor(s, dtype=torch.float64))
+                for s in itertools.product((-1.0, 1.0), repeat=5))
+    w = torch.zeros(5, dtype=torch.float64)
+    u0 = rho * torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    out = S.ascent(_quadratic(h), w, torch.ones_like(w), rho, "linf", 3, u0)
+    assert out["loss"] == pytest.approx(brute, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- real networks
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr: float = 0.5) -> nn.Module:
+    """Full-batch gradient descent with heavy-ball momentum 0.9 (no torch.optim: its first step imports dynamo)."""
+    params = list(model.parameters())
+    vel = [torch.zeros_like(p) for p in params]
+    for _ in range(steps):
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for p, v, g in zip(params, vel, grads):
+                v.mul_(0.9).add_(g)
+                p.sub_(lr * v)
+    return model
+
+
+def _separable(n: int, shape: tuple[int, ...], classes: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = (x.flatten(1) @ torch.randn(x[0].numel(), classes, generator=g)).argmax(1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained() -> Context:
+    x, y = _separable(300, (10,), 3, seed=0)
+    torch.manual_seed(0)
+    model = MLP((10,), 3, depth=2, width=16)
+    init = MLP((10,), 3, depth=2, width=16)
+    init.load_state_dict(model.state_dict())
+    return Context(_fit(model, x, y, lr=0.1), init_model=init, train=(x, y))
+
+
+@pytest.fixture(scope="module")
+def trained_cnn() -> Context:
+    """A 1-D ConvNet on 2-channel signals whose class shifts the channel means."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (150,), generator=g)
+    means = 0.5 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    x = torch.randn(150, 2, 12, generator=g) + means[y][:, :, None]
+    torch.manual_seed(1)
+    model = ConvNet((2, 12), 3, depth=2, width=6)
+    init = ConvNet((2, 12), 3, depth=2, width=6)
+    init.load_state_dict(model.state_dict())
+    return Context(_fit(model, x, y, steps=200, lr=0.2), init_model=init, train=(x, y))
+
+
+@pytest.mark.parametrize("net", ["trained", "trained_cnn"])
+def test_finite_and_deterministic(net, request):
+    base = request.getfixturevalue(net)
+    runs = []
+    for _ in range(2):  # two fresh Contexts, same seed
+        ctx = Context(base.model, init_model=base.init_model, train=(base.x_train, base.y_train))
+        runs.append({name: REGISTRY.get(name)(ctx) for name in PACBAYES + SEARCH + FIXED})
+    for name, a in runs[0].items():
+        assert math.isfinite(a.value), name
+        assert a == runs[1][name], name
+    for name in PACBAYES + SEARCH:  # the searches found an interior crossing on a fitted network
+        assert runs[0][name].details["at_bound"] is None, name
+    for name in FIXED:
+        assert runs[0][name].value > 0, name
+
+
+def test_seed_changes_the_draws(trained):
+    a = Context(trained.model, train=(trained.x_train, trained.y_train), seed=0)
+    b = Context(trained.model, train=(trained.x_train, trained.y_train), seed=1)
+    assert REGISTRY.get("pacbayes.flatness")(a).details != REGISTRY.get("pacbayes.flatness")(b).details

@@ -129,6 +129,49 @@ def test_fft_norms_of_a_convnet_use_each_layers_input_grid():
     assert value("log_prod_of_spec_fft", ctx) == pytest.approx(sum(2 * math.log(s) for s in want), rel=1e-5)
 
 
+def test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices():
+    """Each ``*_fft`` measure from hand formulas, with every conv layer's operator norm taken from its explicit
+    circular convolution matrix (an independent computation), for W and for W − W⁰."""
+    g = torch.Generator().manual_seed(11)
+    model, init = ConvNet((2, 8, 8), 3, depth=2, width=4), ConvNet((2, 8, 8), 3, depth=2, width=4)
+    init_parameters(model, g)
+    init_parameters(init, g)
+    x = torch.randn(40, 2, 8, 8, generator=g)
+    y = model(x).argmax(1).detach()  # every sample correctly classified: a positive margin
+    ctx = Context(model, init_model=init, train=(x, y))
+    grids, strides = [(8, 8), (4, 4)], [(2, 2), (1, 1)]
+
+    def norms(weights):
+        out = [explicit_circular_conv_norm(w, n, s, (1, 1), (1, 1)) for w, n, s in zip(weights[:2], grids, strides)]
+        return out + [torch.linalg.matrix_norm(weights[2], ord=2).item()]
+
+    ws = [m.weight.detach() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    w0s = [m.weight.detach() for m in init.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    spec, dspec = norms(ws), norms([w - w0 for w, w0 in zip(ws, w0s)])
+    fro = [float((w ** 2).sum()) for w in ws]
+    dfro = [float(((w - w0) ** 2).sum()) for w, w0 in zip(ws, w0s)]
+    z = model(x).detach()
+    margins = z.gather(1, y[:, None]).squeeze(1) - z.scatter(1, y[:, None], float("-inf")).max(1).values
+    gamma = torch.quantile(margins, 0.1).item()
+    d = 3
+    log_prod = sum(2 * math.log(s) for s in spec)
+    want = {
+        "log_prod_of_spec_fft": log_prod,
+        "log_prod_of_spec_over_margin_fft": log_prod - 2 * math.log(gamma),
+        "log_sum_of_spec_fft": math.log(d) + log_prod / d,
+        "log_sum_of_spec_over_margin_fft": math.log(d) + (log_prod - 2 * math.log(gamma)) / d,
+        "log_spec_init_main_fft": log_prod - 2 * math.log(gamma) + math.log(sum(f / s ** 2 for f, s in zip(dfro, spec))),
+        "log_spec_orig_main_fft": log_prod - 2 * math.log(gamma) + math.log(sum(f / s ** 2 for f, s in zip(fro, spec))),
+        "fro_over_spec_fft": sum(f / s ** 2 for f, s in zip(fro, spec)),
+        "dist_spec_init_fft": sum(s ** 2 for s in dspec),
+    }
+    assert spec[0] != pytest.approx(torch.linalg.matrix_norm(ws[0].reshape(4, -1), ord=2).item(), rel=1e-3)
+    for name, expected in want.items():
+        assert value(name, ctx) == pytest.approx(expected, rel=1e-5), name
+        plain = name.removesuffix("_fft")
+        assert value(plain, ctx) != pytest.approx(expected, rel=1e-6), plain  # the variants really differ
+
+
 # ----------------------------------------------------------------------------------------- power-law fit
 def pareto(alpha: float, xmin: float, n: int, seed: int) -> torch.Tensor:
     u = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -101,19 +101,27 @@ def _ci(point, lo, hi) -> str:
     return f"{_fmt(point)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
 
 
+# --- shared with benchmark/html.py (the page and README.md say the same) ------------------------------------
+LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
+          "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
+          "with bootstrap 95% intervals. CMI: conditional mutual information of the signs (Jiang et al.), "
+          "minimised over conditioning sets of ≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s "
+          "robust sign-error over environments (lower is better). Cost: seconds per model.")
+
+
+def noise_text(noise: dict) -> str:
+    """The gap-vs-noise statement: how many models, and how far the gaps spread beyond test-set noise."""
+    return (f"{noise['n_converged']} converged models of {noise['n_models']} "
+            f"({noise['n_models'] - noise['n_converged']} unconverged, excluded). "
+            f"Generalization gap (test − train error) from {_fmt(noise['gap_min'])} to {_fmt(noise['gap_max'])}: "
+            f"spread {_fmt(noise['gap_spread'])} = {_fmt(noise['spread_over_se'], 1)}× the binomial standard error "
+            f"of one model's test error ({_fmt(noise['test_error_se'], 4)}).")
+# --- end shared ---------------------------------------------------------------------------------------------
+
+
 def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str, axes: list[str]) -> str:
     """The leaderboard as Markdown: one ranked table per target, a per-axis breakdown, oracle analyses."""
-    lines = [f"# Leaderboard: {title}", "",
-             f"{noise['n_converged']} converged models of {noise['n_models']} "
-             f"({noise['n_models'] - noise['n_converged']} unconverged, excluded). "
-             f"Generalization gap (test − train error) from {_fmt(noise['gap_min'])} to {_fmt(noise['gap_max'])}: "
-             f"spread {_fmt(noise['gap_spread'])} = {_fmt(noise['spread_over_se'], 1)}× the binomial standard error "
-             f"of one model's test error ({_fmt(noise['test_error_se'], 4)}).", "",
-             "τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
-             "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
-             "with bootstrap 95% intervals. CMI: conditional mutual information of the signs (Jiang et al.), "
-             "minimised over conditioning sets of ≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s "
-             "robust sign-error over environments (lower is better). Cost: seconds per model.", ""]
+    lines = [f"# Leaderboard: {title}", "", noise_text(noise), "", LEGEND, ""]
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
         lines += [f"## Predicting `{target}`", "",
@@ -160,13 +168,27 @@ def write(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, out_dir: Path,
     return [csv, md]
 
 
-def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", top: int | None = None) -> str:
-    """A plain-text ranked table for the terminal."""
+ORDERS = ("auto", "asc", "desc")
+_LOWER_IS_BETTER = ("sign_error", "seconds", "failures", "n_failed")  # column prefixes
+
+
+def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", top: int | None = None,
+             order: str = "auto") -> str:
+    """A plain-text ranked table for the terminal.
+
+    ``order``: ``auto`` puts the best first (descending τ, Ψ, CMI, ...; ascending sign errors, cost, failures;
+    text columns A→Z), ``asc`` or ``desc`` force a direction. Missing values go last.
+    """
     if target not in set(table.target):
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(sorted(set(table.target)))}")
     if sort not in table.columns:
         raise ValueError(f"unknown sort column {sort!r}; valid: {', '.join(table.columns)}")
-    ascending = sort in ("sign_error_mean", "sign_error_p90", "sign_error_max", "seconds", "failures", "measure")
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+    if order == "auto":
+        ascending = sort.startswith(_LOWER_IS_BETTER) or not pd.api.types.is_numeric_dtype(table[sort])
+    else:
+        ascending = order == "asc"
     t = table[table.target == target].sort_values(sort, ascending=ascending, na_position="last")
     if top:
         t = t.head(top)

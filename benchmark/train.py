@@ -13,6 +13,9 @@ from torch import nn
 from benchmark.data import DataBundle
 from benchmark.hparams import OPTIMIZERS, HParams, HParamsError, OptimizerHP
 from benchmark.models import Dropout, build_model
+from measures.phases import order_parameters
+
+OP_BATCHES = 8  # minibatch gradients per epoch for the order parameters (SCIENCE.md §2); ~6-9% of an epoch
 
 
 def derive_seed(seed: int, tag: str) -> int:
@@ -95,6 +98,8 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
     opt = make_optimizer(model.parameters(), hp.optimizer)
     n, bs = len(data.y_train), hp.train.batch_size
     history, step, diverged = [], 0, False
+    phase_gen = generator(hp.seed, "phases")  # order parameters' own stream: training randomness untouched
+    mislabeled = data.mislabeled if hp.dataset.label_noise > 0 else None
     for epoch in range(1, hp.train.max_epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=order_gen).to(device)
@@ -107,8 +112,9 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
             step += 1
         train_loss, train_error = evaluate(model, data.x_train, data.y_train)
         test_loss, test_error = evaluate(model, data.x_test, data.y_test)
+        ops = order_parameters(model, data.x_train, data.y_train, bs, phase_gen, OP_BATCHES, mislabeled)
         history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "train_error": train_error,
-                        "test_loss": test_loss, "test_error": test_error})
+                        "test_loss": test_loss, "test_error": test_error, **{f"op.{k}": v for k, v in ops.items()}})
         diverged = not math.isfinite(train_loss)
         if diverged or train_loss <= hp.train.target_loss:
             break

@@ -1,0 +1,229 @@
+"""Tests of measures.duality: the duality identity, minimal norm, the exact decomposition, the layer Hessian."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from measures import REGISTRY, Context
+from measures import duality as D
+
+
+def _mlp(sizes, act=nn.ReLU, bias=True, seed=0):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+def _ctx(sizes=(6, 8, 5, 3), n=120, n_test=40, act=nn.ReLU, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, sizes[0], generator=g)
+    y = torch.randint(0, sizes[-1], (n,), generator=g)
+    xt = torch.randn(n_test, sizes[0], generator=g)
+    yt = torch.randint(0, sizes[-1], (n_test,), generator=g)
+    return Context(_mlp(sizes, act, seed=seed), train=(x, y), test=(xt, yt), **kw)
+
+
+# ----------------------------------------------------------------------------------------- dual weights
+def test_dual_weights_reproduce_the_activity_change():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    a = torch.randn(11, 5, generator=g, dtype=torch.float64)
+    da = torch.randn(11, 5, generator=g, dtype=torch.float64)
+    dw = D.dual_weights(w, a, da)  # (K, out, in)
+    lhs = torch.einsum("koi,ki->ko", w + dw, a)
+    torch.testing.assert_close(lhs, (a + da) @ w.T, rtol=0, atol=1e-12)
+
+
+def test_dual_weights_have_minimal_frobenius_norm():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    a = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    da = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    best = D.dual_weights(w, a, da)[0]
+    proj = torch.eye(4, dtype=torch.float64) - a.T @ a / (a @ a.T)  # N = R P satisfies N a = 0
+    for _ in range(50):
+        other = best + torch.randn(6, 4, generator=g, dtype=torch.float64) @ proj
+        torch.testing.assert_close(other @ a[0], w @ da[0], rtol=0, atol=1e-12)  # also a solution
+        assert torch.linalg.norm(other) >= torch.linalg.norm(best)
+    # ΔW* is orthogonal to every homogeneous solution, so it is the unique minimum
+    assert abs(float((best * (torch.ones(6, 4, dtype=torch.float64) @ proj)).sum())) < 1e-12
+
+
+def test_nearest_same_class_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(60, 1, 5, generator=g), torch.randint(0, 3, (60,), generator=g)
+    q, yq = torch.randn(20, 1, 5, generator=g), torch.randint(0, 3, (20,), generator=g)
+    got = D.nearest_same_class(q, yq, x, y)
+    for i in range(20):
+        d = [(float((q[i] - x[j]).norm()), j) for j in range(60) if y[j] == yq[i]]
+        assert got[i] == min(d)[1]
+    own = D.nearest_same_class(x, y, x, y, exclude_self=True)
+    assert (own != torch.arange(60)).all() and (y[own] == y).all()
+    for i in range(60):
+        d = [(float((x[i] - x[j]).norm()), j) for j in range(60) if y[j] == y[i] and j != i]
+        assert own[i] == min(d)[1]
+
+
+# ----------------------------------------------------------------------------------------- decomposition
+def test_decomposition_is_exact_over_a_complete_eigenbasis():
+    ctx = _ctx()
+    table = D.duality_table(ctx, "test")
+    t = table.attrs
+    assert t["complete"] and len(table) == 8 * 5
+    mean_dl = float(D.per_sample_loss(ctx, ctx.x_test, ctx.y_test).double().mean()
+                    - D.per_sample_loss(ctx, *_anchors(ctx)).double().mean())
+    assert t["mean_dl"] == pytest.approx(mean_dl, rel=1e-9, abs=1e-12)
+    assert float((table["mu_term"] + table["cov_term"]).sum()) == pytest.approx(mean_dl, rel=1e-9, abs=1e-12)
+    assert float(table["cov_term"].sum()) == pytest.approx(t["cov_term"], rel=1e-9, abs=1e-12)
+    assert float((table["c"] * table["sigma_g"] * table["sigma_w"]).sum()) == pytest.approx(t["cov_term"], rel=1e-9)
+    assert float((table["sigma_w"] ** 2).sum()) == pytest.approx(t["size"], rel=1e-9)
+    assert math.sqrt(float((table["sigma_g"] ** 2).sum())) == pytest.approx(t["sharpness"], rel=1e-9)
+    assert (table["eigenvalue"].diff().dropna() <= 1e-12).all()  # ordered by eigenvalue, descending
+    assert (table["c"].abs() <= 1 + 1e-9).all()
+
+
+def _anchors(ctx):
+    idx = D.nearest_same_class(ctx.x_test, ctx.y_test, ctx.x_train, ctx.y_train)
+    return ctx.x_train[idx], ctx.y_train[idx]
+
+
+def test_decomposition_is_basis_free_and_matches_per_sample_loss_changes():
+    ctx = _ctx(seed=4)
+    layer = D.select_layer(ctx)
+    xa, ya = _anchors(ctx)
+    pairs = D.make_pairs(ctx, layer, xa, ya, ctx.x_test, ctx.y_test)
+    # per sample: the loss of the ANCHOR with weights W + ΔW*_k equals the partner's loss
+    dw = pairs.dual_weights().float()  # (K, out, in)
+    w = ctx.params[layer.weight]
+
+    def loss_with(delta, x, y):
+        logits = functional_call(ctx.model, {**ctx.params, layer.weight: w + delta}, (x[None],))
+        return F.cross_entropy(logits, y[None])
+
+    perturbed = torch.func.vmap(loss_with)(dw, xa, ya)
+    base = D.per_sample_loss(ctx, xa, ya)
+    torch.testing.assert_close((perturbed - base).double(), pairs.dl, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(D.per_sample_loss(ctx, ctx.x_test, ctx.y_test) - base, (perturbed - base),
+                               rtol=1e-4, atol=1e-5)
+    # per sample over a random complete orthonormal basis: Σ_n g_k,n w_k,n = Δl_k
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    basis = q.T.reshape(40, 5, 8)  # (m, out, in) of the 8→5 layer
+    wk, gk = D.project(pairs, basis)
+    torch.testing.assert_close((wk * gk).sum(1), pairs.dl, rtol=1e-9, atol=1e-12)
+    table = D.direction_terms(pairs, basis, torch.zeros(40))
+    t = D.totals(pairs)
+    assert float((table["mu_term"] + table["cov_term"]).sum()) == pytest.approx(t["mean_dl"], rel=1e-9)
+    assert float((table["sigma_w"] ** 2).sum()) == pytest.approx(t["size"], rel=1e-9)
+
+
+def test_zero_activity_pairs_are_dropped():
+    a = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    pairs = D.DualPairs(a[1:], torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([0.2], dtype=torch.float64),
+                        dropped=1)
+    assert D.totals(pairs)["dropped"] == 1 and D.totals(pairs)["n_pairs"] == 1
+    same = D.DualPairs(a[1:], torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    assert float(same.beta[0]) == 0.0  # ΔW* = 0: g = 0, not NaN
+
+
+# ----------------------------------------------------------------------------------------- Hessian
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh])
+def test_layer_hessian_matches_autograd_hvp(act):
+    ctx = _ctx((6, 9, 7, 4), act=act, seed=6)
+    layer = D.select_layer(ctx)
+    hess = D.LayerHessian(ctx, layer)
+    dense = hess.dense()
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        v = torch.randn(63, generator=g)
+        ref = ctx.hvp(v, names=[layer.weight])
+        torch.testing.assert_close(hess.matvec(v), ref, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(dense.float() @ v, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_lanczos_finds_the_top_eigenpairs():
+    ctx = _ctx((6, 12, 10, 4), seed=8)
+    layer = D.select_layer(ctx)
+    exact = torch.linalg.eigvalsh(D.LayerHessian(ctx, layer).dense()).flip(0)
+    basis = D.hessian_eigenbasis(ctx, layer, k=5, dense_max=10, steps=60)
+    assert basis.method.startswith("lanczos") and not basis.complete
+    torch.testing.assert_close(basis.eigenvalues, exact[:5], rtol=1e-6, atol=1e-9)
+    v = basis.vectors.reshape(5, -1)
+    torch.testing.assert_close(v @ v.T, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-8)
+    assert basis.residual < 1e-6
+
+
+# ----------------------------------------------------------------------------------------- layer choice
+def test_default_layer_and_conv_rejection():
+    assert D.select_layer(_ctx((6, 8, 5, 3))).name == "3"  # hidden-to-hidden of a depth-2 MLP
+    assert D.select_layer(_ctx((6, 8, 3))).name == "3"  # depth 1: the output layer (input: hidden activity)
+    conv = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.randn(30, 1, 8), torch.randint(0, 3, (30,))
+    assert D.select_layer(Context(conv, train=(x, y))).name == "4"
+    with pytest.raises(ValueError, match="dense layer"):
+        D.select_layer(Context(conv, train=(x, y), extras={"duality.layer": 0}))
+
+
+# ----------------------------------------------------------------------------------------- measures
+NAMES = ["duality.gap", "duality.sharpness", "duality.size", "duality.gap_hessian", "oracle.duality_gap"]
+
+
+def test_registered_metadata():
+    for name in NAMES:
+        m = REGISTRY.get(name)
+        assert m.family == "duality" and m.sign == 1
+        assert m.oracle == (name == "oracle.duality_gap")
+        assert ("test_data" in m.needs) == m.oracle
+
+
+def test_measures_are_finite_and_deterministic():
+    first = {n: REGISTRY.get(n)(_ctx(seed=9)).value for n in NAMES}
+    second = {n: REGISTRY.get(n)(_ctx(seed=9)).value for n in NAMES}
+    assert all(math.isfinite(v) for v in first.values())
+    assert first == second
+    ctx = _ctx(seed=9)
+    assert REGISTRY.get("duality.size")(ctx).value >= 0 and REGISTRY.get("duality.sharpness")(ctx).value >= 0
+
+
+def test_curvature_size_is_the_eigenbasis_sum_exactly_or_in_expectation():
+    ctx = _ctx(seed=11)
+    layer = D.select_layer(ctx)
+    pairs = D.make_pairs(ctx, layer, ctx.x_train, ctx.y_train,
+                         *(t[D.nearest_same_class(ctx.x_train, ctx.y_train, ctx.x_train, ctx.y_train,
+                                                  exclude_self=True)] for t in (ctx.x_train, ctx.y_train)))
+    hess = D.LayerHessian(ctx, layer)
+    basis = D.hessian_eigenbasis(ctx, layer, hess=hess)
+    table = D.direction_terms(pairs, basis.vectors, basis.eigenvalues)
+    exact = 0.5 * float((table["eigenvalue"] * table["sigma_w"] ** 2).sum())
+    dense = D.curvature_size(pairs, hess)
+    assert dense["method"] == "dense" and dense["value"] == pytest.approx(exact, rel=1e-6)
+    est = D.curvature_size(pairs, hess, dense_max=0, probes=300, generator=torch.Generator().manual_seed(0))
+    assert est["method"].startswith("hutchinson") and abs(est["value"] - exact) < 4 * est["stderr"]
+    assert est["stderr"] < 0.2 * exact
+
+
+def test_wide_layer_paths_are_finite_and_deterministic():
+    make = lambda: _ctx((6, 40, 30, 3), seed=10, extras={"duality.top_k": 4})  # 1200 weights: iterative paths
+    values = [REGISTRY.get("duality.gap_hessian")(make()) for _ in range(2)]
+    assert values[0] == values[1] and math.isfinite(values[0].value)
+    assert values[0].details["method"].startswith("hutchinson")
+    oracle = REGISTRY.get("oracle.duality_gap")(make())
+    assert oracle.details["directions"] == 4 and not oracle.details["complete"]
+    assert math.isfinite(oracle.details["topk_fraction"])
+
+
+@pytest.mark.slow
+def test_quick_nmi_reproduction(tmp_path):
+    from benchmark import reproduce_nmi
+    df = reproduce_nmi.run(tmp_path, quick=True)
+    assert {"decomposition_vs_gap.png", "factors_vs_hparams.png", "spectra.png", "results.md", "results.csv"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert ((df["oracle.sum_directions"] - df["oracle.mean_dl"]).abs() < 1e-9).all()

@@ -1,0 +1,696 @@
+"""The inverse variance–flatness relation of SGD solutions (Feng & Tu, PNAS 118, e2015617118, 2021;
+arXiv 2001.01678; SCIENCE.md §1).
+
+From a trained solution w₀ keep running the *same* SGD (plain SGD at the training learning rate α and batch
+size B, weight decay if the model had it, the training set, a seeded data order) for ``steps`` minibatch
+steps and record the analysed weights after every step. Then
+
+1. PCA of the snapshots, w(t) = ⟨w⟩ + Σ_i θ_i(t) p_i with unit p_i ordered by variance, and
+   σ_i² = (1/T) Σ_t θ_i(t)² (the time average, i.e. the PCA explained variance with a 1/T normalisation);
+2. the loss profile along each PC through the solution, L_i(δ) = L(w₀ + δ p_i) (full training set,
+   cross-entropy; the origin is the trained solution w₀, as in the original code, not ⟨w⟩);
+3. the flatness F_i = δ_r + δ_l, where δ_r, δ_l > 0 are the first distances on either side at which the
+   loss reaches e·L₀ (L₀ = L(w₀)): log L − log L₀ = 1. A side that does not cross within
+   ``max_shift``·‖w₀‖ (the norm of the analysed weights) is *censored*: it is counted and its PC is kept out
+   of the fit, never given a made-up value;
+4. the least-squares fit log σ_i² = c − ψ log F_i over the uncensored PCs; ψ > 0 is the inverse relation
+   (equilibrium statistical physics would give σ² ∝ F², ψ = −2). PC 1 is skipped as in the original (it
+   carries the slow drift of the weights). The original fits every 10th PC up to 1000 (of 2500, from
+   ~12,000 snapshots); the default here is the same idea at the scale of 200 snapshots: PCs 2–11 and every
+   10th PC from 20 to 150. Spreading the PCs matters: on the networks tried, PCs 2–21 alone span too narrow
+   a range of F and give an unstable slope (R² ≈ 0.3 and even a negative ψ on a 40→256→256→10 MNIST-1D MLP,
+   where the spread set gives ψ ≈ 5.2 ± 0.1 over seeds; on the paper's MNIST net 3.2–4.0 against
+   3.91–3.96 with R² ≈ 0.98).
+
+Choices made here, and why:
+
+* **Snapshot PCA without holding more than needed** (:func:`snapshot_pca`). With N analysed weights and T
+  snapshots the exact PCA is an eigenproblem of size min(N, T):
+  ``covariance`` (N ≤ T): the N×N second-moment matrix is accumulated in float64 from blocks of 256
+  snapshots, so no snapshot is kept; ``gram`` (T < N): the T×N snapshots are kept (float32, as differences
+  from the first snapshot) and the T×T Gram matrix (float32 products, float64 eigensolver: the leading
+  variances to ~1e-6 of σ_1², enough for the leading PCs; use ``covariance`` with T ≥ N for deep spectra)
+  is diagonalised, p_i = X_cᵀu_i/√(Tσ_i²);
+  ``lowrank`` (both large, min(N, T) > 6000, or on request): a seeded randomised SVD (4 power iterations)
+  of the kept snapshots for the leading PCs, the total variance exactly from ‖X_c‖². Snapshots are
+  stored as differences from the first one, which keeps the small fluctuations accurate.
+* **Line scans are vectorised** (:func:`flatness_scan`): every (PC, side) pair that is still searching gets
+  one probe per round and all probes of a round are one batched loss evaluation. A search steps outward
+  from δ = 30·σ_i (F_i/σ_i is ~10²–10³ on the networks tried), extrapolating
+  q = log[(L − L₀)/((e − 1)L₀)] linearly in log δ (a quadratic rise at first), until the loss crosses
+  e·L₀, then narrows the bracket by secant steps on (log δ, q), safeguarded by Illinois regula falsi on the
+  bracket, until |q| < 1e-3
+  (the loss within ~0.06 % of e·L₀) or the bracket is 0.1 % wide: about 5 loss evaluations per side on
+  the MLPs tried.
+* **Batched loss evaluation** (:func:`line_loss`): when the analysed parameters belong to one Linear or
+  Conv layer, the layer's output is linear in its weights, z(δ) = z₀ + δ·(layer applied with weight p_i,
+  no bias), so u_i = layer(a; p_i) and z₀ are computed once on the training set and hooks replace the
+  layer's output by the stack of z₀ + δ_m u_{i_m} for all probes m, folded into the sample axis (this
+  assumes the model treats samples independently and calls the layer once, which is checked against two
+  direct loss evaluations). Otherwise the loss of the perturbed parameter vectors is ``torch.func.vmap``-ed
+  over probes (memory: a few probes' activations at a time).
+* **The continued SGD** trains a private copy of the model in eval mode (no dropout noise) with plain SGD
+  whatever optimiser trained it; the Context's parameters are never changed.
+
+Cost (measured on one CPU thread of a shared 2-core machine, 40→256→256→10 MLP on 4,000 MNIST-1D samples,
+B = 32, the defaults: 200 steps, the 256×256 hidden-to-hidden layer, 24 PCs): 1.5–1.9 s CPU per model
+(≈ 0.25 s SGD steps, 0.25 s PCA, 0.4 s the products u_i, 0.8 s the ~230 batched loss evaluations of the
+line scans). The three ``vf.*`` measures share one analysis (``ctx.shared``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from measures.context import Context, Layer, MissingInputError
+from measures.registry import Value, measure
+
+REFERENCE = "Feng & Tu, PNAS 118(9) e2015617118 (2021), arXiv 2001.01678: σ_i² ∝ F_i^(−ψ)"
+
+
+# --------------------------------------------------------------------------------------------- settings
+SPREAD_PCS = tuple(range(2, 12)) + tuple(range(20, 151, 10))  # PCs 2–11 and every 10th from 20 to 150
+
+
+@dataclass(frozen=True)
+class VFSettings:
+    """What one variance–flatness analysis does (hashable, so ``ctx.shared`` computes it once per model)."""
+    steps: int = 200  # SGD steps after the solution; one snapshot after every step
+    params: str | tuple[str, ...] = "penultimate"  # "penultimate" | "weights" | "all" | parameter names
+    pcs: tuple[int, ...] = SPREAD_PCS  # 1-based PCs scanned and fitted (PC 1, the drift, left out)
+    threshold: float = math.e  # the loss level e·L₀ that defines F
+    max_shift: float = 10.0  # each side searched up to max_shift · ‖w₀‖ (analysed weights); beyond: censored
+    pca: str = "auto"  # "auto" | "covariance" | "gram" | "lowrank"
+    memory_mb: float = 128.0  # cap on the cached per-PC layer outputs; PCs are scanned in groups under it
+
+
+DEFAULT = VFSettings()
+START_SIGMAS = 30.0  # scans start at δ = 30·σ_i: F_i/σ_i is ~10²–10³ on the MLPs tried, growing with i (ψ > 0)
+
+
+def analysed_names(ctx: Context, params: str | Sequence[str]) -> tuple[str, ...]:
+    """Parameter names the analysis records: ``"penultimate"`` the weight of the last layer before the
+    output layer (the hidden-to-hidden 50×50 matrix of the paper's 784→50→50→10 net), ``"weights"`` every
+    layer's weight, ``"all"`` every parameter, or explicit names."""
+    if params == "penultimate":
+        layers = ctx.layers
+        return (layers[-2].weight if len(layers) >= 2 else layers[-1].weight,)
+    if params == "weights":
+        return tuple(layer.weight for layer in ctx.layers)
+    if params == "all":
+        return tuple(ctx.params)
+    names = tuple(params)
+    unknown = [n for n in names if n not in ctx.params]
+    if unknown or not names:
+        raise ValueError(f"unknown parameter names {unknown or names}; valid: {', '.join(ctx.params)}")
+    return names
+
+
+def _optional_hp(ctx: Context, key: str, default: float) -> float:
+    try:
+        return float(ctx.hp(key))
+    except MissingInputError:
+        return default
+
+
+# --------------------------------------------------------------------------------------------- SGD snapshots
+def sgd_snapshots(ctx: Context, names: Sequence[str], steps: int,
+                  generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Continue plain SGD from the trained parameters and yield the flattened ``names`` after every step.
+
+    w ← w − α (∇L_batch(w) + λ_wd w), α = ``optimizer.lr``, batch ``train.batch_size`` from a fresh random
+    permutation of the training set each epoch (the last, smaller batch of an epoch kept, as in training),
+    λ_wd = ``optimizer.weight_decay`` if given else 0. The model runs in eval mode (no dropout noise). The
+    Context's parameters are not modified.
+    """
+    lr, bs = float(ctx.hp("optimizer.lr")), int(ctx.hp("train.batch_size"))
+    wd = _optional_hp(ctx, "optimizer.weight_decay", 0.0)
+    model = copy.deepcopy(ctx.model)  # a private copy (eval mode) trained in place: no functional_call overhead
+    params = dict(model.named_parameters())
+    plist = list(params.values())
+    x, y = ctx.x_train, ctx.y_train
+    n = len(y)
+    perm, pos = None, n
+    for _ in range(steps):
+        if pos >= n:
+            perm, pos = torch.randperm(n, generator=generator).to(x.device), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        grads = torch.autograd.grad(F.cross_entropy(model(x[idx]), y[idx]), plist)
+        with torch.no_grad():
+            if wd:
+                grads = torch._foreach_add(grads, plist, alpha=wd)
+            torch._foreach_add_(plist, grads, alpha=-lr)
+            snapshot = torch.cat([params[k].reshape(-1) for k in names])
+        yield snapshot
+
+
+# --------------------------------------------------------------------------------------------- PCA
+@dataclass(frozen=True)
+class PCAResult:
+    index: torch.Tensor  # (k,) 0-based ranks of the returned components (PC i+1 for rank i)
+    variances: torch.Tensor  # (k,) σ² of those components, float64
+    components: torch.Tensor  # (k, N) their unit-norm principal directions p_i
+    mean: torch.Tensor  # (N,) time average ⟨w⟩
+    spectrum: torch.Tensor  # (r,) every variance the method resolves, descending (all min(N, T) if exact)
+    total_variance: float  # Σ_i σ_i² over all N directions = (1/T) Σ_t ‖w_t − ⟨w⟩‖²
+    n_snapshots: int
+    method: str
+
+    def row(self, pc: int) -> int:
+        """Row of ``components`` holding the 1-based PC ``pc``."""
+        hits = (self.index == pc - 1).nonzero()
+        if len(hits) == 0:
+            raise KeyError(f"PC {pc} was not computed; computed: {(self.index + 1).tolist()}")
+        return int(hits[0, 0])
+
+
+def _pca_method(n: int, t: int, method: str) -> str:
+    if method != "auto":
+        if method not in ("covariance", "gram", "lowrank"):
+            raise ValueError(f"unknown PCA method {method!r}; valid: auto, covariance, gram, lowrank")
+        return method
+    if min(n, t) > 6000:
+        return "lowrank"
+    return "covariance" if n <= t else "gram"
+
+
+def snapshot_pca(snapshots: Iterable[torch.Tensor], n_snapshots: int, components: int | Sequence[int], *,
+                 method: str = "auto", generator: torch.Generator | None = None,
+                 block: int = 256) -> PCAResult:
+    """PCA of T = ``n_snapshots`` vectors w_t ∈ R^N streamed from ``snapshots``, with the 1/T normalisation
+    σ_i² = (1/T) Σ_t θ_i(t)². ``components``: how many leading PCs to return, or their 0-based ranks (only
+    those directions are formed). Ranks beyond what the data resolve (variance ≤ 1e-12·σ_1²) are dropped.
+    Methods: see the module docstring; memory N²·8 bytes (covariance) or T·N·4 bytes (gram, lowrank)."""
+    it = iter(snapshots)
+    first = next(it).detach().double()  # reference point: snapshots are handled as w_t − w_1
+    n = first.numel()
+    method = _pca_method(n, n_snapshots, method)
+    want = torch.arange(components) if isinstance(components, int) else torch.as_tensor(list(components))
+    want = want[(want >= 0) & (want < min(n, n_snapshots))].long()
+    if method == "covariance":
+        s1 = torch.zeros(n, dtype=torch.float64)
+        s2 = torch.zeros(n, n, dtype=torch.float64)
+        buf, t = [torch.zeros(n, dtype=torch.float64)], 1
+
+        def flush():
+            nonlocal s1, s2
+            xb = torch.stack(buf)  # (block, N)
+            s1 += xb.sum(0)
+            s2 += xb.T @ xb
+            buf.clear()
+
+        for w in it:
+            buf.append(w.detach().double() - first)
+            t += 1
+            if len(buf) == block:
+                flush()
+        if buf:
+            flush()
+        mu = s1 / t
+        cov = s2 / t - torch.outer(mu, mu)  # (N, N)
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+        want = want[evals[want] > evals[0] * 1e-12]
+        return PCAResult(want, evals[want], evecs[:, want].T.contiguous(), first + mu, evals,
+                         float(torch.diagonal(cov).sum()), t, method)
+    first32 = first.float()
+    x = torch.empty(n_snapshots, n, dtype=torch.float32)
+    x[0] = 0.0
+    t = 1
+    for w in it:
+        if t >= n_snapshots:
+            raise ValueError(f"snapshot_pca was told {n_snapshots} snapshots but got more")
+        torch.sub(w.detach().float(), first32, out=x[t])
+        t += 1
+    x = x[:t]
+    mu = x.mean(0)
+    xc = x.sub_(mu)  # (T, N), centred in place
+    mu = mu.double()
+    want = want[want < t]
+    if method == "gram":
+        gram = (xc @ xc.T).double() / t  # (T, T); float32 products: leading variances to ~1e-6 relative
+        total = float(torch.trace(gram))
+        evals, u = torch.linalg.eigh(gram)
+        evals, u = evals.flip(0).clamp_min(0.0), u.flip(1)
+        want = want[evals[want] > evals[0] * 1e-12]
+        comps = (u[:, want].T.float() @ xc).double() / torch.sqrt(t * evals[want])[:, None]  # (k, N)
+        return PCAResult(want, evals[want], comps, first + mu, evals, total, t, method)
+    total = float(torch.linalg.vector_norm(xc, dtype=torch.float64) ** 2 / t)
+    q = min(int(want.max()) + 11 if len(want) else 10, t, n)
+    s, v = randomized_svd(xc, q, generator=generator)
+    evals = (s.double() ** 2) / t
+    want = want[(want < q) & (evals[want.clamp(max=q - 1)] > evals[0] * 1e-12)]
+    return PCAResult(want, evals[want], v[want].double(), first + mu, evals, total, t, method)
+
+
+def randomized_svd(x: torch.Tensor, q: int, *, n_iter: int = 4,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leading q singular values and right singular vectors (q, N) of x (T, N) by the randomised range
+    finder with ``n_iter`` power iterations (Halko, Martinsson & Tropp 2011, alg. 4.4), seeded."""
+    omega = torch.randn(x.shape[1], q, generator=generator, dtype=x.dtype)
+    basis, _ = torch.linalg.qr(x @ omega)  # (T, q)
+    for _ in range(n_iter):
+        basis, _ = torch.linalg.qr(x.T @ basis)  # (N, q)
+        basis, _ = torch.linalg.qr(x @ basis)  # (T, q)
+    _, s, vt = torch.linalg.svd(basis.T @ x, full_matrices=False)  # (q, N)
+    return s, vt
+
+
+# --------------------------------------------------------------------------------------------- line losses
+LineLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(idx, delta)``: full-training-set losses at w₀ + delta[m]·p[idx[m]], for (M,) tensors -> (M,)."""
+
+
+class _LayerLine:
+    """Loss along directions inside one Linear/Conv layer's parameters, via the layer's linearity.
+
+    z(δ) = layer(a; W₀ + δP_W, b₀ + δP_b) = z₀ + δ·u with u = layer(a; P_W, P_b); u (per PC, per training
+    sample) and z₀ are cached; in each pass the layer itself runs on an empty batch (pre-hook) and a forward
+    hook substitutes the stacked z₀ + δ_m u_{i_m}, (M·n_chunk, …), folded into the sample axis.
+    """
+    kind = "layer"
+
+    def __init__(self, ctx: Context, layer: Layer, names: Sequence[str], w0: torch.Tensor, dirs: torch.Tensor,
+                 probe_elems: int = 1 << 20):
+        self.ctx, self.layer, self.probe_elems = ctx, layer, probe_elems
+        self.base = {**ctx.params, **_split(ctx, names, w0)}
+        w, b = layer.weight, layer.bias
+        pieces = {"weight": torch.stack([_split(ctx, names, d).get(w, torch.zeros_like(self.base[w]))
+                                         for d in dirs.to(w0.dtype)])}  # (K, *weight shape)
+        if b is not None:
+            pieces["bias"] = torch.stack([_split(ctx, names, d).get(b, torch.zeros_like(self.base[b]))
+                                          for d in dirs.to(w0.dtype)])
+        x = ctx.x_train
+        self.chunks = [(i, min(i + ctx.chunk, len(x))) for i in range(0, len(x), ctx.chunk)]
+        apply = vmap(lambda p, a: functional_call(layer.module, p, (a,)), in_dims=(0, None))
+        base = {"weight": self.base[w], **({"bias": self.base[b]} if b is not None else {})}
+        self.u, self.z0 = [], []
+        with torch.no_grad():  # u_i = layer(a; p_i) (K, c, *out) and z₀ = layer(a; w₀) (c, *out), per chunk
+            for lo, hi in self.chunks:
+                a = self._layer_input(x[lo:hi])
+                self.u.append(apply(pieces, a))
+                self.z0.append(functional_call(layer.module, base, (a,)))
+        self.out_numel = self.u[0][0, 0].numel()
+
+    def _layer_input(self, x: torch.Tensor) -> torch.Tensor:
+        got = []
+        handle = self.layer.module.register_forward_pre_hook(lambda m, inp: got.append(inp[0].detach()))
+        try:
+            with torch.no_grad():
+                self.ctx.forward(x, self.base)
+        finally:
+            handle.remove()
+        if len(got) != 1:
+            raise ValueError(f"layer {self.layer.name} ran {len(got)} times in one forward pass")
+        return got[0]
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        x, y = self.ctx.x_train, self.ctx.y_train
+        m = len(idx)
+        total = torch.zeros(m, dtype=torch.float64)
+        step = max(1, self.probe_elems // max(1, m * self.out_numel))  # samples per pass
+        for (lo, hi), u, z0 in zip(self.chunks, self.u, self.z0):
+            d = delta.to(u.dtype).view(-1, *([1] * (u.dim() - 1)))  # (M, 1, …)
+            for s in range(lo, hi, step):
+                e = min(s + step, hi)
+
+                def skip(mod, inp):  # the layer runs on an empty batch: its output at w₀ is cached (z0)
+                    return (inp[0][:0],) + tuple(inp[1:])
+
+                def hook(mod, inp, out, s=s, e=e):  # -> (M·c, *out): z₀ + δ_m u_{i_m} for every probe m
+                    z = u.narrow(1, s - lo, e - s).index_select(0, idx)  # (M, c, *out), a gathered copy
+                    return z.mul_(d).add_(z0.narrow(0, s - lo, e - s)).flatten(0, 1)
+
+                handles = [self.layer.module.register_forward_pre_hook(skip),
+                           self.layer.module.register_forward_hook(hook)]
+                try:
+                    logits = self.ctx.forward(x[s:e], self.base)  # (M·c, classes)
+                finally:
+                    for h in handles:
+                        h.remove()
+                ce = F.cross_entropy(logits, y[s:e].repeat(m), reduction="none").view(m, e - s)
+                total += ce.double().sum(1)
+        return total / len(y)
+
+
+class _ParamLine:
+    """Loss along arbitrary parameter directions: ``vmap`` of the functional loss over perturbed vectors."""
+    kind = "vmap"
+
+    def __init__(self, ctx: Context, names: Sequence[str], w0: torch.Tensor, dirs: torch.Tensor,
+                 probes_per_pass: int = 8):
+        self.ctx, self.names, self.w0, self.dirs = ctx, list(names), w0, dirs.to(w0.dtype)
+        self.probes_per_pass = probes_per_pass
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        w = self.w0[None] + delta.to(self.w0.dtype)[:, None] * self.dirs[idx]  # (M, N)
+        f = lambda v: self.ctx.loss({**self.ctx.params, **_split(self.ctx, self.names, v)})
+        return torch.cat([vmap(f)(w[i:i + self.probes_per_pass])
+                          for i in range(0, len(w), self.probes_per_pass)]).double()
+
+
+def _split(ctx: Context, names: Sequence[str], vec: torch.Tensor) -> dict[str, torch.Tensor]:
+    out, i = {}, 0
+    for k in names:
+        p = ctx.params[k]
+        out[k] = vec[i:i + p.numel()].view_as(p)
+        i += p.numel()
+    return out
+
+
+def line_loss(ctx: Context, names: Sequence[str], w0: torch.Tensor, dirs: torch.Tensor, *,
+              fast: bool = True) -> LineLoss:
+    """The batched loss along ``dirs`` (K, N) through ``w0`` (N,) in the space of parameters ``names``:
+    the layer-linearity path when ``names`` lie in one Linear/Conv layer (and ``fast``), else ``vmap``."""
+    w0 = w0.to(ctx.params[names[0]].dtype)
+    layer = next((l for l in ctx.layers if set(names) <= {l.weight, l.bias} - {None}), None)
+    if fast and layer is not None:
+        # The hook folds probes into the sample axis, which a model that mixes samples, or calls the layer
+        # twice, does not allow: check that capability once against two direct evaluations at δ ≠ 0 and use
+        # vmap otherwise. Only a shape error or a wrong value selects the fallback; nothing is hidden.
+        idx = torch.tensor([0, len(dirs) - 1])
+        delta = torch.tensor([0.05, -0.1]) * max(float(w0.norm()), 1e-3)
+        direct = torch.stack([ctx.loss({**ctx.params, **_split(ctx, names, w0 + d * dirs[i].to(w0.dtype))})
+                              for i, d in zip(idx, delta)]).double()
+        try:
+            line = _LayerLine(ctx, layer, names, w0, dirs)
+            probe = line(idx, delta)
+        except (RuntimeError, ValueError):
+            line = None
+        if line is not None and torch.allclose(probe, direct, rtol=1e-4, atol=1e-7):
+            return line
+    return _ParamLine(ctx, names, w0, dirs)
+
+
+# --------------------------------------------------------------------------------------------- flatness
+@dataclass(frozen=True)
+class FlatnessScan:
+    left: torch.Tensor  # (K,) δ_l > 0, NaN where censored
+    right: torch.Tensor  # (K,) δ_r > 0, NaN where censored
+    censored_left: torch.Tensor  # (K,) bool: no crossing within [min_delta, max_delta]
+    censored_right: torch.Tensor
+    n_evals: int  # loss evaluations (probes)
+    n_rounds: int  # batched passes
+
+    @property
+    def flatness(self) -> torch.Tensor:
+        """F = δ_l + δ_r; NaN where either side is censored."""
+        return self.left + self.right
+
+    @property
+    def n_censored(self) -> int:
+        return int(self.censored_left.sum() + self.censored_right.sum())
+
+
+def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor | float,
+                  max_delta: torch.Tensor | float, *, min_delta: torch.Tensor | float = 0.0,
+                  threshold: float = math.e, qtol: float = 1e-3, rtol: float = 1e-3,
+                  max_rounds: int = 100) -> FlatnessScan:
+    """Distances δ_l, δ_r > 0 at which L(∓δ) first reaches ``threshold``·L₀, for every direction at once.
+
+    The search works on q(δ) = log[(L(δ) − L₀) / ((threshold − 1) L₀)], zero at the crossing and close to
+    linear in log δ (slope 2 for a quadratic rise). Each (direction, side) pair starts at δ = ``start`` and
+    steps outward, extrapolating q linearly in log δ (slope 2 at first, then the measured one, aiming 10 %
+    past the crossing; factor clamped to 1.25…64, ×4 while the loss has not risen), or inward by 1/4 while
+    already above the target, until the crossing is bracketed; then the bracket is narrowed by secant steps
+    through the last two probes when they land inside it, else the Illinois variant of regula falsi on
+    (log δ, q) (a geometric bisection where q is undefined), until |q| < ``qtol``
+    (|log L − log(threshold·L₀)| ≲ 0.6·qtol) or the bracket is ``rtol`` wide. A side still below the target
+    at ``max_delta``, or above it at ``min_delta``, is censored (NaN). ``loss(idx, delta)`` is called once
+    per round with every active probe.
+    """
+    if not loss0 > 0:
+        raise ValueError(f"the flatness threshold needs L0 > 0, got {loss0}")
+    need = (threshold - 1.0) * loss0
+    n_pairs = 2 * n_dirs  # pair j: direction j // 2, side −1 (j even) or +1 (j odd)
+    as_list = lambda v: [float(t) for t in torch.as_tensor(v, dtype=torch.float64).expand(n_dirs)
+                         .repeat_interleave(2)]
+    dmax, dmin = as_list(max_delta), as_list(min_delta)
+    probe = [min(p, m) for p, m in zip(as_list(start), dmax)]
+    lo, q_lo = [0.0] * n_pairs, [-math.inf] * n_pairs  # largest δ known below the target (0: the minimum)
+    hi, q_hi = [math.inf] * n_pairs, [math.inf] * n_pairs  # smallest δ known above it
+    qe_lo, qe_hi, last = [-math.inf] * n_pairs, [math.inf] * n_pairs, [""] * n_pairs  # Illinois state
+    recent = [(math.nan, math.nan)] * n_pairs  # the previous probe (δ, q), for secant steps
+    result = [math.nan] * n_pairs
+    censored = [False] * n_pairs
+    active = list(range(n_pairs))
+    n_evals = rounds = 0
+    while active:
+        if rounds >= max_rounds:
+            raise RuntimeError(f"flatness_scan did not converge in {max_rounds} rounds")
+        rounds += 1
+        idx = torch.tensor([j // 2 for j in active])
+        delta = torch.tensor([probe[j] * (1.0 if j % 2 else -1.0) for j in active], dtype=torch.float64)
+        values = loss(idx, delta).double().tolist()
+        n_evals += len(active)
+        still = []
+        for j, value in zip(active, values):
+            d = probe[j]
+            rise = value - loss0 if math.isfinite(value) else math.inf
+            q = math.log(rise / need) if rise > 0 else -math.inf
+            if abs(q) < qtol:
+                result[j] = d
+                continue
+            before, recent[j] = recent[j], (d, q)
+            if q < 0:
+                prev_d, prev_q = lo[j], q_lo[j]
+                lo[j], q_lo[j], qe_lo[j] = d, q, q
+                if last[j] == "lo":
+                    qe_hi[j] *= 0.5
+                last[j] = "lo"
+            else:
+                hi[j], q_hi[j], qe_hi[j] = d, q, q
+                if last[j] == "hi":
+                    qe_lo[j] *= 0.5
+                last[j] = "hi"
+            if math.isinf(hi[j]):  # below the target so far: step outward
+                if d >= dmax[j]:
+                    censored[j] = True
+                    continue
+                if math.isinf(q):
+                    factor = 4.0
+                else:
+                    slope = 2.0
+                    if prev_d > 0 and math.isfinite(prev_q):
+                        slope = min(max((q - prev_q) / math.log(d / prev_d), 1.0), 8.0)
+                    factor = 1.1 * math.exp(-q / slope)
+                probe[j] = min(d * min(max(factor, 1.25), 64.0), dmax[j])
+            elif lo[j] == 0.0:  # above the target at the first probe already: step inward
+                if d <= dmin[j]:
+                    censored[j] = True
+                    continue
+                probe[j] = max(d / 4.0, dmin[j])
+            else:  # bracketed: a secant step through the last two probes if it stays inside the bracket,
+                # else Illinois regula falsi on the bracket, else (q undefined at an end) geometric bisection
+                s_lo, s_hi = math.log(lo[j]), math.log(hi[j])
+                s_new = math.nan
+                if math.isfinite(q) and math.isfinite(before[1]) and before[1] != q and before[0] > 0:
+                    s_new = math.log(d) - q * (math.log(d) - math.log(before[0])) / (q - before[1])
+                if not s_lo < s_new < s_hi:
+                    if math.isfinite(qe_lo[j]) and math.isfinite(qe_hi[j]):
+                        s_new = s_lo - qe_lo[j] * (s_hi - s_lo) / (qe_hi[j] - qe_lo[j])
+                    else:
+                        s_new = 0.5 * (s_lo + s_hi)
+                if s_hi - s_lo < math.log1p(rtol):
+                    result[j] = math.exp(s_new)
+                    continue
+                probe[j] = math.exp(s_new)
+            still.append(j)
+        active = still
+    res = torch.tensor(result, dtype=torch.float64).view(n_dirs, 2)
+    cens = torch.tensor(censored).view(n_dirs, 2)
+    return FlatnessScan(res[:, 0].clone(), res[:, 1].clone(), cens[:, 0].clone(), cens[:, 1].clone(),
+                        n_evals, rounds)
+
+
+# --------------------------------------------------------------------------------------------- fit
+@dataclass(frozen=True)
+class PowerLawFit:
+    """log y = c − ψ log x by least squares."""
+    psi: float
+    intercept: float
+    r2: float
+    n: int
+
+
+def power_law_fit(y: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor) -> PowerLawFit:
+    """Fit log y = c − ψ log x over the pairs where both are finite and positive (ψ = minus the slope).
+    Fewer than 3 usable pairs give NaN."""
+    y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    if ok.sum() < 3 or np.ptp(lx) == 0:
+        return PowerLawFit(math.nan, math.nan, math.nan, int(ok.sum()))
+    slope, icpt = np.polyfit(lx, ly, 1)
+    resid = ly - (icpt + slope * lx)
+    ss = ((ly - ly.mean()) ** 2).sum()
+    r2 = 1.0 - (resid ** 2).sum() / ss if ss > 0 else math.nan
+    return PowerLawFit(float(-slope), float(icpt), float(r2), int(ok.sum()))
+
+
+# --------------------------------------------------------------------------------------------- analysis
+@dataclass(frozen=True)
+class VFResult:
+    """One variance–flatness analysis. Arrays are indexed like ``pcs`` (1-based PC numbers)."""
+    names: tuple[str, ...]
+    pcs: np.ndarray  # (K,) 1-based PC indices scanned
+    variance: np.ndarray  # (K,) σ_i²
+    flatness: np.ndarray  # (K,) F_i, NaN where a side is censored
+    left: np.ndarray
+    right: np.ndarray
+    censored_left: np.ndarray
+    censored_right: np.ndarray
+    fit: PowerLawFit
+    pca: PCAResult
+    w0: torch.Tensor  # (N,) the solution (origin of the scans)
+    loss0: float
+    max_delta: float
+    line_kind: str
+    n_evals: int
+    n_rounds: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_censored(self) -> int:
+        """Censored sides (each PC has two)."""
+        return int(self.censored_left.sum() + self.censored_right.sum())
+
+    @property
+    def used(self) -> np.ndarray:
+        """PCs in the fit: both sides crossed."""
+        return np.isfinite(self.flatness)
+
+
+def _groups(n_dirs: int, per_dir_bytes: float, budget_bytes: float) -> list[range]:
+    size = max(1, int(budget_bytes // max(per_dir_bytes, 1.0)))
+    return [range(i, min(i + size, n_dirs)) for i in range(0, n_dirs, size)]
+
+
+def variance_flatness(ctx: Context, settings: VFSettings = DEFAULT) -> VFResult:
+    """Run the whole analysis (module docstring) on the Context's trained model."""
+    names = analysed_names(ctx, settings.params)
+    gen = ctx.generator(f"vf/{settings.steps}/{','.join(names)}")
+    w0 = torch.cat([ctx.params[k].reshape(-1) for k in names]).detach()
+    snaps = sgd_snapshots(ctx, names, settings.steps, gen)
+    pca = snapshot_pca(snaps, settings.steps, [p - 1 for p in sorted(set(settings.pcs)) if p >= 1],
+                       method=settings.pca, generator=gen)
+    if len(pca.index) == 0:
+        raise ValueError(f"none of PCs {settings.pcs} is resolved by {settings.steps} snapshots")
+    pcs = pca.index.numpy() + 1
+    var = pca.variances
+    dirs = pca.components.to(w0.dtype)  # (K, N)
+    loss0 = ctx.train_loss
+    max_delta = settings.max_shift * float(w0.norm())
+    left, right, cl, cr = [], [], [], []
+    n_evals = n_rounds = 0
+    layer_out = _layer_output_numel(ctx, names)
+    per_dir = 4.0 * len(ctx.y_train) * (layer_out or 0)
+    kind = "vmap"
+    for grp in _groups(len(pcs), per_dir, settings.memory_mb * 2**20):
+        idx = list(grp)
+        line = line_loss(ctx, names, w0, dirs[idx])
+        kind = line.kind
+        start = START_SIGMAS * var[idx].sqrt().clamp_min(1e-6 * max_delta)
+        scan = flatness_scan(line, len(idx), loss0, start=start, max_delta=max_delta,
+                             min_delta=1e-7 * max_delta, threshold=settings.threshold)
+        left.append(scan.left), right.append(scan.right)
+        cl.append(scan.censored_left), cr.append(scan.censored_right)
+        n_evals += scan.n_evals
+        n_rounds += scan.n_rounds
+    left, right = torch.cat(left).numpy(), torch.cat(right).numpy()
+    flat = left + right
+    fit = power_law_fit(var.numpy(), flat)
+    return VFResult(names, pcs, var.numpy(), flat, left, right, torch.cat(cl).numpy(), torch.cat(cr).numpy(),
+                    fit, pca, w0, loss0, max_delta, kind, n_evals, n_rounds)
+
+
+def _layer_output_numel(ctx: Context, names: Sequence[str]) -> int | None:
+    """Per-sample output size of the single layer holding ``names`` (None if they span several layers)."""
+    layer = next((l for l in ctx.layers if set(names) <= {l.weight, l.bias} - {None}), None)
+    if layer is None:
+        return None
+    got = []
+    h = layer.module.register_forward_hook(lambda m, i, o: got.append(o[0].numel()))
+    try:
+        with torch.no_grad():
+            ctx.forward(ctx.x_train[:1])
+    finally:
+        h.remove()
+    return got[0] if got else None
+
+
+def loss_profiles(ctx: Context, result: VFResult, pcs: Sequence[int], deltas: torch.Tensor) -> np.ndarray:
+    """L(w₀ + δ p_i) on the full training set for the 1-based PCs ``pcs`` (among those analysed) and the
+    offsets ``deltas``: (len(pcs), len(deltas))."""
+    pcs = list(pcs)
+    dirs = result.pca.components[[result.pca.row(p) for p in pcs]].to(result.w0.dtype)
+    line = line_loss(ctx, result.names, result.w0, dirs)
+    idx = torch.arange(len(pcs)).repeat_interleave(len(deltas))
+    d = deltas.repeat(len(pcs))
+    return line(idx, d).view(len(pcs), len(deltas)).numpy()
+
+
+# --------------------------------------------------------------------------------------------- measures
+NEEDS = ("model", "train_data", "hparams")
+
+
+def _vf(ctx: Context, settings: VFSettings) -> VFResult:
+    return variance_flatness(ctx, settings)
+
+
+def _details(r: VFResult) -> dict:
+    return {"r2": r.fit.r2, "n_pcs": r.fit.n, "n_censored": r.n_censored,
+            "pcs": f"{int(r.pcs.min())}-{int(r.pcs.max())}", "layer": ",".join(r.names)}
+
+
+@measure("vf.exponent", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE)
+def vf_exponent(ctx: Context) -> Value:
+    """Variance–flatness exponent ψ of SGD's steady-state fluctuations, σ_i² ∝ F_i^(−ψ).
+
+    Least squares of log σ_i² = c − ψ log F_i over PCs 2–11 and every 10th PC from 20 to 150 of 200
+    post-training SGD snapshots of the last hidden-to-hidden weight matrix (F_i: width of the
+    full-training-loss profile along PC i at e·L₀; censored PCs excluded and counted). Sign −1 (a
+    hypothesis, not from the paper): a larger ψ is a stronger landscape-dependent annealing — less noise
+    where the landscape is flat — which drives SGD towards flat solutions. Details: R², PCs used, censored
+    sides.
+    """
+    r = ctx.shared(_vf, DEFAULT)
+    return Value(r.fit.psi, _details(r))
+
+
+@measure("vf.flatness_mean_log", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE)
+def vf_flatness_mean_log(ctx: Context) -> Value:
+    """Mean log flatness of the solution along SGD's leading fluctuation directions, mean_i log F_i.
+
+    F_i = δ_l + δ_r, the width at which the full training loss along PC i reaches e·L₀; mean of log F_i over
+    the leading PCs 2–11 of the variance–flatness analysis that are uncensored (censored ones, whose F
+    exceeds the search range, are excluded and counted, which biases the mean low). Sign −1: flatter
+    solutions are expected to generalize better.
+    """
+    r = ctx.shared(_vf, DEFAULT)
+    lead = r.used & (r.pcs <= 11)
+    return Value(float(np.log(r.flatness[lead]).mean()) if lead.any() else math.nan,
+                 {**_details(r), "n_leading": int(lead.sum())})
+
+
+@measure("vf.weight_variance", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE)
+def vf_weight_variance(ctx: Context) -> Value:
+    """Total steady-state variance of the weights under continued SGD, Σ_i σ_i² (all PCs).
+
+    (1/T) Σ_t ‖w_t − ⟨w⟩‖² over T = 200 SGD steps of the last hidden-to-hidden weight matrix. Sign −1 (a
+    hypothesis): a solution around which SGD can wander widely at (near) constant loss sits in a broad
+    basin, the PAC-Bayes picture of a flat minimum.
+    """
+    r = ctx.shared(_vf, DEFAULT)
+    return Value(r.pca.total_variance, {"top_pc_fraction": float(r.pca.spectrum[0]) / r.pca.total_variance,
+                                        "layer": ",".join(r.names), "steps": r.pca.n_snapshots})

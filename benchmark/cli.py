@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("genbench")
@@ -175,11 +175,9 @@ def do_list(cfg: DictConfig) -> None:
 
 TASKS = {"run": do_run, "train": do_train, "measure": do_measure, "evaluate": do_evaluate,
          "leaderboard": do_leaderboard, "measures": do_list, "collect": do_collect}
-PAPERS = ("pnas", "prl", "nmi", "mlst")
-
-
 def _reproduce(argv: list[str]) -> None:
     import importlib
+    from benchmark.reproduce import PAPERS
     parser = argparse.ArgumentParser(prog="genbench reproduce", description="Rerun a paper's central experiment.")
     parser.add_argument("paper", choices=PAPERS)
     parser.add_argument("--out", type=Path, default=None, help="default: leaderboard/reproductions/<paper>")

@@ -106,7 +106,9 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
           "with bootstrap 95% intervals. CMI: conditional mutual information of the signs (Jiang et al.), "
           "minimised over conditioning sets of ≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s "
-          "robust sign-error over environments (lower is better). Cost: seconds per model.")
+          "robust sign-error over environments (lower is better). Cost: seconds per model; an intermediate shared by "
+          "several measures (a σ search, a Hessian eigen-solve, an SGD continuation) is charged to the first "
+          "measure of its family that computes it, and the others show only their own extra time.")
 
 
 def noise_text(noise: dict) -> str:

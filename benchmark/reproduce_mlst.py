@@ -12,15 +12,14 @@ phases come from ``measures.phases.detect_phases``.
 """
 from __future__ import annotations
 
-import argparse
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from benchmark import reproduce
+from benchmark.reproduce import markdown_table, one_thread
 from benchmark.data import make_data
 from benchmark.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
 from benchmark.models import build_model
@@ -29,16 +28,6 @@ from measures.phases import detect_phases, order_parameters
 
 COLORS = {"I": "#dbe9f6", "II": "#dff3df", "III": "#fbe3d0", "IV": "#eeeeee", "fast": "#dbe9f6",
           "exploration": "#eeeeee"}
-
-
-@contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def hparams(rho: float, quick: bool) -> HParams:
@@ -140,13 +129,6 @@ def summarise(rho: float, hist: pd.DataFrame, phases, train_s: float, op_s: floa
     return rows
 
 
-def _md(df: pd.DataFrame) -> str:
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, (float, np.floating)) else str(v)
-    rows = [" | ".join(df.columns), " | ".join("---" for _ in df.columns)]
-    rows += [" | ".join(fmt(v) for v in rec) for rec in df.itertuples(index=False)]
-    return "\n".join(f"| {r} |" for r in rows)
-
-
 def hist_auc(sub: pd.DataFrame) -> str:
     """Where the per-epoch AUC peaks, from the phase table's stored peak columns."""
     if "auc_peak_epoch" not in sub:
@@ -220,7 +202,7 @@ def report(table: pd.DataFrame, out: Path, quick: bool, wall: float, files: list
              "Architecture and data size are ours (CPU budget), not the paper's.",
              f"- Order parameters each epoch from {OP_BATCHES} seeded minibatch gradients; the subset terms "
              "from a fresh seeded sample of 512 training samples (the trainer's defaults).", "",
-             "## Phases found", "", _md(table.drop(columns=["train_s", "op_overhead"])), "",
+             "## Phases found", "", markdown_table(table.drop(columns=["train_s", "op_overhead"])), "",
              "Columns: alignment = mean pairwise cosine of minibatch gradients; amplitude = ‖mean‖/mean‖·‖; "
              "loss_auc = P(loss of a mislabeled sample > loss of a correct one); all values are means over the "
              "epochs of the phase; auc_peak(_epoch): the best epoch of the whole run.", "",
@@ -240,7 +222,7 @@ def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows, runs = [], {}
-    with _threads(1):
+    with one_thread():
         for rho in ([0.3] if quick else [0.0, 0.2, 0.4]):
             hp = hparams(rho, quick)
             data = make_data(hp.dataset)
@@ -260,12 +242,11 @@ def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     return table
 
 
+PAPER_KEY = "mlst"
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("leaderboard/reproductions/mlst"))
-    parser.add_argument("--quick", action="store_true", help="a one-minute version")
-    args = parser.parse_args(argv)
-    print(run(args.out, quick=args.quick).to_string(index=False))
+    reproduce.main(PAPER_KEY, run, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

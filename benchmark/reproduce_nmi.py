@@ -14,16 +14,15 @@ measures (``duality.*``: training sample ↔ nearest same-label training neighbo
 """
 from __future__ import annotations
 
-import argparse
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.stats
-import torch
 
+from benchmark import reproduce
+from benchmark.reproduce import markdown_table, one_thread
 from benchmark.data import make_data
 from benchmark.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
 from benchmark.models import build_model
@@ -38,16 +37,6 @@ QUICK_SWEEPS = {"train.batch_size": [25, 100], "optimizer.lr": [0.1], "optimizer
 MEASURES = ["duality.gap", "duality.sharpness", "duality.size", "duality.gap_hessian"]
 LABEL = {"train.batch_size": "batch size B", "optimizer.lr": "learning rate α",
          "optimizer.weight_decay": "weight decay"}
-
-
-@contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def settings(quick: bool) -> list[tuple[str, dict]]:
@@ -90,15 +79,6 @@ def analyse(hp: HParams, data, result) -> tuple[dict, pd.DataFrame]:
         row[f"measure.{name}"] = REGISTRY.get(name)(ctx).value
     row["time.measures_s"] = time.perf_counter() - start
     return row, table
-
-
-def markdown(df: pd.DataFrame, digits: int = 4) -> str:
-    """A DataFrame as a GitHub markdown table (index included), without the optional ``tabulate``."""
-    df = df.reset_index()
-    fmt = lambda v: f"{v:.{digits}g}" if isinstance(v, (float, np.floating)) else str(v)
-    rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
-    rows += [" | ".join(fmt(v) for v in rec) for rec in df.itertuples(index=False)]
-    return "\n".join(f"| {r} |" for r in rows)
 
 
 def _kendall(df: pd.DataFrame, col: str, target: str = "metric.gap_loss") -> float:
@@ -263,7 +243,7 @@ def report(df: pd.DataFrame, out: Path, quick: bool, wall: float, cpu: float, fi
                  "oracle.sigma_g_norm", "oracle.sigma_w_sq", "measure.duality.gap", "measure.duality.sharpness",
                  "measure.duality.size", "measure.duality.gap_hessian"]].mean()
               .rename(columns=lambda c: c.replace("measure.", "").replace("metric.", "").replace("hp.", ""))
-              .rename_axis(index=lambda c: c.replace("hp.", "")).pipe(markdown), "",
+              .rename_axis(index=lambda c: c.replace("hp.", "")).reset_index().pipe(markdown_table), "",
               f"Cost of the analysis per model: oracle table {df['time.oracle_s'].median():.2f} s, "
               f"the four training-only measures {df['time.measures_s'].median():.2f} s (median).", "",
               "## Obtained vs published", ""] + claims(df, trend) + ["",
@@ -280,7 +260,7 @@ def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     start, cpu = time.perf_counter(), time.process_time()
     rows, tables = [], {}
     seeds = [0] if quick else [0, 1]
-    with _threads(1):
+    with one_thread():
         for setting, change in settings(quick):
             for seed in seeds:
                 hp = hparams(change, seed, quick)
@@ -302,13 +282,11 @@ def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     return df
 
 
+PAPER_KEY = "nmi"
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("leaderboard/reproductions/nmi"))
-    parser.add_argument("--quick", action="store_true", help="a one-minute version")
-    args = parser.parse_args(argv)
-    df = run(args.out, quick=args.quick)
-    print(df.to_string(index=False))
+    reproduce.main(PAPER_KEY, run, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

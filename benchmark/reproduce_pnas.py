@@ -13,7 +13,6 @@ log σ_i² = c − ψ log F_i. A 2×2 sweep of (α, B) checks the robustness of 
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark import reproduce
+from benchmark.reproduce import markdown_table, one_thread
 from benchmark.data import DataBundle, make_data
 from benchmark.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
 from benchmark.models import build_model
@@ -158,14 +159,6 @@ def plot_spectrum(r: fl.VFResult, ranges: tuple[tuple[int, int], ...], path: Pat
     plt.close(fig)
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-markdown table of ``df`` (floats to 4 significant digits)."""
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _fmt(x, digits=3):
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
 
@@ -253,12 +246,8 @@ def write_results(out: Path, table: pd.DataFrame, scale: Scale, quick: bool, com
 def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     """Train, analyse, plot and write ``results.md`` under ``out_dir``; returns one row per model.
     Runs on one intra-op thread (small matrices: extra threads only add synchronisation on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _run(Path(out_dir), quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out_dir: Path, quick: bool) -> pd.DataFrame:
@@ -296,12 +285,7 @@ def _run(out_dir: Path, quick: bool) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=f"Reproduce {PAPER} at CPU scale.")
-    parser.add_argument("--out", type=Path, default=Path("leaderboard/reproductions/pnas"))
-    parser.add_argument("--quick", action="store_true", help="a toy-scale smoke test (< 1 min)")
-    args = parser.parse_args(argv)
-    table = run(args.out, quick=args.quick)
-    print(table.to_string(index=False))
+    reproduce.main("pnas", run, f"Reproduce {PAPER} at CPU scale.", argv)
 
 
 if __name__ == "__main__":

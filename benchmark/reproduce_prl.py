@@ -18,7 +18,6 @@ Two parts:
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.stats
-import torch
 
+from benchmark import reproduce
+from benchmark.reproduce import markdown_table, one_thread
 from benchmark.data import make_data
 from benchmark.hparams import DatasetHP
-from benchmark.reproduce_pnas import markdown_table, train_mlp
+from benchmark.reproduce_pnas import train_mlp
 from measures import sgd_regularization as sr
 
 PAPER = "Yang, Tang & Tu, PRL 130, 237101 (2023)"
@@ -245,12 +245,8 @@ def write_results(out: Path, table: pd.DataFrame, valley: list[dict], quick: boo
 def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     """Train, analyse, plot and write ``results.md`` under ``out_dir``; returns one row per model.
     Runs on one intra-op thread (small matrices: extra threads only add synchronisation on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _run(Path(out_dir), quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, quick: bool) -> pd.DataFrame:
@@ -290,12 +286,7 @@ def _run(out: Path, quick: bool) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=f"Reproduce {PAPER} at CPU scale.")
-    parser.add_argument("--out", type=Path, default=Path("leaderboard/reproductions/prl"))
-    parser.add_argument("--quick", action="store_true", help="a toy-scale smoke test (< 1 min)")
-    args = parser.parse_args(argv)
-    table = run(args.out, quick=args.quick)
-    print(table.to_string(index=False))
+    reproduce.main("prl", run, f"Reproduce {PAPER} at CPU scale.", argv)
 
 
 if __name__ == "__main__":

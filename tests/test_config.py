@@ -49,6 +49,6 @@ def test_jiang_zoo_is_7_axes_by_3_values():
 
 
 def test_shards_partition_the_zoo():
-    shards = [expand(make_cfg(f"zoo.num_shards=5", f"zoo.shard={i}")) for i in range(5)]
+    shards = [expand(make_cfg("zoo.num_shards=5", f"zoo.shard={i}")) for i in range(5)]
     ids = [hp.model_id for s in shards for hp in s]
     assert sorted(ids) == sorted(hp.model_id for hp in expand(make_cfg()))

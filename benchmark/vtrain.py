@@ -242,6 +242,9 @@ class Stack:
         if any(d.in_shape != self.in_shape or len(d.y_train) != self.n for d in self.data):
             raise NotImplementedError("members' datasets differ in input shape or size")
         self.x = torch.cat([d.x_train for d in self.data])  # (Σ n, *in_shape), every distinct training set
+        # datasets that differ only in their labels (label noise) share one evaluation forward pass
+        self.inputs = [next(j for j, e in enumerate(self.data) if torch.equal(e.x_train, d.x_train)
+                            and torch.equal(e.x_test, d.x_test)) for d in self.data]
         self.y = torch.cat([d.y_train for d in self.data])
         with torch.device("meta"):  # structure only: no memory, no draws from the global generator
             top = max(hps, key=lambda hp: hp.model.dropout).model
@@ -354,31 +357,36 @@ class Stack:
     # ------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def _evaluate(self) -> list[tuple[float, float, float, float]]:
-        """(train loss, train error, test loss, test error) of every member, eval mode (as ``evaluate``)."""
+        """(train loss, train error, test loss, test error) of every member, eval mode (as ``evaluate``).
+        Members whose data have the same inputs go through one stacked forward pass, each scored against
+        its own labels."""
         out: list = [None] * len(self.members)
-        for d, data in enumerate(self.data):
-            rows = [r for r, m in enumerate(self.members) if m.data == d]
+        for g in dict.fromkeys(self.inputs):
+            rows = [r for r, m in enumerate(self.members) if self.inputs[m.data] == g]
             if not rows:
                 continue
             params = self.params if len(rows) == len(self.members) else \
                 [p[torch.tensor(rows, device=self.device)] for p in self.params]
-            train = self._loss_error(params, data.x_train, data.y_train)
-            test = self._loss_error(params, data.x_test, data.y_test)
+            data = [self.data[self.members[r].data] for r in rows]
+            train = self._loss_error(params, data[0].x_train, torch.stack([d.y_train for d in data]))
+            test = self._loss_error(params, data[0].x_test, torch.stack([d.y_test for d in data]))
             for j, r in enumerate(rows):
                 out[r] = (*train[j], *test[j])
         return out
 
     def _loss_error(self, params, x, y, batch: int = 8192) -> list[tuple[float, float]]:
+        """Mean cross-entropy and error of each member on ``x``; ``y`` (M, n) holds each member's labels."""
         M = params[0].shape[0]
         chunk = max(1, batch // M)  # as many samples per pass as ``evaluate`` takes
-        loss, wrong = [0.0] * M, [0] * M
-        for i in range(0, len(y), chunk):
-            xb, yb = x[i:i + chunk], y[i:i + chunk]
+        loss, wrong = torch.zeros(M, dtype=torch.float64), torch.zeros(M, dtype=torch.long)
+        for i in range(0, y.shape[1], chunk):
+            xb, yb = x[i:i + chunk], y[:, i:i + chunk]
             logits = stacked_forward(self.ops, params, xb, shared=True)  # (M, b, classes)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(M), reduction="none")
-            loss = [a + b for a, b in zip(loss, ce.view(M, -1).sum(1).tolist())]
-            wrong = [a + b for a, b in zip(wrong, (logits.argmax(2) != yb).sum(1).tolist())]
-        return [(s / len(y), w / len(y)) for s, w in zip(loss, wrong)]
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
+            loss += ce.view(M, -1).sum(1).double().cpu()
+            wrong += (logits.argmax(2) != yb).sum(1).cpu()
+        n = y.shape[1]
+        return [(s / n, w / n) for s, w in zip(loss.tolist(), wrong.tolist())]
 
     def _unstack(self, r: int) -> nn.Module:
         """Member ``r``'s own module holding its current weights."""

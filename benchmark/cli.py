@@ -198,9 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "perf":
         from benchmark.perf import main as perf_main
-        return perf_main(rest)
+        perf_main(rest)  # its report dict is for Python callers: the console script must exit 0
+        return
     if command == "reproduce":
-        return _reproduce(rest)
+        _reproduce(rest)
+        return
     if command not in TASKS:
         raise SystemExit(f"genbench: unknown command {command!r}; valid: "
                          f"{', '.join(list(TASKS) + ['reproduce', 'perf'])}")

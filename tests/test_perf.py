@@ -4,12 +4,13 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from benchmark import perf
+from benchmark import cli
 
 
 def test_quick_run_writes_every_key_and_target(tmp_path, capsys):
     path = tmp_path / "perf.json"
-    perf.main(["--json", str(path), "--quick", "--threads", "1"])
+    # through the CLI: the console script does sys.exit(main()), so main must return None (exit 0)
+    assert cli.main(["perf", "--json", str(path), "--quick", "--threads", "1"]) is None
     report = json.loads(path.read_text())
     assert "train_speedup" in capsys.readouterr().out  # the readable table
     keys = ["train_speedup", "train_peak_fraction", "suite_over_training", "hessian_speedup_vs_pyhessian",

@@ -152,5 +152,7 @@ def test_cli_lists_measures_and_rejects_bad_input(tmp_path):
     assert unknown.returncode != 0 and "mnist1d" in unknown.stderr  # lists the valid options
     cmd = _genbench("fly", cwd=tmp_path)
     assert cmd.returncode != 0 and "valid: run, train" in cmd.stderr
+    repro = _genbench("reproduce", "nope", cwd=tmp_path)
+    assert repro.returncode != 0 and "pnas" in repro.stderr
     m = _genbench("measures", "measures.include=[nope]", cwd=tmp_path)
     assert m.returncode != 0 and "unknown measure 'nope'; valid:" in m.stderr

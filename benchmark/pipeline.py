@@ -86,17 +86,19 @@ def _train_task(args) -> tuple[int, list[str]]:
 
 
 def _stacks(hps: list[HParams], jobs: int) -> list[list[HParams]]:
-    """Split the models into training tasks: vectorizable stacks, each cut so the workers stay busy."""
-    try:
-        from benchmark.vtrain import group_stacks
-    except ImportError:
-        return [[hp] for hp in hps]
+    """Split the models into training tasks: whole vectorizable stacks while there are at least as many
+    stacks as workers (splitting a stack only shrinks its vectorization), otherwise stacks cut so that every
+    worker gets a piece. Largest estimated cost first (members × width² × training-set size), so the
+    workers finish together."""
+    from benchmark.vtrain import group_stacks
+    stacks = group_stacks(hps)
     out = []
-    for stack in group_stacks(hps):
-        pieces = max(1, min(len(stack), jobs))
+    for stack in stacks:
+        pieces = 1 if len(stacks) >= jobs else max(1, min(len(stack), math.ceil(jobs / len(stacks))))
         size = math.ceil(len(stack) / pieces)
         out += [stack[i:i + size] for i in range(0, len(stack), size)]
-    return sorted(out, key=len, reverse=True)
+    cost = lambda t: len(t) * t[0].model.width ** 2 * t[0].dataset.train_size
+    return sorted(out, key=cost, reverse=True)
 
 
 def train_zoo(hps: list[HParams], store: Store, opts: RunOptions) -> dict[str, int]:

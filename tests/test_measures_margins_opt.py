@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.models import MLP, ConvNet, init_parameters
+from tests.helpers import permute_hidden_units
 from measures import REGISTRY, Context
 from measures import optimization
 from measures.optimization import gradient_noise
@@ -205,20 +206,6 @@ def small_contexts():
 def test_finite_on_small_networks(name):
     for ctx in small_contexts():
         assert math.isfinite(value(name, ctx))
-
-
-def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
-    """The same function with the hidden units (channels) permuted: rows of W_i, b_i and columns of W_{i+1}."""
-    model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for first, second in zip(layers, layers[1:]):
-            perm = torch.randperm(first.weight.shape[0], generator=g)
-            first.weight.copy_(first.weight[perm])
-            first.bias.copy_(first.bias[perm])
-            second.weight.copy_(second.weight[:, perm])
-    return model
 
 
 @pytest.mark.parametrize("name", NAMES)

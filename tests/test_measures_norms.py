@@ -2,7 +2,6 @@
 diagonal network, path norm against path enumeration, and properties (finite, permutation-invariant)."""
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from benchmark.models import MLP, ConvNet, init_parameters
+from tests.helpers import diagonal_mlp, permute_hidden_units
 from measures import REGISTRY, Context
 
 MODULES = ("measures.size", "measures.norms")
@@ -27,15 +27,6 @@ A, B, C = (2.0, 1.0, 0.5), (1.0, 3.0, 1.0), (0.5, 1.0, 2.0)  # diagonals of W_1,
 A0, B0, C0 = (1.0, 1.0, 1.0), (0.0, 1.0, -1.0), (0.5, 0.0, 0.0)  # initial diagonals
 LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
 SCALES = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
-
-
-def diagonal_mlp(diagonals) -> MLP:
-    """3 → 3 → 3 → 3 ReLU MLP without biases whose weights are the given diagonal matrices."""
-    model = MLP((3,), 3, depth=2, width=3, bias=False)
-    with torch.no_grad():
-        for layer, d in zip([m for m in model.modules() if isinstance(m, nn.Linear)], diagonals):
-            layer.weight.copy_(torch.diag(torch.tensor(d)))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -137,22 +128,6 @@ def make_ctx(model, init, x) -> Context:
     y = model(x).argmax(1)  # labels the model fits: positive margins
     history = [{"epoch": 1, "step": 6, "train_loss": 0.3}, {"epoch": 2, "step": 12, "train_loss": 0.005}]
     return Context(model, init_model=init, train=(x, y), hparams={"train.batch_size": 8}, history=history)
-
-
-def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
-    """The same function with the hidden units (channels) of every hidden layer permuted: rows of W_i and
-    b_i, and the matching columns of W_{i+1}."""
-    model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for first, second in zip(layers, layers[1:]):
-            perm = torch.randperm(first.weight.shape[0], generator=g)
-            first.weight.copy_(first.weight[perm])
-            if first.bias is not None:
-                first.bias.copy_(first.bias[perm])
-            second.weight.copy_(second.weight[:, perm])
-    return model
 
 
 @pytest.mark.parametrize("name", NAMES)

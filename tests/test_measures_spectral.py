@@ -3,7 +3,6 @@ diagonal network, norms against torch.linalg, the FFT conv norm against the expl
 power-law fit against synthetic Pareto spectra and a plain loop, and properties."""
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.models import MLP, ConvNet, init_parameters
+from tests.helpers import diagonal_mlp, permute_hidden_units
 from measures import REGISTRY, Context
 from measures import heavy_tail
 from measures.heavy_tail import fit_power_law
@@ -31,14 +31,6 @@ A, B, C = (2.0, 1.0, -0.5), (1.0, 3.0, 1.0), (0.5, 1.0, 2.0)  # diagonals of W_1
 A0, B0, C0 = (1.0, 1.0, 1.0), (0.0, 1.0, -1.0), (0.5, 0.0, 0.0)
 LABELS = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
 SCALES = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
-
-
-def diagonal_mlp(diagonals) -> MLP:
-    model = MLP((3,), 3, depth=2, width=3, bias=False)
-    with torch.no_grad():
-        for layer, d in zip([m for m in model.modules() if isinstance(m, nn.Linear)], diagonals):
-            layer.weight.copy_(torch.diag(torch.tensor(d)))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -249,19 +241,6 @@ def small_models(seed: int = 0):
 
 def make_ctx(model, init, x) -> Context:
     return Context(model, init_model=init, train=(x, model(x).argmax(1)))
-
-
-def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
-    model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for first, second in zip(layers, layers[1:]):
-            perm = torch.randperm(first.weight.shape[0], generator=g)
-            first.weight.copy_(first.weight[perm])
-            first.bias.copy_(first.bias[perm])
-            second.weight.copy_(second.weight[:, perm])
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from benchmark.hparams import HParams
 from benchmark.models import build_model
 from benchmark.train import train_model
 from measures import Context
+from tests.helpers import permute_hidden_units
 
 TESTS = Path(__file__).resolve().parent
 
@@ -51,27 +52,11 @@ def _context(trained, model=None, init=None, seed=0):
                    extras={"mislabeled": data.mislabeled})
 
 
-def _permuted(model: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
-    """The same function with the hidden units of every hidden layer relabelled."""
-    import copy
-    model = copy.deepcopy(model)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        for a, b in zip(linears[:-1], linears[1:]):
-            perm = torch.randperm(a.out_features, generator=gen)
-            a.weight.copy_(a.weight[perm])
-            if a.bias is not None:
-                a.bias.copy_(a.bias[perm])
-            b.weight.copy_(b.weight[:, perm])
-    return model
-
-
 @pytest.fixture(scope="module")
 def values(trained):
     """Every registered measure computed twice on fresh Contexts (same seed) and once on a permuted copy."""
-    gen = torch.Generator().manual_seed(0)
     ctxs = [_context(trained), _context(trained),
-            _context(trained, _permuted(trained[3], gen), _permuted(trained[4], torch.Generator().manual_seed(0)))]
+            _context(trained, permute_hidden_units(trained[3], 0), permute_hidden_units(trained[4], 0))]
     out = {}
     for m in measures.REGISTRY:
         out[m.name] = [m(c).value for c in ctxs]
@@ -80,7 +65,7 @@ def values(trained):
 
 def test_the_network_really_computes_the_same_function_after_permutation(trained):
     _, data, _, model, _ = trained
-    permuted = _permuted(model, torch.Generator().manual_seed(0))
+    permuted = permute_hidden_units(model, 0)
     assert torch.allclose(model(data.x_train), permuted(data.x_train), atol=1e-5)
 
 

@@ -1,0 +1,34 @@
+"""Test helpers shared by the measure tests: networks whose values can be worked out by hand."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from benchmark.models import MLP
+
+
+def diagonal_mlp(diagonals) -> MLP:
+    """3 → 3 → 3 → 3 ReLU MLP without biases whose weights are the given diagonal matrices."""
+    model = MLP((3,), 3, depth=2, width=3, bias=False)
+    with torch.no_grad():
+        for layer, d in zip([m for m in model.modules() if isinstance(m, nn.Linear)], diagonals):
+            layer.weight.copy_(torch.diag(torch.tensor(d)))
+    return model
+
+
+def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
+    """The same function with the hidden units (channels) of every hidden layer permuted: rows of W_i and
+    b_i, and the matching columns of W_{i+1}. Returns a copy."""
+    model = copy.deepcopy(model)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for first, second in zip(layers, layers[1:]):
+            perm = torch.randperm(first.weight.shape[0], generator=g)
+            first.weight.copy_(first.weight[perm])
+            if first.bias is not None:
+                first.bias.copy_(first.bias[perm])
+            second.weight.copy_(second.weight[:, perm])
+    return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmark.models import MLP
@@ -31,4 +32,17 @@ def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
             if first.bias is not None:
                 first.bias.copy_(first.bias[perm])
             second.weight.copy_(second.weight[:, perm])
+    return model
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr: float = 0.5) -> nn.Module:
+    """Full-batch gradient descent with heavy-ball momentum 0.9 (no torch.optim: its first step imports dynamo)."""
+    params = list(model.parameters())
+    vel = [torch.zeros_like(p) for p in params]
+    for _ in range(steps):
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for p, v, g in zip(params, vel, grads):
+                v.mul_(0.9).add_(g)
+                p.sub_(lr * v)
     return model

@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from benchmark.models import MLP, ConvNet
+from tests.helpers import fit
 from measures import REGISTRY, Context
 from measures import hessian as H
 
@@ -27,26 +28,13 @@ def _dense_hessian(ctx: Context) -> torch.Tensor:
         ctx.flatten(ctx.params).double())
 
 
-def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr: float = 0.5) -> nn.Module:
-    """Full-batch gradient descent with heavy-ball momentum 0.9 (no torch.optim: its first step imports dynamo)."""
-    params = list(model.parameters())
-    vel = [torch.zeros_like(p) for p in params]
-    for _ in range(steps):
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
-        with torch.no_grad():
-            for p, v, g in zip(params, vel, grads):
-                v.mul_(0.9).add_(g)
-                p.sub_(lr * v)
-    return model
-
-
 def _trained_mlp(in_dim: int, classes: int, width: int, n: int, seed: int) -> Context:
     """A small ReLU MLP fitted by full-batch descent to labels a random linear map separates."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_dim, generator=g)
     y = (x @ torch.randn(in_dim, classes, generator=g)).argmax(1)
     torch.manual_seed(seed)
-    return Context(_fit(MLP((in_dim,), classes, depth=2, width=width), x, y, lr=0.1), train=(x, y))
+    return Context(fit(MLP((in_dim,), classes, depth=2, width=width), x, y, lr=0.1), train=(x, y))
 
 
 @pytest.fixture(scope="module")

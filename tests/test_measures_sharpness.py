@@ -9,10 +9,10 @@ from statistics import NormalDist
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.models import MLP, ConvNet
+from tests.helpers import fit
 from measures import REGISTRY, Context
 from measures import pacbayes as PB
 from measures import sharpness as S
@@ -153,19 +153,6 @@ def test_ascent_linf_box_finds_best_vertex():
 
 
 # ----------------------------------------------------------------------------------------- real networks
-def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr: float = 0.5) -> nn.Module:
-    """Full-batch gradient descent with heavy-ball momentum 0.9 (no torch.optim: its first step imports dynamo)."""
-    params = list(model.parameters())
-    vel = [torch.zeros_like(p) for p in params]
-    for _ in range(steps):
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
-        with torch.no_grad():
-            for p, v, g in zip(params, vel, grads):
-                v.mul_(0.9).add_(g)
-                p.sub_(lr * v)
-    return model
-
-
 def _separable(n: int, shape: tuple[int, ...], classes: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *shape, generator=g)
@@ -180,7 +167,7 @@ def trained() -> Context:
     model = MLP((10,), 3, depth=2, width=16)
     init = MLP((10,), 3, depth=2, width=16)
     init.load_state_dict(model.state_dict())
-    return Context(_fit(model, x, y, lr=0.1), init_model=init, train=(x, y))
+    return Context(fit(model, x, y, lr=0.1), init_model=init, train=(x, y))
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +181,7 @@ def trained_cnn() -> Context:
     model = ConvNet((2, 12), 3, depth=2, width=6)
     init = ConvNet((2, 12), 3, depth=2, width=6)
     init.load_state_dict(model.state_dict())
-    return Context(_fit(model, x, y, steps=200, lr=0.2), init_model=init, train=(x, y))
+    return Context(fit(model, x, y, steps=200, lr=0.2), init_model=init, train=(x, y))
 
 
 @pytest.mark.parametrize("net", ["trained", "trained_cnn"])

@@ -4,218 +4,221 @@
     genbench run                        train (or reuse) the zoo, measure, evaluate, write + print leaderboard
     genbench train [-m] ...             train the zoo (or, with zoo=none and -m, one model per sweep job)
     genbench measure ...                compute missing measures on the stored zoo
-    genbench evaluate ...               compute statistics and write leaderboard/ tables
+    genbench evaluate ...               compute statistics and write leaderboard/ tables, figures and page
     genbench leaderboard ...            print a leaderboard table from leaderboard/
     genbench measures ...               list every registered measure
     genbench collect collect.sources=[DIR/*]   merge per-job stores (cluster sweeps) into store.root
+    genbench migrate store.root=DIR     upgrade a store written by an older genbench in place
     genbench reproduce pnas|prl|nmi|mlst [--out DIR] [--quick]
     genbench perf [--json PATH] [--quick]
+
+A mistake in the input (a hyperparameter, a name, a file) is one line on stderr and exit status 2;
+``--debug`` (or HYDRA_FULL_ERROR=1) shows the traceback. Ctrl-C stops with status 130; what finished is
+stored and the same command resumes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Callable
 
-import pandas as pd
 from omegaconf import DictConfig
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("genbench")
 
-
-def _opts(cfg: DictConfig):
-    from benchmark.pipeline import RunOptions
-    ds = cfg.dataset
-    return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device), vectorize=bool(cfg.run.vectorize),
-                      progress=bool(cfg.run.progress), data_root=str(ds.get("root", "~/.cache/genbench/data")),
-                      download=bool(ds.get("download", False)), on_corrupt=str(cfg.run.on_corrupt))
+USAGE_ERROR, INTERRUPTED = 2, 130
 
 
-def _selected_measures(cfg: DictConfig) -> list:
-    """Load plugins (files and entry points), then the measures the config selects."""
-    import measures
-    from measures.plugins import load_all
-    load_all(list(cfg.measures.plugins or []))
-    include = cfg.measures.include
-    include = "all" if include == "all" else list(include)
-    return measures.REGISTRY.select(include, list(cfg.measures.exclude or []))
+def _train(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    pipeline.train(cfg)
+    _where(cfg)
 
 
-def _zoo(cfg: DictConfig):
-    from benchmark.store import Store
-    from benchmark.zoo import expand
-    hps = expand(cfg)  # validates every model before anything runs
-    return hps, Store(cfg.store.root)
+def _measure(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    pipeline.measure(cfg)
+    _where(cfg)
 
 
-def do_train(cfg: DictConfig) -> dict:
-    from benchmark.pipeline import prune_corrupt, train_zoo
-    hps, store = _zoo(cfg)
-    opts = _opts(cfg)
-    prune_corrupt(store, [hp.model_id for hp in hps if hp.model_id in store.model_ids()], opts.on_corrupt)
-    counts = train_zoo(hps, store, opts)
-    df = store.models([hp.model_id for hp in hps])
-    if len(df):
-        conv = int(df["metric.converged"].astype(bool).sum())
-        log.info("trained %d, reused %d; %d of %d models converged to cross-entropy ≤ %g", counts["trained"],
-                 counts["reused"], conv, len(df), cfg.train.target_loss)
-    return counts
+def _evaluate(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    pipeline.evaluate(cfg)
+    _where(cfg)
 
 
-def do_measure(cfg: DictConfig) -> dict:
-    from benchmark.pipeline import measure_zoo, prune_corrupt
-    chosen = _selected_measures(cfg)
-    hps, store = _zoo(cfg)
-    opts = _opts(cfg)
-    have = store.model_ids()
-    ids = [hp.model_id for hp in hps if hp.model_id in have]
-    if len(ids) < len(hps):
-        log.warning("%d of the zoo's %d models are not trained yet (genbench train trains them)",
-                    len(hps) - len(ids), len(hps))
-    bad = set(prune_corrupt(store, ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
-    counts = measure_zoo([i for i in ids if i not in bad], store, [m.name for m in chosen], opts,
-                         plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
-                         timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed))
-    log.info("measures: %d reused, %d computed, %d failed", counts["reused"], counts["computed"], counts["failed"])
-    return counts
+def _run(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    print(pipeline.run(cfg))
+    _where(cfg)
 
 
-def do_evaluate(cfg: DictConfig) -> pd.DataFrame:
-    from benchmark import leaderboard as lb
-    from benchmark.zoo import varying_axes
-    chosen = _selected_measures(cfg)
-    hps, store = _zoo(cfg)
-    ids = [hp.model_id for hp in hps]
-    info = lb.measure_info(chosen)
-    df = store.frame(ids, measures={m.name: m.version for m in chosen})
-    if df.empty:
-        raise SystemExit(f"no trained models of zoo {cfg.zoo.name!r} in {store.root}; run `genbench train` first")
-    axes = varying_axes(cfg)
-    table = lb.results(df, info, lb.costs(store.measurements(), df.model_id), axes,
-                       targets=list(cfg.evaluate.targets), n_boot=int(cfg.evaluate.n_boot),
-                       seed=int(cfg.evaluate.seed))
-    noise = lb.gap_noise(df)
-    out, name = Path(cfg.leaderboard.dir), str(cfg.leaderboard.name)
-    oracle = lb.oracle_table(df, info)
-    paths = lb.write(table, noise, oracle, out, name, axes)
-    df.to_csv(out / f"{name}.zoo.csv", index=False)
-    # --- the page: figures under leaderboard/<name>/, then index.html + README.md over every leaderboard in out
-    from benchmark import html, plots
-    oracle.to_csv(out / f"{name}.oracle.csv", index=False)
-    if cfg.leaderboard.plots:
-        figures = plots.write(df, table, out / name)
-        log.info("wrote %d figures under %s", len(figures), out / name)
-    paths += html.write(out)
-    # --- end page
-    log.info("wrote %s", ", ".join(str(p) for p in paths))
-    return table
+def _leaderboard(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    from benchmark.report import layout
+    print(pipeline.leaderboard(cfg))
+    index = layout.index(Path(cfg.leaderboard.dir))
+    if index.exists():
+        print(f"Tables, per-axis breakdown and plots: {index}")
 
 
-def do_leaderboard(cfg: DictConfig) -> str:
-    """Print one leaderboard: ``leaderboard.name`` (or ``leaderboard.zoo`` and ``leaderboard.dataset``, which compose
-    it), ``leaderboard.target``, ``leaderboard.sort``, ``leaderboard.order`` and ``leaderboard.top``."""
-    from benchmark import leaderboard as lb
-    folder = Path(cfg.leaderboard.dir)
-    path = folder / f"{cfg.leaderboard.name}.csv"
-    if not path.exists():
-        have = sorted(p.name.removesuffix(".csv") for p in folder.glob("*.csv")
-                      if not p.name.endswith((".zoo.csv", ".oracle.csv")))
-        raise SystemExit(f"no leaderboard {path}; available: {', '.join(have) or 'none'} "
-                         f"(pick one with leaderboard.name=... or leaderboard.zoo=... leaderboard.dataset=..., "
-                         f"or run `genbench evaluate`)")
-    table = pd.read_csv(path)
-    try:
-        text = lb.terminal(table, str(cfg.leaderboard.target), str(cfg.leaderboard.sort), cfg.leaderboard.top,
-                           str(cfg.leaderboard.get("order", "auto")))
-    except ValueError as err:  # an unknown target, sort column or order: say which are valid, no traceback
-        raise SystemExit(f"leaderboard {cfg.leaderboard.name}: {err}") from None
-    print(f"\nLeaderboard {cfg.leaderboard.name} — predicting {cfg.leaderboard.target} "
-          f"(τ, Ψ oriented by each measure's sign; 95% bootstrap CIs)\n{text}\n")
-    if (folder / "index.html").exists():
-        print(f"Tables, per-axis breakdown and plots: {folder / 'index.html'}")
-    return text
+def _measures(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    print(pipeline.describe_measures(cfg))
 
 
-def do_run(cfg: DictConfig) -> None:
-    _selected_measures(cfg)  # unknown measure names and broken plugins fail before any training
-    do_train(cfg)
-    do_measure(cfg)
-    do_evaluate(cfg)
-    do_leaderboard(cfg)
+def _collect(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    pipeline.collect(cfg)
+    _where(cfg)
 
 
-def do_collect(cfg: DictConfig) -> dict:
-    """Merge the stores of ``collect.sources`` (paths or globs) into ``store.root``."""
-    import glob
-    from benchmark.store import Store, merge
-    dest = Store(cfg.store.root)
-    sources = sorted({p for pattern in cfg.collect.sources for p in glob.glob(str(Path(pattern).expanduser()))})
-    sources = [p for p in sources if Path(p).resolve() != dest.root.resolve()]
-    if not sources:
-        raise SystemExit(f"collect.sources={list(cfg.collect.sources)} matches no store")
-    total = {"models": 0, "measurements": 0}
-    for path in sources:
-        counts = merge(dest, Store(path))
-        log.info("collected %s: %d models, %d measurements", path, counts["models"], counts["measurements"])
-        total = {k: total[k] + counts[k] for k in total}
-    return total
+def _migrate(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    pipeline.upgrade(cfg)
 
 
-def do_list(cfg: DictConfig) -> None:
-    chosen = _selected_measures(cfg)
-    width = max(len(m.name) for m in chosen)
-    print(f"{len(chosen)} measures\n")
-    for m in chosen:
-        tag = " [oracle: uses test data, never ranked]" if m.oracle else ""
-        print(f"{m.name:<{width}}  {m.family:<12} sign {m.sign:+d}  {m.description}{tag}\n"
-              f"{'':<{width}}  reference: {m.reference}")
+def _where(cfg: DictConfig) -> None:
+    from benchmark import pipeline
+    for line in pipeline.outputs(cfg):
+        log.info(line)
 
 
-TASKS = {"run": do_run, "train": do_train, "measure": do_measure, "evaluate": do_evaluate,
-         "leaderboard": do_leaderboard, "measures": do_list, "collect": do_collect}
+TASKS: dict[str, Callable[[DictConfig], None]] = {
+    "run": _run, "train": _train, "measure": _measure, "evaluate": _evaluate, "leaderboard": _leaderboard,
+    "measures": _measures, "collect": _collect, "migrate": _migrate}
+OTHER = ("reproduce", "perf")
+
+
 def _reproduce(argv: list[str]) -> None:
-    import importlib
-    from benchmark.reproduce import PAPERS
+    from benchmark import reproduce
+    from benchmark.report import layout
     parser = argparse.ArgumentParser(prog="genbench reproduce", description="Rerun a paper's central experiment.")
-    parser.add_argument("paper", choices=PAPERS)
+    parser.add_argument("paper", choices=list(reproduce.PAPERS),
+                        help="; ".join(f"{k}: {v}" for k, v in reproduce.PAPERS.items()))
     parser.add_argument("--out", type=Path, default=None, help="default: leaderboard/reproductions/<paper>")
     parser.add_argument("--quick", action="store_true", help="a one-minute version, for tests")
     args = parser.parse_args(argv)
-    module = importlib.import_module(f"benchmark.reproduce_{args.paper}")
-    out = args.out or Path("leaderboard/reproductions") / args.paper
-    table = module.run(out, quick=args.quick)
+    out = args.out or layout.reproduction(args.paper)
+    table = reproduce.run(args.paper, out, quick=args.quick)
     print(table.to_string(index=False))
     print(f"\nwrote {out}")
 
 
+def _hydra(command: str, rest: list[str]) -> None:
+    import hydra
+
+    from benchmark import config
+    task, main_pid = TASKS[command], os.getpid()
+
+    def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        if os.getpid() != main_pid:  # a job of Hydra's joblib/submitit launcher: end with the process that started it
+            from benchmark.runtime import bind_to_parent
+            bind_to_parent()
+        logging.getLogger("genbench").setLevel(logging.INFO)
+        try:
+            task(cfg)
+        except Exception as err:
+            hc = HydraConfig.get()
+            if hc.mode == RunMode.MULTIRUN:  # say which sweep job it was
+                err.add_note(f"in the sweep job with {' '.join(hc.overrides.task)}")
+            raise
+
+    app.__name__ = f"genbench_{command}"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; main() decides what the user sees
+    sys.argv = [f"genbench-{command}", *rest]
+    with _without_hydra_job_banner():
+        hydra.main(config_path=str(config.conf_dir()), config_name="config", version_base="1.3")(app)()
+
+
+@contextlib.contextmanager
+def _without_hydra_job_banner():
+    """Hydra writes "Error executing job with overrides: [...]" to stderr before re-raising a job's error;
+    the error itself is what :func:`main` reports (naming the sweep job), so that line is dropped."""
+    real = sys.stderr
+
+    class Filtered:
+        def write(self, text: str) -> int:
+            return len(text) if text.startswith("Error executing job with overrides:") else real.write(text)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    sys.stderr = Filtered()
+    try:
+        yield
+    finally:
+        sys.stderr = real
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one line to show for a mistake in the input, or None for a bug (which keeps its traceback)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from benchmark.errors import UserError
+    from measures.context import MissingInputError
+    from measures.plugins import PluginError
+    from measures.registry import DuplicateMeasureError, UnknownMeasureError
+    if isinstance(err, (UserError, PluginError, UnknownMeasureError, DuplicateMeasureError, MissingInputError)):
+        text = str(err)
+    elif isinstance(err, HydraException):
+        text = str(err).split("Config search path:")[0]  # the search path is noise to a user who mistyped
+        cause = err.__cause__
+        if isinstance(cause, OmegaConfBaseException):
+            text += ": " + _omegaconf_line(cause)
+    elif isinstance(err, OmegaConfBaseException):
+        text = _omegaconf_line(err)
+    else:
+        return None
+    text = "; ".join([text, *getattr(err, "__notes__", [])])
+    return " ".join(text.split())
+
+
+def _omegaconf_line(err: BaseException) -> str:
+    """OmegaConf's message without its ``full_key: / object_type=`` block, plus the key it is about."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    key = getattr(err, "full_key", None)
+    return f"{first} (key {key})" if key and str(key) not in first else first
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
-    if command == "perf":
-        from benchmark.perf import main as perf_main
-        perf_main(rest)  # its report dict is for Python callers: the console script must exit 0
-        return
-    if command == "reproduce":
-        _reproduce(rest)
-        return
-    if command not in TASKS:
-        raise SystemExit(f"genbench: unknown command {command!r}; valid: "
-                         f"{', '.join(list(TASKS) + ['reproduce', 'perf'])}")
-    import hydra
-    task = TASKS[command]
-
-    def app(cfg: DictConfig) -> None:
-        logging.getLogger("genbench").setLevel(logging.INFO)
-        task(cfg)
-
-    app.__name__ = f"genbench_{command}"
-    sys.argv = [f"genbench-{command}", *rest]
-    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(app)()
+    try:
+        if command == "perf":
+            from benchmark.perf import main as perf_main
+            perf_main(rest)  # its report dict is for Python callers: the console script must exit 0
+        elif command == "reproduce":
+            _reproduce(rest)
+        elif command in TASKS:
+            _hydra(command, rest)
+        else:
+            print(f"genbench: unknown command {command!r}; valid: {', '.join([*TASKS, *OTHER])}", file=sys.stderr)
+            sys.exit(USAGE_ERROR)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"genbench {command}: interrupted; what finished is stored, and the same command resumes",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except Exception as err:
+        message = user_message(err)
+        if message is None or debug:
+            raise
+        print(f"genbench {command}: {message}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
 
 
 if __name__ == "__main__":

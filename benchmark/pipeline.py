@@ -1,233 +1,182 @@
-"""Orchestration: train (or reuse) a zoo into the store, then compute (or reuse) every measure on it.
+"""The pipeline, one function per command: each turns a composed config into its stage's work.
 
-Work is split into tasks that each write their own results to the store as they finish, so an
-interrupted run loses at most the tasks in flight and a rerun redoes only what is missing. Tasks run in
-``jobs`` worker processes (joblib/loky); each worker uses ``cpu_count // jobs`` torch threads.
+    conf/ → zoo (expand, validate) → training → store → measuring → store → evaluation → report
+
+Expanding the zoo, opening the store and writing the report happen here, once; the command line
+(``benchmark.cli``) only dispatches and prints. Each function returns what it did, for callers in Python.
 """
 from __future__ import annotations
 
-import functools
+import glob
 import logging
-import math
-import os
-import signal
-import time
-import traceback
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
-import torch
-from joblib import Parallel, delayed
-from tqdm.auto import tqdm
+import pandas as pd
+from omegaconf import DictConfig
 
-from benchmark.data import DataBundle, make_data
-from benchmark.hparams import DatasetHP, HParams
-from benchmark.models import build_model
-from benchmark.store import CheckpointError, Store
+import measures
+from benchmark.errors import UserError
+from benchmark.evaluation import leaderboard as lb
+from benchmark.measuring.jobs import measure_zoo
+from benchmark.measuring.probes import DEFAULT_PROBES
+from benchmark.report import layout, page, plots, tables
+from benchmark.runtime import RunOptions
+from benchmark.store import Store, merge, migrate
+from benchmark.training.jobs import train_zoo
+from benchmark.zoo.grid import expand, varying_axes
+from benchmark.zoo.hparams import HParams
+from measures.plugins import load_all
 
 log = logging.getLogger("genbench")
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Operational settings: never part of a model's identity."""
-    jobs: int = 1
-    threads: int | None = None  # torch threads per worker (None: cores // jobs)
-    device: str = "cpu"
-    vectorize: bool = True
-    progress: bool = True
-    data_root: str = "~/.cache/genbench/data"
-    download: bool = False
-    on_corrupt: str = "retrain"  # a corrupt checkpoint: "retrain" the model, "skip" it, or "fail"
+def options(cfg: DictConfig) -> RunOptions:
+    """The operational settings of ``run.*`` and the dataset's location."""
+    return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device),
+                      vectorize=bool(cfg.run.vectorize), progress=bool(cfg.run.progress),
+                      data_root=str(cfg.dataset.root), download=bool(cfg.dataset.download),
+                      on_corrupt=str(cfg.run.on_corrupt))
 
 
-def _set_threads(opts: "RunOptions") -> None:
-    """torch threads per worker: ``run.threads``, or the cores divided among the workers."""
-    torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.jobs)))
+def selected_measures(cfg: DictConfig) -> list[measures.Measure]:
+    """Load plugins (files and entry points), then the measures the config selects."""
+    load_all(list(cfg.measures.plugins or []))
+    include = cfg.measures.include
+    include = "all" if include == "all" else list(include)
+    return measures.REGISTRY.select(include, list(cfg.measures.exclude or []))
 
 
-@functools.lru_cache(maxsize=16)
-def _data(hp: DatasetHP, root: str, download: bool) -> DataBundle:
-    return make_data(hp, root, download)
+def _zoo(cfg: DictConfig) -> tuple[list[HParams], Store]:
+    hps = expand(cfg)  # validates every model before anything runs
+    return hps, Store(cfg.store.root)
 
 
-def _parallel(fn, tasks: Sequence, jobs: int, desc: str, unit: str, weights: Sequence[int], progress: bool):
-    """Run ``fn(task)`` for every task, in order of completion, with a progress bar counted in ``weights``."""
-    bar = tqdm(total=sum(weights), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
-    try:
-        if jobs <= 1 or len(tasks) <= 1:
-            results = (fn(t) for t in tasks)
-        else:
-            results = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(fn)(t) for t in tasks)
-        for out in results:
-            bar.update(out[0])
-            yield out
-    finally:
-        bar.close()
-
-
-# ------------------------------------------------------------------------------------------------ training
-def _train_task(args) -> tuple[int, list[str]]:
-    root, hps, opts = args
-    _set_threads(opts)
-    store = Store(root)
-    data = lambda d: _data(d, opts.data_root, opts.download)
-    if opts.vectorize and len(hps) > 1:
-        from benchmark.vtrain import train_many
-        results = train_many(list(hps), data, device=opts.device)
-    else:
-        from benchmark.train import train_model
-        results = [train_model(hp, data(hp.dataset), device=opts.device) for hp in hps]
-    for r in results:
-        store.save_model(r.hparams, r.init_state, r.final_state, r.metrics, r.history)
-    return len(hps), [r.hparams.model_id for r in results]
-
-
-def _stacks(hps: list[HParams], jobs: int) -> list[list[HParams]]:
-    """Split the models into training tasks: whole vectorizable stacks while there are at least as many
-    stacks as workers (splitting a stack only shrinks its vectorization), otherwise stacks cut so that every
-    worker gets a piece. Largest estimated cost first (members × width² × training-set size), so the
-    workers finish together."""
-    from benchmark.vtrain import group_stacks
-    stacks = group_stacks(hps)
-    out = []
-    for stack in stacks:
-        pieces = 1 if len(stacks) >= jobs else max(1, min(len(stack), math.ceil(jobs / len(stacks))))
-        size = math.ceil(len(stack) / pieces)
-        out += [stack[i:i + size] for i in range(0, len(stack), size)]
-    cost = lambda t: len(t) * t[0].model.width ** 2 * t[0].dataset.train_size
-    return sorted(out, key=cost, reverse=True)
-
-
-def train_zoo(hps: list[HParams], store: Store, opts: RunOptions) -> dict[str, int]:
-    """Train every model of ``hps`` that the store does not hold yet. Returns counts."""
+def train(cfg: DictConfig) -> dict:
+    """Train (or reuse) every model of the zoo; counts of trained, reused and converged models."""
+    hps, store = _zoo(cfg)
+    opts = options(cfg)
     have = store.model_ids()
-    todo = [hp for hp in hps if hp.model_id not in have]
-    log.info("zoo: %d models, %d reused from %s, %d to train", len(hps), len(hps) - len(todo), store.root,
-             len(todo))
-    if not todo:
-        return {"reused": len(hps), "trained": 0}
-    tasks = _stacks(todo, opts.jobs) if opts.vectorize else [[hp] for hp in todo]
-    tasks = [(str(store.root), tuple(t), opts) for t in tasks]
-    for _ in _parallel(_train_task, tasks, opts.jobs, "train", "model", [len(t[1]) for t in tasks], opts.progress):
-        pass
-    return {"reused": len(hps) - len(todo), "trained": len(todo)}
+    store.prune_corrupt([hp.model_id for hp in hps if hp.model_id in have], opts.on_corrupt)
+    counts = train_zoo(hps, store, opts, DEFAULT_PROBES)
+    df = store.models([hp.model_id for hp in hps])
+    counts["converged"] = int(df["metric.converged"].astype(bool).sum()) if len(df) else 0
+    log.info("trained %d, reused %d; %d of %d models converged to cross-entropy ≤ %g", counts["trained"],
+             counts["reused"], counts["converged"], len(df), cfg.train.target_loss)
+    return counts
 
 
-# ----------------------------------------------------------------------------------------------- measuring
-class MeasureTimeout(TimeoutError):
-    pass
+def measure(cfg: DictConfig) -> dict:
+    """Compute the measures the store lacks on every trained model of the zoo; counts."""
+    chosen = selected_measures(cfg)
+    hps, store = _zoo(cfg)
+    opts = options(cfg)
+    have = store.model_ids()
+    ids = [hp.model_id for hp in hps if hp.model_id in have]
+    if len(ids) < len(hps):
+        log.warning("%d of the zoo's %d models are not trained yet (genbench train trains them)",
+                    len(hps) - len(ids), len(hps))
+    bad = set(store.prune_corrupt(ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
+    counts = measure_zoo([i for i in ids if i not in bad], store, [m.name for m in chosen], opts,
+                         plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
+                         timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed))
+    log.info("measures: %d reused, %d computed, %d failed", counts["reused"], counts["computed"], counts["failed"])
+    return counts
 
 
-@contextmanager
-def time_limit(seconds: float | None):
-    """Raise ``MeasureTimeout`` after ``seconds`` (SIGALRM; only enforceable in a main thread)."""
-    import threading
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def board_files(cfg: DictConfig) -> layout.BoardFiles:
+    return layout.BoardFiles(Path(cfg.leaderboard.dir), str(cfg.leaderboard.name))
 
-    def alarm(signum, frame):
-        raise MeasureTimeout(f"ran past its time budget of {seconds:g} s")
 
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def evaluate(cfg: DictConfig) -> pd.DataFrame:
+    """Every statistic of every selected measure on the stored zoo; writes the leaderboard's tables, figures,
+    page and index, and returns the results table."""
+    chosen = selected_measures(cfg)
+    hps, store = _zoo(cfg)
+    info = lb.measure_info(chosen)
+    df = store.frame([hp.model_id for hp in hps], measures={m.name: m.version for m in chosen})
+    if df.empty:
+        raise UserError(f"no trained models of zoo {cfg.zoo.name!r} in {store.root}; run `genbench train` first")
+    lb.check_rankable(df, str(cfg.zoo.name))
+    axes = varying_axes(cfg)
+    table = lb.results(df, info, lb.costs(store.measurements(), df.model_id), axes,
+                       targets=list(cfg.evaluate.targets), n_boot=int(cfg.evaluate.n_boot), seed=int(cfg.evaluate.seed))
+    files = board_files(cfg)
+    paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes)
+    if cfg.leaderboard.plots:
+        figures = plots.write(df, table, files.figures)
+        log.info("wrote %d figures under %s", len(figures), files.figures)
+    paths += page.write(files.folder)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return table
+
+
+def leaderboard(cfg: DictConfig) -> str:
+    """One leaderboard as terminal text: ``leaderboard.name`` (or ``leaderboard.zoo`` and ``leaderboard.dataset``,
+    which compose it), ``leaderboard.target``, ``leaderboard.sort``, ``leaderboard.order`` and ``leaderboard.top``."""
+    files = board_files(cfg)
+    if not files.results.exists():
+        have = layout.boards(files.folder)
+        raise UserError(f"no leaderboard {files.results}; available: {', '.join(have) or 'none'} "
+                        f"(pick one with leaderboard.name=... or leaderboard.zoo=... leaderboard.dataset=..., "
+                        f"or run `genbench evaluate`)")
+    table = pd.read_csv(files.results)
     try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        text = tables.terminal(table, str(cfg.leaderboard.target), str(cfg.leaderboard.sort), cfg.leaderboard.top,
+                               str(cfg.leaderboard.get("order", "auto")))
+    except ValueError as err:  # an unknown target, sort column or order: say which are valid
+        raise UserError(f"leaderboard {files.name}: {err}") from None
+    return (f"\nLeaderboard {files.name} — predicting {cfg.leaderboard.target} "
+            f"(τ, Ψ oriented by each measure's sign; 95% bootstrap CIs)\n{text}\n")
 
 
-def load_models(store: Store, model_id: str, opts: RunOptions):
-    """(hparams, history, metrics, trained model, initial model, data) of a stored model."""
-    hp, metrics, history = store.model_record(model_id)
-    data = _data(hp.dataset, opts.data_root, opts.download)
-    init_state, final_state = store.load_states(model_id)
-    model = build_model(hp.model, data.in_shape, data.num_classes)
-    model.load_state_dict(final_state)
-    init = build_model(hp.model, data.in_shape, data.num_classes)
-    init.load_state_dict(init_state)
-    return hp, history, metrics, model.to(opts.device), init.to(opts.device), data
+def run(cfg: DictConfig) -> str:
+    """train → measure → evaluate, then the leaderboard as text."""
+    selected_measures(cfg)  # unknown measure names and broken plugins fail before any training
+    train(cfg)
+    measure(cfg)
+    evaluate(cfg)
+    return leaderboard(cfg)
 
 
-def _measure_task(args) -> tuple[int, str, int]:
-    """Compute the missing measures of one model; each result is stored as soon as it exists."""
-    root, model_id, names, plugins, seed, timeout, opts = args
-    import measures
-    from measures.context import Context
-    from measures.plugins import load_all
-    _set_threads(opts)
-    load_all(plugins)
-    store = Store(root)
-    try:
-        hp, history, _, model, init, data = load_models(store, model_id, opts)
-    except CheckpointError as err:
-        for name in names:
-            m = measures.REGISTRY.get(name)
-            store.save_measurement(model_id, name, m.version, None, 0.0, "failed", str(err))
-        return 1, model_id, len(names)
-    common = dict(init_model=init, train=(data.x_train, data.y_train), hparams=hp.flat(), history=history,
-                  seed=seed, extras={"mislabeled": data.mislabeled})
-    ctx = Context(model, **common)
-    oracle_ctx = None
-    failed = 0
-    for name in names:
-        m = measures.REGISTRY.get(name)
-        if m.oracle and oracle_ctx is None:
-            oracle_ctx = Context(model, test=(data.x_test, data.y_test), **common)
-        start = time.perf_counter()
-        value, status, error, details = None, "ok", None, {}
-        try:
-            with time_limit(timeout):
-                out = m(oracle_ctx if m.oracle else ctx)
-            value, details = out.value, dict(out.details)
-            if not math.isfinite(value):
-                status, error, value = "failed", f"returned a non-finite value ({value})", None
-        except Exception as err:  # a failing measure is recorded, the others go on
-            status, error = "failed", f"{type(err).__name__}: {err}"
-            details = {"traceback": traceback.format_exc(limit=-3)}
-        failed += status == "failed"
-        store.save_measurement(model_id, m.name, m.version, value, time.perf_counter() - start, status, error,
-                               details)
-    return 1, model_id, failed
+def collect(cfg: DictConfig) -> dict:
+    """Merge the stores of ``collect.sources`` (paths or globs) into ``store.root``."""
+    dest = Store(cfg.store.root)
+    sources = sorted({p for pattern in cfg.collect.sources for p in glob.glob(str(Path(pattern).expanduser()))})
+    sources = [p for p in sources if Path(p).resolve() != dest.root.resolve()]
+    if not sources:
+        raise UserError(f"collect.sources={list(cfg.collect.sources)} matches no store")
+    total = {"models": 0, "measurements": 0}
+    for path in sources:
+        counts = merge(dest, Store(path))
+        log.info("collected %s: %d models, %d measurements", path, counts["models"], counts["measurements"])
+        total = {k: total[k] + counts[k] for k in total}
+    return total
 
 
-def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: RunOptions, *,
-                plugins: Sequence[str] = (), seed: int = 0, timeout: float | None = None,
-                retry_failed: bool = False) -> dict[str, int]:
-    """Compute every (model, measure) pair the store lacks at the measure's current version."""
-    import measures
-    versions = {n: measures.REGISTRY.get(n).version for n in names}
-    done = store.measured(("ok",) if retry_failed else ("ok", "failed"))
-    tasks, reused = [], 0
-    for model_id in sorted(model_ids):
-        missing = [n for n in names if (model_id, n, versions[n]) not in done]
-        reused += len(names) - len(missing)
-        if missing:
-            tasks.append((str(store.root), model_id, missing, [str(Path(p).resolve()) for p in plugins], seed,
-                          timeout, opts))
-    log.info("measures: %d values reused, %d to compute on %d models", reused,
-             sum(len(t[2]) for t in tasks), len(tasks))
-    failed = 0
-    for _, _, f in _parallel(_measure_task, tasks, opts.jobs, "measure", "model", [1] * len(tasks), opts.progress):
-        failed += f
-    return {"reused": reused, "computed": sum(len(t[2]) for t in tasks), "failed": failed}
+def upgrade(cfg: DictConfig) -> dict:
+    """Upgrade the store at ``store.root``, written by an older genbench, in place."""
+    counts = migrate(cfg.store.root)
+    log.info("store %s: schema %s → current; %d models renamed, %d duplicates dropped, %d unchanged",
+             cfg.store.root, counts["from_version"], counts["renamed"], counts["dropped"], counts["unchanged"])
+    return counts
 
 
-def prune_corrupt(store: Store, model_ids: Iterable[str], on_corrupt: str) -> list[str]:
-    """Check the checkpoints of ``model_ids``; a corrupt one is deleted (to be retrained), skipped or fatal."""
-    bad = []
-    for model_id in model_ids:
-        try:
-            store.load_states(model_id)
-        except CheckpointError as err:
-            if on_corrupt == "fail":
-                raise
-            log.warning("%s — %s", err, "retraining it" if on_corrupt == "retrain" else "skipping it")
-            bad.append(model_id)
-            if on_corrupt == "retrain":
-                store.delete_model(model_id)
-    return bad
+def describe_measures(cfg: DictConfig) -> str:
+    """Every selected measure with its family, sign, description and reference."""
+    chosen = selected_measures(cfg)
+    width = max(len(m.name) for m in chosen)
+    lines = [f"{len(chosen)} measures", ""]
+    for m in chosen:
+        tag = " [oracle: uses test data, never ranked]" if m.oracle else ""
+        lines += [f"{m.name:<{width}}  {m.family:<12} sign {m.sign:+d}  {m.description}{tag}",
+                  f"{'':<{width}}  reference: {m.reference}"]
+    return "\n".join(lines)
+
+
+def outputs(cfg: DictConfig) -> list[str]:
+    """Where a run's results are, for the last lines of its log."""
+    files = board_files(cfg)
+    out = [f"store: {Path(cfg.store.root)}"]
+    if files.results.exists():
+        out += [f"leaderboard: {files.markdown}", f"page: {layout.index(files.folder)}"]
+    return out

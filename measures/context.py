@@ -14,7 +14,6 @@ tuple. Measures never modify the model: parameters are handled functionally (``c
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Mapping, Sequence
@@ -23,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from measures.seeding import generator
 
 
 class MissingInputError(ValueError):
@@ -103,8 +104,7 @@ class Context:
     def generator(self, tag: str) -> torch.Generator:
         """A generator seeded by (ctx.seed, tag): each measure's randomness is independent of the others'
         and of the order they run in."""
-        seed = int.from_bytes(hashlib.sha256(f"{self.seed}/{tag}".encode()).digest()[:8], "little") >> 1
-        return torch.Generator(device="cpu").manual_seed(seed)
+        return generator(self.seed, tag)
 
     def shared(self, helper: Callable[..., Any], *args) -> Any:
         """``helper(ctx, *args)``, computed once per (helper, args) for this model."""

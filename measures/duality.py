@@ -1,4 +1,4 @@
-"""Activity–weight duality (Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908–918, 2023; SCIENCE.md §4).
+"""Activity–weight duality (Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908–918, 2023; docs/measures/duality.md).
 
 For a dense layer z = W a (+ b), a change Δa of the layer's input activity is the same, for everything
 downstream, as the weight change ΔW with (W + ΔW) a = W (a + Δa). The minimal-Frobenius-norm solution is
@@ -58,7 +58,7 @@ from torch import nn
 from measures.context import Context, Layer
 from measures.registry import Value, measure
 
-REFERENCE = "Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908 (2023), eqs. (2)–(6); SCIENCE.md §4"
+REFERENCE = "Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908 (2023), eqs. (2)–(6); docs/measures/duality.md"
 DENSE_MAX = 1024
 TOP_K = 20
 
@@ -468,7 +468,7 @@ def duality_size(ctx: Context) -> Value:
 def duality_gap_hessian(ctx: Context) -> Value:
     """Quadratic duality gap ½ Σ_n λ_n σ_w,n² = ½ tr(H Σ_w) from training neighbours, complete basis.
 
-    Near a minimum g ≈ ½ H ΔW, so c_n σ_g,n σ_w,n ≈ ½ λ_n σ_w,n² (SCIENCE.md §4): the sharpness (λ_n) of the
+    Near a minimum g ≈ ½ H ΔW, so c_n σ_g,n σ_w,n ≈ ½ λ_n σ_w,n² (docs/measures/duality.md): the sharpness (λ_n) of the
     layer's training-loss Hessian weighted by the size (σ_w,n²) of the dual weights along it. Exact for
     ≤ 1024 weights, else Hutchinson's estimator with 16 probes (details: stderr). Sign +1.
     """

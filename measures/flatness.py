@@ -1,5 +1,5 @@
 """The inverse variance–flatness relation of SGD solutions (Feng & Tu, PNAS 118, e2015617118, 2021;
-arXiv 2001.01678; SCIENCE.md §1).
+arXiv 2001.01678; docs/measures/variance-flatness.md).
 
 From a trained solution w₀ keep running the *same* SGD (plain SGD at the training learning rate α and batch
 size B, weight decay if the model had it, the training set, a seeded data order) for ``steps`` minibatch

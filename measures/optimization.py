@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
+from measures import history as H
 from measures.context import Context
 from measures.registry import Value, measure
 
@@ -25,11 +26,11 @@ _CHUNK_ENTRIES = 1 << 24  # per-sample gradient entries held in memory at once
 def first_step_at_or_below(history: Sequence[Mapping], loss: float) -> int:
     """The ``step`` of the first history row whose end-of-epoch ``train_loss`` is ≤ ``loss``."""
     for row in history:
-        if row["train_loss"] <= loss:
-            return int(row["step"])
+        if row[H.TRAIN_LOSS] <= loss:
+            return int(row[H.STEP])
     last = history[-1] if history else None
     raise ValueError(f"the training history never reaches a training cross-entropy ≤ {loss:g} "
-                     f"({len(history)} epochs, last train_loss {last['train_loss'] if last else 'n/a'})")
+                     f"({len(history)} epochs, last train_loss {last[H.TRAIN_LOSS] if last else 'n/a'})")
 
 
 @measure("steps_to_0.1", needs=("history",), sign=1, family="optimization",
@@ -83,8 +84,8 @@ def _layer_sums(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> tuple[float, 
 
     Per-sample gradients of layer l are outer products of the gradient δ_i of the summed loss with respect to
     the layer's output and the layer's input a_i: for a Linear layer on a vector input,
-    ‖g_i^W‖² = ‖δ_i‖²·‖a_i‖² and ‖g_i^b‖² = ‖δ_i‖² without forming g_i (Goodfellow 2015, arXiv:1510.01799); for a conv layer,
-    g_i^W = δ_i·patches(a_i)ᵀ is formed per sample (out × in·k) and g_i^b = Σ_positions δ_i.
+    ‖g_i^W‖² = ‖δ_i‖²·‖a_i‖² and ‖g_i^b‖² = ‖δ_i‖² without forming g_i (Goodfellow 2015, arXiv:1510.01799); for a
+    conv layer, g_i^W = δ_i·patches(a_i)ᵀ is formed per sample (out × in·k) and g_i^b = Σ_positions δ_i.
     """
     params = {k: p.clone().requires_grad_(True) for k, p in ctx.params.items()}
     seen: dict[str, list] = {layer.name: [] for layer in ctx.layers}

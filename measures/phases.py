@@ -1,4 +1,4 @@
-"""Phases of learning dynamics, with and without mislabeled data (Feng & Tu, MLST 2021; SCIENCE.md §2).
+"""Phases of learning dynamics, with and without mislabeled data (Feng & Tu, MLST 2021; docs/measures/phases.md).
 
 Order parameters at the current weights, from M seeded minibatch gradients g_μ = ∇ (1/B) Σ_{i∈μ} l_i of the
 data loss (no weight decay; model in eval mode, so dropout is off), flattened over all parameters:
@@ -26,8 +26,8 @@ and 784→30→30→10 MLPs, 16% for 40→256→256→10.
 
 Phases (``detect_phases``, rules in its docstring): clean data — fast learning, then exploration; with
 mislabeled data — I (fit the correct samples), II (wander near those solutions), III (learn the mislabeled
-ones), IV (everything fitted). Registered end-of-training measures read the ``op.*`` keys that
-``benchmark.train`` writes into each epoch's history row.
+ones), IV (everything fitted). Registered end-of-training measures read the ``op.*`` columns of the training
+history (``measures.history``), which a trainer fills by calling ``order_parameters`` once per epoch.
 """
 from __future__ import annotations
 
@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from measures import history as H
 from measures.context import Context, MissingInputError
 from measures.registry import Value, measure
 
-PREFIX = "op."
-REFERENCE = "Feng & Tu, Mach. Learn.: Sci. Technol. 2, 043001 (2021), arXiv 2101.06509; SCIENCE.md §2"
+PREFIX = H.ORDER_PARAMETER_PREFIX
+REFERENCE = "Feng & Tu, Mach. Learn.: Sci. Technol. 2, 043001 (2021), arXiv 2101.06509; docs/measures/phases.md"
 
 
 def _batches(n: int, batch_size: int, n_batches: int, generator: torch.Generator) -> torch.Tensor:
@@ -182,7 +183,7 @@ def _column(history: Sequence[Mapping], key: str) -> np.ndarray:
     if missing:
         raise MissingInputError(
             f"the history has no {key!r} in {len(missing)} of {len(history)} rows; order parameters are written "
-            f"by benchmark.train (or phases.order_parameters at each epoch end)")
+            f"by a trainer that calls phases.order_parameters at each epoch end (genbench's zoo does)")
     return np.array([float(row[key]) for row in history])
 
 
@@ -225,7 +226,7 @@ def detect_phases(history: Sequence[Mapping], *, start: float = 0.1, end: float 
     """
     if not history:
         raise MissingInputError("the history is empty")
-    epochs = [int(row.get("epoch", i + 1)) for i, row in enumerate(history)]
+    epochs = [int(row.get(H.EPOCH, i + 1)) for i, row in enumerate(history)]
     n = len(history)
     if not any(PREFIX + "loss_mislabeled" in row for row in history):
         cut = fast_learning_end(_column(history, PREFIX + "alignment"))
@@ -234,7 +235,7 @@ def detect_phases(history: Sequence[Mapping], *, start: float = 0.1, end: float 
         return Phases(labels, {"fast": epochs[0], "exploration": epochs[cut] if cut < n else None}, epochs,
                       {"rule": "alignment midpoint"})
     lm = running_median(_column(history, PREFIX + "loss_mislabeled"), window)
-    test = running_median(_column(history, "test_error"), window)
+    test = running_median(_column(history, H.TEST_ERROR), window)
     peak = int(np.argmax(lm))
     drop = lm[peak] - lm[-1]
     f = (lm[peak] - lm) / drop if drop > 0 else np.zeros(n)
@@ -249,7 +250,7 @@ def detect_phases(history: Sequence[Mapping], *, start: float = 0.1, end: float 
               for ph, i, nxt in (("I", 0, t2), ("II", t2, t3), ("III", t3, t4), ("IV", t4, n))}
     details: dict = {"rule": "mislabeled-loss drop (running median)", "peak_mislabeled_loss_epoch": epochs[peak],
                      "min_test_error": best, "min_test_error_epoch": epochs[int(np.argmin(test))]}
-    for key in ("op.cos_correct_mislabeled", "op.norm_ratio_mislabeled", "test_error"):
+    for key in (PREFIX + "cos_correct_mislabeled", PREFIX + "norm_ratio_mislabeled", H.TEST_ERROR):
         if all(key in row for row in history):
             col = _column(history, key)
             for ph in ("I", "II", "III", "IV"):

@@ -11,6 +11,7 @@ predicts a larger gap). Registering a name twice is an error, not an overwrite.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -69,10 +70,22 @@ class UnknownMeasureError(KeyError):
 
 
 class Registry:
-    def __init__(self) -> None:
+    """Measures by name. ``builtins``: modules whose import registers measures; they are imported on first
+    use of the registry (so importing a leaf such as ``measures.seeding`` loads no measure family)."""
+
+    def __init__(self, builtins: tuple[str, ...] = ()) -> None:
         self._measures: dict[str, Measure] = {}
+        self._pending = list(builtins)
+
+    def _load(self) -> None:
+        while self._pending:
+            module = self._pending[0]
+            importlib.import_module(module)  # its @measure calls add(); _pending[0] keeps them from recursing
+            self._pending.remove(module)
 
     def add(self, m: Measure) -> Measure:
+        if self._pending and m.fn.__module__ not in self._pending:
+            self._load()  # built-ins first, so a clashing plugin is the one reported as the second definition
         if m.name in self._measures:
             raise DuplicateMeasureError(
                 f"measure {m.name!r} is already registered (at {self._measures[m.name].source}); "
@@ -81,9 +94,11 @@ class Registry:
         return m
 
     def remove(self, name: str) -> None:
+        self._load()
         self._measures.pop(name)
 
     def get(self, name: str) -> Measure:
+        self._load()
         try:
             return self._measures[name]
         except KeyError:
@@ -92,25 +107,33 @@ class Registry:
 
     def select(self, include: str | list[str] = "all", exclude: list[str] = ()) -> list[Measure]:
         """Measures by name (``"all"`` for every one), in registration order; unknown names are errors."""
+        self._load()
         for name in list(exclude) + ([] if include == "all" else list(include)):
             self.get(name)
         chosen = self._measures.values() if include == "all" else [self._measures[n] for n in include]
         return [m for m in chosen if m.name not in set(exclude)]
 
     def __iter__(self) -> Iterator[Measure]:
+        self._load()
         return iter(list(self._measures.values()))
 
     def __len__(self) -> int:
+        self._load()
         return len(self._measures)
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         return name in self._measures
 
     def names(self) -> list[str]:
+        self._load()
         return list(self._measures)
 
 
-REGISTRY = Registry()
+BUILTIN_FAMILIES = tuple(f"measures.{m}" for m in (
+    "size", "norms", "margins", "spectral", "heavy_tail", "optimization", "pacbayes", "sharpness", "hessian",
+    "duality", "phases", "flatness", "sgd_regularization"))
+REGISTRY = Registry(BUILTIN_FAMILIES)
 
 
 def _description(fn: Callable) -> str:

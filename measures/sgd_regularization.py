@@ -1,5 +1,5 @@
 """SGD as an effective landscape-dependent regularization (Yang, Tang & Tu, PRL 130, 237101, 2023;
-arXiv 2206.01246; SCIENCE.md §3): the anisotropic SGD noise around a solution and the effective-loss term
+arXiv 2206.01246; docs/measures/sgd-regularization.md): the anisotropic SGD noise around a solution and the effective-loss term
 it induces.
 
 Quantities, at the trained solution w* (all on the training loss L, cross-entropy):

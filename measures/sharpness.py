@@ -62,8 +62,15 @@ import torch
 import torch.nn.functional as F
 
 from measures.context import Context
-from measures.pacbayes import (BOUND_CONSTANT, SEARCH_STEPS, SEARCH_TOL, bisect_log, dist_init, mag_bound,
-                               train_subsample)
+from measures.pacbayes import (
+    BOUND_CONSTANT,
+    SEARCH_STEPS,
+    SEARCH_TOL,
+    bisect_log,
+    dist_init,
+    mag_bound,
+    train_subsample,
+)
 from measures.registry import Value, measure
 
 TARGET_ERROR_INCREASE = 0.1  # Jiang et al.'s target deviation of the training accuracy

@@ -1,13 +1,15 @@
-"""Shared fixtures: composing the real Hydra configs with overrides, tiny zoos on offline data."""
+"""Shared fixtures: composing the real Hydra configs with overrides, and one tiny zoo on offline data that
+is trained once per test session and copied to each test that needs a trained store."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from benchmark.cli import CONF_DIR
+from benchmark import pipeline
+from benchmark.config import compose
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,11 +19,11 @@ TINY = ["dataset=digits", "dataset.train_size=300", "dataset.test_size=300", "zo
         "zoo.axes.model.width=[8,16]", "model.depth=1", "optimizer.lr=0.5", "train.batch_size=50",
         "train.target_loss=0.3", "train.max_epochs=300", "run.jobs=1", "run.threads=1", "run.progress=false",
         "evaluate.n_boot=20", "measures.include=[params,log_prod_of_fro,dist_init_fro]"]
+TINY_MODELS, TINY_MEASURES = 4, 3
 
 
 def make_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(*overrides)
 
 
 @pytest.fixture
@@ -30,6 +32,23 @@ def tiny_cfg(tmp_path):
     def factory(*extra: str):
         return make_cfg(*TINY, f"store.root={tmp_path / 'store'}", f"leaderboard.dir={tmp_path / 'lb'}", *extra)
     return factory
+
+
+@pytest.fixture(scope="session")
+def _tiny_zoo_store(tmp_path_factory) -> Path:
+    """The tiny zoo trained and its three measures computed, once per session (never modified: copy it)."""
+    root = tmp_path_factory.mktemp("tiny-zoo") / "store"
+    cfg = make_cfg(*TINY, f"store.root={root}")
+    assert pipeline.train(cfg)["trained"] == TINY_MODELS
+    assert pipeline.measure(cfg)["computed"] == TINY_MODELS * TINY_MEASURES
+    return root
+
+
+@pytest.fixture
+def trained_tiny(tiny_cfg, tmp_path, _tiny_zoo_store):
+    """Factory like ``tiny_cfg``, whose store (tmp_path/store) already holds the trained and measured tiny zoo."""
+    shutil.copytree(_tiny_zoo_store, tmp_path / "store")
+    return tiny_cfg
 
 
 @pytest.fixture(autouse=True, scope="session")

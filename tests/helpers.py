@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.models import MLP
+from benchmark.zoo.models import MLP
+
+
+@functools.lru_cache(maxsize=1)
+def default_hparams():
+    """The default config's base hyperparameters (``conf/``, before the zoo's axes)."""
+    from benchmark.config import compose
+    from benchmark.zoo import base_hparams
+    return base_hparams(compose())
 
 
 def diagonal_mlp(diagonals) -> MLP:

@@ -1,0 +1,74 @@
+"""The configuration: where ``conf/`` is, the schema it composes on, and composing it from Python.
+
+``conf/`` sits at the top of the source tree and ships inside the package as ``benchmark/conf`` (see
+``pyproject.toml``), so an installed genbench finds its configs from any directory.
+
+The schema (registered in Hydra's ConfigStore as ``genbench_schema``, first in ``conf/config.yaml``'s defaults
+list) types every hyperparameter group with the dataclasses of ``benchmark.zoo.hparams`` and takes their
+defaults from there: a YAML file sets only what belongs to its component, a mistyped value
+(``train.batch_size=abc``) fails while the config is composed, and each default is written once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from benchmark.zoo.datasets import DEFAULT_ROOT
+from benchmark.zoo.hparams import GROUPS, HParams
+
+SCHEMA = "genbench_schema"
+_HERE = Path(__file__).resolve().parent
+
+
+def conf_dir() -> Path:
+    """``conf/``: inside the installed package, or at the top of a source checkout (editable install)."""
+    for candidate in (_HERE / "conf", _HERE.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"genbench's configs are missing: neither {_HERE / 'conf'} nor {_HERE.parent / 'conf'}"
+                            " holds config.yaml (a broken installation?)")
+
+
+def _schema(cls: type, extra: tuple = ()) -> type:
+    """A mutable copy of the frozen hyperparameter dataclass ``cls`` for OmegaConf: same fields, types and
+    defaults, required fields as ``???``."""
+    hints = typing.get_type_hints(cls)
+    specs = [(f.name, hints[f.name],
+              dataclasses.field(default=MISSING if f.default is dataclasses.MISSING else f.default))
+             for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", specs + list(extra))
+
+
+def _root_schema() -> type:
+    operational = {"dataset": (("root", str, dataclasses.field(default=f"${{oc.env:GENBENCH_DATA,'{DEFAULT_ROOT}'}}")),
+                               ("download", bool, dataclasses.field(default=False)))}
+    groups = {g: _schema(cls, operational.get(g, ())) for g, cls in GROUPS.items()}
+    specs = [(g, schema, dataclasses.field(default=MISSING)) for g, schema in groups.items() if g != "train"]
+    specs.append(("train", groups["train"], dataclasses.field(default_factory=groups["train"])))
+    specs.append(("seed", int, dataclasses.field(default=HParams.__dataclass_fields__["seed"].default)))
+    # operational groups: their defaults are in conf/config.yaml and conf/<group>/
+    specs += [(k, Any, dataclasses.field(default=MISSING))
+              for k in ("zoo", "measures", "store", "run", "collect", "evaluate", "leaderboard")]
+    return dataclasses.make_dataclass("ConfigSchema", specs)
+
+
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name=SCHEMA, node=_root_schema())
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The composed config with Hydra overrides, as the command line would see it (no multirun)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    register()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+register()

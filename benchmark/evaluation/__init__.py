@@ -1,0 +1,1 @@
+"""Evaluation: the statistics (pure functions of the zoo DataFrame) and the leaderboard's numbers."""

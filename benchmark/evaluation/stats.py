@@ -1,0 +1,851 @@
+"""Statistics of the evaluator: how well does a generalization measure rank a zoo of models?
+
+Everything here is a pure function of a "zoo DataFrame" (one row per trained model) and
+column names: hyperparameters ``hp.*``, metrics ``metric.*`` (``metric.gap_error``,
+``metric.test_error``, ``metric.converged``, ``metric.test_size``, ...) and measures
+``measure.*`` (NaN where the measure failed). No function mutates its input and no result
+depends on the row order (the bootstrap puts rows in a canonical order before resampling).
+
+Statistics (sources in each docstring):
+
+* :func:`kendall_tau`, :func:`spearman_rho` -- rank correlation with the target.
+* :func:`granulated_kendall` -- Jiang et al. (ICLR 2020) granulated Kendall Psi.
+* :func:`conditional_mutual_information` -- Jiang et al. (2020) Sec. 5 / PGDL (NeurIPS 2020).
+* :func:`robust_sign_error` -- Dziugaite et al. (NeurIPS 2020) environments and sign error.
+* :func:`bootstrap_ci` -- percentile bootstrap over models.
+* :func:`evaluate` -- all of the above for many measures, as the long leaderboard table.
+
+Implementation note: every statistic is a sum over *pairs of models* of products of pair
+signs ``sign(x_i - x_j)``. Pair index arrays and their grouping (cells, environments,
+conditioning cells) depend only on the hyperparameters, so :func:`evaluate` builds them once
+(``_Design``) and reuses them for every measure, target and bootstrap replicate. A bootstrap
+replicate that draws model ``i`` ``c_i`` times contributes each pair ``(i, j)`` ``c_i c_j``
+times (pairs of two copies of one model are ties and contribute nothing), so replicates are
+weighted pair sums -- matrix products instead of a Python loop over resampled DataFrames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+__all__ = [
+    "SEED_COLUMN",
+    "CONVERGED_COLUMN",
+    "TEST_SIZE_COLUMN",
+    "default_axes",
+    "kendall_tau",
+    "spearman_rho",
+    "granulated_kendall",
+    "conditional_mutual_information",
+    "hoeffding_weight",
+    "robust_sign_error",
+    "bootstrap_ci",
+    "filter_converged",
+    "evaluate",
+]
+
+SEED_COLUMN = "hp.seed"
+CONVERGED_COLUMN = "metric.converged"
+TEST_SIZE_COLUMN = "metric.test_size"
+HP_PREFIX = "hp."
+
+# Scores closer than this are equal when choosing the arg-min conditioning set.
+_TIE_TOLERANCE = 1e-12
+
+# Largest float64 work array (elements) built at once for bootstrap pair weights (~64 MB).
+_MAX_BLOCK_ELEMENTS = 8_000_000
+
+
+# ---------------------------------------------------------------------------------------
+# Small shared helpers
+# ---------------------------------------------------------------------------------------
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks of the non-NaN entries, NaN kept where the input is NaN.
+
+    Pair signs of ranks equal pair signs of values (ties included), and ranks make
+    ``+inf``/``-inf`` ordinary extreme values instead of producing ``inf - inf = NaN``.
+    """
+    values = np.asarray(values, dtype=float)
+    out = np.full(values.shape, np.nan)
+    ok = ~np.isnan(values)
+    out[ok] = scipy.stats.rankdata(values[ok])
+    return out
+
+
+def _column_ranks(df: pd.DataFrame, column: str) -> np.ndarray:
+    return _ranks(df[column].to_numpy(dtype=float))
+
+
+@lru_cache(maxsize=16)
+def _triu(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` of ``range(n)`` as two read-only index arrays."""
+    i, j = np.triu_indices(n, k=1)
+    i.setflags(write=False)
+    j.setflags(write=False)
+    return i, j
+
+
+def _pair_signs(r: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``sign(r_i - r_j)`` per pair (0 where either is NaN) and the pair-validity mask."""
+    a, b = r[i], r[j]
+    valid = ~(np.isnan(a) | np.isnan(b))
+    s = np.where(valid, np.sign(np.where(valid, a - b, 0.0)), 0.0)
+    return s, valid
+
+
+def _tau_from_sums(num, dx, dy) -> np.ndarray:
+    """tau-b = num / sqrt(dx dy); NaN where a denominator is 0 (fewer than 2 rows, constant)."""
+    num, dx, dy = (np.asarray(a, dtype=float) for a in (num, dx, dy))
+    den = dx * dy
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    ok = den > 0
+    out[ok] = np.clip(num[ok] / np.sqrt(den[ok]), -1.0, 1.0)
+    return out
+
+
+def _cell_tau_from_sums(num, dx, dy) -> np.ndarray:
+    """tau-b of a Psi cell; a cell where the target varies but the measure is constant scores 0 (the measure
+    carries no information along that axis, Jiang et al.'s convention) instead of being skipped."""
+    tau = _tau_from_sums(num, dx, dy)
+    return np.where((np.asarray(dx) == 0) & (np.asarray(dy) > 0), 0.0, tau)
+
+
+def _finite_mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean over the finite entries along ``axis``; NaN where there are none (no warning)."""
+    values = np.asarray(values, dtype=float)
+    ok = np.isfinite(values)
+    count = ok.sum(axis=axis)
+    total = np.where(ok, values, 0.0).sum(axis=axis)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _summary(values: np.ndarray) -> dict:
+    """Mean, 90th percentile (linear interpolation) and max of the finite values."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"mean": np.nan, "p90": np.nan, "max": np.nan, "n_envs": 0}
+    return {
+        "mean": float(values.mean()),
+        "p90": float(np.percentile(values, 90)),
+        "max": float(values.max()),
+        "n_envs": int(values.size),
+    }
+
+
+def _group_codes(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Integer code per row of the joint value of ``columns`` (sorted keys, NaN is a value)."""
+    if len(columns) == 0:
+        return np.zeros(len(df), dtype=np.int64)
+    return df.groupby(list(columns), dropna=False, sort=True).ngroup().to_numpy(dtype=np.int64)
+
+
+def _varying_hp_columns(df: pd.DataFrame) -> list[str]:
+    """``hp.*`` columns that take at least two values (NaN counts as a value)."""
+    return [c for c in df.columns if c.startswith(HP_PREFIX) and df[c].nunique(dropna=False) >= 2]
+
+
+def default_axes(df: pd.DataFrame) -> list[str]:
+    """Every ``hp.*`` column that takes >= 2 values, except the seed column ``hp.seed``."""
+    return [c for c in _varying_hp_columns(df) if c != SEED_COLUMN]
+
+
+def _within_group_pairs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs ``(i, j)``, ``i < j``, of rows with equal ``codes``; returns ``(i, j, code)``.
+
+    Pairs come out sorted by code (each group's pairs contiguous).
+    """
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(codes) else []
+    ends = np.r_[starts[1:], len(codes)] if len(codes) else []
+    pi, pj, pg = [], [], []
+    for s, e in zip(starts, ends):
+        if e - s < 2:
+            continue
+        a, b = _triu(int(e - s))
+        members = np.sort(order[s:e])
+        pi.append(members[a])
+        pj.append(members[b])
+        pg.append(np.full(len(a), sorted_codes[s], dtype=np.int64))
+    if not pi:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(pi), np.concatenate(pj), np.concatenate(pg)
+
+
+def _compact(keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel integer keys as ``0..K-1`` in sorted order; returns (labels, K)."""
+    uniq, labels = np.unique(keys, return_inverse=True)
+    return labels.astype(np.int64), len(uniq)
+
+
+def _segment_starts(sorted_labels: np.ndarray) -> np.ndarray:
+    if len(sorted_labels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+
+
+# ---------------------------------------------------------------------------------------
+# Pair designs: which pairs enter each statistic (depend on hyperparameters only)
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _AxisCells:
+    """Pairs of models that differ in ``axis`` only, grouped by cell (for Psi)."""
+
+    axis: str
+    i: np.ndarray
+    j: np.ndarray
+    cell: np.ndarray  # (pairs,) cell label 0..n_cells-1, sorted
+    n_cells: int
+    starts: np.ndarray  # (n_cells,) first pair of each cell
+
+
+def _axis_cells(df: pd.DataFrame, axis: str) -> _AxisCells:
+    """Cells of Jiang et al.'s granulated Kendall for one axis.
+
+    A cell is a set of models that agree on every *other* ``hp.*`` column that varies in
+    ``df`` (the seed included); inside a cell only pairs with different ``axis`` values are
+    used, so every pair differs in ``axis`` and nothing else.
+    """
+    others = [c for c in _varying_hp_columns(df) if c != axis]
+    i, j, g = _within_group_pairs(_group_codes(df, others))
+    axis_codes = _group_codes(df, [axis])
+    keep = axis_codes[i] != axis_codes[j]
+    i, j, g = i[keep], j[keep], g[keep]
+    cell, n_cells = _compact(g)
+    return _AxisCells(axis, i, j, cell, n_cells, _segment_starts(cell))
+
+
+@dataclass(frozen=True)
+class _Environments:
+    """Pairs of models from two configurations that differ in exactly one axis."""
+
+    i: np.ndarray
+    j: np.ndarray
+    env: np.ndarray  # (pairs,) environment label 0..n_envs-1
+    n_envs: int
+    env_axis: np.ndarray  # (n_envs,) index into ``axes``
+    axes: tuple[str, ...]
+
+
+def _environments(df: pd.DataFrame, axes: Sequence[str]) -> _Environments:
+    """Environments of Dziugaite et al. (2020).
+
+    A configuration is the joint value of every varying ``hp.*`` column except the seed
+    (``hp.seed``). An environment is an unordered pair of configurations that differ in
+    exactly one axis; its pairs are all (model, model') with model in one configuration and
+    model' in the other, so seeds act as Monte-Carlo repeats inside an environment.
+    """
+    config_cols = [c for c in _varying_hp_columns(df) if c != SEED_COLUMN]
+    config = _group_codes(df, config_cols)
+    n_config = int(config.max()) + 1 if len(config) else 0
+    parts_i, parts_j, parts_key, parts_axis = [], [], [], []
+    for a, axis in enumerate(axes):
+        others = [c for c in config_cols if c != axis]
+        i, j, _ = _within_group_pairs(_group_codes(df, others))
+        axis_codes = _group_codes(df, [axis])
+        keep = axis_codes[i] != axis_codes[j]
+        i, j = i[keep], j[keep]
+        lo, hi = np.minimum(config[i], config[j]), np.maximum(config[i], config[j])
+        parts_i.append(i)
+        parts_j.append(j)
+        parts_key.append(lo * n_config + hi)
+        parts_axis.append(np.full(len(i), a, dtype=np.int64))
+    if not parts_i:
+        empty = np.zeros(0, dtype=np.int64)
+        return _Environments(empty, empty, empty, 0, empty, tuple(axes))
+    i, j = np.concatenate(parts_i), np.concatenate(parts_j)
+    key, pair_axis = np.concatenate(parts_key), np.concatenate(parts_axis)
+    env, n_envs = _compact(key)
+    env_axis = np.zeros(n_envs, dtype=np.int64)
+    env_axis[env] = pair_axis  # a pair of configurations differs in one axis only
+    return _Environments(i, j, env, n_envs, env_axis, tuple(axes))
+
+
+@dataclass(frozen=True)
+class _ConditioningSet:
+    """Cell key ``U_S = (values of S for model i, values of S for model j)`` per pair."""
+
+    axes: tuple[str, ...]
+    key: np.ndarray  # (pairs,) code_S[i] * n_values + code_S[j] for the pair (i, j), i < j
+    n_values: int  # distinct joint values of S over models
+
+
+def _conditioning_sets(
+    df: pd.DataFrame, axes: Sequence[str], max_set_size: int, i: np.ndarray, j: np.ndarray
+) -> list[_ConditioningSet]:
+    """Every subset S of ``axes`` with ``|S| <= max_set_size`` (empty set first)."""
+    out = []
+    for size in range(0, max_set_size + 1):
+        for subset in combinations(axes, size):
+            codes = _group_codes(df, list(subset))
+            k = int(codes.max()) + 1 if len(codes) else 1
+            out.append(_ConditioningSet(tuple(subset), codes[i] * k + codes[j], k))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Kendall tau and Spearman rho
+# ---------------------------------------------------------------------------------------
+def kendall_tau(df: pd.DataFrame, measure: str, target: str) -> float:
+    """Kendall's tau-b between the measure and the target over the models of ``df``.
+
+    tau_b = sum_{i<j} s^x_ij s^y_ij / sqrt(n_x n_y),  s^x_ij = sign(x_i - x_j),
+    n_x = #pairs not tied in x (= n0 - n1), n_y likewise (Kendall 1945, "The treatment of
+    ties in ranking problems"; identical to ``scipy.stats.kendalltau(variant="b")``).
+    Rows where the measure or the target is NaN are dropped. NaN when fewer than 2 rows
+    remain or one column is constant. Implemented with vectorised pair signs, O(n^2) memory.
+    """
+    x = df[measure].to_numpy(dtype=float)
+    y = df[target].to_numpy(dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 2:
+        return float("nan")
+    i, j = _triu(len(x))
+    sx, _ = _pair_signs(_ranks(x), i, j)
+    sy, _ = _pair_signs(_ranks(y), i, j)
+    tau = _tau_from_sums((sx * sy).sum(), np.abs(sx).sum(), np.abs(sy).sum())
+    return float(tau)
+
+
+def spearman_rho(df: pd.DataFrame, measure: str, target: str) -> float:
+    """Spearman's rank correlation (Pearson correlation of average ranks; scipy.stats.spearmanr).
+
+    Rows where the measure or the target is NaN are dropped; NaN when fewer than 2 rows
+    remain or one column is constant.
+    """
+    x = df[measure].to_numpy(dtype=float)
+    y = df[target].to_numpy(dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(scipy.stats.spearmanr(x, y).statistic)
+
+
+# ---------------------------------------------------------------------------------------
+# Granulated Kendall (Psi)
+# ---------------------------------------------------------------------------------------
+def _cell_taus(cells: _AxisCells, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """tau-b of every cell of one axis, (n_cells,), NaN where undefined."""
+    sx, vx = _pair_signs(rx, cells.i, cells.j)
+    sy, vy = _pair_signs(ry, cells.i, cells.j)
+    valid = vx & vy
+    n = cells.n_cells
+    num = np.bincount(cells.cell, weights=sx * sy * valid, minlength=n)
+    dx = np.bincount(cells.cell, weights=np.abs(sx) * valid, minlength=n)
+    dy = np.bincount(cells.cell, weights=np.abs(sy) * valid, minlength=n)
+    return _cell_tau_from_sums(num, dx, dy)
+
+
+def _psi_from_cells(all_cells: Sequence[_AxisCells], rx: np.ndarray, ry: np.ndarray) -> dict:
+    per_axis, n_cells = {}, {}
+    for cells in all_cells:
+        taus = _cell_taus(cells, rx, ry)
+        per_axis[cells.axis] = float(_finite_mean(taus))
+        n_cells[cells.axis] = int(np.isfinite(taus).sum())
+    psi = float(_finite_mean(np.array(list(per_axis.values()), dtype=float))) if per_axis else np.nan
+    return {"psi": psi, "per_axis": per_axis, "cells": n_cells}
+
+
+def granulated_kendall(df: pd.DataFrame, measure: str, target: str, axes: Sequence[str]) -> dict:
+    """Granulated Kendall coefficient Psi (Jiang et al., "Fantastic Generalization Measures
+    and Where to Find Them", ICLR 2020, Sec. 4, eq. for psi_i and Psi).
+
+    For axis i, models are grouped into cells that agree on every other ``hp.*`` column that
+    varies in ``df`` (all of them, the seed included, not only the other axes), and inside a
+    cell only pairs with different values of axis i count -- so every pair differs in axis i
+    alone. tau_cell is Kendall's tau-b over those pairs (NaN rows dropped), and
+
+        psi_i = mean over cells with a defined tau_cell,   Psi = mean over axes with a defined psi_i.
+
+    (Jiang et al. average over all cells, m_i = |Theta_1 x ... x Theta_{i-1} x Theta_{i+1} ...|.)
+    A cell where the target varies but the measure is constant scores tau_cell = 0, as in Jiang et
+    al.'s count (no concordant minus discordant pairs): a measure that does not move along axis i
+    (e.g. the parameter count along the learning-rate axis) gets psi_i = 0 there, not a pass.
+    Cells without two valid models with different targets are undefined and skipped.
+
+    Returns ``{"psi": Psi, "per_axis": {axis: psi_i}, "cells": {axis: number of cells with a
+    defined tau}}``.
+    """
+    rx, ry = _column_ranks(df, measure), _column_ranks(df, target)
+    return _psi_from_cells([_axis_cells(df, a) for a in axes], rx, ry)
+
+
+# ---------------------------------------------------------------------------------------
+# Conditional mutual information (Jiang et al. 2020 Sec. 5; PGDL)
+# ---------------------------------------------------------------------------------------
+def _cmi_tables(conditioning: _ConditioningSet, valid: np.ndarray, sign_code: np.ndarray) -> np.ndarray:
+    """Counts over *ordered* pairs: (cells, 2 [V_g = -1, +1], 3 [V_mu = -1, 0, +1]).
+
+    ``valid``: (pairs,) mask of the pairs ``i < j`` used; ``sign_code``: (valid pairs,)
+    ``3 [V_g > 0] + V_mu + 1``. The table is completed by the mirror pair ``(j, i)``, which has
+    the cell ``(value_j, value_i)`` and both signs flipped.
+    """
+    k = conditioning.n_values
+    flat = conditioning.key[valid] * 6 + sign_code
+    table = np.bincount(flat, minlength=k * k * 6).reshape(k, k, 2, 3).astype(float)
+    table = table + table.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    return table.reshape(k * k, 2, 3)
+
+
+def _normalised_cmi(table: np.ndarray) -> float:
+    """I(V_mu; V_g | U) / H(V_g | U) in bits from counts (cells, 2, 3); NaN if H = 0."""
+    n_cell = table.sum(axis=(1, 2))
+    table, n_cell = table[n_cell > 0], n_cell[n_cell > 0]
+    if n_cell.size == 0:
+        return float("nan")
+    p_cell = n_cell / n_cell.sum()  # p(U_S), weight of a cell = its share of pairs
+    joint = table / n_cell[:, None, None]  # p(V_g, V_mu | U_S)
+    pg = joint.sum(axis=2)  # p(V_g | U_S)
+    pm = joint.sum(axis=1)  # p(V_mu | U_S)
+    indep = pg[:, :, None] * pm[:, None, :]
+    pos = joint > 0
+    ratio = np.where(pos, joint, 1.0) / np.where(pos, indep, 1.0)
+    mi_cell = np.where(pos, joint * np.log2(ratio), 0.0).sum(axis=(1, 2))
+    h_cell = -np.where(pg > 0, pg * np.log2(np.where(pg > 0, pg, 1.0)), 0.0).sum(axis=1)
+    mi, h = float(p_cell @ mi_cell), float(p_cell @ h_cell)
+    if h <= 1e-12:
+        return float("nan")
+    return float(np.clip(mi / h, 0.0, 1.0))
+
+
+def _cmi_from_sets(
+    sets: Sequence[_ConditioningSet], vg: np.ndarray, vm: np.ndarray, valid: np.ndarray
+) -> dict:
+    sign_code = ((vg[valid] > 0) * 3 + vm[valid] + 1).astype(np.int64)
+    per_set = {c.axes: _normalised_cmi(_cmi_tables(c, valid, sign_code)) for c in sets}
+    finite = {s: v for s, v in per_set.items() if np.isfinite(v)}
+    if not finite:
+        return {"cmi": float("nan"), "set": None, "per_set": per_set}
+    lowest = min(finite.values())
+    # first set (smaller sets first) within rounding of the minimum, so that float noise
+    # does not pick the arg-min among sets with equal scores
+    best = next(s for s, v in finite.items() if v <= lowest + _TIE_TOLERANCE)
+    return {"cmi": lowest, "set": best, "per_set": per_set}
+
+
+def _cmi_signs(
+    rm: np.ndarray, rg: np.ndarray, i: np.ndarray, j: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vm, vmv = _pair_signs(rm, i, j)
+    vg, vgv = _pair_signs(rg, i, j)
+    return vg, vm, vmv & vgv & (vg != 0)
+
+
+def conditional_mutual_information(
+    df: pd.DataFrame,
+    measure: str,
+    target: str,
+    axes: Sequence[str],
+    max_set_size: int = 2,
+) -> dict:
+    """Conditional-independence score of Jiang et al. (ICLR 2020, Sec. 5) and the PGDL
+    competition (Jiang et al., NeurIPS 2020 competition track).
+
+    Over pairs of models (i, j): V_mu = sign(mu_i - mu_j), V_g = sign(g_i - g_j), and U_S =
+    (values of the axes in S for model i, the same for model j). With p(U_S) the share of
+    pairs in cell U_S,
+
+        I(V_mu; V_g | U_S) = sum_u p(u) sum_{a,b} p(a, b | u) log2[p(a, b | u) / (p(a | u) p(b | u))]
+        H(V_g | U_S)       = -sum_u p(u) sum_b p(b | u) log2 p(b | u)
+        score              = min over S subset of axes, |S| <= max_set_size (empty set included)
+                             of I(V_mu; V_g | U_S) / H(V_g | U_S).
+
+    1 means the measure orders every pair like the target in every cell; 0 that, given the
+    best conditioning set of hyperparameters, it carries no information about the order.
+
+    Choices (where the PGDL scoring kit differs):
+
+    * Pairs are all ordered pairs i != j of distinct models, i.e. each unordered pair once in
+      each orientation. The kit also counts every model paired with itself (always "-gap,
+      -measure"), which inflates the apparent agreement. Using both orientations makes the
+      score independent of the row order and V_g balanced without cell conditioning.
+    * Pairs whose target values tie (V_g = 0) are dropped: there is no order to predict. The
+      measure keeps three values {-1, 0, +1}; a measure tie is not credited (the kit folds
+      ties into "-").
+    * Cells are weighted by their share of pairs, p(U_S) as in Jiang et al.'s formula; the kit
+      averages MI and H over all value combinations without weights, empty cells included.
+    * The kit minimises over |S| = 2 only; here over |S| <= max_set_size including S = {}.
+      A set with H(V_g | U_S) = 0 (S fixes the order of every pair) has no defined score and
+      is skipped.
+    * Rows with NaN in the measure or the target are dropped.
+    * The arg-min is the first set in enumeration order (by size, then in the order of
+      ``axes``) whose score is within 1e-12 of the minimum.
+
+    Returns ``{"cmi": score, "set": arg-min S as a tuple of axes (None if undefined),
+    "per_set": {S: score}}``.
+    """
+    i, j = _triu(len(df))
+    sets = _conditioning_sets(df, axes, max_set_size, i, j)
+    vg, vm, valid = _cmi_signs(_column_ranks(df, measure), _column_ranks(df, target), i, j)
+    return _cmi_from_sets(sets, vg, vm, valid)
+
+
+# ---------------------------------------------------------------------------------------
+# Robust sign error (Dziugaite et al. 2020)
+# ---------------------------------------------------------------------------------------
+def hoeffding_weight(delta, n_i, n_j=None) -> np.ndarray:
+    """Probability bound that an observed difference of two test-set estimates has the right sign.
+
+    Each error rate is a mean of n bounded losses in [0, 1]; by Hoeffding's inequality
+    P(|e_hat - e| >= t) <= 2 exp(-2 n t^2). If both estimates are within |delta|/2 of the truth
+    the observed sign of the difference is right, so with independent test sets
+
+        w = (1 - 2 exp(-n_i delta^2 / 2))_+ * (1 - 2 exp(-n_j delta^2 / 2))_+ ,
+
+    which for n_i = n_j is the weight of Dziugaite et al. (NeurIPS 2020),
+    ``max(0, 1 - 2 exp(-2 n (delta/2)^2))^2`` (their filter additionally subtracts 0.5). The
+    bound assumes the target is an error rate in [0, 1]; for a loss it is a heuristic.
+    ``delta`` = 0 gives 0; n -> inf gives 1. ``n_j`` defaults to ``n_i``.
+    """
+    delta = np.abs(np.asarray(delta, dtype=float))
+    n_i = np.asarray(n_i, dtype=float)
+    n_j = n_i if n_j is None else np.asarray(n_j, dtype=float)
+
+    def one(n):
+        return np.maximum(0.0, 1.0 - 2.0 * np.exp(-n * delta**2 / 2.0))
+
+    return one(n_i) * one(n_j)
+
+
+def _environment_sign_errors(
+    envs: _Environments, rm: np.ndarray, rg: np.ndarray, g: np.ndarray, n_test: np.ndarray
+) -> np.ndarray:
+    """Weighted sign error of every environment, (n_envs,), NaN where no pair has weight."""
+    i, j = envs.i, envs.j
+    sm, vm = _pair_signs(rm, i, j)
+    sg, vg = _pair_signs(rg, i, j)
+    w = hoeffding_weight(g[i] - g[j], n_test[i], n_test[j])
+    w = np.where(vm & vg & np.isfinite(w), w, 0.0)
+    err = 0.5 * (1.0 - sm * sg)  # 0 agree, 1 disagree, 1/2 measure tie
+    total = np.bincount(envs.env, weights=w, minlength=envs.n_envs)
+    wrong = np.bincount(envs.env, weights=w * err, minlength=envs.n_envs)
+    out = np.full(envs.n_envs, np.nan)
+    ok = total > 0
+    out[ok] = wrong[ok] / total[ok]
+    return out
+
+
+def _sign_error_summary(envs: _Environments, errors: np.ndarray) -> dict:
+    out = _summary(errors)
+    out["per_axis"] = {a: _summary(errors[envs.env_axis == k]) for k, a in enumerate(envs.axes)}
+    return out
+
+
+def robust_sign_error(
+    df: pd.DataFrame,
+    measure: str,
+    target: str,
+    axes: Sequence[str],
+    test_size_col: str = TEST_SIZE_COLUMN,
+) -> dict:
+    """Weighted sign error over environments (Dziugaite et al., "In Search of Robust Measures
+    of Generalization", NeurIPS 2020, Sec. 3-4).
+
+    Environments: a configuration is the joint value of every varying ``hp.*`` column but the
+    seed; an environment e is an unordered pair of configurations differing in exactly one
+    axis (its axis), and its pairs are all cross pairs of their models (seeds are repeats).
+    For a pair, with Delta_g = g_i - g_j and Delta_mu = mu_i - mu_j,
+
+        err_ij = (1 - sign(Delta_mu) sign(Delta_g)) / 2       (1/2 on a measure tie)
+        w_ij   = hoeffding_weight(Delta_g, n_i, n_j)          (n = ``test_size_col``)
+        SE(e)  = sum_e w_ij err_ij / sum_e w_ij.
+
+    A pair with tied targets has weight 0; an environment whose weights are all 0 (or whose
+    models all have NaN measures) has no defined sign error and is left out. Reported: mean,
+    90th percentile (linear interpolation) and max (the paper's robust, worst-case view) of
+    SE(e) over environments, overall and per axis.
+
+    Returns ``{"mean", "p90", "max", "n_envs", "per_axis": {axis: {"mean", "p90", "max",
+    "n_envs"}}}``.
+    """
+    envs = _environments(df, axes)
+    errors = _environment_sign_errors(
+        envs,
+        _column_ranks(df, measure),
+        _column_ranks(df, target),
+        df[target].to_numpy(dtype=float),
+        df[test_size_col].to_numpy(dtype=float),
+    )
+    return _sign_error_summary(envs, errors)
+
+
+# ---------------------------------------------------------------------------------------
+# Bootstrap and filtering
+# ---------------------------------------------------------------------------------------
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by every column (object columns as strings), index reset.
+
+    Makes resampling independent of the input's row order.
+    """
+    if len(df) == 0 or len(df.columns) == 0:
+        return df.reset_index(drop=True)
+    keys = pd.DataFrame(
+        {
+            k: (df[c].astype(str) if pd.api.types.is_object_dtype(df[c]) else df[c]).to_numpy()
+            for k, c in enumerate(df.columns)
+        }
+    )
+    order = keys.sort_values(list(keys.columns), kind="mergesort", na_position="last").index
+    return df.iloc[order.to_numpy()].reset_index(drop=True)
+
+
+def _bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) row positions drawn with replacement by ``numpy.random.default_rng(seed)``."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+    reps = np.asarray(replicates, dtype=float)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(reps, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _check_bootstrap_args(n_boot: int, level: float) -> None:
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def bootstrap_ci(
+    df: pd.DataFrame,
+    statistic: Callable[[pd.DataFrame], float],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``statistic`` over models (Efron 1979).
+
+    The rows are put in a canonical order (sorted by all columns), then ``n_boot`` replicates
+    of ``len(df)`` rows are drawn with replacement with ``numpy.random.default_rng(seed)``
+    (one ``integers(0, n, size=(n_boot, n))`` draw) and ``statistic`` is evaluated on each.
+    Returns the ``(1-level)/2`` and ``(1+level)/2`` quantiles (linear interpolation) of the
+    finite replicates; ``(nan, nan)`` if none is finite, ``df`` is empty or ``n_boot`` is 0.
+    Deterministic under ``seed`` and independent of the row order of ``df``.
+    """
+    _check_bootstrap_args(n_boot, level)
+    if len(df) == 0 or n_boot == 0:
+        return float("nan"), float("nan")
+    base = _canonical(df)
+    idx = _bootstrap_indices(len(base), n_boot, seed)
+    reps = [statistic(base.iloc[row].reset_index(drop=True)) for row in idx]
+    return _percentile_interval(np.array(reps, dtype=float), level)
+
+
+def filter_converged(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the models with ``metric.converged`` True; returns (kept rows, number dropped).
+
+    A missing value (NaN/None) counts as not converged.
+    """
+    mask = df[CONVERGED_COLUMN].eq(True).to_numpy(dtype=bool)
+    return df.loc[mask].copy(), int((~mask).sum())
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate: the leaderboard table
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Design:
+    """Everything that depends on the hyperparameters and the bootstrap draw only."""
+
+    n: int
+    axes: tuple[str, ...]
+    i: np.ndarray  # all pairs i < j
+    j: np.ndarray
+    cells: tuple[_AxisCells, ...]
+    envs: _Environments
+    sets: tuple[_ConditioningSet, ...]
+    counts: np.ndarray  # (n_boot, n) multiplicity of each model in each replicate
+
+
+def _design(df: pd.DataFrame, axes: Sequence[str], n_boot: int, seed: int, max_set_size: int) -> _Design:
+    n = len(df)
+    i, j = _triu(n)
+    if n > 0 and n_boot > 0:
+        idx = _bootstrap_indices(n, n_boot, seed)
+        flat = (idx + n * np.arange(n_boot)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
+    else:
+        counts = np.zeros((0, n))
+    return _Design(
+        n=n,
+        axes=tuple(axes),
+        i=i,
+        j=j,
+        cells=tuple(_axis_cells(df, a) for a in axes),
+        envs=_environments(df, axes),
+        sets=tuple(_conditioning_sets(df, axes, max_set_size, i, j)),
+        counts=counts,
+    )
+
+
+def _bootstrap_taus(design: _Design, sx: np.ndarray, vx: np.ndarray, sy: np.ndarray, vy: np.ndarray) -> np.ndarray:
+    """tau-b of every bootstrap replicate for several measures at once, (n_boot, measures).
+
+    ``sx``/``vx``: (pairs, measures) signs/validity; ``sy``/``vy``: (pairs,). Replicate b
+    weighs pair (i, j) by c_bi c_bj, which equals tau-b on the resampled rows.
+    """
+    n_boot, m = design.counts.shape[0], sx.shape[1]
+    valid = vx & vy[:, None]
+    cols = np.concatenate([sx * sy[:, None] * valid, np.abs(sx) * valid, np.abs(sy)[:, None] * valid], axis=1)
+    sums = np.empty((n_boot, 3 * m))
+    n_pairs = len(design.i)
+    step = max(1, _MAX_BLOCK_ELEMENTS // max(n_pairs, 1))
+    for start in range(0, n_boot, step):
+        c = design.counts[start : start + step]
+        w = c[:, design.i] * c[:, design.j]  # (chunk, pairs)
+        sums[start : start + step] = w @ cols
+    return _tau_from_sums(sums[:, :m], sums[:, m : 2 * m], sums[:, 2 * m :])
+
+
+def _bootstrap_psi(design: _Design, pair_weights: Sequence[np.ndarray], rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Psi of every bootstrap replicate (rows resampled, cells re-formed), (n_boot,)."""
+    n_boot = design.counts.shape[0]
+    per_axis = np.full((n_boot, len(design.cells)), np.nan)
+    for a, (cells, w) in enumerate(zip(design.cells, pair_weights)):
+        if cells.n_cells == 0:
+            continue
+        sx, vx = _pair_signs(rx, cells.i, cells.j)
+        sy, vy = _pair_signs(ry, cells.i, cells.j)
+        valid = vx & vy
+        num = np.add.reduceat(w * (sx * sy * valid), cells.starts, axis=1)
+        dx = np.add.reduceat(w * (np.abs(sx) * valid), cells.starts, axis=1)
+        dy = np.add.reduceat(w * (np.abs(sy) * valid), cells.starts, axis=1)
+        per_axis[:, a] = _finite_mean(_cell_tau_from_sums(num, dx, dy), axis=1)
+    return _finite_mean(per_axis, axis=1)
+
+
+def evaluate(
+    df: pd.DataFrame,
+    measures: Sequence[str],
+    targets: Sequence[str] = ("metric.gap_error", "metric.test_error"),
+    axes: Sequence[str] | None = None,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The long results table of the leaderboard: one row per (measure, target).
+
+    Only converged models are used (:func:`filter_converged`); the number dropped is in
+    ``result.attrs["n_unconverged"]``. ``axes=None`` means :func:`default_axes` of the
+    converged models (every varying ``hp.*`` column but ``hp.seed``).
+
+    Columns: ``measure`` and ``target`` (column names as given); ``n_models`` (converged
+    models with a non-NaN measure and target); ``n_failed`` (converged models where the
+    measure is NaN); ``tau`` (:func:`kendall_tau`) with its percentile bootstrap interval
+    ``tau_lo``, ``tau_hi``; ``spearman`` (:func:`spearman_rho`); ``psi`` and ``psi.<axis>``
+    (:func:`granulated_kendall`) with ``psi_lo``, ``psi_hi``; ``cmi`` and ``cmi_set``
+    (:func:`conditional_mutual_information`, |S| <= 2; the arg-min set as a comma-separated
+    string of axes, "" for the empty set, None when undefined); ``sign_error_mean``,
+    ``sign_error_p90``, ``sign_error_max`` and ``sign_error.<axis>`` (per-axis mean) from
+    :func:`robust_sign_error`.
+
+    Bootstrap: models (rows) are resampled as in :func:`bootstrap_ci` with the same seed and
+    draw, shared by every measure and target; for Psi the cells are re-formed from each
+    resample (a model drawn twice adds only tied, i.e. uninformative, pairs). The interval
+    equals ``bootstrap_ci(converged, lambda d: kendall_tau(d, m, t), n_boot=n_boot,
+    seed=seed)`` (likewise for Psi) but is computed as pair sums weighted by how often each
+    model was drawn, reusing pair index arrays across measures and replicates.
+    """
+    _check_bootstrap_args(n_boot, 0.95)
+    converged, n_dropped = filter_converged(df)
+    base = _canonical(converged)
+    axes = tuple(default_axes(base) if axes is None else axes)
+    design = _design(base, axes, n_boot, seed, max_set_size=2)
+    psi_weights = [design.counts[:, c.i] * design.counts[:, c.j] for c in design.cells]
+    measures = list(measures)
+
+    measure_ranks = {m: _column_ranks(base, m) for m in measures}
+    pair_signs = [_pair_signs(measure_ranks[m], design.i, design.j) for m in measures]
+    sx_all = np.stack([s for s, _ in pair_signs], axis=1) if measures else np.zeros((len(design.i), 0))
+    vx_all = np.stack([v for _, v in pair_signs], axis=1) if measures else np.zeros((len(design.i), 0), bool)
+
+    rows = []
+    for target in targets:
+        ry = _column_ranks(base, target)
+        g = base[target].to_numpy(dtype=float)
+        n_test = base[TEST_SIZE_COLUMN].to_numpy(dtype=float) if design.envs.n_envs else np.zeros(len(base))
+        sy, vy = _pair_signs(ry, design.i, design.j)
+        taus = _tau_from_sums(
+            ((sx_all * sy[:, None]) * (vx_all & vy[:, None])).sum(axis=0),
+            (np.abs(sx_all) * (vx_all & vy[:, None])).sum(axis=0),
+            (np.abs(sy)[:, None] * (vx_all & vy[:, None])).sum(axis=0),
+        )
+        boot_taus = _boot_taus_blocked(design, sx_all, vx_all, sy, vy)
+        for k, m in enumerate(measures):
+            rx = measure_ranks[m]
+            tau_lo, tau_hi = _percentile_interval(boot_taus[:, k], 0.95)
+            psi = _psi_from_cells(design.cells, rx, ry)
+            psi_lo, psi_hi = _percentile_interval(_bootstrap_psi(design, psi_weights, rx, ry), 0.95)
+            vg, vm, valid = _cmi_signs(rx, ry, design.i, design.j)
+            cmi = _cmi_from_sets(design.sets, vg, vm, valid)
+            se = _sign_error_summary(design.envs, _environment_sign_errors(design.envs, rx, ry, g, n_test))
+            row = {
+                "measure": m,
+                "target": target,
+                "n_models": int((~np.isnan(rx) & ~np.isnan(ry)).sum()),
+                "n_failed": int(np.isnan(rx).sum()),
+                "tau": float(taus[k]),
+                "tau_lo": tau_lo,
+                "tau_hi": tau_hi,
+                "spearman": spearman_rho(base, m, target),
+                "psi": psi["psi"],
+                "psi_lo": psi_lo,
+                "psi_hi": psi_hi,
+            }
+            row.update({f"psi.{a}": psi["per_axis"][a] for a in axes})
+            row["cmi"] = cmi["cmi"]
+            row["cmi_set"] = None if cmi["set"] is None else ",".join(cmi["set"])
+            row.update(
+                {
+                    "sign_error_mean": se["mean"],
+                    "sign_error_p90": se["p90"],
+                    "sign_error_max": se["max"],
+                }
+            )
+            row.update({f"sign_error.{a}": se["per_axis"][a]["mean"] for a in axes})
+            rows.append(row)
+
+    columns = (
+        ["measure", "target", "n_models", "n_failed", "tau", "tau_lo", "tau_hi", "spearman", "psi", "psi_lo", "psi_hi"]
+        + [f"psi.{a}" for a in axes]
+        + ["cmi", "cmi_set", "sign_error_mean", "sign_error_p90", "sign_error_max"]
+        + [f"sign_error.{a}" for a in axes]
+    )
+    result = pd.DataFrame(rows, columns=columns)
+    result.attrs["n_unconverged"] = n_dropped
+    result.attrs["axes"] = list(axes)
+    result.attrs["n_boot"] = n_boot
+    result.attrs["seed"] = seed
+    return result
+
+
+def _boot_taus_blocked(
+    design: _Design, sx_all: np.ndarray, vx_all: np.ndarray, sy: np.ndarray, vy: np.ndarray
+) -> np.ndarray:
+    """:func:`_bootstrap_taus` over blocks of measures to bound memory, (n_boot, measures)."""
+    n_boot, m = design.counts.shape[0], sx_all.shape[1]
+    out = np.full((n_boot, m), np.nan)
+    if n_boot == 0 or m == 0 or len(design.i) == 0:
+        return out
+    block = max(1, _MAX_BLOCK_ELEMENTS // (3 * len(design.i)))
+    for start in range(0, m, block):
+        sl = slice(start, start + block)
+        out[:, sl] = _bootstrap_taus(design, sx_all[:, sl], vx_all[:, sl], sy, vy)
+    return out

@@ -1,0 +1,59 @@
+"""A trained model as the measures see it: stored (or just-trained) weights, rebuilt into modules, and the
+one place where a ``measures.Context`` is made from them (the pipeline, ``genbench perf`` and the tests all
+ask here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from benchmark.runtime import RunOptions
+from benchmark.store import Store
+from benchmark.zoo.datasets import DataBundle, cached_data
+from benchmark.zoo.hparams import HParams
+from benchmark.zoo.models import build_model
+from measures import Context
+
+if TYPE_CHECKING:
+    from benchmark.training.loop import TrainResult
+
+
+@dataclass(frozen=True)
+class Trained:
+    hp: HParams
+    model: nn.Module  # the trained weights
+    init: nn.Module  # the initial weights
+    data: DataBundle
+    history: list[dict]
+
+    @classmethod
+    def from_states(cls, hp: HParams, init_state: dict, final_state: dict, data: DataBundle, history: list[dict],
+                    device: str | torch.device = "cpu") -> "Trained":
+        modules = []
+        for state in (final_state, init_state):
+            m = build_model(hp.model, data.in_shape, data.num_classes)
+            m.load_state_dict(state)
+            modules.append(m.to(device))
+        return cls(hp, modules[0], modules[1], data, list(history))
+
+    @classmethod
+    def from_result(cls, result: TrainResult, data: DataBundle, device: str | torch.device = "cpu") -> "Trained":
+        return cls.from_states(result.hparams, result.init_state, result.final_state, data, result.history, device)
+
+    @classmethod
+    def from_store(cls, store: Store, model_id: str, opts: RunOptions) -> "Trained":
+        """A stored model; a missing or corrupt checkpoint raises ``CheckpointError``."""
+        hp, _, history = store.model_record(model_id)
+        init_state, final_state = store.load_states(model_id)
+        data = cached_data(hp.dataset, opts.data_root, opts.download)
+        return cls.from_states(hp, init_state, final_state, data, history, opts.device)
+
+    def context(self, seed: int = 0, oracle: bool = False) -> Context:
+        """What the measures may see: weights, initial weights, training data, hyperparameters, history and
+        the mislabeled mask; with ``oracle``, the test data too (for oracle analyses only, never ranked)."""
+        d = self.data
+        return Context(self.model, init_model=self.init, train=(d.x_train, d.y_train),
+                       test=(d.x_test, d.y_test) if oracle else None, hparams=self.hp.flat(), history=self.history,
+                       seed=seed, extras={"mislabeled": d.mislabeled})

@@ -1,0 +1,105 @@
+"""Measuring a stored zoo: every (model, measure) pair the store lacks, one task per model in the workers.
+
+Each value is stored as soon as it exists, so an interrupted run loses at most the measures in flight. A
+measure that raises, returns NaN/inf or runs past its time budget is recorded as failed with its message,
+and the others go on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import measures
+from benchmark.measuring.context import Trained
+from benchmark.runtime import RunOptions, parallel, set_threads
+from benchmark.store import CheckpointError, Store
+from measures.plugins import load_all
+
+log = logging.getLogger("genbench")
+
+
+class MeasureTimeout(TimeoutError):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise ``MeasureTimeout`` after ``seconds`` (SIGALRM; only enforceable in a main thread)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise MeasureTimeout(f"ran past its time budget of {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _measure_task(args) -> tuple[int, str, int]:
+    """Compute the missing measures of one model; each result is stored as soon as it exists."""
+    root, model_id, names, plugins, seed, timeout, opts = args
+    set_threads(opts)
+    load_all(plugins)
+    store = Store(root)
+    try:
+        trained = Trained.from_store(store, model_id, opts)
+    except CheckpointError as err:
+        for name in names:
+            m = measures.REGISTRY.get(name)
+            store.save_measurement(model_id, name, m.version, None, 0.0, "failed", str(err))
+        return 1, model_id, len(names)
+    ctx, oracle_ctx = trained.context(seed), None
+    failed = 0
+    for name in names:
+        m = measures.REGISTRY.get(name)
+        if m.oracle and oracle_ctx is None:
+            oracle_ctx = trained.context(seed, oracle=True)
+        start = time.perf_counter()
+        value, status, error, details = None, "ok", None, {}
+        try:
+            with time_limit(timeout):
+                out = m(oracle_ctx if m.oracle else ctx)
+            value, details = out.value, dict(out.details)
+            if not math.isfinite(value):
+                status, error, value = "failed", f"returned a non-finite value ({value})", None
+        except Exception as err:  # a failing measure is recorded, the others go on
+            status, error = "failed", f"{type(err).__name__}: {err}"
+            details = {"traceback": traceback.format_exc(limit=-3)}
+        failed += status == "failed"
+        store.save_measurement(model_id, m.name, m.version, value, time.perf_counter() - start, status, error,
+                               details)
+    return 1, model_id, failed
+
+
+def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: RunOptions, *,
+                plugins: Sequence[str] = (), seed: int = 0, timeout: float | None = None,
+                retry_failed: bool = False) -> dict[str, int]:
+    """Compute every (model, measure) pair the store lacks at the measure's current version."""
+    versions = {n: measures.REGISTRY.get(n).version for n in names}
+    done = store.measured(("ok",) if retry_failed else ("ok", "failed"))
+    tasks, reused = [], 0
+    for model_id in sorted(model_ids):
+        missing = [n for n in names if (model_id, n, versions[n]) not in done]
+        reused += len(names) - len(missing)
+        if missing:
+            tasks.append((str(store.root), model_id, missing, [str(Path(p).resolve()) for p in plugins], seed,
+                          timeout, opts))
+    log.info("measures: %d values reused, %d to compute on %d models", reused,
+             sum(len(t[2]) for t in tasks), len(tasks))
+    failed = 0
+    for _, _, f in parallel(_measure_task, tasks, opts.jobs, "measure", "model", [1] * len(tasks), opts.progress):
+        failed += f
+    return {"reused": reused, "computed": sum(len(t[2]) for t in tasks), "failed": failed}

@@ -1,0 +1,39 @@
+"""Number formatting, in one place for every table, figure title, page and ``results.md``."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+MISSING = "—"
+
+
+def fmt(x, digits: int = 2) -> str:
+    """``x`` to ``digits`` decimals; integers as they are; "—" when missing or not finite; never "-0.00"."""
+    if x is None or isinstance(x, str):
+        return MISSING if x is None else x
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if not math.isfinite(float(x)):
+        return MISSING
+    return f"{round(float(x), digits) + 0.0:.{digits}f}"
+
+
+def fmt_ci(point, lo, hi, digits: int = 2, point_digits: int | None = None) -> str:
+    """``point [lo, hi]``: the interval to ``digits`` decimals, the point to ``point_digits`` (default the same)."""
+    return f"{fmt(point, digits if point_digits is None else point_digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def significant(x, digits: int = 4) -> str:
+    """A float to ``digits`` significant digits (``%g``); anything else as text."""
+    return f"{x:.{digits}g}" if isinstance(x, (float, np.floating)) else str(x)
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """A DataFrame as a GitHub Markdown table, floats to ``digits`` significant digits."""
+    rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
+    rows += [" | ".join(significant(v, digits) for v in rec) for rec in df.itertuples(index=False)]
+    return "\n".join(f"| {r} |" for r in rows)

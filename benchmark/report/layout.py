@@ -1,0 +1,75 @@
+"""Where the report's files live: the one place that knows the leaderboard folder's file names.
+
+    <dir>/<name>.csv            the long results table (one row per measure and target)
+    <dir>/<name>.md             the same as Markdown, with the per-axis breakdown and failures
+    <dir>/<name>.zoo.csv        the zoo DataFrame the statistics were computed on
+    <dir>/<name>.oracle.csv     the oracle analyses (they see test data; never ranked)
+    <dir>/<name>/               the figures: summary.png, psi_heatmap.png, scatter/<measure>.png
+    <dir>/index.html            the offline page over every leaderboard in <dir>
+    <dir>/README.md             the index of every leaderboard in <dir>, with generated summaries
+    leaderboard/reproductions/<paper>/   what ``genbench reproduce <paper>`` writes
+
+``<name>`` is ``<zoo>-<dataset>`` by default (``leaderboard.name``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+INDEX, README = "index.html", "README.md"
+SUMMARY_FIGURE, HEATMAP_FIGURE = "summary.png", "psi_heatmap.png"
+_RESULTS, _ZOO, _ORACLE, _MARKDOWN = ".csv", ".zoo.csv", ".oracle.csv", ".md"
+REPRODUCTIONS = Path("leaderboard") / "reproductions"
+
+
+@dataclass(frozen=True)
+class BoardFiles:
+    folder: Path
+    name: str
+
+    @property
+    def results(self) -> Path:
+        return self.folder / f"{self.name}{_RESULTS}"
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / f"{self.name}{_MARKDOWN}"
+
+    @property
+    def zoo(self) -> Path:
+        return self.folder / f"{self.name}{_ZOO}"
+
+    @property
+    def oracle(self) -> Path:
+        return self.folder / f"{self.name}{_ORACLE}"
+
+    @property
+    def figures(self) -> Path:
+        return self.folder / self.name
+
+    def exists(self) -> bool:
+        return self.results.exists() and self.zoo.exists()
+
+
+def scatter_file(measure: str) -> str:
+    """A measure's scatter plot, relative to its figures folder (names made file-system safe)."""
+    return f"scatter/{re.sub(r'[^A-Za-z0-9._-]', '_', measure)}.png"
+
+
+def boards(folder: Path) -> list[str]:
+    """The names of every leaderboard in ``folder`` (those with both a results and a zoo table), sorted."""
+    return sorted(p.name.removesuffix(_ZOO) for p in Path(folder).glob(f"*{_ZOO}")
+                  if BoardFiles(Path(folder), p.name.removesuffix(_ZOO)).exists())
+
+
+def index(folder: Path) -> Path:
+    return Path(folder) / INDEX
+
+
+def readme(folder: Path) -> Path:
+    return Path(folder) / README
+
+
+def reproduction(paper: str) -> Path:
+    return REPRODUCTIONS / paper

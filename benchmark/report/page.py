@@ -1,0 +1,408 @@
+"""The leaderboard site: ``leaderboard/index.html`` and ``leaderboard/README.md`` over every leaderboard in the folder.
+
+A leaderboard is the set of tables ``genbench evaluate`` writes for one zoo and dataset (their names are in
+:mod:`benchmark.report.layout`): the long results table, the zoo DataFrame, the oracle analyses, and the
+figures of :mod:`benchmark.report.plots`. Everything here is rebuilt from those files, so the page can be
+regenerated without the store::
+
+    from benchmark.report import page
+    page.write(Path("leaderboard"))
+
+The page is one static file with relative links to the figures and tables (it opens from the file system,
+offline), a little inline CSS and a few lines of vanilla JavaScript that sort a table by the clicked column.
+
+Each leaderboard opens with a generated summary (:func:`summary`) answering three questions: which measure
+predicts the generalization gap best, along which hyperparameter it fails, and how sure we are.
+"""
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+
+from benchmark.evaluation.leaderboard import gap_noise
+from benchmark.files import write_text
+from benchmark.report import layout, plots
+from benchmark.report.format import fmt, fmt_ci
+from benchmark.report.layout import HEATMAP_FIGURE, INDEX, README, SUMMARY_FIGURE, BoardFiles, scatter_file
+from benchmark.report.plots import short
+from benchmark.report.tables import LEGEND, noise_text
+
+GAP = "gap_error"
+
+
+@dataclass(frozen=True)
+class Board:
+    """One leaderboard as read back from its folder."""
+
+    name: str
+    table: pd.DataFrame   # the results table
+    zoo: pd.DataFrame     # the zoo DataFrame
+    oracle: pd.DataFrame  # the oracle analyses, empty when absent
+
+    @property
+    def axes(self) -> list[str]:
+        return plots.axes_of(self.table)
+
+    @property
+    def noise(self) -> dict:
+        return gap_noise(self.zoo)
+
+    @property
+    def targets(self) -> list[str]:
+        """Targets in table order, the gap first."""
+        found = list(dict.fromkeys(self.table.target))
+        return sorted(found, key=lambda t: t != GAP)
+
+
+def load(folder: Path, name: str) -> Board:
+    files = BoardFiles(Path(folder), name)
+    has_oracle = files.oracle.exists() and files.oracle.stat().st_size > 1  # an empty table is written as "\n"
+    return Board(name, pd.read_csv(files.results), pd.read_csv(files.zoo),
+                 pd.read_csv(files.oracle) if has_oracle else pd.DataFrame())
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def _interval(r) -> str:
+    return f"τ = {fmt_ci(r['tau'], r['tau_lo'], r['tau_hi'])}"
+
+
+def _overlap(a, b) -> bool | None:
+    """Whether two measures' τ intervals overlap; None when either has none."""
+    if not all(math.isfinite(r[k]) for r in (a, b) for k in ("tau_lo", "tau_hi")):
+        return None
+    return a["tau_lo"] <= b["tau_hi"] and b["tau_lo"] <= a["tau_hi"]
+
+
+def summary(board: Board, target: str = GAP) -> str:
+    """Three generated sentences (Markdown): the best measure by τ with its interval and whether it overlaps the
+    runner-up's; the axis with its lowest ψ_i; and where the uncertainty is widest (intervals, gap vs. noise)."""
+    if target not in set(board.table.target):
+        target = board.targets[0] if board.targets else target
+    rows = plots.ranked(board.table, target)
+    rows = rows[rows.tau.notna()].to_dict("records")
+    noise = board.noise
+    if not rows:
+        return (f"No measure has a defined τ against `{target}` here (too few converged models, or every measure "
+                f"failed); {noise['n_converged']} of {noise['n_models']} models converged.")
+    best = rows[0]
+    out = [f"**Best predictor of `{target}`:** `{best['measure']}` ({best['family']}), {_interval(best)}."]
+    if best["tau"] <= 0:
+        out.append("No measure here orders the models in the direction its authors predict (every τ ≤ 0).")
+    if len(rows) > 1:
+        runner = rows[1]
+        others = sum(bool(_overlap(best, r)) for r in rows[1:])
+        overlap = _overlap(best, runner)
+        if overlap is None:
+            out.append(f"The runner-up is `{runner['measure']}` ({_interval(runner)}); without bootstrap intervals "
+                       f"we cannot say whether they differ.")
+        elif overlap:
+            out.append(f"Its 95% interval overlaps the runner-up's, `{runner['measure']}` ({_interval(runner)}), "
+                       f"so this zoo does not tell the two apart"
+                       + (f" (it overlaps the intervals of {others} of the {len(rows) - 1} other measures)."
+                          if others > 1 else "."))
+        else:
+            out.append(f"Its 95% interval does not overlap the runner-up's, `{runner['measure']}` "
+                       f"({_interval(runner)}): it leads beyond bootstrap noise.")
+    psi = {a: best.get(f"psi.{a}") for a in board.axes}
+    psi = {a: float(v) for a, v in psi.items() if v is not None and math.isfinite(float(v))}
+    if psi:
+        axis = min(psi, key=psi.get)
+        v = psi[axis]
+        verdict = ("it orders the models the wrong way when only this hyperparameter changes" if v < -0.05 else
+                   "it carries almost no information when only this hyperparameter changes" if v <= 0.05 else
+                   "its weakest axis, though it still orders models the right way along it")
+        out.append(f"**Where it fails:** its lowest per-axis granulated τ is ψ = {fmt(v)} along "
+                   f"`{short(axis)}` — {verdict}.")
+    else:
+        out.append("**Where it fails:** no per-axis ψ is defined (no two converged models differ in one axis only).")
+    widths = [(r["tau_hi"] - r["tau_lo"], "τ", r) for r in rows] + \
+             [(r["psi_hi"] - r["psi_lo"], "Ψ", r) for r in rows]
+    widths = [w for w in widths if math.isfinite(w[0])]
+    if widths:
+        width, stat, r = max(widths, key=lambda w: w[0])
+        lo, hi = (r["tau_lo"], r["tau_hi"]) if stat == "τ" else (r["psi_lo"], r["psi_hi"])
+        tau_widths = [w for w, s, _ in widths if s == "τ"]
+        out.append(f"**How sure:** the best measure's τ interval is {fmt(best['tau_hi'] - best['tau_lo'])} wide "
+                   f"(median over the {len(tau_widths)} measures: {fmt(statistics.median(tau_widths))}); "
+                   f"the widest uncertainty is `{r['measure']}`'s {stat} interval [{fmt(lo)}, {fmt(hi)}] "
+                   f"(width {fmt(width)}).")
+    else:
+        out.append("**How sure:** no bootstrap intervals were computed (evaluate.n_boot=0).")
+    ratio = noise["spread_over_se"]
+    if math.isfinite(ratio):
+        out.append(f"The gaps spread {fmt(ratio, 1)}× the binomial standard error of one model's test error "
+                   f"over {noise['n_converged']} converged models"
+                   + (" — under 3×, so differences in gap are close to test-set noise and every ranking here is "
+                      "fragile." if ratio < 3 else "."))
+    return " ".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ HTML pieces
+def _inline(text: str) -> str:
+    """Escape, then the two bits of Markdown :func:`summary` uses: **bold** and `code`."""
+    text = escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _num(x) -> str:
+    """A ``data-v`` sort key: the number, or empty (sorted last)."""
+    return repr(float(x)) if x is not None and x == x and math.isfinite(float(x)) else ""
+
+
+def _text(x) -> str:
+    """A table cell's text as read back from CSV: "" for a missing value (pandas reads it as NaN)."""
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+
+
+def _count(x) -> str:
+    return "—" if _num(x) == "" else str(int(x))
+
+
+def _td(text: str, value=None, cls: str = "", style: str = "", title: str = "") -> str:
+    """A cell; ``value`` is its sort key (a number, "" when missing, or a string such as a name)."""
+    attrs = []
+    if value is not None:
+        attrs.append(f'data-v="{escape(value) if isinstance(value, str) else _num(value)}"')
+    attrs += [f'{k}="{escape(v)}"' for k, v in (("class", cls), ("style", style), ("title", title)) if v]
+    return f"<td {' '.join(attrs)}>{text}</td>" if attrs else f"<td>{text}</td>"
+
+
+def _table(head: list[str], rows: list[str], cls: str = "sortable") -> str:
+    ths = "".join(f"<th>{h}</th>" for h in head)
+    return (f'<table class="{cls}"><thead><tr>{ths}</tr></thead><tbody>\n' + "\n".join(rows)
+            + "\n</tbody></table>")
+
+
+def _cmi_set(value, cmi) -> str:
+    """The arg-min conditioning set (the CSV reads the empty set back as NaN, like an undefined CMI)."""
+    if value is None or value != value or value == "":
+        return "the empty set" if cmi == cmi else "undefined"
+    return ", ".join(short(a) for a in str(value).split(","))
+
+
+def _psi_color(v) -> str:
+    """Background for ψ in [-1, 1]: red (wrong way) through white to blue (as predicted)."""
+    if v is None or not math.isfinite(float(v)):
+        return "background:#eee"
+    v = max(-1.0, min(1.0, float(v)))
+    end = (33, 102, 172) if v > 0 else (178, 24, 43)
+    rgb = [round(255 + (c - 255) * abs(v) * 0.85) for c in end]
+    return f"background:rgb({rgb[0]},{rgb[1]},{rgb[2]})" + (";color:#fff" if abs(v) > 0.65 else "")
+
+
+def _src(board: Board, file: str) -> str:
+    return f"{quote(board.name)}/{quote(file)}"
+
+
+def _anchor(board: Board, measure: str) -> str:
+    return f"{board.name}--{re.sub(r'[^A-Za-z0-9_.-]', '_', measure)}"
+
+
+def _ranked_table(board: Board, target: str, folder: Path) -> str:
+    rows = []
+    for rank, r in enumerate(plots.ranked(board.table, target).to_dict("records"), 1):
+        has_plot = (BoardFiles(folder, board.name).figures / scatter_file(r["measure"])).exists()
+        name = f'<code>{escape(r["measure"])}</code>'
+        if has_plot:
+            name = f'<a href="#{escape(_anchor(board, r["measure"]))}">{name}</a>'
+        cmi_title = f"arg-min conditioning set: {_cmi_set(r.get('cmi_set'), r['cmi'])}"
+        rows.append("<tr>" + "".join([
+            _td(str(rank), rank),
+            _td(name, r["measure"], title=_text(r.get("description"))),
+            _td(escape(_text(r.get("family"))), _text(r.get("family"))),
+            _td(fmt_ci(r["tau"], r["tau_lo"], r["tau_hi"]), r["tau"], "num"),
+            _td(fmt_ci(r["psi"], r["psi_lo"], r["psi_hi"]), r["psi"], "num"),
+            _td(fmt(r["cmi"], 3), r["cmi"], "num", title=cmi_title),
+            _td(fmt(r["sign_error_mean"]), r["sign_error_mean"], "num"),
+            _td(fmt(r["sign_error_p90"]), r["sign_error_p90"], "num"),
+            _td(fmt(r["sign_error_max"]), r["sign_error_max"], "num"),
+            _td(fmt(r.get("seconds"), 3), r.get("seconds"), "num"),
+            _td(_count(r.get("failures")), r.get("failures", math.nan), "num"),
+            _td(str(r["n_models"]), r["n_models"], "num"),
+            _td(escape(_text(r.get("reference"))), None, "ref"),
+        ]) + "</tr>")
+    head = ["#", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI", "sign err. mean", "p90", "max",
+            "s / model", "failed", "models", "reference"]
+    return _table(head, rows)
+
+
+def _axis_tables(board: Board, target: str, heatmap: str) -> str:
+    """ψ_i per measure and axis (the heatmap, then the same as a sortable table) and the sign error per axis."""
+    axes = board.axes
+    if not axes:
+        return "<p>The zoo varies no hyperparameter, so there is no per-axis breakdown.</p>"
+    ranked = plots.ranked(board.table, target).to_dict("records")
+    psi_rows, se_rows = [], []
+    for r in ranked:
+        name = _td(f'<code>{escape(r["measure"])}</code>', r["measure"])
+        psi_rows.append("<tr>" + name + "".join(
+            _td(fmt(r.get(f"psi.{a}")), r.get(f"psi.{a}"), "num", _psi_color(r.get(f"psi.{a}"))) for a in axes)
+            + "</tr>")
+        se_rows.append("<tr>" + name + "".join(
+            _td(fmt(r.get(f"sign_error.{a}")), r.get(f"sign_error.{a}"), "num") for a in axes) + "</tr>")
+    head = ["measure"] + [f"<code>{escape(short(a))}</code>" for a in axes]
+    return ("<p>ψ<sub>i</sub>: Kendall τ within cells of models that differ in that hyperparameter only (+1: the "
+            "measure orders them as the target does, −1: the wrong way, 0: no information).</p>" + heatmap
+            + "<details><summary>ψ<sub>i</sub> as a sortable table</summary>" + _table(head, psi_rows)
+            + "</details><details><summary>Mean robust sign error per axis</summary><p>Dziugaite et al.; lower is "
+              "better; — where no environment of that axis has two converged configurations.</p>"
+            + _table(head, se_rows) + "</details>")
+
+
+def _oracle_table(board: Board) -> str:
+    if board.oracle.empty:
+        return "<p>No oracle analyses were recorded for this leaderboard.</p>"
+    rows = ["<tr>" + "".join([
+        _td(f'<code>{escape(r["measure"])}</code> (oracle)', r["measure"]),
+        _td(fmt(r["mean"], 4), r["mean"], "num"), _td(fmt(r["mean_gap_loss"], 4), r["mean_gap_loss"], "num"),
+        _td(fmt(r["corr_with_gap_loss"], 3), r["corr_with_gap_loss"], "num"),
+        _td(str(int(r["n_models"])), r["n_models"], "num")]) + "</tr>"
+        for r in board.oracle.to_dict("records")]
+    return ("<p>These analyses use the test data, so they are not generalization measures; they are shown for "
+            "reference and never ranked.</p>"
+            + _table(["analysis", "mean value", "mean measured loss gap", "correlation with loss gap", "models"],
+                     rows, "sortable oracle"))
+
+
+def _failures(board: Board, target: str) -> str:
+    if "failures" not in board.table:
+        return ""
+    t = board.table[(board.table.target == target) & (board.table.failures.fillna(0) > 0)]
+    if t.empty:
+        return ""
+    rows = ["<tr>" + _td(f"<code>{escape(r['measure'])}</code>", r["measure"])
+            + _td(_count(r["failures"]), r["failures"], "num")
+            + _td(escape(_text(r.get("failure_message"))[:300])) + "</tr>" for r in t.to_dict("records")]
+    return "<h3>Failures</h3>" + _table(["measure", "failed models", "most frequent message"], rows)
+
+
+def _figure(board: Board, folder: Path, file: str, alt: str, caption: str, anchor: str = "") -> str:
+    if not (folder / board.name / file).exists():
+        return ""
+    ident = f' id="{escape(anchor)}"' if anchor else ""
+    return (f'<figure{ident}><a href="{_src(board, file)}"><img src="{_src(board, file)}" alt="{escape(alt)}">'
+            f"</a><figcaption>{caption}</figcaption></figure>")
+
+
+def _section(board: Board, folder: Path) -> str:
+    target = GAP if GAP in board.targets else (board.targets[0] if board.targets else GAP)
+    name = escape(board.name)
+    files = BoardFiles(folder, board.name)
+    links = [f'<a href="{quote(path.name)}">{label}</a>'
+             for path, label in ((files.markdown, "Markdown table"), (files.results, "results CSV"),
+                                 (files.zoo, "zoo CSV"))]
+    parts = [f'<section id="{name}" class="board"><h2>{name}</h2>',
+             f'<p class="links">{" · ".join(links)}</p>',
+             f'<div class="summary"><h3>Summary</h3><p>{_inline(summary(board, target))}</p></div>',
+             f'<p class="noise"><strong>Gap vs. noise.</strong> {escape(noise_text(board.noise))}</p>',
+             f'<p class="legend">{escape(LEGEND)} Click a column header to sort.</p>']
+    parts += [f"<h3>Predicting <code>{escape(target)}</code></h3>", _ranked_table(board, target, folder),
+              _figure(board, folder, SUMMARY_FIGURE, f"τ and Ψ per measure, {board.name}",
+                      f"τ and Ψ with <code>{escape(target)}</code> per measure, ranked by τ; lines are 95% "
+                      f"bootstrap intervals.")]
+    parts += [f"<details><summary>Predicting <code>{escape(t)}</code></summary>{_ranked_table(board, t, folder)}"
+              f"</details>" for t in board.targets if t != target]
+    heatmap = _figure(board, folder, HEATMAP_FIGURE, f"ψ_i heatmap, {board.name}",
+                      "ψ<sub>i</sub> per measure (rows ranked by τ) and hyperparameter: blue, the measure orders "
+                      "models as the target does when only that hyperparameter changes; red, the wrong way.")
+    parts += [f"<h3>Per-axis breakdown (against <code>{escape(target)}</code>)</h3>",
+              _axis_tables(board, target, heatmap)]
+    parts.append(_failures(board, target))
+    parts.append("<h3>Oracle analyses (use test data — not measures, never ranked)</h3>")
+    parts.append(_oracle_table(board))
+    scatters = [_figure(board, folder, scatter_file(m), f"{m} against {target}",
+                        f"<code>{escape(m)}</code> against <code>{escape(target)}</code>, one panel per "
+                        f"hyperparameter.", _anchor(board, m))
+                for m in plots.ranked(board.table, target).measure]
+    if any(scatters):
+        parts.append(f"<h3>Each measure against <code>{escape(target)}</code></h3>")
+        parts.append('<div class="gallery">' + "".join(scatters) + "</div>")
+    parts.append("</section>")
+    return "\n".join(p for p in parts if p)
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1280px;
+     padding:0 16px 48px;color:#222}
+h1{margin:24px 0 4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:40px}h3{margin:28px 0 8px}
+code{font:12.5px ui-monospace,Menlo,Consolas,monospace}
+.summary{background:#f3f6fa;border-left:4px solid #3b6ea8;padding:4px 14px;margin:12px 0}
+.summary h3{margin:8px 0 0}.noise,.legend{color:#444}.legend{font-size:12.5px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:12.5px}
+th,td{border-bottom:1px solid #e3e3e3;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#fafafa;position:sticky;top:0;cursor:pointer;white-space:nowrap;user-select:none}
+th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
+td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}td.ref{color:#555;max-width:320px}
+tbody tr:hover{background:#fff8e6}table.oracle{background:#fcfcf4}
+figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:12.5px;color:#555}nav ul{columns:2;padding-left:20px}
+details{margin:8px 0}summary{cursor:pointer;font-weight:600;margin:12px 0 4px}
+"""
+
+SORT_SCRIPT = """
+for (const table of document.querySelectorAll("table.sortable")) {
+  const heads = Array.from(table.tHead.rows[0].cells);
+  heads.forEach((th, col) => th.addEventListener("click", () => {
+    const dir = th.dataset.dir === "desc" ? "asc" : "desc";
+    heads.forEach(h => delete h.dataset.dir);
+    th.dataset.dir = dir;
+    const key = tr => { const c = tr.cells[col]; return c.dataset.v !== undefined ? c.dataset.v : c.textContent; };
+    const rows = Array.from(table.tBodies[0].rows);
+    rows.sort((a, b) => {
+      const x = key(a), y = key(b);
+      if (x === "" || y === "") return (x === "") - (y === "");  // missing values last either way
+      const d = isNaN(x) || isNaN(y) ? x.localeCompare(y) : x - y;
+      return dir === "asc" ? d : -d;
+    });
+    for (const r of rows) table.tBodies[0].appendChild(r);
+  }));
+}
+"""
+
+
+def page(boards: list[Board], folder: Path) -> str:
+    """The whole index page."""
+    toc = "".join(f'<li><a href="#{escape(b.name)}">{escape(b.name)}</a></li>' for b in boards)
+    body = "\n".join(_section(b, folder) for b in boards) or \
+        "<p>No leaderboards yet: run <code>genbench run</code>.</p>"
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>genbench leaderboards</title><style>{STYLE}</style></head><body>\n"
+            f"<header><h1>genbench leaderboards</h1><p>How well does each generalization measure rank a zoo of "
+            f"trained networks by their generalization gap? One leaderboard per zoo and dataset, generated by "
+            f"<code>genbench evaluate</code> from the tables in this folder (<a href=\"{README}\">README.md</a>)."
+            f"</p><nav><ul>{toc}</ul></nav></header>\n{body}\n<script>{SORT_SCRIPT}</script></body></html>\n")
+
+
+def readme(boards: list[Board], folder: Path) -> str:
+    """``README.md``: the index of all leaderboards with their summaries and links."""
+    lines = ["# Leaderboards", "",
+             f"Generated by `genbench evaluate` from the tables in this folder. Open [{INDEX}]({INDEX}) in a browser "
+             "(it works offline) for every table, the per-axis breakdown and the plots.", ""]
+    if not boards:
+        lines.append("No leaderboards yet: run `genbench run`.")
+    for b in boards:
+        files, n = BoardFiles(folder, b.name), quote(b.name)
+        links = [f"[Markdown table]({quote(files.markdown.name)})", f"[page]({INDEX}#{n})",
+                 f"[results CSV]({quote(files.results.name)})"]
+        links += [f"[{label}]({n}/{quote(f)})" for label, f in (("τ/Ψ plot", SUMMARY_FIGURE),
+                                                                 ("ψ heatmap", HEATMAP_FIGURE))
+                  if (files.figures / f).exists()]
+        lines += [f"## {b.name}", "", " · ".join(links), "", summary(b), "", noise_text(b.noise), ""]
+    return "\n".join(lines)
+
+
+def write(folder: Path) -> list[Path]:
+    """Rebuild ``index.html`` and ``README.md`` in ``folder`` from every leaderboard there."""
+    folder = Path(folder)
+    boards = [load(folder, n) for n in layout.boards(folder)]
+    index, md = layout.index(folder), layout.readme(folder)
+    return [write_text(index, page(boards, folder)), write_text(md, readme(boards, folder))]

@@ -1,0 +1,270 @@
+"""Figures of one leaderboard, written under ``leaderboard/<name>/`` next to its tables.
+
+    scatter/<measure>.png   the measure (oriented by its declared sign) against the target, one panel per zoo
+                            axis with the points coloured by that axis's value; titled with τ, Ψ and each ψ_i
+    summary.png             τ and Ψ of every measure with their 95% bootstrap intervals, ranked by τ
+    psi_heatmap.png         ψ_i per measure (rows, ranked by τ) and zoo axis (columns)
+
+Inputs are two of the tables ``genbench evaluate`` writes (``benchmark.report.layout``): the long results
+table and the zoo DataFrame. Only converged models are drawn, as only they enter the statistics.
+
+Figures use matplotlib's object API on an Agg canvas (no pyplot, no global figure registry, nothing to close),
+a fixed style, and PNG metadata without a version string, so the same tables give the same bytes. The scatter
+figure is built once per leaderboard and only its points and titles change from measure to measure: panels,
+colours and legends depend on the zoo alone. That keeps ~60 measures × 5 axes to about ten CPU seconds.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+import matplotlib.transforms
+import numpy as np
+import pandas as pd
+import PIL.Image
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from benchmark.files import write_atomic
+from benchmark.report.format import fmt, fmt_ci
+from benchmark.report.layout import HEATMAP_FIGURE, SUMMARY_FIGURE, scatter_file
+
+CONVERGED = "metric.converged"
+DPI = 100
+STYLE = {"font.family": "DejaVu Sans", "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
+         "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7, "legend.title_fontsize": 7,
+         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+         "axes.formatter.limits": (-3, 4), "axes.titlepad": 6.0}
+TAU_COLOR, PSI_COLOR = "#3b6ea8", "#d9822b"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def ranked(table: pd.DataFrame, target: str = "gap_error") -> pd.DataFrame:
+    """The rows of one target, best τ first (ties by name, undefined τ last) — the order of every figure."""
+    return table[table.target == target].sort_values(["tau", "measure"], ascending=[False, True],
+                                                      na_position="last", ignore_index=True)
+
+
+def axes_of(table: pd.DataFrame) -> list[str]:
+    """The zoo axes (``hp.*`` columns) the results table breaks ψ_i down by, in its column order."""
+    return [c.removeprefix("psi.") for c in table.columns if c.startswith("psi.")]
+
+
+def short(axis: str) -> str:
+    """``hp.dataset.label_noise`` → ``dataset.label_noise``."""
+    return axis.removeprefix("hp.")
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}))
+
+
+def _save_canvas(canvas: FigureCanvasAgg, path: Path) -> Path:
+    """The canvas as it stands (no redraw) as an RGB PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = PIL.Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    return write_atomic(path, lambda tmp: image.save(tmp, format="png", compress_level=3))
+
+
+def _order_key(value):
+    """Numbers in numeric order, then everything else (strings, None) by text."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _colors(k: int) -> list:
+    """``k`` colours in order along viridis (its bright yellow end cut off: unreadable on white)."""
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(0.0)] if k == 1 else [cmap(v) for v in np.linspace(0.0, 0.85, k)]
+
+
+def _limits(values: np.ndarray) -> tuple[float, float]:
+    """Data limits with 6% padding; a sensible window when there is one value or none."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.06 * (hi - lo) if hi > lo else max(abs(lo) * 0.05, 1e-3)
+    return lo - pad, hi + pad
+
+
+def _converged(zoo: pd.DataFrame) -> pd.DataFrame:
+    return zoo[zoo[CONVERGED].astype(bool)].reset_index(drop=True) if CONVERGED in zoo else zoo
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def write_scatters(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str = "gap_error") -> list[Path]:
+    """One PNG per ranked measure: ``sign · measure`` against ``metric.<target>``, one panel per axis.
+
+    What does not depend on the measure (y axis, legends, axis names, frames) is rendered once; for every measure
+    only the points, the x axes and the short titles are drawn over a copy of that background (Agg blitting).
+    Matplotlib rasterises text glyph by glyph, so the per-measure text is kept short.
+    """
+    conv = _converged(zoo)
+    rows = ranked(table, target).to_dict("records")
+    axes = axes_of(table) or [None]
+    y = conv[f"metric.{target}"].to_numpy(dtype=float)
+    paths = []
+    with matplotlib.rc_context(STYLE):
+        width = max(8.0, 0.95 + 2.3 * len(axes))  # the title line needs ~8 inches
+        fig = _figure(width, 2.8)
+        panels = fig.subplots(1, len(axes), sharey=True, squeeze=False)[0]
+        fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, top=0.78, bottom=0.22, wspace=0.08)
+        layers = []  # per panel: [(collection, row mask)], one collection per value of the panel's axis
+        for ax, axis in zip(panels, axes):
+            if axis is None:
+                groups = [("all models", np.ones(len(conv), dtype=bool))]
+            else:
+                col = conv[axis]
+                values = sorted(col.dropna().unique(), key=_order_key)
+                groups = [(_label(v), (col == v).to_numpy()) for v in values]
+                if col.isna().any():
+                    groups.append(("unset", col.isna().to_numpy()))
+            layer = []
+            for (label, mask), color in zip(groups, _colors(len(groups))):
+                coll = ax.scatter(np.zeros(int(mask.sum())), y[mask], s=16, color=color, label=label,
+                                  edgecolors="none", alpha=0.85)
+                layer.append((coll, mask))
+            layers.append(layer)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(groups), 4), frameon=False,
+                      handletextpad=0.1, columnspacing=0.8)
+            ax.set_ylim(*_limits(y))
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))
+            ax.set_title(short(axis) if axis else "", loc="left")
+        panels[0].set_ylabel(target)
+        fig.text(0.5, 0.915, f"x: the measure × its sign;  y: {target} of converged models;  "
+                 f"colour: the panel's hyperparameter;  ψ: granulated τ along it",
+                 ha="center", va="top", fontsize=7, color="#555")
+        # drawn per measure
+        title = fig.text(0.5, 0.975, "", ha="center", va="top", fontsize=9)
+        empty = fig.text(0.5, 0.5, "", ha="center", color="#a33", fontsize=9)
+        psis = [ax.text(1.0, 1.0, "", ha="right", va="baseline",  # where the axis name (the left title) sits
+                        transform=matplotlib.transforms.offset_copy(ax.transAxes, fig, y=STYLE["axes.titlepad"],
+                                                                    units="points")) for ax in panels]
+        dynamic = [ax.xaxis for ax in panels] + [c for layer in layers for c, _ in layer]
+
+        canvas = fig.canvas
+        for artist in dynamic:
+            artist.set_visible(False)
+        canvas.draw()
+        background = canvas.copy_from_bbox(fig.bbox)
+        for artist in dynamic:
+            artist.set_visible(True)
+
+        for r in rows:
+            column = f"measure.{r['measure']}"
+            sign = -1 if r.get("sign") == -1 else 1
+            x = sign * conv[column].to_numpy(dtype=float) if column in conv else np.full(len(conv), np.nan)
+            finite = np.isfinite(x)
+            canvas.restore_region(background)
+            for ax, axis, layer, psi in zip(panels, axes, layers, psis):
+                ax.set_xlim(*_limits(x))
+                fig.draw_artist(ax.xaxis)
+                for coll, mask in layer:
+                    keep = mask & finite
+                    coll.set_offsets(np.column_stack([x[keep], y[keep]]))
+                    fig.draw_artist(coll)
+                psi.set_text(f"ψ = {fmt(r.get(f'psi.{axis}'))}" if axis else "")
+                fig.draw_artist(psi)
+            title.set_text(f"{'−' if sign < 0 else ''}{r['measure']} ({r.get('family', '')}, sign {sign:+d}):  "
+                           f"τ = {fmt_ci(r['tau'], r['tau_lo'], r['tau_hi'])}   "
+                           f"Ψ = {fmt_ci(r['psi'], r['psi_lo'], r['psi_hi'])}   "
+                           f"({int(finite.sum())}/{len(conv)} models)")
+            fig.draw_artist(title)
+            if not finite.any():
+                empty.set_text("no value on any converged model (the measure failed)")
+                fig.draw_artist(empty)
+            paths.append(_save_canvas(canvas, out_dir / scatter_file(r["measure"])))
+    return paths
+
+
+def write_summary(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Path:
+    """Horizontal bars of τ and Ψ per measure, ranked by τ, with the 95% bootstrap intervals as lines."""
+    rows = ranked(table, target)
+    n = max(len(rows), 1)
+    labels = [f"{i}. {m}" for i, m in enumerate(rows.measure, 1)]
+    left = 0.25 + 0.056 * max((len(s) for s in labels), default=8)
+    width = left + 6.0
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(width, 0.95 + 0.17 * n)
+        panels = fig.subplots(1, 2, sharey=True)
+        fig.subplots_adjust(left=left / width, right=0.98, top=1 - 0.55 / (0.95 + 0.17 * n),
+                            bottom=0.4 / (0.95 + 0.17 * n), wspace=0.06)
+        ypos = np.arange(len(rows))
+        for ax, col, color, name in ((panels[0], "tau", TAU_COLOR, "τ (Kendall)"),
+                                     (panels[1], "psi", PSI_COLOR, "Ψ (granulated Kendall)")):
+            v = rows[col].to_numpy(dtype=float)
+            lo, hi = rows[f"{col}_lo"].to_numpy(dtype=float), rows[f"{col}_hi"].to_numpy(dtype=float)
+            ax.barh(ypos, np.nan_to_num(v), height=0.62, color=color)
+            ok = np.isfinite(lo) & np.isfinite(hi)
+            ax.hlines(ypos[ok], lo[ok], hi[ok], color="black", lw=1)
+            ax.plot(lo[ok], ypos[ok], "|", hi[ok], ypos[ok], "|", color="black", ms=4)
+            ax.axvline(0, color="#666", lw=0.8)
+            ax.set_xlim(-1.05, 1.05)
+            ax.set_title(f"{name} with {target}, 95% CI", loc="left")
+            ax.grid(axis="y", visible=False)
+        panels[0].set_yticks(ypos, labels)
+        panels[0].set_ylim(len(rows) - 0.5, -0.5)
+        path = _save(fig, path)
+    return path
+
+
+def write_psi_heatmap(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Path | None:
+    """ψ_i of every measure (rows, ranked by τ) along every axis (columns); None when the zoo has no axis."""
+    axes = axes_of(table)
+    if not axes:
+        return None
+    rows = ranked(table, target)
+    values = rows[[f"psi.{a}" for a in axes]].to_numpy(dtype=float)  # (measures, axes)
+    n = max(len(rows), 1)
+    left = 0.2 + 0.056 * max((len(m) for m in rows.measure), default=8)
+    width, height = left + 0.95 * len(axes) + 1.1, max(2.5, 1.35 + 0.17 * n)
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#e4e4e4")
+    with matplotlib.rc_context({**STYLE, "axes.grid": False}):
+        fig = _figure(width, height)
+        ax = fig.add_axes((left / width, 0.2 / height, 0.95 * len(axes) / width, 1 - 1.35 / height))
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1, aspect="auto",
+                          interpolation="nearest")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, fmt(v), ha="center", va="center", fontsize=6.5,
+                    color="white" if math.isfinite(v) and abs(v) > 0.6 else "black")
+        ax.set_yticks(range(len(rows)), rows.measure)
+        ax.set_xticks(range(len(axes)), [short(a) for a in axes], rotation=30, ha="left")
+        ax.xaxis.tick_top()
+        ax.tick_params(length=0)
+        cax = fig.add_axes(((left + 0.95 * len(axes) + 0.15) / width, 0.2 / height, 0.15 / width,
+                            1 - 1.35 / height))
+        fig.colorbar(image, cax=cax, label=f"ψ_i with {target}")
+        path = _save(fig, path)
+    return path
+
+
+def write(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str | None = None) -> list[Path]:
+    """Every figure of one leaderboard under ``out_dir``; scatter plots of measures no longer listed are removed.
+
+    ``target``: default ``gap_error``, or the table's first target when it was not evaluated.
+    """
+    out_dir = Path(out_dir)
+    if target is None:
+        target = "gap_error" if table.empty or "gap_error" in set(table.target) else str(table.target.iloc[0])
+    scatters = write_scatters(zoo, table, out_dir, target)
+    for stale in set((out_dir / "scatter").glob("*.png")) - set(scatters):
+        stale.unlink()
+    heatmap = write_psi_heatmap(table, out_dir / HEATMAP_FIGURE, target)
+    if heatmap is None:
+        (out_dir / HEATMAP_FIGURE).unlink(missing_ok=True)
+    return [*scatters, write_summary(table, out_dir / SUMMARY_FIGURE, target), *([heatmap] if heatmap else [])]

@@ -1,0 +1,111 @@
+"""The leaderboard as text: the Markdown tables written next to the CSVs, and the terminal view."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.files import write_text
+from benchmark.report import layout
+from benchmark.report.format import fmt, fmt_ci
+
+LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
+          "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
+          "with bootstrap 95% intervals. CMI: conditional mutual information of the signs (Jiang et al.), "
+          "minimised over conditioning sets of ≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s "
+          "robust sign-error over environments (lower is better). Cost: seconds per model; an intermediate shared by "
+          "several measures (a σ search, a Hessian eigen-solve, an SGD continuation) is charged to the first "
+          "measure of its family that computes it, and the others show only their own extra time.")
+
+
+def noise_text(noise: dict) -> str:
+    """The gap-vs-noise statement: how many models, and how far the gaps spread beyond test-set noise."""
+    return (f"{noise['n_converged']} converged models of {noise['n_models']} "
+            f"({noise['n_models'] - noise['n_converged']} unconverged, excluded). "
+            f"Generalization gap (test − train error) from {fmt(noise['gap_min'], 3)} to {fmt(noise['gap_max'], 3)}: "
+            f"spread {fmt(noise['gap_spread'], 3)} = {fmt(noise['spread_over_se'], 1)}× the binomial standard error "
+            f"of one model's test error ({fmt(noise['test_error_se'], 4)}).")
+
+
+def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str, axes: list[str]) -> str:
+    """The leaderboard as Markdown: one ranked table per target, a per-axis breakdown, oracle analyses."""
+    lines = [f"# Leaderboard: {title}", "", noise_text(noise), "", LEGEND, ""]
+    for target, t in table.groupby("target", sort=False):
+        t = t.sort_values("tau", ascending=False)
+        lines += [f"## Predicting `{target}`", "",
+                  "| # | measure | family | τ [95% CI] | Ψ [95% CI] | CMI | sign err. mean / max | cost s | failed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for rank, r in enumerate(t.itertuples(), 1):
+            tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
+            lines.append(f"| {rank} | `{r.measure}` | {r.family} | {tau} | "
+                         f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.cmi, 3)} | "
+                         f"{fmt(r.sign_error_mean, 2)} / {fmt(r.sign_error_max, 2)} | {fmt(r.seconds, 3)} | "
+                         f"{fmt(int(r.failures)) if r.failures == r.failures else '—'} |")
+        lines.append("")
+    gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
+    psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]
+    if psi_cols:
+        lines += ["## Per-axis granulated τ (ψ_i) against the gap", "",
+                  "| measure | " + " | ".join(c.removeprefix("psi.hp.") for c in psi_cols) + " |",
+                  "|---|" + "---|" * len(psi_cols)]
+        for _, r in gap.iterrows():
+            lines.append(f"| `{r['measure']}` | " + " | ".join(fmt(r[c], 3) for c in psi_cols) + " |")
+        lines.append("")
+    failed = table[(table.target == "gap_error") & (table.failures.fillna(0) > 0)]
+    if len(failed):
+        lines += ["## Failures", "", "| measure | failed models | message |", "|---|---|---|"]
+        for r in failed.itertuples():
+            lines.append(f"| `{r.measure}` | {int(r.failures)} | {str(r.failure_message)[:160]} |")
+        lines.append("")
+    if len(oracle):
+        lines += ["## Oracle analyses (use test data — not measures, never ranked)", "",
+                  "| analysis | mean value | mean measured loss gap | correlation with loss gap | models |",
+                  "|---|---|---|---|---|"]
+        for r in oracle.itertuples():
+            lines.append(f"| `{r.measure}` (oracle) | {fmt(r.mean, 4)} | {fmt(r.mean_gap_loss, 4)} | "
+                         f"{fmt(r.corr_with_gap_loss, 3)} | {r.n_models} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(board: layout.BoardFiles, table: pd.DataFrame, zoo: pd.DataFrame, noise: dict, oracle: pd.DataFrame,
+          axes: list[str]) -> list[Path]:
+    """The leaderboard's tables: results CSV, Markdown, the zoo DataFrame and the oracle analyses."""
+    board.folder.mkdir(parents=True, exist_ok=True)
+    return [write_text(board.results, table.to_csv(index=False)),
+            write_text(board.markdown, markdown(table, noise, oracle, board.name, axes)),
+            write_text(board.zoo, zoo.to_csv(index=False)), write_text(board.oracle, oracle.to_csv(index=False))]
+
+
+ORDERS = ("auto", "asc", "desc")
+_LOWER_IS_BETTER = ("sign_error", "seconds", "failures", "n_failed")  # column prefixes
+
+
+def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", top: int | None = None,
+             order: str = "auto") -> str:
+    """A plain-text ranked table for the terminal.
+
+    ``order``: ``auto`` puts the best first (descending τ, Ψ, CMI, ...; ascending sign errors, cost, failures;
+    text columns A→Z), ``asc`` or ``desc`` force a direction. Missing values go last.
+    """
+    if target not in set(table.target):
+        raise ValueError(f"unknown target {target!r}; valid: {', '.join(sorted(set(table.target)))}")
+    if sort not in table.columns:
+        raise ValueError(f"unknown sort column {sort!r}; valid: {', '.join(table.columns)}")
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+    if order == "auto":
+        ascending = sort.startswith(_LOWER_IS_BETTER) or not pd.api.types.is_numeric_dtype(table[sort])
+    else:
+        ascending = order == "asc"
+    t = table[table.target == target].sort_values(sort, ascending=ascending, na_position="last")
+    if top:
+        t = t.head(top)
+    show = pd.DataFrame({
+        "#": range(1, len(t) + 1), "measure": t.measure.values, "family": t.family.values,
+        "tau": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.tau, t.tau_lo, t.tau_hi)],
+        "psi": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.psi, t.psi_lo, t.psi_hi)],
+        "cmi": [fmt(x, 3) for x in t.cmi], "sign_err": [fmt(x, 2) for x in t.sign_error_mean],
+        "sec/model": [fmt(x, 3) for x in t.seconds],
+        "failed": [fmt(int(x)) if x == x else "—" for x in t.failures]})
+    return show.to_string(index=False)

@@ -1,0 +1,33 @@
+"""Merging stores: the per-job stores of a cluster sweep into one (``genbench collect``)."""
+from __future__ import annotations
+
+from benchmark.files import write_atomic
+from benchmark.store.db import Store
+
+
+def merge(dest: Store, source: Store) -> dict[str, int]:
+    """Copy into ``dest`` every model and measurement of ``source`` that it lacks (``genbench collect``).
+
+    For clusters whose shared file system cannot hold SQLite locks (NFS, Lustre): each job writes its own
+    store, and the stores are merged afterwards. Checkpoints are copied atomically before their rows, so
+    an interrupted merge can simply be rerun.
+    """
+    have = dest.model_ids()
+    with source._db() as db:
+        models = db.execute("SELECT id, hparams, metrics, history, checkpoint, created FROM models").fetchall()
+        rows = db.execute("SELECT * FROM measurements").fetchall()
+    copied = 0
+    for model_id, hp, metrics, history, ckpt, created in models:
+        if model_id in have:
+            continue
+        target = dest.checkpoint_path(model_id)
+        write_atomic(target, lambda tmp: tmp.write_bytes((source.root / ckpt).read_bytes()))
+        with dest._db() as ddb:
+            ddb.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                        (model_id, hp, metrics, history, str(target.relative_to(dest.root)), created))
+        copied += 1
+    with dest._db() as ddb:
+        before = ddb.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+        ddb.executemany("INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        after = ddb.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+    return {"models": copied, "measurements": after - before}

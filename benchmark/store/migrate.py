@@ -1,0 +1,64 @@
+"""Upgrading a store written by an older genbench in place (``genbench migrate store.root=...``).
+
+Schema 1 → 2: model ids hash only the hyperparameters that a model's components use
+(``HParams.identity``), so every model whose optimizer ignores a setting (``optimizer.momentum`` for plain
+SGD and Adam) gets a new id. Each model row, its checkpoint file and its measurement rows are renamed to the
+new id in one transaction per model; checkpoints are renamed before their rows are committed and a rerun
+finishes an interrupted migration. Two old models that differ only in an unused setting are the same model:
+the older one is kept and the other is dropped (counted in the result).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from benchmark.store.db import MIGRATABLE, SCHEMA_VERSION, Store, StoreError, schema_version
+from benchmark.zoo.hparams import HParams
+
+
+def migrate(root: str | os.PathLike) -> dict[str, int]:
+    """Upgrade the store under ``root`` to the current schema. Returns counts: ``renamed`` models,
+    ``dropped`` duplicates, ``unchanged`` models; a store already current is left as it is."""
+    root = Path(root)
+    path = root / "genbench.sqlite"
+    if not path.exists():
+        raise StoreError(f"no store at {root} (no genbench.sqlite)")
+    version = schema_version(path)
+    if version == SCHEMA_VERSION:
+        return {"renamed": 0, "dropped": 0, "unchanged": len(Store(root).model_ids()), "from_version": version}
+    if version not in MIGRATABLE:
+        raise StoreError(f"{path} has store schema {version}; this genbench upgrades schema "
+                         f"{', '.join(map(str, MIGRATABLE))} only")
+    counts = {"renamed": 0, "dropped": 0, "unchanged": 0, "from_version": version}
+    db = sqlite3.connect(path, timeout=120)
+    try:
+        rows = db.execute("SELECT id, hparams, created FROM models ORDER BY created, id").fetchall()
+        seen: set[str] = set()
+        for old, hp_json, _ in rows:
+            new = HParams.from_dict(json.loads(hp_json)).model_id
+            if new == old:
+                seen.add(new)
+                counts["unchanged"] += 1
+                continue
+            with db:
+                if new in seen:  # the same model under another unused setting: keep the first
+                    db.execute("DELETE FROM measurements WHERE model_id = ?", (old,))
+                    db.execute("DELETE FROM models WHERE id = ?", (old,))
+                    (root / "checkpoints" / f"{old}.pt").unlink(missing_ok=True)
+                    counts["dropped"] += 1
+                    continue
+                src, dst = root / "checkpoints" / f"{old}.pt", root / "checkpoints" / f"{new}.pt"
+                if src.exists():
+                    os.replace(src, dst)
+                db.execute("UPDATE models SET id = ?, checkpoint = ? WHERE id = ?",
+                           (new, str(dst.relative_to(root)), old))
+                db.execute("UPDATE measurements SET model_id = ? WHERE model_id = ?", (new, old))
+            seen.add(new)
+            counts["renamed"] += 1
+        with db:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    finally:
+        db.close()
+    return counts

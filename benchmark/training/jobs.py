@@ -1,0 +1,67 @@
+"""Training a zoo into a store: the models the store lacks, split into tasks for the worker processes.
+
+Each task writes its models to the store as they finish, so an interrupted run loses at most the tasks in
+flight and a rerun trains only what is missing.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+from benchmark.runtime import RunOptions, parallel, set_threads
+from benchmark.store import Store
+from benchmark.training.history import Probe
+from benchmark.training.loop import train_model
+from benchmark.training.stacked import group_stacks, train_many
+from benchmark.zoo.datasets import cached_data
+from benchmark.zoo.hparams import HParams
+
+log = logging.getLogger("genbench")
+
+
+def _train_task(args) -> tuple[int, list[str]]:
+    root, hps, opts, probes = args
+    set_threads(opts)
+    store = Store(root)
+    data = lambda d: cached_data(d, opts.data_root, opts.download)
+    if opts.vectorize and len(hps) > 1:
+        results = train_many(list(hps), data, device=opts.device, probes=probes)
+    else:
+        results = [train_model(hp, data(hp.dataset), device=opts.device, probes=probes) for hp in hps]
+    for r in results:
+        store.save_model(r.hparams, r.init_state, r.final_state, r.metrics, r.history)
+    return len(hps), [r.hparams.model_id for r in results]
+
+
+def split_tasks(hps: list[HParams], jobs: int) -> list[list[HParams]]:
+    """Split the models into training tasks: whole vectorizable stacks while there are at least as many
+    stacks as workers (splitting a stack only shrinks its vectorization), otherwise stacks cut so that every
+    worker gets a piece. Largest estimated cost first (members × width² × training-set size), so the
+    workers finish together."""
+    stacks = group_stacks(hps)
+    out = []
+    for stack in stacks:
+        pieces = 1 if len(stacks) >= jobs else max(1, min(len(stack), math.ceil(jobs / len(stacks))))
+        size = math.ceil(len(stack) / pieces)
+        out += [stack[i:i + size] for i in range(0, len(stack), size)]
+    cost = lambda t: len(t) * t[0].model.width ** 2 * t[0].dataset.train_size
+    return sorted(out, key=cost, reverse=True)
+
+
+def train_zoo(hps: list[HParams], store: Store, opts: RunOptions, probes: Sequence[Probe] = ()) -> dict[str, int]:
+    """Train every model of ``hps`` that the store does not hold yet, each epoch's history row filled by
+    ``probes``. Returns counts."""
+    have = store.model_ids()
+    todo = [hp for hp in hps if hp.model_id not in have]
+    log.info("zoo: %d models, %d reused from %s, %d to train", len(hps), len(hps) - len(todo), store.root,
+             len(todo))
+    if not todo:
+        return {"reused": len(hps), "trained": 0}
+    for d in dict.fromkeys(hp.dataset for hp in todo):  # missing files or impossible sizes fail here, not in a worker
+        cached_data(d, opts.data_root, opts.download)
+    tasks = split_tasks(todo, opts.jobs) if opts.vectorize else [[hp] for hp in todo]
+    tasks = [(str(store.root), tuple(t), opts, tuple(probes)) for t in tasks]
+    for _ in parallel(_train_task, tasks, opts.jobs, "train", "model", [len(t[1]) for t in tasks], opts.progress):
+        pass
+    return {"reused": len(hps) - len(todo), "trained": len(todo)}

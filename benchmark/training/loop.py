@@ -1,0 +1,83 @@
+"""Training one model to the common stopping rule (training cross-entropy ≤ target, Jiang et al. 2020)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.training.history import Probe, epoch_row, final_metrics, probe_generators, stops
+from benchmark.zoo.datasets import DataBundle
+from benchmark.zoo.hparams import HParams
+from benchmark.zoo.models import Dropout, build_model
+from benchmark.zoo.optimizers import make_optimizer
+from measures.seeding import generator
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192) -> tuple[float, float]:
+    """Mean cross-entropy and error rate of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss, wrong = 0.0, 0
+    for i in range(0, len(y), batch):
+        logits = model(x[i:i + batch])
+        loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
+        wrong += (logits.argmax(1) != y[i:i + batch]).sum().item()
+    model.train(was_training)
+    return loss / len(y), wrong / len(y)
+
+
+@dataclass
+class TrainResult:
+    hparams: HParams
+    init_state: dict[str, torch.Tensor]
+    final_state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+
+
+def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "cpu",
+                probes: Sequence[Probe] = ()) -> TrainResult:
+    """Train one model with plain minibatch steps until the full training cross-entropy (eval mode) is at
+    most ``hp.train.target_loss`` at the end of an epoch, or ``hp.train.max_epochs`` run out. ``probes`` add
+    their values to every epoch's history row (``benchmark.training.history``).
+
+    Randomness: initial weights, the per-epoch data order and dropout masks each come from their own
+    generator derived from ``hp.seed``, so the same hyperparameters give the same model.
+    """
+    start = time.perf_counter()
+    data = data.to(device)
+    model = build_model(hp.model, data.in_shape, data.num_classes, generator(hp.seed, "init")).to(device)
+    init_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    drop_gen = generator(hp.seed, "dropout", device)
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.generator = drop_gen
+    order_gen = generator(hp.seed, "order")
+    opt = make_optimizer(model.parameters(), hp.optimizer)
+    n, bs = len(data.y_train), hp.train.batch_size
+    history, step, diverged = [], 0, False
+    gens = probe_generators(probes, hp)
+    for epoch in range(1, hp.train.max_epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=order_gen).to(device)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        row = epoch_row(epoch, step, evaluate(model, data.x_train, data.y_train),
+                        evaluate(model, data.x_test, data.y_test), probes, gens, model, data, hp)
+        history.append(row)
+        stop, diverged = stops(row, hp)
+        if stop:
+            break
+    final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    metrics = final_metrics(hp, history, time.perf_counter() - start, diverged)
+    return TrainResult(hp, init_state, final_state, metrics, history)

@@ -1,0 +1,451 @@
+"""Training many models at once: models that can share a forward/backward pass are stacked and trained together.
+
+A *stack* is a set of models whose parameters have the same shapes and who take the same steps: same dataset
+(input shape, classes), architecture (``model.name/depth/width/bias``), batch size and training-set size
+(``stack_key``). Everything else stays per member: initial weights (``init_scale``), dropout rate and masks,
+learning rate, weight decay, optimizer and its state (SGD, heavy-ball momentum or Adam, in one stack),
+data order, training subset and label noise, target loss and epoch budget. A member that converges,
+diverges or runs out of epochs freezes and leaves the stack; the others go on.
+
+Each member reproduces ``benchmark.training.loop.train_model`` with the same hyperparameters up to float rounding:
+
+* initial weights from ``build_model(hp.model, ..., generator(hp.seed, "init"))``, the same call;
+* each epoch's order ``torch.randperm(n, generator=generator(hp.seed, "order"))``;
+* dropout masks ``torch.rand(x.shape, generator=generator(hp.seed, "dropout", device)) >= p`` drawn per
+  member in the same layer order and shapes as ``benchmark.models.Dropout``;
+* updates with torch.optim's formulas: SGD d = g + λθ, b ← μb + d, θ ← θ − ηb (μ = 0 for plain SGD);
+  Adam d = g + λθ, m ← lerp(m, d, 1−β₁), v ← β₂v + (1−β₂)d², θ ← θ − η/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε);
+* per-epoch evaluation, probes (called on the member unstacked into its own module, with the same
+  generators), history rows, the stopping rule and ``final_metrics`` from ``benchmark.training.history``.
+
+How the stack computes: all members' parameters live in one flat ``(members, P)`` buffer (one row each), so the
+optimizer update is a handful of whole-buffer ops whatever the depth. A linear layer is one ``torch.baddbmm``
+over the members; a convolution is one grouped convolution (``groups = members``); autograd does the backward.
+On a 2-core CPU this was the fastest of the three variants tried: ``torch.func.vmap(grad(functional_call))``
+ran 2–3× slower per model-step (per-op batching-rule overhead that small nets do not amortise), and a
+hand-written backward matched autograd over ``baddbmm`` within noise while duplicating every layer's
+gradient formula (``leaderboard/perf.md``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.training.history import Probe, epoch_row, final_metrics, probe_generators, stops
+from benchmark.training.loop import TrainResult, train_model
+from benchmark.zoo.datasets import DataBundle
+from benchmark.zoo.hparams import DatasetHP, HParams
+from benchmark.zoo.models import MLP, ConvNet, Dropout, build_model
+from measures.seeding import generator
+
+log = logging.getLogger("genbench")
+
+DataSource = Union[Callable[[DatasetHP], DataBundle], Mapping[DatasetHP, DataBundle]]
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses them
+STACKED_OPTIMIZERS = ("sgd", "momentum", "adam")  # the update rules Stack implements
+
+
+# ------------------------------------------------------------------------------------------------ grouping
+def stack_key(hp: HParams) -> tuple:
+    """What the members of one stack share: dataset (input shape, classes), architecture up to dropout and
+    init scale, batch size and training-set size (hence the steps per epoch)."""
+    m = hp.model
+    return (hp.dataset.name, hp.dataset.train_size, m.name, m.depth, m.width, m.bias, hp.train.batch_size)
+
+
+def _stack_indices(hps: list[HParams], max_size: int | None = None) -> list[list[int]]:
+    if max_size is not None and max_size < 1:
+        raise ValueError(f"max_size must be >= 1, got {max_size}")
+    groups: dict[tuple, list[int]] = {}
+    for i, hp in enumerate(hps):
+        groups.setdefault(stack_key(hp), []).append(i)
+    size = lambda idx: max_size or len(idx)
+    return [idx[j:j + size(idx)] for idx in groups.values() for j in range(0, len(idx), size(idx))]
+
+
+def group_stacks(hps: list[HParams], max_size: int | None = None) -> list[list[HParams]]:
+    """Split ``hps`` into stacks (``stack_key``), in order of first appearance, each at most ``max_size``."""
+    return [[hps[i] for i in idx] for idx in _stack_indices(list(hps), max_size)]
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train_many(hps: list[HParams], data: DataSource, *, device: str | torch.device = "cpu",
+               progress: Callable[[TrainResult], None] | None = None,
+               max_stack: int | None = None, probes: Sequence[Probe] = ()) -> list[TrainResult]:
+    """Train every model of ``hps``; the results, in the order of ``hps``, equal ``train_model``'s.
+
+    ``data``: a function from ``DatasetHP`` to ``DataBundle`` (e.g. ``benchmark.zoo.make_data``) or a mapping
+    holding every dataset needed; each distinct ``DatasetHP`` is asked for once. ``progress(result)`` is called
+    as each model finishes. ``max_stack`` caps the members trained together (memory). ``probes`` fill every
+    epoch's history row (``benchmark.training.history``). Stacks of one model, and architectures or optimizers
+    the stack does not implement, go through ``train_model``.
+    """
+    hps = list(hps)
+    get = data.__getitem__ if isinstance(data, Mapping) else data
+    bundles: dict[DatasetHP, DataBundle] = {}
+
+    def bundle(d: DatasetHP) -> DataBundle:
+        if d not in bundles:
+            bundles[d] = get(d)
+        return bundles[d]
+
+    results: list[TrainResult | None] = [None] * len(hps)
+
+    def done(i: int, result: TrainResult) -> None:
+        results[i] = result
+        if progress is not None:
+            progress(result)
+
+    for idx in _stack_indices(hps, max_stack):
+        members = [hps[i] for i in idx]
+        try:
+            stack = Stack(members, [bundle(hp.dataset) for hp in members], device, probes) if len(idx) > 1 else None
+        except NotImplementedError as err:
+            log.info("training %d models one at a time: %s", len(idx), err)
+            stack = None
+        if stack is None:
+            for i in idx:
+                done(i, train_model(hps[i], bundle(hps[i].dataset), device=device, probes=probes))
+        else:
+            stack.run(lambda row, result: done(idx[row], result))
+    return results  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------- stacked model
+@dataclass(frozen=True)
+class _Op:
+    kind: str  # flatten | linear | conv | relu | dropout | channelwise
+    module: nn.Module
+    weight: int | None = None  # index into the stacked parameter list
+    bias: int | None = None
+
+
+def _compile(model: nn.Module) -> list[_Op]:
+    """The stacked program of a zoo model: its ``net`` Sequential, module by module."""
+    if not isinstance(model, (MLP, ConvNet)) or not isinstance(getattr(model, "net", None), nn.Sequential):
+        raise NotImplementedError(f"no stacked forward for {type(model).__name__}")
+    if any(True for _ in model.buffers()):
+        raise NotImplementedError("models with buffers are not stacked")
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    ops = []
+    for mod in model.net:
+        if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
+            ops.append(_Op("flatten", mod))
+        elif isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if isinstance(mod, nn.Conv1d | nn.Conv2d) and mod.padding_mode != "zeros":
+                raise NotImplementedError(f"padding_mode={mod.padding_mode!r}")
+            ops.append(_Op("linear" if isinstance(mod, nn.Linear) else "conv", mod, index[id(mod.weight)],
+                           None if mod.bias is None else index[id(mod.bias)]))
+        elif isinstance(mod, nn.ReLU):
+            ops.append(_Op("relu", mod))
+        elif isinstance(mod, Dropout):
+            ops.append(_Op("dropout", mod))
+        elif isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            ops.append(_Op("channelwise", mod))
+        else:
+            raise NotImplementedError(f"no stacked forward for {type(mod).__name__}")
+    return ops
+
+
+def _grouped(x: torch.Tensor) -> torch.Tensor:
+    """(M, B, C, *spatial) -> (B, M·C, *spatial): members as channel groups."""
+    return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
+
+
+def _ungrouped(y: torch.Tensor, members: int) -> torch.Tensor:
+    """(B, M·C, *spatial) -> (M, B, C, *spatial), a view."""
+    return y.view(y.shape[0], members, y.shape[1] // members, *y.shape[2:]).transpose(0, 1)
+
+
+def stacked_forward(ops: list[_Op], params: list[torch.Tensor], x: torch.Tensor,
+                    dropout: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                    shared: bool = False) -> torch.Tensor:
+    """Logits ``(M, B, classes)`` of M stacked models on ``x`` ``(M, B, *in_shape)``, or on ``x``
+    ``(B, *in_shape)`` fed to every member when ``shared`` (then the first layer is one wide matmul or conv).
+
+    ``params[i]``: ``(M, *shape_i)``, the i-th parameter of every member, except that linear weights are
+    stacked transposed, ``(M, in, out)`` (see ``Stack``). ``dropout(op_index, x)`` applies the members'
+    dropout (training); None means eval mode.
+    """
+    members = params[0].shape[0]
+    for k, op in enumerate(ops):
+        if op.kind == "flatten":
+            x = x.flatten(1 if shared else 2)  # (M, B, features), or (B, features) while shared
+        elif op.kind == "linear":
+            w = params[op.weight]  # (M, in, out)
+            b = None if op.bias is None else params[op.bias]  # (M, out)
+            if shared:  # (B, in) @ (in, M·out) -> (M, B, out)
+                wide = w.transpose(0, 1).reshape(w.shape[1], -1)
+                y = x @ wide if b is None else torch.addmm(b.reshape(-1), x, wide)
+                x, shared = _ungrouped(y, members), False
+            else:
+                x = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
+        elif op.kind == "relu":
+            x = torch.relu(x)
+        elif op.kind == "dropout":
+            x = x if dropout is None else dropout(k, x)
+        elif op.kind == "conv":
+            m = op.module
+            conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+            w = params[op.weight].flatten(0, 1)  # (M·out, in/groups, *kernel)
+            b = None if op.bias is None else params[op.bias].flatten()
+            groups = m.groups if shared else members * m.groups
+            x = _ungrouped(conv(x if shared else _grouped(x), w, b, m.stride, m.padding, m.dilation, groups), members)
+            shared = False
+        else:  # channelwise: pooling acts on each channel alone
+            x = op.module(x) if shared else _ungrouped(op.module(_grouped(x)), members)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------- a stack
+@dataclass
+class _Member:
+    hp: HParams
+    row: int  # position in the list given to Stack
+    model: nn.Module  # the member's own module: initial weights, and unstacked for order parameters
+    data: int  # index of its dataset among the stack's distinct ones
+    order_gen: torch.Generator
+    drop_gen: torch.Generator
+    probe_gens: list[torch.Generator]
+    init_state: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    wall: float = 0.0
+
+
+class Stack:
+    """Models of one ``stack_key`` trained together: ``run`` trains them to their stopping rules,
+    ``train_step`` takes one minibatch step of all of them (``benchmark.perf`` times it).
+
+    Members are rows of flat ``(M, P)`` buffers (parameters, gradient, optimizer state), SGD-family members
+    first and Adam members after, so each optimizer updates a contiguous block of rows.
+    """
+
+    def __init__(self, hps: list[HParams], bundles: list[DataBundle], device: str | torch.device,
+                 probes: Sequence[Probe] = ()):
+        """``bundles[i]``: the data of ``hps[i]``. Raises ``NotImplementedError`` for an architecture the
+        stacked forward does not know or an optimizer whose update it does not implement."""
+        if len({stack_key(hp) for hp in hps}) != 1:
+            raise ValueError("the members of a stack must share stack_key(hp)")
+        other = sorted({hp.optimizer.name for hp in hps} - set(STACKED_OPTIMIZERS))
+        if other:
+            raise NotImplementedError(f"no stacked update for optimizer(s) {', '.join(other)}")
+        self.probes = tuple(probes)
+        start = time.perf_counter()
+        self.device = torch.device(device)
+        first = bundles[0]
+        self.in_shape, self.num_classes = first.in_shape, first.num_classes
+        self.n, self.bs = len(first.y_train), hps[0].train.batch_size
+        keys = list(dict.fromkeys(hp.dataset for hp in hps))
+        datasets = {hp.dataset: b for hp, b in zip(hps, bundles)}
+        self.data = [datasets[k].to(self.device) for k in keys]
+        if any(d.in_shape != self.in_shape or len(d.y_train) != self.n for d in self.data):
+            raise NotImplementedError("members' datasets differ in input shape or size")
+        self.x = torch.cat([d.x_train for d in self.data])  # (Σ n, *in_shape), every distinct training set
+        # datasets that differ only in their labels (label noise) share one evaluation forward pass
+        self.inputs = [next(j for j, e in enumerate(self.data) if torch.equal(e.x_train, d.x_train)
+                            and torch.equal(e.x_test, d.x_test)) for d in self.data]
+        self.y = torch.cat([d.y_train for d in self.data])
+        with torch.device("meta"):  # structure only: no memory, no draws from the global generator
+            top = max(hps, key=lambda hp: hp.model.dropout).model
+            template = build_model(top, self.in_shape, self.num_classes)
+        self.ops = _compile(template)
+        self.shapes = [tuple(p.shape) for p in template.parameters()]
+        # linear weights are stacked transposed, (in, out): their autograd gradient then comes out contiguous
+        self.transposed = {op.weight for op in self.ops if op.kind == "linear"}
+        self.stacked_shapes = [s[::-1] if i in self.transposed else s for i, s in enumerate(self.shapes)]
+        self.sizes = [math.prod(s) for s in self.shapes]
+
+        order = sorted(range(len(hps)), key=lambda r: hps[r].optimizer.name == "adam")  # stable
+        self.members: list[_Member] = []
+        for r in order:
+            hp = hps[r]
+            model = build_model(hp.model, self.in_shape, self.num_classes, generator(hp.seed, "init")).to(self.device)
+            if [tuple(p.shape) for p in model.parameters()] != self.shapes:
+                raise NotImplementedError("members' parameter shapes differ")
+            self.members.append(_Member(
+                hp, r, model, keys.index(hp.dataset), generator(hp.seed, "order"),
+                generator(hp.seed, "dropout", self.device), probe_generators(self.probes, hp),
+                {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
+        self.flat = torch.stack([torch.cat([(p.t() if i in self.transposed else p).detach().reshape(-1)
+                                            for i, p in enumerate(m.model.parameters())])
+                                 for m in self.members])  # (M, P)
+        self.n_sgd = sum(m.hp.optimizer.name != "adam" for m in self.members)
+        mom = self.flat.new_tensor([self._momentum(m.hp) for m in self.members[:self.n_sgd]])
+        self.momentum_buf = torch.zeros_like(self.flat[:self.n_sgd]) if bool((mom > 0).any()) else None
+        self.exp_avg = torch.zeros_like(self.flat[self.n_sgd:])
+        self.exp_avg_sq = torch.zeros_like(self.flat[self.n_sgd:])
+        self.adam_steps = 0
+        self.step = 0
+        self.epoch = 0
+        self._rebuild()
+        share = (time.perf_counter() - start) / len(self.members)
+        for m in self.members:
+            m.wall += share
+
+    @staticmethod
+    def _momentum(hp: HParams) -> float:
+        return hp.optimizer.momentum if hp.optimizer.name == "momentum" else 0.0
+
+    def _rebuild(self) -> None:
+        """Views and per-member columns after the member set changed."""
+        col = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=self.device)[:, None]
+        hps = [m.hp for m in self.members]
+        self.neg_lr = col([-hp.optimizer.lr for hp in hps])  # (M, 1)
+        self.lr64 = col([hp.optimizer.lr for hp in hps], torch.float64)
+        self.wd = col([hp.optimizer.weight_decay for hp in hps])
+        self.mom = col([self._momentum(hp) for hp in hps])
+        self.wd_sgd = any(hp.optimizer.weight_decay for hp in hps[:self.n_sgd])
+        self.wd_adam = any(hp.optimizer.weight_decay for hp in hps[self.n_sgd:])
+        self.p_drop = col([hp.model.dropout for hp in hps])
+        self.keep_scale = col([1.0 - hp.model.dropout for hp in hps])
+        self.drop_rows = [r for r, hp in enumerate(hps) if hp.model.dropout > 0]
+        self.offsets = torch.tensor([m.data * self.n for m in self.members])
+        self.grad = torch.empty_like(self.flat)
+        M, views, i = len(self.members), [], 0
+        for shape, size in zip(self.stacked_shapes, self.sizes):
+            views.append(self.flat[:, i:i + size].view(M, *shape).detach().requires_grad_(True))
+            i += size
+        self.params = views  # leaves that alias the rows of self.flat
+        self.masks: dict[tuple, torch.Tensor] = {}
+
+    # --------------------------------------------------------------------------------------- one step
+    def _dropout(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """x · (U ≥ p) / (1 − p) per member, U from each member's own generator in ``Dropout``'s shapes."""
+        shape = tuple(x.shape[1:])  # one member's activation: (B, *features)
+        buf = self.masks.get((k, shape))
+        if buf is None:
+            buf = self.masks[(k, shape)] = torch.ones((x.shape[0], *shape), device=self.device)
+        for r in self.drop_rows:
+            torch.rand(shape, generator=self.members[r].drop_gen, out=buf[r])
+        view = (-1,) + (1,) * len(shape)
+        return x * (buf >= self.p_drop.view(view)) / self.keep_scale.view(view)
+
+    def train_step(self, idx: torch.Tensor) -> None:
+        """One minibatch step of every member; ``idx`` (M, B) rows of ``self.x``."""
+        M, B = idx.shape
+        with torch.enable_grad():
+            logits = stacked_forward(self.ops, self.params, self.x[idx], self._dropout)  # (M, B, classes)
+            loss = F.cross_entropy(logits.reshape(M * B, -1), self.y[idx].reshape(-1), reduction="none")
+            grads = torch.autograd.grad(loss.view(M, B).mean(1).sum(), self.params)
+        torch.cat([g.reshape(M, -1) for g in grads], 1, out=self.grad)
+        self._update()
+
+    @torch.no_grad()
+    def _update(self) -> None:
+        s, flat, grad = self.n_sgd, self.flat, self.grad
+        if s:  # torch.optim.SGD: d = g + λθ; b ← μb + d (b₁ = d); θ ← θ − η·b
+            theta, d = flat[:s], grad[:s]
+            if self.wd_sgd:
+                d = torch.addcmul(d, self.wd[:s], theta)
+            if self.momentum_buf is not None:
+                d = self.momentum_buf.mul_(self.mom[:s]).add_(d)
+            theta.addcmul_(self.neg_lr[:s], d)
+        if s < len(self.members):  # torch.optim.Adam (L2 weight decay, not decoupled)
+            beta1, beta2 = ADAM_BETAS
+            self.adam_steps += 1
+            t = self.adam_steps
+            theta, d = flat[s:], grad[s:]
+            if self.wd_adam:
+                d = torch.addcmul(d, self.wd[s:], theta)
+            self.exp_avg.lerp_(d, 1 - beta1)
+            self.exp_avg_sq.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+            denom = (self.exp_avg_sq.sqrt() / (1 - beta2 ** t) ** 0.5).add_(ADAM_EPS)
+            step_size = (self.lr64[s:] / (1 - beta1 ** t)).float()  # (Ma, 1), rounded like a Python scalar
+            theta.sub_(self.exp_avg * step_size / denom)  # = addcdiv_(m, denom, value=-step): (value·m)/denom
+
+    # ------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def _evaluate(self) -> list[tuple[float, float, float, float]]:
+        """(train loss, train error, test loss, test error) of every member, eval mode (as ``evaluate``).
+        Members whose data have the same inputs go through one stacked forward pass, each scored against
+        its own labels."""
+        out: list = [None] * len(self.members)
+        for g in dict.fromkeys(self.inputs):
+            rows = [r for r, m in enumerate(self.members) if self.inputs[m.data] == g]
+            if not rows:
+                continue
+            params = self.params if len(rows) == len(self.members) else \
+                [p[torch.tensor(rows, device=self.device)] for p in self.params]
+            data = [self.data[self.members[r].data] for r in rows]
+            train = self._loss_error(params, data[0].x_train, torch.stack([d.y_train for d in data]))
+            test = self._loss_error(params, data[0].x_test, torch.stack([d.y_test for d in data]))
+            for j, r in enumerate(rows):
+                out[r] = (*train[j], *test[j])
+        return out
+
+    def _loss_error(self, params, x, y, batch: int = 8192) -> list[tuple[float, float]]:
+        """Mean cross-entropy and error of each member on ``x``; ``y`` (M, n) holds each member's labels."""
+        M = params[0].shape[0]
+        chunk = max(1, batch // M)  # as many samples per pass as ``evaluate`` takes
+        loss, wrong = torch.zeros(M, dtype=torch.float64), torch.zeros(M, dtype=torch.long)
+        for i in range(0, y.shape[1], chunk):
+            xb, yb = x[i:i + chunk], y[:, i:i + chunk]
+            logits = stacked_forward(self.ops, params, xb, shared=True)  # (M, b, classes)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
+            loss += ce.view(M, -1).sum(1).double().cpu()
+            wrong += (logits.argmax(2) != yb).sum(1).cpu()
+        n = y.shape[1]
+        return [(s / n, w / n) for s, w in zip(loss.tolist(), wrong.tolist())]
+
+    def _unstack(self, r: int) -> nn.Module:
+        """Member ``r``'s own module holding its current weights."""
+        m = self.members[r].model
+        with torch.no_grad():
+            for i, (p, stacked) in enumerate(zip(m.parameters(), self.params)):
+                p.copy_(stacked[r].t() if i in self.transposed else stacked[r])
+        return m
+
+    # ------------------------------------------------------------------------------------------ epochs
+    def run(self, finished: Callable[[int, TrainResult], None]) -> None:
+        """Train until every member has stopped; ``finished(row, result)`` as each one does."""
+        while self.members:
+            start = time.perf_counter()
+            self.epoch += 1
+            perm = torch.stack([torch.randperm(self.n, generator=m.order_gen) for m in self.members])
+            idx = (perm + self.offsets[:, None]).to(self.device)  # (M, n) rows of self.x
+            for i in range(0, self.n, self.bs):
+                self.train_step(idx[:, i:i + self.bs])
+                self.step += 1
+            stop = []
+            for r, (m, (train_loss, train_error, test_loss, test_error)) in enumerate(zip(self.members,
+                                                                                         self._evaluate())):
+                model = self._unstack(r).train() if self.probes else None
+                row = epoch_row(self.epoch, self.step, (train_loss, train_error), (test_loss, test_error),
+                                self.probes, m.probe_gens, model, self.data[m.data], m.hp)
+                m.history.append(row)
+                done, diverged = stops(row, m.hp)
+                if done:
+                    stop.append((r, diverged))
+            share = (time.perf_counter() - start) / len(self.members)
+            for m in self.members:
+                m.wall += share
+            for r, diverged in stop:
+                m = self.members[r]
+                final_state = {k: v.detach().cpu().clone() for k, v in self._unstack(r).state_dict().items()}
+                metrics = final_metrics(m.hp, m.history, m.wall, diverged)
+                finished(m.row, TrainResult(m.hp, m.init_state, final_state, metrics, m.history))
+            if stop:
+                self._remove({r for r, _ in stop})
+
+    def _remove(self, rows: set[int]) -> None:
+        keep = [r for r in range(len(self.members)) if r not in rows]
+        s = self.n_sgd
+        take = lambda t, sel: t[torch.tensor(sel, dtype=torch.long, device=self.device)]
+        self.flat = take(self.flat, keep)
+        if self.momentum_buf is not None:
+            self.momentum_buf = take(self.momentum_buf, [r for r in keep if r < s])
+        self.exp_avg = take(self.exp_avg, [r - s for r in keep if r >= s])
+        self.exp_avg_sq = take(self.exp_avg_sq, [r - s for r in keep if r >= s])
+        self.n_sgd = sum(r < s for r in keep)
+        self.members = [self.members[r] for r in keep]
+        if self.members:
+            self._rebuild()

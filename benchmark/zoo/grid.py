@@ -1,0 +1,73 @@
+"""A zoo: the full grid of hyperparameters over a zoo config's axes, around the base hyperparameters.
+
+    # conf/zoo/tiny.yaml
+    name: tiny
+    axes:                      # nested like the hp groups; every combination is one model
+      dataset: {label_noise: [0.0, 0.1, 0.2]}
+      model: {width: [64, 256]}
+    seeds: [0]                 # the seed is an axis too when it lists several
+    shard: 0                   # this job trains models index % num_shards == shard
+    num_shards: 1
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.errors import HParamsError
+from benchmark.zoo.hparams import GROUPS, HParams
+
+HP_GROUPS = tuple(GROUPS)
+
+
+def to_container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def base_hparams(cfg: Mapping) -> HParams:
+    """The hyperparameters of the config's groups, before the zoo's axes."""
+    c = to_container(cfg)
+    return HParams.from_dict({**{g: c.get(g, {}) for g in HP_GROUPS}, "seed": c.get("seed", 0)})
+
+
+def zoo_axes(zoo: Mapping) -> dict[str, list]:
+    """Flatten the nested ``axes`` mapping to dotted keys, plus ``seed`` from ``seeds``."""
+    zoo = to_container(zoo) or {}
+    axes: dict[str, list] = {}
+    for group, values in (zoo.get("axes") or {}).items():
+        if group not in HP_GROUPS:
+            raise HParamsError(f"zoo axis group {group!r} is not a hyperparameter group; valid: {', '.join(HP_GROUPS)}")
+        for key, grid in (values or {}).items():
+            if not isinstance(grid, list) or not grid:
+                raise HParamsError(f"zoo axis {group}.{key} must be a non-empty list, got {grid!r}")
+            axes[f"{group}.{key}"] = grid
+    seeds = zoo.get("seeds")
+    if seeds:
+        axes["seed"] = list(seeds)
+    return axes
+
+
+def expand(cfg: Mapping) -> list[HParams]:
+    """Every model of the zoo (this shard's share), validated before anything trains."""
+    base = base_hparams(cfg)
+    zoo = to_container(cfg.get("zoo")) or {}
+    axes = zoo_axes(zoo)
+    keys = list(axes)
+    models = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        models.append(base.replace(**dict(zip(keys, combo))))
+    shard, num_shards = int(zoo.get("shard", 0)), int(zoo.get("num_shards", 1))
+    if not 0 <= shard < num_shards:
+        raise HParamsError(f"zoo.shard must be in [0, zoo.num_shards={num_shards}), got {shard}")
+    ids = [hp.model_id for hp in models]
+    if len(set(ids)) != len(ids):
+        raise HParamsError("the zoo lists the same model twice (an axis repeats a value, or varies a setting "
+                           "that the model's components do not use, such as optimizer.momentum for sgd)")
+    return models[shard::num_shards]
+
+
+def varying_axes(cfg: Mapping) -> list[str]:
+    """The ``hp.*`` column names the zoo varies (seed excluded), for the granulated statistics."""
+    return [f"hp.{k}" for k, v in zoo_axes(cfg.get("zoo")).items() if k != "seed" and len(v) > 1]

@@ -1,0 +1,312 @@
+"""Tests of measures.duality: the duality identity, minimal norm, the exact decomposition, the layer Hessian."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from measures import REGISTRY, Context
+from measures import duality as D
+
+
+def _mlp(sizes, act=nn.ReLU, bias=True, seed=0):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+def _ctx(sizes=(6, 8, 5, 3), n=120, n_test=40, act=nn.ReLU, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, sizes[0], generator=g)
+    y = torch.randint(0, sizes[-1], (n,), generator=g)
+    xt = torch.randn(n_test, sizes[0], generator=g)
+    yt = torch.randint(0, sizes[-1], (n_test,), generator=g)
+    return Context(_mlp(sizes, act, seed=seed), train=(x, y), test=(xt, yt), **kw)
+
+
+# ----------------------------------------------------------------------------------------- dual weights
+def test_dual_weights_reproduce_the_activity_change():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    a = torch.randn(11, 5, generator=g, dtype=torch.float64)
+    da = torch.randn(11, 5, generator=g, dtype=torch.float64)
+    dw = D.dual_weights(w, a, da)  # (K, out, in)
+    lhs = torch.einsum("koi,ki->ko", w + dw, a)
+    torch.testing.assert_close(lhs, (a + da) @ w.T, rtol=0, atol=1e-12)
+
+
+def test_dual_weights_have_minimal_frobenius_norm():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    a = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    da = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    best = D.dual_weights(w, a, da)[0]
+    proj = torch.eye(4, dtype=torch.float64) - a.T @ a / (a @ a.T)  # N = R P satisfies N a = 0
+    for _ in range(50):
+        other = best + torch.randn(6, 4, generator=g, dtype=torch.float64) @ proj
+        torch.testing.assert_close(other @ a[0], w @ da[0], rtol=0, atol=1e-12)  # also a solution
+        assert torch.linalg.norm(other) >= torch.linalg.norm(best)
+    # ΔW* is orthogonal to every homogeneous solution, so it is the unique minimum
+    assert abs(float((best * (torch.ones(6, 4, dtype=torch.float64) @ proj)).sum())) < 1e-12
+
+
+def test_nearest_same_class_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(60, 1, 5, generator=g), torch.randint(0, 3, (60,), generator=g)
+    q, yq = torch.randn(20, 1, 5, generator=g), torch.randint(0, 3, (20,), generator=g)
+    got = D.nearest_same_class(q, yq, x, y)
+    for i in range(20):
+        d = [(float((q[i] - x[j]).norm()), j) for j in range(60) if y[j] == yq[i]]
+        assert got[i] == min(d)[1]
+    own = D.nearest_same_class(x, y, x, y, exclude_self=True)
+    assert (own != torch.arange(60)).all() and (y[own] == y).all()
+    for i in range(60):
+        d = [(float((x[i] - x[j]).norm()), j) for j in range(60) if y[j] == y[i] and j != i]
+        assert own[i] == min(d)[1]
+
+
+# ----------------------------------------------------------------------------------------- decomposition
+def test_decomposition_is_exact_over_a_complete_eigenbasis():
+    ctx = _ctx()
+    table = D.duality_table(ctx, "test")
+    t = table.attrs
+    assert t["complete"] and len(table) == 8 * 5
+    mean_dl = float(D.per_sample_loss(ctx, ctx.x_test, ctx.y_test).double().mean()
+                    - D.per_sample_loss(ctx, *_anchors(ctx)).double().mean())
+    assert t["mean_dl"] == pytest.approx(mean_dl, rel=1e-9, abs=1e-12)
+    assert float((table["mu_term"] + table["cov_term"]).sum()) == pytest.approx(mean_dl, rel=1e-9, abs=1e-12)
+    assert float(table["cov_term"].sum()) == pytest.approx(t["cov_term"], rel=1e-9, abs=1e-12)
+    assert float((table["c"] * table["sigma_g"] * table["sigma_w"]).sum()) == pytest.approx(t["cov_term"], rel=1e-9)
+    assert float((table["sigma_w"] ** 2).sum()) == pytest.approx(t["size"], rel=1e-9)
+    assert math.sqrt(float((table["sigma_g"] ** 2).sum())) == pytest.approx(t["sharpness"], rel=1e-9)
+    assert (table["eigenvalue"].diff().dropna() <= 1e-12).all()  # ordered by eigenvalue, descending
+    assert (table["c"].abs() <= 1 + 1e-9).all()
+
+
+def _anchors(ctx):
+    idx = D.nearest_same_class(ctx.x_test, ctx.y_test, ctx.x_train, ctx.y_train)
+    return ctx.x_train[idx], ctx.y_train[idx]
+
+
+def test_decomposition_is_basis_free_and_matches_per_sample_loss_changes():
+    ctx = _ctx(seed=4)
+    layer = D.select_layer(ctx)
+    xa, ya = _anchors(ctx)
+    pairs = D.make_pairs(ctx, layer, xa, ya, ctx.x_test, ctx.y_test)
+    # per sample: the loss of the ANCHOR with weights W + ΔW*_k equals the partner's loss
+    dw = pairs.dual_weights().float()  # (K, out, in)
+    w = ctx.params[layer.weight]
+
+    def loss_with(delta, x, y):
+        logits = functional_call(ctx.model, {**ctx.params, layer.weight: w + delta}, (x[None],))
+        return F.cross_entropy(logits, y[None])
+
+    perturbed = torch.func.vmap(loss_with)(dw, xa, ya)
+    base = D.per_sample_loss(ctx, xa, ya)
+    torch.testing.assert_close((perturbed - base).double(), pairs.dl, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(D.per_sample_loss(ctx, ctx.x_test, ctx.y_test) - base, (perturbed - base),
+                               rtol=1e-4, atol=1e-5)
+    # per sample over a random complete orthonormal basis: Σ_n g_k,n w_k,n = Δl_k
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    basis = q.T.reshape(40, 5, 8)  # (m, out, in) of the 8→5 layer
+    wk, gk = D.project(pairs, basis)
+    torch.testing.assert_close((wk * gk).sum(1), pairs.dl, rtol=1e-9, atol=1e-12)
+    table = D.direction_terms(pairs, basis, torch.zeros(40))
+    t = D.totals(pairs)
+    assert float((table["mu_term"] + table["cov_term"]).sum()) == pytest.approx(t["mean_dl"], rel=1e-9)
+    assert float((table["sigma_w"] ** 2).sum()) == pytest.approx(t["size"], rel=1e-9)
+
+
+def test_zero_activity_pairs_are_dropped():
+    a = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    pairs = D.DualPairs(a[1:], torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([0.2], dtype=torch.float64),
+                        dropped=1)
+    assert D.totals(pairs)["dropped"] == 1 and D.totals(pairs)["n_pairs"] == 1
+    same = D.DualPairs(a[1:], torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    assert float(same.beta[0]) == 0.0  # ΔW* = 0: g = 0, not NaN
+
+
+# ----------------------------------------------------------------------------------------- Hessian
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh])
+def test_layer_hessian_matches_autograd_hvp(act):
+    ctx = _ctx((6, 9, 7, 4), act=act, seed=6)
+    layer = D.select_layer(ctx)
+    hess = D.LayerHessian(ctx, layer)
+    dense = hess.dense()
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        v = torch.randn(63, generator=g)
+        ref = ctx.hvp(v, names=[layer.weight])
+        torch.testing.assert_close(hess.matvec(v), ref, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(dense.float() @ v, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_lanczos_finds_the_top_eigenpairs():
+    ctx = _ctx((6, 12, 10, 4), seed=8)
+    layer = D.select_layer(ctx)
+    exact = torch.linalg.eigvalsh(D.LayerHessian(ctx, layer).dense()).flip(0)
+    basis = D.hessian_eigenbasis(ctx, layer, k=5, dense_max=10, steps=60)
+    assert basis.method.startswith("lanczos") and not basis.complete
+    torch.testing.assert_close(basis.eigenvalues, exact[:5], rtol=1e-6, atol=1e-9)
+    v = basis.vectors.reshape(5, -1)
+    torch.testing.assert_close(v @ v.T, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-8)
+    assert basis.residual < 1e-6
+
+
+# ----------------------------------------------------------------------------------------- layer choice
+def test_default_layer_and_conv_rejection():
+    assert D.select_layer(_ctx((6, 8, 5, 3))).name == "3"  # hidden-to-hidden of a depth-2 MLP
+    assert D.select_layer(_ctx((6, 8, 3))).name == "3"  # depth 1: the output layer (input: hidden activity)
+    conv = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.randn(30, 1, 8), torch.randint(0, 3, (30,))
+    assert D.select_layer(Context(conv, train=(x, y))).name == "4"
+    with pytest.raises(ValueError, match="dense layer"):
+        D.select_layer(Context(conv, train=(x, y), extras={"duality.layer": 0}))
+
+
+# ----------------------------------------------------------------------------------------- measures
+NAMES = ["duality.gap", "duality.sharpness", "duality.size", "duality.gap_hessian", "oracle.duality_gap"]
+
+
+def test_registered_metadata():
+    for name in NAMES:
+        m = REGISTRY.get(name)
+        assert m.family == "duality" and m.sign == 1
+        assert m.oracle == (name == "oracle.duality_gap")
+        assert ("test_data" in m.needs) == m.oracle
+
+
+def test_measures_are_finite_and_deterministic():
+    first = {n: REGISTRY.get(n)(_ctx(seed=9)).value for n in NAMES}
+    second = {n: REGISTRY.get(n)(_ctx(seed=9)).value for n in NAMES}
+    assert all(math.isfinite(v) for v in first.values())
+    assert first == second
+    ctx = _ctx(seed=9)
+    assert REGISTRY.get("duality.size")(ctx).value >= 0 and REGISTRY.get("duality.sharpness")(ctx).value >= 0
+
+
+def test_curvature_size_is_the_eigenbasis_sum_exactly_or_in_expectation():
+    ctx = _ctx(seed=11)
+    layer = D.select_layer(ctx)
+    pairs = D.make_pairs(ctx, layer, ctx.x_train, ctx.y_train,
+                         *(t[D.nearest_same_class(ctx.x_train, ctx.y_train, ctx.x_train, ctx.y_train,
+                                                  exclude_self=True)] for t in (ctx.x_train, ctx.y_train)))
+    hess = D.LayerHessian(ctx, layer)
+    basis = D.hessian_eigenbasis(ctx, layer, hess=hess)
+    table = D.direction_terms(pairs, basis.vectors, basis.eigenvalues)
+    exact = 0.5 * float((table["eigenvalue"] * table["sigma_w"] ** 2).sum())
+    dense = D.curvature_size(pairs, hess)
+    assert dense["method"] == "dense" and dense["value"] == pytest.approx(exact, rel=1e-6)
+    est = D.curvature_size(pairs, hess, dense_max=0, probes=300, generator=torch.Generator().manual_seed(0))
+    assert est["method"].startswith("hutchinson") and abs(est["value"] - exact) < 4 * est["stderr"]
+    assert est["stderr"] < 0.2 * exact
+
+
+def test_wide_layer_paths_are_finite_and_deterministic():
+    make = lambda: _ctx((6, 40, 30, 3), seed=10, extras={"duality.top_k": 4})  # 1200 weights: iterative paths
+    values = [REGISTRY.get("duality.gap_hessian")(make()) for _ in range(2)]
+    assert values[0] == values[1] and math.isfinite(values[0].value)
+    assert values[0].details["method"].startswith("hutchinson")
+    oracle = REGISTRY.get("oracle.duality_gap")(make())
+    assert oracle.details["directions"] == 4 and not oracle.details["complete"]
+    assert math.isfinite(oracle.details["topk_fraction"])
+
+
+@pytest.mark.slow
+def test_quick_nmi_reproduction(tmp_path):
+    from benchmark.reproduce import nmi as reproduce_nmi
+    df = reproduce_nmi.run(tmp_path, quick=True)
+    assert {"decomposition_vs_gap.png", "factors_vs_hparams.png", "spectra.png", "results.md", "results.csv"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert ((df["oracle.sum_directions"] - df["oracle.mean_dl"]).abs() < 1e-9).all()
+
+
+# ----------------------------------------------------------------------------------------- registered values
+def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12):
+    """A float64 5→6→4→3 tanh MLP (the analysed layer: the 6→4 hidden-to-hidden matrix, 24 weights) and the
+    duality quantities by explicit loops: nearest same-label partners by brute force, activities by hand
+    (a = tanh(W_1 x + b_1)), dual weights ΔW_k = (W Δa_k) a_kᵀ/‖a_k‖², losses by hand, and the per-direction
+    statistics in the eigenbasis of the layer's dense training-loss Hessian (torch.autograd)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(sizes[0], sizes[1]), nn.Tanh(), nn.Linear(sizes[1], sizes[2]),
+                          nn.Tanh(), nn.Linear(sizes[2], sizes[3])).double()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, sizes[0], generator=g, dtype=torch.float64)
+    y = torch.randint(0, sizes[-1], (n,), generator=g)
+    xt = torch.randn(n_test, sizes[0], generator=g, dtype=torch.float64)
+    yt = torch.randint(0, sizes[-1], (n_test,), generator=g)
+    ctx = Context(model, train=(x, y), test=(xt, yt))
+    w1, b1, w, b2, w3, b3 = (p.detach() for p in model.parameters())
+
+    def act(v):  # input activity of the analysed layer
+        return torch.tanh(v @ w1.T + b1)
+
+    def loss(v, label, weight=w):
+        return F.cross_entropy(torch.tanh(act(v) @ weight.T + b2) @ w3.T + b3, label, reduction="none")
+
+    def nearest(i_query, xq, yq, exclude_self):
+        best = None
+        for j in range(n):
+            if y[j] != yq[i_query] or (exclude_self and j == i_query):
+                continue
+            d = float((xq[i_query] - x[j]).norm())
+            if best is None or d < best[0]:
+                best = (d, j)
+        return best[1]
+
+    hess = torch.autograd.functional.hessian(lambda v: loss(x, y, v.reshape(w.shape)).mean(), w.reshape(-1))
+    lam, vecs = torch.linalg.eigh(hess)  # complete orthonormal basis of the 24-dimensional weight space
+
+    def stats(anchor_x, anchor_y, partner_x, partner_y):
+        a, da = act(anchor_x), act(partner_x) - act(anchor_x)
+        dw = torch.stack([torch.outer(w @ da[k], a[k]) / (a[k] @ a[k]) for k in range(len(a))]).reshape(len(a), -1)
+        dl = loss(partner_x, partner_y) - loss(anchor_x, anchor_y)
+        gk = dl[:, None] * dw / (dw * dw).sum(1, keepdim=True)
+        pw, pg = dw @ vecs, gk @ vecs  # (K, 24) projections on the basis
+        sw, sg = pw.std(0, correction=0), pg.std(0, correction=0)
+        cov = ((pw - pw.mean(0)) * (pg - pg.mean(0))).mean(0)
+        c = cov / (sw * sg)
+        return {"gap": float((c * sg * sw).sum()), "size": float((sw ** 2).sum()),
+                "sharpness": float((sg ** 2).sum().sqrt()), "gap_hessian": 0.5 * float((lam * sw ** 2).sum()),
+                "decomposition": float((pw.mean(0) * pg.mean(0) + c * sg * sw).sum()), "mean_dl": float(dl.mean())}
+
+    train_nn = [nearest(i, x, y, True) for i in range(n)]
+    test_nn = [nearest(i, xt, yt, False) for i in range(n_test)]
+    return ctx, stats(x, y, x[train_nn], y[train_nn]), stats(x[test_nn], y[test_nn], xt, yt)
+
+
+def test_training_pair_measures_against_explicit_loops():
+    """duality.gap = Σ_n c_n σ_g,n σ_w,n, duality.size = Σ_n σ_w,n², duality.sharpness = (Σ_n σ_g,n²)^½ and
+    duality.gap_hessian = ½ Σ_n λ_n σ_w,n², the sums over the dense Hessian eigenbasis of the analysed layer,
+    each training sample paired with its nearest same-label training sample."""
+    ctx, ref, _ = _explicit_reference()
+    assert D.select_layer(ctx).name == "3"
+    assert ref["gap"] != pytest.approx(ref["gap_hessian"], rel=0.1)  # the two gap estimates really differ here
+    for name, key in (("duality.gap", "gap"), ("duality.size", "size"), ("duality.sharpness", "sharpness"),
+                      ("duality.gap_hessian", "gap_hessian")):
+        out = REGISTRY.get(name)(ctx)
+        assert out.value == pytest.approx(ref[key], rel=1e-8, abs=1e-12), name
+    details = REGISTRY.get("duality.gap")(ctx).details
+    assert details["n_pairs"] == 40 and details["dropped"] == 0
+    assert details["mean_dl"] == pytest.approx(ref["mean_dl"], rel=1e-8)
+    assert REGISTRY.get("duality.gap_hessian")(ctx).details["method"] == "dense"
+
+
+def test_oracle_duality_gap_against_explicit_loops():
+    """oracle.duality_gap = mean_k [l(test_k) − l(nearest same-class training sample of test_k)], which is also
+    Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) over the complete eigenbasis (both computed here by hand)."""
+    ctx, _, ref = _explicit_reference()
+    assert ref["decomposition"] == pytest.approx(ref["mean_dl"], rel=1e-9)
+    out = REGISTRY.get("oracle.duality_gap")(ctx)
+    assert out.value == pytest.approx(ref["mean_dl"], rel=1e-8, abs=1e-12)
+    assert out.details["complete"] and out.details["directions"] == 24 and out.details["n_pairs"] == 15
+    assert out.details["cov_term"] == pytest.approx(ref["gap"], rel=1e-8, abs=1e-12)
+    assert out.details["topk_fraction"] == pytest.approx(1.0, rel=1e-9)

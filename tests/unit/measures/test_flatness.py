@@ -1,0 +1,429 @@
+"""Tests of measures.flatness (variance–flatness, Feng & Tu PNAS 2021): closed-form line scans, the snapshot
+PCA on an Ornstein–Uhlenbeck process, the power-law fit with censoring, the continued SGD, the batched
+loss paths, the registered measures, and the quick reproduction."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from measures import REGISTRY, Context
+from measures import flatness as fl
+
+E = math.e
+
+
+def _quadratic_line(loss0: float, lam_left: torch.Tensor, lam_right: torch.Tensor):
+    """L_i(δ) = L₀ + ½ λ δ², with λ = lam_left[i] for δ < 0 and lam_right[i] for δ > 0."""
+    def loss(idx, delta):
+        lam = torch.where(delta < 0, lam_left[idx], lam_right[idx]).double()
+        return loss0 + 0.5 * lam * delta.double() ** 2
+    return loss
+
+
+# ------------------------------------------------------------------------------------------- flatness scan
+def test_quadratic_flatness_closed_form():
+    """L₀ + ½λδ² crosses e·L₀ at δ = √(2(e−1)L₀/λ) on each side: F = 2√(2(e−1)L₀/λ)."""
+    loss0 = 0.013
+    lam = torch.tensor([1e-3, 0.07, 1.0, 33.0, 4e3], dtype=torch.float64)
+    scan = fl.flatness_scan(_quadratic_line(loss0, lam, lam), len(lam), loss0, start=1e-2, max_delta=1e4)
+    expected = 2 * torch.sqrt(2 * (E - 1) * loss0 / lam)
+    torch.testing.assert_close(scan.flatness, expected, rtol=1e-3, atol=0)
+    assert scan.n_censored == 0
+    # batched: one loss call per round for all (direction, side) pairs, a handful of rounds
+    assert scan.n_rounds <= 12 and scan.n_evals <= 2 * len(lam) * scan.n_rounds
+
+
+def test_asymmetric_sides_and_threshold():
+    loss0 = 0.5
+    left, right = torch.tensor([2.0, 0.5]), torch.tensor([8.0, 0.5])
+    scan = fl.flatness_scan(_quadratic_line(loss0, left, right), 2, loss0, start=0.1, max_delta=100.0,
+                            threshold=2.0)
+    torch.testing.assert_close(scan.left, torch.sqrt(2 * loss0 / left.double()), rtol=1e-3, atol=0)
+    torch.testing.assert_close(scan.right, torch.sqrt(2 * loss0 / right.double()), rtol=1e-3, atol=0)
+
+
+def test_censored_sides_are_reported_not_filled():
+    """A side that never crosses within the range is censored (NaN), counted, and its F is NaN."""
+    loss0 = 0.1
+    left = torch.tensor([1.0, 0.0, 0.0])  # direction 1: flat on the left; direction 2: flat both ways
+    right = torch.tensor([1.0, 1.0, 0.0])
+    scan = fl.flatness_scan(_quadratic_line(loss0, left, right), 3, loss0, start=0.01, max_delta=50.0)
+    assert scan.censored_left.tolist() == [False, True, True]
+    assert scan.censored_right.tolist() == [False, False, True]
+    assert scan.n_censored == 3
+    assert math.isfinite(scan.flatness[0]) and scan.flatness[1:].isnan().all()
+    assert math.isfinite(scan.right[1]) and math.isnan(scan.left[1])
+
+
+def test_too_sharp_below_min_delta_is_censored():
+    loss0 = 0.1
+    lam = torch.tensor([1e12])
+    scan = fl.flatness_scan(_quadratic_line(loss0, lam, lam), 1, loss0, start=1.0, max_delta=10.0,
+                            min_delta=1e-4)
+    assert scan.censored_left.all() and scan.censored_right.all()
+
+
+def test_non_positive_reference_loss_is_an_error():
+    with pytest.raises(ValueError, match="L0 > 0"):
+        fl.flatness_scan(_quadratic_line(0.0, torch.ones(1), torch.ones(1)), 1, 0.0, start=1.0, max_delta=2.0)
+
+
+def test_end_to_end_closed_form_through_a_model():
+    """One sample x = 1 of class 0, logits (w_a·x, w_b·x) with w_b = 0: L(w_a) = softplus(−w_a). Along
+    p = (1, 0) the loss falls to the right (censored) and reaches e·L₀ on the left at
+    δ_l = w_a + log(exp(e·L₀) − 1)."""
+    model = nn.Linear(1, 2, bias=False)
+    w_a = 1.3
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[w_a], [0.0]]))
+    ctx = Context(model, train=(torch.ones(1, 1), torch.zeros(1, dtype=torch.long)))
+    loss0 = F.softplus(torch.tensor(-w_a)).item()
+    assert ctx.train_loss == pytest.approx(loss0, rel=1e-6)
+    w0 = ctx.params["weight"].reshape(-1)
+    p = torch.tensor([[1.0, 0.0]])
+    for fast in (True, False):
+        line = fl.line_loss(ctx, ["weight"], w0, p, fast=fast)
+        assert line.kind == ("layer" if fast else "vmap")
+        scan = fl.flatness_scan(line, 1, loss0, start=0.05, max_delta=30.0)
+        assert scan.left.item() == pytest.approx(w_a + math.log(math.expm1(E * loss0)), rel=1e-3)
+        assert scan.censored_right.item() and not scan.censored_left.item()
+
+
+# ------------------------------------------------------------------------------------------- PCA
+def _ou_snapshots(n_steps: int, stds: np.ndarray, a: np.ndarray, seed: int):
+    """AR(1) (a discretised OU process) θ_{t+1} = a θ_t + s ξ in a random rotated basis plus an offset.
+    Stationary variance along rotated axis j: s_j²/(1 − a_j²) = stds_j²."""
+    rng = np.random.default_rng(seed)
+    n = len(stds)
+    rot, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    s = stds * np.sqrt(1 - a ** 2)
+    theta = rng.standard_normal(n) * stds  # start in the stationary state
+    offset = rng.standard_normal(n)
+    for _ in range(n_steps):
+        theta = a * theta + s * rng.standard_normal(n)
+        yield torch.from_numpy(offset + rot @ theta).float(), rot
+
+
+def test_pca_recovers_ornstein_uhlenbeck_variances():
+    stds = np.array([2.0, 1.0, 0.5, 0.25, 0.1, 0.05])
+    a = np.array([0.5, 0.3, 0.6, 0.2, 0.4, 0.1])
+    snaps, rots = zip(*_ou_snapshots(20000, stds, a, seed=1))
+    pca = fl.snapshot_pca(iter(snaps), len(snaps), 6)
+    assert pca.method == "covariance"
+    np.testing.assert_allclose(pca.variances.numpy(), stds ** 2, rtol=0.08)
+    cos = np.abs(pca.components.numpy() @ rots[0])  # (PC, true axis)
+    np.testing.assert_allclose(np.diag(cos), 1.0, atol=0.02)
+    assert pca.total_variance == pytest.approx(float(pca.spectrum.sum()), rel=1e-9)
+
+
+def test_pca_methods_agree():
+    """covariance (N ≤ T), gram (T < N) and randomised SVD give the same leading PCs of one data set."""
+    g = torch.Generator().manual_seed(3)
+    scales = torch.logspace(0, -2, 40)
+    snaps = [torch.randn(40, generator=g) * scales + 5.0 for _ in range(300)]
+    res = {m: fl.snapshot_pca(iter(snaps), 300, 8, method=m, generator=torch.Generator().manual_seed(0))
+           for m in ("covariance", "gram", "lowrank")}
+    ref = res["covariance"]
+    for m in ("gram", "lowrank"):
+        torch.testing.assert_close(res[m].variances, ref.variances, rtol=2e-3, atol=0)
+        cos = (res[m].components @ ref.components.T).abs().diagonal()
+        assert (cos > 0.99).all(), m
+        assert res[m].total_variance == pytest.approx(ref.total_variance, rel=1e-4)
+        torch.testing.assert_close(res[m].mean, ref.mean, rtol=0, atol=1e-5)
+    assert fl.snapshot_pca(iter(snaps[:30]), 30, 8).method == "gram"
+
+
+# ------------------------------------------------------------------------------------------- fit
+def test_power_law_fit_recovers_psi():
+    rng = np.random.default_rng(0)
+    f = np.exp(rng.uniform(-1, 2, 60))
+    var = 0.3 * f ** -3.5 * np.exp(0.1 * rng.standard_normal(60))
+    fit = fl.power_law_fit(var, f)
+    assert fit.psi == pytest.approx(3.5, abs=0.1)
+    assert fit.r2 > 0.98 and fit.n == 60
+    f[:7] = np.nan  # censored PCs are dropped from the fit and counted out of n
+    assert fl.power_law_fit(var, f).n == 53
+    assert math.isnan(fl.power_law_fit(var[:2], f[:2]).psi)
+
+
+def test_scan_plus_fit_recovers_psi_and_excludes_censored():
+    """Synthetic PCs with σ_i² = c·F_i^(−ψ) (noisy) and quadratic profiles of those widths, plus fully flat
+    PCs that must be censored: the scan+fit pipeline gives back ψ, and counts the censored sides."""
+    rng = np.random.default_rng(1)
+    psi, loss0, k = 2.7, 0.02, 25
+    f_true = np.exp(rng.uniform(-2, 1, k))
+    var = 0.01 * f_true ** -psi * np.exp(0.05 * rng.standard_normal(k))
+    lam = 8 * (E - 1) * loss0 / f_true ** 2  # F = 2√(2(e−1)L₀/λ)
+    lam[[3, 11]] = 0.0  # flat: never crosses
+    lam_t = torch.from_numpy(lam)
+    scan = fl.flatness_scan(_quadratic_line(loss0, lam_t, lam_t), k, loss0, start=torch.from_numpy(np.sqrt(var)),
+                            max_delta=1e3)
+    assert scan.n_censored == 4
+    fit = fl.power_law_fit(var, scan.flatness.numpy())
+    assert fit.n == k - 2
+    assert fit.psi == pytest.approx(psi, abs=0.1)
+
+
+# ------------------------------------------------------------------------------------------- model paths
+def _mlp(seed=0, width=16, n=300, d_in=12, classes=4, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d_in, width, bias=bias), nn.ReLU(),
+                          nn.Linear(width, width, bias=bias), nn.ReLU(), nn.Linear(width, classes, bias=bias))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(n, 1, d_in, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return model, x, y
+
+
+def _ctx(seed=0, **kw):
+    model, x, y = _mlp(seed, **kw)
+    return Context(model, train=(x, y), hparams={"optimizer.lr": 0.05, "train.batch_size": 16}, seed=seed,
+                   chunk=128)
+
+
+def test_sgd_snapshots_follow_torch_sgd():
+    """The continuation is plain SGD: the same steps as torch.optim.SGD (with weight decay) on the same
+    seeded batches, and the Context's own parameters are untouched."""
+    model, x, y = _mlp(2)
+    ctx = Context(model, train=(x, y), hparams={"optimizer.lr": 0.05, "train.batch_size": 16,
+                                                "optimizer.weight_decay": 0.01})
+    before = {k: v.clone() for k, v in ctx.params.items()}
+    names = fl.analysed_names(ctx, "penultimate")
+    assert names == ("3.weight",)
+    snaps = list(fl.sgd_snapshots(ctx, names, 25, torch.Generator().manual_seed(7)))
+    ref = copy.deepcopy(model)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(7)
+    perm, pos = None, len(y)
+    for t in range(25):
+        if pos >= len(y):
+            perm, pos = torch.randperm(len(y), generator=gen), 0
+        idx = perm[pos:pos + 16]
+        pos += 16
+        opt.zero_grad()
+        F.cross_entropy(ref(x[idx]), y[idx]).backward()
+        opt.step()
+        torch.testing.assert_close(snaps[t], ref[3].weight.detach().reshape(-1), rtol=1e-5, atol=1e-6)
+    for k, v in ctx.params.items():
+        assert torch.equal(v, before[k])
+
+
+def test_layer_path_matches_vmap_path_and_direct_losses():
+    ctx = _ctx(4)
+    names = ("3.weight", "3.bias")
+    w0 = torch.cat([ctx.params[k].reshape(-1) for k in names])
+    dirs = torch.randn(5, w0.numel(), generator=torch.Generator().manual_seed(0))
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    fast = fl.line_loss(ctx, names, w0, dirs)
+    slow = fl.line_loss(ctx, names, w0, dirs, fast=False)
+    assert (fast.kind, slow.kind) == ("layer", "vmap")
+    idx = torch.tensor([0, 1, 1, 4, 2, 3])
+    delta = torch.tensor([0.3, -1.0, 2.0, 0.0, -0.01, 5.0])
+    direct = torch.stack([ctx.loss({**ctx.params, **fl._split(ctx, names, w0 + d * dirs[i])})
+                          for i, d in zip(idx, delta)]).double()
+    torch.testing.assert_close(fast(idx, delta), direct, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(slow(idx, delta), direct, rtol=1e-5, atol=1e-6)
+
+
+def _direct_losses(ctx, names, w0, dirs, idx, delta):
+    return torch.stack([ctx.loss({**ctx.params, **fl._split(ctx, names, w0 + d * dirs[i])})
+                        for i, d in zip(idx, delta)]).double()
+
+
+def test_layer_path_on_a_conv_layer():
+    g = torch.Generator().manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+    x, y = torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    ctx = Context(model, train=(x, y))
+    names = ("2.weight", "2.bias")
+    w0 = torch.cat([ctx.params[k].reshape(-1) for k in names])
+    dirs = torch.randn(3, w0.numel(), generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    line = fl.line_loss(ctx, names, w0, dirs)
+    assert line.kind == "layer"
+    idx, delta = torch.tensor([0, 2, 1]), torch.tensor([0.5, -2.0, 1.0])
+    torch.testing.assert_close(line(idx, delta), _direct_losses(ctx, names, w0, dirs, idx, delta),
+                               rtol=1e-5, atol=1e-6)
+
+
+class _BatchMixing(nn.Module):
+    """Centres the hidden layer over the batch: samples are not independent, so probes must not be folded
+    into the sample axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.l1(x)
+        return self.l2(torch.tanh(h - h.mean(0, keepdim=True)))
+
+
+def test_sample_mixing_model_falls_back_to_vmap():
+    g = torch.Generator().manual_seed(9)
+    ctx = Context(_BatchMixing(), train=(torch.randn(50, 4, generator=g), torch.randint(0, 3, (50,), generator=g)))
+    names = ("l1.weight",)
+    w0 = ctx.params["l1.weight"].reshape(-1)
+    dirs = torch.randn(2, w0.numel(), generator=g)
+    line = fl.line_loss(ctx, names, w0, dirs)
+    assert line.kind == "vmap"
+    idx, delta = torch.tensor([0, 1]), torch.tensor([0.3, -0.7])
+    torch.testing.assert_close(line(idx, delta), _direct_losses(ctx, names, w0, dirs, idx, delta),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_crossings_hit_e_times_l0_on_a_model():
+    """End to end on an MLP: at the returned δ_l, δ_r the directly computed training loss is e·L₀."""
+    ctx = _ctx(5)
+    r = fl.variance_flatness(ctx, fl.VFSettings(steps=60, pcs=(2, 3, 4, 5), params="weights"))
+    assert r.line_kind == "vmap"  # several layers: the generic path
+    for pc, dl, dr in zip(r.pcs, r.left, r.right):
+        p = r.pca.components[r.pca.row(pc)].float()
+        for d in (-dl, dr):
+            params = {**ctx.params, **fl._split(ctx, r.names, r.w0 + float(d) * p)}
+            assert ctx.loss(params).item() == pytest.approx(E * r.loss0, rel=2e-3)
+
+
+def test_variance_flatness_is_deterministic_and_skips_pc1():
+    ctx = _ctx(6)
+    settings = fl.VFSettings(steps=50, pcs=tuple(range(2, 8)))
+    a = fl.variance_flatness(ctx, settings)
+    b = fl.variance_flatness(_ctx(6), settings)
+    assert a.pcs.tolist() == list(range(2, 8))
+    assert a.line_kind == "layer"
+    np.testing.assert_array_equal(a.flatness, b.flatness)
+    assert a.fit == b.fit
+    np.testing.assert_allclose(a.variance, a.pca.spectrum[1:7].numpy())
+
+
+# ------------------------------------------------------------------------------------------- measures
+VF_MEASURES = ("vf.exponent", "vf.flatness_mean_log", "vf.weight_variance")
+
+
+def test_measures_registered_with_family_and_sign():
+    for name in VF_MEASURES:
+        m = REGISTRY.get(name)
+        assert m.family == "physics" and m.sign == -1 and not m.oracle
+        assert m.needs == {"model", "train_data", "hparams"}
+
+
+def test_measures_finite_and_deterministic():
+    values = {}
+    for rep in range(2):
+        ctx = _ctx(7, width=24, n=400)
+        values[rep] = {name: REGISTRY.get(name)(ctx) for name in VF_MEASURES}
+    for name in VF_MEASURES:
+        v = values[0][name]
+        assert math.isfinite(v.value), name
+        assert v.value == values[1][name].value
+    details = values[0]["vf.exponent"].details
+    assert {"r2", "n_pcs", "n_censored"} <= set(details)
+    assert details["n_pcs"] + details["n_censored"] // 2 <= len(fl.DEFAULT.pcs)
+
+
+def test_quick_reproduction(tmp_path):
+    from benchmark.reproduce import pnas as reproduce_pnas
+    start = time.perf_counter()
+    table = reproduce_pnas.run(tmp_path, quick=True)
+    assert time.perf_counter() - start < 60
+    assert {"psi", "r2"} <= set(table.columns)
+    assert (tmp_path / "results.md").exists()
+    assert any(tmp_path.glob("*.png"))
+
+
+# ------------------------------------------------------------------------------------------- registered values
+SPREAD = list(range(2, 12)) + list(range(20, 151, 10))  # the documented default PCs: 2–11, every 10th from 20
+
+
+def _trained_tanh_ctx(seed=3, n=200):
+    """A 4→6→5→3 tanh MLP fitted by full-batch descent; the analysed ("penultimate") weight is the 6→5 matrix,
+    30 entries, so the PCA of the 200 snapshots resolves PCs 2–11, 20 and 30 of the default set."""
+    from tests.helpers import fit
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x @ torch.randn(4, 3, generator=g)).argmax(1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    fit(model, x, y, steps=300, lr=0.2)
+    return Context(model, train=(x, y), hparams={"optimizer.lr": 0.05, "train.batch_size": 20}, seed=seed)
+
+
+def _first_crossing(loss_of, level: float, top: float) -> float:
+    """The first δ in (0, top] with loss_of(δ) ≥ level, by a 1 %-step geometric grid and bisection."""
+    grid = torch.logspace(math.log10(top) - 8, math.log10(top), 1853, dtype=torch.float64)  # ×1.01 per step
+    above = (loss_of(grid) >= level).nonzero()
+    assert len(above) and int(above[0]) > 0, "no crossing, or one below the grid"
+    lo, hi = float(grid[int(above[0]) - 1]), float(grid[int(above[0])])
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(loss_of(torch.tensor([mid], dtype=torch.float64))[0]) < level else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def test_vf_measures_against_an_independent_recomputation():
+    """The three vf.* measures by name against the analysis redone by hand from the docstrings: 200 plain SGD
+    steps (lr, batch from the hparams, a fresh permutation each epoch from the documented seeded stream),
+    snapshots of the penultimate weight, their PCA by numpy (1/T normalisation), the first distances on each
+    side where the full training loss (float64, by hand) reaches e·L₀ along each PC, and the least-squares fit
+    log σ² = c − ψ log F."""
+    from measures.seeding import generator
+    ctx = _trained_tanh_ctx()
+    lr, bs, steps = 0.05, 20, 200
+    x, y = ctx.x_train, ctx.y_train
+    model = copy.deepcopy(ctx.model)
+    plist = list(model.parameters())
+    gen = generator(ctx.seed, "vf/200/2.weight")
+    perm, pos, snaps = None, len(y), []
+    for _ in range(steps):
+        if pos >= len(y):
+            perm, pos = torch.randperm(len(y), generator=gen), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        grads = torch.autograd.grad(F.cross_entropy(model(x[idx]), y[idx]), plist)
+        with torch.no_grad():
+            for p, gr in zip(plist, grads):
+                p.add_(gr, alpha=-lr)
+        snaps.append(model[2].weight.detach().double().reshape(-1).numpy().copy())
+    snaps = np.stack(snaps)  # (T, 30)
+    centred = snaps - snaps.mean(0)
+    var, vecs = np.linalg.eigh(centred.T @ centred / steps)
+    var, vecs = var[::-1], vecs[:, ::-1]
+    pcs = [p for p in SPREAD if p <= len(var) and var[p - 1] > 1e-12 * var[0]]
+    assert pcs == list(range(2, 12)) + [20, 30]
+
+    w1, b1, w0, b2, w3, b3 = (t.detach().double() for t in ctx.model.parameters())
+    h1 = torch.tanh(x.double() @ w1.T + b1)  # the analysed layer's input, fixed along every line
+    loss0 = float(F.cross_entropy(torch.tanh(h1 @ w0.T + b2) @ w3.T + b3, y))
+
+    def line(direction):
+        def loss_of(deltas):  # full-training-set loss at w0 + δ·p for every δ
+            w = w0[None] + deltas[:, None, None] * direction.reshape(1, *w0.shape)
+            logits = torch.tanh(torch.einsum("ni,doi->dno", h1, w) + b2) @ w3.T + b3
+            return F.cross_entropy(logits.permute(0, 2, 1), y.expand(len(deltas), -1), reduction="none").mean(1)
+        return loss_of
+
+    top = 10 * float(w0.norm())  # the documented search range, max_shift·‖w₀‖
+    flat = []
+    for p in pcs:
+        d = torch.from_numpy(vecs[:, p - 1].copy())
+        flat.append(_first_crossing(line(d), math.e * loss0, top) + _first_crossing(line(-d), math.e * loss0, top))
+    flat = np.array(flat)
+    sigma2 = np.array([var[p - 1] for p in pcs])
+    psi = -np.polyfit(np.log(flat), np.log(sigma2), 1)[0]
+    lead = np.array(pcs) <= 11
+
+    out = REGISTRY.get("vf.exponent")(ctx)
+    assert out.details["n_censored"] == 0 and out.details["n_pcs"] == len(pcs) and out.details["layer"] == "2.weight"
+    assert out.value == pytest.approx(psi, rel=1e-2)
+    assert REGISTRY.get("vf.flatness_mean_log")(ctx).value == pytest.approx(np.log(flat[lead]).mean(), abs=2e-3)
+    assert REGISTRY.get("vf.weight_variance")(ctx).value == pytest.approx(float(var.sum()), rel=1e-4)

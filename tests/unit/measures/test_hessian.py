@@ -1,0 +1,178 @@
+"""Hessian measures against dense Hessians: a tiny MLP (torch.autograd.functional.hessian) and softmax
+regression, whose Hessian is known in closed form; the Lanczos and Hutchinson helpers on explicit matrices."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from benchmark.zoo.models import MLP, ConvNet
+from measures import REGISTRY, Context
+from measures import hessian as H
+from tests.helpers import fit
+
+NAMES = {"hessian.top_eig", "hessian.trace", "hessian.logdet_topk"}
+
+
+def _dense_hessian(ctx: Context) -> torch.Tensor:
+    """The full-batch training-loss Hessian in float64, by torch.autograd.functional.hessian."""
+    model = copy.deepcopy(ctx.model).double()
+    x = ctx.x_train.double()
+    return torch.autograd.functional.hessian(
+        lambda flat: F.cross_entropy(functional_call(model, ctx.unflatten(flat), (x,)), ctx.y_train),
+        ctx.flatten(ctx.params).double())
+
+
+def _trained_mlp(in_dim: int, classes: int, width: int, n: int, seed: int) -> Context:
+    """A small ReLU MLP fitted by full-batch descent to labels a random linear map separates."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=g)
+    y = (x @ torch.randn(in_dim, classes, generator=g)).argmax(1)
+    torch.manual_seed(seed)
+    return Context(fit(MLP((in_dim,), classes, depth=2, width=width), x, y, lr=0.1), train=(x, y))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 6→10→10→4 MLP (224 parameters) on 64 samples: the Hessian is taken over all of them."""
+    ctx = _trained_mlp(6, 4, 10, 64, seed=1)
+    return ctx, torch.linalg.eigvalsh(_dense_hessian(ctx)).flip(0)  # descending
+
+
+def test_registered():
+    got = {m.name: m for m in REGISTRY if m.family == "hessian"}
+    assert set(got) == NAMES
+    assert all(m.sign == 1 and m.needs == {"model", "train_data"} for m in got.values())
+
+
+def test_top_eigenvalues_match_dense(tiny):
+    ctx, evals = tiny
+    top = REGISTRY.get("hessian.top_eig")(ctx)
+    assert top.value == pytest.approx(evals[0].item(), rel=1e-3)
+    eigs, _ = ctx.shared(H._top_eigs)
+    assert torch.allclose(eigs.values, evals[:H.TOP_K], rtol=0, atol=1e-3 * evals[0].item())
+    logdet = REGISTRY.get("hessian.logdet_topk")(ctx)
+    assert logdet.value == pytest.approx(torch.log(evals[:H.TOP_K]).sum().item(), rel=1e-3, abs=1e-3)
+    assert logdet.details["positive"] == H.TOP_K
+
+
+def test_trace_matches_dense(tiny):
+    ctx, evals = tiny
+    exact = evals.sum().item()
+    out = REGISTRY.get("hessian.trace")(ctx)
+    # stochastic (seeded): within a few standard errors, and the standard error is small
+    assert abs(out.value - exact) <= 4 * out.details["stderr"] + 1e-3 * abs(exact)
+    assert out.details["stderr"] < 0.05 * abs(exact)
+
+
+def test_trace_exact_when_deflation_spans_everything():
+    ctx = _trained_mlp(3, 2, 5, 40, seed=2)  # 3→5→5→2: 62 parameters
+    exact = torch.trace(_dense_hessian(ctx)).item()
+    matvec = H.hvp_operator(ctx, ctx.x_train, ctx.y_train)
+    n = ctx.num_params
+    eigs = H.lanczos(matvec, torch.randn(n, generator=torch.Generator().manual_seed(3)), n, tol=1e-5, max_iter=n)
+    out = H.hutchinson(matvec, n, torch.Generator().manual_seed(4), basis=eigs.vectors,
+                       offset=float(eigs.values.sum()), max_iter=3)
+    assert out["trace"] == pytest.approx(exact, rel=1e-4, abs=1e-5)
+
+
+def test_softmax_regression_closed_form():
+    """Linear softmax model: H = (1/n) Σ_n (diag p_n − p_n p_nᵀ) ⊗ x_n x_nᵀ (weights row-major)."""
+    d, classes, n = 5, 3, 80
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+    model = nn.Sequential(nn.Linear(d, classes, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(classes, d, generator=torch.Generator().manual_seed(6)))
+    ctx = Context(model, train=(x, y))
+    p = torch.softmax(x.double() @ model[0].weight.double().T, 1)  # (n, classes)
+    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (n, classes, classes)
+    xx = x.double()[:, :, None] * x.double()[:, None, :]  # (n, d, d)
+    hess = torch.einsum("nab,nij->aibj", A, xx).reshape(classes * d, classes * d) / n
+    evals = torch.linalg.eigvalsh(hess).flip(0)
+    assert REGISTRY.get("hessian.top_eig")(ctx).value == pytest.approx(evals[0].item(), rel=1e-4)
+    # rank (classes − 1)·d = 10 < 15 parameters: the Krylov space is exhausted, deflation is exact
+    assert REGISTRY.get("hessian.trace")(ctx).value == pytest.approx(torch.trace(hess).item(), rel=1e-4)
+    rank = (classes - 1) * d
+    logdet = REGISTRY.get("hessian.logdet_topk")(ctx)
+    assert logdet.details["positive"] == rank
+    assert logdet.value == pytest.approx(torch.log(evals[:rank]).sum().item(), rel=1e-3)
+
+
+def test_lanczos_on_explicit_matrix():
+    g = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    spectrum = torch.cat([torch.tensor([9.0, 7.0, 5.0, 4.0, 3.5]), torch.rand(295, generator=g) * 2 - 0.5]).double()
+    mat = (q * spectrum) @ q.T
+    eigs = H.lanczos(lambda v: mat @ v, torch.randn(300, generator=g, dtype=torch.float64), 5, tol=1e-8,
+                     max_iter=300)
+    assert eigs.converged
+    assert torch.allclose(eigs.values, spectrum.sort(descending=True).values[:5], atol=1e-6)
+    resid = mat @ eigs.vectors - eigs.vectors * eigs.values
+    assert resid.norm(dim=0).max() < 1e-6 * 9
+
+
+def test_hutchinson_is_unbiased():
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    mat = a + a.T
+    out = H.hutchinson(lambda v: mat @ v, 40, torch.Generator().manual_seed(9), tol=0.0, max_iter=2000,
+                       dtype=torch.float64)
+    assert out["iterations"] == 2000
+    assert abs(out["trace"] - torch.trace(mat).item()) < 4 * out["stderr"]
+
+
+def test_deterministic_and_finite_on_mlp_and_convnet():
+    torch.manual_seed(1)
+    for model, x in ((MLP((8,), 3, depth=2, width=12), torch.randn(100, 8)),
+                     (ConvNet((2, 10), 3, depth=2, width=4), torch.randn(100, 2, 10))):
+        y = torch.randint(0, 3, (100,))
+        a, b = Context(model, train=(x, y), seed=3), Context(model, train=(x, y), seed=3)
+        for name in sorted(NAMES):
+            va, vb = REGISTRY.get(name)(a), REGISTRY.get(name)(b)
+            assert math.isfinite(va.value), name
+            assert va.value == vb.value, name
+
+
+def test_logdet_topk_leaves_out_null_and_negative_directions():
+    """hessian.logdet_topk = Σ log λ_i over the top-10 eigenvalues with λ_i > 1e-3·λ_1, against dense
+    eigenvalues (float64 models, so the solve is exact to rounding):
+    (a) softmax regression with 4 features and 3 classes, 12 parameters, whose closed-form Hessian has rank
+        (3 − 1)·4 = 8 < 10: the null directions must be left out;
+    (b) a 2→2→2 tanh network without biases at random weights (8 parameters): an indefinite Hessian, with a
+        2-dimensional null space besides (adding one vector to both output rows leaves the loss unchanged);
+        3 eigenvalues are kept, the null and negative ones left out."""
+    d, classes, n = 4, 3, 60
+    g = torch.Generator().manual_seed(31)
+    x, y = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+    model = nn.Sequential(nn.Linear(d, classes, bias=False, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(classes, d, generator=g, dtype=torch.float64))
+    p = torch.softmax(x @ model[0].weight.detach().T, 1)
+    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    hess = torch.einsum("nab,nij->aibj", A, x[:, :, None] * x[:, None, :]).reshape(classes * d, classes * d) / n
+    evals = torch.linalg.eigvalsh(hess).flip(0)
+    assert evals[7] > 1e-2 * evals[0] and evals[8].abs() < 1e-12 * evals[0]  # rank 8
+    out = REGISTRY.get("hessian.logdet_topk")(Context(model, train=(x, y)))
+    assert out.details["positive"] == 8
+    assert out.value == pytest.approx(torch.log(evals[:8]).sum().item(), rel=1e-8, abs=1e-8)
+
+    g = torch.Generator().manual_seed(32)
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh(), nn.Linear(2, 2, bias=False)).double()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.copy_(1.5 * torch.randn(prm.shape, generator=g, dtype=torch.float64))
+    x, y = torch.randn(30, 2, generator=g, dtype=torch.float64), torch.randint(0, 2, (30,), generator=g)
+    ctx = Context(model, train=(x, y))
+    evals = torch.linalg.eigvalsh(_dense_hessian(ctx)).flip(0)
+    keep = evals[evals > 1e-3 * evals[0]]
+    assert (evals < -1e-2 * evals[0]).any() and len(keep) == 3
+    assert not ((evals > 0.5e-3 * evals[0]) & (evals < 2e-3 * evals[0])).any()  # none near the cut
+    out = REGISTRY.get("hessian.logdet_topk")(ctx)
+    assert out.details["positive"] == len(keep)
+    assert out.value == pytest.approx(torch.log(keep).sum().item(), rel=1e-8, abs=1e-8)

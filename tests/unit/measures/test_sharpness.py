@@ -1,0 +1,344 @@
+"""PAC-Bayes and sharpness measures: the σ / α searches on a two-weight model whose accuracy drop is known in
+closed form (and the σ-is-a-standard-deviation regression), the bound terms by hand, the ascent routine on
+explicit quadratics, and finite, seeded outputs on small MLPs and ConvNets."""
+from __future__ import annotations
+
+import itertools
+import math
+from statistics import NormalDist
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.zoo.models import MLP, ConvNet
+from measures import REGISTRY, Context
+from measures import pacbayes as PB
+from measures import sharpness as S
+from tests.helpers import fit
+
+PACBAYES = ["pacbayes.init", "pacbayes.orig", "pacbayes.flatness", "pacbayes.mag.init", "pacbayes.mag.orig",
+            "pacbayes.mag.flatness"]
+SEARCH = ["sharpness.init", "sharpness.orig", "sharpness.flatness", "sharpness.mag.init", "sharpness.mag.orig",
+          "sharpness.mag.flatness"]
+FIXED = ["sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2", "sharpness.adaptive.linf"]
+Z90 = NormalDist().inv_cdf(0.9)  # Φ⁻¹(0.9) = 1.2816
+
+
+def test_registered():
+    fams = {m.name: m.family for m in REGISTRY if m.family in ("pacbayes", "sharpness")}
+    assert fams == {**{n: "pacbayes" for n in PACBAYES}, **{n: "sharpness" for n in SEARCH + FIXED}}
+    assert all(REGISTRY.get(n).sign == 1 for n in fams)
+    assert {n for n in fams if "init_model" in REGISTRY.get(n).needs} == {
+        "pacbayes.init", "pacbayes.mag.init", "pacbayes.mag.orig",
+        "sharpness.init", "sharpness.mag.init", "sharpness.mag.orig"}
+
+
+# ----------------------------------------------------------------------------------------- closed form
+def _two_weight_ctx(a: float) -> Context:
+    """logits = (a·x, −a·x) with x = 1, label 0: the margin is 2a, and Gaussian noise of standard deviation s on
+    both weights flips the prediction with probability Φ(−2a/(√2 s)); the worst case in the box |δ_i| ≤ α flips
+    it exactly when α > a."""
+    model = nn.Sequential(nn.Linear(1, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[a], [-a]]))
+    return Context(model, init_model=model, train=(torch.ones(1, 1), torch.zeros(1, dtype=torch.long)))
+
+
+def test_sigma_search_closed_form():
+    a = 0.1
+    ctx = _two_weight_ctx(a)
+    expected = math.sqrt(2) * a / Z90  # drop(σ) = Φ(−√2·a/σ) = 0.1
+    found = PB._sigma_search(ctx, False, samples=20000, tol=1e-3, steps=30)
+    assert found.sigma == pytest.approx(expected, rel=0.04)
+    # passing σ² as the standard deviation (the copied bug) would find √expected ≈ 0.33 instead
+    assert abs(found.sigma - math.sqrt(expected)) > 0.5 * expected
+
+
+def test_magnitude_sigma_search_closed_form():
+    a, eps = 0.1, PB.MAGNITUDE_EPS
+    ctx = _two_weight_ctx(a)
+    std = math.sqrt(2) * a / Z90  # noise std √(σ'²a² + ε²) at the crossing
+    expected = math.sqrt(std ** 2 - eps ** 2) / a
+    found = PB._sigma_search(ctx, True, samples=20000, tol=1e-3, steps=30)
+    assert found.sigma == pytest.approx(expected, rel=0.04)
+
+
+def test_noise_is_a_standard_deviation():
+    w = torch.tensor([0.5, -2.0, 0.0])
+    assert torch.allclose(PB.noise_std(w, 0.1, False), torch.full((3,), 0.1))
+    assert torch.allclose(PB.noise_std(w, 0.1, True, eps=1e-3), torch.sqrt(0.01 * w ** 2 + 1e-6))
+    z = torch.randn(200000, generator=torch.Generator().manual_seed(0))
+    assert (PB.noise_std(torch.zeros(1), 0.1, False) * z).std().item() == pytest.approx(0.1, rel=0.01)
+
+
+def test_alpha_search_closed_form():
+    a = 0.1
+    ctx = _two_weight_ctx(a)
+    plain = S._alpha_search(ctx, False, tol=0.0, steps=24)  # error increase jumps 0 → 1 at α = a
+    assert plain["alpha"] == pytest.approx(a, rel=1e-4)
+    mag = S._alpha_search(ctx, True, tol=0.0, steps=24)  # box α'|w_i| + ε: jump at α' = (a − ε)/a
+    assert mag["alpha"] == pytest.approx((a - S.MAG_EPS) / a, rel=1e-4)
+
+
+def test_bisect_log():
+    out = PB.bisect_log(lambda s: s, (1e-3, 10.0), 0.3, tol=0.0, steps=40)
+    assert out["s"] == pytest.approx(0.3, rel=1e-6) and out["at_bound"] is None
+    assert PB.bisect_log(lambda s: 0.0, (1e-3, 10.0), 0.3, tol=0.01, steps=8)["at_bound"] == "upper"
+    assert PB.bisect_log(lambda s: 1.0, (1e-3, 10.0), 0.3, tol=0.01, steps=8)["at_bound"] == "lower"
+
+
+def test_bound_terms_by_hand():
+    # ‖v‖² = 2, σ = 0.05, m = 1000: 2/(4·0.0025) + log(1000/0.05) + 10
+    assert PB.pacbayes_bound(2.0, 0.05, 1000) == pytest.approx(200 + math.log(20000) + 10)
+    dist = torch.tensor([0.1, -0.2])
+    sigma, eps, ref = 0.5, 1e-3, 0.3
+    num = eps ** 2 + (sigma ** 2 + 1) * ref / 2
+    hand = 0.25 * sum(math.log(num / (eps ** 2 + sigma ** 2 * d ** 2)) for d in (0.1, 0.2)) + math.log(
+        100 / sigma) + 10
+    assert PB.mag_bound(ref, dist, sigma, sigma ** 2 + 1, 100, eps) == pytest.approx(hand, rel=1e-6)
+
+
+def test_measures_use_sigma_as_standard_deviation(trained):
+    ctx = Context(trained.model, init_model=trained.init_model, train=(trained.x_train, trained.y_train))
+    flat = REGISTRY.get("pacbayes.flatness")(ctx)
+    sigma = flat.details["sigma"]
+    assert flat.value == pytest.approx(1 / sigma ** 2)
+    w, w0 = ctx.flatten(ctx.params).double(), ctx.flatten(ctx.init_params).double()
+    m = len(ctx.y_train)
+    init = REGISTRY.get("pacbayes.init")(ctx).value
+    assert init == pytest.approx(((w - w0) ** 2).sum().item() / (4 * sigma ** 2) + math.log(m / sigma) + 10)
+    alpha = REGISTRY.get("sharpness.orig")(ctx).details["alpha"]
+    omega = ctx.num_params
+    assert REGISTRY.get("sharpness.orig")(ctx).value == pytest.approx(
+        (w ** 2).sum().item() * math.log(2 * omega) / (4 * alpha ** 2) + math.log(m / alpha) + 10)
+
+
+# ----------------------------------------------------------------------------------------- ascent
+def _quadratic(h: torch.Tensor):
+    """evaluate(flat) for f(δ) = ½ δᵀHδ around w = 0."""
+    def evaluate(flat, need_grad):
+        g = h @ flat
+        return 0.5 * float(flat @ g), 0.0, g if need_grad else None
+    return evaluate
+
+
+def test_ascent_l2_ball_reaches_half_lambda_max_rho_squared():
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    h = (q * torch.tensor([5.0, 2.0, 1.0, 0.5, 0.2, 0.0], dtype=torch.float64)) @ q.T
+    rho = 0.3
+    w = torch.zeros(6, dtype=torch.float64)
+    u0 = rho * S.direction(torch.randn(6, generator=g, dtype=torch.float64), "l2")
+    out = S.ascent(_quadratic(h), w, torch.ones_like(w), rho, "l2", 30, u0)
+    assert out["loss"] == pytest.approx(0.5 * 5.0 * rho ** 2, rel=1e-8)
+    assert all(b >= a - 1e-12 for a, b in zip(out["losses"], out["losses"][1:]))  # monotone on a convex f
+    # adaptive: ‖δ ⊘ c‖₂ ≤ ρ gives ½ ρ² λ_max(C H C)
+    c = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.1, 3.0], dtype=torch.float64)
+    out = S.ascent(_quadratic(h), w, c, rho, "l2", 60, u0)
+    assert out["loss"] == pytest.approx(0.5 * rho ** 2 * torch.linalg.eigvalsh(c[:, None] * h * c).max().item(),
+                                        rel=1e-6)
+
+
+def test_ascent_linf_box_finds_best_vertex():
+    v = torch.tensor([1.0, -2.0, 0.5, 0.3, -1.5], dtype=torch.float64)
+    h = torch.outer(v, v) + 0.1 * torch.eye(5, dtype=torch.float64)
+    rho = 0.2
+    brute = max(0.5 * rho ** 2 * float(torch.tensor(s, dtype=torch.float64) @ h @ torch.tensor(s, dtype=torch.float64))
+                for s in itertools.product((-1.0, 1.0), repeat=5))
+    w = torch.zeros(5, dtype=torch.float64)
+    u0 = rho * torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    out = S.ascent(_quadratic(h), w, torch.ones_like(w), rho, "linf", 3, u0)
+    assert out["loss"] == pytest.approx(brute, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- real networks
+def _separable(n: int, shape: tuple[int, ...], classes: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = (x.flatten(1) @ torch.randn(x[0].numel(), classes, generator=g)).argmax(1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained() -> Context:
+    x, y = _separable(300, (10,), 3, seed=0)
+    torch.manual_seed(0)
+    model = MLP((10,), 3, depth=2, width=16)
+    init = MLP((10,), 3, depth=2, width=16)
+    init.load_state_dict(model.state_dict())
+    return Context(fit(model, x, y, lr=0.1), init_model=init, train=(x, y))
+
+
+@pytest.fixture(scope="module")
+def trained_cnn() -> Context:
+    """A 1-D ConvNet on 2-channel signals whose class shifts the channel means."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (150,), generator=g)
+    means = 0.5 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    x = torch.randn(150, 2, 12, generator=g) + means[y][:, :, None]
+    torch.manual_seed(1)
+    model = ConvNet((2, 12), 3, depth=2, width=6)
+    init = ConvNet((2, 12), 3, depth=2, width=6)
+    init.load_state_dict(model.state_dict())
+    return Context(fit(model, x, y, steps=200, lr=0.2), init_model=init, train=(x, y))
+
+
+@pytest.mark.parametrize("net", ["trained", "trained_cnn"])
+def test_finite_and_deterministic(net, request):
+    base = request.getfixturevalue(net)
+    runs = []
+    for _ in range(2):  # two fresh Contexts, same seed
+        ctx = Context(base.model, init_model=base.init_model, train=(base.x_train, base.y_train))
+        runs.append({name: REGISTRY.get(name)(ctx) for name in PACBAYES + SEARCH + FIXED})
+    for name, a in runs[0].items():
+        assert math.isfinite(a.value), name
+        assert a == runs[1][name], name
+    for name in PACBAYES + SEARCH:  # the searches found an interior crossing on a fitted network
+        assert runs[0][name].details["at_bound"] is None, name
+    for name in FIXED:
+        assert runs[0][name].value > 0, name
+
+
+def test_seed_changes_the_draws(trained):
+    a = Context(trained.model, train=(trained.x_train, trained.y_train), seed=0)
+    b = Context(trained.model, train=(trained.x_train, trained.y_train), seed=1)
+    assert REGISTRY.get("pacbayes.flatness")(a).details != REGISTRY.get("pacbayes.flatness")(b).details
+
+
+# ----------------------------------------------------------------------------------------- registered values
+def _one_hot_ctx(n: int, a: float, seed: int = 0) -> Context:
+    """n one-hot inputs x_k = e_k into a bias-free Linear(n, 2): sample k's logits are the k-th weight column,
+    a·(1, −1) for label 0 and a·(−1, 1) for label 1. Every margin is 2a, every |w_i| is a, and noise on
+    column k moves sample k only, so the accuracy drop averages n·M independent flips: Gaussian noise of
+    standard deviation s on every weight flips a sample with probability Φ(−√2·a/s), and the worst case in
+    the box |δ_i| ≤ α flips every sample exactly when α > a. The initial weights are random."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    sign = (1 - 2 * y).float()
+    model = nn.Sequential(nn.Linear(n, 2, bias=False))
+    init = nn.Sequential(nn.Linear(n, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(a * torch.stack([sign, -sign]))
+        init[0].weight.copy_(0.05 * torch.randn(2, n, generator=g))
+    return Context(model, init_model=init, train=(torch.eye(n), y))
+
+
+def _norms_by_hand(ctx: Context) -> tuple[list[float], list[float]]:
+    """(w_i, w_i − w⁰_i) for every parameter, as Python floats, straight from the modules (the difference taken
+    in float64, the measures take it in float32: hence rel=1e-6 below)."""
+    w = ctx.model[0].weight.detach().double().reshape(-1).tolist()
+    w0 = ctx.init_model[0].weight.detach().double().reshape(-1).tolist()
+    return w, [a - b for a, b in zip(w, w0)]
+
+
+def test_pacbayes_measures_on_a_model_with_closed_form_sigma():
+    """All six PAC-Bayes measures by name. σ (σ') is checked against its closed form here, then each bound is
+    Jiang et al.'s formula evaluated by hand (Python loops) at the σ the measure reports in its details."""
+    n, a = 512, 0.1
+    ctx = _one_hot_ctx(n, a)
+    w, dist = _norms_by_hand(ctx)
+    omega, m = len(w), n
+    sq_w, sq_dist = sum(v * v for v in w), sum(d * d for d in dist)
+    draws = PB.mc_samples(omega) * n  # independent flips behind each estimated drop
+    slack = 0.01 + 4 * math.sqrt(0.09 / draws)  # search tolerance + 4 Monte-Carlo standard errors
+    eps = 1e-3  # Jiang's ε of the magnitude-aware noise (module docstring)
+
+    # isotropic: noise σ·z on every weight; the expected drop Φ(−√2a/σ) must be the target 0.1
+    init = REGISTRY.get("pacbayes.init")(ctx)
+    sigma = init.details["sigma"]
+    assert init.details["at_bound"] is None
+    assert abs(NormalDist().cdf(-math.sqrt(2) * a / sigma) - 0.1) <= slack
+    assert sigma == pytest.approx(math.sqrt(2) * a / Z90, rel=0.08)  # σ² as the std would give ≈ 0.33
+    assert init.value == pytest.approx(sq_dist / (4 * sigma ** 2) + math.log(m / sigma) + 10, rel=1e-6)
+    orig = REGISTRY.get("pacbayes.orig")(ctx)
+    assert orig.details["sigma"] == sigma
+    assert orig.value == pytest.approx(sq_w / (4 * sigma ** 2) + math.log(m / sigma) + 10, rel=1e-6)
+    assert REGISTRY.get("pacbayes.flatness")(ctx).value == pytest.approx(1 / sigma ** 2, rel=1e-6)
+
+    # magnitude-aware: noise of standard deviation √(σ'²w_i² + ε²) = √(σ'²a² + ε²) on every weight
+    mag_init = REGISTRY.get("pacbayes.mag.init")(ctx)
+    s = mag_init.details["sigma"]
+    assert mag_init.details["at_bound"] is None and mag_init.details["eps"] == eps
+    assert abs(NormalDist().cdf(-math.sqrt(2) * a / math.sqrt(s ** 2 * a ** 2 + eps ** 2)) - 0.1) <= slack
+    std = math.sqrt(2) * a / Z90
+    assert s == pytest.approx(math.sqrt(std ** 2 - eps ** 2) / a, rel=0.08)  # a variance as the std: ≈ 3.3
+
+    def mag_term(ref_sq: float) -> float:
+        num = eps ** 2 + (s ** 2 + 1) * ref_sq / omega
+        return 0.25 * sum(math.log(num / (eps ** 2 + s ** 2 * d * d)) for d in dist) + math.log(m / s) + 10
+
+    assert mag_init.value == pytest.approx(mag_term(sq_dist), rel=1e-6)
+    mag_orig = REGISTRY.get("pacbayes.mag.orig")(ctx)
+    assert mag_orig.details["sigma"] == s
+    assert mag_orig.value == pytest.approx(mag_term(sq_w), rel=1e-6)  # ‖w‖² on top, (w_i − w⁰_i)² below
+    assert REGISTRY.get("pacbayes.mag.flatness")(ctx).value == pytest.approx(1 / s ** 2, rel=1e-6)
+
+
+def test_sharpness_search_measures_on_a_model_with_closed_form_alpha():
+    """All six radius-search measures by name: α = a and α' = (a − ε)/a in closed form (the worst-case error
+    jumps from 0 to 1 there; the 9-probe bisection on log α over [1e-6, 1] lands within ±2.7 %), and each bound
+    evaluated by hand at the α the measure reports (checked against the closed form first)."""
+    n, a = 600, 0.1
+    ctx = _one_hot_ctx(n, a, seed=1)
+    w, dist = _norms_by_hand(ctx)
+    omega, m = len(w), n  # m: the whole training set, although the search uses a 512-sample subset
+    sq_w, sq_dist = sum(v * v for v in w), sum(d * d for d in dist)
+    eps = 1e-5  # the box's ε (module docstring: not Jiang's 1e-3)
+
+    init = REGISTRY.get("sharpness.init")(ctx)
+    alpha = init.details["alpha"]
+    assert init.details["at_bound"] is None and init.details["subsample"] == 512
+    assert alpha == pytest.approx(a, rel=0.03)
+    log2w = math.log(2 * omega)
+    assert init.value == pytest.approx(sq_dist * log2w / (4 * alpha ** 2) + math.log(m / alpha) + 10, rel=1e-6)
+    orig = REGISTRY.get("sharpness.orig")(ctx)
+    assert orig.details["alpha"] == alpha
+    assert orig.value == pytest.approx(sq_w * log2w / (4 * alpha ** 2) + math.log(m / alpha) + 10, rel=1e-6)
+    assert REGISTRY.get("sharpness.flatness")(ctx).value == pytest.approx(1 / alpha ** 2, rel=1e-6)
+
+    mag_init = REGISTRY.get("sharpness.mag.init")(ctx)
+    s = mag_init.details["alpha"]
+    assert mag_init.details["at_bound"] is None and mag_init.details["eps"] == eps
+    assert s == pytest.approx((a - eps) / a, rel=0.03)
+
+    def mag_term(ref_sq: float) -> float:
+        num = eps ** 2 + (s ** 2 + 4 * log2w) * ref_sq / omega
+        return 0.25 * sum(math.log(num / (eps ** 2 + s ** 2 * d * d)) for d in dist) + math.log(m / s) + 10
+
+    assert mag_init.value == pytest.approx(mag_term(sq_dist), rel=1e-6)
+    mag_orig = REGISTRY.get("sharpness.mag.orig")(ctx)
+    assert mag_orig.details["alpha"] == s
+    assert mag_orig.value == pytest.approx(mag_term(sq_w), rel=1e-6)
+    assert REGISTRY.get("sharpness.mag.flatness")(ctx).value == pytest.approx(1 / s ** 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,norm,adaptive,rho", [
+    ("sharpness.l2", 2, False, 0.1),
+    ("sharpness.linf", 1, False, 1e-3),  # the ℓ∞ ball's support function is the ℓ1 norm
+    ("sharpness.adaptive.l2", 2, True, 1.0),
+    ("sharpness.adaptive.linf", 1, True, 0.01),
+])
+def test_fixed_radius_sharpness_on_a_linear_model(name, norm, adaptive, rho):
+    """Two-class bias-free linear model on collinear inputs x_k = t_k·x̄ (t_k > 0), all of class 0, float64:
+    L(W + Δ) = mean_k softplus(−t_k (m + s)) with m = (w_0 − w_1)·x̄ and s = ⟨g, Δ⟩, g = (x̄, −x̄). L falls with
+    s, so the maximum over ‖Δ ⊘ c‖_p ≤ ρ is at s = −ρ‖c ⊙ g‖_q (q the dual norm), c = |W| or 1."""
+    xbar = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    weight = torch.tensor([[0.8, -0.3, 0.5], [0.1, 0.4, -0.2]], dtype=torch.float64)
+    t = torch.linspace(0.2, 1.5, 20, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 2, bias=False, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    ctx = Context(model, train=(t[:, None] * xbar, torch.zeros(20, dtype=torch.long)))
+    margin = float((weight[0] - weight[1]) @ xbar)
+    g = [float(v) for v in xbar] + [-float(v) for v in xbar]  # row-major: ∂s/∂W
+    c = [abs(float(v)) for v in weight.reshape(-1)] if adaptive else [1.0] * 6
+    dual = (sum((ci * gi) ** 2 for ci, gi in zip(c, g)) ** 0.5 if norm == 2
+            else sum(abs(ci * gi) for ci, gi in zip(c, g)))
+
+    def loss(s: float) -> float:
+        return sum(math.log1p(math.exp(-float(tk) * (margin + s))) for tk in t) / len(t)
+
+    out = REGISTRY.get(name)(ctx)
+    assert out.details["radius"] == rho
+    assert out.value == pytest.approx(loss(-rho * dual) - loss(0.0), rel=1e-9)

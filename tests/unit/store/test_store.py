@@ -1,0 +1,158 @@
+"""The SQLite store: atomic checkpoints, frames, schema checks, clear errors for corrupt files."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+
+from benchmark.store import CheckpointError, Store, StoreError
+from tests.helpers import default_hparams
+
+
+def _save(store, hp, value=1.0):
+    state = {"w": torch.full((2, 2), value)}
+    return store.save_model(hp, state, state, {"converged": True, "gap_error": value, "test_size": 10},
+                            [{"epoch": 1, "step": 3, "train_loss": 0.5}])
+
+
+def test_round_trip_and_frame(tmp_path):
+    store = Store(tmp_path)
+    hp, hp2 = default_hparams(), default_hparams().replace(**{"model.width": 8})
+    a, b = _save(store, hp, 1.0), _save(store, hp2, 2.0)
+    assert store.model_ids() == {a, b} and a == hp.model_id
+    init, final = store.load_states(a)
+    assert torch.equal(final["w"], torch.ones(2, 2))
+    got_hp, metrics, history = store.model_record(b)
+    assert got_hp == hp2 and metrics["gap_error"] == 2.0 and history[0]["step"] == 3
+    store.save_measurement(a, "m", 1, 0.5, 0.01, "ok")
+    store.save_measurement(b, "m", 1, None, 0.02, "failed", "ValueError: boom")
+    store.save_measurement(a, "m", 2, 7.0, 0.01, "ok")  # a newer version supersedes
+    df = store.frame()
+    assert list(df.model_id) == sorted([a, b])
+    row = df.set_index("model_id")
+    assert row.loc[a, "measure.m"] == 7.0 and row.loc[b, "measure.m"] != row.loc[b, "measure.m"]  # NaN
+    assert row.loc[a, "hp.model.width"] == 64 and row.loc[b, "metric.gap_error"] == 2.0
+    assert store.frame(measures={"m": 1}).set_index("model_id").loc[a, "measure.m"] == 0.5
+    assert store.measured(("failed",)) == {(b, "m", 1)}
+
+
+def test_no_temporary_files_are_left(tmp_path):
+    store = Store(tmp_path)
+    _save(store, default_hparams())
+    assert [p.suffix for p in (tmp_path / "checkpoints").iterdir()] == [".pt"]
+
+
+def test_corrupt_and_missing_checkpoints_are_named(tmp_path):
+    store = Store(tmp_path)
+    model_id = _save(store, default_hparams())
+    path = store.checkpoint_path(model_id)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=rf"{path}.*corrupt or truncated"):
+        store.load_states(model_id)
+    path.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        store.load_states(model_id)
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    store = Store(tmp_path)
+    model_id = _save(store, default_hparams())
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"init": Evil(), "final": {}}, store.checkpoint_path(model_id))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        store.load_states(model_id)
+
+
+def test_store_from_another_schema_version_is_refused(tmp_path):
+    Store(tmp_path)
+    with sqlite3.connect(tmp_path / "genbench.sqlite") as db:
+        db.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="store schema 0, which this genbench cannot read"):
+        Store(tmp_path)
+
+
+def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
+    (tmp_path / "genbench.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="corrupt or not an SQLite file"):
+        Store(tmp_path)
+
+
+def test_a_foreign_sqlite_database_is_refused_and_left_alone(tmp_path):
+    with sqlite3.connect(tmp_path / "genbench.sqlite") as db:
+        db.execute("CREATE TABLE photos (id INTEGER)")
+    with pytest.raises(StoreError, match="not a genbench store.*photos"):
+        Store(tmp_path)
+    with sqlite3.connect(tmp_path / "genbench.sqlite") as db:  # nothing was added to it
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["photos"]
+
+
+def _v1_store(tmp_path, hps):
+    """A store as genbench 0.1 wrote it: schema 1, model ids hashed over every field (momentum included)."""
+    import json
+
+    from benchmark.zoo.hparams import hash_id
+    store = Store(tmp_path)
+    state = {"w": torch.ones(1)}
+    old_ids = []
+    for hp in hps:
+        new_id = _save(store, hp)
+        old_id = hash_id(hp.flat())
+        old_ids.append(old_id)
+        store.save_measurement(new_id, "m", 1, 1.0, 0.0, "ok")
+        if old_id != new_id:
+            store.checkpoint_path(new_id).rename(store.checkpoint_path(old_id))
+            with sqlite3.connect(store.path) as db:
+                db.execute("UPDATE models SET id = ?, checkpoint = ? WHERE id = ?",
+                           (old_id, f"checkpoints/{old_id}.pt", new_id))
+                db.execute("UPDATE measurements SET model_id = ? WHERE model_id = ?", (old_id, new_id))
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    del state, json
+    return old_ids
+
+
+def test_an_old_store_asks_for_migration_and_migrate_renames_every_model(tmp_path):
+    from benchmark.store import migrate
+    base = default_hparams()
+    sgd = base.replace(**{"optimizer.name": "sgd"})
+    sgd_other_momentum = sgd.replace(**{"optimizer.momentum": 0.5})  # the same model under an unused setting
+    heavy = base.replace(**{"optimizer.name": "momentum"})  # uses momentum: its id does not change
+    old = _v1_store(tmp_path, [sgd, heavy])
+    assert old[0] != sgd.model_id and old[1] == heavy.model_id
+    with pytest.raises(StoreError, match=r"older genbench \(store schema 1.*genbench migrate store.root="):
+        Store(tmp_path)
+    counts = migrate(tmp_path)
+    assert counts == {"renamed": 1, "dropped": 0, "unchanged": 1, "from_version": 1}
+    store = Store(tmp_path)
+    assert store.model_ids() == {sgd.model_id, heavy.model_id} == {sgd_other_momentum.model_id, heavy.model_id}
+    for model_id in store.model_ids():
+        store.load_states(model_id)
+    assert set(store.measurements().model_id) == store.model_ids()
+    assert migrate(tmp_path)["renamed"] == 0  # already current: a no-op
+
+
+def test_migrate_drops_a_duplicate_that_differed_only_in_an_unused_setting(tmp_path):
+    from benchmark.store import migrate
+    sgd = default_hparams().replace(**{"optimizer.name": "sgd"})
+    twin = sgd.replace(**{"optimizer.momentum": 0.5})
+    assert sgd.model_id == twin.model_id
+    # two schema-1 rows: the old hash saw momentum, so they had two ids
+    tmp = tmp_path / "a"
+    _v1_store(tmp, [sgd])
+    other = tmp_path / "b"
+    _v1_store(other, [twin])
+    with sqlite3.connect(tmp / "genbench.sqlite") as db, sqlite3.connect(other / "genbench.sqlite") as src:
+        row = src.execute("SELECT * FROM models").fetchone()
+        db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?)", row)
+    (other / "checkpoints" / f"{row[0]}.pt").rename(tmp / "checkpoints" / f"{row[0]}.pt")
+    counts = migrate(tmp)
+    assert counts["renamed"] == 1 and counts["dropped"] == 1
+    store = Store(tmp)
+    assert store.model_ids() == {sgd.model_id}
+    assert sorted(p.name for p in (tmp / "checkpoints").iterdir()) == [f"{sgd.model_id}.pt"]
+

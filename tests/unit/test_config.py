@@ -1,0 +1,55 @@
+"""Config smoke tests: every option of every group composes and yields valid hyperparameters."""
+from __future__ import annotations
+
+import pytest
+
+from benchmark.config import conf_dir
+from benchmark.zoo import base_hparams, expand, varying_axes
+from benchmark.zoo.hparams import HParams
+from tests.conftest import make_cfg
+
+GROUPS = ["dataset", "model", "optimizer", "zoo", "measures", "experiment"]
+
+
+def _options(group):
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert _options(group), group
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_config_composes(group, option):
+    cfg = make_cfg(f"{group}={option}")
+    hp = base_hparams(cfg)
+    assert isinstance(hp, HParams)
+    if group == "dataset":
+        assert hp.dataset.name == option
+    if group in ("model", "optimizer"):
+        assert getattr(hp, group).name == option
+    if group == "experiment" or group == "zoo" and option != "jiang":
+        assert len(expand(cfg)) >= 1
+
+
+def test_default_zoo_is_at_least_48_models_over_5_axes():
+    cfg = make_cfg()
+    hps = expand(cfg)
+    assert len(hps) >= 48 and len(varying_axes(cfg)) >= 5
+    assert len({hp.model_id for hp in hps}) == len(hps)
+
+
+def test_jiang_zoo_is_7_axes_by_3_values():
+    cfg = make_cfg("experiment=jiang")
+    axes = varying_axes(cfg)
+    assert len(axes) == 7
+    assert len(expand(cfg)) == 3 ** 7
+    shard = expand(make_cfg("experiment=jiang", "zoo.num_shards=100", "zoo.shard=3"))
+    assert {hp.dataset.name for hp in shard} == {"cifar10"}
+
+
+def test_shards_partition_the_zoo():
+    shards = [expand(make_cfg("zoo.num_shards=5", f"zoo.shard={i}")) for i in range(5)]
+    ids = [hp.model_id for s in shards for hp in s]
+    assert sorted(ids) == sorted(hp.model_id for hp in expand(make_cfg()))

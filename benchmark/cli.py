@@ -131,10 +131,17 @@ def _hydra(command: str, rest: list[str]) -> None:
             raise
 
     app.__name__ = f"genbench_{command}"
+    before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; main() decides what the user sees
     sys.argv = [f"genbench-{command}", *rest]
-    with _without_hydra_job_banner():
-        hydra.main(config_path=str(config.conf_dir()), config_name="config", version_base="1.3")(app)()
+    try:
+        with _without_hydra_job_banner():
+            hydra.main(config_path=str(config.conf_dir()), config_name="config", version_base="1.3")(app)()
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """SGD as an effective landscape-dependent regularization (Yang, Tang & Tu, PRL 130, 237101, 2023;
-arXiv 2206.01246; docs/measures/sgd-regularization.md): the anisotropic SGD noise around a solution and the effective-loss term
-it induces.
+arXiv 2206.01246; docs/measures/sgd-regularization.md): the anisotropic SGD noise around a solution and the
+effective-loss term it induces.
 
 Quantities, at the trained solution w* (all on the training loss L, cross-entropy):
 

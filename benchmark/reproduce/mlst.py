@@ -5,7 +5,7 @@ Technol. 2021; docs/measures/phases.md) at CPU scale.
     genbench reproduce mlst [--quick]
 
 Setup (reduced): offline MNIST (``mnist5k``), 784→30→30→10 ReLU MLP without biases, plain SGD α = 0.1,
-B = 25, trained with ``benchmark.train.train_model`` to training cross-entropy ≤ 0.01 (or an epoch cap), with
+B = 25, trained with ``benchmark.training.loop.train_model`` to training cross-entropy ≤ 0.01 (or an epoch cap), with
 a fraction ρ ∈ {0, 0.2, 0.4} of the training labels corrupted by the authors' recipe. The order parameters
 (``measures.phases.order_parameters``) are those the trainer writes into every epoch's history row; the
 phases come from ``measures.phases.detect_phases``.
@@ -201,7 +201,7 @@ def report(table: pd.DataFrame, out: Path, quick: bool, wall: float, files: list
              f"- Offline MNIST (`mnist5k`), {hp.dataset.train_size} training and 1,000 test images; ρ of the "
              "training labels permuted by the authors' recipe (docs/data.md).",
              "- 784→30→30→10 ReLU MLP without biases, plain SGD α = 0.1, B = 25, trained with "
-             f"`benchmark.train.train_model` to training loss ≤ 0.01 or {hp.train.max_epochs} epochs. "
+             f"`benchmark.training.loop.train_model` to training loss ≤ 0.01 or {hp.train.max_epochs} epochs. "
              "Architecture and data size are ours (CPU budget), not the paper's.",
              f"- Order parameters each epoch from {PROBE.batches} seeded minibatch gradients; the subset terms "
              "from a fresh seeded sample of 512 training samples (the trainer's defaults).", "",
@@ -213,8 +213,8 @@ def report(table: pd.DataFrame, out: Path, quick: bool, wall: float, files: list
              "time): " + ", ".join(f"ρ={r:g}: {100 * v:.0f}%" for r, v in
                                    table.groupby("rho")["op_overhead"].first().items()) + ".", "",
              "## Obtained vs published", ""] + claims(table) + ["",
-             "Published statements as summarised in docs/measures/phases.md (exact order-parameter formulas of the paper not "
-             "confirmed; ours are in measures/phases.py); only shapes and signs are compared.", "",
+             "Published statements as summarised in docs/measures/phases.md (exact order-parameter formulas of "
+             "the paper not confirmed; ours are in measures/phases.py); only shapes and signs are compared.", "",
              "## Files", ""] + [f"- `{f}`" for f in files + ["phases.csv", "history_rho*.csv"]]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 

@@ -246,8 +246,8 @@ def report(df: pd.DataFrame, out: Path, quick: bool, wall: float, cpu: float, fi
               f"Cost of the analysis per model: oracle table {df['time.oracle_s'].median():.2f} s, "
               f"the four training-only measures {df['time.measures_s'].median():.2f} s (median).", "",
               "## Obtained vs published", ""] + claims(df, trend) + ["",
-              "Published statements as summarised in docs/measures/duality.md; the paper's own figures were not re-read here, "
-              "so magnitudes are not compared, only directions and identities.", "",
+              "Published statements as summarised in docs/measures/duality.md; the paper's own figures were not "
+              "re-read here, so magnitudes are not compared, only directions and identities.", "",
               "## Files", ""] + [f"- `{f}`" for f in files + ["results.csv"]]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 

@@ -1,5 +1,5 @@
-"""Reproduce the inverse variance–flatness relation (Feng & Tu, PNAS 118, e2015617118, 2021; docs/measures/variance-flatness.md)
-at CPU scale.
+"""Reproduce the inverse variance–flatness relation (Feng & Tu, PNAS 118, e2015617118, 2021;
+docs/measures/variance-flatness.md) at CPU scale.
 
 Setup (scaled down from the paper, which used all 60,000 MNIST images and trained for up to 1,000 epochs):
 the 4,000 offline MNIST digits of ``mnist5k``, a 784→50→50→10 ReLU MLP without biases, cross-entropy, plain
@@ -202,7 +202,7 @@ def write_results(out: Path, table: pd.DataFrame, scale: Scale, quick: bool, com
     lines += ["* Data: the 4,000-image offline MNIST subset `mnist5k` (1,000 test images), not the 60,000 of the "
               "paper; inputs in [0, 1].",
               "* Network and optimiser as in the paper (784→50→50→10 ReLU, no biases, cross-entropy, plain SGD "
-              "α = 0.1, B = 50), trained with `benchmark.train.train_model` until the full training "
+              "α = 0.1, B = 50), trained with `benchmark.training.loop.train_model` until the full training "
               "cross-entropy is ≤ 1e-3 (the paper: accuracy > 0.99 and a very small loss, ≤ 1,000 epochs).",
               "* Snapshots: 3,200 SGD steps (40 epochs of this smaller training set) after the solution, so "
               "T ≥ N = 2,500 as with the paper's ~12,000; PCA by the exact N×N covariance (float64).",

@@ -8,7 +8,7 @@ Two parts:
    P(x) ∝ λ(x)^(−κ/2) = F(x)^κ (F = 1/√λ) from which the effective-loss estimator of
    ``measures.sgd_regularization`` is derived; isotropic noise (κ = 1) gives P ∝ F.
 2. **Networks**: the paper's MNIST MLP (784→50→50→10 ReLU, no biases) on the 4,000 offline digits of
-   ``mnist5k``, plain SGD trained by ``benchmark.train.train_model`` to a training cross-entropy of 0.01
+   ``mnist5k``, plain SGD trained by ``benchmark.training.loop.train_model`` to a training cross-entropy of 0.01
    with α ∈ {0.05, 0.1, 0.2} at B = 50 and B ∈ {25, 100} at α = 0.1. For each solution: the top-20 Hessian
    eigenpairs (Lanczos, 40 iterations, full training set), the SGD noise along them
    Δ_n = (α/2B) v_nᵀ C v_n, the flat-direction noise Δ₀, the anisotropy κ_n = Δ_n/Δ₀, the noise–curvature
@@ -210,7 +210,7 @@ def write_results(out: Path, table: pd.DataFrame, valley: list[dict], quick: boo
               "", "## All models", "", markdown_table(table.drop(columns=["sweep"])), "",
               "## Setup, estimator and deviations from the paper", "",
               "* Data and network: the 4,000-image offline MNIST subset `mnist5k`, 784→50→50→10 ReLU without "
-              "biases, cross-entropy, plain SGD, trained with `benchmark.train.train_model` to a training "
+              "biases, cross-entropy, plain SGD, trained with `benchmark.training.loop.train_model` to a training "
               "cross-entropy of 0.01 (equal fit across the sweep).",
               "* Hessian: top-20 eigenpairs of the full training loss by Lanczos (40 iterations, full "
               f"reorthogonalisation) on Hessian-vector products; all {int(table['n_params'].iloc[0]):,} "

@@ -75,6 +75,11 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
         db.execute("PRAGMA busy_timeout=120000")
         with db:
             yield db
+    except sqlite3.DatabaseError as err:
+        if type(err) is not sqlite3.DatabaseError:  # a locked file, a constraint: not a damaged store
+            raise
+        raise StoreError(f"{path} is corrupt or not an SQLite file ({err}); move it away, or point "
+                         f"store.root=... at another folder") from None
     finally:
         db.close()
 
@@ -82,18 +87,14 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
 def schema_version(path: Path) -> int | None:
     """The schema version recorded in the store file ``path``; None for a new (empty) file. A file that is
     not SQLite, or an SQLite database that is not a genbench store, is a ``StoreError``."""
-    try:
-        with connect(path) as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables:
-                return None
-            if "meta" not in tables:
-                raise StoreError(f"{path} is an SQLite database but not a genbench store "
-                                 f"(tables: {', '.join(sorted(tables))}); point store.root=... elsewhere")
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.DatabaseError as err:
-        raise StoreError(f"{path} is corrupt or not an SQLite file ({err}); move it away, or point "
-                         f"store.root=... at another folder") from None
+    with connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return None
+        if "meta" not in tables:
+            raise StoreError(f"{path} is an SQLite database but not a genbench store "
+                             f"(tables: {', '.join(sorted(tables))}); point store.root=... elsewhere")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
         raise StoreError(f"{path} has no schema version: not a genbench store")
     return int(row[0])

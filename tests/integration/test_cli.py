@@ -70,6 +70,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.mark.parametrize("kind,fragments", [
     ("corrupt", ["is corrupt or not an SQLite file"]),
+    ("malformed", ["is corrupt or not an SQLite file", "malformed"]),
     ("foreign", ["not a genbench store", "photos"]),
     ("old", ["older genbench (store schema 1", "genbench migrate store.root="]),
     ("future", ["store schema 9, which this genbench cannot read"]),
@@ -80,6 +81,15 @@ def test_an_unusable_store_is_one_line(tmp_path, kind, fragments):
     path = root / "genbench.sqlite"
     if kind == "corrupt":
         path.write_bytes(b"\x00garbage" * 500)
+    elif kind == "malformed":  # a real store whose pages were damaged: "database disk image is malformed"
+        store = Store(root)
+        for i in range(400):
+            store.save_measurement(f"model-{i}", "m", 1, float(i), 0.0, "ok", details={"pad": "x" * 200})
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        data = bytearray(path.read_bytes())
+        data[4096:4096 * 3] = b"\xff" * (4096 * 2)
+        path.write_bytes(bytes(data))
     elif kind == "foreign":
         with sqlite3.connect(path) as db:
             db.execute("CREATE TABLE photos (id INTEGER)")

@@ -199,12 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    command, rest = argv[0], argv[1:]
+    command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     try:
-        if command == "perf":
+        if command in ("-h", "--help"):
+            print(__doc__)
+        elif command == "perf":
             from benchmark.perf import main as perf_main
             perf_main(rest)  # its report dict is for Python callers: the console script must exit 0
         elif command == "reproduce":
@@ -214,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"genbench: unknown command {command!r}; valid: {', '.join([*TASKS, *OTHER])}", file=sys.stderr)
             sys.exit(USAGE_ERROR)
+    except BrokenPipeError:  # `genbench ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except KeyboardInterrupt:
         if debug:
             raise

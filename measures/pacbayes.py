@@ -14,7 +14,7 @@ implementation (``_perturbed_model`` in nitarshan/robust-generalization-measures
 al. 2020, and its copies) passes σ² there, and σ'²w_i² + ε² (a variance) in the magnitude-aware case, so the
 noise it applies has standard deviation σ² (resp. σ'²w_i² + ε²) while the bound formulas read it as σ (resp.
 the square root).
-Here the noise is σ·z (resp. √(σ'²w_i² + ε²)·z) with z standard normal; ``tests/test_measures_sharpness.py``
+Here the noise is σ·z (resp. √(σ'²w_i² + ε²)·z) with z standard normal; ``tests/unit/measures/test_sharpness.py``
 pins this with a closed-form case.
 
 The σ search (:func:`_sigma_search`): bisection on log σ inside ``SIGMA_BOUNDS`` (``MAG_SIGMA_BOUNDS`` for

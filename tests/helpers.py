@@ -28,6 +28,15 @@ def diagonal_mlp(diagonals) -> MLP:
     return model
 
 
+def diagonal_context(diagonals, init_diagonals, labels, scales):
+    """A Context on ``diagonal_mlp(diagonals)`` (initial weights ``diagonal_mlp(init_diagonals)``) whose
+    training inputs are x = t·e_j with label j: the network maps x to t·a_j b_j c_j e_j, so the margins,
+    norms and losses can be worked out by hand."""
+    from measures import Context
+    x = torch.stack([t * torch.eye(3)[j] for j, t in zip(labels, scales)])
+    return Context(diagonal_mlp(diagonals), init_model=diagonal_mlp(init_diagonals), train=(x, torch.tensor(labels)))
+
+
 def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
     """The same function with the hidden units (channels) of every hidden layer permuted: rows of W_i and
     b_i, and the matching columns of W_{i+1}. Returns a copy."""

@@ -220,15 +220,6 @@ def test_wide_layer_paths_are_finite_and_deterministic():
     assert math.isfinite(oracle.details["topk_fraction"])
 
 
-@pytest.mark.slow
-def test_quick_nmi_reproduction(tmp_path):
-    from benchmark.reproduce import nmi as reproduce_nmi
-    df = reproduce_nmi.run(tmp_path, quick=True)
-    assert {"decomposition_vs_gap.png", "factors_vs_hparams.png", "spectra.png", "results.md", "results.csv"} <= {
-        p.name for p in tmp_path.iterdir()}
-    assert ((df["oracle.sum_directions"] - df["oracle.mean_dl"]).abs() < 1e-9).all()
-
-
 # ----------------------------------------------------------------------------------------- registered values
 def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12):
     """A float64 5→6→4→3 tanh MLP (the analysed layer: the 6→4 hidden-to-hidden matrix, 24 weights) and the

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import numpy as np
 import pytest
@@ -331,16 +330,6 @@ def test_measures_finite_and_deterministic():
     assert details["n_pcs"] + details["n_censored"] // 2 <= len(fl.DEFAULT.pcs)
 
 
-def test_quick_reproduction(tmp_path):
-    from benchmark.reproduce import pnas as reproduce_pnas
-    start = time.perf_counter()
-    table = reproduce_pnas.run(tmp_path, quick=True)
-    assert time.perf_counter() - start < 60
-    assert {"psi", "r2"} <= set(table.columns)
-    assert (tmp_path / "results.md").exists()
-    assert any(tmp_path.glob("*.png"))
-
-
 # ------------------------------------------------------------------------------------------- registered values
 SPREAD = list(range(2, 12)) + list(range(20, 151, 10))  # the documented default PCs: 2–11, every 10th from 20
 
@@ -424,6 +413,8 @@ def test_vf_measures_against_an_independent_recomputation():
 
     out = REGISTRY.get("vf.exponent")(ctx)
     assert out.details["n_censored"] == 0 and out.details["n_pcs"] == len(pcs) and out.details["layer"] == "2.weight"
-    assert out.value == pytest.approx(psi, rel=1e-2)
-    assert REGISTRY.get("vf.flatness_mean_log")(ctx).value == pytest.approx(np.log(flat[lead]).mean(), abs=2e-3)
-    assert REGISTRY.get("vf.weight_variance")(ctx).value == pytest.approx(float(var.sum()), rel=1e-4)
+    # the measure's scans stop within |log L − log(e·L₀)| ≲ 6e-4 (or a 0.1 %-wide bracket): F to ~5e-4
+    assert out.value == pytest.approx(psi, rel=2e-3)
+    assert REGISTRY.get("vf.flatness_mean_log")(ctx).value == pytest.approx(np.log(flat[lead]).mean(), abs=1e-3)
+    # 1/T, not 1/(T − 1): a 0.5 % difference
+    assert REGISTRY.get("vf.weight_variance")(ctx).value == pytest.approx(float(var.sum()), rel=1e-6)

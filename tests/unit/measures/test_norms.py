@@ -12,7 +12,7 @@ from torch import nn
 
 from benchmark.zoo.models import MLP, ConvNet, init_parameters
 from measures import REGISTRY, Context
-from tests.helpers import diagonal_mlp, permute_hidden_units
+from tests.helpers import diagonal_context, diagonal_mlp, permute_hidden_units
 
 MODULES = ("measures.size", "measures.norms")
 NAMES = [m.name for m in REGISTRY if m.fn.__module__ in MODULES]
@@ -32,9 +32,7 @@ SCALES = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
 @pytest.fixture(scope="module")
 def diag_ctx() -> Context:
     # x = t·e_j with label j: the network maps it to t·a_j b_j c_j e_j, so its margin is t·a_j b_j c_j
-    x = torch.stack([t * torch.eye(3)[j] for j, t in zip(LABELS, SCALES)])
-    return Context(diagonal_mlp((A, B, C)), init_model=diagonal_mlp((A0, B0, C0)),
-                   train=(x, torch.tensor(LABELS)))
+    return diagonal_context((A, B, C), (A0, B0, C0), LABELS, SCALES)
 
 
 def hand_gamma() -> float:

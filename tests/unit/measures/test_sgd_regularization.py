@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import numpy as np
 import pytest
@@ -178,16 +177,6 @@ def test_valley_langevin_gives_p_proportional_to_f_to_the_kappa():
     for kappa in (1.0, 4.0):
         fit = valley_langevin(kappa, walkers=1000, steps=12000, seed=0)
         assert fit["exponent"] == pytest.approx(kappa, rel=0.1), fit
-
-
-def test_quick_reproduction(tmp_path):
-    from benchmark.reproduce import prl as reproduce_prl
-    start = time.perf_counter()
-    table = reproduce_prl.run(tmp_path, quick=True)
-    assert time.perf_counter() - start < 60
-    assert {"lr", "batch_size", "effective_reg"} <= set(table.columns)
-    assert (tmp_path / "results.md").exists()
-    assert any(tmp_path.glob("*.png"))
 
 
 # ------------------------------------------------------------------------------------------- registered values

@@ -15,7 +15,7 @@ from benchmark.zoo.models import MLP, ConvNet, init_parameters
 from measures import REGISTRY, Context, heavy_tail
 from measures.heavy_tail import fit_power_law
 from measures.spectral import conv_operator_norm, layer_input_sizes, layer_spectral_norms
-from tests.helpers import diagonal_mlp, permute_hidden_units
+from tests.helpers import diagonal_context, permute_hidden_units
 
 MODULES = ("measures.spectral", "measures.heavy_tail")
 NAMES = [m.name for m in REGISTRY if m.fn.__module__ in MODULES]
@@ -35,9 +35,7 @@ SCALES = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
 @pytest.fixture(scope="module")
 def diag_ctx() -> Context:
     # x = t·e_j (j ∈ {0, 1}, whose diagonal products are positive) is mapped to t·a_j b_j c_j e_j
-    x = torch.stack([t * torch.eye(3)[j] for j, t in zip(LABELS, SCALES)])
-    return Context(diagonal_mlp((A, B, C)), init_model=diagonal_mlp((A0, B0, C0)),
-                   train=(x, torch.tensor(LABELS)))
+    return diagonal_context((A, B, C), (A0, B0, C0), LABELS, SCALES)
 
 
 def test_spectral_measures_closed_form(diag_ctx):

@@ -1,0 +1,194 @@
+"""Properties over the whole registry, scikit-learn ``test_common`` style: each property is checked on the
+set of measures that declares it, the sets are written out by name, and a completeness test makes a newly
+registered measure fail here until it is placed in every partition and has a value test of its own.
+
+The measures run on a real trained network (an MLP on digits with label noise, trained by the zoo's trainer
+with its per-epoch probes) through the pipeline's own Context construction.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import math
+import re
+
+import pytest
+import torch
+
+import measures
+from benchmark.measuring.context import Trained
+from benchmark.measuring.probes import DEFAULT_PROBES
+from benchmark.training.loop import train_model
+from benchmark.zoo.datasets import make_data
+from benchmark.zoo.hparams import HParams
+from tests.helpers import permute_hidden_units
+from tests.properties.value_tests import VALUE_TESTS
+
+# ---------------------------------------------------------------------------------------------- the sets
+# Randomness: SEEDED measures draw from ctx.generator (Monte-Carlo noise, Lanczos starts, Hutchinson probes,
+# sample subsets, SGD continuations): bit-identical under the same seed. DETERMINISTIC ones draw nothing: the
+# same value under any seed.
+SEEDED = {
+    "pacbayes.init", "pacbayes.orig", "pacbayes.flatness", "pacbayes.mag.init", "pacbayes.mag.orig",
+    "pacbayes.mag.flatness", "sharpness.init", "sharpness.orig", "sharpness.flatness", "sharpness.mag.init",
+    "sharpness.mag.orig", "sharpness.mag.flatness", "sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2",
+    "sharpness.adaptive.linf", "hessian.top_eig", "hessian.trace", "hessian.logdet_topk", "grad_noise_final",
+    "duality.gap", "duality.sharpness", "duality.size", "duality.gap_hessian", "oracle.duality_gap",
+    "vf.exponent", "vf.flatness_mean_log", "vf.weight_variance", "sgd.effective_reg", "sgd.noise_anisotropy",
+    "sgd.noise_curvature_exponent", "sgd.noise_trace",
+}
+DETERMINISTIC = {
+    "params", "cross_entropy", "inverse_margin", "output_entropy", "log_prod_of_fro", "log_prod_of_fro_over_margin",
+    "log_sum_of_fro", "log_sum_of_fro_over_margin", "dist_init_fro", "param_norm", "path_norm",
+    "path_norm_over_margin", "log_prod_of_spec", "log_prod_of_spec_fft", "log_prod_of_spec_over_margin",
+    "log_prod_of_spec_over_margin_fft", "log_sum_of_spec", "log_sum_of_spec_fft", "log_sum_of_spec_over_margin",
+    "log_sum_of_spec_over_margin_fft", "log_spec_init_main", "log_spec_init_main_fft", "log_spec_orig_main",
+    "log_spec_orig_main_fft", "fro_over_spec", "fro_over_spec_fft", "dist_spec_init", "dist_spec_init_fft",
+    "alpha_mean", "alpha_weighted", "log_spectral_norm", "steps_to_0.1", "steps_0.1_to_0.01",
+    "phase.final_alignment", "phase.exploration_fraction", "phase.mislabeled_fit_epoch_fraction",
+}
+# Relabelling hidden units (the same function): EXACT measures do not move (up to float summation order);
+# IN_DISTRIBUTION ones draw random vectors per parameter index, so only the estimate's distribution is
+# invariant (measured here: Hutchinson's trace moves ~4%, everything else < 0.5%).
+PERMUTATION_EXACT = (DETERMINISTIC | {"sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2",
+                                      "sharpness.adaptive.linf", "sharpness.init", "sharpness.orig",
+                                      "sharpness.flatness", "sharpness.mag.init", "sharpness.mag.orig",
+                                      "sharpness.mag.flatness", "grad_noise_final"})
+PERMUTATION_IN_DISTRIBUTION = SEEDED - PERMUTATION_EXACT
+IN_DISTRIBUTION_REL = 0.05
+# Undefined on some models by design (recorded as failed there): needs mislabeled training samples.
+NEEDS_LABEL_NOISE = {"phase.mislabeled_fit_epoch_fraction"}
+ORACLE = {"oracle.duality_gap"}  # sees test data: an analysis, never ranked
+PARTITIONS = {"randomness": (SEEDED, DETERMINISTIC),
+              "permutation": (PERMUTATION_EXACT, PERMUTATION_IN_DISTRIBUTION)}
+
+
+# ------------------------------------------------------------------------------------------- the network
+@pytest.fixture(scope="module")
+def trained():
+    hp = HParams.from_dict({
+        "dataset": {"name": "digits", "train_size": 400, "test_size": 300, "label_noise": 0.1},
+        "model": {"name": "mlp", "depth": 2, "width": 16},
+        "optimizer": {"name": "sgd", "lr": 0.3}, "train": {"batch_size": 40, "target_loss": 0.01,
+                                                           "max_epochs": 300}})
+    data = make_data(hp.dataset)
+    return Trained.from_result(train_model(hp, data, probes=DEFAULT_PROBES), data)
+
+
+def _context(trained, seed=0, permuted=False):
+    if not permuted:
+        return trained.context(seed, oracle=True)
+    moved = Trained(trained.hp, permute_hidden_units(trained.model, 0), permute_hidden_units(trained.init, 0),
+                    trained.data, trained.history)
+    return moved.context(seed, oracle=True)
+
+
+@pytest.fixture(scope="module")
+def values(trained):
+    """Every registered measure on fresh Contexts: twice with seed 0, once with seed 1, once permuted."""
+    ctxs = [_context(trained), _context(trained), _context(trained, seed=1), _context(trained, permuted=True)]
+    return {m.name: [m(c).value for c in ctxs] for m in measures.REGISTRY}
+
+
+def test_the_network_really_computes_the_same_function_after_permutation(trained):
+    permuted = permute_hidden_units(trained.model, 0)
+    x = trained.data.x_train
+    assert torch.allclose(trained.model(x), permuted(x), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ properties
+@pytest.mark.parametrize("name", measures.REGISTRY.names())
+def test_finite(values, name):
+    assert all(math.isfinite(v) for v in values[name]), values[name]
+
+
+@pytest.mark.parametrize("name", sorted(SEEDED | DETERMINISTIC))
+def test_bit_identical_under_the_same_seed(values, name):
+    a, b, _, _ = values[name]
+    assert a == b
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_deterministic_measures_ignore_the_seed(values, name):
+    a, _, other_seed, _ = values[name]
+    assert a == other_seed
+
+
+def test_seeded_measures_really_use_the_seed(values):
+    """At least the Monte-Carlo and Lanczos ones change with the seed, so SEEDED is not an empty promise."""
+    moved = {n for n in SEEDED if values[n][0] != values[n][2]}
+    assert {"pacbayes.flatness", "hessian.trace", "vf.exponent", "sgd.effective_reg"} <= moved
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTATION_EXACT))
+def test_exactly_invariant_to_permuting_hidden_units(values, name):
+    a, _, _, p = values[name]
+    assert p == pytest.approx(a, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTATION_IN_DISTRIBUTION))
+def test_invariant_in_distribution_to_permuting_hidden_units(values, name):
+    a, _, _, p = values[name]
+    assert p == pytest.approx(a, rel=IN_DISTRIBUTION_REL, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_LABEL_NOISE))
+def test_label_noise_measures_fail_clearly_on_clean_data(trained, name):
+    clean = Trained(trained.hp, trained.model, trained.init, trained.data,
+                    [{k: v for k, v in row.items() if "mislabeled" not in k} for row in trained.history])
+    with pytest.raises(measures.MissingInputError):
+        measures.REGISTRY.get(name)(clean.context())
+
+
+def test_oracle_measures_are_exactly_those_that_see_test_data():
+    assert {m.name for m in measures.REGISTRY if m.oracle} == ORACLE
+    for m in measures.REGISTRY:
+        assert m.oracle == ("test_data" in m.needs), m.name
+
+
+def test_every_measure_has_metadata():
+    for m in measures.REGISTRY:
+        assert m.description and m.reference and m.family in measures.registry.FAMILIES, m.name
+        assert m.sign in (1, -1)
+        assert len((m.fn.__doc__ or "").strip().splitlines()) >= 2, f"{m.name}: docstring needs the formula"
+
+
+# ---------------------------------------------------------------------------------------- completeness
+@pytest.mark.parametrize("partition", sorted(PARTITIONS))
+def test_every_measure_is_in_exactly_one_set_of_each_partition(partition):
+    sets = PARTITIONS[partition]
+    names = set(measures.REGISTRY.names())
+    for name in names:
+        assert sum(name in s for s in sets) == 1, f"{name}: place it in exactly one {partition} set"
+    assert set().union(*sets) <= names, f"unregistered names in the {partition} sets"
+
+
+def _function_source(node_id: str) -> str:
+    path, function = node_id.split("::")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    fn = getattr(module, function, None)
+    assert fn is not None and callable(fn), f"{node_id} does not exist"
+    source = inspect.getsource(fn)
+    assert function.startswith("test_"), node_id
+    return source
+
+
+@pytest.mark.parametrize("name", measures.REGISTRY.names())
+def test_every_measure_has_a_value_test_that_calls_it_by_name(name):
+    """VALUE_TESTS names, for each measure, a unit test that runs it through the registry by name and checks
+    its value against an independent computation; the test must exist and name the measure literally."""
+    assert name in VALUE_TESTS, f"{name} has no value test (add it to tests/properties/value_tests.py)"
+    source = _function_source(VALUE_TESTS[name])
+    assert re.search(rf"[\"']{re.escape(name)}[\"']", source), f"{VALUE_TESTS[name]} does not name {name!r}"
+    tree = ast.parse(source.lstrip())
+    assert any(isinstance(n, ast.Assert) for n in ast.walk(tree)) or "pytest.approx" in source or \
+        "assert_close" in source, f"{VALUE_TESTS[name]} asserts nothing"
+
+
+def test_value_tests_name_only_registered_measures():
+    assert set(VALUE_TESTS) <= set(measures.REGISTRY.names())
+
+
+def test_at_least_35_measures():
+    assert len([m for m in measures.REGISTRY if not m.oracle]) >= 35

@@ -1,0 +1,167 @@
+"""Where each registered measure's value test lives: measure name → pytest node id of a test in
+``tests/unit/measures/`` that calls the measure through the registry by that exact name (a quoted literal in
+the test function's body or its ``@pytest.mark.parametrize``) and checks its value against an independently
+computed one (a closed form on a hand-built network, a brute-force or dense computation, or the published
+formula evaluated by hand from quantities the test computes itself). Parametrized tests are named without
+their ``[...]`` part."""
+
+VALUE_TESTS: dict[str, str] = {
+    # size and norms: closed forms on a diagonal network, path enumeration
+    "params":
+        "tests/unit/measures/test_norms.py::test_params_counts_every_entry",
+    "log_prod_of_fro":
+        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
+    "log_prod_of_fro_over_margin":
+        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
+    "log_sum_of_fro":
+        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
+    "log_sum_of_fro_over_margin":
+        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
+    "param_norm":
+        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
+    "dist_init_fro":
+        "tests/unit/measures/test_norms.py::test_distances_closed_form",
+    "path_norm":
+        "tests/unit/measures/test_norms.py::test_path_norm_closed_form",
+    "path_norm_over_margin":
+        "tests/unit/measures/test_norms.py::test_path_norm_closed_form",
+    # outputs and optimization: a linear model by hand, a hand-made history, every minibatch enumerated
+    "cross_entropy":
+        "tests/unit/measures/test_margins_optimization.py::test_cross_entropy_and_entropy_by_hand",
+    "output_entropy":
+        "tests/unit/measures/test_margins_optimization.py::test_cross_entropy_and_entropy_by_hand",
+    "inverse_margin":
+        "tests/unit/measures/test_margins_optimization.py::test_inverse_margin_uses_the_interpolated_tenth_percentile",
+    "steps_to_0.1":
+        "tests/unit/measures/test_margins_optimization.py::test_step_counts_on_a_hand_made_history",
+    "steps_0.1_to_0.01":
+        "tests/unit/measures/test_margins_optimization.py::test_step_counts_on_a_hand_made_history",
+    "grad_noise_final":
+        "tests/unit/measures/test_margins_optimization.py::test_grad_noise_final_reads_the_training_batch_size",
+    # spectral: closed forms on a diagonal network; FFT variants against explicit convolution matrices
+    "log_prod_of_spec":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "log_prod_of_spec_over_margin":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "log_sum_of_spec":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "log_sum_of_spec_over_margin":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "log_spec_init_main":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "log_spec_orig_main":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "fro_over_spec":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "dist_spec_init":
+        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
+    "log_prod_of_spec_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    "log_prod_of_spec_over_margin_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    "log_sum_of_spec_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    "log_sum_of_spec_over_margin_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    "log_spec_init_main_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    "log_spec_orig_main_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    "fro_over_spec_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    "dist_spec_init_fft":
+        "tests/unit/measures/test_spectral.py::"
+        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
+    # heavy tails: layers with known spectra against the plain WeightWatcher loop
+    "alpha_mean":
+        "tests/unit/measures/test_spectral.py::test_heavy_tail_means_over_layers_against_the_plain_loop",
+    "alpha_weighted":
+        "tests/unit/measures/test_spectral.py::test_heavy_tail_means_over_layers_against_the_plain_loop",
+    "log_spectral_norm":
+        "tests/unit/measures/test_spectral.py::test_heavy_tail_means_over_layers_against_the_plain_loop",
+    # PAC-Bayes and sharpness: closed-form σ / α, then the bound terms by hand; fixed radii in closed form
+    "pacbayes.init":
+        "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",
+    "pacbayes.orig":
+        "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",
+    "pacbayes.flatness":
+        "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",
+    "pacbayes.mag.init":
+        "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",
+    "pacbayes.mag.orig":
+        "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",
+    "pacbayes.mag.flatness":
+        "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",
+    "sharpness.init":
+        "tests/unit/measures/test_sharpness.py::test_sharpness_search_measures_on_a_model_with_closed_form_alpha",
+    "sharpness.orig":
+        "tests/unit/measures/test_sharpness.py::test_sharpness_search_measures_on_a_model_with_closed_form_alpha",
+    "sharpness.flatness":
+        "tests/unit/measures/test_sharpness.py::test_sharpness_search_measures_on_a_model_with_closed_form_alpha",
+    "sharpness.mag.init":
+        "tests/unit/measures/test_sharpness.py::test_sharpness_search_measures_on_a_model_with_closed_form_alpha",
+    "sharpness.mag.orig":
+        "tests/unit/measures/test_sharpness.py::test_sharpness_search_measures_on_a_model_with_closed_form_alpha",
+    "sharpness.mag.flatness":
+        "tests/unit/measures/test_sharpness.py::test_sharpness_search_measures_on_a_model_with_closed_form_alpha",
+    "sharpness.l2":
+        "tests/unit/measures/test_sharpness.py::test_fixed_radius_sharpness_on_a_linear_model",
+    "sharpness.linf":
+        "tests/unit/measures/test_sharpness.py::test_fixed_radius_sharpness_on_a_linear_model",
+    "sharpness.adaptive.l2":
+        "tests/unit/measures/test_sharpness.py::test_fixed_radius_sharpness_on_a_linear_model",
+    "sharpness.adaptive.linf":
+        "tests/unit/measures/test_sharpness.py::test_fixed_radius_sharpness_on_a_linear_model",
+    # Hessian: dense Hessians and closed-form softmax-regression Hessians
+    "hessian.top_eig":
+        "tests/unit/measures/test_hessian.py::test_top_eigenvalues_match_dense",
+    "hessian.trace":
+        "tests/unit/measures/test_hessian.py::test_trace_matches_dense",
+    "hessian.logdet_topk":
+        "tests/unit/measures/test_hessian.py::test_logdet_topk_leaves_out_null_and_negative_directions",
+    # activity–weight duality: explicit loops and a dense layer-Hessian eigenbasis
+    "duality.gap":
+        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
+    "duality.sharpness":
+        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
+    "duality.size":
+        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
+    "duality.gap_hessian":
+        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
+    "oracle.duality_gap":
+        "tests/unit/measures/test_duality.py::test_oracle_duality_gap_against_explicit_loops",
+    # phases: hand-made histories with values derived by hand
+    "phase.final_alignment":
+        "tests/unit/measures/test_phases.py::test_final_alignment_is_the_last_rows_alignment",
+    "phase.exploration_fraction":
+        "tests/unit/measures/test_phases.py::test_exploration_fraction_on_a_linearly_decaying_alignment",
+    "phase.mislabeled_fit_epoch_fraction":
+        "tests/unit/measures/test_phases.py::test_mislabeled_fit_epoch_fraction_with_a_spike_the_median_removes",
+    # variance–flatness: the whole analysis redone by hand
+    "vf.exponent":
+        "tests/unit/measures/test_flatness.py::test_vf_measures_against_an_independent_recomputation",
+    "vf.flatness_mean_log":
+        "tests/unit/measures/test_flatness.py::test_vf_measures_against_an_independent_recomputation",
+    "vf.weight_variance":
+        "tests/unit/measures/test_flatness.py::test_vf_measures_against_an_independent_recomputation",
+    # SGD effective regularization: dense Hessian and looped per-sample gradients
+    "sgd.effective_reg":
+        "tests/unit/measures/test_sgd_regularization.py::"
+        "test_registered_measures_against_dense_hessian_and_looped_gradients",
+    "sgd.noise_anisotropy":
+        "tests/unit/measures/test_sgd_regularization.py::"
+        "test_registered_measures_against_dense_hessian_and_looped_gradients",
+    "sgd.noise_curvature_exponent":
+        "tests/unit/measures/test_sgd_regularization.py::"
+        "test_registered_measures_against_dense_hessian_and_looped_gradients",
+    "sgd.noise_trace":
+        "tests/unit/measures/test_sgd_regularization.py::"
+        "test_registered_measures_against_dense_hessian_and_looped_gradients",
+}

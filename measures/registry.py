@@ -75,6 +75,7 @@ class Registry:
 
     def __init__(self, builtins: tuple[str, ...] = ()) -> None:
         self._measures: dict[str, Measure] = {}
+        self._builtins = tuple(builtins)
         self._pending = list(builtins)
 
     def _load(self) -> None:
@@ -82,6 +83,12 @@ class Registry:
             module = self._pending[0]
             importlib.import_module(module)  # its @measure calls add(); _pending[0] keeps them from recursing
             self._pending.remove(module)
+
+    def _ordered(self) -> list[Measure]:
+        """Built-in families in the order of ``builtins`` (whichever was imported first), each in definition
+        order, then every other measure in registration order."""
+        rank = {module: i for i, module in enumerate(self._builtins)}
+        return sorted(self._measures.values(), key=lambda m: rank.get(m.fn.__module__, len(rank)))
 
     def add(self, m: Measure) -> Measure:
         if self._pending and m.fn.__module__ not in self._pending:
@@ -110,12 +117,12 @@ class Registry:
         self._load()
         for name in list(exclude) + ([] if include == "all" else list(include)):
             self.get(name)
-        chosen = self._measures.values() if include == "all" else [self._measures[n] for n in include]
+        chosen = self._ordered() if include == "all" else [self._measures[n] for n in include]
         return [m for m in chosen if m.name not in set(exclude)]
 
     def __iter__(self) -> Iterator[Measure]:
         self._load()
-        return iter(list(self._measures.values()))
+        return iter(self._ordered())
 
     def __len__(self) -> int:
         self._load()
@@ -127,11 +134,11 @@ class Registry:
 
     def names(self) -> list[str]:
         self._load()
-        return list(self._measures)
+        return [m.name for m in self._ordered()]
 
 
 BUILTIN_FAMILIES = tuple(f"measures.{m}" for m in (
-    "size", "norms", "margins", "spectral", "heavy_tail", "optimization", "pacbayes", "sharpness", "hessian",
+    "size", "margins", "norms", "spectral", "heavy_tail", "optimization", "pacbayes", "sharpness", "hessian",
     "duality", "phases", "flatness", "sgd_regularization"))
 REGISTRY = Registry(BUILTIN_FAMILIES)
 

@@ -29,10 +29,10 @@ SGD-induced term, in loss units (P ∝ exp(−(L + L_SGD)/Δ₀) on the manifold
 which for one sharp direction is the paper's L_SGD = −(κ − 1) Δ ln F with F = 1/√λ. The flat-manifold
 temperature Δ₀ is estimated as the mean noise variance over the directions orthogonal to the k computed
 eigenvectors, Δ₀ = (α/2B)(tr C − Σ_n v_nᵀCv_n)/(N − k), i.e. the temperature of a typical flat direction.
-``benchmark.reproduce_prl.valley_langevin`` checks the steady state by simulation (fitted exponents of
-P against F: 1.00, 1.98, 3.97 for κ = 1, 2, 4). Caveats, documented rather than hidden: the sum runs over
-the top-k directions only — by the definition of Δ₀ the excess noise Δ_n − Δ₀ averages to zero over the
-other directions, whose curvatures are not resolved (many λ ≈ 0, where ln λ diverges), so truncating
+genbench's reproduction (``benchmark.reproduce.prl.valley_langevin``) checks the steady state by simulation
+(fitted exponents of P against F: 1.00, 1.98, 3.97 for κ = 1, 2, 4). Caveats, documented rather than hidden:
+the sum runs over the top-k directions only — by the definition of Δ₀ the excess noise Δ_n − Δ₀ averages to
+zero over the other directions, whose curvatures are not resolved (many λ ≈ 0, where ln λ diverges), so truncating
 there is a choice; ln λ_n depends on the unit of λ (only differences between solutions of one architecture
 and dataset are meaningful, and L_SGD changes sign where the λ_n cross 1); Δ₀ falls like 1/N, so κ_n grows
 with the parameter count.

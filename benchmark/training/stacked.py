@@ -12,7 +12,7 @@ Each member reproduces ``benchmark.training.loop.train_model`` with the same hyp
 * initial weights from ``build_model(hp.model, ..., generator(hp.seed, "init"))``, the same call;
 * each epoch's order ``torch.randperm(n, generator=generator(hp.seed, "order"))``;
 * dropout masks ``torch.rand(x.shape, generator=generator(hp.seed, "dropout", device)) >= p`` drawn per
-  member in the same layer order and shapes as ``benchmark.models.Dropout``;
+  member in the same layer order and shapes as ``benchmark.zoo.models.Dropout``;
 * updates with torch.optim's formulas: SGD d = g + λθ, b ← μb + d, θ ← θ − ηb (μ = 0 for plain SGD);
   Adam d = g + λθ, m ← lerp(m, d, 1−β₁), v ← β₂v + (1−β₂)d², θ ← θ − η/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε);
 * per-epoch evaluation, probes (called on the member unstacked into its own module, with the same

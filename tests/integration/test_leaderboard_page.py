@@ -1,4 +1,4 @@
-"""The leaderboard page end to end: a tiny real zoo → `do_evaluate` → figures, index.html and README.md, checked
+"""The leaderboard page end to end: a tiny real zoo → `pipeline.evaluate` → figures, index.html and README.md, checked
 as files and, when Chromium is installed (CI installs it: `apt-get install -y chromium`), in a headless browser."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of benchmark.vtrain: stacked training equals the per-model trainer, member by member."""
+"""Tests of benchmark.training.stacked: stacked training equals the per-model trainer, member by member."""
 from __future__ import annotations
 
 import math

@@ -20,7 +20,6 @@ import pandas as pd
 
 from benchmark.measuring.probes import OrderParameters
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import one_thread
 from benchmark.training.loop import train_model
 from benchmark.zoo.datasets import make_data
 from benchmark.zoo.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
@@ -225,19 +224,18 @@ def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows, runs = [], {}
-    with one_thread():
-        for rho in ([0.3] if quick else [0.0, 0.2, 0.4]):
-            hp = hparams(rho, quick)
-            data = make_data(hp.dataset)
-            result = train_model(hp, data, probes=(PROBE,))
-            train_s = result.metrics["wall_time"]
-            hist = pd.DataFrame(result.history)
-            hist.to_csv(out / f"history_rho{rho:g}.csv", index=False)
-            phases = detect_phases(result.history)
-            runs[rho] = (hist, phases)
-            rows += summarise(rho, hist, phases, train_s, op_cost(hp, data, result))
-            print(f"[mlst] ρ={rho}: {len(hist)} epochs in {train_s:.0f} s; phases start at {phases.starts}",
-                  flush=True)
+    for rho in ([0.3] if quick else [0.0, 0.2, 0.4]):
+        hp = hparams(rho, quick)
+        data = make_data(hp.dataset)
+        result = train_model(hp, data, probes=(PROBE,))
+        train_s = result.metrics["wall_time"]
+        hist = pd.DataFrame(result.history)
+        hist.to_csv(out / f"history_rho{rho:g}.csv", index=False)
+        phases = detect_phases(result.history)
+        runs[rho] = (hist, phases)
+        rows += summarise(rho, hist, phases, train_s, op_cost(hp, data, result))
+        print(f"[mlst] ρ={rho}: {len(hist)} epochs in {train_s:.0f} s; phases start at {phases.starts}",
+              flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(out / "phases.csv", index=False)
     files = plot(runs, out)

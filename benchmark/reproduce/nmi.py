@@ -23,7 +23,6 @@ import scipy.stats
 
 from benchmark.measuring.context import Trained
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import one_thread
 from benchmark.training.loop import train_model
 from benchmark.zoo.datasets import make_data
 from benchmark.zoo.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
@@ -259,19 +258,18 @@ def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
     start, cpu = time.perf_counter(), time.process_time()
     rows, tables = [], {}
     seeds = [0] if quick else [0, 1]
-    with one_thread():
-        for setting, change in settings(quick):
-            for seed in seeds:
-                hp = hparams(change, seed, quick)
-                data = make_data(hp.dataset)
-                result = train_model(hp, data)
-                row, table = analyse(hp, data, result)
-                rows.append({"setting": setting, "n_train": hp.dataset.train_size, **row})
-                if seed == 0 and setting in ("baseline", "train.batch_size"):
-                    tables[f"B={hp.train.batch_size}"] = table
-                print(f"[nmi] {setting:>24} B={hp.train.batch_size:<4} α={hp.optimizer.lr:<6} "
-                      f"wd={hp.optimizer.weight_decay:<7} seed={seed} epochs={result.metrics['epochs']:<4} "
-                      f"gap={row['metric.gap_loss']:.3f} Σcσσ={row['oracle.cov_term']:.3f}", flush=True)
+    for setting, change in settings(quick):
+        for seed in seeds:
+            hp = hparams(change, seed, quick)
+            data = make_data(hp.dataset)
+            result = train_model(hp, data)
+            row, table = analyse(hp, data, result)
+            rows.append({"setting": setting, "n_train": hp.dataset.train_size, **row})
+            if seed == 0 and setting in ("baseline", "train.batch_size"):
+                tables[f"B={hp.train.batch_size}"] = table
+            print(f"[nmi] {setting:>24} B={hp.train.batch_size:<4} α={hp.optimizer.lr:<6} "
+                  f"wd={hp.optimizer.weight_decay:<7} seed={seed} epochs={result.metrics['epochs']:<4} "
+                  f"gap={row['metric.gap_loss']:.3f} Σcσσ={row['oracle.cov_term']:.3f}", flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(out / "results.csv", index=False)
     keep = {k: tables[k] for k in (f"B={min(SWEEPS['train.batch_size'])}", f"B={max(SWEEPS['train.batch_size'])}")

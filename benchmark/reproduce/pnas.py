@@ -24,7 +24,6 @@ import torch
 
 from benchmark.measuring.context import Trained
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import one_thread
 from benchmark.training.loop import train_model
 from benchmark.zoo.datasets import DataBundle, make_data
 from benchmark.zoo.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
@@ -241,13 +240,7 @@ def write_results(out: Path, table: pd.DataFrame, scale: Scale, quick: bool, com
 
 
 def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
-    """Train, analyse, plot and write ``results.md`` under ``out_dir``; returns one row per model.
-    Runs on one intra-op thread (small matrices: extra threads only add synchronisation on a shared CPU)."""
-    with one_thread():
-        return _run(Path(out_dir), quick)
-
-
-def _run(out_dir: Path, quick: bool) -> pd.DataFrame:
+    """Train, analyse, plot and write ``results.md`` under ``out_dir``; returns one row per model."""
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

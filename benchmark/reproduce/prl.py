@@ -28,7 +28,6 @@ import pandas as pd
 import scipy.stats
 
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import one_thread
 from benchmark.reproduce.pnas import train_mlp
 from benchmark.zoo.datasets import make_data
 from benchmark.zoo.hparams import DatasetHP
@@ -244,13 +243,8 @@ def write_results(out: Path, table: pd.DataFrame, valley: list[dict], quick: boo
 
 
 def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
-    """Train, analyse, plot and write ``results.md`` under ``out_dir``; returns one row per model.
-    Runs on one intra-op thread (small matrices: extra threads only add synchronisation on a shared CPU)."""
-    with one_thread():
-        return _run(Path(out_dir), quick)
-
-
-def _run(out: Path, quick: bool) -> pd.DataFrame:
+    """Train, analyse, plot and write ``results.md`` under ``out_dir``; returns one row per model."""
+    out = Path(out_dir)
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     scale = QUICK if quick else FULL

@@ -35,13 +35,17 @@ def probe_generators(probes: Sequence[Probe], hp: HParams) -> list[torch.Generat
     return [generator(hp.seed, p.tag) for p in probes]
 
 
-def epoch_row(epoch: int, step: int, train: tuple[float, float], test: tuple[float, float],
-              probes: Sequence[Probe] = (), gens: Sequence[torch.Generator] = (), model: nn.Module | None = None,
-              data: DataBundle | None = None, hp: HParams | None = None) -> dict:
-    """One history row: the epoch, the step count, (loss, error) on the training and test sets, and every
-    probe's values under its prefix."""
-    row = {H.EPOCH: epoch, H.STEP: step, H.TRAIN_LOSS: train[0], H.TRAIN_ERROR: train[1],
-           H.TEST_LOSS: test[0], H.TEST_ERROR: test[1]}
+def epoch_row(epoch: int, step: int, train: tuple[float, float], test: tuple[float, float]) -> dict:
+    """The columns every history row has: the epoch, the step count, (loss, error) on the training and test
+    sets."""
+    return {H.EPOCH: epoch, H.STEP: step, H.TRAIN_LOSS: train[0], H.TRAIN_ERROR: train[1],
+            H.TEST_LOSS: test[0], H.TEST_ERROR: test[1]}
+
+
+def probe_columns(probes: Sequence[Probe], gens: Sequence[torch.Generator], model: nn.Module, data: DataBundle,
+                  hp: HParams) -> dict:
+    """Every probe's values for this epoch, under its prefix; ``gens`` from :func:`probe_generators`."""
+    row = {}
     for probe, gen in zip(probes, gens):
         row.update({probe.prefix + k: v for k, v in probe(model, data, hp, gen).items()})
     return row

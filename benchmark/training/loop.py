@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.training.history import Probe, epoch_row, final_metrics, probe_generators, stops
+from benchmark.training.history import Probe, epoch_row, final_metrics, probe_columns, probe_generators, stops
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import HParams
 from benchmark.zoo.models import Dropout, build_model
@@ -72,8 +72,9 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
             loss.backward()
             opt.step()
             step += 1
-        row = epoch_row(epoch, step, evaluate(model, data.x_train, data.y_train),
-                        evaluate(model, data.x_test, data.y_test), probes, gens, model, data, hp)
+        row = {**epoch_row(epoch, step, evaluate(model, data.x_train, data.y_train),
+                           evaluate(model, data.x_test, data.y_test)),
+               **probe_columns(probes, gens, model, data, hp)}
         history.append(row)
         stop, diverged = stops(row, hp)
         if stop:

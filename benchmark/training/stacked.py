@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.training.history import Probe, epoch_row, final_metrics, probe_generators, stops
+from benchmark.training.history import Probe, epoch_row, final_metrics, probe_columns, probe_generators, stops
 from benchmark.training.loop import TrainResult, train_model
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import DatasetHP, HParams
@@ -418,9 +418,9 @@ class Stack:
             stop = []
             for r, (m, (train_loss, train_error, test_loss, test_error)) in enumerate(zip(self.members,
                                                                                          self._evaluate())):
-                model = self._unstack(r).train() if self.probes else None
-                row = epoch_row(self.epoch, self.step, (train_loss, train_error), (test_loss, test_error),
-                                self.probes, m.probe_gens, model, self.data[m.data], m.hp)
+                row = epoch_row(self.epoch, self.step, (train_loss, train_error), (test_loss, test_error))
+                if self.probes:
+                    row |= probe_columns(self.probes, m.probe_gens, self._unstack(r).train(), self.data[m.data], m.hp)
                 m.history.append(row)
                 done, diverged = stops(row, m.hp)
                 if done:

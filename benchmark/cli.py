@@ -82,6 +82,16 @@ def _migrate(cfg: DictConfig) -> None:
     pipeline.upgrade(cfg)
 
 
+def _check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """The base hyperparameters are valid, and no override sets one that a zoo axis would replace."""
+    from benchmark.errors import HParamsError
+    from benchmark.zoo.grid import base_hparams, shadowed
+    base_hparams(cfg)
+    complaint = shadowed(cfg, overrides)
+    if complaint:
+        raise HParamsError(complaint)
+
+
 def _where(cfg: DictConfig) -> None:
     from benchmark import pipeline
     for line in pipeline.outputs(cfg):
@@ -92,6 +102,7 @@ TASKS: dict[str, Callable[[DictConfig], None]] = {
     "run": _run, "train": _train, "measure": _measure, "evaluate": _evaluate, "leaderboard": _leaderboard,
     "measures": _measures, "collect": _collect, "migrate": _migrate}
 OTHER = ("reproduce", "perf")
+ZOO_COMMANDS = ("run", "train", "measure", "evaluate")  # the commands that expand the zoo
 
 
 def _reproduce(argv: list[str]) -> None:
@@ -123,6 +134,8 @@ def _hydra(command: str, rest: list[str]) -> None:
             bind_to_parent()
         logging.getLogger("genbench").setLevel(logging.INFO)
         try:
+            if command in ZOO_COMMANDS:
+                _check_overrides(cfg, list(HydraConfig.get().overrides.task))
             task(cfg)
         except Exception as err:
             hc = HydraConfig.get()

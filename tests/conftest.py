@@ -14,7 +14,7 @@ from benchmark.config import compose
 ROOT = Path(__file__).resolve().parent.parent
 
 # A zoo of 4 tiny MLPs on scikit-learn's digits that converge in seconds (loose target loss).
-TINY = ["dataset=digits", "dataset.train_size=300", "dataset.test_size=300", "zoo=smoke",
+TINY = ["dataset=digits", "dataset.test_size=300", "zoo=smoke",
         "zoo.axes.dataset.train_size=[150,300]", "zoo.axes.dataset.label_noise=[0.0]",
         "zoo.axes.model.width=[8,16]", "model.depth=1", "optimizer.lr=0.5", "train.batch_size=50",
         "train.target_loss=0.3", "train.max_epochs=300", "run.jobs=1", "run.threads=1", "run.progress=false",

@@ -68,6 +68,21 @@ def expand(cfg: Mapping) -> list[HParams]:
     return models[shard::num_shards]
 
 
+def shadowed(cfg: Mapping, overrides: list[str]) -> str | None:
+    """A one-line complaint if a command-line override sets a hyperparameter that the zoo varies (the axis
+    would replace it in every model, so it would silently have no effect); None otherwise."""
+    axes = zoo_axes(cfg.get("zoo"))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key in axes:
+            axis = "zoo.seeds" if key == "seed" else f"zoo.axes.{key}"
+            return (f"{key}={value} would have no effect: the zoo {cfg['zoo'].get('name')!r} varies {key} over "
+                    f"{axes[key]}; set the axis instead ({axis}=[{value}]) or pick a zoo that does not vary it "
+                    f"(zoo=none)")
+    return None
+
+
 def varying_axes(cfg: Mapping) -> list[str]:
     """The ``hp.*`` column names the zoo varies (seed excluded), for the granulated statistics."""
     return [f"hp.{k}" for k, v in zoo_axes(cfg.get("zoo")).items() if k != "seed" and len(v) > 1]

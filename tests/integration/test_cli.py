@@ -49,6 +49,8 @@ def plugin_with_import_error(tmp_path):
     (["train", "dataset.label_noise=1.5"], ["dataset.label_noise must be in [0, 1), got 1.5"]),
     (["train", "dataset=nope"], ["Could not find 'dataset/nope'", "mnist1d"]),
     (["train", "model.name=resnet"], ["unknown model 'resnet'; valid: mlp, cnn"]),
+    (["train", "optimizer.lr=50"], ["optimizer.lr=50 would have no effect: the zoo 'tiny' varies optimizer.lr",
+                                    "zoo.axes.optimizer.lr=[50]"]),
     (["measures", "measures.include=[nope]"], ["unknown measure 'nope'; valid:", "path_norm"]),
     (["measures", "measures.plugins=[/no/such/plugin.py]"], ["measure plugin file not found: /no/such/plugin.py"]),
     (["fly"], ["unknown command 'fly'; valid: run, train"]),

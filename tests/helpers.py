@@ -37,6 +37,20 @@ def diagonal_context(diagonals, init_diagonals, labels, scales):
     return Context(diagonal_mlp(diagonals), init_model=diagonal_mlp(init_diagonals), train=(x, torch.tensor(labels)))
 
 
+def small_models(archs, seed: int = 0):
+    """(model, init model, inputs) for each (architecture class, input shape) in ``archs``: depth 2, width 12,
+    3 classes, weights and 48 inputs drawn from one seeded generator."""
+    from benchmark.zoo.models import init_parameters
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for cls, shape in archs:
+        model, init = cls(shape, 3, depth=2, width=12), cls(shape, 3, depth=2, width=12)
+        init_parameters(model, g)
+        init_parameters(init, g)
+        out.append((model, init, torch.randn(48, *shape, generator=g)))
+    return out
+
+
 def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
     """The same function with the hidden units (channels) of every hidden layer permuted: rows of W_i and
     b_i, and the matching columns of W_{i+1}. Returns a copy."""

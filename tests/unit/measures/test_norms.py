@@ -12,6 +12,7 @@ from torch import nn
 
 from benchmark.zoo.models import MLP, ConvNet, init_parameters
 from measures import REGISTRY, Context
+from tests import helpers
 from tests.helpers import diagonal_context, diagonal_mlp, permute_hidden_units
 
 MODULES = ("measures.size", "measures.norms")
@@ -112,14 +113,7 @@ def test_margin_measures_refuse_a_nonpositive_margin():
 # ----------------------------------------------------------------------------------------- properties
 def small_models(seed: int = 0):
     """(model, init model, inputs) for a small MLP and a small 2-D ConvNet."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for cls, shape in ((MLP, (6,)), (ConvNet, (2, 8, 8))):
-        model, init = cls(shape, 3, depth=2, width=12), cls(shape, 3, depth=2, width=12)
-        init_parameters(model, g)
-        init_parameters(init, g)
-        out.append((model, init, torch.randn(48, *shape, generator=g)))
-    return out
+    return helpers.small_models(((MLP, (6,)), (ConvNet, (2, 8, 8))), seed)
 
 
 def make_ctx(model, init, x) -> Context:

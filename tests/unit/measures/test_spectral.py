@@ -15,6 +15,7 @@ from benchmark.zoo.models import MLP, ConvNet, init_parameters
 from measures import REGISTRY, Context, heavy_tail
 from measures.heavy_tail import fit_power_law
 from measures.spectral import conv_operator_norm, layer_input_sizes, layer_spectral_norms
+from tests import helpers
 from tests.helpers import diagonal_context, permute_hidden_units
 
 MODULES = ("measures.spectral", "measures.heavy_tail")
@@ -227,14 +228,8 @@ def test_heavy_tail_measures_on_a_layer_with_known_spectrum():
 
 # ----------------------------------------------------------------------------------------- properties
 def small_models(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for cls, shape in ((MLP, (6,)), (ConvNet, (2, 8, 8)), (ConvNet, (2, 12))):
-        model, init = cls(shape, 3, depth=2, width=12), cls(shape, 3, depth=2, width=12)
-        init_parameters(model, g)
-        init_parameters(init, g)
-        out.append((model, init, torch.randn(48, *shape, generator=g)))
-    return out
+    """(model, init model, inputs) for a small MLP, a 2-D and a 1-D ConvNet."""
+    return helpers.small_models(((MLP, (6,)), (ConvNet, (2, 8, 8)), (ConvNet, (2, 12))), seed)
 
 
 def make_ctx(model, init, x) -> Context:

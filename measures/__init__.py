@@ -4,7 +4,16 @@ The built-in measures register themselves in ``REGISTRY`` on its first use; ``me
 ``measures.history`` are leaves that load none of them.
 """
 from measures.context import Context, Layer, MissingInputError
-from measures.registry import REGISTRY, DuplicateMeasureError, Measure, Registry, UnknownMeasureError, Value, measure
+from measures.registry import (
+    REGISTRY,
+    DuplicateMeasureError,
+    Measure,
+    NotApplicable,
+    Registry,
+    UnknownMeasureError,
+    Value,
+    measure,
+)
 
 __all__ = ["Context", "Layer", "MissingInputError", "REGISTRY", "Registry", "Measure", "Value", "measure",
-           "DuplicateMeasureError", "UnknownMeasureError"]
+           "NotApplicable", "DuplicateMeasureError", "UnknownMeasureError"]

@@ -8,6 +8,17 @@
 
 ``sign`` is the direction the measure is expected to move with the generalization gap (+1: a larger value
 predicts a larger gap). Registering a name twice is an error, not an overwrite.
+
+Three more declarations, each checked by the tests:
+
+* ``raise NotApplicable(reason)`` inside a measure: the quantity is undefined for this model (a label-noise
+  measure on a clean-label model, an optimizer the theory does not cover). It is stored with status
+  ``not_applicable`` and the reason, and never counts as a failure.
+* ``sample_size="log" | "sqrt"``: a bound-type measure is reported adjusted for the number m of training
+  samples, as the code of Dziugaite et al. 2020 does before ranking: ½(v − log m) for a measure that is a
+  logarithm, √(v/m) otherwise. The unadjusted value and m are kept in the details. Without the adjustment a
+  zoo that varies m ranks a bound backwards along m (its complexity term is meant to be divided by m).
+* ``invariances``: the reparametrisations that leave the value unchanged (:data:`INVARIANCES`).
 """
 from __future__ import annotations
 
@@ -21,8 +32,21 @@ if TYPE_CHECKING:
     from measures.context import Context
 
 NEEDS = ("model", "init_model", "train_data", "hparams", "history", "test_data")
+INVARIANCES = {
+    "permutation": "permuting the hidden units of a layer (rows of W_l and b_l, columns of W_{l+1}); exact, or "
+                   "in distribution for a seeded measure",
+    "rescaling": "multiplying the incoming weights and bias of a ReLU hidden layer by c > 0 and its outgoing "
+                 "weights by 1/c (the same function; Dinh et al. 2017)",
+    "units": "measuring the weights or the loss in other units, with the learning rate transformed so that SGD "
+             "is the same dynamics (physics measures)",
+}
+SAMPLE_SIZE = ("log", "sqrt")
 FAMILIES = ("size", "norm", "spectral", "margin", "sharpness", "pacbayes", "hessian", "optimization",
             "heavy_tail", "physics", "duality", "plugin")
+
+
+class NotApplicable(Exception):
+    """The measure is undefined for this model; the message says why. Stored as ``not_applicable``."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +67,19 @@ class Measure:
     description: str
     version: int = 1
     oracle: bool = False  # uses test data: an analysis, shown labelled and never ranked
+    sample_size: str | None = None  # "log" | "sqrt": reported adjusted for the training-set size m
+    invariances: frozenset[str] = frozenset()
 
     def __call__(self, ctx: "Context") -> Value:
-        """Run the measure; the result is always a ``Value`` (a bare float is wrapped)."""
+        """Run the measure; the result is always a ``Value`` (a bare float is wrapped), adjusted for the
+        training-set size when the measure declares ``sample_size``."""
         out = self.fn(ctx)
-        if isinstance(out, Value):
-            return Value(float(out.value), dict(out.details))
-        return Value(float(out))
+        value, details = (float(out.value), dict(out.details)) if isinstance(out, Value) else (float(out), {})
+        if self.sample_size is not None:
+            m = len(ctx.y_train)
+            value, details = adjust_for_sample_size(value, m, self.sample_size), {
+                **details, "unadjusted": value, "m": m, "sample_size": self.sample_size}
+        return Value(value, details)
 
     @property
     def source(self) -> str:
@@ -58,6 +88,17 @@ class Measure:
             return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
         except (OSError, TypeError):
             return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def adjust_for_sample_size(value: float, m: int, kind: str) -> float:
+    """½(v − log m) for a log measure (``kind="log"``), √(v/m) otherwise (``"sqrt"``; v must be ≥ 0)."""
+    if kind == "log":
+        return 0.5 * (value - math.log(m))
+    if kind == "sqrt":
+        if value < 0:
+            raise ValueError(f"√(v/m) needs v ≥ 0, got v = {value}")
+        return math.sqrt(value / m)
+    raise ValueError(f"unknown sample-size adjustment {kind!r}; valid: {', '.join(SAMPLE_SIZE)}")
 
 
 class DuplicateMeasureError(ValueError):
@@ -149,10 +190,10 @@ def _description(fn: Callable) -> str:
 
 
 def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, reference: str,
-            family: str, version: int = 1, oracle: bool = False,
-            registry: Registry | None = None) -> Callable:
+            family: str, version: int = 1, oracle: bool = False, sample_size: str | None = None,
+            invariances: tuple[str, ...] = (), registry: Registry | None = None) -> Callable:
     """Register ``fn(ctx) -> float | Value`` as a measure. The first docstring paragraph is its description;
-    the docstring should carry the formula."""
+    the docstring should carry the formula. ``sample_size`` and ``invariances``: the module docstring."""
     bad = sorted(set(needs) - set(NEEDS))
     if bad:
         raise ValueError(f"measure {name!r}: unknown needs {bad}; valid: {', '.join(NEEDS)}")
@@ -160,12 +201,21 @@ def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, re
         raise ValueError(f"measure {name!r}: sign must be +1 or -1, got {sign}")
     if family not in FAMILIES:
         raise ValueError(f"measure {name!r}: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    if sample_size is not None and sample_size not in SAMPLE_SIZE:
+        raise ValueError(f"measure {name!r}: sample_size must be one of {', '.join(SAMPLE_SIZE)} or None")
+    if sample_size is not None and "train_data" not in needs:
+        raise ValueError(f"measure {name!r}: the sample-size adjustment reads m from the training data, so "
+                         f"needs must include 'train_data'")
+    unknown = sorted(set(invariances) - set(INVARIANCES))
+    if unknown:
+        raise ValueError(f"measure {name!r}: unknown invariances {unknown}; valid: {', '.join(INVARIANCES)}")
     if "test_data" in needs and not oracle:
         raise ValueError(f"measure {name!r} needs test data, so it must be declared oracle=True")
 
     def register(fn: Callable) -> Callable:
         (registry or REGISTRY).add(Measure(name, fn, frozenset(needs), sign, reference, family,
-                                           _description(fn), version, oracle))
+                                           _description(fn), version, oracle, sample_size,
+                                           frozenset(invariances)))
         return fn
 
     return register

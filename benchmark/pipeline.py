@@ -75,11 +75,15 @@ def measure(cfg: DictConfig) -> dict:
     if len(ids) < len(hps):
         log.warning("%d of the zoo's %d models are not trained yet (genbench train trains them)",
                     len(hps) - len(ids), len(hps))
+    curvature = cfg.measures.get("curvature_samples")
+    store.pin_setting("measures.curvature_samples", curvature)
     bad = set(store.prune_corrupt(ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
     counts = measure_zoo([i for i in ids if i not in bad], store, [m.name for m in chosen], opts,
                          plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
-                         timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed))
-    log.info("measures: %d reused, %d computed, %d failed", counts["reused"], counts["computed"], counts["failed"])
+                         timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed),
+                         curvature_samples=curvature)
+    log.info("measures: %d reused, %d computed, %d failed, %d not applicable", counts["reused"],
+             counts["computed"], counts["failed"], counts["not_applicable"])
     return counts
 
 

@@ -2,6 +2,9 @@
 
 ``tenth_percentile_margin`` is the margin γ that the margin-normalised norm and spectral measures
 (``measures.norms``, ``measures.spectral``) divide by; reach it through ``ctx.shared`` so it is computed once.
+
+``inverse_margin`` is a bound-type term and is reported adjusted for the training-set size m as √(v/m)
+(the registry's ``sample_size``); the cross-entropy and the output entropy are not bounds and are not adjusted.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def cross_entropy(ctx: Context) -> float:
 
 
 @measure("inverse_margin", needs=("model", "train_data"), sign=1, family="margin",
-         reference="Jiang et al. 2020, eq. (22)")
+         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (22)")
 def inverse_margin(ctx: Context) -> float:
     """Inverse squared output margin, 1/γ², with γ the 10th-percentile training margin.
 

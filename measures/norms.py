@@ -12,6 +12,10 @@ nitarshan/robust-generalization-measures (Dziugaite et al. 2020).
 The "log sum" measures use the rebalanced sum of Jiang et al.: for a ReLU network without biases, rescaling
 W_i by c_i > 0 with Π c_i = 1 leaves the function unchanged, and the smallest Σ_i ‖W_i‖² over such
 rescalings is d·(Π_i ‖W_i‖²)^{1/d} (AM–GM); hence log-sum = log d + (1/d)·Σ_i log ‖W_i‖².
+
+Sample size: every measure here is a bound-type complexity term and is reported adjusted for the number m of
+training samples (the registry's ``sample_size``; docs/measures/norms.md): ½(v − log m) for a logarithm,
+√(v/m) otherwise, v the formula of its docstring. The unadjusted v and m are kept in the details.
 """
 from __future__ import annotations
 
@@ -44,8 +48,8 @@ def _log_margin_sq(ctx: Context) -> float:
 
 
 # ----------------------------------------------------------------------------------------- Frobenius norms
-@measure("log_prod_of_fro", needs=("model",), sign=1, family="norm",
-         reference="Jiang et al. 2020, eq. (37); Neyshabur et al. 2015")
+@measure("log_prod_of_fro", needs=("model", "train_data"), sign=1, family="norm",
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (37); Neyshabur et al. 2015")
 def log_prod_of_fro(ctx: Context) -> float:
     """Log product of the layers' squared Frobenius norms, log Π_i ‖W_i‖_F².
 
@@ -55,7 +59,7 @@ def log_prod_of_fro(ctx: Context) -> float:
 
 
 @measure("log_prod_of_fro_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         reference="Jiang et al. 2020, eq. (36); Neyshabur et al. 2015")
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (36); Neyshabur et al. 2015")
 def log_prod_of_fro_over_margin(ctx: Context) -> float:
     """Margin-normalised log product of squared Frobenius norms, log( Π_i ‖W_i‖_F² / γ² ).
 
@@ -64,8 +68,8 @@ def log_prod_of_fro_over_margin(ctx: Context) -> float:
     return log_prod_of_fro(ctx) - _log_margin_sq(ctx)
 
 
-@measure("log_sum_of_fro", needs=("model",), sign=1, family="norm",
-         reference="Jiang et al. 2020, eq. (39)")
+@measure("log_sum_of_fro", needs=("model", "train_data"), sign=1, family="norm",
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (39)")
 def log_sum_of_fro(ctx: Context) -> float:
     """Log of the rebalanced sum of squared Frobenius norms, log( d·(Π_i ‖W_i‖_F²)^{1/d} ).
 
@@ -75,7 +79,7 @@ def log_sum_of_fro(ctx: Context) -> float:
 
 
 @measure("log_sum_of_fro_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         reference="Jiang et al. 2020, eq. (38)")
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (38)")
 def log_sum_of_fro_over_margin(ctx: Context) -> float:
     """Margin-normalised log rebalanced sum of squared Frobenius norms, log( d·(Π_i ‖W_i‖_F² / γ²)^{1/d} ).
 
@@ -85,8 +89,8 @@ def log_sum_of_fro_over_margin(ctx: Context) -> float:
 
 
 # ----------------------------------------------------------------------------------------- distances and size
-@measure("dist_init_fro", needs=("model", "init_model"), sign=1, family="norm",
-         reference="Jiang et al. 2020, eq. (40); Nagarajan & Kolter 2019")
+@measure("dist_init_fro", needs=("model", "init_model", "train_data"), sign=1, family="norm",
+         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (40); Nagarajan & Kolter 2019")
 def dist_init_fro(ctx: Context) -> float:
     """Squared Frobenius distance from initialization, Σ_i ‖W_i − W_i⁰‖_F².
 
@@ -95,8 +99,8 @@ def dist_init_fro(ctx: Context) -> float:
     return sum(ctx.shared(layer_dist_fro_sq))
 
 
-@measure("param_norm", needs=("model",), sign=1, family="norm",
-         reference="Jiang et al. 2020, eq. (42)")
+@measure("param_norm", needs=("model", "train_data"), sign=1, family="norm",
+         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (42)")
 def param_norm(ctx: Context) -> float:
     """Squared Euclidean norm of all parameters, ‖θ‖².
 
@@ -123,6 +127,7 @@ def path_norm_value(ctx: Context) -> float:
 
 
 @measure("path_norm", needs=("model", "train_data"), sign=1, family="norm",
+         version=2, sample_size="sqrt",
          reference="Neyshabur et al. 2015, 'Norm-based capacity control in neural networks'; "
                    "Jiang et al. 2020, eq. (44)")
 def path_norm(ctx: Context) -> float:
@@ -138,7 +143,7 @@ def path_norm(ctx: Context) -> float:
 
 
 @measure("path_norm_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         reference="Neyshabur et al. 2015; Jiang et al. 2020, eq. (43)")
+         version=2, sample_size="sqrt", reference="Neyshabur et al. 2015; Jiang et al. 2020, eq. (43)")
 def path_norm_over_margin(ctx: Context) -> float:
     """Path norm over the squared margin, Σ_j f_{w²}(1)_j / γ².
 

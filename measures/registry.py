@@ -41,6 +41,7 @@ INVARIANCES = {
              "is the same dynamics (physics measures)",
 }
 SAMPLE_SIZE = ("log", "sqrt")
+ADJUSTED = {"log": "½(v − log m)", "sqrt": "√(v/m)"}
 FAMILIES = ("size", "norm", "spectral", "margin", "sharpness", "pacbayes", "hessian", "optimization",
             "heavy_tail", "physics", "duality", "plugin")
 
@@ -213,8 +214,11 @@ def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, re
         raise ValueError(f"measure {name!r} needs test data, so it must be declared oracle=True")
 
     def register(fn: Callable) -> Callable:
+        description = _description(fn)
+        if sample_size is not None:
+            description += f" Reported as {ADJUSTED[sample_size]} of that value v, m the training-set size."
         (registry or REGISTRY).add(Measure(name, fn, frozenset(needs), sign, reference, family,
-                                           _description(fn), version, oracle, sample_size,
+                                           description, version, oracle, sample_size,
                                            frozenset(invariances)))
         return fn
 

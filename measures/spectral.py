@@ -24,6 +24,10 @@ Two spectral norms of a convolutional layer are offered:
 
 Singular values of each reshaped weight are computed once per model (``layer_svdvals``) and shared with the
 heavy-tailed measures of ``measures.heavy_tail``.
+
+Sample size: every measure here is a bound-type complexity term and is reported adjusted for the number m of
+training samples (the registry's ``sample_size``; docs/measures/spectral.md): ½(v − log m) for a logarithm,
+√(v/m) otherwise, v the formula of its docstring. The unadjusted v and m are kept in the details.
 """
 from __future__ import annotations
 
@@ -175,8 +179,8 @@ def _dist_spec_init(ctx: Context, method: str) -> float:
 _FFT_REF = "; exact conv norms: Sedghi, Gupta & Long 2019"
 
 
-@measure("log_prod_of_spec", needs=("model",), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (32); Bartlett et al. 2017")
+@measure("log_prod_of_spec", needs=("model", "train_data"), sign=1, family="spectral",
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (32); Bartlett et al. 2017")
 def log_prod_of_spec(ctx: Context) -> float:
     """Log product of the layers' squared spectral norms, log Π_i ‖W_i‖_2².
 
@@ -186,7 +190,7 @@ def log_prod_of_spec(ctx: Context) -> float:
 
 
 @measure("log_prod_of_spec_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (32)" + _FFT_REF)
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (32)" + _FFT_REF)
 def log_prod_of_spec_fft(ctx: Context) -> float:
     """Log product of squared spectral norms with exact conv operator norms, log Π_i ‖A_i‖_2².
 
@@ -197,7 +201,7 @@ def log_prod_of_spec_fft(ctx: Context) -> float:
 
 
 @measure("log_prod_of_spec_over_margin", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (31); Bartlett et al. 2017")
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (31); Bartlett et al. 2017")
 def log_prod_of_spec_over_margin(ctx: Context) -> float:
     """Margin-normalised log product of squared spectral norms, log( Π_i ‖W_i‖_2² / γ² ).
 
@@ -207,7 +211,7 @@ def log_prod_of_spec_over_margin(ctx: Context) -> float:
 
 
 @measure("log_prod_of_spec_over_margin_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (31)" + _FFT_REF)
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (31)" + _FFT_REF)
 def log_prod_of_spec_over_margin_fft(ctx: Context) -> float:
     """Margin-normalised log product of squared spectral norms with exact conv operator norms.
 
@@ -216,8 +220,8 @@ def log_prod_of_spec_over_margin_fft(ctx: Context) -> float:
     return _log_prod_of_spec_over_margin(ctx, "fft")
 
 
-@measure("log_sum_of_spec", needs=("model",), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (35)")
+@measure("log_sum_of_spec", needs=("model", "train_data"), sign=1, family="spectral",
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (35)")
 def log_sum_of_spec(ctx: Context) -> float:
     """Log of the rebalanced sum of squared spectral norms, log( d·(Π_i ‖W_i‖_2²)^{1/d} ).
 
@@ -228,7 +232,7 @@ def log_sum_of_spec(ctx: Context) -> float:
 
 
 @measure("log_sum_of_spec_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (35)" + _FFT_REF)
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (35)" + _FFT_REF)
 def log_sum_of_spec_fft(ctx: Context) -> float:
     """Log of the rebalanced sum of squared spectral norms with exact conv operator norms.
 
@@ -238,7 +242,7 @@ def log_sum_of_spec_fft(ctx: Context) -> float:
 
 
 @measure("log_sum_of_spec_over_margin", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (34)")
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (34)")
 def log_sum_of_spec_over_margin(ctx: Context) -> float:
     """Margin-normalised log rebalanced sum of squared spectral norms, log( d·(Π_i ‖W_i‖_2² / γ²)^{1/d} ).
 
@@ -248,7 +252,7 @@ def log_sum_of_spec_over_margin(ctx: Context) -> float:
 
 
 @measure("log_sum_of_spec_over_margin_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (34)" + _FFT_REF)
+         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (34)" + _FFT_REF)
 def log_sum_of_spec_over_margin_fft(ctx: Context) -> float:
     """Margin-normalised log rebalanced sum of squared spectral norms with exact conv operator norms.
 
@@ -258,7 +262,7 @@ def log_sum_of_spec_over_margin_fft(ctx: Context) -> float:
 
 
 @measure("log_spec_init_main", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
-         reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (29)")
+         version=2, sample_size="log", reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (29)")
 def log_spec_init_main(ctx: Context) -> float:
     """Log of the main term of the spectrally-normalised margin bound, distance-from-init form (spec-init).
 
@@ -269,7 +273,7 @@ def log_spec_init_main(ctx: Context) -> float:
 
 
 @measure("log_spec_init_main_fft", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
-         reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (29)" + _FFT_REF)
+         version=2, sample_size="log", reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (29)" + _FFT_REF)
 def log_spec_init_main_fft(ctx: Context) -> float:
     """Log spec-init main term with exact conv operator norms.
 
@@ -280,7 +284,7 @@ def log_spec_init_main_fft(ctx: Context) -> float:
 
 
 @measure("log_spec_orig_main", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (30)")
+         version=2, sample_size="log", reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (30)")
 def log_spec_orig_main(ctx: Context) -> float:
     """Log of the main term of the spectrally-normalised margin bound, measured from the origin (spec-orig).
 
@@ -290,7 +294,7 @@ def log_spec_orig_main(ctx: Context) -> float:
 
 
 @measure("log_spec_orig_main_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (30)" + _FFT_REF)
+         version=2, sample_size="log", reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (30)" + _FFT_REF)
 def log_spec_orig_main_fft(ctx: Context) -> float:
     """Log spec-orig main term with exact conv operator norms.
 
@@ -299,8 +303,8 @@ def log_spec_orig_main_fft(ctx: Context) -> float:
     return _log_prod_of_spec_over_margin(ctx, "fft") + math.log(_fro_over_spec(ctx, "fft"))
 
 
-@measure("fro_over_spec", needs=("model",), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (33)")
+@measure("fro_over_spec", needs=("model", "train_data"), sign=1, family="spectral",
+         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (33)")
 def fro_over_spec(ctx: Context) -> float:
     """Sum of the layers' stable ranks, Σ_i ‖W_i‖_F² / ‖W_i‖_2².
 
@@ -310,7 +314,7 @@ def fro_over_spec(ctx: Context) -> float:
 
 
 @measure("fro_over_spec_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (33)" + _FFT_REF)
+         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (33)" + _FFT_REF)
 def fro_over_spec_fft(ctx: Context) -> float:
     """Σ_i ‖W_i‖_F² / ‖A_i‖_2² with exact conv operator norms in the denominator.
 
@@ -320,8 +324,8 @@ def fro_over_spec_fft(ctx: Context) -> float:
     return _fro_over_spec(ctx, "fft")
 
 
-@measure("dist_spec_init", needs=("model", "init_model"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (41)")
+@measure("dist_spec_init", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
+         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (41)")
 def dist_spec_init(ctx: Context) -> float:
     """Squared spectral distance from initialization, Σ_i ‖W_i − W_i⁰‖_2².
 
@@ -331,7 +335,7 @@ def dist_spec_init(ctx: Context) -> float:
 
 
 @measure("dist_spec_init_fft", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
-         reference="Jiang et al. 2020, eq. (41)" + _FFT_REF)
+         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (41)" + _FFT_REF)
 def dist_spec_init_fft(ctx: Context) -> float:
     """Squared spectral distance from initialization with exact conv operator norms, Σ_i ‖A_i − A_i⁰‖_2².
 

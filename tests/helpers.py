@@ -78,3 +78,37 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr
                 v.mul_(0.9).add_(g)
                 p.sub_(lr * v)
     return model
+
+
+def measured(name: str, ctx) -> float:
+    """The term v a registered measure computes, through the registry. For a measure reported adjusted for the
+    training-set size m, this first checks that the reported value is ½(v − log m) (a log measure) or √(v/m)."""
+    import math
+
+    import pytest
+
+    from measures import REGISTRY
+    m = REGISTRY.get(name)
+    out = m(ctx)
+    if m.sample_size is None:
+        return out.value
+    v, size = out.details["unadjusted"], len(ctx.y_train)
+    assert out.details["m"] == size
+    assert out.value == pytest.approx(0.5 * (v - math.log(size)) if m.sample_size == "log" else math.sqrt(v / size),
+                                      rel=1e-12, abs=1e-15)
+    return v
+
+
+def rescale_relu_layers(model: nn.Module, factors) -> nn.Module:
+    """The same function after Dinh et al.'s (2017) reparametrisation: hidden layer i's incoming weights and
+    bias are multiplied by factors[i] > 0 and its outgoing weights (columns of W_{i+1}) divided by it, which a
+    ReLU (positively homogeneous) passes through unchanged. Returns a copy."""
+    model = copy.deepcopy(model)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    with torch.no_grad():
+        for first, second, c in zip(layers, layers[1:], factors):
+            first.weight.mul_(c)
+            if first.bias is not None:
+                first.bias.mul_(c)
+            second.weight.div_(c)
+    return model

@@ -15,30 +15,48 @@ import pandas as pd
 
 from benchmark.errors import NothingToRankError
 from benchmark.evaluation import stats
+from measures.registry import ADJUSTED
 
 TARGETS = {"gap_error": "metric.gap_error", "test_error": "metric.test_error"}
 
 
+INVARIANCE_CODES = {"permutation": "P", "rescaling": "R", "units": "U"}  # the leaderboard's invariance column
+
+
+def invariance_code(invariances) -> str:
+    """``P R U``-style letters for a set of declared invariances (``INVARIANCE_CODES``); "—" for none."""
+    return " ".join(c for name, c in INVARIANCE_CODES.items() if name in set(invariances)) or "—"
+
+
 def measure_info(measures_list) -> pd.DataFrame:
-    """One row per registered measure: name, family, sign, oracle, version, description, reference."""
+    """One row per registered measure: name, family, sign, oracle, version, the sample-size adjustment, the
+    declared invariances, description, reference."""
     return pd.DataFrame([{"measure": m.name, "family": m.family, "sign": m.sign, "oracle": m.oracle,
-                          "version": m.version, "description": m.description, "reference": m.reference}
+                          "version": m.version, "sample_size": ADJUSTED.get(m.sample_size, ""),
+                          "invariances": invariance_code(m.invariances), "description": m.description,
+                          "reference": m.reference}
                          for m in measures_list])
 
 
+def _most_frequent(long: pd.DataFrame, status: str) -> pd.Series:
+    return long[long.status == status].groupby("measure").error.agg(lambda s: s.value_counts().index[0])
+
+
 def costs(long: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
-    """Per measure: mean seconds per model, number of failures and the most frequent failure message."""
+    """Per measure: mean seconds per model, the numbers of failed and of not-applicable models, and the most
+    frequent failure message and not-applicable reason."""
+    columns = ["measure", "seconds", "failures", "failure_message", "not_applicable", "not_applicable_reason"]
     long = long[long.model_id.isin(set(ids))]
     if long.empty:
-        return pd.DataFrame(columns=["measure", "seconds", "failures", "failure_message"])
+        return pd.DataFrame(columns=columns)
     latest = long.groupby("measure").version.transform("max")
     long = long[long.version == latest]
-    failed = long[long.status == "failed"]
-    message = failed.groupby("measure").error.agg(lambda s: s.value_counts().index[0])
     out = long.groupby("measure").agg(seconds=("seconds", "mean"),
-                                      failures=("status", lambda s: int((s == "failed").sum())))
-    out["failure_message"] = message
-    return out.reset_index()
+                                      failures=("status", lambda s: int((s == "failed").sum())),
+                                      not_applicable=("status", lambda s: int((s == "not_applicable").sum())))
+    out["failure_message"] = _most_frequent(long, "failed")
+    out["not_applicable_reason"] = _most_frequent(long, "not_applicable")
+    return out.reset_index()[columns]
 
 
 def gap_noise(df: pd.DataFrame) -> dict:

@@ -50,10 +50,12 @@ class Trained:
         data = cached_data(hp.dataset, opts.data_root, opts.download)
         return cls.from_states(hp, init_state, final_state, data, history, opts.device)
 
-    def context(self, seed: int = 0, oracle: bool = False) -> Context:
+    def context(self, seed: int = 0, oracle: bool = False, curvature_samples: int | None = None) -> Context:
         """What the measures may see: weights, initial weights, training data, hyperparameters, history and
-        the mislabeled mask; with ``oracle``, the test data too (for oracle analyses only, never ranked)."""
+        the mislabeled mask; with ``oracle``, the test data too (for oracle analyses only, never ranked).
+        ``curvature_samples``: the curvature measures use a seeded subset of that many training samples
+        instead of the whole training set (``measures.curvature_samples``; for large datasets)."""
         d = self.data
         return Context(self.model, init_model=self.init, train=(d.x_train, d.y_train),
                        test=(d.x_test, d.y_test) if oracle else None, hparams=self.hp.flat(), history=self.history,
-                       seed=seed, extras={"mislabeled": d.mislabeled})
+                       seed=seed, extras={"mislabeled": d.mislabeled, "curvature_samples": curvature_samples})

@@ -2,7 +2,8 @@
 
 Each value is stored as soon as it exists, so an interrupted run loses at most the measures in flight. A
 measure that raises, returns NaN/inf or runs past its time budget is recorded as failed with its message,
-and the others go on.
+and the others go on. A measure that raises ``NotApplicable`` (its quantity is undefined for the model) is
+recorded as not_applicable with the reason; that is not a failure.
 """
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
-def _measure_task(args) -> tuple[int, str, int]:
+def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
     """Compute the missing measures of one model; each result is stored as soon as it exists."""
-    root, model_id, names, plugins, seed, timeout, opts = args
+    root, model_id, names, plugins, seed, timeout, curvature_samples, opts = args
     set_threads(opts)
     load_all(plugins)
     store = Store(root)
@@ -60,13 +61,13 @@ def _measure_task(args) -> tuple[int, str, int]:
         for name in names:
             m = measures.REGISTRY.get(name)
             store.save_measurement(model_id, name, m.version, None, 0.0, "failed", str(err))
-        return 1, model_id, len(names)
-    ctx, oracle_ctx = trained.context(seed), None
-    failed = 0
+        return 1, model_id, (len(names), 0)
+    ctx, oracle_ctx = trained.context(seed, curvature_samples=curvature_samples), None
+    failed = not_applicable = 0
     for name in names:
         m = measures.REGISTRY.get(name)
         if m.oracle and oracle_ctx is None:
-            oracle_ctx = trained.context(seed, oracle=True)
+            oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
         start = time.perf_counter()
         value, status, error, details = None, "ok", None, {}
         try:
@@ -75,31 +76,39 @@ def _measure_task(args) -> tuple[int, str, int]:
             value, details = out.value, dict(out.details)
             if not math.isfinite(value):
                 status, error, value = "failed", f"returned a non-finite value ({value})", None
+        except measures.NotApplicable as why:
+            status, error = "not_applicable", str(why)
         except Exception as err:  # a failing measure is recorded, the others go on
             status, error = "failed", f"{type(err).__name__}: {err}"
             details = {"traceback": traceback.format_exc(limit=-3)}
         failed += status == "failed"
+        not_applicable += status == "not_applicable"
         store.save_measurement(model_id, m.name, m.version, value, time.perf_counter() - start, status, error,
                                details)
-    return 1, model_id, failed
+    return 1, model_id, (failed, not_applicable)
 
 
 def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: RunOptions, *,
                 plugins: Sequence[str] = (), seed: int = 0, timeout: float | None = None,
-                retry_failed: bool = False) -> dict[str, int]:
-    """Compute every (model, measure) pair the store lacks at the measure's current version."""
+                retry_failed: bool = False, curvature_samples: int | None = None) -> dict[str, int]:
+    """Compute every (model, measure) pair the store lacks at the measure's current version.
+
+    ``retry_failed``: recompute the failed ones too (a not-applicable value is final, like an ok one).
+    ``curvature_samples``: a seeded training subset for the curvature measures (None: the whole set)."""
     versions = {n: measures.REGISTRY.get(n).version for n in names}
-    done = store.measured(("ok",) if retry_failed else ("ok", "failed"))
+    done = store.measured(("ok", "not_applicable") if retry_failed else ("ok", "failed", "not_applicable"))
     tasks, reused = [], 0
     for model_id in sorted(model_ids):
         missing = [n for n in names if (model_id, n, versions[n]) not in done]
         reused += len(names) - len(missing)
         if missing:
             tasks.append((str(store.root), model_id, missing, [str(Path(p).resolve()) for p in plugins], seed,
-                          timeout, opts))
+                          timeout, curvature_samples, opts))
     log.info("measures: %d values reused, %d to compute on %d models", reused,
              sum(len(t[2]) for t in tasks), len(tasks))
-    failed = 0
-    for _, _, f in parallel(_measure_task, tasks, opts.jobs, "measure", "model", [1] * len(tasks), opts.progress):
-        failed += f
-    return {"reused": reused, "computed": sum(len(t[2]) for t in tasks), "failed": failed}
+    failed = not_applicable = 0
+    for _, _, (f, na) in parallel(_measure_task, tasks, opts.jobs, "measure", "model", [1] * len(tasks),
+                                  opts.progress):
+        failed, not_applicable = failed + f, not_applicable + na
+    return {"reused": reused, "computed": sum(len(t[2]) for t in tasks), "failed": failed,
+            "not_applicable": not_applicable}

@@ -225,12 +225,18 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
             _td(fmt(r["sign_error_p90"]), r["sign_error_p90"], "num"),
             _td(fmt(r["sign_error_max"]), r["sign_error_max"], "num"),
             _td(fmt(r.get("seconds"), 3), r.get("seconds"), "num"),
+            _td(escape(_text(r.get("invariances"))), _text(r.get("invariances")),
+                title="P: hidden-unit permutation, R: ReLU rescaling, U: units of weights and loss"),
+            _td(escape(_text(r.get("sample_size")) or "—"), _text(r.get("sample_size")),
+                title="reported adjusted for the training-set size m"),
             _td(_count(r.get("failures")), r.get("failures", math.nan), "num"),
+            _td(_count(r.get("not_applicable")), r.get("not_applicable", math.nan), "num",
+                title=_text(r.get("not_applicable_reason"))),
             _td(str(r["n_models"]), r["n_models"], "num"),
             _td(escape(_text(r.get("reference"))), None, "ref"),
         ]) + "</tr>")
     head = ["#", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI", "sign err. mean", "p90", "max",
-            "s / model", "failed", "models", "reference"]
+            "s / model", "invariant", "m-adj.", "failed", "n/a", "models", "reference"]
     return _table(head, rows)
 
 
@@ -273,15 +279,21 @@ def _oracle_table(board: Board) -> str:
 
 
 def _failures(board: Board, target: str) -> str:
-    if "failures" not in board.table:
-        return ""
-    t = board.table[(board.table.target == target) & (board.table.failures.fillna(0) > 0)]
-    if t.empty:
-        return ""
-    rows = ["<tr>" + _td(f"<code>{escape(r['measure'])}</code>", r["measure"])
-            + _td(_count(r["failures"]), r["failures"], "num")
-            + _td(escape(_text(r.get("failure_message"))[:300])) + "</tr>" for r in t.to_dict("records")]
-    return "<h3>Failures</h3>" + _table(["measure", "failed models", "most frequent message"], rows)
+    """The failed measures with their most frequent message, then the not-applicable ones with their reason."""
+    out = ""
+    for column, message, title, head in (
+            ("failures", "failure_message", "Failures", ["measure", "failed models", "most frequent message"]),
+            ("not_applicable", "not_applicable_reason", "Not applicable (not failures)",
+             ["measure", "models", "reason"])):
+        if column not in board.table:
+            continue
+        t = board.table[(board.table.target == target) & (board.table[column].fillna(0) > 0)]
+        rows = ["<tr>" + _td(f"<code>{escape(r['measure'])}</code>", r["measure"])
+                + _td(_count(r[column]), r[column], "num")
+                + _td(escape(_text(r.get(message))[:300])) + "</tr>" for r in t.to_dict("records")]
+        if rows:
+            out += f"<h3>{title}</h3>" + _table(head, rows)
+    return out
 
 
 def _figure(board: Board, folder: Path, file: str, alt: str, caption: str, anchor: str = "") -> str:

@@ -15,7 +15,12 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "minimised over conditioning sets of ≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s "
           "robust sign-error over environments (lower is better). Cost: seconds per model; an intermediate shared by "
           "several measures (a σ search, a Hessian eigen-solve, an SGD continuation) is charged to the first "
-          "measure of its family that computes it, and the others show only their own extra time.")
+          "measure of its family that computes it, and the others show only their own extra time. Invariant: "
+          "the reparametrisations that leave the value unchanged, each tested — P: permuting hidden units, "
+          "R: rescaling a ReLU layer's incoming weights by c > 0 and its outgoing ones by 1/c, U: the units of "
+          "the weights and the loss. m-adj.: the bound is reported adjusted for the training-set size m, as "
+          "Dziugaite et al.'s code does. Failed: the measure raised or gave no finite value; n/a: the quantity "
+          "is undefined for that model (not a failure).")
 
 
 def noise_text(noise: dict) -> str:
@@ -33,14 +38,16 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
         lines += [f"## Predicting `{target}`", "",
-                  "| # | measure | family | τ [95% CI] | Ψ [95% CI] | CMI | sign err. mean / max | cost s | failed |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| # | measure | family | τ [95% CI] | Ψ [95% CI] | CMI | sign err. mean / max | cost s | invariant "
+                  "| m-adj. | failed | n/a |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for rank, r in enumerate(t.itertuples(), 1):
             tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
             lines.append(f"| {rank} | `{r.measure}` | {r.family} | {tau} | "
                          f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.cmi, 3)} | "
                          f"{fmt(r.sign_error_mean, 2)} / {fmt(r.sign_error_max, 2)} | {fmt(r.seconds, 3)} | "
-                         f"{fmt(int(r.failures)) if r.failures == r.failures else '—'} |")
+                         f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
+                         f"{_count(r.failures)} | {_count(getattr(r, 'not_applicable', float('nan')))} |")
         lines.append("")
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
     psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]
@@ -51,12 +58,17 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
         for _, r in gap.iterrows():
             lines.append(f"| `{r['measure']}` | " + " | ".join(fmt(r[c], 3) for c in psi_cols) + " |")
         lines.append("")
-    failed = table[(table.target == "gap_error") & (table.failures.fillna(0) > 0)]
-    if len(failed):
-        lines += ["## Failures", "", "| measure | failed models | message |", "|---|---|---|"]
-        for r in failed.itertuples():
-            lines.append(f"| `{r.measure}` | {int(r.failures)} | {str(r.failure_message)[:160]} |")
-        lines.append("")
+    for column, message, title, what in (("failures", "failure_message", "Failures", "failed models"),
+                                         ("not_applicable", "not_applicable_reason", "Not applicable", "models")):
+        if column not in table:
+            continue
+        rows = table[(table.target == "gap_error") & (table[column].fillna(0) > 0)]
+        if len(rows):
+            lines += [f"## {title}", "", f"| measure | {what} | {'message' if column == 'failures' else 'reason'} |",
+                      "|---|---|---|"]
+            for r in rows.itertuples():
+                lines.append(f"| `{r.measure}` | {int(getattr(r, column))} | {str(getattr(r, message))[:160]} |")
+            lines.append("")
     if len(oracle):
         lines += ["## Oracle analyses (use test data — not measures, never ranked)", "",
                   "| analysis | mean value | mean measured loss gap | correlation with loss gap | models |",
@@ -66,6 +78,14 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
                          f"{fmt(r.corr_with_gap_loss, 3)} | {r.n_models} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _count(x) -> str:
+    return fmt(int(x)) if x == x else "—"
+
+
+def _text(x) -> str:
+    return x if isinstance(x, str) and x else "—"
 
 
 def write(board: layout.BoardFiles, table: pd.DataFrame, zoo: pd.DataFrame, noise: dict, oracle: pd.DataFrame,
@@ -78,7 +98,7 @@ def write(board: layout.BoardFiles, table: pd.DataFrame, zoo: pd.DataFrame, nois
 
 
 ORDERS = ("auto", "asc", "desc")
-_LOWER_IS_BETTER = ("sign_error", "seconds", "failures", "n_failed")  # column prefixes
+_LOWER_IS_BETTER = ("sign_error", "seconds", "failures", "n_failed", "not_applicable")  # column prefixes
 
 
 def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", top: int | None = None,
@@ -107,5 +127,7 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
         "psi": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.psi, t.psi_lo, t.psi_hi)],
         "cmi": [fmt(x, 3) for x in t.cmi], "sign_err": [fmt(x, 2) for x in t.sign_error_mean],
         "sec/model": [fmt(x, 3) for x in t.seconds],
-        "failed": [fmt(int(x)) if x == x else "—" for x in t.failures]})
+        "invariant": [_text(x) for x in t.get("invariances", pd.Series([""] * len(t)))],
+        "failed": [_count(x) for x in t.failures],
+        "n/a": [_count(x) for x in t.get("not_applicable", pd.Series([float("nan")] * len(t)))]})
     return show.to_string(index=False)

@@ -31,8 +31,11 @@ from benchmark.zoo.hparams import HParams
 
 log = logging.getLogger("genbench")
 
-SCHEMA_VERSION = 2  # 2: model ids hash only the hyperparameters a model's components use (HParams.identity)
-MIGRATABLE = (1,)  # older schemas `genbench migrate` upgrades
+# 2: model ids hash only the hyperparameters a model's components use (HParams.identity)
+# 3: a measurement's status is ok, failed or not_applicable (a quantity undefined for that model)
+SCHEMA_VERSION = 3
+MIGRATABLE = (1, 2)  # older schemas `genbench migrate` upgrades
+STATUSES = ("ok", "failed", "not_applicable")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -47,10 +50,10 @@ CREATE TABLE IF NOT EXISTS measurements (
     model_id TEXT NOT NULL REFERENCES models(id),
     measure TEXT NOT NULL,
     version INTEGER NOT NULL,
-    value REAL,                 -- NULL when failed
+    value REAL,                 -- NULL unless ok
     seconds REAL NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-    error TEXT,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'not_applicable')),
+    error TEXT,                 -- the failure message, or why the measure is not applicable
     details TEXT NOT NULL,      -- JSON
     created REAL NOT NULL,
     PRIMARY KEY (model_id, measure, version)
@@ -196,6 +199,24 @@ class Store:
             raise StoreError(f"no model {model_id} in {self.path}")
         return HParams.from_dict(json.loads(row[0])), json.loads(row[1]), json.loads(row[2])
 
+    def settings(self) -> dict:
+        """The settings pinned with :meth:`pin_setting`."""
+        with self._db() as db:
+            rows = db.execute("SELECT key, value FROM meta WHERE key LIKE 'setting:%'").fetchall()
+        return {k.removeprefix("setting:"): json.loads(v) for k, v in rows}
+
+    def pin_setting(self, key: str, value) -> None:
+        """Record a setting that every stored measure value depends on (the first time), or check that
+        ``value`` is the recorded one: values computed under two settings must never mix in one store."""
+        with self._db() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (f"setting:{key}",)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES (?, ?)", (f"setting:{key}", json.dumps(value)))
+                return
+        if json.loads(row[0]) != value:
+            raise StoreError(f"{key}={json.dumps(value)} differs from the {row[0]} that the measures in "
+                             f"{self.root} were computed with; use {key}={row[0]}, or another store.root")
+
     # ------------------------------------------------------------------------------------ measurements
     def save_measurement(self, model_id: str, measure: str, version: int, value: float | None,
                          seconds: float, status: str, error: str | None = None, details: dict | None = None):
@@ -204,7 +225,7 @@ class Store:
                        (model_id, measure, version, value, seconds, status, error,
                         json.dumps(_jsonable(details or {})), time.time()))
 
-    def measured(self, statuses: Iterable[str] = ("ok", "failed")) -> set[tuple[str, str, int]]:
+    def measured(self, statuses: Iterable[str] = STATUSES) -> set[tuple[str, str, int]]:
         """(model_id, measure, version) triples already stored with one of ``statuses``."""
         statuses = list(statuses)
         marks = ",".join("?" * len(statuses))
@@ -238,7 +259,7 @@ class Store:
         """The zoo DataFrame: one row per model, ``hp.*``, ``metric.*`` and ``measure.<name>`` columns.
 
         ``measures`` maps name → version to include (default: every name, latest stored version).
-        Failed measurements appear as NaN.
+        Failed and not-applicable measurements appear as NaN.
         """
         df = self.models(ids)
         if df.empty:

@@ -10,8 +10,11 @@ def merge(dest: Store, source: Store) -> dict[str, int]:
 
     For clusters whose shared file system cannot hold SQLite locks (NFS, Lustre): each job writes its own
     store, and the stores are merged afterwards. Checkpoints are copied atomically before their rows, so
-    an interrupted merge can simply be rerun.
+    an interrupted merge can simply be rerun. Settings the measures depend on (``Store.pin_setting``) must
+    agree, or nothing is copied.
     """
+    for key, value in source.settings().items():
+        dest.pin_setting(key, value)
     have = dest.model_ids()
     with source._db() as db:
         models = db.execute("SELECT id, hparams, metrics, history, checkpoint, created FROM models").fetchall()

@@ -6,6 +6,11 @@ SGD and Adam) gets a new id. Each model row, its checkpoint file and its measure
 new id in one transaction per model; checkpoints are renamed before their rows are committed and a rerun
 finishes an interrupted migration. Two old models that differ only in an unused setting are the same model:
 the older one is kept and the other is dropped (counted in the result).
+
+Schema 2 → 3: a measurement may also be ``not_applicable``. SQLite cannot change a CHECK constraint in place,
+so the measurements table is rebuilt with the new constraint and its rows copied, in one transaction. Rows
+keep their statuses: a measure that used to fail where it is not applicable gets a new version, and is
+recomputed with its new status on the next ``genbench measure``.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from benchmark.store.db import MIGRATABLE, SCHEMA_VERSION, Store, StoreError, schema_version
+from benchmark.store.db import MIGRATABLE, SCHEMA, SCHEMA_VERSION, Store, StoreError, schema_version
 from benchmark.zoo.hparams import HParams
 
 
@@ -34,31 +39,51 @@ def migrate(root: str | os.PathLike) -> dict[str, int]:
     counts = {"renamed": 0, "dropped": 0, "unchanged": 0, "from_version": version}
     db = sqlite3.connect(path, timeout=120)
     try:
-        rows = db.execute("SELECT id, hparams, created FROM models ORDER BY created, id").fetchall()
-        seen: set[str] = set()
-        for old, hp_json, _ in rows:
-            new = HParams.from_dict(json.loads(hp_json)).model_id
-            if new == old:
-                seen.add(new)
-                counts["unchanged"] += 1
-                continue
-            with db:
-                if new in seen:  # the same model under another unused setting: keep the first
-                    db.execute("DELETE FROM measurements WHERE model_id = ?", (old,))
-                    db.execute("DELETE FROM models WHERE id = ?", (old,))
-                    (root / "checkpoints" / f"{old}.pt").unlink(missing_ok=True)
-                    counts["dropped"] += 1
-                    continue
-                src, dst = root / "checkpoints" / f"{old}.pt", root / "checkpoints" / f"{new}.pt"
-                if src.exists():
-                    os.replace(src, dst)
-                db.execute("UPDATE models SET id = ?, checkpoint = ? WHERE id = ?",
-                           (new, str(dst.relative_to(root)), old))
-                db.execute("UPDATE measurements SET model_id = ? WHERE model_id = ?", (new, old))
-            seen.add(new)
-            counts["renamed"] += 1
+        if version == 1:
+            _model_ids(db, root, counts)
+        if version in (1, 2):
+            _status_constraint(db)
+        if version == 2:
+            counts["unchanged"] = db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
         with db:
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     finally:
         db.close()
     return counts
+
+
+def _status_constraint(db: sqlite3.Connection) -> None:
+    """Schema 2 → 3: rebuild the measurements table with the not_applicable status allowed."""
+    create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements"):]
+    with db:
+        db.execute("ALTER TABLE measurements RENAME TO measurements_v2")
+        db.execute(create.replace("IF NOT EXISTS ", "").rstrip().rstrip(";"))
+        db.execute("INSERT INTO measurements SELECT * FROM measurements_v2")
+        db.execute("DROP TABLE measurements_v2")
+
+
+def _model_ids(db: sqlite3.Connection, root: Path, counts: dict[str, int]) -> None:
+    """Schema 1 → 2: rename every model whose id changed (its row, checkpoint and measurements)."""
+    rows = db.execute("SELECT id, hparams, created FROM models ORDER BY created, id").fetchall()
+    seen: set[str] = set()
+    for old, hp_json, _ in rows:
+        new = HParams.from_dict(json.loads(hp_json)).model_id
+        if new == old:
+            seen.add(new)
+            counts["unchanged"] += 1
+            continue
+        with db:
+            if new in seen:  # the same model under another unused setting: keep the first
+                db.execute("DELETE FROM measurements WHERE model_id = ?", (old,))
+                db.execute("DELETE FROM models WHERE id = ?", (old,))
+                (root / "checkpoints" / f"{old}.pt").unlink(missing_ok=True)
+                counts["dropped"] += 1
+                continue
+            src, dst = root / "checkpoints" / f"{old}.pt", root / "checkpoints" / f"{new}.pt"
+            if src.exists():
+                os.replace(src, dst)
+            db.execute("UPDATE models SET id = ?, checkpoint = ? WHERE id = ?",
+                       (new, str(dst.relative_to(root)), old))
+            db.execute("UPDATE measurements SET model_id = ? WHERE model_id = ?", (new, old))
+        seen.add(new)
+        counts["renamed"] += 1

@@ -16,14 +16,15 @@ from torch import nn
 from benchmark.zoo.models import MLP, ConvNet, init_parameters
 from measures import REGISTRY, Context, optimization
 from measures.optimization import gradient_noise
-from tests.helpers import permute_hidden_units
+from tests.helpers import measured, permute_hidden_units
 
 MODULES = ("measures.margins", "measures.optimization")
 NAMES = [m.name for m in REGISTRY if m.fn.__module__ in MODULES]
 
 
 def value(name: str, ctx: Context) -> float:
-    return REGISTRY.get(name)(ctx).value
+    """The measure's formula v (for inverse_margin the registered value is √(v/m), checked on the way)."""
+    return measured(name, ctx)
 
 
 # ----------------------------------------------------------------------------------------- output measures

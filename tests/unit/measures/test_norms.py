@@ -20,7 +20,8 @@ NAMES = [m.name for m in REGISTRY if m.fn.__module__ in MODULES]
 
 
 def value(name: str, ctx: Context) -> float:
-    return REGISTRY.get(name)(ctx).value
+    """The measure's formula v (the registered value is its sample-size adjustment, checked on the way)."""
+    return helpers.measured(name, ctx)
 
 
 # ----------------------------------------------------------------------------------------- closed forms
@@ -94,7 +95,7 @@ def test_param_norm_includes_biases_and_frobenius_excludes_them():
     g = torch.Generator().manual_seed(4)
     model = MLP((3,), 2, depth=1, width=4, bias=True)
     init_parameters(model, g)
-    ctx = Context(model)
+    ctx = Context(model, train=(torch.randn(7, 3, generator=g), torch.zeros(7, dtype=torch.long)))
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     total = sum(p.detach().double().square().sum().item() for p in model.parameters())
     assert value("param_norm", ctx) == pytest.approx(total, rel=1e-6)

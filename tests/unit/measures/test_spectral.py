@@ -23,7 +23,8 @@ NAMES = [m.name for m in REGISTRY if m.fn.__module__ in MODULES]
 
 
 def value(name: str, ctx: Context) -> float:
-    return REGISTRY.get(name)(ctx).value
+    """The measure's formula v (the registered value is its sample-size adjustment, checked on the way)."""
+    return helpers.measured(name, ctx)
 
 
 # ----------------------------------------------------------------------------------------- closed forms

@@ -110,10 +110,43 @@ def _v1_store(tmp_path, hps):
                 db.execute("UPDATE models SET id = ?, checkpoint = ? WHERE id = ?",
                            (old_id, f"checkpoints/{old_id}.pt", new_id))
                 db.execute("UPDATE measurements SET model_id = ? WHERE model_id = ?", (old_id, new_id))
-    with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    _old_status_constraint(store.path, version=1)
     del state, json
     return old_ids
+
+
+def _old_status_constraint(path, version):
+    """Make the measurements table what schemas 1 and 2 had: statuses ok and failed only."""
+    with sqlite3.connect(path) as db:
+        (create,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'measurements'").fetchone()
+        db.execute("ALTER TABLE measurements RENAME TO new")
+        db.execute(create.replace("'failed', 'not_applicable'", "'failed'"))
+        db.execute("INSERT INTO measurements SELECT * FROM new")
+        db.execute("DROP TABLE new")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+
+def test_a_schema_2_store_is_migrated_to_allow_not_applicable_and_keeps_every_row(tmp_path):
+    from benchmark.store import migrate
+    store = Store(tmp_path)
+    hp = default_hparams()
+    model_id = _save(store, hp)
+    store.save_measurement(model_id, "a", 1, 1.5, 0.1, "ok", details={"k": 1})
+    store.save_measurement(model_id, "b", 2, None, 0.2, "failed", "ValueError: no")
+    _old_status_constraint(store.path, version=2)
+    with sqlite3.connect(store.path) as db, pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO measurements VALUES (?, 'c', 1, NULL, 0, 'not_applicable', 'r', '{}', 0)",
+                   (model_id,))  # the old constraint refuses the new status
+    with pytest.raises(StoreError, match=r"older genbench \(store schema 2.*genbench migrate"):
+        Store(tmp_path)
+    before = sqlite3.connect(store.path).execute("SELECT * FROM measurements ORDER BY measure").fetchall()
+    assert migrate(tmp_path) == {"renamed": 0, "dropped": 0, "unchanged": 1, "from_version": 2}
+    store = Store(tmp_path)
+    store.save_measurement(model_id, "c", 1, None, 0.0, "not_applicable", "clean labels")
+    after = sqlite3.connect(store.path).execute("SELECT * FROM measurements ORDER BY measure").fetchall()
+    assert after[:2] == before
+    assert after[2][5:7] == ("not_applicable", "clean labels")
+    assert store.measured() == {(model_id, "a", 1), (model_id, "b", 2), (model_id, "c", 1)}
 
 
 def test_an_old_store_asks_for_migration_and_migrate_renames_every_model(tmp_path):
@@ -156,3 +189,18 @@ def test_migrate_drops_a_duplicate_that_differed_only_in_an_unused_setting(tmp_p
     assert store.model_ids() == {sgd.model_id}
     assert sorted(p.name for p in (tmp / "checkpoints").iterdir()) == [f"{sgd.model_id}.pt"]
 
+
+
+def test_a_pinned_setting_refuses_a_second_value_and_travels_with_a_merge(tmp_path):
+    from benchmark.store import merge
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    a.pin_setting("measures.curvature_samples", None)
+    a.pin_setting("measures.curvature_samples", None)  # the same value again: fine
+    with pytest.raises(StoreError, match=r"measures.curvature_samples=512 differs from the null"):
+        a.pin_setting("measures.curvature_samples", 512)
+    b.pin_setting("measures.curvature_samples", 512)
+    with pytest.raises(StoreError, match="differs"):
+        merge(a, b)
+    c = Store(tmp_path / "c")
+    merge(c, b)
+    assert c.settings() == {"measures.curvature_samples": 512}

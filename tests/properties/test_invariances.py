@@ -1,0 +1,102 @@
+"""The invariance audit: for every registered measure, does its value survive reparametrisations that leave
+the network's function unchanged? Each measure declares its invariances (``@measure(invariances=...)``,
+shown in the leaderboard's "invariant" column); here a declared invariance must hold, and an undeclared one
+must really fail (so the column is neither optimistic nor modest).
+
+* permutation: the hidden units of every layer relabelled (``tests.helpers.permute_hidden_units``);
+* rescaling: hidden layer 1 scaled by 4 and layer 2 by 1/3 (``tests.helpers.rescale_relu_layers``), with the
+  next layers' weights divided accordingly (Dinh et al. 2017);
+* units: a change of the units of the weights or of the loss; meaningful for the physics measures, which
+  are tested for it in their own files (``UNITS_TESTS``).
+
+A seeded measure draws its random vectors per parameter index, so on a reparametrised network it can only be
+invariant in distribution: it is compared within ``SEEDED_REL``, a deterministic one within ``EXACT_REL``.
+"""
+from __future__ import annotations
+
+import ast
+import math
+
+import pytest
+
+import measures
+from benchmark.measuring.context import Trained
+from measures.registry import INVARIANCES
+from tests.helpers import permute_hidden_units, rescale_relu_layers
+from tests.properties.test_registry import SEEDED
+
+EXACT_REL = 1e-4
+SEEDED_REL = 0.05
+MOVES_REL = 0.01  # an undeclared invariance must move the value by more than this
+RESCALE = (4.0, 1 / 3)
+
+# measure → the test (tests/unit/measures/...) that checks its invariance to the units of weights and loss
+UNITS_TESTS: dict[str, str] = {}
+
+TRANSFORMS = {
+    "permutation": lambda model: permute_hidden_units(model, 0),
+    "rescaling": lambda model: rescale_relu_layers(model, RESCALE),
+}
+ALL = [m.name for m in measures.REGISTRY]
+
+
+def _moved(trained: Trained, how: str) -> Trained:
+    """The same trained network (and history) after the reparametrisation, applied to the trained and to
+    the initial weights alike."""
+    f = TRANSFORMS[how]
+    return Trained(trained.hp, f(trained.model), f(trained.init), trained.data, trained.history)
+
+
+def _value(trained: Trained, name: str):
+    try:
+        return measures.REGISTRY.get(name)(trained.context(0, oracle=True)).value
+    except measures.NotApplicable:
+        return None
+
+
+@pytest.fixture(scope="module")
+def values(trained_digits):
+    out = {"original": {n: _value(trained_digits, n) for n in ALL}}
+    for how in TRANSFORMS:
+        moved = _moved(trained_digits, how)
+        out[how] = {n: _value(moved, n) for n in ALL}
+    return out
+
+
+def test_the_reparametrised_networks_compute_the_same_function(trained_digits):
+    x = trained_digits.data.x_train
+    for how in TRANSFORMS:
+        assert (_moved(trained_digits, how).model(x) - trained_digits.model(x)).abs().max() < 1e-4, how
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+@pytest.mark.parametrize("how", list(TRANSFORMS))
+@pytest.mark.parametrize("name", ALL)
+def test_declared_invariances_hold_and_undeclared_ones_fail(values, name, how):
+    before, after = values["original"][name], values[how][name]
+    if before is None or after is None:
+        assert before is None and after is None, "applicability must not depend on the parametrisation"
+        return
+    assert math.isfinite(before) and math.isfinite(after)
+    declared = how in measures.REGISTRY.get(name).invariances
+    if declared:
+        tol = SEEDED_REL if name in SEEDED else EXACT_REL
+        assert _rel(before, after) <= tol, f"{name} declares {how} invariance but moved {before} → {after}"
+    else:
+        assert _rel(before, after) > MOVES_REL, (
+            f"{name} does not declare {how} invariance, yet its value stayed {before} → {after}: declare it")
+
+
+def test_every_invariance_name_is_known_and_units_claims_have_a_test():
+    for m in measures.REGISTRY:
+        assert m.invariances <= set(INVARIANCES)
+    claims = {m.name for m in measures.REGISTRY if "units" in m.invariances}
+    assert claims == set(UNITS_TESTS), "every measure that claims units invariance maps to the test that checks it"
+    for name, node in UNITS_TESTS.items():
+        path, func = node.split("::")
+        tree = ast.parse(open(path).read())
+        fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == func)
+        assert repr(name) in ast.unparse(fn), f"{node} does not name {name!r}"

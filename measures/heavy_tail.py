@@ -109,6 +109,7 @@ def _details(ctx: Context, kept) -> dict:
 
 
 @measure("alpha_mean", needs=("model",), sign=1, family="heavy_tail",
+         invariances=("permutation",),
          reference="Martin & Mahoney 2021, Nat. Commun. 12:4122; Clauset, Shalizi & Newman 2009")
 def alpha_mean(ctx: Context) -> Value:
     """Mean power-law exponent α of the layers' eigenvalue spectra (WeightWatcher's ``alpha``).
@@ -122,6 +123,7 @@ def alpha_mean(ctx: Context) -> Value:
 
 
 @measure("alpha_weighted", needs=("model",), sign=1, family="heavy_tail",
+         invariances=("permutation",),
          reference="Martin & Mahoney 2021, Nat. Commun. 12:4122, 'α̂' metric")
 def alpha_weighted(ctx: Context) -> Value:
     """Mean over layers of α weighted by the log largest eigenvalue, (1/L) Σ_l α_l log10 λ_max,l.
@@ -134,6 +136,7 @@ def alpha_weighted(ctx: Context) -> Value:
 
 
 @measure("log_spectral_norm", needs=("model",), sign=1, family="heavy_tail",
+         invariances=("permutation",),
          reference="Martin & Mahoney 2021, Nat. Commun. 12:4122 (WeightWatcher 'log_spectral_norm')")
 def log_spectral_norm(ctx: Context) -> Value:
     """Mean over layers of the log largest eigenvalue, (1/L) Σ_l log10 λ_max,l = (1/L) Σ_l log10 ‖W_l‖_2².

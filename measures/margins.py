@@ -34,6 +34,7 @@ def tenth_percentile_margin(ctx: Context) -> float:
 
 
 @measure("cross_entropy", needs=("model", "train_data"), sign=1, family="margin",
+         invariances=("permutation", "rescaling"),
          reference="Jiang et al. 2020, 'Fantastic generalization measures' (training cross-entropy baseline)")
 def cross_entropy(ctx: Context) -> float:
     """Mean cross-entropy of the trained model on the training set.
@@ -46,7 +47,8 @@ def cross_entropy(ctx: Context) -> float:
 
 
 @measure("inverse_margin", needs=("model", "train_data"), sign=1, family="margin",
-         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (22)")
+         version=2, sample_size="sqrt", invariances=("permutation", "rescaling"),
+         reference="Jiang et al. 2020, eq. (22)")
 def inverse_margin(ctx: Context) -> float:
     """Inverse squared output margin, 1/γ², with γ the 10th-percentile training margin.
 
@@ -56,6 +58,7 @@ def inverse_margin(ctx: Context) -> float:
 
 
 @measure("output_entropy", needs=("model", "train_data"), sign=-1, family="margin",
+         invariances=("permutation", "rescaling"),
          reference="Pereyra et al. 2017, 'Regularizing neural networks by penalizing confident output "
                    "distributions'")
 def output_entropy(ctx: Context) -> float:

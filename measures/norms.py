@@ -49,7 +49,8 @@ def _log_margin_sq(ctx: Context) -> float:
 
 # ----------------------------------------------------------------------------------------- Frobenius norms
 @measure("log_prod_of_fro", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (37); Neyshabur et al. 2015")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (37); Neyshabur et al. 2015")
 def log_prod_of_fro(ctx: Context) -> float:
     """Log product of the layers' squared Frobenius norms, log Π_i ‖W_i‖_F².
 
@@ -59,7 +60,8 @@ def log_prod_of_fro(ctx: Context) -> float:
 
 
 @measure("log_prod_of_fro_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (36); Neyshabur et al. 2015")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (36); Neyshabur et al. 2015")
 def log_prod_of_fro_over_margin(ctx: Context) -> float:
     """Margin-normalised log product of squared Frobenius norms, log( Π_i ‖W_i‖_F² / γ² ).
 
@@ -69,7 +71,8 @@ def log_prod_of_fro_over_margin(ctx: Context) -> float:
 
 
 @measure("log_sum_of_fro", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (39)")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (39)")
 def log_sum_of_fro(ctx: Context) -> float:
     """Log of the rebalanced sum of squared Frobenius norms, log( d·(Π_i ‖W_i‖_F²)^{1/d} ).
 
@@ -79,7 +82,8 @@ def log_sum_of_fro(ctx: Context) -> float:
 
 
 @measure("log_sum_of_fro_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (38)")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (38)")
 def log_sum_of_fro_over_margin(ctx: Context) -> float:
     """Margin-normalised log rebalanced sum of squared Frobenius norms, log( d·(Π_i ‖W_i‖_F² / γ²)^{1/d} ).
 
@@ -90,7 +94,8 @@ def log_sum_of_fro_over_margin(ctx: Context) -> float:
 
 # ----------------------------------------------------------------------------------------- distances and size
 @measure("dist_init_fro", needs=("model", "init_model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (40); Nagarajan & Kolter 2019")
+         version=2, sample_size="sqrt", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (40); Nagarajan & Kolter 2019")
 def dist_init_fro(ctx: Context) -> float:
     """Squared Frobenius distance from initialization, Σ_i ‖W_i − W_i⁰‖_F².
 
@@ -100,7 +105,8 @@ def dist_init_fro(ctx: Context) -> float:
 
 
 @measure("param_norm", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (42)")
+         version=2, sample_size="sqrt", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (42)")
 def param_norm(ctx: Context) -> float:
     """Squared Euclidean norm of all parameters, ‖θ‖².
 
@@ -128,6 +134,7 @@ def path_norm_value(ctx: Context) -> float:
 
 @measure("path_norm", needs=("model", "train_data"), sign=1, family="norm",
          version=2, sample_size="sqrt",
+         invariances=("permutation", "rescaling"),
          reference="Neyshabur et al. 2015, 'Norm-based capacity control in neural networks'; "
                    "Jiang et al. 2020, eq. (44)")
 def path_norm(ctx: Context) -> float:
@@ -143,7 +150,8 @@ def path_norm(ctx: Context) -> float:
 
 
 @measure("path_norm_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="sqrt", reference="Neyshabur et al. 2015; Jiang et al. 2020, eq. (43)")
+         version=2, sample_size="sqrt", invariances=("permutation", "rescaling"),
+         reference="Neyshabur et al. 2015; Jiang et al. 2020, eq. (43)")
 def path_norm_over_margin(ctx: Context) -> float:
     """Path norm over the squared margin, Σ_j f_{w²}(1)_j / γ².
 

@@ -34,6 +34,7 @@ def first_step_at_or_below(history: Sequence[Mapping], loss: float) -> int:
 
 
 @measure("steps_to_0.1", needs=("history",), sign=1, family="optimization",
+         invariances=("permutation", "rescaling"),
          reference="Jiang et al. 2020, Appendix C (optimization-based measures)")
 def steps_to_0p1(ctx: Context) -> float:
     """Number of optimizer steps until the training cross-entropy first reaches 0.1.
@@ -45,6 +46,7 @@ def steps_to_0p1(ctx: Context) -> float:
 
 
 @measure("steps_0.1_to_0.01", needs=("history",), sign=1, family="optimization",
+         invariances=("permutation", "rescaling"),
          reference="Jiang et al. 2020, Appendix C (optimization-based measures)")
 def steps_0p1_to_0p01(ctx: Context) -> float:
     """Number of optimizer steps to go from training cross-entropy 0.1 to 0.01.
@@ -179,6 +181,7 @@ def gradient_noise(ctx: Context, batch_size: int, num_samples: int) -> Value:
 
 
 @measure("grad_noise_final", needs=("model", "train_data", "hparams"), sign=1, family="optimization",
+         invariances=("permutation",),
          reference="Jiang et al. 2020, Appendix C (optimization-based measures: variance of the gradients "
                    "after training)")
 def grad_noise_final(ctx: Context) -> Value:

@@ -180,7 +180,8 @@ _FFT_REF = "; exact conv norms: Sedghi, Gupta & Long 2019"
 
 
 @measure("log_prod_of_spec", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (32); Bartlett et al. 2017")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (32); Bartlett et al. 2017")
 def log_prod_of_spec(ctx: Context) -> float:
     """Log product of the layers' squared spectral norms, log Π_i ‖W_i‖_2².
 
@@ -190,7 +191,8 @@ def log_prod_of_spec(ctx: Context) -> float:
 
 
 @measure("log_prod_of_spec_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (32)" + _FFT_REF)
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (32)" + _FFT_REF)
 def log_prod_of_spec_fft(ctx: Context) -> float:
     """Log product of squared spectral norms with exact conv operator norms, log Π_i ‖A_i‖_2².
 
@@ -201,7 +203,8 @@ def log_prod_of_spec_fft(ctx: Context) -> float:
 
 
 @measure("log_prod_of_spec_over_margin", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (31); Bartlett et al. 2017")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (31); Bartlett et al. 2017")
 def log_prod_of_spec_over_margin(ctx: Context) -> float:
     """Margin-normalised log product of squared spectral norms, log( Π_i ‖W_i‖_2² / γ² ).
 
@@ -211,7 +214,8 @@ def log_prod_of_spec_over_margin(ctx: Context) -> float:
 
 
 @measure("log_prod_of_spec_over_margin_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (31)" + _FFT_REF)
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (31)" + _FFT_REF)
 def log_prod_of_spec_over_margin_fft(ctx: Context) -> float:
     """Margin-normalised log product of squared spectral norms with exact conv operator norms.
 
@@ -221,7 +225,8 @@ def log_prod_of_spec_over_margin_fft(ctx: Context) -> float:
 
 
 @measure("log_sum_of_spec", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (35)")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (35)")
 def log_sum_of_spec(ctx: Context) -> float:
     """Log of the rebalanced sum of squared spectral norms, log( d·(Π_i ‖W_i‖_2²)^{1/d} ).
 
@@ -232,7 +237,8 @@ def log_sum_of_spec(ctx: Context) -> float:
 
 
 @measure("log_sum_of_spec_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (35)" + _FFT_REF)
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (35)" + _FFT_REF)
 def log_sum_of_spec_fft(ctx: Context) -> float:
     """Log of the rebalanced sum of squared spectral norms with exact conv operator norms.
 
@@ -242,7 +248,8 @@ def log_sum_of_spec_fft(ctx: Context) -> float:
 
 
 @measure("log_sum_of_spec_over_margin", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (34)")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (34)")
 def log_sum_of_spec_over_margin(ctx: Context) -> float:
     """Margin-normalised log rebalanced sum of squared spectral norms, log( d·(Π_i ‖W_i‖_2² / γ²)^{1/d} ).
 
@@ -252,7 +259,8 @@ def log_sum_of_spec_over_margin(ctx: Context) -> float:
 
 
 @measure("log_sum_of_spec_over_margin_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Jiang et al. 2020, eq. (34)" + _FFT_REF)
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (34)" + _FFT_REF)
 def log_sum_of_spec_over_margin_fft(ctx: Context) -> float:
     """Margin-normalised log rebalanced sum of squared spectral norms with exact conv operator norms.
 
@@ -262,7 +270,8 @@ def log_sum_of_spec_over_margin_fft(ctx: Context) -> float:
 
 
 @measure("log_spec_init_main", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (29)")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (29)")
 def log_spec_init_main(ctx: Context) -> float:
     """Log of the main term of the spectrally-normalised margin bound, distance-from-init form (spec-init).
 
@@ -273,7 +282,8 @@ def log_spec_init_main(ctx: Context) -> float:
 
 
 @measure("log_spec_init_main_fft", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (29)" + _FFT_REF)
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (29)" + _FFT_REF)
 def log_spec_init_main_fft(ctx: Context) -> float:
     """Log spec-init main term with exact conv operator norms.
 
@@ -284,7 +294,8 @@ def log_spec_init_main_fft(ctx: Context) -> float:
 
 
 @measure("log_spec_orig_main", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (30)")
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Bartlett et al. 2017, Theorem 1.1; Jiang et al. 2020, eq. (30)")
 def log_spec_orig_main(ctx: Context) -> float:
     """Log of the main term of the spectrally-normalised margin bound, measured from the origin (spec-orig).
 
@@ -294,7 +305,8 @@ def log_spec_orig_main(ctx: Context) -> float:
 
 
 @measure("log_spec_orig_main_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="log", reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (30)" + _FFT_REF)
+         version=2, sample_size="log", invariances=("permutation",),
+         reference="Bartlett et al. 2017; Jiang et al. 2020, eq. (30)" + _FFT_REF)
 def log_spec_orig_main_fft(ctx: Context) -> float:
     """Log spec-orig main term with exact conv operator norms.
 
@@ -304,7 +316,8 @@ def log_spec_orig_main_fft(ctx: Context) -> float:
 
 
 @measure("fro_over_spec", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (33)")
+         version=2, sample_size="sqrt", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (33)")
 def fro_over_spec(ctx: Context) -> float:
     """Sum of the layers' stable ranks, Σ_i ‖W_i‖_F² / ‖W_i‖_2².
 
@@ -314,7 +327,8 @@ def fro_over_spec(ctx: Context) -> float:
 
 
 @measure("fro_over_spec_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (33)" + _FFT_REF)
+         version=2, sample_size="sqrt", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (33)" + _FFT_REF)
 def fro_over_spec_fft(ctx: Context) -> float:
     """Σ_i ‖W_i‖_F² / ‖A_i‖_2² with exact conv operator norms in the denominator.
 
@@ -325,7 +339,8 @@ def fro_over_spec_fft(ctx: Context) -> float:
 
 
 @measure("dist_spec_init", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (41)")
+         version=2, sample_size="sqrt", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (41)")
 def dist_spec_init(ctx: Context) -> float:
     """Squared spectral distance from initialization, Σ_i ‖W_i − W_i⁰‖_2².
 
@@ -335,7 +350,8 @@ def dist_spec_init(ctx: Context) -> float:
 
 
 @measure("dist_spec_init_fft", needs=("model", "init_model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="sqrt", reference="Jiang et al. 2020, eq. (41)" + _FFT_REF)
+         version=2, sample_size="sqrt", invariances=("permutation",),
+         reference="Jiang et al. 2020, eq. (41)" + _FFT_REF)
 def dist_spec_init_fft(ctx: Context) -> float:
     """Squared spectral distance from initialization with exact conv operator norms, Σ_i ‖A_i − A_i⁰‖_2².
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -99,16 +100,19 @@ def measured(name: str, ctx) -> float:
     return v
 
 
-def rescale_relu_layers(model: nn.Module, factors) -> nn.Module:
-    """The same function after Dinh et al.'s (2017) reparametrisation: hidden layer i's incoming weights and
-    bias are multiplied by factors[i] > 0 and its outgoing weights (columns of W_{i+1}) divided by it, which a
-    ReLU (positively homogeneous) passes through unchanged. Returns a copy."""
+def rescale_relu_units(model: nn.Module, seed: int, spread: float = 4.0) -> nn.Module:
+    """The same function after a node-wise positive rescaling (Neyshabur et al. 2015; Dinh et al. 2017): each
+    hidden unit's incoming weights and bias are multiplied by its own factor c > 0 (log-uniform in
+    [1/spread, spread], seeded) and its outgoing weights divided by it, which a ReLU passes through unchanged.
+    Returns a copy."""
     model = copy.deepcopy(model)
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for first, second, c in zip(layers, layers[1:], factors):
-            first.weight.mul_(c)
+        for first, second in zip(layers, layers[1:]):
+            c = torch.exp((torch.rand(first.weight.shape[0], generator=g) * 2 - 1) * math.log(spread))
+            first.weight.mul_(c.view(-1, *[1] * (first.weight.dim() - 1)))
             if first.bias is not None:
                 first.bias.mul_(c)
-            second.weight.div_(c)
+            second.weight.div_(c.view(1, -1, *[1] * (second.weight.dim() - 2)))
     return model

@@ -5,12 +5,11 @@ downstream, as the weight change ΔW with (W + ΔW) a = W (a + Δa). The minimal
 
     ΔW* = (W Δa) aᵀ / ‖a‖²                                                    (rank one; ‖ΔW*‖ = ‖WΔa‖/‖a‖)
 
-Pair a sample x' with a training sample x of the same class (x' a test sample in the paper; here also another
-training sample, see below). With a = activity of x at the layer input and Δa = activity(x') − a, the loss
-difference Δl = l(x') − l(x) equals l(x; W + ΔW*) − l(x; W) exactly. With the gradient-like vector
-g = Δl ΔW*/‖ΔW*‖² (so that ⟨g, ΔW*⟩ = Δl) projected, like ΔW*, on an orthonormal basis v_n of weight space
-(the eigenvectors of the layer's training-loss Hessian), per direction n over the K pairs:
-μ_w,n, μ_g,n (means), σ_w,n, σ_g,n (population standard deviations, 1/K) and c_n (their correlation), and
+Pair a partner input x' with an anchor training sample x of the same class. With a = activity of x at the layer
+input and Δa = activity(x') − a, the loss difference Δl = l(x') − l(x) equals l(x; W + ΔW*) − l(x; W) exactly.
+With the gradient-like vector g = Δl ΔW*/‖ΔW*‖² (so that ⟨g, ΔW*⟩ = Δl) projected, like ΔW*, on an orthonormal
+basis v_n of weight space (the eigenvectors of the layer's training-loss Hessian), per direction n over the K
+pairs: μ_w,n, μ_g,n (means), σ_w,n, σ_g,n (population standard deviations, 1/K) and c_n (their correlation), and
 
     mean_k Δl_k = Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n)          (exact over a COMPLETE basis, any basis)
 
@@ -27,23 +26,30 @@ Choices (documented, configurable through ``ctx.extras``):
   the authors); a model without one (depth-1 MLP, the zoo's CNN) uses its output layer, whose input is the
   last hidden activity. Conv layers are rejected: they share W across positions, so the rank-one ΔW* above
   does not apply. The layer must be used once per forward pass, on one activity vector per sample.
-- Training-data-only measures pair EACH training sample with its nearest training sample of the same
-  (training) label in raw input space (Euclidean, flattened), excluding itself; x' is the neighbour.
-  (The model has seen both, so these terms measure how the solution maps nearby inputs — its size and
-  sharpness as seen through the duality — not its test loss.)
-- Oracle analysis: each test sample is paired with its nearest same-class training sample (the paper).
+- Clean samples (``extras["mislabeled"]``: a bool mask over the training samples, or None): as the authors,
+  only the correctly labelled training samples enter the pairs, the Hessian and the gap. Without a mask
+  every training sample counts as clean.
+- Training-data-only measures (``duality.mid.*``): each clean training sample x_k is an anchor; its partner is
+  the MIDPOINT m_k = (x_k + x_j)/2 between it and its nearest clean training sample x_j of the same label
+  (Euclidean, flattened raw inputs, excluding itself), with label y_k. The model fitted both endpoints but
+  never saw m_k, so Δl_k = l(m_k) − l(x_k) is a loss change on an unfitted input a typical same-class
+  distance away (half the nearest-neighbour distance), the role a test sample plays in the paper. Pairing a
+  training sample with the training neighbour itself gives Δl ≈ 0 (both fitted), which is degenerate.
+- Oracle analysis: each test sample is paired with its nearest same-class clean training sample (the paper).
 - Pairs whose anchor activity is exactly zero (a = 0: every unit feeding the layer dead) have no dual
   weights; they are dropped and counted in ``details["dropped"]``. A pair with W Δa = 0 has ΔW* = 0 and
   Δl = 0; its g is set to 0.
-- Hessian (of the mean training cross-entropy with respect to the layer's weight): exact and structured,
-  H = (1/N) Σ_k H_z,k ⊗ a_k a_kᵀ, where H_z,k is sample k's loss Hessian with respect to the layer's output
-  (exact for any downstream network, since z is linear in W; obtained with a forward hook and a double
-  backward through the downstream layers only). Dense for layers with at most ``dense_max`` = 1024 weights
-  (the 30×30 layer of the paper; the cost grows as N·(out·in)²); otherwise the top
+- Hessian (of the mean cross-entropy over the clean training samples — all of them, or a seeded subset of
+  ``extras["curvature_samples"]`` of them when that is set — with respect to the layer's weight): exact and
+  structured, H = (1/N) Σ_k H_z,k ⊗ a_k a_kᵀ, where H_z,k is sample k's loss Hessian with respect to the
+  layer's output (exact for any downstream network, since z is linear in W; obtained with a forward hook and
+  a double backward through the downstream layers only). Dense for layers with at most ``dense_max`` = 1024
+  weights (the 30×30 layer of the paper; the cost grows as N·(out·in)²); otherwise the top
   ``extras["duality.top_k"]`` (default 20) eigenpairs by Lanczos with full reorthogonalisation (2k steps,
   start vector from ``ctx.generator``) on the same structured Hessian-vector product (equal to
-  ``ctx.hvp(v, names=[weight])``, which is about 2× slower). The top-k directions carry only part of the
-  decomposition (``details["topk_fraction"]`` of the oracle measure); the complete-basis sums stay exact.
+  ``ctx.hvp(v, names=[weight])`` on the same samples, which is about 2× slower). The top-k directions carry
+  only part of the decomposition (``details["topk_fraction"]`` of the oracle measure); the complete-basis
+  sums stay exact.
 """
 from __future__ import annotations
 
@@ -61,6 +67,8 @@ from measures.registry import Value, measure
 REFERENCE = "Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908 (2023), eqs. (2)–(6); docs/measures/duality.md"
 DENSE_MAX = 1024
 TOP_K = 20
+PROBES = 64  # Hutchinson probes of duality.mid.gap_hessian on layers above DENSE_MAX
+PROBE_BATCH = 4  # probes per batched Hessian-vector product (larger batches were slower on a CPU)
 
 
 # ----------------------------------------------------------------------------------------- the duality
@@ -249,7 +257,8 @@ class LayerHessian:
     def _output_grad(self, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(δ, ∂Σl/∂δ with its graph, activities) for the chunk of samples starting at ``start``."""
         x, y = self.x[start:start + self.ctx.chunk], self.y[start:start + self.ctx.chunk]
-        delta = torch.zeros(len(x), self.shape[0], dtype=self.a.dtype, requires_grad=True)  # (chunk, out)
+        delta = torch.zeros(len(x), self.shape[0], dtype=self.a.dtype, device=self.a.device,
+                            requires_grad=True)  # (chunk, out)
         handle = self.layer.module.register_forward_hook(lambda mod, args, out: out + delta)
         try:
             with torch.enable_grad():
@@ -271,18 +280,23 @@ class LayerHessian:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat v (out·in,)."""
-        self.matvecs += 1
-        vm = v.to(self.a.dtype).reshape(self.shape)
-        out = torch.zeros(self.shape, dtype=self.a.dtype)
+        return self.matmat(v[None])[0]
+
+    def matmat(self, v: torch.Tensor) -> torch.Tensor:
+        """H v_b for a batch of flat vectors v (b, out·in), one batched double backward per chunk."""
+        self.matvecs += len(v)
+        vm = v.to(self.a.device, self.a.dtype).reshape(len(v), *self.shape)  # (b, out, in)
+        out = torch.zeros(vm.shape, dtype=self.a.dtype, device=self.a.device)
         for delta, grad, a in self._graphs:
-            out += self._hz(delta, grad, a @ vm.T).T @ a
-        return (out / len(self.x)).reshape(-1).to(v.dtype)
+            hz = self._hz(delta, grad, torch.einsum("ki,boi->bko", a, vm).contiguous(), batched=True)
+            out += torch.einsum("bko,ki->boi", hz, a)
+        return (out / len(self.x)).reshape(len(v), -1).to(v.dtype)
 
     def dense(self) -> torch.Tensor:
         """The full (out·in, out·in) matrix, float64. Cost ~ N·(out·in)² multiply-adds."""
         o, i = self.shape
-        acc = torch.zeros(o * o, i * i, dtype=torch.float64)
-        eye = torch.eye(o, dtype=self.a.dtype)
+        acc = torch.zeros(o * o, i * i, dtype=torch.float64, device=self.a.device)
+        eye = torch.eye(o, dtype=self.a.dtype, device=self.a.device)
         for delta, grad, a in self._graphs:
             n = len(a)
             block = max(1, 2 ** 24 // (n * o))
@@ -296,13 +310,15 @@ class LayerHessian:
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, steps: int,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            generator: torch.Generator, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
     """Top-k (largest algebraic) eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
+    The start vector is drawn from ``generator`` (on the CPU) and moved to ``device``, where the basis lives.
     Returns (eigenvalues (k,) descending, eigenvectors (k, dim) float64, residual norms ‖Hv − θv‖ (k,)).
     """
     steps = min(steps, dim)
-    q = torch.randn(dim, generator=generator, dtype=torch.float64)
+    q = torch.randn(dim, generator=generator, dtype=torch.float64).to(device)
     basis = [q / q.norm()]
     alphas, betas = [], []
     for j in range(steps):
@@ -349,35 +365,78 @@ def hessian_eigenbasis(ctx: Context, layer: Layer, k: int | None = None, *, dens
         return Eigenbasis(lam[order], vec[:, order].T.reshape(-1, *shape), True, 0.0, "dense")
     k = int(k or ctx.extras.get("duality.top_k", TOP_K))
     steps = steps or 2 * k
-    lam, vec, resid = lanczos(hess.matvec, hess.dim, k, steps, ctx.generator(f"duality/lanczos/{layer.name}"))
+    lam, vec, resid = lanczos(hess.matvec, hess.dim, k, steps, ctx.generator(f"duality/lanczos/{layer.name}"),
+                              hess.a.device)
     scale = lam.abs().max().clamp_min(1e-30)
     return Eigenbasis(lam, vec.reshape(-1, *shape), len(lam) == hess.dim, (resid.max() / scale).item(),
                       f"lanczos({steps} steps)")
 
 
-def curvature_size(p: DualPairs, hess: LayerHessian, *, dense_max: int = DENSE_MAX, probes: int = 16,
+def curvature_size(p: DualPairs, hess: LayerHessian, *, dense_max: int = DENSE_MAX, probes: int = PROBES,
                    generator: torch.Generator | None = None) -> dict[str, float]:
     """½ Σ_n λ_n σ_w,n² over the complete Hessian eigenbasis = ½ tr(H Σ_w), Σ_w the covariance of ΔW*_k.
 
-    Exact (dense H) for at most ``dense_max`` weights; otherwise Hutchinson's estimator with ``probes``
-    Rademacher vectors z over the K pairs: tr(H Σ_w) = E_z[(Dz)ᵀ H (Dz)]/K, D = the centred dual weights, so
-    each probe costs one Hessian-vector product. Returns value, its standard error (0 when exact), method.
+    With D (P, K) the centred dual weights d_k = vec(ΔW*_k − ΔW̄), Σ_w = D Dᵀ/K, so tr(H Σ_w) = tr(Dᵀ H D)/K.
+    Exact (dense H) for at most ``dense_max`` weights; otherwise Hutchinson's estimator over the pairs: for
+    Rademacher z ∈ {±1}^K, E_z[(Dz)ᵀ H (Dz)] = tr(Dᵀ H D), and Dz = Σ_k z_k (ΔW*_k − ΔW̄) is one (out, in)
+    matrix, so each probe costs one Hessian-vector product (``probes`` of them, in batches of 4; z drawn from
+    ``generator`` on the CPU; the probe matrices in float32, like the Hessian-vector products). Returns
+    value, its standard error (0 when exact), method.
     """
     k = len(p.dl)
     sa = p.a / p.sq_norm_a[:, None]  # (K, in)
     mean_w = p.u.T @ sa / k  # (out, in)
     if hess.dim <= dense_max:
-        h = hess.dense()  # (P, P) float64
+        h = hess.dense().to(p.a.device)  # (P, P) float64
         d = (p.u[:, :, None] * sa[:, None, :]).reshape(k, -1) - mean_w.reshape(1, -1)  # (K, P)
         return {"value": 0.5 * float(((d @ h) * d).sum() / k), "stderr": 0.0, "method": "dense"}
-    z = torch.randint(0, 2, (probes, k), generator=generator, dtype=torch.float64) * 2 - 1  # (probes, K)
+    z = (torch.randint(0, 2, (probes, k), generator=generator, dtype=torch.float32) * 2 - 1).to(p.a.device)
+    u32, sa32, mean32 = p.u.float(), sa.float(), mean_w.float()
     vals = []
-    for zi in z:
-        dz = (p.u * zi[:, None]).T @ sa - zi.sum() * mean_w  # (out, in) = Σ_k z_k (ΔW_k − ΔW̄)
-        vals.append(float((dz.reshape(-1) * hess.matvec(dz.reshape(-1).float()).double()).sum()) / k)
-    vals_t = torch.tensor(vals)
-    return {"value": 0.5 * float(vals_t.mean()), "stderr": 0.5 * float(vals_t.std() / len(vals) ** 0.5),
+    for s in range(0, probes, PROBE_BATCH):
+        zb = z[s:s + PROBE_BATCH]  # (b, K)
+        dz = (zb[:, None, :] * u32.T[None]) @ sa32 - zb.sum(1)[:, None, None] * mean32  # (b, out, in), float32
+        flat = dz.reshape(len(zb), -1)
+        vals.append((flat.double() * hess.matmat(flat).double()).sum(1) / k)
+    vals_t = torch.cat(vals)
+    return {"value": 0.5 * float(vals_t.mean()), "stderr": 0.5 * float(vals_t.std() / len(vals_t) ** 0.5),
             "method": f"hutchinson({probes} probes)"}
+
+
+# ----------------------------------------------------------------------------------------- training data
+def clean_indices(ctx: Context) -> torch.Tensor:
+    """Indices (on ctx.device) of the correctly labelled training samples: those not flagged in
+    ``ctx.extras["mislabeled"]`` (a bool mask over the training set, or None: every sample is clean)."""
+    n = len(ctx.y_train)
+    mask = ctx.extras.get("mislabeled")
+    if mask is None:
+        return torch.arange(n, device=ctx.device)
+    mask = torch.as_tensor(mask).to(ctx.device).bool().reshape(-1)
+    if mask.shape != (n,):
+        raise ValueError(f"extras['mislabeled'] has {mask.numel()} entries for {n} training samples")
+    if bool(mask.all()):
+        raise ValueError("every training sample is flagged mislabeled; the duality needs clean samples")
+    return torch.nonzero(~mask).squeeze(1)
+
+
+def curvature_indices(ctx: Context) -> torch.Tensor:
+    """The clean training samples the layer Hessian is taken over: all of them, or a seeded subset (stream
+    ``duality/curvature``) of ``ctx.extras["curvature_samples"]`` of them when that is set and smaller."""
+    clean = clean_indices(ctx)
+    n = ctx.extras.get("curvature_samples")
+    if n is None or int(n) >= len(clean):
+        return clean
+    if int(n) < 1:
+        raise ValueError(f"extras['curvature_samples'] must be a positive count or None, got {n}")
+    pick = torch.randperm(len(clean), generator=ctx.generator("duality/curvature"))[:int(n)].to(clean.device)
+    return clean[pick.sort().values]
+
+
+def midpoint_partners(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partner of each sample: the midpoint (x_k + x_j)/2 with its nearest same-label sample x_j (excluding
+    itself), and j. Deterministic (ties to the lowest index)."""
+    j = nearest_same_class(x, y, x, y, exclude_self=True)
+    return (x + x[j]) / 2, j
 
 
 # ----------------------------------------------------------------------------------------- shared helpers
@@ -385,22 +444,28 @@ def _layer(ctx: Context) -> Layer:
     return select_layer(ctx)
 
 
+def _clean(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = clean_indices(ctx)
+    return ctx.x_train[idx], ctx.y_train[idx]
+
+
 def _train_pairs(ctx: Context) -> DualPairs:
-    """Each training sample (anchor) and its nearest same-label training neighbour (partner)."""
-    layer = ctx.shared(_layer)
-    nn_idx = nearest_same_class(ctx.x_train, ctx.y_train, ctx.x_train, ctx.y_train, exclude_self=True)
-    return make_pairs(ctx, layer, ctx.x_train, ctx.y_train, ctx.x_train[nn_idx], ctx.y_train[nn_idx])
+    """Each clean training sample (anchor) and the midpoint with its nearest clean same-label neighbour."""
+    x, y = ctx.shared(_clean)
+    mid, _ = midpoint_partners(x, y)
+    return make_pairs(ctx, ctx.shared(_layer), x, y, mid, y)
 
 
 def _test_pairs(ctx: Context) -> DualPairs:
-    """Each test sample (partner) and its nearest same-class training sample (anchor); oracle only."""
-    layer = ctx.shared(_layer)
-    nn_idx = nearest_same_class(ctx.x_test, ctx.y_test, ctx.x_train, ctx.y_train)
-    return make_pairs(ctx, layer, ctx.x_train[nn_idx], ctx.y_train[nn_idx], ctx.x_test, ctx.y_test)
+    """Each test sample (partner) and its nearest same-class clean training sample (anchor); oracle only."""
+    x, y = ctx.shared(_clean)
+    nn_idx = nearest_same_class(ctx.x_test, ctx.y_test, x, y)
+    return make_pairs(ctx, ctx.shared(_layer), x[nn_idx], y[nn_idx], ctx.x_test, ctx.y_test)
 
 
 def _hessian(ctx: Context) -> LayerHessian:
-    return LayerHessian(ctx, ctx.shared(_layer))
+    idx = curvature_indices(ctx)
+    return LayerHessian(ctx, ctx.shared(_layer), ctx.x_train[idx], ctx.y_train[idx])
 
 
 def _eigenbasis(ctx: Context) -> Eigenbasis:
@@ -413,8 +478,9 @@ def _train_totals(ctx: Context) -> dict[str, float]:
 
 def duality_table(ctx: Context, pairs: str = "test") -> pd.DataFrame:
     """Per-direction table of the decomposition in the layer's Hessian eigenbasis (see ``direction_terms``),
-    with ``pairs="test"`` (oracle analysis: uses test data) or ``"train"`` (training neighbours). Its
-    ``attrs`` hold the complete-basis totals and the basis (method, complete, residual)."""
+    with ``pairs="test"`` (oracle analysis: uses test data) or ``"train"`` (clean training samples and their
+    midpoint partners). Its ``attrs`` hold the complete-basis totals and the basis (method, complete,
+    residual)."""
     if pairs not in ("test", "train"):
         raise ValueError(f"pairs must be 'test' (oracle) or 'train', got {pairs!r}")
     p = ctx.shared(_test_pairs if pairs == "test" else _train_pairs)
@@ -430,47 +496,49 @@ def _details(t: dict) -> dict:
     return {k: t[k] for k in ("mean_dl", "mu_term", "cov_term", "size", "sharpness", "n_pairs", "dropped")}
 
 
-@measure("duality.gap", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
-def duality_gap(ctx: Context) -> Value:
-    """Duality-predicted gap from training neighbours, Σ_n c_n σ_g,n σ_w,n over the complete basis.
+@measure("duality.mid.gap", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
+def duality_mid_gap(ctx: Context) -> Value:
+    """Duality gap term Σ_n c_n σ_g,n σ_w,n (complete basis) for training midpoint pairs.
 
-    = mean_k Δl_k − ⟨ḡ, ΔW̄⟩ (basis-free), with pairs (training sample, its nearest same-label training
-    neighbour in input space). Sign +1: the paper's gap is this sum for test pairs. Details carry the full
-    Σ(μ_g μ_w + c σ_g σ_w) = mean Δl and both factors.
+    = mean_k Δl_k − ⟨ḡ, ΔW̄⟩ (basis-free), Δl_k = l(m_k) − l(x_k), x_k a clean training sample and
+    m_k = (x_k + x_j)/2 the midpoint with its nearest clean same-label training sample x_j. Sign +1: the
+    paper's gap is this sum for test pairs. Details carry mean Δl = Σ(μ_g μ_w + c σ_g σ_w) and both factors.
     """
     t = ctx.shared(_train_totals)
     return Value(t["cov_term"], _details(t))
 
 
-@measure("duality.sharpness", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
-def duality_sharpness(ctx: Context) -> Value:
-    """Sharpness factor ‖σ_g‖ = (Σ_n σ_g,n²)^½ over the complete basis, from training neighbours.
+@measure("duality.mid.sharpness", needs=("model", "train_data"), sign=1, family="duality",
+         reference=REFERENCE)
+def duality_mid_sharpness(ctx: Context) -> Value:
+    """Sharpness factor ‖σ_g‖ = (Σ_n σ_g,n²)^½ (complete basis) for training midpoint pairs.
 
-    σ_g,n: standard deviation over pairs of ⟨v_n, g_k⟩, g_k = Δl_k ΔW*_k/‖ΔW*_k‖². Sign +1: sharper
-    solutions turn the same dual-weight spread into larger loss changes.
+    σ_g,n: standard deviation over pairs of ⟨v_n, g_k⟩, g_k = Δl_k ΔW*_k/‖ΔW*_k‖², Σ_n σ_g,n² =
+    mean ‖g_k‖² − ‖ḡ‖². Sign +1: sharper solutions turn the same dual-weight spread into larger loss changes.
     """
     t = ctx.shared(_train_totals)
     return Value(t["sharpness"], _details(t))
 
 
-@measure("duality.size", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
-def duality_size(ctx: Context) -> Value:
-    """Size factor Σ_n σ_w,n² = mean ‖ΔW*_k − ΔW̄‖² (dual-weight spread), from training neighbours.
+@measure("duality.mid.size", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
+def duality_mid_size(ctx: Context) -> Value:
+    """Size factor Σ_n σ_w,n² = mean_k ‖ΔW*_k − ΔW̄‖² (dual-weight spread) for training midpoint pairs.
 
-    ΔW*_k = (W Δa_k) a_kᵀ/‖a_k‖² for each training sample and its nearest same-label neighbour. Sign +1:
-    larger (activity-weighted) solutions generalize worse.
+    ΔW*_k = (W Δa_k) a_kᵀ/‖a_k‖², Δa_k = a(m_k) − a(x_k) for each clean training sample and its midpoint
+    partner. Sign +1: larger (activity-weighted) solutions generalize worse.
     """
     t = ctx.shared(_train_totals)
     return Value(t["size"], _details(t))
 
 
-@measure("duality.gap_hessian", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
-def duality_gap_hessian(ctx: Context) -> Value:
-    """Quadratic duality gap ½ Σ_n λ_n σ_w,n² = ½ tr(H Σ_w) from training neighbours, complete basis.
+@measure("duality.mid.gap_hessian", needs=("model", "train_data"), sign=1, family="duality",
+         reference=REFERENCE)
+def duality_mid_gap_hessian(ctx: Context) -> Value:
+    """Quadratic duality gap ½ Σ_n λ_n σ_w,n² = ½ tr(H Σ_w) for training midpoint pairs, complete basis.
 
-    Near a minimum g ≈ ½ H ΔW, so c_n σ_g,n σ_w,n ≈ ½ λ_n σ_w,n² (docs/measures/duality.md): the sharpness (λ_n) of the
-    layer's training-loss Hessian weighted by the size (σ_w,n²) of the dual weights along it. Exact for
-    ≤ 1024 weights, else Hutchinson's estimator with 16 probes (details: stderr). Sign +1.
+    Near a minimum g ≈ ½ H ΔW, so c_n σ_g,n σ_w,n ≈ ½ λ_n σ_w,n²: the sharpness (λ_n, of the layer's
+    clean-training-loss Hessian) weighted by the size (σ_w,n², of the midpoint dual weights) along it. Exact for
+    ≤ 1024 weights, else Hutchinson's estimator over the pairs with 64 probes (details: stderr). Sign +1.
     """
     out = curvature_size(ctx.shared(_train_pairs), ctx.shared(_hessian),
                          generator=ctx.generator("duality/hutchinson"))
@@ -478,11 +546,11 @@ def duality_gap_hessian(ctx: Context) -> Value:
 
 
 @measure("oracle.duality_gap", needs=("model", "train_data", "test_data"), sign=1, family="duality",
-         reference=REFERENCE, oracle=True)
+         reference=REFERENCE, oracle=True, version=2)
 def oracle_duality_gap(ctx: Context) -> Value:
     """ORACLE (uses test data): exact duality decomposition Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) = mean_k Δl_k.
 
-    Each test sample paired with its nearest same-class training sample (raw input space); Δl_k =
+    Each test sample paired with its nearest same-class clean training sample (raw input space); Δl_k =
     l(test_k) − l(train neighbour_k). Details: the two sums over the complete basis, and the fractions of
     each carried by the Hessian directions used (all for ≤ 1024 weights, else the top k).
     """

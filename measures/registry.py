@@ -217,7 +217,7 @@ def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, re
         description = _description(fn)
         if sample_size is not None:
             description += f" Reported as {ADJUSTED[sample_size]} of that value v, m the training-set size."
-        (registry or REGISTRY).add(Measure(name, fn, frozenset(needs), sign, reference, family,
+        (REGISTRY if registry is None else registry).add(Measure(name, fn, frozenset(needs), sign, reference, family,
                                            description, version, oracle, sample_size,
                                            frozenset(invariances)))
         return fn

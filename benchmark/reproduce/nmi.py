@@ -10,7 +10,7 @@ MLP without biases, plain SGD, α = 0.1, B = 25 as baseline; analysed layer the 
 weight decay, each model trained to training cross-entropy ≤ 0.01 (or a cap on the epochs), 2 seeds (the
 paper: 4,000 training images, 10 repeats). For each model: the ORACLE decomposition with real test data
 (test sample ↔ nearest same-class training sample) next to the measured gap, and the training-data-only
-measures (``duality.*``: training sample ↔ nearest same-label training neighbour).
+measures (``duality.mid.*``: training sample ↔ the midpoint to its nearest same-label training neighbour).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ BASE = {"train.batch_size": 25, "optimizer.lr": 0.1, "optimizer.weight_decay": 0
 SWEEPS = {"train.batch_size": [25, 50, 100, 200], "optimizer.lr": [0.025, 0.05, 0.1, 0.2],
           "optimizer.weight_decay": [0.0, 1e-4, 3e-4, 1e-3]}
 QUICK_SWEEPS = {"train.batch_size": [25, 100], "optimizer.lr": [0.1], "optimizer.weight_decay": [0.0]}
-MEASURES = ["duality.gap", "duality.sharpness", "duality.size", "duality.gap_hessian"]
+MEASURES = ["duality.mid.gap", "duality.mid.sharpness", "duality.mid.size", "duality.mid.gap_hessian"]
 LABEL = {"train.batch_size": "batch size B", "optimizer.lr": "learning rate α",
          "optimizer.weight_decay": "weight decay"}
 
@@ -117,9 +117,9 @@ def plot(df: pd.DataFrame, tables: dict, out: Path) -> list[str]:
         sub = df[df["setting"].isin(["baseline", axis])]
         g = sub.groupby(f"hp.{axis}")
         for i, (cols, ylabel) in enumerate([
-                (["metric.gap_loss", "oracle.cov_term", "measure.duality.gap_hessian"], "gap"),
-                (["oracle.sigma_g_norm", "measure.duality.sharpness"], "sharpness ‖σ_g‖"),
-                (["oracle.sigma_w_sq", "measure.duality.size"], "size Σ σ_w²")]):
+                (["metric.gap_loss", "oracle.cov_term", "measure.duality.mid.gap_hessian"], "gap"),
+                (["oracle.sigma_g_norm", "measure.duality.mid.sharpness"], "sharpness ‖σ_g‖"),
+                (["oracle.sigma_w_sq", "measure.duality.mid.size"], "size Σ σ_w²")]):
             for c in cols:
                 m, s = g[c].mean(), g[c].std().fillna(0)
                 ax[i, j].errorbar(m.index, m.values, yerr=s.values, marker="o", capsize=3,
@@ -184,12 +184,9 @@ def claims(df: pd.DataFrame, trend: dict) -> list[str]:
     taus = {m: _kendall(df, f"measure.{m}") for m in MEASURES}
     best = max(taus, key=taus.get)
     out.append(f"{len(out) + 1}. *As generalization measures from training data only* (not in the paper: our "
-               "extension, pairing training images with their nearest same-label training neighbours): Kendall τ "
-               "with the loss gap " + ", ".join(f"`{m}` {v:+.2f}" for m, v in taus.items()) + f"; best `{best}`. "
-               "Both images of a training pair are fitted, so their Δl is near 0 and the train-pair Σ c σ_g σ_w "
-               "(`duality.gap`) and ‖σ_g‖ (`duality.sharpness`) do not see the test-side loss changes; σ_w "
-               "(`duality.size`) does carry over from training pairs (it follows the ORACLE Σσ_w² along every "
-               "axis), but the size factor itself moves against the gap along B and α here.")
+               "extension, pairing each clean training image with the midpoint to its nearest same-label "
+               "training neighbour, an input the model never fitted): Kendall τ with the loss gap "
+               + ", ".join(f"`{m}` {v:+.2f}" for m, v in taus.items()) + f"; best `{best}`.")
     return out
 
 
@@ -203,7 +200,7 @@ def report(df: pd.DataFrame, out: Path, quick: bool, wall: float, cpu: float, fi
         if sub[f"hp.{axis}"].nunique() > 1:
             trend[axis] = {c: float(scipy.stats.kendalltau(sub[f"hp.{axis}"], sub[c]).statistic)
                            for c in ("metric.gap_loss", "oracle.cov_term", "oracle.sigma_g_norm", "oracle.sigma_w_sq",
-                                     "measure.duality.sharpness", "measure.duality.size")}
+                                     "measure.duality.mid.sharpness", "measure.duality.mid.size")}
     cmd = "genbench reproduce nmi" + (" --quick" if quick else "")
     lines = [
         "# Reproduction: activity–weight duality (Feng, Zhang & Tu, Nat. Mach. Intell. 2023)", "",
@@ -219,8 +216,8 @@ def report(df: pd.DataFrame, out: Path, quick: bool, wall: float, cpu: float, fi
         "or the epoch cap; one-at-a-time sweeps of B, α and weight decay around the baseline; "
         f"{df['hp.seed'].nunique()} seeds per setting (paper: 10 repeats).",
         "- ORACLE rows use the test set (each test image paired with its nearest same-class training image in "
-        "pixel space, as the paper). `duality.*` measures use training data only (each training image paired "
-        "with its nearest same-label training neighbour).", "",
+        "pixel space, as the paper). `duality.mid.*` measures use training data only (each clean training image "
+        "paired with the midpoint to its nearest same-label training neighbour).", "",
         "## Headline numbers", "",
         f"- Exact identity: max |Σ_n(μ_g,n μ_w,n + c_n σ_g,n σ_w,n) − mean Δl| over the models = {ident:.1e} "
         "(complete 900-direction eigenbasis).",
@@ -232,14 +229,14 @@ def report(df: pd.DataFrame, out: Path, quick: bool, wall: float, cpu: float, fi
                               "oracle.sigma_g_norm", "oracle.sigma_w_sq"] + [f"measure.{m}" for m in MEASURES]) + ".",
         "", "Trend along each swept axis (Kendall τ between the hyperparameter and the quantity, baseline "
         "included):", "",
-        "| axis | loss gap | ORACLE Σcσσ | ORACLE ‖σ_g‖ | ORACLE Σσ_w² | duality.sharpness | duality.size |",
+        "| axis | loss gap | ORACLE Σcσσ | ORACLE ‖σ_g‖ | ORACLE Σσ_w² | duality.mid.sharpness | duality.mid.size |",
         "|---|---|---|---|---|---|---|"]
     for axis, t in trend.items():
         lines.append(f"| {LABEL[axis]} | " + " | ".join(f"{v:+.2f}" for v in t.values()) + " |")
     lines += ["", "Per setting (means over seeds):", "",
               g[["metric.epochs", "metric.gap_loss", "oracle.mean_dl", "oracle.cov_term", "oracle.mu_term",
-                 "oracle.sigma_g_norm", "oracle.sigma_w_sq", "measure.duality.gap", "measure.duality.sharpness",
-                 "measure.duality.size", "measure.duality.gap_hessian"]].mean()
+                 "oracle.sigma_g_norm", "oracle.sigma_w_sq", "measure.duality.mid.gap", "measure.duality.mid.sharpness",
+                 "measure.duality.mid.size", "measure.duality.mid.gap_hessian"]].mean()
               .rename(columns=lambda c: c.replace("measure.", "").replace("metric.", "").replace("hp.", ""))
               .rename_axis(index=lambda c: c.replace("hp.", "")).reset_index().pipe(markdown_table), "",
               f"Cost of the analysis per model: oracle table {df['time.oracle_s'].median():.2f} s, "

@@ -173,7 +173,8 @@ def test_default_layer_and_conv_rejection():
 
 
 # ----------------------------------------------------------------------------------------- measures
-NAMES = ["duality.gap", "duality.sharpness", "duality.size", "duality.gap_hessian", "oracle.duality_gap"]
+NAMES = ["duality.mid.gap", "duality.mid.sharpness", "duality.mid.size", "duality.mid.gap_hessian",
+         "oracle.duality_gap"]
 
 
 def test_registered_metadata():
@@ -182,6 +183,8 @@ def test_registered_metadata():
         assert m.family == "duality" and m.sign == 1
         assert m.oracle == (name == "oracle.duality_gap")
         assert ("test_data" in m.needs) == m.oracle
+    for old in ("duality.gap", "duality.sharpness", "duality.size", "duality.gap_hessian"):
+        assert old not in REGISTRY  # the degenerate training-neighbour versions are gone
 
 
 def test_measures_are_finite_and_deterministic():
@@ -190,15 +193,19 @@ def test_measures_are_finite_and_deterministic():
     assert all(math.isfinite(v) for v in first.values())
     assert first == second
     ctx = _ctx(seed=9)
-    assert REGISTRY.get("duality.size")(ctx).value >= 0 and REGISTRY.get("duality.sharpness")(ctx).value >= 0
+    assert REGISTRY.get("duality.mid.size")(ctx).value >= 0 and REGISTRY.get("duality.mid.sharpness")(ctx).value >= 0
+
+
+def _midpoint_pairs(ctx):
+    x, y = ctx.x_train, ctx.y_train
+    j = D.nearest_same_class(x, y, x, y, exclude_self=True)
+    return D.make_pairs(ctx, D.select_layer(ctx), x, y, (x + x[j]) / 2, y)
 
 
 def test_curvature_size_is_the_eigenbasis_sum_exactly_or_in_expectation():
     ctx = _ctx(seed=11)
     layer = D.select_layer(ctx)
-    pairs = D.make_pairs(ctx, layer, ctx.x_train, ctx.y_train,
-                         *(t[D.nearest_same_class(ctx.x_train, ctx.y_train, ctx.x_train, ctx.y_train,
-                                                  exclude_self=True)] for t in (ctx.x_train, ctx.y_train)))
+    pairs = _midpoint_pairs(ctx)
     hess = D.LayerHessian(ctx, layer)
     basis = D.hessian_eigenbasis(ctx, layer, hess=hess)
     table = D.direction_terms(pairs, basis.vectors, basis.eigenvalues)
@@ -210,22 +217,44 @@ def test_curvature_size_is_the_eigenbasis_sum_exactly_or_in_expectation():
     assert est["stderr"] < 0.2 * exact
 
 
-def test_wide_layer_paths_are_finite_and_deterministic():
-    make = lambda: _ctx((6, 40, 30, 3), seed=10, extras={"duality.top_k": 4})  # 1200 weights: iterative paths
-    values = [REGISTRY.get("duality.gap_hessian")(make()) for _ in range(2)]
-    assert values[0] == values[1] and math.isfinite(values[0].value)
-    assert values[0].details["method"].startswith("hutchinson")
+def test_wide_layer_paths_against_the_dense_hessian():
+    """A 33→32 analysed layer (1056 weights, just above the dense threshold): the registered Hutchinson value
+    equals ½·mean_z (Dz)ᵀ H (Dz)/K with the SAME probes z and H formed densely (autograd, independent of the
+    structured product); the Lanczos oracle path keeps the exact basis-free total."""
+    make = lambda: _ctx((6, 33, 32, 3), seed=10, extras={"duality.top_k": 4})
+    ctx = make()
+    out = REGISTRY.get("duality.mid.gap_hessian")(ctx)
+    assert out.details["method"] == f"hutchinson({D.PROBES} probes)"
+    assert out == REGISTRY.get("duality.mid.gap_hessian")(make())
+    layer = D.select_layer(ctx)
+    w = ctx.params[layer.weight]
+    h = torch.autograd.functional.hessian(
+        lambda v: ctx.loss({**ctx.params, layer.weight: v.reshape(w.shape)}), w.reshape(-1)).double()
+    pairs = _midpoint_pairs(ctx)
+    k = len(pairs.dl)
+    d = pairs.dual_weights().reshape(k, -1)
+    d = d - d.mean(0)  # (K, P) centred dual weights
+    z = torch.randint(0, 2, (D.PROBES, k), generator=ctx.generator("duality/hutchinson"), dtype=torch.float32) * 2 - 1
+    dz = z.double() @ d  # (probes, P)
+    ref = 0.5 * float(((dz @ h) * dz).sum(1).mean() / k)
+    assert out.value == pytest.approx(ref, rel=1e-4)
+    assert 0.5 * float(((d @ h) * d).sum() / k) == pytest.approx(out.value, abs=4 * out.details["stderr"])
     oracle = REGISTRY.get("oracle.duality_gap")(make())
     assert oracle.details["directions"] == 4 and not oracle.details["complete"]
     assert math.isfinite(oracle.details["topk_fraction"])
+    mean_dl = float(D.per_sample_loss(ctx, ctx.x_test, ctx.y_test).double().mean()
+                    - D.per_sample_loss(ctx, *_anchors(ctx)).double().mean())
+    assert oracle.value == pytest.approx(mean_dl, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------- registered values
-def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12):
+def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12, mislabeled=None, curvature=None):
     """A float64 5→6→4→3 tanh MLP (the analysed layer: the 6→4 hidden-to-hidden matrix, 24 weights) and the
-    duality quantities by explicit loops: nearest same-label partners by brute force, activities by hand
-    (a = tanh(W_1 x + b_1)), dual weights ΔW_k = (W Δa_k) a_kᵀ/‖a_k‖², losses by hand, and the per-direction
-    statistics in the eigenbasis of the layer's dense training-loss Hessian (torch.autograd)."""
+    duality quantities by explicit loops over the CLEAN samples (``mislabeled``: bool mask or None): nearest
+    clean same-label neighbours by brute force, midpoint partners, activities by hand (a = tanh(W_1 x + b_1)),
+    dual weights ΔW_k = (W Δa_k) a_kᵀ/‖a_k‖², losses by hand, and the per-direction statistics in the
+    eigenbasis of the layer's dense Hessian (torch.autograd) over the clean samples (or over ``curvature``,
+    indices of the samples the Hessian is taken over)."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(sizes[0], sizes[1]), nn.Tanh(), nn.Linear(sizes[1], sizes[2]),
                           nn.Tanh(), nn.Linear(sizes[2], sizes[3])).double()
@@ -234,7 +263,9 @@ def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12):
     y = torch.randint(0, sizes[-1], (n,), generator=g)
     xt = torch.randn(n_test, sizes[0], generator=g, dtype=torch.float64)
     yt = torch.randint(0, sizes[-1], (n_test,), generator=g)
-    ctx = Context(model, train=(x, y), test=(xt, yt))
+    extras = {} if mislabeled is None else {"mislabeled": mislabeled}
+    ctx = Context(model, train=(x, y), test=(xt, yt), extras=extras)
+    clean = [i for i in range(n) if mislabeled is None or not bool(mislabeled[i])]
     w1, b1, w, b2, w3, b3 = (p.detach() for p in model.parameters())
 
     def act(v):  # input activity of the analysed layer
@@ -243,17 +274,18 @@ def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12):
     def loss(v, label, weight=w):
         return F.cross_entropy(torch.tanh(act(v) @ weight.T + b2) @ w3.T + b3, label, reduction="none")
 
-    def nearest(i_query, xq, yq, exclude_self):
+    def nearest(q, label, exclude=None):
         best = None
-        for j in range(n):
-            if y[j] != yq[i_query] or (exclude_self and j == i_query):
+        for j in clean:
+            if y[j] != label or j == exclude:
                 continue
-            d = float((xq[i_query] - x[j]).norm())
+            d = float((q - x[j]).norm())
             if best is None or d < best[0]:
                 best = (d, j)
         return best[1]
 
-    hess = torch.autograd.functional.hessian(lambda v: loss(x, y, v.reshape(w.shape)).mean(), w.reshape(-1))
+    hs = clean if curvature is None else list(curvature)
+    hess = torch.autograd.functional.hessian(lambda v: loss(x[hs], y[hs], v.reshape(w.shape)).mean(), w.reshape(-1))
     lam, vecs = torch.linalg.eigh(hess)  # complete orthonormal basis of the 24-dimensional weight space
 
     def stats(anchor_x, anchor_y, partner_x, partner_y):
@@ -267,28 +299,70 @@ def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12):
         c = cov / (sw * sg)
         return {"gap": float((c * sg * sw).sum()), "size": float((sw ** 2).sum()),
                 "sharpness": float((sg ** 2).sum().sqrt()), "gap_hessian": 0.5 * float((lam * sw ** 2).sum()),
-                "decomposition": float((pw.mean(0) * pg.mean(0) + c * sg * sw).sum()), "mean_dl": float(dl.mean())}
+                "decomposition": float((pw.mean(0) * pg.mean(0) + c * sg * sw).sum()), "mean_dl": float(dl.mean()),
+                "n_pairs": len(a)}
 
-    train_nn = [nearest(i, x, y, True) for i in range(n)]
-    test_nn = [nearest(i, xt, yt, False) for i in range(n_test)]
-    return ctx, stats(x, y, x[train_nn], y[train_nn]), stats(x[test_nn], y[test_nn], xt, yt)
+    mid = torch.stack([(x[i] + x[nearest(x[i], y[i], exclude=i)]) / 2 for i in clean])
+    test_nn = [nearest(xt[i], yt[i]) for i in range(n_test)]
+    return ctx, stats(x[clean], y[clean], mid, y[clean]), stats(x[test_nn], y[test_nn], xt, yt)
+
+
+TRAIN_KEYS = (("duality.mid.gap", "gap"), ("duality.mid.size", "size"), ("duality.mid.sharpness", "sharpness"),
+              ("duality.mid.gap_hessian", "gap_hessian"))
 
 
 def test_training_pair_measures_against_explicit_loops():
-    """duality.gap = Σ_n c_n σ_g,n σ_w,n, duality.size = Σ_n σ_w,n², duality.sharpness = (Σ_n σ_g,n²)^½ and
-    duality.gap_hessian = ½ Σ_n λ_n σ_w,n², the sums over the dense Hessian eigenbasis of the analysed layer,
-    each training sample paired with its nearest same-label training sample."""
+    """duality.mid.gap = Σ_n c_n σ_g,n σ_w,n, .size = Σ_n σ_w,n², .sharpness = (Σ_n σ_g,n²)^½ and
+    .gap_hessian = ½ Σ_n λ_n σ_w,n², the sums over the dense Hessian eigenbasis of the analysed layer, each
+    training sample paired with the midpoint between it and its nearest same-label training sample."""
     ctx, ref, _ = _explicit_reference()
     assert D.select_layer(ctx).name == "3"
     assert ref["gap"] != pytest.approx(ref["gap_hessian"], rel=0.1)  # the two gap estimates really differ here
-    for name, key in (("duality.gap", "gap"), ("duality.size", "size"), ("duality.sharpness", "sharpness"),
-                      ("duality.gap_hessian", "gap_hessian")):
+    for name, key in (("duality.mid.gap", "gap"), ("duality.mid.size", "size"),
+                      ("duality.mid.sharpness", "sharpness"), ("duality.mid.gap_hessian", "gap_hessian")):
         out = REGISTRY.get(name)(ctx)
         assert out.value == pytest.approx(ref[key], rel=1e-8, abs=1e-12), name
-    details = REGISTRY.get("duality.gap")(ctx).details
+    details = REGISTRY.get("duality.mid.gap")(ctx).details
     assert details["n_pairs"] == 40 and details["dropped"] == 0
     assert details["mean_dl"] == pytest.approx(ref["mean_dl"], rel=1e-8)
-    assert REGISTRY.get("duality.gap_hessian")(ctx).details["method"] == "dense"
+    assert REGISTRY.get("duality.mid.gap_hessian")(ctx).details["method"] == "dense"
+
+
+def _mask(n=40, bad=(0, 3, 7, 8, 15, 22, 30, 31)):
+    m = torch.zeros(n, dtype=torch.bool)
+    m[list(bad)] = True
+    return m
+
+
+def test_mislabeled_samples_are_left_out_of_pairs_hessian_and_gap():
+    """With a mislabeled mask, every measure equals the explicit computation on the clean samples only (pairs,
+    midpoint neighbours, Hessian, oracle anchors), and differs from the all-samples value."""
+    ctx, ref, ref_test = _explicit_reference(mislabeled=_mask())
+    _, ref_all, ref_test_all = _explicit_reference()
+    for name, key in TRAIN_KEYS:
+        out = REGISTRY.get(name)(ctx).value
+        assert out == pytest.approx(ref[key], rel=1e-8, abs=1e-12), name
+        assert out != pytest.approx(ref_all[key], rel=1e-3), name
+    assert REGISTRY.get("duality.mid.gap")(ctx).details["n_pairs"] == 32
+    oracle = REGISTRY.get("oracle.duality_gap")(ctx)
+    assert oracle.value == pytest.approx(ref_test["mean_dl"], rel=1e-8, abs=1e-12)
+    assert oracle.details["cov_term"] == pytest.approx(ref_test["gap"], rel=1e-8, abs=1e-12)
+    assert oracle.value != pytest.approx(ref_test_all["mean_dl"], rel=1e-3)
+
+
+def test_curvature_samples_take_the_hessian_over_a_seeded_clean_subset():
+    mask = _mask()
+    ctx, _, _ = _explicit_reference(mislabeled=mask)
+    ctx.extras["curvature_samples"] = 12
+    clean = torch.nonzero(~mask).squeeze(1)
+    pick = clean[torch.randperm(len(clean), generator=ctx.generator("duality/curvature"))[:12].sort().values]
+    assert not mask[pick].any()
+    _, ref, _ = _explicit_reference(mislabeled=mask, curvature=pick.tolist())
+    _, full, _ = _explicit_reference(mislabeled=mask)
+    out = REGISTRY.get("duality.mid.gap_hessian")(ctx).value
+    assert out == pytest.approx(ref["gap_hessian"], rel=1e-8)
+    assert out != pytest.approx(full["gap_hessian"], rel=1e-3)
+    assert REGISTRY.get("duality.mid.gap")(ctx).value == pytest.approx(full["gap"], rel=1e-8)  # pairs: all clean
 
 
 def test_oracle_duality_gap_against_explicit_loops():

@@ -21,14 +21,16 @@ projected (normalised / sign) gradient ascent in its infinite-step-size limit, i
 quadratic it is the power method); in general the best visited point is kept. The ascent starts at the
 solution itself (δ = 0), so its first step is the SAM / FGSM step along the training gradient; a seeded
 random start found the same maxima to within a few per cent on the reference MLP, and starting at 0 leaves
-the ascent free of randomness (only the subset is seeded) and exactly equivariant to relabelling hidden
+the ascent free of randomness (only an optional subset is seeded) and exactly equivariant to relabelling hidden
 units. (At an exactly stationary point the gradient would vanish and the ascent could not move; trained
 networks are not exactly stationary.) Every visited point costs one forward and, except the last, one
 backward pass; the loss and the error come from the same forward.
 
-All of it runs on a seeded subset of ``SHARPNESS_SAMPLES`` training samples (``pacbayes.train_subsample``,
-nested with the PAC-Bayes and Hessian subsets), so the max is an n-sharpness with n = 512, not an average of
-per-batch m-sharpness values; all ω parameters (weights and biases) are perturbed.
+All of it runs on the whole training set (``pacbayes.curvature_data``; a seeded subset of N samples when
+``ctx.extras["curvature_samples"]`` = N, an option for large datasets, nested with the PAC-Bayes and
+Hessian subsets), so the max is an n-sharpness with n the training-set size, not an average of per-batch
+m-sharpness values; all ω parameters (weights and biases) are perturbed. The number of samples is in the
+details (``samples``).
 
 The magnitude-aware ε. Jiang et al. use ε = 1e-3 in the magnitude-aware noise N(0, σ'²w_i² + ε²), where it is
 small next to the Gaussian noise a trained network tolerates (σ'|w_i| ≈ 2e-2 for the reference
@@ -52,6 +54,12 @@ constants. The log term is taken as log(m/α), α being the only scale the sharp
 with the PAC-Bayes σ would tie the two families together). The equation numbers in the references
 ((50)–(52), (58)–(60)) are inferred from the order of the appendix given the PAC-Bayes ones ((48), (49),
 (53), (56), (57), (61)); they, and the exact constants, were not checked against the printed paper.
+
+Sample size. The six bound terms are reported as √(v/m), v the term above (``sample_size="sqrt"``: the
+adjustment the code of Dziugaite et al. 2020 applies before ranking; v and m stay in the details), for the
+reasons given in ``measures.pacbayes``; v ≥ 0 by the same arguments (α ≤ 1, α' ≤ 10, and Jensen's inequality
+for the magnitude-aware sums, whose numerator coefficient α'² + 4 log(2ω) exceeds the denominator's α'²).
+The fixed-radius measures are loss increases, not bounds, and are reported as they are.
 """
 from __future__ import annotations
 
@@ -67,6 +75,7 @@ from measures.pacbayes import (
     SEARCH_STEPS,
     SEARCH_TOL,
     bisect_log,
+    curvature_data,
     dist_init,
     mag_bound,
     train_subsample,
@@ -74,7 +83,6 @@ from measures.pacbayes import (
 from measures.registry import Value, measure
 
 TARGET_ERROR_INCREASE = 0.1  # Jiang et al.'s target deviation of the training accuracy
-SHARPNESS_SAMPLES = 512  # training samples the ascent and the error are computed on (seeded subset)
 SEARCH_ASCENT_STEPS = 3  # ascent steps per probe of the radius search
 MAG_EPS = 1e-5  # ε of the magnitude-aware box |δ_i| ≤ α'|w_i| + ε (module docstring: not Jiang's 1e-3)
 ALPHA_BOUNDS = (1e-6, 1.0)  # box half-width α search range (absolute, parameter units)
@@ -139,25 +147,30 @@ def evaluator(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Evaluate:
     return evaluate
 
 
-def _base(ctx: Context, n: int) -> tuple[float, float]:
-    """Unperturbed (loss, error) on the n-sample subset."""
-    x, y = train_subsample(ctx, n)
+def _data(ctx: Context, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pacbayes.curvature_data` (the whole training set by default), or a seeded n-sample subset."""
+    return curvature_data(ctx) if n is None else train_subsample(ctx, n)
+
+
+def _base(ctx: Context, n: int | None) -> tuple[float, float]:
+    """Unperturbed (loss, error) on the samples of :func:`_data`."""
+    x, y = _data(ctx, n)
     loss, err, _ = evaluator(ctx, x, y)(ctx.flatten(ctx.params), False)
     return loss, err
 
 
 # ----------------------------------------------------------------------------------------- radius search
 def _alpha_search(ctx: Context, magnitude: bool, *, target: float = TARGET_ERROR_INCREASE,
-                  n: int = SHARPNESS_SAMPLES, ascent_steps: int = SEARCH_ASCENT_STEPS, steps: int = SEARCH_STEPS,
+                  n: int | None = None, ascent_steps: int = SEARCH_ASCENT_STEPS, steps: int = SEARCH_STEPS,
                   tol: float = SEARCH_TOL, bounds: tuple[float, float] | None = None,
                   eps: float = MAG_EPS) -> dict:
-    """Largest box half-width α (or relative α') whose worst-case training-error increase is ≤ ``target``.
+    """Largest box half-width α (or relative α') whose worst-case training-error increase is ≤ ``target`` (+ tol).
 
     Increase(α) = max over the ascent's visited points of err(w + δ) − err(w), |δ_i| ≤ α (or α'|w_i| + ε), on
-    the seeded n-sample subset. Returns ``alpha`` and the details.
+    the whole training set (``n``: a seeded n-sample subset instead). Returns ``alpha`` and the details.
     """
     bounds = bounds or (MAG_ALPHA_BOUNDS if magnitude else ALPHA_BOUNDS)
-    x, y = train_subsample(ctx, n)
+    x, y = _data(ctx, n)
     evaluate = evaluator(ctx, x, y)
     w = ctx.flatten(ctx.params)
     _, base = ctx.shared(_base, n)
@@ -170,7 +183,7 @@ def _alpha_search(ctx: Context, magnitude: bool, *, target: float = TARGET_ERROR
     found = bisect_log(increase, bounds, target, tol=tol, steps=steps)
     details = {"alpha": found["s"], "error_increase": found["f"], "base_error": base,
                "bracket": list(found["bracket"]), "probes": found["probes"], "at_bound": found["at_bound"],
-               "target": target, "ascent_steps": ascent_steps, "subsample": len(y), "magnitude_aware": magnitude}
+               "target": target, "ascent_steps": ascent_steps, "samples": len(y), "magnitude_aware": magnitude}
     if magnitude:
         details["eps"] = eps
     return details
@@ -183,16 +196,16 @@ def _sharpness_term(sq_norm: float, alpha: float, omega: int, m: int) -> float:
 
 # ----------------------------------------------------------------------------------------- fixed radius
 def _fixed_radius(ctx: Context, norm: str, adaptive: bool, *, radius: float | None = None,
-                  n: int = SHARPNESS_SAMPLES, steps: int = FIXED_ASCENT_STEPS) -> Value:
-    """max_{‖δ ⊘ c‖_p ≤ ρ} L(w + δ) − L(w) on the seeded n-sample subset, c = |w| (adaptive) or 1."""
+                  n: int | None = None, steps: int = FIXED_ASCENT_STEPS) -> Value:
+    """max_{‖δ ⊘ c‖_p ≤ ρ} L(w + δ) − L(w) on the training set (:func:`_data`), c = |w| (adaptive) or 1."""
     radius = RHO[(norm, adaptive)] if radius is None else radius
-    x, y = train_subsample(ctx, n)
+    x, y = _data(ctx, n)
     w = ctx.flatten(ctx.params)
     c = w.abs() if adaptive else torch.ones_like(w)
     out = ascent(evaluator(ctx, x, y), w, c, radius, norm, steps, torch.zeros_like(w))
     base, _ = ctx.shared(_base, n)
     return Value(out["loss"] - base, {"radius": radius, "norm": norm, "adaptive": adaptive, "base_loss": base,
-                                      "losses": out["losses"], "ascent_steps": steps, "subsample": len(y)})
+                                      "losses": out["losses"], "ascent_steps": steps, "samples": len(y)})
 
 
 # ----------------------------------------------------------------------------------------- measures
@@ -201,47 +214,59 @@ def _search_value(ctx: Context, magnitude: bool, value: Callable[[float], float]
     return Value(value(d["alpha"]), dict(d))
 
 
-@measure("sharpness.init", needs=("model", "init_model", "train_data"), sign=1, family="sharpness",
-         reference="Jiang et al. 2020, sharpness-init, eq. (50); Keskar et al. 2017; Neyshabur et al. 2017")
+@measure("sharpness.init", needs=("model", "init_model", "train_data"), sign=1, family="sharpness", version=2,
+         sample_size="sqrt",
+         reference="Jiang et al. 2020, sharpness-init, eq. (50); Keskar et al. 2017; Neyshabur et al. 2017;"
+                   " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_init(ctx: Context) -> Value:
-    """Worst-case sharpness bound term with the prior at initialization, ‖w − w⁰‖² log(2ω)/(4α²) + log(m/α) + 10.
+    """Worst-case sharpness bound term with the prior at initialization, reported as √(v/m) with
+    v = ‖w − w⁰‖² log(2ω)/(4α²) + log(m/α) + 10.
 
     α: the largest half-width of the box |δ_i| ≤ α within which the worst training-error increase found by
-    3 sign-gradient ascent steps on the cross-entropy stays ≤ 0.1 (module docstring). ω: number of parameters.
+    3 sign-gradient ascent steps on the cross-entropy stays ≤ 0.1 (module docstring). ω: number of
+    parameters; m: training-set size; v is kept in the details as ``unadjusted``.
     """
     omega, m = ctx.num_params, len(ctx.y_train)
     sq = (dist_init(ctx).double() ** 2).sum().item()
     return _search_value(ctx, False, lambda a: _sharpness_term(sq, a, omega, m))
 
 
-@measure("sharpness.orig", needs=("model", "train_data"), sign=1, family="sharpness",
-         reference="Jiang et al. 2020, sharpness-orig, eq. (51); Keskar et al. 2017; Neyshabur et al. 2017")
+@measure("sharpness.orig", needs=("model", "train_data"), sign=1, family="sharpness", version=2, sample_size="sqrt",
+         reference="Jiang et al. 2020, sharpness-orig, eq. (51); Keskar et al. 2017; Neyshabur et al. 2017;"
+                   " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_orig(ctx: Context) -> Value:
-    """Worst-case sharpness bound term with the prior at the origin, ‖w‖² log(2ω)/(4α²) + log(m/α) + 10.
+    """Worst-case sharpness bound term with the prior at the origin, reported as √(v/m) with
+    v = ‖w‖² log(2ω)/(4α²) + log(m/α) + 10.
 
-    α as in ``sharpness.init`` (the same search, shared).
+    α as in ``sharpness.init`` (the same search, shared); m the training-set size.
     """
     omega, m = ctx.num_params, len(ctx.y_train)
     sq = (ctx.flatten(ctx.params).double() ** 2).sum().item()
     return _search_value(ctx, False, lambda a: _sharpness_term(sq, a, omega, m))
 
 
-@measure("sharpness.flatness", needs=("model", "train_data"), sign=1, family="sharpness",
-         reference="Jiang et al. 2020, sharpness-flatness, eq. (52); Keskar et al. 2017")
+@measure("sharpness.flatness", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
+         sample_size="sqrt",
+         reference="Jiang et al. 2020, sharpness-flatness, eq. (52); Keskar et al. 2017; Dziugaite et al. 2020 "
+                   "(sample-size adjustment)")
 def sharpness_flatness(ctx: Context) -> Value:
-    """Worst-case sharpness flatness 1/α², α the largest tolerated box half-width.
+    """Worst-case sharpness flatness √(v/m), v = 1/α², α the largest tolerated box half-width.
 
-    α as in ``sharpness.init`` (the same search, shared); larger = sharper.
+    α as in ``sharpness.init`` (the same search, shared); larger = sharper. Reported as √(v/m) = 1/(α√m),
+    m the training-set size.
     """
     return _search_value(ctx, False, lambda a: 1.0 / a ** 2)
 
 
-@measure("sharpness.mag.init", needs=("model", "init_model", "train_data"), sign=1, family="sharpness",
-         reference="Jiang et al. 2020, sharpness-mag-init, eq. (58) (magnitude-aware perturbation bound)")
+@measure("sharpness.mag.init", needs=("model", "init_model", "train_data"), sign=1, family="sharpness", version=2,
+         sample_size="sqrt",
+         reference="Jiang et al. 2020, sharpness-mag-init, eq. (58) (magnitude-aware perturbation bound);"
+                   " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_mag_init(ctx: Context) -> Value:
-    """Magnitude-aware worst-case sharpness term, prior at initialization.
+    """Magnitude-aware worst-case sharpness term, prior at initialization, reported as √(v/m), m the training-set
+    size.
 
-    ¼ Σ_i log[(ε² + (α'² + 4 log(2ω))‖w − w⁰‖²/ω) / (ε² + α'²(w_i − w⁰_i)²)] + log(m/α') + 10, where α' is the
+    v = ¼ Σ_i log[(ε² + (α'² + 4 log(2ω))‖w − w⁰‖²/ω) / (ε² + α'²(w_i − w⁰_i)²)] + log(m/α') + 10, where α' is the
     largest relative half-width of the box |δ_i| ≤ α'|w_i| + ε (ε = 1e-5, module docstring) within which the
     worst training-error increase found by 3 sign-gradient ascent steps stays ≤ 0.1.
     """
@@ -251,12 +276,15 @@ def sharpness_mag_init(ctx: Context) -> Value:
     return _search_value(ctx, True, lambda a: mag_bound(sq, dist, a, a ** 2 + 4 * math.log(2 * omega), m, MAG_EPS))
 
 
-@measure("sharpness.mag.orig", needs=("model", "init_model", "train_data"), sign=1, family="sharpness",
-         reference="Jiang et al. 2020, sharpness-mag-orig, eq. (59) (magnitude-aware perturbation bound)")
+@measure("sharpness.mag.orig", needs=("model", "init_model", "train_data"), sign=1, family="sharpness", version=2,
+         sample_size="sqrt",
+         reference="Jiang et al. 2020, sharpness-mag-orig, eq. (59) (magnitude-aware perturbation bound);"
+                   " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_mag_orig(ctx: Context) -> Value:
-    """Magnitude-aware worst-case sharpness term, prior at the origin.
+    """Magnitude-aware worst-case sharpness term, prior at the origin, reported as √(v/m), m the training-set
+    size.
 
-    ¼ Σ_i log[(ε² + (α'² + 4 log(2ω))‖w‖²/ω) / (ε² + α'²(w_i − w⁰_i)²)] + log(m/α') + 10 (denominator as printed
+    v = ¼ Σ_i log[(ε² + (α'² + 4 log(2ω))‖w‖²/ω) / (ε² + α'²(w_i − w⁰_i)²)] + log(m/α') + 10 (denominator as printed
     by Jiang et al.); α' as in ``sharpness.mag.init`` (shared search).
     """
     omega, m = ctx.num_params, len(ctx.y_train)
@@ -265,56 +293,60 @@ def sharpness_mag_orig(ctx: Context) -> Value:
     return _search_value(ctx, True, lambda a: mag_bound(sq, dist, a, a ** 2 + 4 * math.log(2 * omega), m, MAG_EPS))
 
 
-@measure("sharpness.mag.flatness", needs=("model", "train_data"), sign=1, family="sharpness",
-         reference="Jiang et al. 2020, sharpness-mag-flatness, eq. (60) (magnitude-aware perturbation bound)")
+@measure("sharpness.mag.flatness", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
+         sample_size="sqrt",
+         reference="Jiang et al. 2020, sharpness-mag-flatness, eq. (60) (magnitude-aware perturbation bound);"
+                   " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_mag_flatness(ctx: Context) -> Value:
-    """Magnitude-aware worst-case sharpness flatness 1/α'², α' the largest tolerated relative box half-width.
+    """Magnitude-aware worst-case sharpness flatness √(v/m), v = 1/α'², α' the largest tolerated relative box
+    half-width.
 
-    Box |δ_i| ≤ α'|w_i| + ε, ε = 1e-5; α' as in ``sharpness.mag.init`` (shared search).
+    Box |δ_i| ≤ α'|w_i| + ε, ε = 1e-5; α' as in ``sharpness.mag.init`` (shared search). Reported as
+    √(v/m) = 1/(α'√m), m the training-set size.
     """
     return _search_value(ctx, True, lambda a: 1.0 / a ** 2)
 
 
-@measure("sharpness.l2", needs=("model", "train_data"), sign=1, family="sharpness",
+@measure("sharpness.l2", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
          reference="Foret et al. 2021 (SAM); Andriushchenko et al. 2023, worst-case l2 sharpness")
 def sharpness_l2(ctx: Context) -> Value:
     """Worst-case ℓ2 sharpness at radius 0.1, max_{‖δ‖₂ ≤ 0.1} L(w + δ) − L(w).
 
-    Training cross-entropy on a seeded 512-sample subset; 3 normalised-gradient (SAM-step) ascent steps from
+    Training cross-entropy on a whole training set; 3 normalised-gradient (SAM-step) ascent steps from
     δ = 0, best visited point kept.
     """
     return _fixed_radius(ctx, "l2", False)
 
 
-@measure("sharpness.linf", needs=("model", "train_data"), sign=1, family="sharpness",
+@measure("sharpness.linf", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
          reference="Keskar et al. 2017 (box sharpness); Andriushchenko et al. 2023, worst-case l-inf sharpness")
 def sharpness_linf(ctx: Context) -> Value:
     """Worst-case ℓ∞ sharpness at radius 1e-3, max_{‖δ‖∞ ≤ 0.001} L(w + δ) − L(w).
 
-    Training cross-entropy on a seeded 512-sample subset; 3 sign-gradient (FGSM-step) ascent steps from δ = 0,
+    Training cross-entropy on a whole training set; 3 sign-gradient (FGSM-step) ascent steps from δ = 0,
     best visited point kept.
     """
     return _fixed_radius(ctx, "linf", False)
 
 
-@measure("sharpness.adaptive.l2", needs=("model", "train_data"), sign=1, family="sharpness",
+@measure("sharpness.adaptive.l2", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
          reference="Andriushchenko et al. 2023, adaptive worst-case l2 sharpness (Kwon et al. 2021, ASAM)")
 def sharpness_adaptive_l2(ctx: Context) -> Value:
     """Adaptive worst-case ℓ2 sharpness, max_{‖δ ⊘ |w|‖₂ ≤ 1} L(w + δ) − L(w).
 
     Elementwise scaling c = |w| (ASAM), radius ρ = 1; 3 normalised-gradient ascent steps in u = δ ⊘ |w| on a
-    seeded 512-sample subset, best visited point kept. Invariant to rescaling a ReLU layer by a and the next
+    whole training set, best visited point kept. Invariant to rescaling a ReLU layer by a and the next
     by 1/a, unlike the plain version.
     """
     return _fixed_radius(ctx, "l2", True)
 
 
-@measure("sharpness.adaptive.linf", needs=("model", "train_data"), sign=1, family="sharpness",
+@measure("sharpness.adaptive.linf", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
          reference="Andriushchenko et al. 2023, adaptive worst-case l-inf sharpness")
 def sharpness_adaptive_linf(ctx: Context) -> Value:
     """Adaptive worst-case ℓ∞ sharpness, max_{|δ_i| ≤ 0.01|w_i|} L(w + δ) − L(w).
 
-    Every parameter may move by 1 % of its magnitude; 3 sign-gradient ascent steps on a seeded 512-sample
-    subset, best visited point kept.
+    Every parameter may move by 1 % of its magnitude; 3 sign-gradient ascent steps on the whole training
+    set, best visited point kept.
     """
     return _fixed_radius(ctx, "linf", True)

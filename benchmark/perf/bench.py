@@ -12,7 +12,7 @@
 3. Every registered measure's seconds and cost in full-batch forward+backward passes on one trained
    default-size model, and the whole suite over that model's training time.
 4. Hessian top eigenvalue and trace, genbench's registered measures against PyHessian on the same model and
-   the same sample subset, both checked against a tight reference (Lanczos to 1e-8 and the exact trace).
+   the same samples, both checked against a tight reference (Lanczos to 1e-8 and the exact trace).
 5. Scaling: log-log slopes of the stacked step time against the number of models and against their size.
 6. Peak memory of the run (``ru_maxrss``).
 
@@ -346,12 +346,11 @@ def _hvp_reference(model, x, y, device, exact_trace: bool) -> dict:
 
 def hessian_vs_pyhessian(model, make_ctx: Callable, reps: int, reference: bool, device: torch.device) -> dict:
     """genbench's ``hessian.top_eig`` + ``hessian.trace`` (fresh Context each repetition, so the shared solve is
-    paid) against PyHessian's power iteration + Hutchinson trace on the same sample subset."""
+    paid) against PyHessian's power iteration + Hutchinson trace on the same samples (the whole training set)."""
     from measures import REGISTRY
-    from measures.hessian import HESSIAN_SAMPLES
-    from measures.pacbayes import train_subsample
+    from measures.pacbayes import curvature_data
     ctx = make_ctx()
-    x, y = train_subsample(ctx, HESSIAN_SAMPLES)
+    x, y = curvature_data(ctx)
     out: dict = {"samples": len(y)}
     if "hessian.top_eig" in REGISTRY and "hessian.trace" in REGISTRY:
         def genbench():

@@ -64,7 +64,7 @@ def plugin_file(tmp_path):
     path = tmp_path / "my_measures.py"
     path.write_text(textwrap.dedent('''
         import math
-        from measures import Context, measure
+        from measures import Context, NotApplicable, measure
 
         @measure("test_plugin.sq_norm", needs=("model",), sign=1, family="plugin", reference="a test")
         def sq_norm(ctx: Context) -> float:
@@ -80,9 +80,16 @@ def plugin_file(tmp_path):
         def nan(ctx: Context) -> float:
             """Always NaN."""
             return math.nan
+
+        @measure("test_plugin.na", needs=("model", "train_data"), sign=1, family="plugin", reference="a test")
+        def only_large(ctx: Context) -> float:
+            """Defined on training sets of more than 200 samples only."""
+            if len(ctx.y_train) <= 200:
+                raise NotApplicable(f"needs more than 200 training samples, has {len(ctx.y_train)}")
+            return float(len(ctx.y_train))
     '''))
     yield path
-    for name in ("test_plugin.sq_norm", "test_plugin.raises", "test_plugin.nan"):
+    for name in ("test_plugin.sq_norm", "test_plugin.raises", "test_plugin.nan", "test_plugin.na"):
         if name in measures.REGISTRY:
             measures.REGISTRY.remove(name)
     from measures import plugins
@@ -96,10 +103,10 @@ def test_plugin_scored_on_stored_zoo_without_retraining(trained_tiny, tmp_path, 
 
     cfg = tiny_cfg(f"measures.plugins=[{plugin_file}]",
                    "measures.include=[params,log_prod_of_fro,dist_init_fro,test_plugin.sq_norm,"
-                   "test_plugin.raises,test_plugin.nan]")
+                   "test_plugin.raises,test_plugin.nan,test_plugin.na]")
     assert pipeline.train(cfg)["trained"] == 0
     counts = pipeline.measure(cfg)
-    assert counts == {"reused": 12, "computed": 12, "failed": 8}
+    assert counts == {"reused": 12, "computed": 16, "failed": 8, "not_applicable": 2}
     assert _mtimes(tmp_path / "store") == before
     pd.testing.assert_frame_equal(Store(tmp_path / "store").models(), models_before)
 
@@ -107,13 +114,24 @@ def test_plugin_scored_on_stored_zoo_without_retraining(trained_tiny, tmp_path, 
     assert (long.loc["test_plugin.raises", "error"] == "RuntimeError: deliberate failure").all()
     assert long.loc["test_plugin.nan", "error"].str.contains("non-finite").all()
     assert (long.loc["test_plugin.sq_norm", "status"] == "ok").all()
+    na = long.loc["test_plugin.na"]
+    assert sorted(na.status) == ["not_applicable", "not_applicable", "ok", "ok"]
+    assert set(na[na.status == "not_applicable"].error) == {"needs more than 200 training samples, has 150"}
+    again = cfg.copy()
+    again.measures.retry_failed = True
+    retried = pipeline.measure(again)
+    assert retried["computed"] == 8 and retried["not_applicable"] == 0  # the failures again, never the n/a
 
     table = pipeline.evaluate(cfg)
     row = table[(table.measure == "test_plugin.sq_norm") & (table.target == "gap_error")].iloc[0]
     assert row.family == "plugin" and row.failures == 0
     failed = table[(table.measure == "test_plugin.raises") & (table.target == "gap_error")].iloc[0]
     assert failed.failures == 4 and "deliberate failure" in failed.failure_message
-    assert "## Failures" in (tmp_path / "lb" / "smoke-digits.md").read_text()
+    na = table[(table.measure == "test_plugin.na") & (table.target == "gap_error")].iloc[0]
+    assert na.failures == 0 and na.not_applicable == 2 and "200 training samples" in na.not_applicable_reason
+    board = (tmp_path / "lb" / "smoke-digits.md").read_text()
+    assert "## Failures" in board and "## Not applicable" in board
+    assert "`test_plugin.na` | 2 | needs more than 200" in board.split("## Not applicable")[1]
 
 
 def test_plugin_errors_name_file_and_line(tmp_path):

@@ -5,7 +5,11 @@ data loss (no weight decay; model in eval mode, so dropout is off), flattened ov
 
     alignment  A = mean_{μ<ν} cos(g_μ, g_ν)                 (1 when all minibatch gradients point alike)
     amplitude  R = ‖ḡ‖ / mean_μ ‖g_μ‖,  ḡ = mean_μ g_μ      (in [0, 1]; 1 when they are identical)
+    amplitude_sq_corrected  κ ≈ ‖E g_μ‖² / E‖g_μ‖²          (R² without its finite-M floor; ``amplitude_sq_corrected``)
     grad_norm = ‖ḡ‖, batch_grad_norm = mean_μ ‖g_μ‖
+
+R has a floor: for pure-noise gradients (E g_μ = 0) R ≈ 1/√M (0.35 for M = 8), because ‖ḡ‖² keeps tr Σ / M of
+the noise. κ removes it (derivation in ``amplitude_sq_corrected``): ≈ 0 for pure noise, 1 for identical gradients.
 
 The M minibatches are disjoint slices of B samples of a permutation drawn from ``generator`` (further
 permutations when M·B exceeds the data). With a ``mislabeled`` mask, on a seeded sample of ``subset_samples``
@@ -24,10 +28,11 @@ Cost of one call with the trainer's M = 8, measured single-threaded on CPU again
 4,000 samples (B = 25–32, its evaluation pass included): 6–9% without a mask; with one ≈ 10% for 40→64→64→10
 and 784→30→30→10 MLPs, 16% for 40→256→256→10.
 
-Phases (``detect_phases``, rules in its docstring): clean data — fast learning, then exploration; with
-mislabeled data — I (fit the correct samples), II (wander near those solutions), III (learn the mislabeled
-ones), IV (everything fitted). Registered end-of-training measures read the ``op.*`` columns of the training
-history (``measures.history``), which a trainer fills by calling ``order_parameters`` once per epoch.
+Phases (``detect_phases``, rules in its docstring), from training-data signals only (never the test error):
+clean data — fast learning, then exploration; with mislabeled data — I (fit the correct samples), II (wander
+near those solutions), III (learn the mislabeled ones), IV (everything fitted). Registered end-of-training
+measures read the ``op.*`` columns of the training history (``measures.history``), which a trainer fills by
+calling ``order_parameters`` once per epoch; fractions of training are read from its epoch column.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from torch.func import functional_call, grad, vmap
 
 from measures import history as H
 from measures.context import Context, MissingInputError
-from measures.registry import Value, measure
+from measures.registry import NotApplicable, Value, measure
 
 PREFIX = H.ORDER_PARAMETER_PREFIX
 REFERENCE = "Feng & Tu, Mach. Learn.: Sci. Technol. 2, 043001 (2021), arXiv 2101.06509; docs/measures/phases.md"
@@ -98,8 +103,10 @@ def order_parameters(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
         unit = g / norms.clamp_min(torch.finfo(g.dtype).tiny)[:, None]
         cos = unit @ unit.T
         mean = g.mean(0)
+        gram = g @ g.T  # (M, M)
         out = {"alignment": float((cos.sum() - cos.diagonal().sum()) / (n_batches * (n_batches - 1))),
                "amplitude": float(mean.norm() / norms.mean()) if norms.mean() > 0 else 0.0,
+               "amplitude_sq_corrected": amplitude_sq_corrected(gram, len(y), batch_size),
                "grad_norm": float(mean.norm()), "batch_grad_norm": float(norms.mean())}
         if mislabeled is not None:
             bad = mislabeled.to(y.device).bool()
@@ -113,6 +120,37 @@ def order_parameters(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
     finally:
         model.train(was_training)
     return out
+
+
+def amplitude_sq_corrected(gram: torch.Tensor, n: int, batch_size: int) -> float:
+    """κ = ‖G‖² / E‖g_μ‖², the squared amplitude of the minibatch gradients with its finite-sample floor removed,
+    from the Gram matrix ``gram[μ, ν] = g_μ·g_ν`` of M minibatch gradients laid out as ``_batches`` draws them
+    (B = ``batch_size`` samples each, disjoint slices of permutations of the n training samples, ⌊n/B⌋ batches
+    per permutation).
+
+    Derivation. Per-sample gradients g_i (i = 1..n) have mean G (the full-batch gradient) and spread
+    S² = Σ_i ‖g_i − G‖² / (n − 1). A batch mean of B samples drawn without replacement has E g_μ = G and
+    E‖g_μ − G‖² = S² (1/B − 1/n); two disjoint batches of the same permutation have E (g_μ − G)·(g_ν − G) = −S²/n
+    (sample pairs i ≠ j covary by −S²/n), batches of different permutations are independent. With
+    U = mean_{μ≠ν} g_μ·g_ν, V = mean_μ ‖g_μ‖² and q the fraction of pairs μ ≠ ν from the same permutation:
+
+        E U = ‖G‖² − q S²/n,   E V = ‖G‖² + S² (1/B − 1/n)
+        ⇒ Ŝ² = (V − U) / (1/B − (1 − q)/n),   ‖G‖²^ = U + q Ŝ²/n   (both unbiased),   κ = ‖G‖²^ / V.
+
+    The raw R² = ‖ḡ‖²/(mean‖g_μ‖)² ≈ ‖ḡ‖²/V = U/V + (V − U)/(M V) keeps the noise fraction divided by M: for pure
+    noise (G = 0, M·B ≤ n) R² ≈ 1/M, and U/V (the norm-weighted mean pairwise cosine) ≈ −B/(n − B), while κ ≈ 0.
+    Identical per-sample gradients (S = 0, U = V) give κ = 1. κ is a ratio of unbiased estimates, so it falls
+    slightly below 0 when the noise dominates; √κ, where κ ≥ 0, estimates ‖G‖ / √(E‖g_μ‖²).
+    """
+    m = gram.shape[0]
+    v = float(gram.diagonal().mean())
+    if v <= 0:
+        return 0.0
+    u = float((gram.sum() - gram.diagonal().sum()) / (m * (m - 1)))
+    group = torch.arange(m) // max(1, n // batch_size)  # the permutation each batch comes from
+    q = float(((group[:, None] == group[None, :]).sum() - m) / (m * (m - 1)))
+    s2 = (v - u) / (1 / batch_size - (1 - q) / n)
+    return (u + q * s2 / n) / v
 
 
 def _subset_terms(model, params, buffers, x, y, subsets: dict[str, torch.Tensor], chunk) -> dict[str, float]:
@@ -165,6 +203,13 @@ def loss_auc(correct: torch.Tensor, mislabeled: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------- phases
+def epoch_spans(epochs: Sequence[int]) -> np.ndarray:
+    """How many epochs each history row stands for: e_i − e_{i−1}, with e_{−1} = 0 (training starts at epoch 0).
+    A history that records every epoch gives all ones; one that records every k-th epoch gives k."""
+    e = np.asarray(epochs, dtype=float)
+    return np.diff(np.concatenate([[0.0], e]))
+
+
 @dataclass(frozen=True)
 class Phases:
     """A split of a training history into phases: ``labels[i]`` is the phase of history row i;
@@ -175,7 +220,9 @@ class Phases:
     details: dict = field(default_factory=dict)
 
     def fraction(self, phase: str) -> float:
-        return sum(lab == phase for lab in self.labels) / len(self.labels)
+        """Fraction of the epochs trained that fall in ``phase``, from the epoch column (``epoch_spans``)."""
+        spans = epoch_spans(self.epochs)
+        return float(sum(s for s, lab in zip(spans, self.labels) if lab == phase) / self.epochs[-1])
 
 
 def _column(history: Sequence[Mapping], key: str) -> np.ndarray:
@@ -183,74 +230,84 @@ def _column(history: Sequence[Mapping], key: str) -> np.ndarray:
     if missing:
         raise MissingInputError(
             f"the history has no {key!r} in {len(missing)} of {len(history)} rows; order parameters are written "
-            f"by a trainer that calls phases.order_parameters at each epoch end (genbench's zoo does)")
+            f"by a trainer that calls phases.order_parameters at each epoch end (genbench's zoo does; a history "
+            f"recorded before a column was added lacks it: retrain)")
     return np.array([float(row[key]) for row in history])
 
 
+def _epochs(history: Sequence[Mapping]) -> list[int]:
+    if not history:
+        raise MissingInputError("the history is empty")
+    return [int(row.get(H.EPOCH, i + 1)) for i, row in enumerate(history)]
+
+
 def running_median(values: np.ndarray, window: int = 5) -> np.ndarray:
-    """Centred running median (the window shrinks at the ends); keeps steps, removes isolated spikes."""
+    """Centred running median over ``window`` rows (the window shrinks at the ends); keeps steps, removes
+    isolated spikes."""
     h = window // 2
     return np.array([np.median(values[max(0, i - h):i + h + 1]) for i in range(len(values))])
 
 
-def fast_learning_end(alignment: np.ndarray, tail: float = 0.25) -> int | None:
-    """Row index at which the fast-learning phase ends: the first row after the alignment's maximum where
-    it falls to the midpoint between that maximum and its late level (median of the last ``tail`` of
-    rows). None if it never does (the whole history is fast learning)."""
-    peak = int(np.argmax(alignment))
-    late = float(np.median(alignment[-max(1, int(round(tail * len(alignment)))):]))
-    threshold = (alignment[peak] + late) / 2
-    after = np.nonzero(alignment[peak + 1:] <= threshold)[0]
-    return peak + 1 + int(after[0]) if len(after) and alignment[peak] > late else None
+def fast_learning_end(signal: np.ndarray, tail: float = 0.25, window: int = 5) -> int | None:
+    """Row index at which the fast-learning phase ends, from an order parameter that is high while the minibatch
+    gradients agree: smoothed by a ``window``-row running median, s(t); threshold θ = ½(max s + late level),
+    the late level being the median of s over the last ``tail`` of the rows; the fast phase ends after the last
+    row with s > θ (from there on s stays at or below θ). None if the maximum is not above the late level (no
+    fast phase is resolved: the whole history counts as fast learning)."""
+    s = running_median(signal, window)
+    late = float(np.median(s[-max(1, int(round(tail * len(s)))):]))
+    if not s.max() > late:
+        return None
+    above = np.nonzero(s > (s.max() + late) / 2)[0]
+    return int(above[-1]) + 1
 
 
-def detect_phases(history: Sequence[Mapping], *, start: float = 0.1, end: float = 0.9,
-                  test_tolerance: float = 0.1, window: int = 5) -> Phases:
-    """Split a per-epoch history into learning phases.
+def detect_phases(history: Sequence[Mapping], *, start: float = 0.1, end: float = 0.9, rise: float = 0.9,
+                  window: int = 5) -> Phases:
+    """Split a per-epoch history into learning phases from training-data signals only: the order parameters
+    (``op.*``) and the losses of the correct and mislabeled training subsets. The test error is never read (a
+    generalization measure must not see it); it serves to evaluate the detection (tests, ``genbench reproduce
+    mlst``).
 
-    Clean data (no ``op.loss_mislabeled``): "fast" until the alignment ``op.alignment`` first falls to the
-    midpoint between its maximum and its late level (``fast_learning_end``), "exploration" after.
+    Clean data (no ``op.loss_mislabeled``): "fast" until the smoothed corrected squared amplitude
+    ``op.amplitude_sq_corrected`` stays at or below the midpoint between its maximum and its late level
+    (``fast_learning_end``), "exploration" after.
 
-    With mislabeled data (``op.loss_mislabeled``, ``test_error``), both series first smoothed by a centred
-    running median over ``window`` epochs (SGD and the 512-sample estimate make single epochs spiky): the
-    mislabeled-subset loss L_m(t) rises while the correct samples are fitted, peaks at t_p, then falls
-    towards its final value; f(t) = (L_m(t_p) − L_m(t)) / (L_m(t_p) − L_m(T)) is the fraction of that fall done.
-      III starts at the first row after t_p with f ≥ ``start`` (the mislabeled samples are being learned);
-      IV starts at the first row with f ≥ ``end`` (they are fitted; the test error plateaus);
-      I ends at the first row whose test error is within ``test_tolerance`` × (initial − minimum) of the
-      minimum test error (the correct samples are fitted), and no later than the start of III;
+    With mislabeled data (``op.loss_mislabeled``), smoothed by a centred running median over ``window`` rows
+    (SGD and the 512-sample estimate make single epochs spiky): the mislabeled-subset loss L_m(t) — the loss on
+    samples whose training label is wrong — rises while the correct samples are fitted (the network predicts
+    their true class), peaks at t_p, then falls as the wrong labels are memorised:
+      I ends at the first row where the rise from the first row's L_m to the peak is ``rise`` done;
+      III starts at the first row after t_p where the fall f(t) = (L_m(t_p) − L_m(t)) / (L_m(t_p) − L_m(T)) is
+      ``start`` done (the mislabeled samples are being learned);
+      IV starts at the first row with f ≥ ``end`` (they are fitted);
       II lies between I and III (empty when L_m falls right away).
-    Details: the epochs of these events, the test error at the end of each phase, and the mean of
-    ``op.cos_correct_mislabeled`` and ``op.norm_ratio_mislabeled`` within each phase.
-    A history without the needed keys raises ``MissingInputError``.
+    Details: the epochs of these events and the mean of ``op.cos_correct_mislabeled`` and
+    ``op.norm_ratio_mislabeled`` within each phase. A history without the needed keys raises
+    ``MissingInputError``.
     """
-    if not history:
-        raise MissingInputError("the history is empty")
-    epochs = [int(row.get(H.EPOCH, i + 1)) for i, row in enumerate(history)]
+    epochs = _epochs(history)
     n = len(history)
     if not any(PREFIX + "loss_mislabeled" in row for row in history):
-        cut = fast_learning_end(_column(history, PREFIX + "alignment"))
+        cut = fast_learning_end(_column(history, PREFIX + "amplitude_sq_corrected"), window=window)
         cut = n if cut is None else cut
         labels = ["fast"] * cut + ["exploration"] * (n - cut)
         return Phases(labels, {"fast": epochs[0], "exploration": epochs[cut] if cut < n else None}, epochs,
-                      {"rule": "alignment midpoint"})
+                      {"rule": "corrected amplitude stays below its midpoint (running median)"})
     lm = running_median(_column(history, PREFIX + "loss_mislabeled"), window)
-    test = running_median(_column(history, H.TEST_ERROR), window)
     peak = int(np.argmax(lm))
-    drop = lm[peak] - lm[-1]
+    drop, gain = lm[peak] - lm[-1], lm[peak] - lm[0]
     f = (lm[peak] - lm) / drop if drop > 0 else np.zeros(n)
-    later = np.arange(n) > peak
-    t3 = next((i for i in range(n) if later[i] and f[i] >= start), n)
+    t3 = next((i for i in range(peak + 1, n) if f[i] >= start), n)
     t4 = next((i for i in range(t3, n) if f[i] >= end), n)
-    best = float(test.min())
-    t1 = next(i for i in range(n) if test[i] <= best + test_tolerance * (test[0] - best))
-    t2 = min(t1 + 1, t3)  # I ends with row t1 (the row that reaches the minimum region)
+    t1 = next(i for i in range(peak + 1) if gain <= 0 or lm[i] - lm[0] >= rise * gain)
+    t2 = min(t1 + 1, t3)  # I ends with row t1 (the row where the rise is done)
     labels = ["I"] * t2 + ["II"] * (t3 - t2) + ["III"] * (t4 - t3) + ["IV"] * (n - t4)
     starts = {ph: (epochs[i] if i < n and i < nxt else None)
               for ph, i, nxt in (("I", 0, t2), ("II", t2, t3), ("III", t3, t4), ("IV", t4, n))}
-    details: dict = {"rule": "mislabeled-loss drop (running median)", "peak_mislabeled_loss_epoch": epochs[peak],
-                     "min_test_error": best, "min_test_error_epoch": epochs[int(np.argmin(test))]}
-    for key in (PREFIX + "cos_correct_mislabeled", PREFIX + "norm_ratio_mislabeled", H.TEST_ERROR):
+    details: dict = {"rule": "mislabeled-loss rise and fall (running median)", "peak_mislabeled_loss_epoch":
+                     epochs[peak], "rise_done_epoch": epochs[t1]}
+    for key in (PREFIX + "cos_correct_mislabeled", PREFIX + "norm_ratio_mislabeled"):
         if all(key in row for row in history):
             col = _column(history, key)
             for ph in ("I", "II", "III", "IV"):
@@ -260,6 +317,9 @@ def detect_phases(history: Sequence[Mapping], *, start: float = 0.1, end: float 
 
 
 # ----------------------------------------------------------------------------------------- measures
+LATE = 0.1  # phase.late_amplitude_sq averages over the last 10% of the epochs trained
+
+
 @measure("phase.final_alignment", needs=("history",), sign=-1, family="physics", reference=REFERENCE)
 def final_alignment(ctx: Context) -> float:
     """Minibatch-gradient alignment at the end of training, op.alignment of the last history row.
@@ -271,33 +331,60 @@ def final_alignment(ctx: Context) -> float:
     return float(_column(ctx.history[-1:], PREFIX + "alignment")[0])
 
 
-@measure("phase.exploration_fraction", needs=("history",), sign=1, family="physics", reference=REFERENCE)
-def exploration_fraction(ctx: Context) -> Value:
-    """Fraction of the training epochs spent after the fast-learning phase (alignment rule).
+@measure("phase.late_amplitude_sq", needs=("history",), sign=-1, family="physics", reference=REFERENCE)
+def late_amplitude_sq(ctx: Context) -> Value:
+    """Mean corrected squared amplitude over the last 10% of the epochs: mean of op.amplitude_sq_corrected over the
+    rows with epoch > 0.9·T (T the last epoch; at least the last row).
 
-    1 − (epochs before op.alignment falls to the midpoint of its maximum and late level) / (epochs).
+    κ = ‖G‖²/E‖g_μ‖² (phases.amplitude_sq_corrected): the share of a minibatch gradient's second moment that is
+    the full-batch gradient, with the finite-M floor of ‖ḡ‖/mean‖g_μ‖ removed (0 for pure noise, 1 for identical
+    gradients). Averaging a tenth of the epochs beats the noise of one epoch's 8-batch estimate. Sign −1: at the
+    common target loss, gradients that still share a direction (samples that help each other) go with better
+    generalization than pure noise around a memorised solution.
+    """
+    epochs = np.array(_epochs(ctx.history))
+    kappa = _column(ctx.history, PREFIX + "amplitude_sq_corrected")
+    sel = epochs > (1 - LATE) * epochs[-1]
+    sel[-1] = True
+    return Value(float(kappa[sel].mean()), {"rows": int(sel.sum()), "from_epoch": int(epochs[sel][0])})
+
+
+@measure("phase.exploration_fraction", needs=("history",), sign=1, family="physics", reference=REFERENCE,
+         version=2)
+def exploration_fraction(ctx: Context) -> Value:
+    """Fraction of the training epochs spent after the fast-learning phase: (T − e_fast) / T, with T the last
+    epoch and e_fast the epoch of the last fast-learning row (epoch column; clean-data rule of detect_phases).
+
+    The fast phase ends once the 5-row running median of op.amplitude_sq_corrected stays at or below the midpoint
+    between its maximum and its late level (median of the last quarter of the rows), phases.fast_learning_end.
     Sign +1: a solution that took long, slow exploration to reach the common target loss was harder to fit.
     """
-    align = _column(ctx.history, PREFIX + "alignment")
-    cut = fast_learning_end(align)
-    cut = len(align) if cut is None else cut
-    return Value(1.0 - cut / len(align), {"fast_epochs": cut, "epochs": len(align)})
+    epochs = _epochs(ctx.history)
+    cut = fast_learning_end(_column(ctx.history, PREFIX + "amplitude_sq_corrected"))
+    fast = epochs[-1] if cut is None else epochs[cut - 1]
+    return Value(1.0 - fast / epochs[-1], {"fast_epochs": fast, "epochs": epochs[-1]})
 
 
 @measure("phase.mislabeled_fit_epoch_fraction", needs=("history",), sign=-1, family="physics",
-         reference=REFERENCE)
+         reference=REFERENCE, version=2)
 def mislabeled_fit_epoch_fraction(ctx: Context) -> Value:
     """When the mislabeled samples get learned: (epoch at which half of the drop of the mislabeled-subset loss
-    from its peak to its final value is done) / (epochs trained). Label-noise models only.
+    from its peak to its final value is done) / (last epoch), from the epoch column. Label-noise models only.
 
-    From op.loss_mislabeled (mislabeled-mask histories) smoothed by a 5-epoch running median; histories
-    without it raise MissingInputError. A loss that never falls gives 1 (details: censored).
+    From op.loss_mislabeled smoothed by a 5-row running median. A history with order parameters but without
+    op.loss_mislabeled (a clean-label model) raises NotApplicable; one without order parameters,
+    MissingInputError. A loss that never falls gives 1 (details: censored).
     Sign −1: a network that resists memorising the wrong labels for longer generalizes better.
     """
+    epochs = _epochs(ctx.history)
+    if not any(PREFIX + "loss_mislabeled" in row for row in ctx.history):
+        _column(ctx.history, PREFIX + "alignment")  # no order parameters at all: a missing input
+        raise NotApplicable("no mislabeled training samples (clean labels): op.loss_mislabeled is not recorded")
     lm = running_median(_column(ctx.history, PREFIX + "loss_mislabeled"))
     peak = int(np.argmax(lm))
     drop = lm[peak] - lm[-1]
     if drop <= 0:
-        return Value(1.0, {"peak_epoch": peak + 1, "epochs": len(lm), "censored": True})  # never fitted
+        return Value(1.0, {"peak_epoch": epochs[peak], "epochs": epochs[-1], "censored": True})  # never fitted
     half = next(i for i in range(peak, len(lm)) if lm[peak] - lm[i] >= drop / 2)
-    return Value((half + 1) / len(lm), {"half_fit_epoch": half + 1, "peak_epoch": peak + 1, "epochs": len(lm)})
+    return Value(epochs[half] / epochs[-1], {"half_fit_epoch": epochs[half], "peak_epoch": epochs[peak],
+                                             "epochs": epochs[-1]})

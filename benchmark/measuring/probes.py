@@ -19,8 +19,10 @@ from measures.phases import order_parameters
 @dataclass(frozen=True)
 class OrderParameters:
     """The learning-phase order parameters of ``measures.phases.order_parameters`` (Feng & Tu, MLST 2021):
-    from ``batches`` minibatch gradients of the model's own batch size, plus the mislabeled subset's loss,
-    error and gradient alignment when the model trains with label noise. About 6–16% of an epoch's time."""
+    from ``batches`` minibatch gradients of the model's own batch size (alignment, the raw amplitude and the
+    floor-corrected squared amplitude ``op.amplitude_sq_corrected``), plus the mislabeled subset's loss, error and
+    gradient alignment when the model trains with label noise. Draws only from its own ``generator`` stream, so
+    training is the same with or without it. About 6–16% of an epoch's time."""
     batches: int = 8
     tag: str = "phases"
     prefix: str = H.ORDER_PARAMETER_PREFIX

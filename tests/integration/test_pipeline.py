@@ -2,6 +2,7 @@
 reuse without retraining, failure recording and the CLI."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -37,14 +38,15 @@ def test_end_to_end_then_reuse(trained_tiny, tmp_path):
     df = store.frame()
     assert len(df) == 4 and df["metric.converged"].all()
     assert {"hp.model.width", "metric.gap_error", "measure.params"} <= set(df.columns)
-    # the width axis changes the parameter count exactly as the architecture says (digits: 64 inputs)
+    # the width axis changes the parameter count exactly as the architecture says (digits: 64 inputs), and the
+    # value is reported adjusted for the training-set size: ½(log ω − log m)
     for _, row in df.iterrows():
-        w = row["hp.model.width"]
-        assert row["measure.params"] == pytest.approx(torch.log(torch.tensor(64 * w + w + w * 10 + 10.0)).item())
+        w, m = row["hp.model.width"], row["hp.dataset.train_size"]
+        assert row["measure.params"] == pytest.approx(0.5 * (math.log(64 * w + w + w * 10 + 10) - math.log(m)))
 
     before = _mtimes(tmp_path / "store")
     assert pipeline.train(cfg) == {"reused": 4, "trained": 0, "converged": 4}
-    assert pipeline.measure(cfg) == {"reused": 12, "computed": 0, "failed": 0}
+    assert pipeline.measure(cfg) == {"reused": 12, "computed": 0, "failed": 0, "not_applicable": 0}
     assert _mtimes(tmp_path / "store") == before
 
 

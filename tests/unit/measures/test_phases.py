@@ -10,6 +10,7 @@ from torch import nn
 
 from measures import REGISTRY, Context, MissingInputError
 from measures import phases as P
+from measures.registry import NotApplicable
 
 
 def _net(seed=0):
@@ -46,6 +47,11 @@ def test_order_parameters_match_explicit_minibatch_gradients():
     assert got["amplitude"] == pytest.approx(float(mean.norm()) / (sum(norms) / 6), rel=1e-5)
     assert got["grad_norm"] == pytest.approx(float(mean.norm()), rel=1e-5)
     assert got["batch_grad_norm"] == pytest.approx(sum(norms) / 6, rel=1e-5)
+    # κ from the explicit gradients: 64 // 8 = 8 batches per permutation, so all 6 share one (q = 1)
+    u = sum(float(grads[a] @ grads[b]) for a in range(6) for b in range(6) if a != b) / 30
+    v = sum(n ** 2 for n in norms) / 6
+    s2 = (v - u) / (1 / 8 - 0 / 64)
+    assert got["amplitude_sq_corrected"] == pytest.approx((u + s2 / 64) / v, rel=1e-5)
 
 
 def test_batches_are_disjoint_within_a_permutation_and_wrap_to_new_ones():
@@ -60,6 +66,44 @@ def test_identical_minibatches_are_perfectly_aligned():
     out = P.order_parameters(_net(), x, y, 4, torch.Generator().manual_seed(0), n_batches=5)
     assert out["alignment"] == pytest.approx(1.0, abs=1e-6)
     assert out["amplitude"] == pytest.approx(1.0, abs=1e-6)
+    assert out["amplitude_sq_corrected"] == pytest.approx(1.0, abs=1e-6)
+
+
+def _per_sample_moments(model, x, y):
+    """‖G‖² and S² = Σ_i ‖g_i − G‖² / (n − 1) from explicit per-sample gradients."""
+    g = torch.stack([_flat_grad(model, x[i:i + 1], y[i:i + 1]) for i in range(len(y))])
+    return float(g.mean(0).norm() ** 2), float((g - g.mean(0)).norm(dim=1).pow(2).sum() / (len(y) - 1))
+
+
+@pytest.mark.parametrize("batch_size", [10, 40])  # 10: all 8 batches from one permutation; 40: 5 + 3
+def test_corrected_amplitude_has_no_floor_for_pure_noise(batch_size):
+    """Each input appears with both labels and the weights are zero, so the full-batch gradient is exactly 0:
+    the minibatch gradients are pure noise. Over 150 seeds the raw R² sits near its floor (≈ 1/M, less the
+    finite-population share) and the alignment near −B/(n − B), while κ averages to 0."""
+    x = torch.randn(100, 6, generator=torch.Generator().manual_seed(0)).repeat(2, 1)
+    y = torch.cat([torch.zeros(100), torch.ones(100)]).long()
+    model = nn.Linear(6, 2, bias=False)
+    nn.init.zeros_(model.weight)
+    assert _per_sample_moments(model, x, y)[0] == pytest.approx(0.0, abs=1e-12)
+    runs = [P.order_parameters(model, x, y, batch_size, torch.Generator().manual_seed(s)) for s in range(150)]
+    kappa = torch.tensor([r["amplitude_sq_corrected"] for r in runs]).double()
+    r2 = torch.tensor([r["amplitude"] ** 2 for r in runs]).double()
+    assert abs(float(kappa.mean())) < 3 * float(kappa.std()) / 150 ** 0.5 + 1e-3
+    assert float(r2.mean()) > 0.02 and float(r2.mean()) > 10 * abs(float(kappa.mean()))
+
+
+def test_corrected_amplitude_estimates_the_signal_fraction():
+    """With signal and noise, the mean of κ over seeds matches the closed form ‖G‖² / (‖G‖² + S²(1/B − 1/n))
+    computed from explicit per-sample gradients, while the raw R² overshoots it by about the floor."""
+    model, (x, y) = _net(1), _data(n=120, seed=1)
+    g2, s2 = _per_sample_moments(model, x, y)
+    target = g2 / (g2 + s2 * (1 / 10 - 1 / 120))
+    runs = [P.order_parameters(model, x, y, 10, torch.Generator().manual_seed(s)) for s in range(150)]
+    kappa = sum(r["amplitude_sq_corrected"] for r in runs) / len(runs)
+    r2 = sum(r["amplitude"] ** 2 for r in runs) / len(runs)
+    assert 0.1 < target < 0.9
+    assert kappa == pytest.approx(target, abs=0.03)
+    assert r2 - target > 0.05
 
 
 def test_order_parameters_are_functional_and_deterministic():
@@ -127,6 +171,10 @@ def test_bad_arguments_are_errors():
 
 
 # ----------------------------------------------------------------------------------------- phases
+NAMES = ("phase.final_alignment", "phase.late_amplitude_sq", "phase.exploration_fraction",
+         "phase.mislabeled_fit_epoch_fraction")
+
+
 def _noisy_history():
     """I: epochs 1–10 (test error falls), II: 11–30 (flat), III: 31–50 (mislabeled loss falls, test error
     rises), IV: 51–70 (fitted)."""
@@ -141,22 +189,46 @@ def _noisy_history():
         else:
             test, lm = 0.34, 0.1
         rows.append({"epoch": e, "test_error": test, "op.loss_mislabeled": lm, "op.loss_correct": 0.1,
-                     "op.alignment": 0.5 if e <= 10 else 0.02, "op.cos_correct_mislabeled": -0.9 if e <= 30 else 0.1,
+                     "op.alignment": 0.5 if e <= 10 else 0.02, "op.amplitude_sq_corrected": 0.5 if e <= 10 else 0.02,
+                     "op.cos_correct_mislabeled": -0.9 if e <= 30 else 0.1,
                      "op.norm_ratio_mislabeled": 2.0})
     return rows
 
 
 def test_four_phases_on_a_synthetic_history():
+    """L_m rises 2.1 → 3.0 over epochs 1–10 (the smoothed rise is 90% done at epoch 10), stays to 30, falls
+    from 31 (f(31) = 0.3/2.9 ≥ 0.1) and is 90% down at 51."""
     ph = P.detect_phases(_noisy_history())
     assert ph.starts == {"I": 1, "II": 11, "III": 31, "IV": 51}
     assert ph.labels[:10] == ["I"] * 10 and ph.labels[10:30] == ["II"] * 20
     assert ph.labels[30:50] == ["III"] * 20 and ph.labels[50:] == ["IV"] * 20
     assert ph.details["II.cos_correct_mislabeled"] == pytest.approx(-0.9)
     assert ph.fraction("III") == pytest.approx(20 / 70)
+    assert ph.details["peak_mislabeled_loss_epoch"] == 10 and ph.details["rise_done_epoch"] == 10
+
+
+def test_phases_never_read_the_test_error():
+    """Scrambling or removing the test error leaves the detected phases as they were."""
+    rows = _noisy_history()
+    ref = P.detect_phases(rows)
+    scrambled = [dict(r, test_error=float((7 * i) % 13) / 13) for i, r in enumerate(rows)]
+    removed = [{k: v for k, v in r.items() if k != "test_error"} for r in rows]
+    for other in (P.detect_phases(scrambled), P.detect_phases(removed)):
+        assert other.labels == ref.labels and other.starts == ref.starts and other.details == ref.details
+
+
+def test_phase_fractions_read_the_epoch_column():
+    """The same history recorded every 2nd epoch: each row stands for 2 epochs, the fractions are unchanged."""
+    rows = [dict(r, epoch=2 * r["epoch"]) for r in _noisy_history()]
+    ph = P.detect_phases(rows)
+    assert ph.starts == {"I": 2, "II": 22, "III": 62, "IV": 102}
+    assert ph.fraction("III") == pytest.approx(20 / 70) and ph.fraction("I") == pytest.approx(10 / 70)
+    late = rows[5:]  # epochs 12–140 only: the first row stands for 12 epochs, the others for 2
+    assert P.detect_phases(late).fraction("I") == pytest.approx((12 + 2 * 4) / 140)
 
 
 def test_two_phases_on_a_clean_synthetic_history():
-    rows = [{"epoch": e, "op.alignment": 0.8 if e <= 5 else 0.05} for e in range(1, 31)]
+    rows = [{"epoch": e, "op.amplitude_sq_corrected": 0.8 if e <= 5 else 0.05} for e in range(1, 31)]
     ph = P.detect_phases(rows)
     assert ph.starts == {"fast": 1, "exploration": 6}
     assert ph.labels == ["fast"] * 5 + ["exploration"] * 25
@@ -164,9 +236,9 @@ def test_two_phases_on_a_clean_synthetic_history():
 
 def test_history_without_order_parameters_is_a_clear_error():
     rows = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}]
-    with pytest.raises(MissingInputError, match="op.alignment"):
+    with pytest.raises(MissingInputError, match="op.amplitude_sq_corrected"):
         P.detect_phases(rows)
-    for name in ("phase.final_alignment", "phase.exploration_fraction", "phase.mislabeled_fit_epoch_fraction"):
+    for name in NAMES:
         with pytest.raises(MissingInputError, match="order parameters"):
             REGISTRY.get(name)(Context(_net(), history=rows))
 
@@ -174,10 +246,11 @@ def test_history_without_order_parameters_is_a_clear_error():
 def test_registered_phase_measures():
     ctx = Context(_net(), history=_noisy_history())
     assert REGISTRY.get("phase.final_alignment")(ctx).value == pytest.approx(0.02)
+    assert REGISTRY.get("phase.late_amplitude_sq")(ctx).value == pytest.approx(0.02)
     assert REGISTRY.get("phase.exploration_fraction")(ctx).value == pytest.approx(60 / 70)
     half = REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(ctx)
     assert half.details["half_fit_epoch"] == 41 and half.value == pytest.approx(41 / 70)
-    for name in ("phase.final_alignment", "phase.exploration_fraction", "phase.mislabeled_fit_epoch_fraction"):
+    for name in NAMES:
         m = REGISTRY.get(name)
         assert m.family == "physics" and m.needs == frozenset({"history"}) and not m.oracle
 
@@ -193,22 +266,37 @@ def test_final_alignment_is_the_last_rows_alignment():
     assert REGISTRY.get("phase.final_alignment")(Context(_net(), history=rows)).value == 0.3175
 
 
-def test_exploration_fraction_on_a_linearly_decaying_alignment():
-    """A = 0.3, 0.6, 0.9 at epochs 1–3, then falls by 0.02 per epoch to 0.16 at epoch 40. Late level: the median
-    of the last quarter (epochs 31–40), ½(A(35) + A(36)) = 0.25; midpoint ½(0.9 + 0.25) = 0.575, first reached
-    at epoch 20 (A(19) = 0.58, A(20) = 0.56). Fast learning: epochs 1–19, so the fraction is 21/40. (The last
-    half as the late window would give epoch 17, the minimum epoch 22, half the maximum epoch 26.)"""
-    def a(e):
-        return 0.3 * e if e <= 3 else 0.9 - 0.02 * (e - 3)
+def test_exploration_fraction_on_a_decaying_amplitude_with_a_dip():
+    """κ = 0.3, 0.6, 0.9 at epochs 1–3, then falls by 0.02 per epoch to 0.16 at epoch 40, except a three-epoch dip to
+    0.4 at epochs 10–12. The 5-row running median peaks at 0.86 (epochs 3–5) and keeps the dip; late level: the
+    median of the last quarter (epochs 31–40: 0.34 … 0.20, then 0.19 and 0.18 at the shrinking end), 0.25;
+    midpoint 0.555. The smoothed κ stays at or below it from epoch 21 on (κ(20) = 0.56, κ(21) = 0.54), so the
+    fast phase is epochs 1–20 and the fraction 20/40. (Stopping at the first fall below the midpoint would end
+    the fast phase at the dip, epoch 9.) The same rows labelled epochs 11–50 (the first ten not recorded):
+    1 − 30/50; counting rows would give 20/40 again."""
+    def kappa(e):
+        return 0.3 * e if e <= 3 else 0.4 if 10 <= e <= 12 else 0.9 - 0.02 * (e - 3)
 
-    assert 0.5 * (a(35) + a(36)) == pytest.approx(0.25) and a(19) > 0.575 >= a(20)
-    rows = [{"epoch": e, "op.alignment": a(e)} for e in range(1, 41)]
+    rows = [{"epoch": e, "op.amplitude_sq_corrected": kappa(e)} for e in range(1, 41)]
     out = REGISTRY.get("phase.exploration_fraction")(Context(_net(), history=rows))
-    assert out.value == pytest.approx(21 / 40, rel=1e-12)
-    assert out.details == {"fast_epochs": 19, "epochs": 40}
-    # an alignment that never falls to the midpoint: all of training is fast learning
-    rows = [{"epoch": e, "op.alignment": 0.5} for e in range(1, 11)]
+    assert out.value == pytest.approx(20 / 40, rel=1e-12)
+    assert out.details == {"fast_epochs": 20, "epochs": 40}
+    shifted = [dict(r, epoch=r["epoch"] + 10) for r in rows]
+    assert REGISTRY.get("phase.exploration_fraction")(Context(_net(), history=shifted)).value == pytest.approx(0.4)
+    # an amplitude that never falls below its peak level: all of training is fast learning
+    rows = [{"epoch": e, "op.amplitude_sq_corrected": 0.5} for e in range(1, 11)]
     assert REGISTRY.get("phase.exploration_fraction")(Context(_net(), history=rows)).value == 0.0
+
+
+def test_late_amplitude_sq_averages_the_last_tenth_of_the_epochs():
+    """κ(e) = e/100 at epochs 1–40: the last tenth is epochs 37–40, mean 0.385 (the last row alone: 0.40). With
+    only epochs 21–40 recorded, still epochs 37–40 (the last tenth of the rows would be 39–40, 0.395)."""
+    rows = [{"epoch": e, "op.amplitude_sq_corrected": e / 100} for e in range(1, 41)]
+    out = REGISTRY.get("phase.late_amplitude_sq")(Context(_net(), history=rows))
+    assert out.value == pytest.approx(0.385, rel=1e-12) and out.details == {"rows": 4, "from_epoch": 37}
+    assert REGISTRY.get("phase.late_amplitude_sq")(Context(_net(), history=rows[20:])).value == pytest.approx(0.385)
+    short = [{"epoch": 1, "op.amplitude_sq_corrected": -0.01}]  # one row: that row
+    assert REGISTRY.get("phase.late_amplitude_sq")(Context(_net(), history=short)).value == -0.01
 
 
 def test_mislabeled_fit_epoch_fraction_with_a_spike_the_median_removes():
@@ -230,3 +318,21 @@ def test_mislabeled_fit_epoch_fraction_with_a_spike_the_median_removes():
     rows = [{"epoch": e, "op.loss_mislabeled": 0.1 * e} for e in range(1, 21)]
     never = REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(Context(_net(), history=rows))
     assert never.value == 1.0 and never.details["censored"]
+
+
+def test_mislabeled_fit_epoch_fraction_reads_the_epoch_column_and_is_not_applicable_on_clean_labels():
+    """The spiky history of the previous test labelled epochs 11–60 (the first ten not recorded): the half-fit
+    row is epoch 30, value 30/60 (counting rows would give 20/50). A history with order parameters but no
+    mislabeled subset (clean labels) is NotApplicable, not a failure."""
+    def lm(e):
+        if e == 16:
+            return 5.0
+        return 1.0 + 0.1 * e if e <= 10 else max(2.0 - 0.1 * (e - 10), 0.2)
+
+    rows = [{"epoch": e + 10, "op.loss_mislabeled": lm(e)} for e in range(1, 51)]
+    out = REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(Context(_net(), history=rows))
+    assert out.value == pytest.approx(0.5, rel=1e-12)
+    assert out.details == {"half_fit_epoch": 30, "peak_epoch": 19, "epochs": 60}
+    clean = [{"epoch": e, "op.alignment": 0.1, "op.amplitude_sq_corrected": 0.1} for e in range(1, 11)]
+    with pytest.raises(NotApplicable, match="clean labels"):
+        REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(Context(_net(), history=clean))

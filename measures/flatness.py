@@ -1,65 +1,66 @@
 """The inverse variance–flatness relation of SGD solutions (Feng & Tu, PNAS 118, e2015617118, 2021;
 arXiv 2001.01678; docs/measures/variance-flatness.md).
 
-From a trained solution w₀ keep running the *same* SGD (plain SGD at the training learning rate α and batch
-size B, weight decay if the model had it, the training set, a seeded data order) for ``steps`` minibatch
-steps and record the analysed weights after every step. Then
+From a trained solution w₀ keep running the optimizer that trained it (:class:`_Update`: plain SGD, heavy-ball
+momentum or Adam, with the training learning rate, batch size and weight decay, a seeded data order) and record
+the analysed weights after every step. Then
 
-1. PCA of the snapshots, w(t) = ⟨w⟩ + Σ_i θ_i(t) p_i with unit p_i ordered by variance, and
-   σ_i² = (1/T) Σ_t θ_i(t)² (the time average, i.e. the PCA explained variance with a 1/T normalisation);
+1. PCA of the snapshots, w(t) = ⟨w⟩ + Σ_i θ_i(t) p_i with unit p_i ordered by variance, σ_i² the variance
+   along p_i;
 2. the loss profile along each PC through the solution, L_i(δ) = L(w₀ + δ p_i) (full training set,
-   cross-entropy; the origin is the trained solution w₀, as in the original code, not ⟨w⟩);
+   cross-entropy; the origin is the trained solution w₀, not ⟨w⟩);
 3. the flatness F_i = δ_r + δ_l, where δ_r, δ_l > 0 are the first distances on either side at which the
    loss reaches e·L₀ (L₀ = L(w₀)): log L − log L₀ = 1. A side that does not cross within
-   ``max_shift``·‖w₀‖ (the norm of the analysed weights) is *censored*: it is counted and its PC is kept out
+   ``max_shift``·‖w₀‖ (the norm of the analysed weight) is *censored*: it is counted and its PC is kept out
    of the fit, never given a made-up value;
 4. the least-squares fit log σ_i² = c − ψ log F_i over the uncensored PCs; ψ > 0 is the inverse relation
-   (equilibrium statistical physics would give σ² ∝ F², ψ = −2). PC 1 is skipped as in the original (it
-   carries the slow drift of the weights). The original fits every 10th PC up to 1000 (of 2500, from
-   ~12,000 snapshots); the default here is the same idea at the scale of 200 snapshots: PCs 2–11 and every
-   10th PC from 20 to 150. Spreading the PCs matters: on the networks tried, PCs 2–21 alone span too narrow
-   a range of F and give an unstable slope (R² ≈ 0.3 and even a negative ψ on a 40→256→256→10 MNIST-1D MLP,
-   where the spread set gives ψ ≈ 5.2 ± 0.1 over seeds; on the paper's MNIST net 3.2–4.0 against
-   3.91–3.96 with R² ≈ 0.98).
+   (equilibrium statistical physics would give σ² ∝ F², ψ = −2). PC 1 (the slow drift) is skipped.
 
-Choices made here, and why:
+Two analyses use these steps.
 
-* **Snapshot PCA without holding more than needed** (:func:`snapshot_pca`). With N analysed weights and T
-  snapshots the exact PCA is an eigenproblem of size min(N, T):
-  ``covariance`` (N ≤ T): the N×N second-moment matrix is accumulated in float64 from blocks of 256
-  snapshots, so no snapshot is kept; ``gram`` (T < N): the T×N snapshots are kept (float32, as differences
-  from the first snapshot) and the T×T Gram matrix (float32 products, float64 eigensolver: the leading
-  variances to ~1e-6 of σ_1², enough for the leading PCs; use ``covariance`` with T ≥ N for deep spectra)
-  is diagonalised, p_i = X_cᵀu_i/√(Tσ_i²);
-  ``lowrank`` (both large, min(N, T) > 6000, or on request): a seeded randomised SVD (4 power iterations)
-  of the kept snapshots for the leading PCs, the total variance exactly from ‖X_c‖². Snapshots are
-  stored as differences from the first one, which keeps the small fluctuations accurate.
-* **Line scans are vectorised** (:func:`flatness_scan`): every (PC, side) pair that is still searching gets
-  one probe per round and all probes of a round are one batched loss evaluation. A search steps outward
-  from δ = 30·σ_i (F_i/σ_i is ~10²–10³ on the networks tried), extrapolating
-  q = log[(L − L₀)/((e − 1)L₀)] linearly in log δ (a quadratic rise at first), until the loss crosses
-  e·L₀, then narrows the bracket by secant steps on (log δ, q), safeguarded by Illinois regula falsi on the
-  bracket, until |q| < 1e-3
-  (the loss within ~0.06 % of e·L₀) or the bracket is 0.1 % wide: about 5 loss evaluations per side on
-  the MLPs tried.
-* **Batched loss evaluation** (:func:`line_loss`): when the analysed parameters belong to one Linear or
-  Conv layer, the layer's output is linear in its weights, z(δ) = z₀ + δ·(layer applied with weight p_i,
-  no bias), so u_i = layer(a; p_i) and z₀ are computed once on the training set and hooks replace the
-  layer's output by the stack of z₀ + δ_m u_{i_m} for all probes m, folded into the sample axis (this
-  assumes the model treats samples independently and calls the layer once, which is checked against two
-  direct loss evaluations). Otherwise the loss of the perturbed parameter vectors is ``torch.func.vmap``-ed
-  over probes (memory: a few probes' activations at a time).
-* **The continued SGD** trains a private copy of the model in eval mode (no dropout noise) with plain SGD
-  whatever optimiser trained it; the Context's parameters are never changed.
+* :func:`variance_flatness` (:class:`VFSettings`) is the paper's analysis of a whole weight matrix, for
+  long trajectories (T several times N, e.g. the reproduction: T = 3,200 for N = 2,500): exact PCA of all
+  snapshots (:func:`snapshot_pca`).
+* :func:`block_variance_flatness` (:class:`BlockSettings`) is the registered estimator ``vf.block_*``,
+  affordable on every model. A short trajectory cannot resolve the PCA of a large matrix: with T < N the
+  sample PCs are the slow, still-diffusing directions, whose variance grows with T (the power-law spectrum of a
+  random walk), and the fitted ψ drifts with T instead of converging. The estimator therefore analyses
+  **four seeded 16×16 sub-matrices (blocks) of the middle hidden-to-hidden matrix** (:func:`middle_hidden_layer`;
+  N_b = 256 weights each, from one trajectory of T = 1,000 recorded steps after 100 warm-up steps, T ≈ 4·N_b)
+  and measures each block's variances by a **split-sample PCA** (:func:`split_sample_pca`: directions from one
+  half of the snapshots, variances along them from the other half), which removes the eigenvalue spreading of a
+  sample covariance at T/N ≈ 4 that would steepen the fit by itself. PCs 2, 42, …, 242 of every block enter
+  one pooled fit. What it estimates is the ψ of the blocks' long-run fluctuations — the long-trajectory
+  PCA of the same blocks — which is *not* the ψ of the whole matrix (a block sees a 256-dimensional marginal
+  of the fluctuations); the docs page gives both on the paper's setting and the slow test
+  tests/slow/test_vf_validation.py checks the first.
 
-Cost (measured on one CPU thread of a shared 2-core machine, 40→256→256→10 MLP on 4,000 MNIST-1D samples,
-B = 32, the defaults: 200 steps, the 256×256 hidden-to-hidden layer, 24 PCs): 1.5–1.9 s CPU per model
-(≈ 0.25 s SGD steps, 0.25 s PCA, 0.4 s the products u_i, 0.8 s the ~230 batched loss evaluations of the
-line scans). The three ``vf.*`` measures share one analysis (``ctx.shared``).
+Numerics:
+
+* **Snapshot PCA** (:func:`snapshot_pca`): with N analysed weights and T snapshots the exact PCA is an
+  eigenproblem of size min(N, T): ``covariance`` (N ≤ T) accumulates the N×N second moment in float64 from
+  blocks of 256 snapshots; ``gram`` (T < N) keeps the T×N snapshots (float32, as differences from the first)
+  and diagonalises the T×T Gram matrix; ``lowrank`` (min(N, T) > 6000, or on request) a seeded randomised SVD.
+* **Line scans are vectorised** (:func:`flatness_scan`): every (PC, side) pair still searching gets one probe
+  per round and all probes of a round are one batched loss evaluation. A search steps outward from δ = 30·σ_i,
+  extrapolating q = log[(L − L₀)/((e − 1)L₀)] linearly in log δ, until the loss crosses e·L₀, then narrows
+  the bracket by secant steps safeguarded by Illinois regula falsi, until |q| < 1e-3 or the bracket is
+  0.1 % wide: about 5 loss evaluations per side on the MLPs tried.
+* **Batched loss evaluation** (:func:`line_loss`): when the analysed parameters belong to one Linear or Conv
+  layer, its output is linear in its weights, z(δ) = z₀ + δ·(layer applied with weight p_i, no bias), so the
+  per-direction outputs are computed once and hooks substitute z₀ + δ_m u_{i_m} for all probes m, folded into
+  the sample axis (checked against two direct loss evaluations; otherwise ``torch.func.vmap`` over probes).
+* **The continuation** trains a private copy of the model in eval mode (no dropout noise); the Context's
+  parameters are never changed.
+
+Cost of the registered estimator (one CPU thread of a shared 2-core machine, process time): median 1.0 s per
+model for a 40→64→64→10 MLP, 1.8 s for 40→256→256→10 (1,100 optimizer steps are most of it; PCA and the
+32 directions' line scans the rest). The three ``vf.block_*`` measures share one analysis (``ctx.shared``).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -70,7 +71,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from measures.context import Context, Layer, MissingInputError
-from measures.registry import Value, measure
+from measures.registry import NotApplicable, Value, measure
 
 REFERENCE = "Feng & Tu, PNAS 118(9) e2015617118 (2021), arXiv 2001.01678: σ_i² ∝ F_i^(−ψ)"
 
@@ -120,36 +121,89 @@ def _optional_hp(ctx: Context, key: str, default: float) -> float:
         return default
 
 
-# --------------------------------------------------------------------------------------------- SGD snapshots
-def sgd_snapshots(ctx: Context, names: Sequence[str], steps: int,
-                  generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Continue plain SGD from the trained parameters and yield the flattened ``names`` after every step.
+# --------------------------------------------------------------------------------------------- continuation
+class _Update:
+    """One step of the optimizer that trained the model, on a list of parameters, with PyTorch's update rules
+    (written out here: no torch.optim, whose first step imports a compiler stack):
+    sgd θ ← θ − α g; momentum b ← μb + g (b = g at the first step), θ ← θ − αb; adam m ← β₁m + (1−β₁)g,
+    v ← β₂v + (1−β₂)g², θ ← θ − α m̂/(√v̂ + 10⁻⁸) with the bias corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ);
+    g = ∇L_batch + λθ (L2 weight decay λ) in all three."""
 
-    w ← w − α (∇L_batch(w) + λ_wd w), α = ``optimizer.lr``, batch ``train.batch_size`` from a fresh random
-    permutation of the training set each epoch (the last, smaller batch of an epoch kept, as in training),
-    λ_wd = ``optimizer.weight_decay`` if given else 0. The model runs in eval mode (no dropout noise). The
-    Context's parameters are not modified.
+    def __init__(self, ctx: Context):
+        self.lr, self.wd = float(ctx.hp("optimizer.lr")), _optional_hp(ctx, "optimizer.weight_decay", 0.0)
+        try:
+            self.name = str(ctx.hp("optimizer.name"))
+        except MissingInputError:
+            self.name = "sgd"
+        if self.name == "momentum":
+            self.mu = float(ctx.hp("optimizer.momentum"))
+        elif self.name == "adam":
+            self.betas = (_optional_hp(ctx, "optimizer.beta1", 0.9), _optional_hp(ctx, "optimizer.beta2", 0.999))
+        elif self.name != "sgd":
+            raise NotApplicable(f"the continuation covers the optimizers sgd, momentum and adam, not {self.name!r}")
+        self.state: list[list[torch.Tensor]] = []
+        self.t = 0
+
+    @torch.no_grad()
+    def __call__(self, params: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        self.t += 1
+        grads = list(grads)
+        if self.wd:
+            grads = torch._foreach_add(grads, params, alpha=self.wd)
+        if self.name == "sgd":
+            torch._foreach_add_(params, grads, alpha=-self.lr)
+        elif self.name == "momentum":
+            if not self.state:
+                self.state = [[g.clone() for g in grads]]
+            else:
+                torch._foreach_mul_(self.state[0], self.mu)
+                torch._foreach_add_(self.state[0], grads)
+            torch._foreach_add_(params, self.state[0], alpha=-self.lr)
+        else:
+            b1, b2 = self.betas
+            if not self.state:
+                self.state = [[torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]]
+            m, v = self.state
+            torch._foreach_lerp_(m, grads, 1 - b1)
+            torch._foreach_mul_(v, b2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+            c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, math.sqrt(c2))
+            torch._foreach_add_(denom, 1e-8)
+            torch._foreach_addcdiv_(params, m, denom, value=-self.lr / c1)
+
+
+def optimizer_snapshots(ctx: Context, names: Sequence[str], steps: int, generator: torch.Generator, *,
+                        warmup: int = 0, index: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Continue the model's own optimizer (:class:`_Update`) from the trained parameters and
+    yield the flattened ``names`` (only the entries ``index`` of that vector, if given) after each of the
+    ``steps`` steps that follow ``warmup`` unrecorded ones.
+
+    Minibatches of ``train.batch_size`` come from a fresh random permutation of the training set each epoch
+    (the last, smaller batch of an epoch kept, as in training). The optimizer's state starts empty; the
+    warm-up steps bring the momentum buffer (heavy ball) or Adam's moments to their running values before
+    anything is recorded, so the recorded steps follow the optimizer's steady-state dynamics rather than
+    its start-up. The model runs in eval mode (no dropout noise); the Context's parameters are not modified.
     """
-    lr, bs = float(ctx.hp("optimizer.lr")), int(ctx.hp("train.batch_size"))
-    wd = _optional_hp(ctx, "optimizer.weight_decay", 0.0)
-    model = copy.deepcopy(ctx.model)  # a private copy (eval mode) trained in place: no functional_call overhead
+    bs = int(ctx.hp("train.batch_size"))
+    model = copy.deepcopy(ctx.model)  # a private copy (eval mode), trained in place
     params = dict(model.named_parameters())
     plist = list(params.values())
+    update = _Update(ctx)
     x, y = ctx.x_train, ctx.y_train
     n = len(y)
     perm, pos = None, n
-    for _ in range(steps):
+    for step in range(warmup + steps):
         if pos >= n:
             perm, pos = torch.randperm(n, generator=generator).to(x.device), 0
         idx = perm[pos:pos + bs]
         pos += bs
-        grads = torch.autograd.grad(F.cross_entropy(model(x[idx]), y[idx]), plist)
-        with torch.no_grad():
-            if wd:
-                grads = torch._foreach_add(grads, plist, alpha=wd)
-            torch._foreach_add_(plist, grads, alpha=-lr)
-            snapshot = torch.cat([params[k].reshape(-1) for k in names])
-        yield snapshot
+        update(plist, torch.autograd.grad(F.cross_entropy(model(x[idx]), y[idx]), plist))
+        if step >= warmup:
+            with torch.no_grad():
+                snapshot = torch.cat([params[k].detach().reshape(-1) for k in names])
+                yield snapshot if index is None else snapshot[index]
 
 
 # --------------------------------------------------------------------------------------------- PCA
@@ -521,6 +575,7 @@ class PowerLawFit:
     intercept: float
     r2: float
     n: int
+    se: float = math.nan  # standard error of ψ (ordinary least squares, n − 2 degrees of freedom)
 
 
 def power_law_fit(y: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor) -> PowerLawFit:
@@ -535,7 +590,8 @@ def power_law_fit(y: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor) ->
     resid = ly - (icpt + slope * lx)
     ss = ((ly - ly.mean()) ** 2).sum()
     r2 = 1.0 - (resid ** 2).sum() / ss if ss > 0 else math.nan
-    return PowerLawFit(float(-slope), float(icpt), float(r2), int(ok.sum()))
+    se = math.sqrt((resid ** 2).sum() / (ok.sum() - 2) / ((lx - lx.mean()) ** 2).sum()) if ok.sum() > 2 else math.nan
+    return PowerLawFit(float(-slope), float(icpt), float(r2), int(ok.sum()), float(se))
 
 
 # --------------------------------------------------------------------------------------------- analysis
@@ -581,7 +637,7 @@ def variance_flatness(ctx: Context, settings: VFSettings = DEFAULT) -> VFResult:
     names = analysed_names(ctx, settings.params)
     gen = ctx.generator(f"vf/{settings.steps}/{','.join(names)}")
     w0 = torch.cat([ctx.params[k].reshape(-1) for k in names]).detach()
-    snaps = sgd_snapshots(ctx, names, settings.steps, gen)
+    snaps = optimizer_snapshots(ctx, names, settings.steps, gen)
     pca = snapshot_pca(snaps, settings.steps, [p - 1 for p in sorted(set(settings.pcs)) if p >= 1],
                        method=settings.pca, generator=gen)
     if len(pca.index) == 0:
@@ -640,57 +696,214 @@ def loss_profiles(ctx: Context, result: VFResult, pcs: Sequence[int], deltas: to
     return line(idx, d).view(len(pcs), len(deltas)).numpy()
 
 
+# --------------------------------------------------------------------------------------------- block estimator
+@dataclass(frozen=True)
+class BlockSettings:
+    """The registered estimator (module docstring, "The registered measures"); hashable for ``ctx.shared``."""
+    size: int = 16  # size × size sub-matrices of the middle hidden-to-hidden matrix (N_b = 256 weights each)
+    blocks: int = 4  # independent seeded blocks from the same trajectory, pooled in one fit
+    steps: int = 1000  # recorded steps of the continued optimizer, one snapshot each (T ≈ 4·N_b)
+    warmup: int = 100  # unrecorded steps first (optimizer state, start-up transient)
+    chunk: int = 25  # consecutive snapshots per chunk; even chunks → half A, odd chunks → half B
+    pc_stride: int = 40  # PCs 2, 42, 82, … ≤ N_b of every block are scanned and fitted (PC 1, the drift, left out)
+    threshold: float = math.e
+    max_shift: float = 10.0  # as VFSettings.max_shift, relative to the norm of the whole analysed matrix
+
+
+BLOCK = BlockSettings()
+
+
+def middle_hidden_layer(ctx: Context) -> Layer:
+    """The middle one of the hidden-to-hidden layers (every parametrised layer but the first and the last):
+    the 50×50 matrix of the paper's 784→50→50→10 net, the w×w matrix of a depth-2 MLP, the middle one for
+    deeper MLPs (the earlier of two), the middle conv kernel of a ConvNet (as a matrix out × in·k).
+    NotApplicable for a model with fewer than three layers (no hidden-to-hidden matrix)."""
+    hidden = ctx.layers[1:-1]
+    if not hidden:
+        raise NotApplicable(f"no hidden-to-hidden layer: the model has {len(ctx.layers)} parametrised layer(s)")
+    return hidden[(len(hidden) - 1) // 2]
+
+
+def block_index(shape: Sequence[int], size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          torch.Tensor]:
+    """A seeded size × size sub-matrix of a weight of ``shape`` viewed as (out, in·k): sorted random rows and
+    columns, and the (size²,) positions of its entries in the flattened weight (row-major)."""
+    n_rows, n_cols = shape[0], math.prod(shape[1:])
+    rows = torch.randperm(n_rows, generator=generator)[:size].sort().values
+    cols = torch.randperm(n_cols, generator=generator)[:size].sort().values
+    return rows, cols, (rows[:, None] * n_cols + cols[None, :]).reshape(-1)
+
+
+def split_sample_pca(snapshots: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal directions from one half of the snapshots, their variances from the other half.
+
+    ``snapshots`` (T, N) are cut into chunks of ``chunk`` consecutive steps; even chunks form half A, odd ones
+    half B (interleaved, so a slow drift affects both alike). With Σ_A, Σ_B the covariances of the halves
+    (each centred on its own mean, 1/T_half), the directions p_i are the eigenvectors of Σ_A by decreasing
+    eigenvalue and σ_i² = p_iᵀ Σ_B p_i. Returns (N, N) directions as rows and (N,) variances, float64.
+
+    Why: the eigenvalues of a sample covariance are spread out, the top ones biased up and the bottom ones
+    down, when T is not much larger than N (the Marchenko–Pastur spreading). That spreading steepens the
+    σ²-against-F relation by itself. The variance along a *fixed* direction measured on independent data
+    carries no such bias, so the split-sample variances converge much faster in T to the long-run values.
+    """
+    t, n = snapshots.shape
+    t = t // (2 * chunk) * 2 * chunk
+    if t < 4 * chunk:
+        raise ValueError(f"split_sample_pca needs at least {4 * chunk} snapshots, got {snapshots.shape[0]}")
+    x = snapshots[:t].double().reshape(-1, chunk, n)  # (chunks, chunk, N)
+    halves = []
+    for h in (x[0::2].reshape(-1, n), x[1::2].reshape(-1, n)):
+        h = h - h.mean(0)
+        halves.append(h.T @ h / len(h))  # (N, N)
+    evals, evecs = torch.linalg.eigh(halves[0])
+    dirs = evecs.flip(1).T.contiguous()  # (N, N), rows by decreasing Σ_A eigenvalue
+    return dirs, ((dirs @ halves[1]) * dirs).sum(1)
+
+
+@dataclass(frozen=True)
+class BlockVFResult:
+    """One block analysis. Arrays are indexed like ``pcs`` (1-based, ranks of Σ_A)."""
+    layer: str  # parameter name of the analysed weight
+    rows: torch.Tensor  # (blocks, b) rows of its matrix view
+    cols: torch.Tensor  # (blocks, b) columns
+    index: torch.Tensor  # (blocks, b²) positions in the flattened weight
+    snapshots: torch.Tensor  # (T, blocks·b²) float64, the recorded block entries, block after block
+    pcs: np.ndarray  # (K,) 1-based PC of its block
+    block: np.ndarray  # (K,) which block
+    directions: torch.Tensor  # (K, b²) unit directions inside their block
+    variance: np.ndarray  # (K,) split-sample σ_i²
+    left: np.ndarray
+    right: np.ndarray
+    censored_left: np.ndarray
+    censored_right: np.ndarray
+    fit: PowerLawFit
+    loss0: float
+    optimizer: str
+
+    @property
+    def flatness(self) -> np.ndarray:
+        return self.left + self.right
+
+    @property
+    def used(self) -> np.ndarray:
+        return np.isfinite(self.flatness) & (self.variance > 0)
+
+    @property
+    def weight_variance(self) -> float:
+        """Mean variance per block weight over all T snapshots, (1/(T·N_b)) Σ_t ‖w_t − ⟨w⟩‖²."""
+        x = self.snapshots - self.snapshots.mean(0)
+        return float((x ** 2).sum() / x.numel())
+
+
+def block_fit(ctx: Context, layer: str, index: torch.Tensor, snapshots: torch.Tensor,
+              settings: BlockSettings = BLOCK, optimizer: str = "") -> BlockVFResult:
+    """σ², F and ψ from given block snapshots (T, blocks·b²) of weight ``layer`` at positions ``index``
+    (blocks, b²): split-sample PCA of each block, PCs 2, 2 + stride, … of each pooled; flatness of the full
+    training loss along each fitted direction (embedded in the whole weight, through the trained solution w₀);
+    censored sides counted and left out; least squares of log σ_i² = c − ψ log F_i. Takes the snapshots as an
+    argument so that any trajectory can be analysed (the tests feed it a random walk)."""
+    index = index.reshape(-1, index.shape[-1])
+    nb = index.shape[1]
+    w0 = ctx.params[layer].reshape(-1)
+    pcs, which, dirs, var, full = [], [], [], [], []
+    for k, idx in enumerate(index):
+        d, v = split_sample_pca(snapshots[:, k * nb:(k + 1) * nb], settings.chunk)
+        sel = np.arange(2, nb + 1, settings.pc_stride)
+        pcs.append(sel), which.append(np.full(len(sel), k)), dirs.append(d[sel - 1]), var.append(v[sel - 1])
+        f = torch.zeros(len(sel), w0.numel(), dtype=w0.dtype, device=w0.device)
+        f[:, idx.to(w0.device)] = d[sel - 1].to(f)
+        full.append(f)
+    pcs, which = np.concatenate(pcs), np.concatenate(which)
+    dirs, var, full = torch.cat(dirs), torch.cat(var), torch.cat(full)
+    max_delta = settings.max_shift * float(w0.norm())
+    line = line_loss(ctx, (layer,), w0, full)
+    start = START_SIGMAS * var.clamp_min(0).sqrt().clamp_min(1e-6 * max_delta)
+    scan = flatness_scan(line, len(pcs), ctx.train_loss, start=start, max_delta=max_delta,
+                         min_delta=1e-7 * max_delta, threshold=settings.threshold)
+    var_np, flat = var.numpy(), scan.flatness.numpy()
+    return BlockVFResult(layer=layer, rows=torch.empty(0), cols=torch.empty(0), index=index,
+                         snapshots=snapshots.double(), pcs=pcs, block=which, directions=dirs, variance=var_np,
+                         left=scan.left.numpy(), right=scan.right.numpy(), censored_left=scan.censored_left.numpy(),
+                         censored_right=scan.censored_right.numpy(), fit=power_law_fit(var_np, flat),
+                         loss0=ctx.train_loss, optimizer=optimizer)
+
+
+def block_variance_flatness(ctx: Context, settings: BlockSettings = BLOCK) -> BlockVFResult:
+    """The registered analysis: ``blocks`` seeded blocks of the middle hidden-to-hidden matrix, the model's own
+    optimizer continued (``warmup`` + ``steps`` steps, one trajectory for all blocks), then :func:`block_fit`."""
+    layer = middle_hidden_layer(ctx)
+    weight = ctx.params[layer.weight]
+    gen = ctx.generator(f"vf.block/{settings.size}")
+    rows, cols, index = zip(*(block_index(weight.shape, settings.size, gen) for _ in range(settings.blocks)))
+    rows, cols, index = torch.stack(rows), torch.stack(cols), torch.stack(index)
+    name = _Update(ctx).name
+    snaps = torch.stack(list(optimizer_snapshots(ctx, (layer.weight,), settings.steps, gen, warmup=settings.warmup,
+                                                 index=index.reshape(-1).to(weight.device))))
+    r = block_fit(ctx, layer.weight, index, snaps.cpu(), settings, name)
+    return dataclasses.replace(r, rows=rows, cols=cols)
+
+
 # --------------------------------------------------------------------------------------------- measures
 NEEDS = ("model", "train_data", "hparams")
 
 
-def _vf(ctx: Context, settings: VFSettings) -> VFResult:
-    return variance_flatness(ctx, settings)
+def _block(ctx: Context, settings: BlockSettings) -> BlockVFResult:
+    return block_variance_flatness(ctx, settings)
 
 
-def _details(r: VFResult) -> dict:
-    return {"r2": r.fit.r2, "n_pcs": r.fit.n, "n_censored": r.n_censored,
-            "pcs": f"{int(r.pcs.min())}-{int(r.pcs.max())}", "layer": ",".join(r.names)}
+def _block_name(r: BlockVFResult) -> str:
+    return f"{r.rows.shape[0]}x{r.rows.shape[1]}x{r.cols.shape[1]}"
 
 
-@measure("vf.exponent", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE)
-def vf_exponent(ctx: Context) -> Value:
-    """Variance–flatness exponent ψ of SGD's steady-state fluctuations, σ_i² ∝ F_i^(−ψ).
+def _details(r: BlockVFResult) -> dict:
+    return {"r2": r.fit.r2, "se": r.fit.se, "n_pcs": r.fit.n, "n_censored_left": int(r.censored_left.sum()),
+            "n_censored_right": int(r.censored_right.sum()), "pcs": f"{int(r.pcs.min())}-{int(r.pcs.max())}",
+            "layer": r.layer, "block": _block_name(r), "steps": len(r.snapshots), "optimizer": r.optimizer}
 
-    Least squares of log σ_i² = c − ψ log F_i over PCs 2–11 and every 10th PC from 20 to 150 of 200
-    post-training SGD snapshots of the last hidden-to-hidden weight matrix (F_i: width of the
-    full-training-loss profile along PC i at e·L₀; censored PCs excluded and counted). Sign −1 (a
-    hypothesis, not from the paper): a larger ψ is a stronger landscape-dependent annealing — less noise
-    where the landscape is flat — which drives SGD towards flat solutions. Details: R², PCs used, censored
-    sides.
+
+@measure("vf.block_exponent", needs=NEEDS, sign=-1, family="physics",
+         invariances=("permutation",), reference=REFERENCE, version=1)
+def vf_block_exponent(ctx: Context) -> Value:
+    """Variance–flatness exponent ψ, σ_i² ∝ F_i^(−ψ), of the steady-state fluctuations of four 16×16 blocks of the
+    middle hidden-to-hidden weight matrix under the model's own optimizer continued.
+
+    1,000 recorded steps (after 100 warm-up steps) of the blocks' weights; per block a split-sample PCA
+    (directions p_i from one half of the snapshots, σ_i² = p_iᵀ Σ_B p_i from the other); F_i = δ_l + δ_r, the
+    width of the full-training-loss profile L(w₀ + δ p_i) at e·L₀; one least-squares fit of
+    log σ_i² = c − ψ log F_i over PCs 2, 42, 82, …, 242 of every block, censored PCs left out and counted.
+    Sign −1 (a hypothesis, not from the paper): a larger ψ is a stronger landscape-dependent annealing, which
+    should drive SGD towards flat solutions. Details: R², PCs used, censored sides per side, layer, blocks,
+    steps, optimizer.
     """
-    r = ctx.shared(_vf, DEFAULT)
+    r = ctx.shared(_block, BLOCK)
     return Value(r.fit.psi, _details(r))
 
 
-@measure("vf.flatness_mean_log", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE)
-def vf_flatness_mean_log(ctx: Context) -> Value:
-    """Mean log flatness of the solution along SGD's leading fluctuation directions, mean_i log F_i.
+@measure("vf.block_flatness_mean_log", needs=NEEDS, sign=-1, family="physics",
+         invariances=("permutation",), reference=REFERENCE, version=1)
+def vf_block_flatness_mean_log(ctx: Context) -> Value:
+    """Mean log flatness, mean_i log F_i, along the fitted fluctuation directions of the block analysis
+    (``vf.block_exponent``): PCs 2, 42, …, 242 of four 16×16 blocks of the middle hidden-to-hidden matrix.
 
-    F_i = δ_l + δ_r, the width at which the full training loss along PC i reaches e·L₀; mean of log F_i over
-    the leading PCs 2–11 of the variance–flatness analysis that are uncensored (censored ones, whose F
-    exceeds the search range, are excluded and counted, which biases the mean low). Sign −1: flatter
-    solutions are expected to generalize better.
+    F_i = δ_l + δ_r at e·L₀ of the full training loss. Censored PCs (a side beyond the search range
+    10·‖W‖) are left out and counted, which biases the mean low. Sign −1: flatter solutions are expected to
+    generalize better.
     """
-    r = ctx.shared(_vf, DEFAULT)
-    lead = r.used & (r.pcs <= 11)
-    return Value(float(np.log(r.flatness[lead]).mean()) if lead.any() else math.nan,
-                 {**_details(r), "n_leading": int(lead.sum())})
+    r = ctx.shared(_block, BLOCK)
+    ok = r.used
+    return Value(float(np.log(r.flatness[ok]).mean()) if ok.any() else math.nan, _details(r))
 
 
-@measure("vf.weight_variance", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE)
-def vf_weight_variance(ctx: Context) -> Value:
-    """Total steady-state variance of the weights under continued SGD, Σ_i σ_i² (all PCs).
+@measure("vf.block_weight_variance", needs=NEEDS, sign=-1, family="physics",
+         invariances=("permutation",), reference=REFERENCE, version=1)
+def vf_block_weight_variance(ctx: Context) -> Value:
+    """Mean steady-state variance per weight of four 16×16 blocks of the middle hidden-to-hidden matrix under
+    the model's own optimizer continued, (1/(T·N)) Σ_t ‖w_t − ⟨w⟩‖², T = 1,000, N = 4·256 block entries.
 
-    (1/T) Σ_t ‖w_t − ⟨w⟩‖² over T = 200 SGD steps of the last hidden-to-hidden weight matrix. Sign −1 (a
-    hypothesis): a solution around which SGD can wander widely at (near) constant loss sits in a broad
-    basin, the PAC-Bayes picture of a flat minimum.
+    Sign −1 (a hypothesis): a solution around which the optimizer wanders widely at (near) constant loss
+    sits in a broad basin, the PAC-Bayes picture of a flat minimum.
     """
-    r = ctx.shared(_vf, DEFAULT)
-    return Value(r.pca.total_variance, {"top_pc_fraction": float(r.pca.spectrum[0]) / r.pca.total_variance,
-                                        "layer": ",".join(r.names), "steps": r.pca.n_snapshots})
+    r = ctx.shared(_block, BLOCK)
+    return Value(r.weight_variance, {"layer": r.layer, "block": _block_name(r), "steps": len(r.snapshots),
+                                     "optimizer": r.optimizer})

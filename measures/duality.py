@@ -496,7 +496,8 @@ def _details(t: dict) -> dict:
     return {k: t[k] for k in ("mean_dl", "mu_term", "cov_term", "size", "sharpness", "n_pairs", "dropped")}
 
 
-@measure("duality.mid.gap", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
+@measure("duality.mid.gap", needs=("model", "train_data"), sign=1, family="duality",
+         invariances=("permutation",), reference=REFERENCE)
 def duality_mid_gap(ctx: Context) -> Value:
     """Duality gap term Σ_n c_n σ_g,n σ_w,n (complete basis) for training midpoint pairs.
 
@@ -509,6 +510,7 @@ def duality_mid_gap(ctx: Context) -> Value:
 
 
 @measure("duality.mid.sharpness", needs=("model", "train_data"), sign=1, family="duality",
+         invariances=("permutation",),
          reference=REFERENCE)
 def duality_mid_sharpness(ctx: Context) -> Value:
     """Sharpness factor ‖σ_g‖ = (Σ_n σ_g,n²)^½ (complete basis) for training midpoint pairs.
@@ -520,7 +522,8 @@ def duality_mid_sharpness(ctx: Context) -> Value:
     return Value(t["sharpness"], _details(t))
 
 
-@measure("duality.mid.size", needs=("model", "train_data"), sign=1, family="duality", reference=REFERENCE)
+@measure("duality.mid.size", needs=("model", "train_data"), sign=1, family="duality",
+         invariances=("permutation",), reference=REFERENCE)
 def duality_mid_size(ctx: Context) -> Value:
     """Size factor Σ_n σ_w,n² = mean_k ‖ΔW*_k − ΔW̄‖² (dual-weight spread) for training midpoint pairs.
 
@@ -532,6 +535,7 @@ def duality_mid_size(ctx: Context) -> Value:
 
 
 @measure("duality.mid.gap_hessian", needs=("model", "train_data"), sign=1, family="duality",
+         invariances=("permutation",),
          reference=REFERENCE)
 def duality_mid_gap_hessian(ctx: Context) -> Value:
     """Quadratic duality gap ½ Σ_n λ_n σ_w,n² = ½ tr(H Σ_w) for training midpoint pairs, complete basis.
@@ -546,6 +550,7 @@ def duality_mid_gap_hessian(ctx: Context) -> Value:
 
 
 @measure("oracle.duality_gap", needs=("model", "train_data", "test_data"), sign=1, family="duality",
+         invariances=("permutation", "rescaling"),
          reference=REFERENCE, oracle=True, version=2)
 def oracle_duality_gap(ctx: Context) -> Value:
     """ORACLE (uses test data): exact duality decomposition Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) = mean_k Δl_k.

@@ -320,7 +320,8 @@ def detect_phases(history: Sequence[Mapping], *, start: float = 0.1, end: float 
 LATE = 0.1  # phase.late_amplitude_sq averages over the last 10% of the epochs trained
 
 
-@measure("phase.final_alignment", needs=("history",), sign=-1, family="physics", reference=REFERENCE)
+@measure("phase.final_alignment", needs=("history",), sign=-1, family="physics",
+         invariances=("permutation", "rescaling"), reference=REFERENCE)
 def final_alignment(ctx: Context) -> float:
     """Minibatch-gradient alignment at the end of training, op.alignment of the last history row.
 
@@ -331,7 +332,8 @@ def final_alignment(ctx: Context) -> float:
     return float(_column(ctx.history[-1:], PREFIX + "alignment")[0])
 
 
-@measure("phase.late_amplitude_sq", needs=("history",), sign=-1, family="physics", reference=REFERENCE)
+@measure("phase.late_amplitude_sq", needs=("history",), sign=-1, family="physics",
+         invariances=("permutation", "rescaling"), reference=REFERENCE)
 def late_amplitude_sq(ctx: Context) -> Value:
     """Mean corrected squared amplitude over the last 10% of the epochs: mean of op.amplitude_sq_corrected over the
     rows with epoch > 0.9·T (T the last epoch; at least the last row).
@@ -349,7 +351,8 @@ def late_amplitude_sq(ctx: Context) -> Value:
     return Value(float(kappa[sel].mean()), {"rows": int(sel.sum()), "from_epoch": int(epochs[sel][0])})
 
 
-@measure("phase.exploration_fraction", needs=("history",), sign=1, family="physics", reference=REFERENCE,
+@measure("phase.exploration_fraction", needs=("history",), sign=1, family="physics",
+         invariances=("permutation", "rescaling"), reference=REFERENCE,
          version=2)
 def exploration_fraction(ctx: Context) -> Value:
     """Fraction of the training epochs spent after the fast-learning phase: (T − e_fast) / T, with T the last
@@ -366,6 +369,7 @@ def exploration_fraction(ctx: Context) -> Value:
 
 
 @measure("phase.mislabeled_fit_epoch_fraction", needs=("history",), sign=-1, family="physics",
+         invariances=("permutation", "rescaling"),
          reference=REFERENCE, version=2)
 def mislabeled_fit_epoch_fraction(ctx: Context) -> Value:
     """When the mislabeled samples get learned: (epoch at which half of the drop of the mislabeled-subset loss

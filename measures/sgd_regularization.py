@@ -384,7 +384,8 @@ def _require_flat_noise(r: SGDRegResult) -> None:
         raise NotApplicable("no SGD noise along the flat directions (Δ_⊥ = 0): the anisotropy is undefined")
 
 
-@measure("sgd.log_penalty_topk", needs=NEEDS, sign=1, family="physics", reference=REFERENCE)
+@measure("sgd.log_penalty_topk", needs=NEEDS, sign=1, family="physics",
+         invariances=("permutation", "units"), reference=REFERENCE)
 def sgd_log_penalty_topk(ctx: Context) -> Value:
     """SGD's effective-regularisation penalty over the top-10 Hessian directions, in units of the noise:
     Φ = Σ_{n≤10} ½(κ_n − 1) ln(α_eff λ_n / 2).
@@ -402,7 +403,8 @@ def sgd_log_penalty_topk(ctx: Context) -> Value:
     return Value(r.log_penalty, {**_details(r), "effective_reg": r.effective_reg})
 
 
-@measure("sgd.noise_anisotropy", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE, version=2)
+@measure("sgd.noise_anisotropy", needs=NEEDS, sign=-1, family="physics",
+         invariances=("permutation", "units"), reference=REFERENCE, version=2)
 def sgd_noise_anisotropy(ctx: Context) -> Value:
     """Anisotropy of the SGD noise, ⟨κ_n⟩ = mean over the top-10 Hessian directions of Δ_n / Δ_⊥.
 
@@ -417,7 +419,8 @@ def sgd_noise_anisotropy(ctx: Context) -> Value:
                                 "top_k_fraction": float(r.noise.sum() / r.noise_total)})
 
 
-@measure("sgd.noise_curvature_exponent", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE, version=2)
+@measure("sgd.noise_curvature_exponent", needs=NEEDS, sign=-1, family="physics",
+         invariances=("permutation", "units"), reference=REFERENCE, version=2)
 def sgd_noise_curvature_exponent(ctx: Context) -> Value:
     """Exponent β of the SGD noise–curvature relation, Δ_n ∝ λ_n^β over the top-10 Hessian directions.
 
@@ -433,7 +436,8 @@ def sgd_noise_curvature_exponent(ctx: Context) -> Value:
     return Value(r.exponent, {**_details(r), "r2": r.exponent_r2})
 
 
-@measure("sgd.noise_to_loss", needs=NEEDS, sign=-1, family="physics", reference=REFERENCE)
+@measure("sgd.noise_to_loss", needs=NEEDS, sign=-1, family="physics",
+         invariances=("permutation", "units"), reference=REFERENCE)
 def sgd_noise_to_loss(ctx: Context) -> Value:
     """Total SGD noise temperature relative to the training loss, (α_eff/2B)·(n − B)/(n − 1)·tr C / L.
 

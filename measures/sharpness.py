@@ -216,6 +216,7 @@ def _search_value(ctx: Context, magnitude: bool, value: Callable[[float], float]
 
 @measure("sharpness.init", needs=("model", "init_model", "train_data"), sign=1, family="sharpness", version=2,
          sample_size="sqrt",
+         invariances=("permutation",),
          reference="Jiang et al. 2020, sharpness-init, eq. (50); Keskar et al. 2017; Neyshabur et al. 2017;"
                    " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_init(ctx: Context) -> Value:
@@ -232,6 +233,7 @@ def sharpness_init(ctx: Context) -> Value:
 
 
 @measure("sharpness.orig", needs=("model", "train_data"), sign=1, family="sharpness", version=2, sample_size="sqrt",
+         invariances=("permutation",),
          reference="Jiang et al. 2020, sharpness-orig, eq. (51); Keskar et al. 2017; Neyshabur et al. 2017;"
                    " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_orig(ctx: Context) -> Value:
@@ -247,6 +249,7 @@ def sharpness_orig(ctx: Context) -> Value:
 
 @measure("sharpness.flatness", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
          sample_size="sqrt",
+         invariances=("permutation",),
          reference="Jiang et al. 2020, sharpness-flatness, eq. (52); Keskar et al. 2017; Dziugaite et al. 2020 "
                    "(sample-size adjustment)")
 def sharpness_flatness(ctx: Context) -> Value:
@@ -260,6 +263,7 @@ def sharpness_flatness(ctx: Context) -> Value:
 
 @measure("sharpness.mag.init", needs=("model", "init_model", "train_data"), sign=1, family="sharpness", version=2,
          sample_size="sqrt",
+         invariances=("permutation",),
          reference="Jiang et al. 2020, sharpness-mag-init, eq. (58) (magnitude-aware perturbation bound);"
                    " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_mag_init(ctx: Context) -> Value:
@@ -278,6 +282,7 @@ def sharpness_mag_init(ctx: Context) -> Value:
 
 @measure("sharpness.mag.orig", needs=("model", "init_model", "train_data"), sign=1, family="sharpness", version=2,
          sample_size="sqrt",
+         invariances=("permutation",),
          reference="Jiang et al. 2020, sharpness-mag-orig, eq. (59) (magnitude-aware perturbation bound);"
                    " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_mag_orig(ctx: Context) -> Value:
@@ -295,6 +300,7 @@ def sharpness_mag_orig(ctx: Context) -> Value:
 
 @measure("sharpness.mag.flatness", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
          sample_size="sqrt",
+         invariances=("permutation", "rescaling"),
          reference="Jiang et al. 2020, sharpness-mag-flatness, eq. (60) (magnitude-aware perturbation bound);"
                    " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_mag_flatness(ctx: Context) -> Value:
@@ -308,6 +314,7 @@ def sharpness_mag_flatness(ctx: Context) -> Value:
 
 
 @measure("sharpness.l2", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
+         invariances=("permutation",),
          reference="Foret et al. 2021 (SAM); Andriushchenko et al. 2023, worst-case l2 sharpness")
 def sharpness_l2(ctx: Context) -> Value:
     """Worst-case ℓ2 sharpness at radius 0.1, max_{‖δ‖₂ ≤ 0.1} L(w + δ) − L(w).
@@ -319,6 +326,7 @@ def sharpness_l2(ctx: Context) -> Value:
 
 
 @measure("sharpness.linf", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
+         invariances=("permutation",),
          reference="Keskar et al. 2017 (box sharpness); Andriushchenko et al. 2023, worst-case l-inf sharpness")
 def sharpness_linf(ctx: Context) -> Value:
     """Worst-case ℓ∞ sharpness at radius 1e-3, max_{‖δ‖∞ ≤ 0.001} L(w + δ) − L(w).
@@ -330,6 +338,7 @@ def sharpness_linf(ctx: Context) -> Value:
 
 
 @measure("sharpness.adaptive.l2", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
+         invariances=("permutation", "rescaling"),
          reference="Andriushchenko et al. 2023, adaptive worst-case l2 sharpness (Kwon et al. 2021, ASAM)")
 def sharpness_adaptive_l2(ctx: Context) -> Value:
     """Adaptive worst-case ℓ2 sharpness, max_{‖δ ⊘ |w|‖₂ ≤ 1} L(w + δ) − L(w).
@@ -342,6 +351,7 @@ def sharpness_adaptive_l2(ctx: Context) -> Value:
 
 
 @measure("sharpness.adaptive.linf", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
+         invariances=("permutation", "rescaling"),
          reference="Andriushchenko et al. 2023, adaptive worst-case l-inf sharpness")
 def sharpness_adaptive_linf(ctx: Context) -> Value:
     """Adaptive worst-case ℓ∞ sharpness, max_{|δ_i| ≤ 0.01|w_i|} L(w + δ) − L(w).

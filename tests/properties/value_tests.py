@@ -127,32 +127,34 @@ VALUE_TESTS: dict[str, str] = {
     "hessian.logdet_topk":
         "tests/unit/measures/test_hessian.py::test_logdet_topk_leaves_out_null_and_negative_directions",
     # activity–weight duality: explicit loops and a dense layer-Hessian eigenbasis
-    "duality.gap":
+    "duality.mid.gap":
         "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
-    "duality.sharpness":
+    "duality.mid.sharpness":
         "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
-    "duality.size":
+    "duality.mid.size":
         "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
-    "duality.gap_hessian":
+    "duality.mid.gap_hessian":
         "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
     "oracle.duality_gap":
         "tests/unit/measures/test_duality.py::test_oracle_duality_gap_against_explicit_loops",
     # phases: hand-made histories with values derived by hand
     "phase.final_alignment":
         "tests/unit/measures/test_phases.py::test_final_alignment_is_the_last_rows_alignment",
+    "phase.late_amplitude_sq":
+        "tests/unit/measures/test_phases.py::test_late_amplitude_sq_averages_the_last_tenth_of_the_epochs",
     "phase.exploration_fraction":
-        "tests/unit/measures/test_phases.py::test_exploration_fraction_on_a_linearly_decaying_alignment",
+        "tests/unit/measures/test_phases.py::test_exploration_fraction_on_a_decaying_amplitude_with_a_dip",
     "phase.mislabeled_fit_epoch_fraction":
         "tests/unit/measures/test_phases.py::test_mislabeled_fit_epoch_fraction_with_a_spike_the_median_removes",
-    # variance–flatness: the whole analysis redone by hand
-    "vf.exponent":
-        "tests/unit/measures/test_flatness.py::test_vf_measures_against_an_independent_recomputation",
-    "vf.flatness_mean_log":
-        "tests/unit/measures/test_flatness.py::test_vf_measures_against_an_independent_recomputation",
-    "vf.weight_variance":
-        "tests/unit/measures/test_flatness.py::test_vf_measures_against_an_independent_recomputation",
+    # variance–flatness: the analysis redone by hand from the recorded snapshots
+    "vf.block_exponent":
+        "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
+    "vf.block_flatness_mean_log":
+        "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
+    "vf.block_weight_variance":
+        "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
     # SGD effective regularization: dense Hessian and looped per-sample gradients
-    "sgd.effective_reg":
+    "sgd.log_penalty_topk":
         "tests/unit/measures/test_sgd_regularization.py::"
         "test_registered_measures_against_dense_hessian_and_looped_gradients",
     "sgd.noise_anisotropy":
@@ -161,7 +163,7 @@ VALUE_TESTS: dict[str, str] = {
     "sgd.noise_curvature_exponent":
         "tests/unit/measures/test_sgd_regularization.py::"
         "test_registered_measures_against_dense_hessian_and_looped_gradients",
-    "sgd.noise_trace":
+    "sgd.noise_to_loss":
         "tests/unit/measures/test_sgd_regularization.py::"
         "test_registered_measures_against_dense_hessian_and_looped_gradients",
 }

@@ -18,10 +18,6 @@ import torch
 
 import measures
 from benchmark.measuring.context import Trained
-from benchmark.measuring.probes import DEFAULT_PROBES
-from benchmark.training.loop import train_model
-from benchmark.zoo.datasets import make_data
-from benchmark.zoo.hparams import HParams
 from tests.helpers import permute_hidden_units
 from tests.properties.value_tests import VALUE_TESTS
 
@@ -71,14 +67,8 @@ PARTITIONS = {"randomness": (SEEDED, DETERMINISTIC),
 
 # ------------------------------------------------------------------------------------------- the network
 @pytest.fixture(scope="module")
-def trained():
-    hp = HParams.from_dict({
-        "dataset": {"name": "digits", "train_size": 400, "test_size": 300, "label_noise": 0.1},
-        "model": {"name": "mlp", "depth": 2, "width": 16},
-        "optimizer": {"name": "sgd", "lr": 0.3}, "train": {"batch_size": 40, "target_loss": 0.01,
-                                                           "max_epochs": 300}})
-    data = make_data(hp.dataset)
-    return Trained.from_result(train_model(hp, data, probes=DEFAULT_PROBES), data)
+def trained(trained_digits):
+    return trained_digits  # tests/properties/conftest.py: shared with the invariance audit
 
 
 def _context(trained, seed=0, permuted=False):

@@ -5,6 +5,7 @@ import copy
 import functools
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,10 +85,6 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr
 def measured(name: str, ctx) -> float:
     """The term v a registered measure computes, through the registry. For a measure reported adjusted for the
     training-set size m, this first checks that the reported value is ½(v − log m) (a log measure) or √(v/m)."""
-    import math
-
-    import pytest
-
     from measures import REGISTRY
     m = REGISTRY.get(name)
     out = m(ctx)

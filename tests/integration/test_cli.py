@@ -150,7 +150,10 @@ def _models(root: Path) -> int:
 def _start_training(root: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "benchmark.cli", "train", *TINY, *SIX, f"store.root={root}", "run.jobs=2",
            "run.vectorize=false", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT back to its default in the child: a test run started in the background (`pytest &`, nohup) ignores
+    # it, the child would inherit that, and Python would then never raise KeyboardInterrupt on Ctrl-C
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_models(proc, root, at_least, limit=240.0):

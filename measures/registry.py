@@ -35,8 +35,8 @@ NEEDS = ("model", "init_model", "train_data", "hparams", "history", "test_data")
 INVARIANCES = {
     "permutation": "permuting the hidden units of a layer (rows of W_l and b_l, columns of W_{l+1}); exact, or "
                    "in distribution for a seeded measure",
-    "rescaling": "multiplying the incoming weights and bias of a ReLU hidden layer by c > 0 and its outgoing "
-                 "weights by 1/c (the same function; Dinh et al. 2017)",
+    "rescaling": "multiplying each hidden ReLU unit's incoming weights and bias by its own c > 0 and its "
+                 "outgoing weights by 1/c (the same function; Neyshabur et al. 2015, Dinh et al. 2017)",
     "units": "measuring the weights or the loss in other units, with the learning rate transformed so that SGD "
              "is the same dynamics (physics measures)",
 }

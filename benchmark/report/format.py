@@ -22,6 +22,11 @@ def fmt(x, digits: int = 2) -> str:
     return f"{round(float(x), digits) + 0.0:.{digits}f}"
 
 
+def count(x) -> str:
+    """A count for a table cell: the integer, or "—" when missing (NaN, None or not finite)."""
+    return str(int(x)) if x is not None and x == x and math.isfinite(float(x)) else "—"
+
+
 def fmt_ci(point, lo, hi, digits: int = 2, point_digits: int | None = None) -> str:
     """``point [lo, hi]``: the interval to ``digits`` decimals, the point to ``point_digits`` (default the same)."""
     return f"{fmt(point, digits if point_digits is None else point_digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"

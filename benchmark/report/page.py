@@ -29,7 +29,7 @@ import pandas as pd
 from benchmark.evaluation.leaderboard import gap_noise
 from benchmark.files import write_text
 from benchmark.report import layout, plots
-from benchmark.report.format import fmt, fmt_ci
+from benchmark.report.format import count, fmt, fmt_ci
 from benchmark.report.layout import HEATMAP_FIGURE, INDEX, README, SUMMARY_FIGURE, BoardFiles, scatter_file
 from benchmark.report.plots import short
 from benchmark.report.tables import LEGEND, noise_text
@@ -162,10 +162,6 @@ def _text(x) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
 
 
-def _count(x) -> str:
-    return "—" if _num(x) == "" else str(int(x))
-
-
 def _td(text: str, value=None, cls: str = "", style: str = "", title: str = "") -> str:
     """A cell; ``value`` is its sort key (a number, "" when missing, or a string such as a name)."""
     attrs = []
@@ -229,8 +225,8 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
                 title="P: hidden-unit permutation, R: ReLU rescaling, U: units of weights and loss"),
             _td(escape(_text(r.get("sample_size")) or "—"), _text(r.get("sample_size")),
                 title="reported adjusted for the training-set size m"),
-            _td(_count(r.get("failures")), r.get("failures", math.nan), "num"),
-            _td(_count(r.get("not_applicable")), r.get("not_applicable", math.nan), "num",
+            _td(count(r.get("failures")), r.get("failures", math.nan), "num"),
+            _td(count(r.get("not_applicable")), r.get("not_applicable", math.nan), "num",
                 title=_text(r.get("not_applicable_reason"))),
             _td(str(r["n_models"]), r["n_models"], "num"),
             _td(escape(_text(r.get("reference"))), None, "ref"),
@@ -289,7 +285,7 @@ def _failures(board: Board, target: str) -> str:
             continue
         t = board.table[(board.table.target == target) & (board.table[column].fillna(0) > 0)]
         rows = ["<tr>" + _td(f"<code>{escape(r['measure'])}</code>", r["measure"])
-                + _td(_count(r[column]), r[column], "num")
+                + _td(count(r[column]), r[column], "num")
                 + _td(escape(_text(r.get(message))[:300])) + "</tr>" for r in t.to_dict("records")]
         if rows:
             out += f"<h3>{title}</h3>" + _table(head, rows)

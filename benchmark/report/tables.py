@@ -7,7 +7,7 @@ import pandas as pd
 
 from benchmark.files import write_text
 from benchmark.report import layout
-from benchmark.report.format import fmt, fmt_ci
+from benchmark.report.format import count, fmt, fmt_ci
 
 LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
@@ -17,7 +17,8 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "several measures (a σ search, a Hessian eigen-solve, an SGD continuation) is charged to the first "
           "measure of its family that computes it, and the others show only their own extra time. Invariant: "
           "the reparametrisations that leave the value unchanged, each tested — P: permuting hidden units, "
-          "R: rescaling a ReLU layer's incoming weights by c > 0 and its outgoing ones by 1/c, U: the units of "
+          "R: rescaling each hidden ReLU unit's incoming weights and bias by its own c > 0 and its outgoing ones by "
+          "1/c, U: the units of "
           "the weights and the loss. m-adj.: the bound is reported adjusted for the training-set size m, as "
           "Dziugaite et al.'s code does. Failed: the measure raised or gave no finite value; n/a: the quantity "
           "is undefined for that model (not a failure).")
@@ -47,7 +48,7 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
                          f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.cmi, 3)} | "
                          f"{fmt(r.sign_error_mean, 2)} / {fmt(r.sign_error_max, 2)} | {fmt(r.seconds, 3)} | "
                          f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
-                         f"{_count(r.failures)} | {_count(getattr(r, 'not_applicable', float('nan')))} |")
+                         f"{count(r.failures)} | {count(getattr(r, 'not_applicable', float('nan')))} |")
         lines.append("")
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
     psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]
@@ -78,10 +79,6 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
                          f"{fmt(r.corr_with_gap_loss, 3)} | {r.n_models} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _count(x) -> str:
-    return fmt(int(x)) if x == x else "—"
 
 
 def _text(x) -> str:
@@ -128,6 +125,6 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
         "cmi": [fmt(x, 3) for x in t.cmi], "sign_err": [fmt(x, 2) for x in t.sign_error_mean],
         "sec/model": [fmt(x, 3) for x in t.seconds],
         "invariant": [_text(x) for x in t.get("invariances", pd.Series([""] * len(t)))],
-        "failed": [_count(x) for x in t.failures],
-        "n/a": [_count(x) for x in t.get("not_applicable", pd.Series([float("nan")] * len(t)))]})
+        "failed": [count(x) for x in t.failures],
+        "n/a": [count(x) for x in t.get("not_applicable", pd.Series([float("nan")] * len(t)))]})
     return show.to_string(index=False)

@@ -22,6 +22,7 @@ from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.report import layout, page, plots, tables
 from benchmark.runtime import RunOptions
 from benchmark.store import Store, merge, migrate
+from benchmark.training.history import TEST_SCHEDULES
 from benchmark.training.jobs import train_zoo
 from benchmark.zoo.grid import expand, varying_axes
 from benchmark.zoo.hparams import HParams
@@ -32,10 +33,13 @@ log = logging.getLogger("genbench")
 
 def options(cfg: DictConfig) -> RunOptions:
     """The operational settings of ``run.*`` and the dataset's location."""
+    schedule = str(cfg.run.get("test_schedule", "log"))
+    if schedule not in TEST_SCHEDULES:
+        raise UserError(f"run.test_schedule={schedule!r} is not a test schedule; valid: {', '.join(TEST_SCHEDULES)}")
     return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device),
                       vectorize=bool(cfg.run.vectorize), progress=bool(cfg.run.progress),
                       data_root=str(cfg.dataset.root), download=bool(cfg.dataset.download),
-                      on_corrupt=str(cfg.run.on_corrupt))
+                      on_corrupt=str(cfg.run.on_corrupt), test_schedule=schedule)
 
 
 def selected_measures(cfg: DictConfig) -> list[measures.Measure]:

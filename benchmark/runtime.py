@@ -34,6 +34,7 @@ class RunOptions:
     data_root: str = DEFAULT_ROOT
     download: bool = False
     on_corrupt: str = "retrain"  # a corrupt checkpoint: "retrain" the model, "skip" it, or "fail"
+    test_schedule: str = "log"  # epochs that evaluate the test set (benchmark.training.history.evaluates_test)
 
 
 def set_threads(opts: RunOptions) -> None:

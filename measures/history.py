@@ -6,8 +6,10 @@ from here. A leaf module: it imports nothing of genbench.
     step           minibatch steps taken so far
     train_loss     full training-set cross-entropy at the end of the epoch (eval mode)
     train_error    full training-set error rate
-    test_loss      test-set cross-entropy
-    test_error     test-set error rate
+    test_loss      test-set cross-entropy, on the trainer's test schedule: genbench's default ("log") evaluates
+                   every epoch up to the 15th, then 8 per doubling of the epoch count, and always the last
+                   epoch; NaN (None once stored) at the epochs in between
+    test_error     test-set error rate, on the same schedule
     op.<name>      per-epoch probes: the order parameters of measures.phases (op.alignment, op.grad_norm, ...)
 """
 from __future__ import annotations

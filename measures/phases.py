@@ -99,27 +99,133 @@ def order_parameters(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
         yb = y.index_select(0, idx).reshape(n_batches, batch_size)
         grads = vmap(grad(batch_loss), in_dims=(None, 0, 0))(params, xb, yb)
         g = torch.cat([grads[k].reshape(n_batches, -1) for k in params], 1).double()  # (M, P)
-        norms = g.norm(dim=1)
-        unit = g / norms.clamp_min(torch.finfo(g.dtype).tiny)[:, None]
-        cos = unit @ unit.T
-        mean = g.mean(0)
-        gram = g @ g.T  # (M, M)
-        out = {"alignment": float((cos.sum() - cos.diagonal().sum()) / (n_batches * (n_batches - 1))),
-               "amplitude": float(mean.norm() / norms.mean()) if norms.mean() > 0 else 0.0,
-               "amplitude_sq_corrected": amplitude_sq_corrected(gram, len(y), batch_size),
-               "grad_norm": float(mean.norm()), "batch_grad_norm": float(norms.mean())}
+        out = _ensemble_terms(g @ g.T, len(y), batch_size)
         if mislabeled is not None:
-            bad = mislabeled.to(y.device).bool()
-            if bad.shape != y.shape:
-                raise ValueError(f"the mislabeled mask has shape {tuple(bad.shape)}, the labels {tuple(y.shape)}")
-            n = len(y)
-            idx = (torch.randperm(n, generator=generator)[:subset_samples] if subset_samples and subset_samples < n
-                   else torch.arange(n)).to(y.device)
-            subsets = {"correct": idx[~bad[idx]], "mislabeled": idx[bad[idx]]}
+            subsets = _subset_samples(mislabeled, y, generator, subset_samples)
             out.update(_subset_terms(model, params, buffers, x, y, subsets, chunk))
     finally:
         model.train(was_training)
     return out
+
+
+def _ensemble_terms(gram: torch.Tensor, n: int, batch_size: int) -> dict[str, float]:
+    """Alignment, amplitudes and gradient norms of M minibatch gradients from their Gram matrix
+    ``gram[μ, ν] = g_μ·g_ν`` (float64): they depend on the gradients only through dot products, so any fixed
+    ordering of the parameters gives the same values. A zero gradient counts as orthogonal to the others."""
+    m = gram.shape[0]
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    safe = norms.clamp_min(torch.finfo(gram.dtype).tiny)
+    cos = gram / safe[:, None] / safe[None, :]
+    mean_norm = float(gram.sum().clamp_min(0).sqrt()) / m  # ‖ḡ‖
+    return {"alignment": float((cos.sum() - cos.diagonal().sum()) / (m * (m - 1))),
+            "amplitude": mean_norm / float(norms.mean()) if norms.mean() > 0 else 0.0,
+            "amplitude_sq_corrected": amplitude_sq_corrected(gram, n, batch_size),
+            "grad_norm": mean_norm, "batch_grad_norm": float(norms.mean())}
+
+
+def _subset_samples(mislabeled: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                    subset_samples: int | None) -> dict[str, torch.Tensor]:
+    """The seeded sample of training indices for the subset terms, split into ``correct`` and ``mislabeled``."""
+    bad = mislabeled.to(y.device).bool()
+    if bad.shape != y.shape:
+        raise ValueError(f"the mislabeled mask has shape {tuple(bad.shape)}, the labels {tuple(y.shape)}")
+    n = len(y)
+    idx = (torch.randperm(n, generator=generator)[:subset_samples] if subset_samples and subset_samples < n
+           else torch.arange(n)).to(y.device)
+    return {"correct": idx[~bad[idx]], "mislabeled": idx[bad[idx]]}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model's inputs to :func:`order_parameters_many`: its training data (labels as trained on), its
+    probe generator and its mislabeled mask (None without label noise)."""
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator
+    mislabeled: torch.Tensor | None = None
+
+
+def order_parameters_many(forward, params: Sequence[torch.Tensor], members: Sequence[Member], batch_size: int,
+                          n_batches: int = 8, *, subset_samples: int | None = 512) -> list[dict[str, float]]:
+    """:func:`order_parameters` of K models at once, equal to calling it on each member (up to float rounding):
+    the same draws from each member's generator, the same formulas.
+
+    ``forward(params, x)``: the logits (K', B, classes) in eval mode of K' stacked models whose parameters are
+    ``params`` (each a (K', ...) tensor, any fixed layout) on inputs ``x`` (K', B, ...). ``params`` hold the K
+    members' current weights (they are not changed). The members must share their training-set size.
+    The M minibatch gradients of all members come from one stacked backward pass over K·M copies of the weights,
+    and the subset gradients of all members from two more.
+    """
+    k, n = len(members), len(members[0].y)
+    if n_batches < 2:
+        raise ValueError(f"the alignment needs at least 2 minibatches, got n_batches={n_batches}")
+    if any(len(m.y) != n for m in members):
+        raise ValueError("the members of order_parameters_many must share their training-set size")
+    idx = [_batches(n, batch_size, n_batches, m.generator).to(m.y.device) for m in members]  # (M, B) each
+    xb = torch.cat([m.x[i] for m, i in zip(members, idx)])  # (K·M, B, ...)
+    yb = torch.cat([m.y[i] for m, i in zip(members, idx)])  # (K·M, B)
+    copies = [p.detach().repeat_interleave(n_batches, 0).requires_grad_(True) for p in params]
+    with torch.enable_grad():
+        logits = forward(copies, xb)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
+        grads = torch.autograd.grad(loss.view(k * n_batches, -1).mean(1).sum(), copies)
+    gram = sum(torch.bmm(t, t.transpose(1, 2)) for t in (t.reshape(k, n_batches, -1).double() for t in grads))
+    out = [_ensemble_terms(gram[r], n, batch_size) for r in range(k)]  # gram: (K, M, M)
+    noisy = [r for r, m in enumerate(members) if m.mislabeled is not None]
+    if noisy:
+        subsets = [_subset_samples(members[r].mislabeled, members[r].y, members[r].generator, subset_samples)
+                   for r in noisy]
+        for r, terms in zip(noisy, _subset_terms_many(forward, params, [members[r] for r in noisy], noisy, subsets)):
+            out[r].update(terms)
+    return out
+
+
+def _subset_terms_many(forward, params, members: Sequence[Member], rows: Sequence[int],
+                       subsets: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, float]]:
+    """:func:`_subset_terms` of several members (``rows`` of ``params``) at once: each subset of every member
+    goes through one stacked forward pass on its own copy of the weights, padded to the longest (the padding
+    has weight 0), and one backward pass gives both subsets' mean-loss gradients."""
+    rows_t = torch.tensor(list(rows), device=members[0].y.device)
+    terms: list[dict] = [{} for _ in members]
+    grads, losses = {}, {}
+    with torch.enable_grad():
+        total, leaves = 0.0, {}
+        for name in ("correct", "mislabeled"):
+            sel = [s[name] for s in subsets]
+            width = max(1, max(len(t) for t in sel))
+            index = torch.stack([torch.cat([t, t.new_zeros(width - len(t))]) for t in sel])  # (K, L)
+            weight = torch.zeros(index.shape, device=index.device)
+            for r, t in enumerate(sel):
+                if len(t):
+                    weight[r, :len(t)] = 1.0 / len(t)
+            xs = torch.stack([m.x[i] for m, i in zip(members, index)])
+            ys = torch.stack([m.y[i] for m, i in zip(members, index)])
+            leaves[name] = [p.detach()[rows_t].clone().requires_grad_(True) for p in params]
+            logits = forward(leaves[name], xs)  # (K, L, classes)
+            each = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.reshape(-1),
+                                   reduction="none").view(ys.shape)
+            total = total + (each * weight).sum()
+            wrong = logits.detach().argmax(2) != ys
+            for r, t in enumerate(sel):
+                if len(t) == 0:
+                    terms[r].update({f"loss_{name}": math.nan, f"error_{name}": math.nan})
+                else:
+                    terms[r][f"loss_{name}"] = float(each[r, :len(t)].detach().sum()) / len(t)
+                    terms[r][f"error_{name}"] = int(wrong[r, :len(t)].sum()) / len(t)
+                    losses[(r, name)] = each[r, :len(t)].detach().double()
+        parts = torch.autograd.grad(total, leaves["correct"] + leaves["mislabeled"])
+    half = len(params)
+    for j, name in enumerate(("correct", "mislabeled")):
+        grads[name] = torch.cat([t.reshape(len(rows), -1) for t in parts[j * half:(j + 1) * half]], 1).double()
+    for r in range(len(members)):
+        if (r, "correct") in losses and (r, "mislabeled") in losses:
+            gc, gm = grads["correct"][r], grads["mislabeled"][r]
+            terms[r]["cos_correct_mislabeled"] = _cos(gc, gm)
+            terms[r]["norm_ratio_mislabeled"] = float(gm.norm() / gc.norm()) if gc.norm() > 0 else math.inf
+            terms[r]["loss_auc"] = loss_auc(losses[(r, "correct")], losses[(r, "mislabeled")])
+        else:
+            terms[r]["cos_correct_mislabeled"] = terms[r]["norm_ratio_mislabeled"] = terms[r]["loss_auc"] = math.nan
+    return terms
 
 
 def amplitude_sq_corrected(gram: torch.Tensor, n: int, batch_size: int) -> float:

@@ -9,7 +9,7 @@ pipeline passes them in (``benchmark.measuring.probes``). Each probe draws its r
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -31,13 +31,39 @@ class Probe(Protocol):
         """Values for this epoch's row; ``model`` is in train mode and must be left unchanged."""
 
 
+class StackedProbe(Probe, Protocol):
+    """A probe that can also measure all members of a stack at once (``benchmark.training.stacked``)."""
+
+    def many(self, forward: Callable, params: Sequence[torch.Tensor], data: Sequence[DataBundle],
+             hps: Sequence[HParams], generators: Sequence[torch.Generator]) -> list[Mapping[str, float]]:
+        """The values of ``__call__`` for each member: ``forward(params, x)`` gives the eval-mode logits
+        (K, B, classes) of K stacked models on x (K, B, ...); ``params`` hold the members' weights (unchanged)."""
+
+
 def probe_generators(probes: Sequence[Probe], hp: HParams) -> list[torch.Generator]:
     return [generator(hp.seed, p.tag) for p in probes]
 
 
-def epoch_row(epoch: int, step: int, train: tuple[float, float], test: tuple[float, float]) -> dict:
+TEST_SCHEDULES = ("log", "every")
+
+
+def evaluates_test(epoch: int, schedule: str = "log") -> bool:
+    """Whether the end of ``epoch`` evaluates the test set (the epoch a model stops at always does, so its final
+    metrics are exact). ``"every"`` epoch; ``"log"``: every epoch up to the 15th, then every 2nd up to the 31st,
+    every 4th up to the 63rd, and so on, i.e. 8 evaluations per doubling of the epoch count (a resolution that
+    is uniform on the log-epoch axis of a learning curve; 36 evaluations over 100 epochs). The training set is
+    evaluated at every epoch either way: the stopping rule and the step-count measures need it."""
+    if schedule == "every":
+        return True
+    if schedule != "log":
+        raise ValueError(f"unknown test schedule {schedule!r}; valid: {', '.join(TEST_SCHEDULES)}")
+    return epoch % (1 << max(0, (epoch // 8).bit_length() - 1)) == 0
+
+
+def epoch_row(epoch: int, step: int, train: tuple[float, float], test: tuple[float, float] | None) -> dict:
     """The columns every history row has: the epoch, the step count, (loss, error) on the training and test
-    sets."""
+    sets; the test columns are NaN at an epoch the test schedule skips (``evaluates_test``)."""
+    test = (math.nan, math.nan) if test is None else test
     return {H.EPOCH: epoch, H.STEP: step, H.TRAIN_LOSS: train[0], H.TRAIN_ERROR: train[1],
             H.TEST_LOSS: test[0], H.TEST_ERROR: test[1]}
 
@@ -49,6 +75,24 @@ def probe_columns(probes: Sequence[Probe], gens: Sequence[torch.Generator], mode
     for probe, gen in zip(probes, gens):
         row.update({probe.prefix + k: v for k, v in probe(model, data, hp, gen).items()})
     return row
+
+
+def probe_columns_many(probes: Sequence[Probe], gens: Sequence[Sequence[torch.Generator]], forward: Callable,
+                       params: Sequence[torch.Tensor], data: Sequence[DataBundle], hps: Sequence[HParams],
+                       unstack: Callable[[int], nn.Module]) -> list[dict]:
+    """:func:`probe_columns` of every member of a stack (``gens[r]`` the member's generators): probes with a
+    ``many`` method measure all members at once, the others member by member on ``unstack(r)``, its own module
+    in train mode."""
+    rows: list[dict] = [{} for _ in hps]
+    for j, probe in enumerate(probes):
+        member_gens = [g[j] for g in gens]
+        if hasattr(probe, "many"):
+            values = probe.many(forward, params, data, hps, member_gens)
+        else:
+            values = [probe(unstack(r), d, hp, g) for r, (d, hp, g) in enumerate(zip(data, hps, member_gens))]
+        for row, v in zip(rows, values):
+            row.update({probe.prefix + k: x for k, x in v.items()})
+    return rows
 
 
 def stops(row: Mapping, hp: HParams) -> tuple[bool, bool]:

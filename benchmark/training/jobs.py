@@ -26,9 +26,10 @@ def _train_task(args) -> tuple[int, list[str]]:
     store = Store(root)
     data = lambda d: cached_data(d, opts.data_root, opts.download)
     if opts.vectorize and len(hps) > 1:
-        results = train_many(list(hps), data, device=opts.device, probes=probes)
+        results = train_many(list(hps), data, device=opts.device, probes=probes, test_schedule=opts.test_schedule)
     else:
-        results = [train_model(hp, data(hp.dataset), device=opts.device, probes=probes) for hp in hps]
+        results = [train_model(hp, data(hp.dataset), device=opts.device, probes=probes,
+                               test_schedule=opts.test_schedule) for hp in hps]
     for r in results:
         store.save_model(r.hparams, r.init_state, r.final_state, r.metrics, r.history)
     return len(hps), [r.hparams.model_id for r in results]

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.training.history import Probe, epoch_row, final_metrics, probe_columns, probe_generators, stops
+from benchmark.training.history import (
+    Probe,
+    epoch_row,
+    evaluates_test,
+    final_metrics,
+    probe_columns,
+    probe_generators,
+    stops,
+)
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import HParams
 from benchmark.zoo.models import Dropout, build_model
@@ -41,10 +49,11 @@ class TrainResult:
 
 
 def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "cpu",
-                probes: Sequence[Probe] = ()) -> TrainResult:
+                probes: Sequence[Probe] = (), test_schedule: str = "log") -> TrainResult:
     """Train one model with plain minibatch steps until the full training cross-entropy (eval mode) is at
     most ``hp.train.target_loss`` at the end of an epoch, or ``hp.train.max_epochs`` run out. ``probes`` add
-    their values to every epoch's history row (``benchmark.training.history``).
+    their values to every epoch's history row (``benchmark.training.history``); the test set is evaluated on
+    ``test_schedule`` (``history.evaluates_test``) and at the last epoch.
 
     Randomness: initial weights, the per-epoch data order and dropout masks each come from their own
     generator derived from ``hp.seed``, so the same hyperparameters give the same model.
@@ -72,11 +81,10 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
             loss.backward()
             opt.step()
             step += 1
-        row = {**epoch_row(epoch, step, evaluate(model, data.x_train, data.y_train),
-                           evaluate(model, data.x_test, data.y_test)),
-               **probe_columns(probes, gens, model, data, hp)}
-        history.append(row)
-        stop, diverged = stops(row, hp)
+        train = evaluate(model, data.x_train, data.y_train)
+        stop, diverged = stops(epoch_row(epoch, step, train, None), hp)
+        test = evaluate(model, data.x_test, data.y_test) if stop or evaluates_test(epoch, test_schedule) else None
+        history.append({**epoch_row(epoch, step, train, test), **probe_columns(probes, gens, model, data, hp)})
         if stop:
             break
     final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

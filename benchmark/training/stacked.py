@@ -15,8 +15,9 @@ Each member reproduces ``benchmark.training.loop.train_model`` with the same hyp
   member in the same layer order and shapes as ``benchmark.zoo.models.Dropout``;
 * updates with torch.optim's formulas: SGD d = g + λθ, b ← μb + d, θ ← θ − ηb (μ = 0 for plain SGD);
   Adam d = g + λθ, m ← lerp(m, d, 1−β₁), v ← β₂v + (1−β₂)d², θ ← θ − η/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε);
-* per-epoch evaluation, probes (called on the member unstacked into its own module, with the same
-  generators), history rows, the stopping rule and ``final_metrics`` from ``benchmark.training.history``.
+* per-epoch evaluation (the test set on the same schedule), probes (with the same generators: all members at
+  once for a probe with a ``many`` form, such as the order parameters, otherwise each member unstacked into its
+  own module), history rows, the stopping rule and ``final_metrics`` from ``benchmark.training.history``.
 
 How the stack computes: all members' parameters live in one flat ``(members, P)`` buffer (one row each), so the
 optimizer update is a handful of whole-buffer ops whatever the depth. A linear layer is one ``torch.baddbmm``
@@ -39,7 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.training.history import Probe, epoch_row, final_metrics, probe_columns, probe_generators, stops
+from benchmark.training.history import (
+    Probe,
+    epoch_row,
+    evaluates_test,
+    final_metrics,
+    probe_columns_many,
+    probe_generators,
+    stops,
+)
 from benchmark.training.loop import TrainResult, train_model
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import DatasetHP, HParams
@@ -80,14 +89,15 @@ def group_stacks(hps: list[HParams], max_size: int | None = None) -> list[list[H
 # ------------------------------------------------------------------------------------------------ training
 def train_many(hps: list[HParams], data: DataSource, *, device: str | torch.device = "cpu",
                progress: Callable[[TrainResult], None] | None = None,
-               max_stack: int | None = None, probes: Sequence[Probe] = ()) -> list[TrainResult]:
+               max_stack: int | None = None, probes: Sequence[Probe] = (),
+               test_schedule: str = "log") -> list[TrainResult]:
     """Train every model of ``hps``; the results, in the order of ``hps``, equal ``train_model``'s.
 
     ``data``: a function from ``DatasetHP`` to ``DataBundle`` (e.g. ``benchmark.zoo.make_data``) or a mapping
     holding every dataset needed; each distinct ``DatasetHP`` is asked for once. ``progress(result)`` is called
     as each model finishes. ``max_stack`` caps the members trained together (memory). ``probes`` fill every
-    epoch's history row (``benchmark.training.history``). Stacks of one model, and architectures or optimizers
-    the stack does not implement, go through ``train_model``.
+    epoch's history row (``benchmark.training.history``); ``test_schedule`` as in ``train_model``. Stacks of one
+    model, and architectures or optimizers the stack does not implement, go through ``train_model``.
     """
     hps = list(hps)
     get = data.__getitem__ if isinstance(data, Mapping) else data
@@ -108,13 +118,15 @@ def train_many(hps: list[HParams], data: DataSource, *, device: str | torch.devi
     for idx in _stack_indices(hps, max_stack):
         members = [hps[i] for i in idx]
         try:
-            stack = Stack(members, [bundle(hp.dataset) for hp in members], device, probes) if len(idx) > 1 else None
+            stack = Stack(members, [bundle(hp.dataset) for hp in members], device, probes,
+                          test_schedule) if len(idx) > 1 else None
         except NotImplementedError as err:
             log.info("training %d models one at a time: %s", len(idx), err)
             stack = None
         if stack is None:
             for i in idx:
-                done(i, train_model(hps[i], bundle(hps[i].dataset), device=device, probes=probes))
+                done(i, train_model(hps[i], bundle(hps[i].dataset), device=device, probes=probes,
+                                    test_schedule=test_schedule))
         else:
             stack.run(lambda row, result: done(idx[row], result))
     return results  # type: ignore[return-value]
@@ -230,7 +242,7 @@ class Stack:
     """
 
     def __init__(self, hps: list[HParams], bundles: list[DataBundle], device: str | torch.device,
-                 probes: Sequence[Probe] = ()):
+                 probes: Sequence[Probe] = (), test_schedule: str = "log"):
         """``bundles[i]``: the data of ``hps[i]``. Raises ``NotImplementedError`` for an architecture the
         stacked forward does not know or an optimizer whose update it does not implement."""
         if len({stack_key(hp) for hp in hps}) != 1:
@@ -239,6 +251,8 @@ class Stack:
         if other:
             raise NotImplementedError(f"no stacked update for optimizer(s) {', '.join(other)}")
         self.probes = tuple(probes)
+        evaluates_test(1, test_schedule)  # an unknown schedule fails here
+        self.test_schedule = test_schedule
         start = time.perf_counter()
         self.device = torch.device(device)
         first = bundles[0]
@@ -364,22 +378,21 @@ class Stack:
 
     # ------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def _evaluate(self) -> list[tuple[float, float, float, float]]:
-        """(train loss, train error, test loss, test error) of every member, eval mode (as ``evaluate``).
-        Members whose data have the same inputs go through one stacked forward pass, each scored against
-        its own labels."""
-        out: list = [None] * len(self.members)
+    def _evaluate(self, split: str, rows: Sequence[int]) -> dict[int, tuple[float, float]]:
+        """(loss, error) on the ``split`` ("train" or "test") of the members ``rows``, eval mode (as
+        ``evaluate``). Members whose data have the same inputs go through one stacked forward pass, each scored
+        against its own labels."""
+        out: dict[int, tuple[float, float]] = {}
         for g in dict.fromkeys(self.inputs):
-            rows = [r for r, m in enumerate(self.members) if self.inputs[m.data] == g]
-            if not rows:
+            group = [r for r in rows if self.inputs[self.members[r].data] == g]
+            if not group:
                 continue
-            params = self.params if len(rows) == len(self.members) else \
-                [p[torch.tensor(rows, device=self.device)] for p in self.params]
-            data = [self.data[self.members[r].data] for r in rows]
-            train = self._loss_error(params, data[0].x_train, torch.stack([d.y_train for d in data]))
-            test = self._loss_error(params, data[0].x_test, torch.stack([d.y_test for d in data]))
-            for j, r in enumerate(rows):
-                out[r] = (*train[j], *test[j])
+            params = self.params if len(group) == len(self.members) else \
+                [p[torch.tensor(group, device=self.device)] for p in self.params]
+            data = [self.data[self.members[r].data] for r in group]
+            x = data[0].x_train if split == "train" else data[0].x_test
+            y = torch.stack([d.y_train if split == "train" else d.y_test for d in data])
+            out.update(zip(group, self._loss_error(params, x, y)))
         return out
 
     def _loss_error(self, params, x, y, batch: int = 8192) -> list[tuple[float, float]]:
@@ -415,16 +428,18 @@ class Stack:
             for i in range(0, self.n, self.bs):
                 self.train_step(idx[:, i:i + self.bs])
                 self.step += 1
-            stop = []
-            for r, (m, (train_loss, train_error, test_loss, test_error)) in enumerate(zip(self.members,
-                                                                                         self._evaluate())):
-                row = epoch_row(self.epoch, self.step, (train_loss, train_error), (test_loss, test_error))
-                if self.probes:
-                    row |= probe_columns(self.probes, m.probe_gens, self._unstack(r).train(), self.data[m.data], m.hp)
-                m.history.append(row)
-                done, diverged = stops(row, m.hp)
-                if done:
-                    stop.append((r, diverged))
+            everyone = range(len(self.members))
+            train = self._evaluate("train", everyone)
+            ends = [stops(epoch_row(self.epoch, self.step, train[r], None), m.hp) for r, m in enumerate(self.members)]
+            due = evaluates_test(self.epoch, self.test_schedule)
+            test = self._evaluate("test", [r for r in everyone if due or ends[r][0]])
+            stop = [(r, diverged) for r, (done, diverged) in enumerate(ends) if done]
+            probed = probe_columns_many(
+                self.probes, [m.probe_gens for m in self.members], lambda p, x: stacked_forward(self.ops, p, x),
+                self.params, [self.data[m.data] for m in self.members], [m.hp for m in self.members],
+                lambda r: self._unstack(r).train()) if self.probes else [{} for _ in self.members]
+            for r, m in enumerate(self.members):
+                m.history.append(epoch_row(self.epoch, self.step, train[r], test.get(r)) | probed[r])
             share = (time.perf_counter() - start) / len(self.members)
             for m in self.members:
                 m.wall += share

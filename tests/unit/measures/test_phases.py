@@ -157,6 +157,36 @@ def test_mislabeled_quantities_match_brute_force_on_the_full_set():
     assert out["loss_auc"] == pytest.approx(P.loss_auc(losses[~bad].double(), losses[bad].double()), rel=1e-5)
 
 
+def _stacked_tanh_forward(params, x):
+    """The (K, B, 5) -> (K, B, 3) forward of K stacked ``_net`` models, written with einsum (no trainer code)."""
+    w1, b1, w2, b2 = params
+    h = torch.tanh(torch.einsum("kbi,koi->kbo", x, w1) + b1[:, None])
+    return torch.einsum("kbi,koi->kbo", h, w2) + b2[:, None]
+
+
+@pytest.mark.parametrize("subset_samples", [None, 40])
+def test_order_parameters_many_equal_one_call_per_member(subset_samples):
+    """Three models at once, with and without a mask (one mask marks nothing, so its mislabeled terms are NaN),
+    give what ``order_parameters`` gives for each, and draw the same numbers from each generator."""
+    nets = [_net(s) for s in range(3)]
+    data = [_data(seed=s) for s in range(3)]
+    masks = [torch.rand(64, generator=torch.Generator().manual_seed(9)) < 0.3, None, torch.zeros(64, dtype=torch.bool)]
+    params = [torch.stack([list(n.parameters())[i].detach() for n in nets]) for i in range(4)]
+    members = [P.Member(x, y, torch.Generator().manual_seed(10 + r), masks[r]) for r, (x, y) in enumerate(data)]
+    many = P.order_parameters_many(_stacked_tanh_forward, params, members, 8, subset_samples=subset_samples)
+    for r, (net, (x, y)) in enumerate(zip(nets, data)):
+        gen = torch.Generator().manual_seed(10 + r)
+        one = P.order_parameters(net, x, y, 8, gen, mislabeled=masks[r], subset_samples=subset_samples)
+        assert many[r].keys() == one.keys()
+        for k, v in one.items():
+            if math.isnan(v):
+                assert math.isnan(many[r][k]), k
+            else:
+                assert many[r][k] == pytest.approx(v, rel=1e-5, abs=1e-7), (r, k)
+        assert torch.equal(members[r].generator.get_state(), gen.get_state())  # the same draws
+    assert math.isnan(many[2]["loss_mislabeled"]) and not math.isnan(many[0]["loss_mislabeled"])
+
+
 def test_bad_arguments_are_errors():
     model, (x, y) = _net(), _data()
     with pytest.raises(ValueError, match="at least 2"):

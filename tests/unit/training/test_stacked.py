@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from benchmark.measuring.probes import DEFAULT_PROBES
+from benchmark.training.history import evaluates_test
 from benchmark.training.loop import train_model
 from benchmark.training.stacked import group_stacks, stack_key, train_many
 from benchmark.zoo.datasets import DataBundle, make_data
@@ -122,6 +123,33 @@ def test_mlp_depth_one_without_bias_and_a_ragged_last_batch():
     # 160 samples = 3 batches of 48 + one of 16
     base = _hp(**{"model.depth": 1, "model.bias": False, "train.batch_size": 48, "train.max_epochs": 2})
     _check([_hp(base, **{"seed": s, "optimizer.name": o}) for s, o in ((0, "sgd"), (1, "adam"), (2, "momentum"))])
+
+
+def test_test_set_schedule_members_stopping_between_test_epochs_and_the_every_schedule():
+    """Past epoch 15 the log schedule evaluates the test set every 2nd epoch; a member stopping at an odd epoch
+    still gets exact final test metrics, the skipped epochs carry NaN in both trainers, and "every" fills them."""
+    base = _hp(**{"model.width": 6, "optimizer.lr": 0.02, "train.max_epochs": 19, "train.target_loss": 1e-6})
+    hps = [base, _hp(base, **{"seed": 1, "train.max_epochs": 17})]
+    vec = _check(hps)
+    for r in vec:
+        skipped = [row["epoch"] for row in r.history if math.isnan(row["test_error"])]
+        assert skipped == [e for e in range(17, r.metrics["epochs"]) if e % 2]  # 17 only for the 19-epoch model
+        assert math.isfinite(r.history[-1]["test_error"]) and r.metrics["test_error"] == r.history[-1]["test_error"]
+    every = train_many(hps, make_data, test_schedule="every")
+    assert all(math.isfinite(row["test_error"]) for r in every for row in r.history)
+    for a, b in zip(every, vec):  # the schedule changes what is recorded, never the training
+        for k in b.final_state:
+            assert torch.equal(a.final_state[k], b.final_state[k])
+    with pytest.raises(ValueError, match="valid: log, every"):
+        train_many(hps, make_data, test_schedule="sometimes")
+
+
+def test_the_log_schedule_has_eight_evaluations_per_doubling():
+    due = [e for e in range(1, 129) if evaluates_test(e)]
+    assert due[:15] == list(range(1, 16))
+    assert due[15:] == [*range(16, 32, 2), *range(32, 64, 4), *range(64, 128, 8), 128]
+    assert sum(evaluates_test(e) for e in range(1, 101)) == 36
+    assert all(evaluates_test(e, "every") for e in range(1, 50))
 
 
 # ------------------------------------------------------------------------------------- bookkeeping

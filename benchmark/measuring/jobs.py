@@ -1,6 +1,7 @@
 """Measuring a stored zoo: every (model, measure) pair the store lacks, one task per model in the workers.
 
-Each value is stored as soon as it exists, so an interrupted run loses at most the measures in flight. A
+Values are stored as they are computed, in one transaction per second of measure time (cheap measures would
+otherwise cost more to write than to compute), so an interrupted run loses at most that second's work. A
 measure that raises, returns NaN/inf or runs past its time budget is recorded as failed with its message,
 and the others go on. A measure that raises ``NotApplicable`` (its quantity is undefined for the model) is
 recorded as not_applicable with the reason; that is not a failure.
@@ -24,6 +25,9 @@ from benchmark.store import CheckpointError, Store
 from measures.plugins import load_all
 
 log = logging.getLogger("genbench")
+
+
+FLUSH_S = 1.0  # values are written together once this much measure time has accumulated (one transaction)
 
 
 class MeasureTimeout(TimeoutError):
@@ -58,33 +62,39 @@ def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
     try:
         trained = Trained.from_store(store, model_id, opts)
     except CheckpointError as err:
-        for name in names:
-            m = measures.REGISTRY.get(name)
-            store.save_measurement(model_id, name, m.version, None, 0.0, "failed", str(err))
+        store.save_measurements([(model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", str(err),
+                                  None) for name in names])
         return 1, model_id, (len(names), 0)
     ctx, oracle_ctx = trained.context(seed, curvature_samples=curvature_samples), None
     failed = not_applicable = 0
-    for name in names:
-        m = measures.REGISTRY.get(name)
-        if m.oracle and oracle_ctx is None:
-            oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
-        start = time.perf_counter()
-        value, status, error, details = None, "ok", None, {}
-        try:
-            with time_limit(timeout):
-                out = m(oracle_ctx if m.oracle else ctx)
-            value, details = out.value, dict(out.details)
-            if not math.isfinite(value):
-                status, error, value = "failed", f"returned a non-finite value ({value})", None
-        except measures.NotApplicable as why:
-            status, error = "not_applicable", str(why)
-        except Exception as err:  # a failing measure is recorded, the others go on
-            status, error = "failed", f"{type(err).__name__}: {err}"
-            details = {"traceback": traceback.format_exc(limit=-3)}
-        failed += status == "failed"
-        not_applicable += status == "not_applicable"
-        store.save_measurement(model_id, m.name, m.version, value, time.perf_counter() - start, status, error,
-                               details)
+    pending: list[tuple] = []  # values not yet written: at most FLUSH_S seconds of work
+    try:
+        for name in names:
+            m = measures.REGISTRY.get(name)
+            if m.oracle and oracle_ctx is None:
+                oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
+            start = time.perf_counter()
+            value, status, error, details = None, "ok", None, {}
+            try:
+                with time_limit(timeout):
+                    out = m(oracle_ctx if m.oracle else ctx)
+                value, details = out.value, dict(out.details)
+                if not math.isfinite(value):
+                    status, error, value = "failed", f"returned a non-finite value ({value})", None
+            except measures.NotApplicable as why:
+                status, error = "not_applicable", str(why)
+            except Exception as err:  # a failing measure is recorded, the others go on
+                status, error = "failed", f"{type(err).__name__}: {err}"
+                details = {"traceback": traceback.format_exc(limit=-3)}
+            failed += status == "failed"
+            not_applicable += status == "not_applicable"
+            pending.append((model_id, m.name, m.version, value, time.perf_counter() - start, status, error, details))
+            if sum(row[4] for row in pending) >= FLUSH_S:
+                store.save_measurements(pending)
+                pending = []
+    finally:  # also on Ctrl-C or a worker's error: what was computed is kept
+        if pending:
+            store.save_measurements(pending)
     return 1, model_id, (failed, not_applicable)
 
 

@@ -8,7 +8,8 @@ option the Hessian family honours, ``pacbayes.curvature_data``):
 
 * the top-k Hessian eigenpairs (λ_n, v_n) of L, k = ``TOP_K``, by ``hessian.lanczos`` (full
   reorthogonalisation, seeded Gaussian start, stopped when every top-k residual is ≤ ``LANCZOS_TOL`` times the
-  largest |Ritz value|; the residuals are in the details);
+  largest |Ritz value|; the residuals are in the details). With the default settings this is the eigenproblem
+  ``hessian.top_eig`` solves, so the solve is shared with the Hessian family (``ctx.shared``), done once;
 * the per-sample gradient covariance C = (1/n) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ seen along directions u only, uᵀCu =
   var_i(g_i·u). One autograd graph of G(a) = ∇_w Σ_i a_i ℓ_i(w) at a = 1 gives both products
   (:func:`curvature_operators`): ∂(G·u)/∂w = n·H u (the Hessian-vector product) and ∂(G·u)/∂a_i = g_i·u (all
@@ -97,7 +98,10 @@ from torch.func import grad, vmap
 
 from measures.context import Context, MissingInputError
 from measures.flatness import analysed_names
-from measures.hessian import lanczos
+from measures.hessian import LANCZOS_MAX_ITER as HESSIAN_MAX_ITER
+from measures.hessian import LANCZOS_TOL as HESSIAN_TOL
+from measures.hessian import TOP_K as HESSIAN_TOP_K
+from measures.hessian import _top_eigs, lanczos
 from measures.pacbayes import curvature_data, train_subsample
 from measures.registry import NotApplicable, Value, measure
 
@@ -223,6 +227,13 @@ def _samples(ctx: Context, settings: SGDRegSettings) -> tuple[torch.Tensor, torc
     return curvature_data(ctx) if settings.max_samples is None else train_subsample(ctx, settings.max_samples)
 
 
+def _same_solve(ctx: Context, settings: SGDRegSettings, names: Sequence[str], k: int) -> bool:
+    """Whether ``hessian._top_eigs`` solves this eigenproblem: all parameters in ``ctx.flatten`` order, the
+    curvature samples, the same k and a tolerance at least as tight (it allows more products)."""
+    return (tuple(names) == tuple(ctx.params) and settings.max_samples is None and k == HESSIAN_TOP_K
+            and HESSIAN_TOL <= settings.tol and HESSIAN_MAX_ITER >= settings.iters)
+
+
 def measure_spectra(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Spectra:
     """Top-k Hessian eigenpairs, the noise along them and along random flat directions (module docstring)."""
     names = analysed_names(ctx, settings.params)
@@ -232,9 +243,12 @@ def measure_spectra(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Spectra
     if k < 1:
         raise ValueError(f"the analysed parameters have {dim} entries; need at least 2")
     hvp, project, mean_grad = curvature_operators(ctx, names, x, y, settings.chunk)
-    ref = ctx.params[names[0]]
-    v0 = torch.randn(dim, generator=ctx.generator("sgd_reg/lanczos"), dtype=torch.float64).to(ref)
-    eigs = lanczos(hvp, v0, k, tol=settings.tol, max_iter=max(settings.iters, k + 1))
+    if _same_solve(ctx, settings, names, k):  # the Hessian family's solve of the same operator, done once
+        eigs = ctx.shared(_top_eigs)[0]
+    else:
+        ref = ctx.params[names[0]]
+        v0 = torch.randn(dim, generator=ctx.generator("sgd_reg/lanczos"), dtype=torch.float64).to(ref)
+        eigs = lanczos(hvp, v0, k, tol=settings.tol, max_iter=max(settings.iters, k + 1))
     noise = np.array([_variance(project(v)) for v in eigs.vectors.T])  # v_nᵀCv_n
     sq = per_sample_sq_norms(ctx, names, x, y, settings.chunk)
     trace_c = max(float(sq.mean()) - float((mean_grad.double() ** 2).sum()), 0.0)
@@ -385,7 +399,7 @@ def _require_flat_noise(r: SGDRegResult) -> None:
 
 
 @measure("sgd.log_penalty_topk", needs=NEEDS, sign=1, family="physics",
-         invariances=("permutation", "units"), reference=REFERENCE)
+         invariances=("permutation", "units"), reference=REFERENCE, version=2)
 def sgd_log_penalty_topk(ctx: Context) -> Value:
     """SGD's effective-regularisation penalty over the top-10 Hessian directions, in units of the noise:
     Φ = Σ_{n≤10} ½(κ_n − 1) ln(α_eff λ_n / 2).
@@ -404,7 +418,7 @@ def sgd_log_penalty_topk(ctx: Context) -> Value:
 
 
 @measure("sgd.noise_anisotropy", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation", "units"), reference=REFERENCE, version=2)
+         invariances=("permutation", "units"), reference=REFERENCE, version=3)
 def sgd_noise_anisotropy(ctx: Context) -> Value:
     """Anisotropy of the SGD noise, ⟨κ_n⟩ = mean over the top-10 Hessian directions of Δ_n / Δ_⊥.
 
@@ -420,7 +434,7 @@ def sgd_noise_anisotropy(ctx: Context) -> Value:
 
 
 @measure("sgd.noise_curvature_exponent", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation", "units"), reference=REFERENCE, version=2)
+         invariances=("permutation", "units"), reference=REFERENCE, version=3)
 def sgd_noise_curvature_exponent(ctx: Context) -> Value:
     """Exponent β of the SGD noise–curvature relation, Δ_n ∝ λ_n^β over the top-10 Hessian directions.
 
@@ -437,7 +451,7 @@ def sgd_noise_curvature_exponent(ctx: Context) -> Value:
 
 
 @measure("sgd.noise_to_loss", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation", "units"), reference=REFERENCE)
+         invariances=("permutation", "units"), reference=REFERENCE, version=2)
 def sgd_noise_to_loss(ctx: Context) -> Value:
     """Total SGD noise temperature relative to the training loss, (α_eff/2B)·(n − B)/(n − 1)·tr C / L.
 

@@ -123,7 +123,7 @@ VALUE_TESTS: dict[str, str] = {
     "hessian.top_eig":
         "tests/unit/measures/test_hessian.py::test_top_eigenvalues_match_dense",
     "hessian.trace":
-        "tests/unit/measures/test_hessian.py::test_trace_matches_dense",
+        "tests/unit/measures/test_hessian.py::test_trace_of_relu_mlps_is_exact",
     "hessian.logdet_topk":
         "tests/unit/measures/test_hessian.py::test_logdet_topk_leaves_out_null_and_negative_directions",
     # activity–weight duality: explicit loops and a dense layer-Hessian eigenbasis

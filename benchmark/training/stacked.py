@@ -25,7 +25,7 @@ over the members; a convolution is one grouped convolution (``groups = members``
 On a 2-core CPU this was the fastest of the three variants tried: ``torch.func.vmap(grad(functional_call))``
 ran 2–3× slower per model-step (per-op batching-rule overhead that small nets do not amortise), and a
 hand-written backward matched autograd over ``baddbmm`` within noise while duplicating every layer's
-gradient formula (``leaderboard/perf.md``).
+gradient formula (``docs/performance.md``).
 """
 from __future__ import annotations
 

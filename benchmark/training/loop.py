@@ -58,6 +58,7 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
     Randomness: initial weights, the per-epoch data order and dropout masks each come from their own
     generator derived from ``hp.seed``, so the same hyperparameters give the same model.
     """
+    evaluates_test(1, test_schedule)  # an unknown schedule fails before any training
     start = time.perf_counter()
     data = data.to(device)
     model = build_model(hp.model, data.in_shape, data.num_classes, generator(hp.seed, "init")).to(device)

@@ -154,7 +154,7 @@ def order_parameters_many(forward, params: Sequence[torch.Tensor], members: Sequ
     ``params`` (each a (K', ...) tensor, any fixed layout) on inputs ``x`` (K', B, ...). ``params`` hold the K
     members' current weights (they are not changed). The members must share their training-set size.
     The M minibatch gradients of all members come from one stacked backward pass over K·M copies of the weights,
-    and the subset gradients of all members from two more.
+    and both subset gradients of all members from one more.
     """
     k, n = len(members), len(members[0].y)
     if n_batches < 2:

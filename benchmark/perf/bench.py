@@ -427,6 +427,14 @@ def targets(values: dict) -> dict:
     return out
 
 
+PIPELINES = {"pipeline": "default", "quarter": "default, a quarter", "legacy": "before replicates"}  # key: label
+
+
+def _pipelines(details: dict) -> list[tuple[str, dict]]:
+    """The pipeline timings the report holds, in ``PIPELINES`` order."""
+    return [(key, details[key]) for key in PIPELINES if details.get(key)]
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
@@ -440,14 +448,12 @@ def table(report: dict) -> str:
         met = "-" if t["met"] is None else "yes" if t["met"] else "NO"
         lines.append(f"{name:30s} {_fmt(t['value'], 4):>10s}  {t['target']:>8s}  {met}")
     lines.append("")
-    for key in ("pipeline", "quarter", "legacy"):
-        p = d.get(key)
-        if p:
-            s = p["stage_s"]
-            lines.append(f"{key}: {p['models']} models (widths {p['widths']}, {len(p['seeds'])} seed(s)) in "
-                         f"{p['total_s']:.0f} s = {p['models_per_minute']:.1f} models/min; train {s['train']:.0f} s, "
-                         f"measures {s['measure']:.0f} s, evaluate {s['evaluate']:.0f} s; "
-                         f"training {p['training_gflops']:.1f} GFLOP/s of {p['matmul_peak_gflops']:.1f}")
+    for key, p in _pipelines(d):
+        s = p["stage_s"]
+        lines.append(f"{key}: {p['models']} models (widths {p['widths']}, {len(p['seeds'])} seed(s)) in "
+                     f"{p['total_s']:.0f} s = {p['models_per_minute']:.1f} models/min; train {s['train']:.0f} s, "
+                     f"measures {s['measure']:.0f} s, evaluate {s['evaluate']:.0f} s; "
+                     f"training {p['training_gflops']:.1f} GFLOP/s of {p['matmul_peak_gflops']:.1f}")
     h = d["hessian"]
     if "pyhessian_s" in h:
         lines.append(f"hessian: genbench {h['genbench_s']:.2f} s vs PyHessian {h['pyhessian_s']:.2f} s; errors "
@@ -475,12 +481,9 @@ def markdown(report: dict, command: str) -> str:
               "| zoo | models | widths | seeds | train s | measures s | evaluate s | total s | models/min | "
               "measure s/model | training GFLOP/s | peak GFLOP/s | fraction | memory GiB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, label in (("pipeline", "default"), ("quarter", "default, a quarter"), ("legacy", "before replicates")):
-        q = d.get(key)
-        if not q:
-            continue
+    for key, q in _pipelines(d):
         s = q["stage_s"]
-        lines.append(f"| {label} | {q['models']} | {q['widths']} | {len(q['seeds'])} | {s['train']:.1f} | "
+        lines.append(f"| {PIPELINES[key]} | {q['models']} | {q['widths']} | {len(q['seeds'])} | {s['train']:.1f} | "
                      f"{s['measure']:.1f} | {s['evaluate']:.1f} | {q['total_s']:.1f} | {q['models_per_minute']:.1f} | "
                      f"{q['measure_seconds_per_model']:.2f} | {q['training_gflops']:.1f} | "
                      f"{q['matmul_peak_gflops']:.1f} | {q['zoo_peak_fraction']:.2f} | {q['peak_memory_gib']:.2f} |")

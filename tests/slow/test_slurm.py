@@ -35,10 +35,11 @@ STATUS = Path("/tmp/genbench-slurm-status")
 SHARDS = 4
 ZOO_SIZE = 8  # zoo=smoke: label_noise × train_size × width, 2 × 2 × 2
 # Small, fast models; a tiny target loss that is never reached makes every model run all max_epochs, so a
-# shard's job trains for ~20-30 s on one core: long enough to be cancelled mid-run, short enough for CI.
+# shard's job trains for ~20-30 s on one core (6,000 epochs: the stacked trainer and the log test schedule make
+# an epoch of these models cost ~3 ms): long enough to be cancelled mid-run, short enough for CI.
 ZOO = ["experiment=smoke", "model.depth=1", "zoo.axes.model.width=[8,16]",
        "zoo.axes.dataset.train_size=[200,300]", "dataset.test_size=200",
-       "train.target_loss=1e-9", "train.max_epochs=1200"]
+       "train.target_loss=1e-9", "train.max_epochs=6000"]
 ACTIVE = "PD,R,CG,CF,S,RQ,RS,RF,SO"  # squeue states of a job that has not finished
 
 

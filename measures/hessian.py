@@ -250,7 +250,8 @@ PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.Flatten, nn.Identity, nn.Dropout, 
 def exact_trace_applies(model: nn.Module) -> bool:
     """Whether :func:`exact_trace` is exact for ``model`` (in eval mode): every module without children is an
     ``nn.Linear`` or a parameter-free piecewise-linear map (``PIECEWISE_LINEAR``, or a dropout module, which is
-    the identity in eval mode)."""
+    the identity in eval mode). ``exact_trace`` itself also checks that each Linear layer is used once per
+    forward pass (a reused weight would enter a logit twice) and raises ``ValueError`` otherwise."""
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     return bool(leaves) and all(
         isinstance(m, nn.Linear) or (not any(True for _ in m.parameters(recurse=False))
@@ -275,17 +276,22 @@ def exact_trace(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> float:
     """
     model = ctx.model
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, (inp[0], out))) for m in linears]
+    seen: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.setdefault(mod, []).append((inp[0], out)))
+             for m in linears]
     total = 0.0
     try:
         for i in range(0, len(y), ctx.chunk):
             xb = x[i:i + ctx.chunk]
+            seen.clear()
             with torch.enable_grad():
                 logits = ctx.forward(xb, {k: v.clone().requires_grad_(True) for k, v in ctx.params.items()})
-                if any(seen[m][0].dim() != 2 for m in linears):
+                if any(len(seen.get(m, [])) != 1 for m in linears):
+                    raise ValueError("exact_trace needs every Linear layer used exactly once per forward pass")
+                seen_once = {m: calls[0] for m, calls in seen.items()}
+                if any(seen_once[m][0].dim() != 2 for m in linears):
                     raise ValueError("exact_trace needs 2-d inputs to every Linear layer")
-                zs = [seen[m][1] for m in linears]
+                zs = [seen_once[m][1] for m in linears]
                 # one backward pass per class (to the layer outputs only: no weight gradients); C passes of
                 # the column sums are ~4x faster here than one pass batched over C with is_grads_batched
                 per_class = [torch.autograd.grad(logits[:, c].sum(), zs, retain_graph=True)
@@ -294,7 +300,7 @@ def exact_trace(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> float:
             for j, m in enumerate(linears):
                 d = torch.stack([g[j] for g in per_class]).double()  # (C, b, out) = ∂f_c/∂z
                 spread = torch.einsum("cbo,bc->b", d * d, p) - torch.einsum("cbo,bc->bo", d, p).pow(2).sum(1)
-                a2 = seen[m][0].detach().double().pow(2).sum(1) + (1.0 if m.bias is not None else 0.0)
+                a2 = seen_once[m][0].detach().double().pow(2).sum(1) + (1.0 if m.bias is not None else 0.0)
                 total += float((a2 * spread).sum())
     finally:
         for h in hooks:
@@ -305,8 +311,11 @@ def exact_trace(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> float:
 def _trace(ctx: Context, n: int | None = None) -> dict:
     if exact_trace_applies(ctx.model):
         x, y = curvature_data(ctx) if n is None else train_subsample(ctx, n)
-        return {"trace": exact_trace(ctx, x, y), "stderr": 0.0, "method": "exact (Gauss-Newton diagonal)",
-                "converged": True, "samples": len(y)}
+        try:
+            return {"trace": exact_trace(ctx, x, y), "stderr": 0.0, "method": "exact (Gauss-Newton diagonal)",
+                    "converged": True, "samples": len(y)}
+        except ValueError:  # a Linear layer reused or fed more than 2-d inputs: sample instead
+            pass
     eigs, _ = ctx.shared(_top_eigs) if n is None else ctx.shared(_top_eigs, TOP_K, n)
     matvec, size = _operator(ctx, n)
     w = ctx.flatten(ctx.params)

@@ -173,6 +173,31 @@ def test_trace_of_a_smooth_network_by_hutchinson_and_why_it_cannot_be_exact():
     assert abs(out.value - exact) <= 3 * out.details["stderr"]
 
 
+class _Reused(nn.Module):
+    """The same Linear layer applied twice: each of its weights enters the logits twice (degree 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.inner(torch.relu(self.inner(x)))))
+
+
+def test_a_reused_layer_is_sampled_not_given_the_exact_formula():
+    torch.manual_seed(4)
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(60, 4, generator=g), torch.randint(0, 3, (60,), generator=g)
+    ctx = Context(_Reused(), train=(x, y))
+    assert H.exact_trace_applies(ctx.model)  # its leaves look fine; the forward pass shows the reuse
+    with pytest.raises(ValueError, match="exactly once"):
+        H.exact_trace(ctx, x, y)
+    out = REGISTRY.get("hessian.trace")(ctx)
+    assert out.details["method"].startswith("hutchinson")
+    assert abs(out.value - torch.trace(_dense_hessian(ctx)).item()) <= 3 * out.details["stderr"]
+
+
 def test_which_models_get_the_exact_trace():
     assert H.exact_trace_applies(MLP((4,), 3, depth=3, width=5, dropout=0.2, bias=False))
     assert not H.exact_trace_applies(ConvNet((1, 8, 8), 3, depth=2, width=4))  # conv weights: Hutchinson

@@ -60,6 +60,7 @@ from benchmark.zoo.datasets import DataBundle, make_data
 from benchmark.zoo.grid import expand
 from benchmark.zoo.hparams import DatasetHP, HParams
 from benchmark.zoo.models import build_model
+from measures.seeding import generator
 
 # name: (comparison, threshold, what it is); a comparison of None is reported without a target
 TARGETS: dict[str, tuple[str | None, float | None, str]] = {
@@ -218,7 +219,7 @@ def _flops_per_sample(hp: HParams, bundle: DataBundle) -> tuple[float, float]:
     """(forward + backward, forward) FLOPs per training sample of ``hp``'s architecture, as counted by
     ``torch.utils.flop_counter`` (2 per multiply-add of matmuls and convolutions) on one full batch."""
     from torch.utils.flop_counter import FlopCounterMode
-    model = build_model(hp.model, bundle.in_shape, bundle.num_classes)
+    model = build_model(hp.model, bundle.in_shape, bundle.num_classes, generator(hp.seed, "init"))
     b = min(hp.train.batch_size, len(bundle.y_train))
     x, y = bundle.x_train[:b], bundle.y_train[:b]
     with FlopCounterMode(display=False) as counter:

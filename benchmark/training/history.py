@@ -81,8 +81,8 @@ def probe_columns_many(probes: Sequence[Probe], gens: Sequence[Sequence[torch.Ge
                        params: Sequence[torch.Tensor], data: Sequence[DataBundle], hps: Sequence[HParams],
                        unstack: Callable[[int], nn.Module]) -> list[dict]:
     """:func:`probe_columns` of every member of a stack (``gens[r]`` the member's generators): probes with a
-    ``many`` method measure all members at once, the others member by member on ``unstack(r)``, its own module
-    in train mode."""
+    ``many`` method (``StackedProbe``) measure all members at once, the others member by member on ``unstack(r)``,
+    its own module in train mode."""
     rows: list[dict] = [{} for _ in hps]
     for j, probe in enumerate(probes):
         member_gens = [g[j] for g in gens]

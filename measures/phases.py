@@ -218,14 +218,21 @@ def _subset_terms_many(forward, params, members: Sequence[Member], rows: Sequenc
     for j, name in enumerate(("correct", "mislabeled")):
         grads[name] = torch.cat([t.reshape(len(rows), -1) for t in parts[j * half:(j + 1) * half]], 1).double()
     for r in range(len(members)):
-        if (r, "correct") in losses and (r, "mislabeled") in losses:
-            gc, gm = grads["correct"][r], grads["mislabeled"][r]
-            terms[r]["cos_correct_mislabeled"] = _cos(gc, gm)
-            terms[r]["norm_ratio_mislabeled"] = float(gm.norm() / gc.norm()) if gc.norm() > 0 else math.inf
-            terms[r]["loss_auc"] = loss_auc(losses[(r, "correct")], losses[(r, "mislabeled")])
-        else:
-            terms[r]["cos_correct_mislabeled"] = terms[r]["norm_ratio_mislabeled"] = terms[r]["loss_auc"] = math.nan
+        both = (r, "correct") in losses and (r, "mislabeled") in losses
+        terms[r].update(_between_subsets(grads["correct"][r], grads["mislabeled"][r], losses.get((r, "correct")),
+                                         losses.get((r, "mislabeled"))) if both else _between_subsets())
     return terms
+
+
+def _between_subsets(gc: torch.Tensor | None = None, gm: torch.Tensor | None = None,
+                     lc: torch.Tensor | None = None, lm: torch.Tensor | None = None) -> dict[str, float]:
+    """The terms that compare the correct and mislabeled subsets, from their mean-loss gradients and per-sample
+    losses; all NaN when a subset is empty (called without arguments)."""
+    if gc is None:
+        return {"cos_correct_mislabeled": math.nan, "norm_ratio_mislabeled": math.nan, "loss_auc": math.nan}
+    return {"cos_correct_mislabeled": _cos(gc, gm),
+            "norm_ratio_mislabeled": float(gm.norm() / gc.norm()) if gc.norm() > 0 else math.inf,
+            "loss_auc": loss_auc(lc, lm)}
 
 
 def amplitude_sq_corrected(gram: torch.Tensor, n: int, batch_size: int) -> float:
@@ -284,13 +291,7 @@ def _subset_terms(model, params, buffers, x, y, subsets: dict[str, torch.Tensor]
         out[f"loss_{name}"], out[f"error_{name}"] = total / len(sel), wrong / len(sel)
         grads.append(g / len(sel))
         losses.append(torch.cat(per_sample).double())
-    if len(grads) == 2:
-        gc, gm = grads
-        out["cos_correct_mislabeled"] = _cos(gc, gm)
-        out["norm_ratio_mislabeled"] = float(gm.norm() / gc.norm()) if gc.norm() > 0 else math.inf
-        out["loss_auc"] = loss_auc(*losses)
-    else:
-        out["cos_correct_mislabeled"] = out["norm_ratio_mislabeled"] = out["loss_auc"] = math.nan
+    out.update(_between_subsets(*grads, *losses) if len(grads) == 2 else _between_subsets())
     return out
 
 

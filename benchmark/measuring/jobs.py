@@ -68,6 +68,7 @@ def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
     ctx, oracle_ctx = trained.context(seed, curvature_samples=curvature_samples), None
     failed = not_applicable = 0
     pending: list[tuple] = []  # values not yet written: at most FLUSH_S seconds of work
+    pending_s = 0.0
     try:
         for name in names:
             m = measures.REGISTRY.get(name)
@@ -88,10 +89,12 @@ def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
                 details = {"traceback": traceback.format_exc(limit=-3)}
             failed += status == "failed"
             not_applicable += status == "not_applicable"
-            pending.append((model_id, m.name, m.version, value, time.perf_counter() - start, status, error, details))
-            if sum(row[4] for row in pending) >= FLUSH_S:
+            seconds = time.perf_counter() - start
+            pending.append((model_id, m.name, m.version, value, seconds, status, error, details))
+            pending_s += seconds
+            if pending_s >= FLUSH_S:
                 store.save_measurements(pending)
-                pending = []
+                pending, pending_s = [], 0.0
     finally:  # also on Ctrl-C or a worker's error: what was computed is kept
         if pending:
             store.save_measurements(pending)

@@ -30,16 +30,19 @@ class OrderParameters:
 
     def __call__(self, model: nn.Module, data: DataBundle, hp: HParams,
                  generator: torch.Generator) -> Mapping[str, float]:
-        mislabeled = data.mislabeled if hp.dataset.label_noise > 0 else None
         return order_parameters(model, data.x_train, data.y_train, hp.train.batch_size, generator, self.batches,
-                                mislabeled)
+                                _mislabeled(data, hp))
 
     def many(self, forward: Callable, params: Sequence[torch.Tensor], data: Sequence[DataBundle],
              hps: Sequence[HParams], generators: Sequence[torch.Generator]) -> list[Mapping[str, float]]:
         """All members of a stack at once (``order_parameters_many``); they share their batch size."""
-        members = [Member(d.x_train, d.y_train, g, d.mislabeled if hp.dataset.label_noise > 0 else None)
-                   for d, hp, g in zip(data, hps, generators)]
+        members = [Member(d.x_train, d.y_train, g, _mislabeled(d, hp)) for d, hp, g in zip(data, hps, generators)]
         return order_parameters_many(forward, params, members, hps[0].train.batch_size, self.batches)
+
+
+def _mislabeled(data: DataBundle, hp: HParams) -> torch.Tensor | None:
+    """The mislabeled mask the subset terms read, or None for a model trained without label noise."""
+    return data.mislabeled if hp.dataset.label_noise > 0 else None
 
 
 DEFAULT_PROBES = (OrderParameters(),)

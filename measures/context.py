@@ -14,16 +14,30 @@ tuple. Measures never modify the model: parameters are handled functionally (``c
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from measures.losses import fast_cross_entropy
 from measures.seeding import generator
+
+_MANY: dict[tuple[str, str], Callable[..., list]] = {}
+
+
+def many_form(helper: Callable[..., Any]) -> Callable:
+    """Register ``fn(contexts, *args) -> list`` as the form of ``ctx.shared(helper, *args)`` for several models
+    at once (one value per Context, in order). ``fn`` returns ``NotImplemented`` in place of a value for a model
+    it cannot include (that model then calls ``helper`` alone), or ``None`` instead of the list when it can
+    include none; its values must equal ``helper``'s up to float rounding, which its tests show."""
+    def register(fn: Callable[..., list]) -> Callable[..., list]:
+        _MANY[(helper.__module__, helper.__qualname__)] = fn
+        return fn
+    return register
 
 
 class MissingInputError(ValueError):
@@ -63,6 +77,10 @@ class Context:
         self.chunk = chunk
         self.extras = dict(extras or {})
         self._shared: dict[tuple, Any] = {}
+        self._group: list[Context] = [self]  # models computing many-model shared intermediates together
+        self._charges: dict[tuple, float] = {}  # seconds a peer spent on this model's shared values, by key
+        self.lent = 0.0  # seconds this Context's calls spent on its peers' shared values
+        self.charged = 0.0  # seconds its peers spent on the shared values it has read
 
     # ----------------------------------------------------------------------------------------- inputs
     def _need(self, value, what: str):
@@ -107,11 +125,50 @@ class Context:
         return generator(self.seed, tag)
 
     def shared(self, helper: Callable[..., Any], *args) -> Any:
-        """``helper(ctx, *args)``, computed once per (helper, args) for this model."""
+        """``helper(ctx, *args)``, computed once per (helper, args) for this model.
+
+        When the helper has a form for several models (:func:`many_form`) and this Context is grouped with
+        others (:meth:`group`), the first call computes it for every member of the group that lacks it, in one
+        call, and the others find it ready. The time of that call is split evenly: this Context records the
+        part it spent on the others in ``lent`` and each other member receives its part in ``charged`` when it
+        first reads the value, so that a caller timing each measure can attribute the cost to the measure
+        that reads it (``benchmark.measuring``)."""
         key = (helper.__module__, helper.__qualname__, *args)
         if key not in self._shared:
-            self._shared[key] = helper(self, *args)
+            many = _MANY.get(key[:2])
+            peers = [c for c in self._group if c is not self and key not in c._shared] if many else []
+            if peers:
+                start = time.perf_counter()
+                values = many([self, *peers], *args)
+                spent = time.perf_counter() - start
+                if values is not None:
+                    done = [(c, v) for c, v in zip([self, *peers], values) if v is not NotImplemented]
+                    share = spent / max(len(done), 1)
+                    for c, v in done:
+                        c._shared[key] = v
+                        if c is not self:
+                            c._charges[key] = share
+                    self.lent += spent - (share if key in self._shared else 0.0)
+            if key not in self._shared:
+                self._shared[key] = helper(self, *args)
+            return self._shared[key]
+        if key in self._charges:
+            self.charged += self._charges.pop(key)
         return self._shared[key]
+
+    @staticmethod
+    def group(contexts: Sequence["Context"]) -> None:
+        """Let ``contexts`` (of different models) compute shared intermediates that have a many-model form
+        together (:meth:`shared`). Each keeps its own values; :meth:`leave` drops one from its group."""
+        members = list(contexts)
+        for c in members:
+            c._group = members
+
+    def leave(self) -> None:
+        """Leave the group and drop the shared intermediates (the model's measures are done)."""
+        if self in self._group:
+            self._group.remove(self)
+        self._group, self._shared, self._charges = [self], {}, {}
 
     # ----------------------------------------------------------------------------------------- weights
     @cached_property
@@ -189,7 +246,7 @@ class Context:
 
     @cached_property
     def train_loss(self) -> float:
-        return F.cross_entropy(self.train_logits, self.y_train).item()
+        return fast_cross_entropy(self.train_logits, self.y_train).item()
 
     @cached_property
     def train_error(self) -> float:
@@ -201,7 +258,7 @@ class Context:
         x = self.x_train if x is None else x
         y = self.y_train if y is None else y
         params = self.params if params is None else params
-        total = sum(F.cross_entropy(self.forward(x[i:i + self.chunk], params), y[i:i + self.chunk],
+        total = sum(fast_cross_entropy(self.forward(x[i:i + self.chunk], params), y[i:i + self.chunk],
                                     reduction="sum") for i in range(0, len(x), self.chunk))
         return total / len(x)
 
@@ -222,7 +279,7 @@ class Context:
         out = torch.zeros_like(vec)
         for i in range(0, len(x), self.chunk):
             params = {**base, **dict(zip(names, sub))}
-            loss = F.cross_entropy(self.forward(x[i:i + self.chunk], params), y[i:i + self.chunk],
+            loss = fast_cross_entropy(self.forward(x[i:i + self.chunk], params), y[i:i + self.chunk],
                                    reduction="sum") / len(x)
             grads = torch.autograd.grad(loss, sub, create_graph=True)
             dot = sum((g * v).sum() for g, v in zip(grads, vs))

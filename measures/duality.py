@@ -58,10 +58,10 @@ from typing import Callable
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from measures.context import Context, Layer
+from measures.losses import fast_cross_entropy
 from measures.registry import Value, measure
 
 REFERENCE = "Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908 (2023), eqs. (2)–(6); docs/measures/duality.md"
@@ -118,7 +118,7 @@ def layer_inputs(ctx: Context, layer: Layer, x: torch.Tensor) -> torch.Tensor:
 
 def per_sample_loss(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each sample at the trained weights: (K,)."""
-    return F.cross_entropy(ctx.logits(x), y, reduction="none")
+    return fast_cross_entropy(ctx.logits(x), y, reduction="none")
 
 
 def nearest_same_class(x_query: torch.Tensor, y_query: torch.Tensor, x_ref: torch.Tensor, y_ref: torch.Tensor,
@@ -262,7 +262,7 @@ class LayerHessian:
         handle = self.layer.module.register_forward_hook(lambda mod, args, out: out + delta)
         try:
             with torch.enable_grad():
-                loss = F.cross_entropy(self.ctx.forward(x, self.ctx.params), y, reduction="sum")
+                loss = fast_cross_entropy(self.ctx.forward(x, self.ctx.params), y, reduction="sum")
                 grad = torch.autograd.grad(loss, delta, create_graph=True)[0]  # (chunk, out)
         finally:
             handle.remove()

@@ -70,7 +70,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from measures.context import Context, Layer, MissingInputError
+from measures import stacking
+from measures.context import Context, Layer, MissingInputError, many_form
+from measures.losses import fast_cross_entropy
 from measures.registry import NotApplicable, Value, measure
 
 REFERENCE = "Feng & Tu, PNAS 118(9) e2015617118 (2021), arXiv 2001.01678: σ_i² ∝ F_i^(−ψ)"
@@ -391,7 +393,7 @@ class _LayerLine:
                 finally:
                     for h in handles:
                         h.remove()
-                ce = F.cross_entropy(logits, y[s:e].repeat(m), reduction="none").view(m, e - s)
+                ce = fast_cross_entropy(logits, y[s:e].repeat(m), reduction="none").view(m, e - s)
                 total += ce.double().sum(1)
         return total / len(y)
 
@@ -831,17 +833,148 @@ def block_fit(ctx: Context, layer: str, index: torch.Tensor, snapshots: torch.Te
 
 def block_variance_flatness(ctx: Context, settings: BlockSettings = BLOCK) -> BlockVFResult:
     """The registered analysis: ``blocks`` seeded blocks of the middle hidden-to-hidden matrix, the model's own
-    optimizer continued (``warmup`` + ``steps`` steps, one trajectory for all blocks), then :func:`block_fit`."""
+    optimizer continued (``warmup`` + ``steps`` steps, one trajectory for all blocks), then :func:`block_fit`.
+    The continuation is a shared intermediate with a many-model form (:func:`_block_snapshots_many`)."""
     layer = middle_hidden_layer(ctx)
-    weight = ctx.params[layer.weight]
+    blocks = ctx.shared(_block_snapshots, settings)
+    r = block_fit(ctx, layer.weight, blocks.index, blocks.snapshots, settings, blocks.optimizer)
+    return dataclasses.replace(r, rows=blocks.rows, cols=blocks.cols)
+
+
+@dataclass(frozen=True)
+class BlockSnapshots:
+    rows: torch.Tensor  # (blocks, b)
+    cols: torch.Tensor  # (blocks, b)
+    index: torch.Tensor  # (blocks, b²) positions in the flattened weight
+    snapshots: torch.Tensor  # (T, blocks·b²) on the CPU
+    optimizer: str
+
+
+def _block_draws(ctx: Context, settings: BlockSettings) -> tuple[Layer, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Generator]:
+    """The analysed layer, the seeded blocks and the generator, positioned for the continuation's data order."""
+    layer = middle_hidden_layer(ctx)
     gen = ctx.generator(f"vf.block/{settings.size}")
-    rows, cols, index = zip(*(block_index(weight.shape, settings.size, gen) for _ in range(settings.blocks)))
-    rows, cols, index = torch.stack(rows), torch.stack(cols), torch.stack(index)
+    shape = ctx.params[layer.weight].shape
+    rows, cols, index = zip(*(block_index(shape, settings.size, gen) for _ in range(settings.blocks)))
+    return layer, torch.stack(rows), torch.stack(cols), torch.stack(index), gen
+
+
+def _block_snapshots(ctx: Context, settings: BlockSettings) -> BlockSnapshots:
+    """The blocks' entries after each recorded step of the continued optimizer (:func:`optimizer_snapshots`)."""
+    layer, rows, cols, index, gen = _block_draws(ctx, settings)
     name = _Update(ctx).name
     snaps = torch.stack(list(optimizer_snapshots(ctx, (layer.weight,), settings.steps, gen, warmup=settings.warmup,
-                                                 index=index.reshape(-1).to(weight.device))))
-    r = block_fit(ctx, layer.weight, index, snaps.cpu(), settings, name)
-    return dataclasses.replace(r, rows=rows, cols=cols)
+                                                 index=index.reshape(-1).to(ctx.device))))
+    return BlockSnapshots(rows, cols, index, snaps.cpu(), name)
+
+
+@many_form(_block_snapshots)
+def _block_snapshots_many(ctxs: Sequence[Context], settings: BlockSettings) -> list:
+    """:func:`_block_snapshots` of several models at once: models that share an architecture
+    (:mod:`measures.stacking`), batch size, training-set size and optimizer take their continued steps
+    together, each with its own data, data order, learning rate, weight decay and optimizer state, as one
+    stacked forward and backward pass per step (:class:`_StackedUpdate`). The result of each model equals
+    its own continuation up to float rounding (tests/unit/measures/test_flatness.py checks it). A model it
+    cannot include (no stacked form, a missing input, an optimizer without a stacked rule) gets
+    ``NotImplemented`` and is computed alone."""
+    out: list = [NotImplemented] * len(ctxs)
+    groups: dict[tuple, list[int]] = {}
+    progs = {}
+    for i, c in enumerate(ctxs):
+        prog = stacking.program(c.model)
+        try:
+            key = (prog, int(c.hp("train.batch_size")), len(c.y_train), _Update(c).name,
+                   middle_hidden_layer(c).weight, c.device)
+        except (MissingInputError, NotApplicable):
+            continue
+        if prog is not None:
+            groups.setdefault(key, []).append(i)
+            progs[key] = prog
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        draws = [_block_draws(ctxs[i], settings) for i in members]
+        snaps = _stacked_snapshots([ctxs[i] for i in members], progs[key], key[4],
+                                   torch.stack([d[3].reshape(-1) for d in draws]), [d[4] for d in draws], settings)
+        if snaps is None:
+            continue
+        for j, (i, d) in enumerate(zip(members, draws)):
+            out[i] = BlockSnapshots(d[1], d[2], d[3], snaps[:, j].cpu(), key[3])
+    return out
+
+
+class _StackedUpdate:
+    """:class:`_Update` for M stacked models: the same rules, with every hyperparameter an (M,) tensor."""
+
+    def __init__(self, ctxs: Sequence[Context], name: str, device: torch.device):
+        ups = [_Update(c) for c in ctxs]
+        col = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)
+        self.name, self.lr, self.wd, self.t = name, col([u.lr for u in ups]), col([u.wd for u in ups]), 0
+        if name == "momentum":
+            self.mu = col([u.mu for u in ups])
+        elif name == "adam":
+            self.b1, self.b2 = col([u.betas[0] for u in ups]), col([u.betas[1] for u in ups])
+        self.state: list[list[torch.Tensor]] = []
+
+    @torch.no_grad()
+    def __call__(self, params: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        self.t += 1
+        view = lambda h, p: h.view(-1, *([1] * (p.dim() - 1)))
+        grads = [g + view(self.wd, p) * p for p, g in zip(params, grads)]
+        if self.name == "sgd":
+            for p, g in zip(params, grads):
+                p.sub_(view(self.lr, p) * g)
+        elif self.name == "momentum":
+            if not self.state:
+                self.state = [[g.clone() for g in grads]]
+            else:
+                for b, g, p in zip(self.state[0], grads, params):
+                    b.mul_(view(self.mu, p)).add_(g)
+            for p, b in zip(params, self.state[0]):
+                p.sub_(view(self.lr, p) * b)
+        else:
+            if not self.state:
+                self.state = [[torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]]
+            c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+            for p, g, m, v in zip(params, grads, *self.state):
+                m.lerp_(g, view(1 - self.b1, p))
+                v.mul_(view(self.b2, p)).add_(view(1 - self.b2, p) * g * g)
+                denom = v.sqrt().div_(view(c2.sqrt(), p)).add_(1e-8)
+                p.sub_(view(self.lr / c1, p) * (m / denom))
+
+
+def _stacked_snapshots(ctxs: Sequence[Context], prog: stacking.Program, weight: str, index: torch.Tensor,
+                       gens: Sequence[torch.Generator], settings: BlockSettings) -> torch.Tensor | None:
+    """The continuation of :func:`optimizer_snapshots` for stacked models: (T, M, K) entries ``index`` (M, K)
+    of ``weight`` after each recorded step, or None when the stacked pass does not reproduce the models."""
+    device = ctxs[0].device
+    params = stacking.stack(prog, [c.params for c in ctxs])
+    x = torch.stack([c.x_train for c in ctxs])  # (M, n, ...)
+    y = torch.stack([c.y_train for c in ctxs])
+    if not stacking.matches(prog, params, [c.model for c in ctxs], list(x[:, :8])):
+        return None
+    for p in params:
+        p.requires_grad_(True)
+    update = _StackedUpdate(ctxs, _Update(ctxs[0]).name, device)
+    rows = torch.arange(len(ctxs), device=device)[:, None]
+    at = prog.names.index(weight)
+    where = stacking.unstack_index(prog, weight, index.to(device))
+    bs, n = int(ctxs[0].hp("train.batch_size")), y.shape[1]
+    snaps, perm, pos = [], None, n
+    for step in range(settings.warmup + settings.steps):
+        if pos >= n:
+            perm, pos = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device), 0
+        idx = perm[:, pos:pos + bs]
+        pos += bs
+        with torch.enable_grad():
+            logits = stacking.forward(prog, params, x[rows, idx])  # (M, b, classes)
+            each = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[rows, idx].reshape(-1), reduction="none")
+            grads = torch.autograd.grad(each.view(len(ctxs), -1).mean(1).sum(), params)
+        update(params, grads)
+        if step >= settings.warmup:
+            snaps.append(params[at].detach().reshape(len(ctxs), -1).gather(1, where))
+    return torch.stack(snaps)
 
 
 # --------------------------------------------------------------------------------------------- measures

@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from measures.context import Context
+from measures.losses import fast_cross_entropy
 from measures.pacbayes import curvature_data, train_subsample
 from measures.registry import Value, measure
 
@@ -67,7 +67,7 @@ def hvp_operator(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> MatVec:
     flat = ctx.flatten(ctx.params).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         params = ctx.unflatten(flat)
-        loss = sum(F.cross_entropy(ctx.forward(x[i:i + ctx.chunk], params), y[i:i + ctx.chunk], reduction="sum")
+        loss = sum(fast_cross_entropy(ctx.forward(x[i:i + ctx.chunk], params), y[i:i + ctx.chunk], reduction="sum")
                    for i in range(0, len(y), ctx.chunk)) / len(y)
         grad = torch.autograd.grad(loss, flat, create_graph=True)[0]
 

@@ -16,6 +16,7 @@ from torch.func import grad, vmap
 
 from measures import history as H
 from measures.context import Context
+from measures.losses import fast_cross_entropy
 from measures.registry import Value, measure
 
 GRAD_NOISE_SAMPLES = 4096  # training samples whose gradients enter (a seeded subset of larger training sets)
@@ -109,7 +110,7 @@ def _layer_sums(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> tuple[float, 
         raise RuntimeError(f"per-sample gradient norms need each layer called exactly once per forward pass; "
                            f"calls: {calls}")
     outputs = [seen[layer.name][0][1] for layer in ctx.layers]
-    grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), outputs + list(params.values()))
+    grads = torch.autograd.grad(fast_cross_entropy(logits, y, reduction="sum"), outputs + list(params.values()))
     deltas, total = grads[:len(outputs)], dict(zip(params, grads[len(outputs):]))
     sq = torch.zeros((), dtype=torch.float64)
     b = len(y)

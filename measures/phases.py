@@ -48,6 +48,7 @@ from torch.func import functional_call, grad, vmap
 
 from measures import history as H
 from measures.context import Context, MissingInputError
+from measures.losses import fast_cross_entropy
 from measures.registry import NotApplicable, Value, measure
 
 PREFIX = H.ORDER_PARAMETER_PREFIX
@@ -167,7 +168,7 @@ def order_parameters_many(forward, params: Sequence[torch.Tensor], members: Sequ
     copies = [p.detach().repeat_interleave(n_batches, 0).requires_grad_(True) for p in params]
     with torch.enable_grad():
         logits = forward(copies, xb)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
+        loss = fast_cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
         grads = torch.autograd.grad(loss.view(k * n_batches, -1).mean(1).sum(), copies)
     gram = sum(torch.bmm(t, t.transpose(1, 2)) for t in (t.reshape(k, n_batches, -1).double() for t in grads))
     out = [_ensemble_terms(gram[r], n, batch_size) for r in range(k)]  # gram: (K, M, M)
@@ -202,7 +203,7 @@ def _subset_terms_many(forward, params, members: Sequence[Member], rows: Sequenc
             ys = torch.stack([m.y[i] for m, i in zip(members, index)])
             leaves[name] = [p.detach()[rows_t].clone().requires_grad_(True) for p in params]
             logits = forward(leaves[name], xs)  # (K, L, classes)
-            each = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.reshape(-1),
+            each = fast_cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.reshape(-1),
                                    reduction="none").view(ys.shape)
             total = total + (each * weight).sum()
             wrong = logits.detach().argmax(2) != ys
@@ -282,7 +283,7 @@ def _subset_terms(model, params, buffers, x, y, subsets: dict[str, torch.Tensor]
             ys = y.index_select(0, rows)
             with torch.enable_grad():
                 logits = functional_call(model, (leaves, buffers), (x.index_select(0, rows),))
-                each = F.cross_entropy(logits, ys, reduction="none")
+                each = fast_cross_entropy(logits, ys, reduction="none")
                 parts = torch.autograd.grad(each.sum(), list(leaves.values()))
             g += torch.cat([t.reshape(-1) for t in parts]).double()
             per_sample.append(each.detach())

@@ -102,6 +102,7 @@ from measures.hessian import LANCZOS_MAX_ITER as HESSIAN_MAX_ITER
 from measures.hessian import LANCZOS_TOL as HESSIAN_TOL
 from measures.hessian import TOP_K as HESSIAN_TOP_K
 from measures.hessian import _top_eigs, lanczos
+from measures.losses import fast_cross_entropy
 from measures.pacbayes import curvature_data, train_subsample
 from measures.registry import NotApplicable, Value, measure
 
@@ -139,7 +140,7 @@ def curvature_operators(ctx: Context, names: Sequence[str], x: torch.Tensor, y: 
     with torch.enable_grad():
         parts = torch.split(flat, [base[k].numel() for k in names])
         params = {**base, **{k: p.view_as(base[k]) for k, p in zip(names, parts)}}
-        losses = torch.cat([F.cross_entropy(ctx.forward(x[i:i + chunk], params), y[i:i + chunk], reduction="none")
+        losses = torch.cat([fast_cross_entropy(ctx.forward(x[i:i + chunk], params), y[i:i + chunk], reduction="none")
                             for i in range(0, n, chunk)])  # (n,)
         g = torch.autograd.grad((weights * losses).sum(), flat, create_graph=True)[0]  # Σ_i ∇ℓ_i = n ∇L
 
@@ -178,7 +179,7 @@ def per_sample_sq_norms(ctx: Context, names: Sequence[str], x: torch.Tensor, y: 
     try:
         for i in range(0, len(y) if fast else 0, chunk):
             with torch.enable_grad():
-                loss = F.cross_entropy(ctx.model(x[i:i + chunk]), y[i:i + chunk], reduction="sum")
+                loss = fast_cross_entropy(ctx.model(x[i:i + chunk]), y[i:i + chunk], reduction="sum")
                 if any(seen[m][0].dim() != 2 for m in modules):  # inputs with extra axes: the generic path
                     fast, rest = [], list(names)
                     out.zero_()

@@ -1,4 +1,6 @@
-"""Measuring a stored zoo: every (model, measure) pair the store lacks, one task per model in the workers.
+"""Measuring a stored zoo: every (model, measure) pair the store lacks, one task per group of up to
+``GROUP_SIZE`` models that share a ``group_key`` in the workers (so that intermediates with a many-model form,
+such as the variance–flatness continuation, are computed for the whole group at once).
 
 Values are stored as they are computed, in one transaction per second of measure time (cheap measures would
 otherwise cost more to write than to compute), so an interrupted run loses at most that second's work. A
@@ -22,6 +24,7 @@ import measures
 from benchmark.measuring.context import Trained
 from benchmark.runtime import RunOptions, parallel, set_threads
 from benchmark.store import CheckpointError, Store
+from benchmark.zoo.hparams import HParams
 from measures.plugins import load_all
 
 log = logging.getLogger("genbench")
@@ -53,52 +56,73 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
+GROUP_SIZE = 18  # models measured together in one task, at most (a stack of the default zoo)
+
+
+def group_key(hp: HParams) -> tuple:
+    """What the models of one measuring task share, so that the measures' many-model forms (``measures.context.
+    many_form``) can take them together: dataset, architecture, training-set size, batch size and optimizer."""
+    m = hp.model
+    return (hp.dataset.name, hp.dataset.train_size, m.name, m.depth, m.width, m.bias, hp.train.batch_size,
+            hp.optimizer.name)
+
+
 def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
-    """Compute the missing measures of one model; each result is stored as soon as it exists."""
-    root, model_id, names, plugins, seed, timeout, curvature_samples, opts = args
+    """Compute the missing measures of a group of models (``group_key``), model after model; each result is
+    stored as soon as it exists. The models' Contexts are grouped (``Context.group``), so an intermediate with
+    a many-model form is computed for all of them by the first measure that needs it, and each measure's
+    recorded time is its own model's share of it (``Context.lent``, ``Context.charged``)."""
+    root, models, plugins, seed, timeout, curvature_samples, opts = args
     set_threads(opts)
     load_all(plugins)
     store = Store(root)
-    try:
-        trained = Trained.from_store(store, model_id, opts)
-    except CheckpointError as err:
-        store.save_measurements([(model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", str(err),
-                                  None) for name in names])
-        return 1, model_id, (len(names), 0)
-    ctx, oracle_ctx = trained.context(seed, curvature_samples=curvature_samples), None
     failed = not_applicable = 0
+    loaded = []
+    for model_id, names in models:
+        try:
+            trained = Trained.from_store(store, model_id, opts)
+        except CheckpointError as err:
+            store.save_measurements([(model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed",
+                                      str(err), None) for name in names])
+            failed += len(names)
+            continue
+        loaded.append((model_id, names, trained, trained.context(seed, curvature_samples=curvature_samples)))
+    measures.Context.group([ctx for *_, ctx in loaded])
     pending: list[tuple] = []  # values not yet written: at most FLUSH_S seconds of work
     pending_s = 0.0
     try:
-        for name in names:
-            m = measures.REGISTRY.get(name)
-            if m.oracle and oracle_ctx is None:
-                oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
-            start = time.perf_counter()
-            value, status, error, details = None, "ok", None, {}
-            try:
-                with time_limit(timeout):
-                    out = m(oracle_ctx if m.oracle else ctx)
-                value, details = out.value, dict(out.details)
-                if not math.isfinite(value):
-                    status, error, value = "failed", f"returned a non-finite value ({value})", None
-            except measures.NotApplicable as why:
-                status, error = "not_applicable", str(why)
-            except Exception as err:  # a failing measure is recorded, the others go on
-                status, error = "failed", f"{type(err).__name__}: {err}"
-                details = {"traceback": traceback.format_exc(limit=-3)}
-            failed += status == "failed"
-            not_applicable += status == "not_applicable"
-            seconds = time.perf_counter() - start
-            pending.append((model_id, m.name, m.version, value, seconds, status, error, details))
-            pending_s += seconds
-            if pending_s >= FLUSH_S:
-                store.save_measurements(pending)
-                pending, pending_s = [], 0.0
+        for model_id, names, trained, ctx in loaded:
+            oracle_ctx = None
+            for name in names:
+                m = measures.REGISTRY.get(name)
+                if m.oracle and oracle_ctx is None:
+                    oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
+                start, lent, charged = time.perf_counter(), ctx.lent, ctx.charged
+                value, status, error, details = None, "ok", None, {}
+                try:
+                    with time_limit(timeout):
+                        out = m(oracle_ctx if m.oracle else ctx)
+                    value, details = out.value, dict(out.details)
+                    if not math.isfinite(value):
+                        status, error, value = "failed", f"returned a non-finite value ({value})", None
+                except measures.NotApplicable as why:
+                    status, error = "not_applicable", str(why)
+                except Exception as err:  # a failing measure is recorded, the others go on
+                    status, error = "failed", f"{type(err).__name__}: {err}"
+                    details = {"traceback": traceback.format_exc(limit=-3)}
+                failed += status == "failed"
+                not_applicable += status == "not_applicable"
+                seconds = max(0.0, time.perf_counter() - start - (ctx.lent - lent) + (ctx.charged - charged))
+                pending.append((model_id, m.name, m.version, value, seconds, status, error, details))
+                pending_s += seconds
+                if pending_s >= FLUSH_S:
+                    store.save_measurements(pending)
+                    pending, pending_s = [], 0.0
+            ctx.leave()
     finally:  # also on Ctrl-C or a worker's error: what was computed is kept
         if pending:
             store.save_measurements(pending)
-    return 1, model_id, (failed, not_applicable)
+    return len(models), models[0][0], (failed, not_applicable)
 
 
 def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: RunOptions, *,
@@ -110,18 +134,21 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     ``curvature_samples``: a seeded training subset for the curvature measures (None: the whole set)."""
     versions = {n: measures.REGISTRY.get(n).version for n in names}
     done = store.measured(("ok", "not_applicable") if retry_failed else ("ok", "failed", "not_applicable"))
-    tasks, reused = [], 0
+    groups: dict[tuple, list[tuple[str, list[str]]]] = {}
+    reused = 0
     for model_id in sorted(model_ids):
         missing = [n for n in names if (model_id, n, versions[n]) not in done]
         reused += len(names) - len(missing)
         if missing:
-            tasks.append((str(store.root), model_id, missing, [str(Path(p).resolve()) for p in plugins], seed,
-                          timeout, curvature_samples, opts))
-    log.info("measures: %d values reused, %d to compute on %d models", reused,
-             sum(len(t[2]) for t in tasks), len(tasks))
+            groups.setdefault(group_key(store.model_record(model_id)[0]), []).append((model_id, missing))
+    plugin_paths = [str(Path(p).resolve()) for p in plugins]
+    tasks = [(str(store.root), models[i:i + GROUP_SIZE], plugin_paths, seed, timeout, curvature_samples, opts)
+             for models in groups.values() for i in range(0, len(models), GROUP_SIZE)]
+    computed = sum(len(missing) for t in tasks for _, missing in t[1])
+    log.info("measures: %d values reused, %d to compute on %d models", reused, computed,
+             sum(len(t[1]) for t in tasks))
     failed = not_applicable = 0
-    for _, _, (f, na) in parallel(_measure_task, tasks, opts.jobs, "measure", "model", [1] * len(tasks),
+    for _, _, (f, na) in parallel(_measure_task, tasks, opts.jobs, "measure", "model", [len(t[1]) for t in tasks],
                                   opts.progress):
         failed, not_applicable = failed + f, not_applicable + na
-    return {"reused": reused, "computed": sum(len(t[2]) for t in tasks), "failed": failed,
-            "not_applicable": not_applicable}
+    return {"reused": reused, "computed": computed, "failed": failed, "not_applicable": not_applicable}

@@ -53,6 +53,7 @@ from benchmark.training.loop import TrainResult, train_model
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import DatasetHP, HParams
 from benchmark.zoo.models import MLP, ConvNet, Dropout, build_model
+from measures.losses import fast_cross_entropy
 from measures.seeding import generator
 
 log = logging.getLogger("genbench")
@@ -403,7 +404,7 @@ class Stack:
         for i in range(0, y.shape[1], chunk):
             xb, yb = x[i:i + chunk], y[:, i:i + chunk]
             logits = stacked_forward(self.ops, params, xb, shared=True)  # (M, b, classes)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
+            ce = fast_cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
             loss += ce.view(M, -1).sum(1).double().cpu()
             wrong += (logits.argmax(2) != yb).sum(1).cpu()
         n = y.shape[1]

@@ -466,3 +466,58 @@ def test_a_random_walk_is_told_apart_from_the_optimizers_fluctuations():
     for snaps in (walk, around):
         null = fl.block_fit(ctx, real.layer, real.index, snaps)
         assert null.fit.r2 < 0.5 and abs(null.fit.psi) < 3 * null.fit.se, (null.fit, real.fit)
+
+
+# ------------------------------------------------------------------------------------------- many models at once
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_stacked_continuation_equals_each_model_alone(name):
+    """The many-model form of the continuation: three models of one architecture with their own weights, data,
+    labels, learning rates and weight decays take their steps together, and each one's snapshots equal its own
+    continuation; a fourth model of another width is left to compute alone (NotImplemented)."""
+    settings = fl.BlockSettings(size=8, blocks=2, steps=120, warmup=15)
+    ctxs = []
+    for seed, lr, wd in [(0, 0.05, 0.0), (1, 0.02, 0.01), (2, 0.08, 0.001)]:
+        model, x, y = _mlp(seed)
+        ctxs.append(Context(model, train=(x, y), seed=3, hparams={
+            "optimizer.name": name, "optimizer.lr": lr if name != "adam" else lr / 10, "optimizer.momentum": 0.7,
+            "optimizer.weight_decay": wd, "train.batch_size": 16}))
+    other, x, y = _mlp(4, width=12)
+    ctxs.append(Context(other, train=(x, y), seed=3, hparams={"optimizer.name": name, "optimizer.lr": 0.01,
+                                                              "optimizer.momentum": 0.7, "train.batch_size": 16}))
+    many = fl._block_snapshots_many(ctxs, settings)
+    assert many[3] is NotImplemented
+    for c, got in zip(ctxs[:3], many[:3]):
+        alone = fl._block_snapshots(c, settings)
+        assert torch.equal(got.index, alone.index) and got.optimizer == alone.optimizer == name
+        assert got.snapshots.shape == alone.snapshots.shape == (120, 2 * 64)
+        torch.testing.assert_close(got.snapshots, alone.snapshots, rtol=1e-4, atol=1e-5)
+        assert (alone.snapshots[-1] - alone.snapshots[0]).abs().max() > 1e-3  # the weights did move
+
+
+def test_grouped_contexts_share_the_stacked_value_and_its_cost():
+    """Through ``ctx.shared``: the first grouped Context's call computes the value of all, each reads its own,
+    the time is split (``lent`` on the caller, ``charged`` on the others when they read it) and the measure
+    value equals the one computed alone."""
+    settings = fl.BlockSettings(size=8, blocks=2, steps=120, warmup=15)
+
+    def contexts():
+        out = []
+        for seed in range(3):
+            model, x, y = _mlp(seed)
+            out.append(Context(model, train=(x, y), hparams={"optimizer.lr": 0.05, "train.batch_size": 16}))
+        return out
+    grouped, alone = contexts(), contexts()
+    Context.group(grouped)
+    first = grouped[0].shared(fl._block_snapshots, settings)
+    assert grouped[0].lent > 0 and grouped[0].charged == 0
+    assert all(c.charged == 0 and c.lent == 0 for c in grouped[1:])
+    for g, a in zip(grouped, alone):
+        torch.testing.assert_close(g.shared(fl._block_snapshots, settings).snapshots,
+                                   a.shared(fl._block_snapshots, settings).snapshots, rtol=1e-4, atol=1e-5)
+        assert fl.block_variance_flatness(g, settings).fit.psi == pytest.approx(
+            fl.block_variance_flatness(a, settings).fit.psi, rel=1e-3)
+    share = grouped[1].charged
+    assert share > 0 and grouped[0].lent == pytest.approx(2 * share, rel=1e-6)
+    assert grouped[0].shared(fl._block_snapshots, settings) is first
+    grouped[0].leave()
+    assert grouped[0] not in grouped[1]._group and len(grouped[1]._group) == 2

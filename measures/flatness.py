@@ -905,75 +905,71 @@ def _block_snapshots_many(ctxs: Sequence[Context], settings: BlockSettings) -> l
 
 
 class _StackedUpdate:
-    """:class:`_Update` for M stacked models: the same rules, with every hyperparameter an (M,) tensor."""
+    """:class:`_Update` for M stacked models, on their ``(M, P)`` parameter buffer: the same rules, with every
+    hyperparameter an (M, 1) column."""
 
     def __init__(self, ctxs: Sequence[Context], name: str, device: torch.device):
         ups = [_Update(c) for c in ctxs]
-        col = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)
+        col = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)[:, None]
         self.name, self.lr, self.wd, self.t = name, col([u.lr for u in ups]), col([u.wd for u in ups]), 0
         if name == "momentum":
             self.mu = col([u.mu for u in ups])
         elif name == "adam":
             self.b1, self.b2 = col([u.betas[0] for u in ups]), col([u.betas[1] for u in ups])
-        self.state: list[list[torch.Tensor]] = []
+        self.state: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def __call__(self, params: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+    def __call__(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
         self.t += 1
-        view = lambda h, p: h.view(-1, *([1] * (p.dim() - 1)))
-        grads = [g + view(self.wd, p) * p for p, g in zip(params, grads)]
+        if self.wd.any():
+            grad = grad + self.wd * flat
         if self.name == "sgd":
-            for p, g in zip(params, grads):
-                p.sub_(view(self.lr, p) * g)
+            flat.sub_(self.lr * grad)
         elif self.name == "momentum":
             if not self.state:
-                self.state = [[g.clone() for g in grads]]
+                self.state = [grad.clone()]
             else:
-                for b, g, p in zip(self.state[0], grads, params):
-                    b.mul_(view(self.mu, p)).add_(g)
-            for p, b in zip(params, self.state[0]):
-                p.sub_(view(self.lr, p) * b)
+                self.state[0].mul_(self.mu).add_(grad)
+            flat.sub_(self.lr * self.state[0])
         else:
             if not self.state:
-                self.state = [[torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]]
+                self.state = [torch.zeros_like(flat), torch.zeros_like(flat)]
+            m, v = self.state
             c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-            for p, g, m, v in zip(params, grads, *self.state):
-                m.lerp_(g, view(1 - self.b1, p))
-                v.mul_(view(self.b2, p)).add_(view(1 - self.b2, p) * g * g)
-                denom = v.sqrt().div_(view(c2.sqrt(), p)).add_(1e-8)
-                p.sub_(view(self.lr / c1, p) * (m / denom))
+            m.lerp_(grad, 1 - self.b1)
+            v.mul_(self.b2).add_((1 - self.b2) * grad * grad)
+            flat.sub_(self.lr / c1 * (m / v.sqrt().div_(c2.sqrt()).add_(1e-8)))
 
 
 def _stacked_snapshots(ctxs: Sequence[Context], prog: stacking.Program, weight: str, index: torch.Tensor,
                        gens: Sequence[torch.Generator], settings: BlockSettings) -> torch.Tensor | None:
     """The continuation of :func:`optimizer_snapshots` for stacked models: (T, M, K) entries ``index`` (M, K)
     of ``weight`` after each recorded step, or None when the stacked pass does not reproduce the models."""
-    device = ctxs[0].device
-    params = stacking.stack(prog, [c.params for c in ctxs])
+    device, m = ctxs[0].device, len(ctxs)
+    flat = stacking.stack(prog, [c.params for c in ctxs])
+    params = [v.detach().requires_grad_(True) for v in stacking.views(prog, flat)]  # leaves aliasing flat's rows
     x = torch.stack([c.x_train for c in ctxs])  # (M, n, ...)
-    y = torch.stack([c.y_train for c in ctxs])
     if not stacking.matches(prog, params, [c.model for c in ctxs], list(x[:, :8])):
         return None
-    for p in params:
-        p.requires_grad_(True)
+    n, in_shape = x.shape[1], x.shape[2:]
+    x, y = x.reshape(m * n, *in_shape), torch.stack([c.y_train for c in ctxs]).reshape(-1)
+    offset = torch.arange(m, device=device)[:, None] * n  # row r of model j is row j·n + r of x and y
     update = _StackedUpdate(ctxs, _Update(ctxs[0]).name, device)
-    rows = torch.arange(len(ctxs), device=device)[:, None]
-    at = prog.names.index(weight)
-    where = stacking.unstack_index(prog, weight, index.to(device))
-    bs, n = int(ctxs[0].hp("train.batch_size")), y.shape[1]
+    where = stacking.flat_index(prog, weight, index.to(device))
+    bs = int(ctxs[0].hp("train.batch_size"))
     snaps, perm, pos = [], None, n
     for step in range(settings.warmup + settings.steps):
         if pos >= n:
-            perm, pos = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device), 0
-        idx = perm[:, pos:pos + bs]
+            perm, pos = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device) + offset, 0
+        idx = perm[:, pos:pos + bs].reshape(-1)
         pos += bs
         with torch.enable_grad():
-            logits = stacking.forward(prog, params, x[rows, idx])  # (M, b, classes)
-            each = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[rows, idx].reshape(-1), reduction="none")
-            grads = torch.autograd.grad(each.view(len(ctxs), -1).mean(1).sum(), params)
-        update(params, grads)
+            logits = stacking.forward(prog, params, x.index_select(0, idx).view(m, -1, *in_shape))
+            each = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.index_select(0, idx), reduction="none")
+            grads = torch.autograd.grad(each.view(m, -1).mean(1).sum(), params)
+        update(flat, torch.cat([g.reshape(m, -1) for g in grads], 1))
         if step >= settings.warmup:
-            snaps.append(params[at].detach().reshape(len(ctxs), -1).gather(1, where))
+            snaps.append(flat.detach().gather(1, where))
     return torch.stack(snaps)
 
 

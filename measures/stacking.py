@@ -1,16 +1,18 @@
 """Several trained models of one architecture evaluated as one: the stacked forward pass that the many-model
 forms of ``ctx.shared`` (:func:`measures.context.many_form`) use to take the same steps on many models at once.
 
-A :class:`Program` is the module-by-module recipe of a model that is, or whose ``net`` attribute is, an ``nn.Sequential``
-of Linear layers, ReLUs, a leading ``Flatten`` and parameter-free dropout or identity modules (the identity in
-eval mode, the mode every measure uses): the zoo's MLPs. Each Linear layer of M models becomes one
-``torch.baddbmm`` over ``(M, in, out)`` weights (stored transposed, which makes autograd return contiguous
-gradients). :func:`program` returns None for anything else, and :func:`matches` checks the stacked pass against
-each model's own ``forward`` on a few inputs, so a model whose ``forward`` does more than ``net`` is not
-stacked by mistake.
+A :class:`Program` is the module-by-module recipe of a model that is, or whose ``net`` attribute is, an
+``nn.Sequential`` of Linear layers, ReLUs, a leading ``Flatten`` and parameter-free dropout or identity
+modules (the identity in eval mode, the mode every measure uses): the zoo's MLPs. The parameters of M models
+live in one ``(M, P)`` buffer (:func:`stack`), so an optimizer update is a few whole-buffer operations, and
+each Linear layer becomes one ``torch.baddbmm`` over ``(M, in, out)`` views of it (weights stored transposed,
+which makes autograd return contiguous gradients). :func:`program` returns None for anything else, and
+:func:`matches` checks the stacked pass against each model's own ``forward`` on a few inputs, so a model whose
+``forward`` does more than ``net`` is not stacked by mistake.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -53,24 +55,41 @@ def program(model: nn.Module) -> Program | None:
     return Program(tuple(ops), tuple(order), tuple(tuple(params[n].shape) for n in order))
 
 
-def stack(prog: Program, params: Sequence[Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """The parameters of several models as stacked leaves in ``prog.names`` order: Linear weights ``(M, in,
-    out)``, biases ``(M, 1, out)``; fresh tensors (the models' own are not touched)."""
+def stack(prog: Program, params: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """The parameters of M models as one fresh ``(M, P)`` buffer, a row per model, in ``prog.names`` order, each
+    Linear weight transposed to (in, out) (:func:`views` gives the per-parameter views)."""
+    rows = [torch.cat([(p[n].detach().T if len(shape) == 2 else p[n].detach()).reshape(-1)
+                       for n, shape in zip(prog.names, prog.shapes)]) for p in params]
+    return torch.stack(rows)
+
+
+def _offsets(prog: Program) -> list[int]:
+    sizes = [math.prod(shape) for shape in prog.shapes]
+    return [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+
+def views(prog: Program, flat: torch.Tensor) -> list[torch.Tensor]:
+    """Views of a stacked ``(M, P)`` buffer as the parameters :func:`forward` takes: Linear weights ``(M, in,
+    out)``, biases ``(M, 1, out)``. Detached and made leaves (``requires_grad_``), they alias the buffer's rows,
+    so an in-place update of the buffer moves them; their gradients concatenate, in order, to a buffer-shaped
+    tensor (``torch.cat([g.reshape(M, -1) for g in grads], 1)``)."""
+    off = _offsets(prog)
     out = []
-    for name, shape in zip(prog.names, prog.shapes):
-        t = torch.stack([p[name].detach() for p in params])
-        out.append(t.transpose(1, 2).contiguous() if len(shape) == 2 else t.unsqueeze(1).clone())
+    for i, shape in enumerate(prog.shapes):
+        part = flat[:, off[i]:off[i + 1]]
+        out.append(part.view(len(flat), shape[1], shape[0]) if len(shape) == 2 else part.view(len(flat), 1, -1))
     return out
 
 
-def unstack_index(prog: Program, name: str, flat_index: torch.Tensor) -> torch.Tensor:
-    """Positions, in a stacked parameter's per-model row ``(in·out,)``, of the entries ``flat_index`` of the
-    model's own flattened parameter ``name`` (row-major (out, in) for a weight)."""
-    shape = prog.shapes[prog.names.index(name)]
+def flat_index(prog: Program, name: str, index: torch.Tensor) -> torch.Tensor:
+    """Positions, in a stacked row ``(P,)``, of the entries ``index`` of the model's own flattened parameter
+    ``name`` (row-major (out, in) for a weight)."""
+    i = prog.names.index(name)
+    shape, start = prog.shapes[i], _offsets(prog)[i]
     if len(shape) != 2:
-        return flat_index
+        return start + index
     out_f, in_f = shape
-    return (flat_index % in_f) * out_f + flat_index // in_f
+    return start + (index % in_f) * out_f + index // in_f
 
 
 def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,8 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
-GROUP_SIZE = 18  # models measured together in one task, at most (a stack of the default zoo)
+GROUP_SIZE = 9  # models measured together in one task, at most: half a stack of the default zoo, so that the
+# workers get enough tasks to finish together (the stacked continuation gains little beyond this on a CPU)
 
 
 def group_key(hp: HParams) -> tuple:
@@ -135,15 +136,20 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     versions = {n: measures.REGISTRY.get(n).version for n in names}
     done = store.measured(("ok", "not_applicable") if retry_failed else ("ok", "failed", "not_applicable"))
     groups: dict[tuple, list[tuple[str, list[str]]]] = {}
+    cost: dict[tuple, float] = {}
     reused = 0
     for model_id in sorted(model_ids):
         missing = [n for n in names if (model_id, n, versions[n]) not in done]
         reused += len(names) - len(missing)
         if missing:
-            groups.setdefault(group_key(store.model_record(model_id)[0]), []).append((model_id, missing))
+            hp = store.model_record(model_id)[0]
+            key = group_key(hp)
+            groups.setdefault(key, []).append((model_id, missing))
+            cost[key] = hp.model.width ** 2 * hp.model.depth * hp.dataset.train_size  # ∝ a full-set pass
     plugin_paths = [str(Path(p).resolve()) for p in plugins]
-    tasks = [(str(store.root), models[i:i + GROUP_SIZE], plugin_paths, seed, timeout, curvature_samples, opts)
-             for models in groups.values() for i in range(0, len(models), GROUP_SIZE)]
+    order = sorted(groups, key=lambda k: -cost[k])  # the most expensive first, so the workers finish together
+    tasks = [(str(store.root), groups[k][i:i + GROUP_SIZE], plugin_paths, seed, timeout, curvature_samples, opts)
+             for k in order for i in range(0, len(groups[k]), GROUP_SIZE)]
     computed = sum(len(missing) for t in tasks for _, missing in t[1])
     log.info("measures: %d values reused, %d to compute on %d models", reused, computed,
              sum(len(t[1]) for t in tasks))

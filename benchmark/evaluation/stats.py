@@ -12,8 +12,12 @@ Statistics (sources in each docstring):
 * :func:`granulated_kendall` -- Jiang et al. (ICLR 2020) granulated Kendall Psi.
 * :func:`conditional_mutual_information` -- Jiang et al. (2020) Sec. 5 / PGDL (NeurIPS 2020).
 * :func:`robust_sign_error` -- Dziugaite et al. (NeurIPS 2020) environments and sign error.
-* :func:`bootstrap_ci` -- percentile bootstrap over models.
-* :func:`evaluate` -- all of the above for many measures, as the long leaderboard table.
+* :func:`bootstrap_counts`, :func:`bootstrap_ci` -- percentile bootstrap that resamples seed
+  replicates within configurations (or whole configurations), never rows across them.
+* :func:`paired_difference`, :func:`holm`, :func:`compare` -- paired comparison of two
+  measures on the same bootstrap replicates, Holm's multiplicity adjustment.
+* :func:`evaluate` -- all of the above for many measures, as the long leaderboard table, with
+  every measure compared with the best one.
 
 Implementation note: every statistic is a sum over *pairs of models* of products of pair
 signs ``sign(x_i - x_j)``. Pair index arrays and their grouping (cells, environments,
@@ -47,6 +51,12 @@ __all__ = [
     "hoeffding_weight",
     "robust_sign_error",
     "bootstrap_ci",
+    "bootstrap_counts",
+    "configurations",
+    "replicated",
+    "paired_difference",
+    "holm",
+    "compare",
     "filter_converged",
     "evaluate",
 ]
@@ -211,11 +221,13 @@ class _AxisCells:
 def _axis_cells(df: pd.DataFrame, axis: str) -> _AxisCells:
     """Cells of Jiang et al.'s granulated Kendall for one axis.
 
-    A cell is a set of models that agree on every *other* ``hp.*`` column that varies in
-    ``df`` (the seed included); inside a cell only pairs with different ``axis`` values are
-    used, so every pair differs in ``axis`` and nothing else.
+    A cell is a set of configurations that agree on every *other* varying ``hp.*`` column
+    but the seed; inside a cell only pairs with different ``axis`` values are used, so every
+    pair differs in ``axis`` (and, between seed replicates, in its seed) and in nothing else.
+    The seeds are repeats, not an axis: a cell holds every pair of replicates of its
+    configurations, so its tau is an average over the seed noise rather than one draw of it.
     """
-    others = [c for c in _varying_hp_columns(df) if c != axis]
+    others = [c for c in _varying_hp_columns(df) if c not in (axis, SEED_COLUMN)]
     i, j, g = _within_group_pairs(_group_codes(df, others))
     axis_codes = _group_codes(df, [axis])
     keep = axis_codes[i] != axis_codes[j]
@@ -362,13 +374,23 @@ def granulated_kendall(df: pd.DataFrame, measure: str, target: str, axes: Sequen
     and Where to Find Them", ICLR 2020, Sec. 4, eq. for psi_i and Psi).
 
     For axis i, models are grouped into cells that agree on every other ``hp.*`` column that
-    varies in ``df`` (all of them, the seed included, not only the other axes), and inside a
+    varies in ``df`` (all of them, not only the other axes) except the seed, and inside a
     cell only pairs with different values of axis i count -- so every pair differs in axis i
-    alone. tau_cell is Kendall's tau-b over those pairs (NaN rows dropped), and
+    alone, up to its seeds. Seed replicates are repeats: a cell of two configurations with k
+    seeds each holds all k^2 cross pairs (as Dziugaite et al.'s environments do), not k
+    separate one-seed cells. tau_cell is Kendall's tau-b over those pairs (NaN rows dropped), and
 
         psi_i = mean over cells with a defined tau_cell,   Psi = mean over axes with a defined psi_i.
 
     (Jiang et al. average over all cells, m_i = |Theta_1 x ... x Theta_{i-1} x Theta_{i+1} ...|.)
+
+    tau-b, not tau-a: Jiang et al. write the cell coefficient as tau over the pairs of the
+    cell, concordant minus discordant over all pairs (tau-a), for continuous measures where
+    ties do not occur. Here ties do occur -- replicates with equal test errors, measures that
+    are constant along an axis (the parameter count along the learning rate), discrete
+    measures -- and tau-a would score a cell of tied targets as a weak correlation. tau-b
+    divides by the untied pairs of each variable instead, so a cell is +-1 exactly when the
+    measure orders the untied pairs as the target does; without ties the two coincide.
     A cell where the target varies but the measure is constant scores tau_cell = 0, as in Jiang et
     al.'s count (no concordant minus discordant pairs): a measure that does not move along axis i
     (e.g. the parameter count along the learning-rate axis) gets psi_i = 0 there, not a pass.
@@ -518,27 +540,46 @@ def hoeffding_weight(delta, n_i, n_j=None) -> np.ndarray:
     return one(n_i) * one(n_j)
 
 
+MIN_WEIGHT = 0.5  # Dziugaite et al.'s filter: a pair counts with weight (w - 0.5)_+
+MIN_ESS = 4.0  # smallest effective sample size (Sum w)^2 / Sum w^2 of a usable environment
+
+
 def _environment_sign_errors(
-    envs: _Environments, rm: np.ndarray, rg: np.ndarray, g: np.ndarray, n_test: np.ndarray
-) -> np.ndarray:
-    """Weighted sign error of every environment, (n_envs,), NaN where no pair has weight."""
+    envs: _Environments,
+    rm: np.ndarray,
+    rg: np.ndarray,
+    g: np.ndarray,
+    n_test: np.ndarray,
+    *,
+    min_weight: float = MIN_WEIGHT,
+    min_ess: float = MIN_ESS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sign error of every environment, (n_envs,), NaN where it is not usable, and the
+    mask of the environments left out for an effective sample size below ``min_ess``."""
     i, j = envs.i, envs.j
     sm, vm = _pair_signs(rm, i, j)
     sg, vg = _pair_signs(rg, i, j)
     w = hoeffding_weight(g[i] - g[j], n_test[i], n_test[j])
-    w = np.where(vm & vg & np.isfinite(w), w, 0.0)
+    w = np.where(vm & vg & np.isfinite(w), np.maximum(w - min_weight, 0.0), 0.0)
     err = 0.5 * (1.0 - sm * sg)  # 0 agree, 1 disagree, 1/2 measure tie
     total = np.bincount(envs.env, weights=w, minlength=envs.n_envs)
+    total_sq = np.bincount(envs.env, weights=w * w, minlength=envs.n_envs)
     wrong = np.bincount(envs.env, weights=w * err, minlength=envs.n_envs)
+    ess = np.where(total_sq > 0, total**2 / np.where(total_sq > 0, total_sq, 1.0), 0.0)
+    usable = (total > 0) & ((ess > min_ess) | np.isclose(ess, min_ess))
     out = np.full(envs.n_envs, np.nan)
-    ok = total > 0
-    out[ok] = wrong[ok] / total[ok]
-    return out
+    out[usable] = wrong[usable] / total[usable]
+    return out, ~usable
 
 
-def _sign_error_summary(envs: _Environments, errors: np.ndarray) -> dict:
+def _sign_error_summary(envs: _Environments, errors: np.ndarray, below: np.ndarray | None = None) -> dict:
+    below = np.zeros(envs.n_envs, dtype=bool) if below is None else below
     out = _summary(errors)
-    out["per_axis"] = {a: _summary(errors[envs.env_axis == k]) for k, a in enumerate(envs.axes)}
+    out["n_below"] = int(below.sum())
+    out["per_axis"] = {}
+    for k, a in enumerate(envs.axes):
+        on_axis = envs.env_axis == k
+        out["per_axis"][a] = {**_summary(errors[on_axis]), "n_below": int(below[on_axis].sum())}
     return out
 
 
@@ -548,36 +589,48 @@ def robust_sign_error(
     target: str,
     axes: Sequence[str],
     test_size_col: str = TEST_SIZE_COLUMN,
+    *,
+    min_weight: float = MIN_WEIGHT,
+    min_ess: float = MIN_ESS,
 ) -> dict:
     """Weighted sign error over environments (Dziugaite et al., "In Search of Robust Measures
-    of Generalization", NeurIPS 2020, Sec. 3-4).
+    of Generalization", NeurIPS 2020, Sec. 3-4, and their code,
+    nitarshan/robust-generalization-measures, ``create_environments.py`` and
+    ``figure_cdf_all_measures.py``).
 
     Environments: a configuration is the joint value of every varying ``hp.*`` column but the
     seed; an environment e is an unordered pair of configurations differing in exactly one
-    axis (its axis), and its pairs are all cross pairs of their models (seeds are repeats).
+    axis (its axis), and its pairs are all cross pairs of their models (the seed replicates).
     For a pair, with Delta_g = g_i - g_j and Delta_mu = mu_i - mu_j,
 
-        err_ij = (1 - sign(Delta_mu) sign(Delta_g)) / 2       (1/2 on a measure tie)
-        w_ij   = hoeffding_weight(Delta_g, n_i, n_j)          (n = ``test_size_col``)
-        SE(e)  = sum_e w_ij err_ij / sum_e w_ij.
+        err_ij = (1 - sign(Delta_mu) sign(Delta_g)) / 2           (1/2 on a measure tie)
+        w_ij   = (hoeffding_weight(Delta_g, n_i, n_j) - min_weight)_+    (n = ``test_size_col``)
+        SE(e)  = sum_e w_ij err_ij / sum_e w_ij,
+        ESS(e) = (sum_e w_ij)^2 / sum_e w_ij^2.
 
-    A pair with tied targets has weight 0; an environment whose weights are all 0 (or whose
-    models all have NaN measures) has no defined sign error and is left out. Reported: mean,
-    90th percentile (linear interpolation) and max (the paper's robust, worst-case view) of
-    SE(e) over environments, overall and per axis.
+    The (w - 1/2)_+ filter drops pairs whose gap difference could be test-set noise with
+    probability above 1/2, as in the authors' code. An environment is usable when its
+    effective sample size is at least ``min_ess`` (the authors' default is 12 on zoos with
+    more seeds; with k seeds an environment has at most k^2 pairs, 9 for k = 3, hence the
+    default 4 here); the others are counted (``n_below``), never silently dropped, and an
+    axis with no usable environment reports ``n_envs`` 0 and NaN. Reported: mean, 90th
+    percentile (linear interpolation) and max (the paper's robust, worst-case view) of SE(e)
+    over the usable environments, overall and per axis.
 
-    Returns ``{"mean", "p90", "max", "n_envs", "per_axis": {axis: {"mean", "p90", "max",
-    "n_envs"}}}``.
+    Returns ``{"mean", "p90", "max", "n_envs", "n_below", "per_axis": {axis: {"mean", "p90",
+    "max", "n_envs", "n_below"}}}``.
     """
     envs = _environments(df, axes)
-    errors = _environment_sign_errors(
+    errors, below = _environment_sign_errors(
         envs,
         _column_ranks(df, measure),
         _column_ranks(df, target),
         df[target].to_numpy(dtype=float),
         df[test_size_col].to_numpy(dtype=float),
+        min_weight=min_weight,
+        min_ess=min_ess,
     )
-    return _sign_error_summary(envs, errors)
+    return _sign_error_summary(envs, errors, below)
 
 
 # ---------------------------------------------------------------------------------------
@@ -600,9 +653,65 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[order.to_numpy()].reset_index(drop=True)
 
 
-def _bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) row positions drawn with replacement by ``numpy.random.default_rng(seed)``."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+RESAMPLING = ("seeds", "configurations")
+
+
+def configurations(df: pd.DataFrame) -> np.ndarray:
+    """Integer code of each row's configuration: the joint value of every varying ``hp.*``
+    column but the seed (sorted keys). Rows with equal codes are seed replicates."""
+    return _group_codes(df, [c for c in _varying_hp_columns(df) if c != SEED_COLUMN])
+
+
+def replicated(configs: np.ndarray) -> bool:
+    """Whether any configuration holds at least two rows (seed replicates)."""
+    return bool(len(configs)) and int(np.bincount(configs).max()) >= 2
+
+
+def _multiplicities(draw: np.ndarray, k: int) -> np.ndarray:
+    """(n_boot, k) counts of each value 0..k-1 in each row of ``draw`` (n_boot, draws)."""
+    n_boot = draw.shape[0]
+    flat = (draw + k * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * k).reshape(n_boot, k).astype(float)
+
+
+def bootstrap_counts(configs: np.ndarray, n_boot: int, seed: int, resample: str = "seeds") -> np.ndarray:
+    """(n_boot, n) multiplicity of each row in each bootstrap replicate; rows are never drawn
+    across configurations (``configs``: :func:`configurations` of the rows).
+
+    * ``"seeds"`` (the default): within each configuration of k >= 2 rows, k - 1 rows are drawn
+      with replacement -- Rao & Wu's rescaled bootstrap for stratified samples (JASA 83, 1988)
+      with the configurations as strata and m = k - 1, whose weights k/(k-1) times the counts
+      make the bootstrap variance of a linear statistic unbiased; the plain k-out-of-k draw
+      underestimates it by the factor (k-1)/k, 2/3 at 3 seeds, which would make the paired test
+      reject too often. The common factor k/(k-1) cancels in tau and Psi (ratios of pair sums),
+      so the counts are returned unscaled. The design (which configurations exist) is kept and
+      only the seed noise is resampled, the variability a rerun with other seeds would show. A
+      configuration with one row keeps it in every replicate, so with one seed per
+      configuration every replicate is the data itself.
+    * ``"configurations"``: G configurations are drawn with replacement out of the G present,
+      each bringing all of its rows (the cluster bootstrap; Davison & Hinkley 1997, Sec. 3.8).
+      It also resamples the design, i.e. asks how the result would vary over other grids.
+
+    One ``numpy.random.default_rng(seed)`` stream, configurations in code order.
+    """
+    if resample not in RESAMPLING:
+        raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
+    configs = np.asarray(configs, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, len(configs)))
+    groups = [np.flatnonzero(configs == g) for g in np.unique(configs)]
+    if resample == "seeds":
+        for rows in groups:
+            k = len(rows)
+            if k == 1:
+                counts[:, rows] = 1.0
+            else:
+                counts[:, rows] = _multiplicities(rng.integers(0, k, size=(n_boot, k - 1)), k)
+    else:
+        per = _multiplicities(rng.integers(0, len(groups), size=(n_boot, len(groups))), len(groups))
+        for g, rows in enumerate(groups):
+            counts[:, rows] = per[:, g : g + 1]
+    return counts
 
 
 def _percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
@@ -629,23 +738,82 @@ def bootstrap_ci(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    resample: str = "seeds",
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``statistic`` over models (Efron 1979).
+    """Percentile bootstrap confidence interval of ``statistic`` (Efron 1979), resampling seed
+    replicates within configurations (or whole configurations): :func:`bootstrap_counts`.
 
-    The rows are put in a canonical order (sorted by all columns), then ``n_boot`` replicates
-    of ``len(df)`` rows are drawn with replacement with ``numpy.random.default_rng(seed)``
-    (one ``integers(0, n, size=(n_boot, n))`` draw) and ``statistic`` is evaluated on each.
-    Returns the ``(1-level)/2`` and ``(1+level)/2`` quantiles (linear interpolation) of the
-    finite replicates; ``(nan, nan)`` if none is finite, ``df`` is empty or ``n_boot`` is 0.
-    Deterministic under ``seed`` and independent of the row order of ``df``.
+    The rows are put in a canonical order (sorted by all columns), ``n_boot`` replicates are
+    drawn by :func:`bootstrap_counts` and ``statistic`` is evaluated on each (a row drawn c
+    times appears c times). Returns the ``(1-level)/2`` and ``(1+level)/2`` quantiles (linear
+    interpolation) of the finite replicates; ``(nan, nan)`` if none is finite, ``df`` is
+    empty, ``n_boot`` is 0, or ``resample="seeds"`` and no configuration has two seeds (there
+    is no replicate noise to resample). Deterministic under ``seed`` and independent of the
+    row order of ``df``.
     """
     _check_bootstrap_args(n_boot, level)
     if len(df) == 0 or n_boot == 0:
         return float("nan"), float("nan")
     base = _canonical(df)
-    idx = _bootstrap_indices(len(base), n_boot, seed)
-    reps = [statistic(base.iloc[row].reset_index(drop=True)) for row in idx]
+    configs = configurations(base)
+    if resample == "seeds" and not replicated(configs):
+        return float("nan"), float("nan")
+    counts = bootstrap_counts(configs, n_boot, seed, resample).astype(np.int64)
+    rows = np.arange(len(base))
+    reps = [statistic(base.iloc[np.repeat(rows, c)].reset_index(drop=True)) for c in counts]
     return _percentile_interval(np.array(reps, dtype=float), level)
+
+
+def paired_difference(
+    reps_a: np.ndarray, reps_b: np.ndarray, a: float, b: float, level: float = 0.95
+) -> dict:
+    """The difference a - b of two statistics computed on the same data, with an interval and
+    a two-sided p-value from their paired bootstrap replicates.
+
+    The replicates ``reps_a``, ``reps_b`` come from the SAME resamples, so their difference
+    d_r = a_r - b_r carries the correlation of the two estimates (two measures of one zoo are
+    strongly correlated; comparing their separate intervals ignores it). With s the standard
+    deviation of the finite d_r (ddof 1), z = (a - b)/s and
+
+        interval = (a - b) -+ Phi^-1((1 + level)/2) s,       p = 2 (1 - Phi(|z|))
+
+    (the bootstrap standard-error test; Efron & Tibshirani 1993, Sec. 16). The normal form
+    gives p-values finer than 1/n_boot, which the Holm correction over many measures needs.
+    NaN where fewer than two replicates are finite or s = 0 with a = b; p = 0 when s = 0 and
+    a != b.
+    """
+    d = np.asarray(reps_a, dtype=float) - np.asarray(reps_b, dtype=float)
+    d = d[np.isfinite(d)]
+    diff = float(a - b)
+    nan = {"diff": diff, "lo": np.nan, "hi": np.nan, "se": np.nan, "p": np.nan}
+    if not np.isfinite(diff) or d.size < 2:
+        return nan
+    se = float(d.std(ddof=1))
+    if se == 0.0:
+        return nan if diff == 0.0 else {"diff": diff, "lo": diff, "hi": diff, "se": 0.0, "p": 0.0}
+    half = float(scipy.stats.norm.ppf((1.0 + level) / 2.0)) * se
+    p = float(2.0 * scipy.stats.norm.sf(abs(diff) / se))
+    return {"diff": diff, "lo": diff - half, "hi": diff + half, "se": se, "p": p}
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of p-values for multiple comparisons (Holm 1979).
+
+    With the m finite p-values in ascending order p_(1) <= ... <= p_(m), the adjusted values
+    are p~_(k) = max_{j <= k} min(1, (m - j + 1) p_(j)); rejecting where p~ <= alpha controls
+    the family-wise error rate at alpha under any dependence. NaN entries stay NaN and do not
+    count in m.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if ok.size == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
 
 
 def filter_converged(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -674,13 +842,14 @@ class _Design:
     counts: np.ndarray  # (n_boot, n) multiplicity of each model in each replicate
 
 
-def _design(df: pd.DataFrame, axes: Sequence[str], n_boot: int, seed: int, max_set_size: int) -> _Design:
+def _design(
+    df: pd.DataFrame, axes: Sequence[str], n_boot: int, seed: int, max_set_size: int, resample: str = "seeds"
+) -> _Design:
     n = len(df)
     i, j = _triu(n)
-    if n > 0 and n_boot > 0:
-        idx = _bootstrap_indices(n, n_boot, seed)
-        flat = (idx + n * np.arange(n_boot)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
+    configs = configurations(df)
+    if n > 0 and n_boot > 0 and (resample != "seeds" or replicated(configs)):
+        counts = bootstrap_counts(configs, n_boot, seed, resample)
     else:
         counts = np.zeros((0, n))
     return _Design(
@@ -739,6 +908,9 @@ def evaluate(
     *,
     n_boot: int = 200,
     seed: int = 0,
+    resample: str = "seeds",
+    alpha: float = 0.05,
+    min_ess: float | None = None,
 ) -> pd.DataFrame:
     """The long results table of the leaderboard: one row per (measure, target).
 
@@ -756,18 +928,33 @@ def evaluate(
     ``sign_error_p90``, ``sign_error_max`` and ``sign_error.<axis>`` (per-axis mean) from
     :func:`robust_sign_error`.
 
-    Bootstrap: models (rows) are resampled as in :func:`bootstrap_ci` with the same seed and
-    draw, shared by every measure and target; for Psi the cells are re-formed from each
-    resample (a model drawn twice adds only tied, i.e. uninformative, pairs). The interval
-    equals ``bootstrap_ci(converged, lambda d: kendall_tau(d, m, t), n_boot=n_boot,
-    seed=seed)`` (likewise for Psi) but is computed as pair sums weighted by how often each
-    model was drawn, reusing pair index arrays across measures and replicates.
+    Bootstrap: seed replicates are resampled within their configurations (``resample="seeds"``,
+    or whole configurations with ``"configurations"``; :func:`bootstrap_counts`), as in
+    :func:`bootstrap_ci` with the same seed and draw, shared by every measure and target; for
+    Psi the cells are re-formed from each resample (a model drawn twice adds only tied, i.e.
+    uninformative, pairs). The interval equals ``bootstrap_ci(converged, lambda d:
+    kendall_tau(d, m, t), n_boot=n_boot, seed=seed, resample=resample)`` (likewise for Psi) but
+    is computed as pair sums weighted by how often each model was drawn, reusing pair index
+    arrays across measures and replicates. Without seed replicates (one seed per
+    configuration) ``"seeds"`` has nothing to resample and every interval is NaN.
+
+    Paired comparison with the best measure: per target, the measure with the largest tau is
+    the best; every other measure's ``tau_vs_best`` = tau_m - tau_best and ``psi_vs_best``
+    come with the interval and p-value of :func:`paired_difference` over the same bootstrap
+    replicates, the p-values Holm-adjusted over the measures compared (:func:`holm`;
+    ``*_p_holm``), and ``tied_with_best`` is True where the adjusted tau p-value is above
+    ``alpha`` (the group that cannot be told apart from #1; the best itself included), None
+    where it cannot be tested. Sign error: :func:`robust_sign_error` with ``min_ess``, and its
+    counts ``sign_error_n_envs`` (usable environments), ``sign_error_n_below`` (below the
+    minimum effective sample size) and ``sign_error_unusable_axes`` (axes without a usable
+    environment, comma-separated).
     """
     _check_bootstrap_args(n_boot, 0.95)
     converged, n_dropped = filter_converged(df)
     base = _canonical(converged)
     axes = tuple(default_axes(base) if axes is None else axes)
-    design = _design(base, axes, n_boot, seed, max_set_size=2)
+    design = _design(base, axes, n_boot, seed, max_set_size=2, resample=resample)
+    min_ess = MIN_ESS if min_ess is None else min_ess
     psi_weights = [design.counts[:, c.i] * design.counts[:, c.j] for c in design.cells]
     measures = list(measures)
 
@@ -788,14 +975,19 @@ def evaluate(
             (np.abs(sy)[:, None] * (vx_all & vy[:, None])).sum(axis=0),
         )
         boot_taus = _boot_taus_blocked(design, sx_all, vx_all, sy, vy)
+        boot_psis = np.full((design.counts.shape[0], len(measures)), np.nan)
+        target_rows = []
         for k, m in enumerate(measures):
             rx = measure_ranks[m]
             tau_lo, tau_hi = _percentile_interval(boot_taus[:, k], 0.95)
             psi = _psi_from_cells(design.cells, rx, ry)
-            psi_lo, psi_hi = _percentile_interval(_bootstrap_psi(design, psi_weights, rx, ry), 0.95)
+            boot_psis[:, k] = _bootstrap_psi(design, psi_weights, rx, ry)
+            psi_lo, psi_hi = _percentile_interval(boot_psis[:, k], 0.95)
             vg, vm, valid = _cmi_signs(rx, ry, design.i, design.j)
             cmi = _cmi_from_sets(design.sets, vg, vm, valid)
-            se = _sign_error_summary(design.envs, _environment_sign_errors(design.envs, rx, ry, g, n_test))
+            se = _sign_error_summary(
+                design.envs, *_environment_sign_errors(design.envs, rx, ry, g, n_test, min_ess=min_ess)
+            )
             row = {
                 "measure": m,
                 "target": target,
@@ -820,20 +1012,98 @@ def evaluate(
                 }
             )
             row.update({f"sign_error.{a}": se["per_axis"][a]["mean"] for a in axes})
-            rows.append(row)
+            row.update(
+                {
+                    "sign_error_n_envs": se["n_envs"],
+                    "sign_error_n_below": se["n_below"],
+                    "sign_error_unusable_axes": ",".join(a for a in axes if se["per_axis"][a]["n_envs"] == 0),
+                }
+            )
+            target_rows.append(row)
+        _compare_with_best(target_rows, [float(t) for t in taus], boot_taus, boot_psis, alpha)
+        rows += target_rows
 
     columns = (
         ["measure", "target", "n_models", "n_failed", "tau", "tau_lo", "tau_hi", "spearman", "psi", "psi_lo", "psi_hi"]
         + [f"psi.{a}" for a in axes]
         + ["cmi", "cmi_set", "sign_error_mean", "sign_error_p90", "sign_error_max"]
         + [f"sign_error.{a}" for a in axes]
+        + ["sign_error_n_envs", "sign_error_n_below", "sign_error_unusable_axes"]
+        + [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]
+        + ["tied_with_best"]
     )
     result = pd.DataFrame(rows, columns=columns)
     result.attrs["n_unconverged"] = n_dropped
     result.attrs["axes"] = list(axes)
     result.attrs["n_boot"] = n_boot
     result.attrs["seed"] = seed
+    result.attrs["resample"] = resample
+    result.attrs["replicated"] = replicated(configurations(base))
+    result.attrs["alpha"] = alpha
+    result.attrs["min_ess"] = min_ess
     return result
+
+
+def _compare_with_best(rows: list[dict], taus: list[float], boot_taus: np.ndarray, boot_psis: np.ndarray,
+                       alpha: float) -> None:
+    """Fill the ``*_vs_best`` columns and ``tied_with_best`` of one target's rows (evaluate's docstring)."""
+    finite = [k for k, t in enumerate(taus) if np.isfinite(t)]
+    keys = [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]
+    for row in rows:
+        row.update(dict.fromkeys(keys, np.nan), tied_with_best=None)
+    if not finite:
+        return
+    best = max(finite, key=lambda k: taus[k])
+    others = [k for k in finite if k != best]
+    for stat, reps in (("tau", boot_taus), ("psi", boot_psis)):
+        point = [taus[k] if stat == "tau" else rows[k]["psi"] for k in range(len(rows))]
+        diffs = {k: paired_difference(reps[:, k], reps[:, best], point[k], point[best]) for k in others}
+        adjusted = holm([diffs[k]["p"] for k in others])
+        for k, p_holm in zip(others, adjusted):
+            d = diffs[k]
+            rows[k].update({f"{stat}_vs_best": d["diff"], f"{stat}_vs_best_lo": d["lo"],
+                            f"{stat}_vs_best_hi": d["hi"], f"{stat}_vs_best_p": d["p"],
+                            f"{stat}_vs_best_p_holm": p_holm})
+        if np.isfinite(point[best]):
+            rows[best].update({f"{stat}_vs_best": 0.0, f"{stat}_vs_best_p": 1.0, f"{stat}_vs_best_p_holm": 1.0})
+    rows[best]["tied_with_best"] = True
+    for k in others:
+        p_holm = rows[k]["tau_vs_best_p_holm"]
+        rows[k]["tied_with_best"] = None if not np.isfinite(p_holm) else bool(p_holm > alpha)
+
+
+def compare(
+    df: pd.DataFrame,
+    measure_a: str,
+    measure_b: str,
+    target: str,
+    axes: Sequence[str] | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    resample: str = "seeds",
+    level: float = 0.95,
+) -> dict:
+    """Paired comparison of two measures on one zoo: tau_a - tau_b and Psi_a - Psi_b, each with
+    the interval and p-value of :func:`paired_difference` over the same bootstrap replicates
+    (:func:`bootstrap_counts`; converged models only, as :func:`evaluate`). Returns
+    ``{"tau": {...}, "psi": {...}}`` with keys diff, lo, hi, se, p."""
+    _check_bootstrap_args(n_boot, level)
+    base = _canonical(filter_converged(df)[0])
+    axes = tuple(default_axes(base) if axes is None else axes)
+    design = _design(base, axes, n_boot, seed, max_set_size=0, resample=resample)
+    ry = _column_ranks(base, target)
+    sy, vy = _pair_signs(ry, design.i, design.j)
+    ranks = [_column_ranks(base, m) for m in (measure_a, measure_b)]
+    signs = [_pair_signs(r, design.i, design.j) for r in ranks]
+    sx, vx = np.stack([s for s, _ in signs], axis=1), np.stack([v for _, v in signs], axis=1)
+    boot_t = _boot_taus_blocked(design, sx, vx, sy, vy)
+    weights = [design.counts[:, c.i] * design.counts[:, c.j] for c in design.cells]
+    boot_p = [_bootstrap_psi(design, weights, r, ry) for r in ranks]
+    tau = [kendall_tau(base, m, target) for m in (measure_a, measure_b)]
+    psi = [_psi_from_cells(design.cells, r, ry)["psi"] for r in ranks]
+    return {"tau": paired_difference(boot_t[:, 0], boot_t[:, 1], tau[0], tau[1], level),
+            "psi": paired_difference(boot_p[0], boot_p[1], psi[0], psi[1], level)}
 
 
 def _boot_taus_blocked(

@@ -73,16 +73,22 @@ def _interval(r) -> str:
     return f"τ = {fmt_ci(r['tau'], r['tau_lo'], r['tau_hi'])}"
 
 
-def _overlap(a, b) -> bool | None:
-    """Whether two measures' τ intervals overlap; None when either has none."""
-    if not all(math.isfinite(r[k]) for r in (a, b) for k in ("tau_lo", "tau_hi")):
+def _tied(r) -> bool | None:
+    v = r.get("tied_with_best")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
-    return a["tau_lo"] <= b["tau_hi"] and b["tau_lo"] <= a["tau_hi"]
+    return v if isinstance(v, bool) else str(v).lower() == "true"
+
+
+def _versus(r) -> str:
+    return (f"τ − τ_best = {fmt_ci(r.get('tau_vs_best'), r.get('tau_vs_best_lo'), r.get('tau_vs_best_hi'))}, "
+            f"Holm-adjusted p = {fmt(r.get('tau_vs_best_p_holm'), 3)}")
 
 
 def summary(board: Board, target: str = GAP) -> str:
-    """Three generated sentences (Markdown): the best measure by τ with its interval and whether it overlaps the
-    runner-up's; the axis with its lowest ψ_i; and where the uncertainty is widest (intervals, gap vs. noise)."""
+    """Generated sentences (Markdown): the best measure by τ with its interval and the group of measures the
+    paired test cannot tell apart from it; the axis with its lowest ψ_i; and where the uncertainty is widest
+    (intervals, gap vs. noise)."""
     if target not in set(board.table.target):
         target = board.targets[0] if board.targets else target
     rows = plots.ranked(board.table, target)
@@ -97,19 +103,19 @@ def summary(board: Board, target: str = GAP) -> str:
         out.append("No measure here orders the models in the direction its authors predict (every τ ≤ 0).")
     if len(rows) > 1:
         runner = rows[1]
-        others = sum(bool(_overlap(best, r)) for r in rows[1:])
-        overlap = _overlap(best, runner)
-        if overlap is None:
-            out.append(f"The runner-up is `{runner['measure']}` ({_interval(runner)}); without bootstrap intervals "
-                       f"we cannot say whether they differ.")
-        elif overlap:
-            out.append(f"Its 95% interval overlaps the runner-up's, `{runner['measure']}` ({_interval(runner)}), "
-                       f"so this zoo does not tell the two apart"
-                       + (f" (it overlaps the intervals of {others} of the {len(rows) - 1} other measures)."
-                          if others > 1 else "."))
+        tied = [r for r in rows[1:] if _tied(r)]
+        if _tied(runner) is None:
+            out.append(f"The runner-up is `{runner['measure']}` ({_interval(runner)}); without seed replicates "
+                       f"there is no paired test, so this zoo cannot say whether the two differ.")
+        elif tied:
+            names = ", ".join(f"`{r['measure']}`" for r in tied[:5]) + (", …" if len(tied) > 5 else "")
+            out.append(f"The paired test (bootstrap over the seeds of each configuration, Holm-adjusted over the "
+                       f"{len(rows) - 1} comparisons, α = 0.05) cannot tell {len(tied)} of the other measures apart "
+                       f"from it: {names}. The runner-up, `{runner['measure']}`: {_versus(runner)}.")
         else:
-            out.append(f"Its 95% interval does not overlap the runner-up's, `{runner['measure']}` "
-                       f"({_interval(runner)}): it leads beyond bootstrap noise.")
+            out.append(f"It leads beyond seed noise: the paired test (bootstrap over the seeds of each configuration, "
+                       f"Holm-adjusted) separates it from every other measure; the runner-up, "
+                       f"`{runner['measure']}`: {_versus(runner)}.")
     psi = {a: best.get(f"psi.{a}") for a in board.axes}
     psi = {a: float(v) for a, v in psi.items() if v is not None and math.isfinite(float(v))}
     if psi:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmark.files import write_text
@@ -11,17 +12,30 @@ from benchmark.report.format import count, fmt, fmt_ci
 
 LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
-          "with bootstrap 95% intervals. CMI: conditional mutual information of the signs (Jiang et al.), "
-          "minimised over conditioning sets of ≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s "
-          "robust sign-error over environments (lower is better). Cost: seconds per model; an intermediate shared by "
-          "several measures (a σ search, a Hessian eigen-solve, an SGD continuation) is charged to the first "
+          "with bootstrap 95% intervals (the seeds of each configuration resampled, never the configurations "
+          "themselves). ≈#1: = where the paired bootstrap test against #1 (the difference of the two τ on the "
+          "same resamples, Holm-adjusted over all measures, α = 0.05) cannot tell the measure apart from #1; "
+          "comparing two measures' separate intervals would ignore that their estimates are correlated. "
+          "CMI: conditional mutual information of the signs (Jiang et al.), minimised over conditioning sets of "
+          "≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s robust sign-error over environments "
+          "(pairs of configurations one axis apart with all their seed pairs, each pair weighted (w − ½)₊ by the "
+          "chance w that its gap difference is not test-set noise; environments with an effective sample size "
+          "below 4 are left out and counted; lower is better). Cost: seconds per model; an intermediate shared "
+          "by several measures (a σ search, a Hessian eigen-solve, an SGD continuation) is charged to the first "
           "measure of its family that computes it, and the others show only their own extra time. Invariant: "
           "the reparametrisations that leave the value unchanged, each tested — P: permuting hidden units, "
           "R: rescaling each hidden ReLU unit's incoming weights and bias by its own c > 0 and its outgoing ones by "
-          "1/c, U: the units of "
-          "the weights and the loss. m-adj.: the bound is reported adjusted for the training-set size m, as "
-          "Dziugaite et al.'s code does. Failed: the measure raised or gave no finite value; n/a: the quantity "
-          "is undefined for that model (not a failure).")
+          "1/c, U: the units of the weights and the loss. m-adj.: the bound is reported adjusted for the "
+          "training-set size m, as Dziugaite et al.'s code does. Failed: the measure raised or gave no finite "
+          "value; n/a: the quantity is undefined for that model (not a failure).")
+
+
+def tied_mark(tied) -> str:
+    """"=" for a measure the paired test cannot tell apart from #1 (``tied_with_best``), "" otherwise or
+    when untested (no seed replicates)."""
+    if isinstance(tied, str):
+        tied = tied.lower() == "true"
+    return "=" if isinstance(tied, (bool, np.bool_)) and bool(tied) else ""
 
 
 def noise_text(noise: dict) -> str:
@@ -39,12 +53,13 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
         lines += [f"## Predicting `{target}`", "",
-                  "| # | measure | family | τ [95% CI] | Ψ [95% CI] | CMI | sign err. mean / max | cost s | invariant "
-                  "| m-adj. | failed | n/a |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| # | ≈#1 | measure | family | τ [95% CI] | Ψ [95% CI] | CMI | sign err. mean / max | cost s "
+                  "| invariant | m-adj. | failed | n/a |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for rank, r in enumerate(t.itertuples(), 1):
             tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
-            lines.append(f"| {rank} | `{r.measure}` | {r.family} | {tau} | "
+            tied = tied_mark(getattr(r, "tied_with_best", None))
+            lines.append(f"| {rank} | {tied} | `{r.measure}` | {r.family} | {tau} | "
                          f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.cmi, 3)} | "
                          f"{fmt(r.sign_error_mean, 2)} / {fmt(r.sign_error_max, 2)} | {fmt(r.seconds, 3)} | "
                          f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
@@ -119,7 +134,9 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
     if top:
         t = t.head(top)
     show = pd.DataFrame({
-        "#": range(1, len(t) + 1), "measure": t.measure.values, "family": t.family.values,
+        "#": range(1, len(t) + 1),
+        "~#1": [tied_mark(x) or "·" for x in t.get("tied_with_best", pd.Series([None] * len(t)))],
+        "measure": t.measure.values, "family": t.family.values,
         "tau": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.tau, t.tau_lo, t.tau_hi)],
         "psi": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.psi, t.psi_lo, t.psi_hi)],
         "cmi": [fmt(x, 3) for x in t.cmi], "sign_err": [fmt(x, 2) for x in t.sign_error_mean],

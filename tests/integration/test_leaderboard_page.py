@@ -114,16 +114,25 @@ def test_page_and_readme_reference_only_existing_files(board):
 
 def test_summary_answers_the_three_questions():
     rows = []
-    for m, tau, lo, hi, psi_a, psi_b in (("a", 0.8, 0.7, 0.9, 0.5, -0.4), ("b", 0.3, 0.1, 0.5, 0.2, 0.2),
-                                         ("c", 0.2, -0.6, 0.9, 0.1, 0.0)):
+    for m, tau, lo, hi, psi_a, psi_b, tied, p in (("a", 0.8, 0.7, 0.9, 0.5, -0.4, True, 1.0),
+                                                  ("b", 0.3, 0.1, 0.5, 0.2, 0.2, False, 0.001),
+                                                  ("c", 0.2, -0.6, 0.9, 0.1, 0.0, True, 0.4)):
         rows.append({"measure": m, "target": "gap_error", "family": "f", "tau": tau, "tau_lo": lo, "tau_hi": hi,
                      "psi": 0.0, "psi_lo": -0.1, "psi_hi": 0.1, "psi.hp.model.width": psi_a,
-                     "psi.hp.optimizer.lr": psi_b})
+                     "psi.hp.optimizer.lr": psi_b, "tied_with_best": tied, "tau_vs_best": tau - 0.8,
+                     "tau_vs_best_lo": tau - 0.9, "tau_vs_best_hi": tau - 0.7, "tau_vs_best_p_holm": p})
     zoo = pd.DataFrame({"metric.converged": [True] * 4, "metric.gap_error": [0.1, 0.2, 0.3, 0.4],
                         "metric.test_error": [0.2] * 4, "metric.test_size": [100] * 4})
     text = html.summary(html.Board("x", pd.DataFrame(rows), zoo, pd.DataFrame()))
     assert "`a` (f), τ = 0.80 [0.70, 0.90]" in text
-    assert "does not overlap the runner-up's, `b`" in text
+    # c's interval overlaps a's, b's does not, but the group comes from the paired test: c is tied, b is not
+    assert "cannot tell 1 of the other measures apart from it: `c`" in text
+    assert "The runner-up, `b`: τ − τ_best = -0.50 [-0.60, -0.40], Holm-adjusted p = 0.001" in text
+    untied = html.summary(html.Board("x", pd.DataFrame(rows).assign(tied_with_best=[True, False, False]), zoo,
+                                     pd.DataFrame()))
+    assert "It leads beyond seed noise" in untied
+    unreplicated = html.summary(html.Board("x", pd.DataFrame(rows).assign(tied_with_best=None), zoo, pd.DataFrame()))
+    assert "without seed replicates there is no paired test" in unreplicated
     assert "ψ = -0.40 along `optimizer.lr`" in text and "wrong way" in text
     assert "widest uncertainty is `c`'s τ interval [-0.60, 0.90]" in text
 

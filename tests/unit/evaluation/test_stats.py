@@ -126,13 +126,14 @@ def test_psi_hand_worked_2x3_grid():
     assert out["cells"] == {"hp.a": 3, "hp.b": 2}
 
 
-def test_psi_cells_hold_the_seed_fixed():
-    # seed 0: gap 1 -> 2, mu 1 -> 2 (concordant); seed 1: gap 10 -> 20, mu 0 -> 5 (concordant)
-    # across seeds (a0,s1) vs (a1,s0): gap 10 > 2 but mu 0 < 2 would be discordant -> excluded
+def test_psi_cells_pool_the_seed_replicates_of_a_configuration():
+    # two configurations (a=0, a=1) with two seeds each form ONE cell of 4 cross pairs:
+    # (a0s0, a1s0) gap 1<2 mu 1<2 concordant; (a0s1, a1s1) 10<20, 0<5 concordant;
+    # (a0s0, a1s1) 1<20, 1<5 concordant; (a0s1, a1s0) 10>2 but 0<2 discordant -> tau-b = (3-1)/4
     df = _pairs_df([1, 2, 10, 20], [1, 2, 0, 5], a=[0, 1, 0, 1], seed=[0, 0, 1, 1])
     out = stats.granulated_kendall(df, MU, GAP, ["hp.a"])
-    assert out["psi"] == pytest.approx(1.0)
-    assert out["cells"] == {"hp.a": 2}
+    assert out["psi"] == pytest.approx(0.5)
+    assert out["cells"] == {"hp.a": 1}
 
 
 def test_psi_ignores_pairs_with_the_same_axis_value():
@@ -282,9 +283,10 @@ def test_sign_error_hand_worked_grid():
     # env a|b=0: gap up, mu up -> 0      env a|b=1: gap up, mu down -> 1
     # env b|a=0: gap up, mu up -> 0      env b|a=1: gap up, mu tie  -> 1/2
     df = _pairs_df([0.1, 0.3, 0.2, 0.4], [1.0, 2.0, 3.0, 2.0], a=[0, 1, 0, 1], b=[0, 0, 1, 1])
-    df["metric.test_size"] = 10**12  # weights are 1
-    out = stats.robust_sign_error(df, MU, GAP, ["hp.a", "hp.b"])
-    assert out["n_envs"] == 4
+    df["metric.test_size"] = 10**12  # weights are 1, (1 - 1/2)_+ after the filter
+    assert stats.robust_sign_error(df, MU, GAP, ["hp.a", "hp.b"])["n_envs"] == 0  # one pair each: ESS 1 < 4
+    out = stats.robust_sign_error(df, MU, GAP, ["hp.a", "hp.b"], min_ess=1)
+    assert out["n_envs"] == 4 and out["n_below"] == 0
     assert out["mean"] == pytest.approx(0.375)
     assert out["p90"] == pytest.approx(0.5 + 0.7 * 0.5)  # sorted [0, 0, .5, 1], position 2.7
     assert out["max"] == pytest.approx(1.0)
@@ -304,24 +306,40 @@ def _seed_environment(test_size: int) -> pd.DataFrame:
 
 def test_sign_error_seeds_are_repeats_within_an_environment():
     out = stats.robust_sign_error(_seed_environment(10**12), MU, GAP, ["hp.a"])
-    assert out["n_envs"] == 1
+    assert out["n_envs"] == 1 and out["n_below"] == 0  # 4 equal weights: ESS = 4
     assert out["mean"] == pytest.approx(0.25)
 
 
-def test_sign_error_hoeffding_weighted():
-    def w(delta, n=1000):
-        return (1 - 2 * math.exp(-n * delta**2 / 2)) ** 2
+def _w(delta, n):
+    return (1 - 2 * math.exp(-n * delta**2 / 2)) ** 2
 
+
+def test_sign_error_weights_filtered_as_the_authors_code():
+    # (w - 1/2)_+ with w the squared Hoeffding term (their hoeffding_weight), at n = 4000 every pair passes
+    w = {d: max(_w(d, 4000) - 0.5, 0.0) for d in (0.20, 0.05, 0.10)}
+    out = stats.robust_sign_error(_seed_environment(4000), MU, GAP, ["hp.a"], min_ess=1)  # 4 unequal weights
+    assert out["mean"] == pytest.approx(w[0.05] / (w[0.20] + 2 * w[0.05] + w[0.10]))
+    assert 0 < out["mean"] < 0.25  # the one wrong pair has the smallest, least trusted difference
+
+
+def test_sign_error_noise_filter_and_effective_sample_size():
+    # at n = 1000 the wrong pair's difference 0.05 is noise: w = 0.18 < 1/2, filtered to 0; so is the
+    # agreeing pair at +0.05; two pairs are left, ESS = (0.5 + 0.473)^2 / (0.25 + 0.224) = 2.0 < 4
+    w = [max(_w(d, 1000) - 0.5, 0.0) for d in (0.20, 0.05, 0.10, 0.05)]
+    assert w[1] == w[3] == 0.0
+    ess = sum(w) ** 2 / sum(x * x for x in w)
+    assert ess == pytest.approx(2.0, abs=0.01)
     out = stats.robust_sign_error(_seed_environment(1000), MU, GAP, ["hp.a"])
-    expected = w(0.05) / (w(0.20) + w(0.05) + w(0.10) + w(0.05))
-    assert out["mean"] == pytest.approx(expected)
-    assert out["mean"] < 0.25  # the one wrong pair has the smallest, least trusted difference
+    assert out["n_envs"] == 0 and out["n_below"] == 1 and math.isnan(out["mean"])
+    assert out["per_axis"]["hp.a"]["n_envs"] == 0 and out["per_axis"]["hp.a"]["n_below"] == 1
+    relaxed = stats.robust_sign_error(_seed_environment(1000), MU, GAP, ["hp.a"], min_ess=ess - 1e-9)
+    assert relaxed["n_envs"] == 1 and relaxed["mean"] == 0.0
 
 
 def test_sign_error_zero_weight_environment_is_undefined():
     df = _seed_environment(10)  # tiny test sets: no pair is trusted
-    out = stats.robust_sign_error(df, MU, GAP, ["hp.a"])
-    assert out["n_envs"] == 0 and math.isnan(out["mean"])
+    out = stats.robust_sign_error(df, MU, GAP, ["hp.a"], min_ess=0.5)
+    assert out["n_envs"] == 0 and math.isnan(out["mean"]) and out["n_below"] == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -446,8 +464,12 @@ def test_evaluate_shape_and_columns(evaluated):
         + [f"psi.{a}" for a in AXES]
         + ["cmi", "cmi_set", "sign_error_mean", "sign_error_p90", "sign_error_max"]
         + [f"sign_error.{a}" for a in AXES]
+        + ["sign_error_n_envs", "sign_error_n_below", "sign_error_unusable_axes"]
+        + [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]
+        + ["tied_with_best"]
     )
     assert list(res.columns) == expected
+    assert res.attrs["resample"] == "seeds" and res.attrs["replicated"]
     assert res.attrs["n_unconverged"] == 4
     assert res.attrs["axes"] == AXES
 
@@ -523,3 +545,141 @@ def test_evaluate_depth_measure_is_explained_by_depth(evaluated):
     assert row.psi == pytest.approx(row["psi.hp.model.depth"] / 3)
     assert row.cmi_set != "" and "hp.model.depth" in row.cmi_set.split(",")
     assert row.cmi < 0.05
+
+
+# ---------------------------------------------------------------------------------------
+# Bootstrap over seeds within configurations
+# ---------------------------------------------------------------------------------------
+def test_bootstrap_counts_never_draw_rows_across_configurations():
+    configs = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    counts = stats.bootstrap_counts(configs, 500, seed=4, resample="seeds")
+    assert counts.shape == (500, 10)
+    for g in range(4):
+        rows = configs == g
+        # k - 1 draws inside each configuration of k >= 2 (Rao & Wu), none across configurations
+        assert (counts[:, rows].sum(1) == max(rows.sum() - 1, 1)).all()
+    assert (counts[:, 5] == 1).all()  # a one-seed configuration is kept as it is
+    assert counts[:, :3].std(0).min() > 0  # and the others are resampled
+    assert np.array_equal(counts, stats.bootstrap_counts(configs, 500, seed=4, resample="seeds"))
+    # the multiplicities in a configuration of 3 follow the multinomial(2; 1/3, 1/3, 1/3)
+    assert counts[:, 0].mean() == pytest.approx(2 / 3, abs=0.08)
+    assert counts[:, 0].var() == pytest.approx(2 * (1 / 3) * (2 / 3), abs=0.08)
+
+
+def test_seed_bootstrap_variance_of_a_mean_is_unbiased():
+    """Rao & Wu's k - 1 draws: the bootstrap variance of the mean of a stratified sample (G configurations of k
+    seeds) equals the usual unbiased estimate sum_g s_g^2 / k / G^2, which the k-out-of-k draw would give
+    times (k - 1)/k."""
+    rng = np.random.default_rng(2)
+    configs = np.repeat(np.arange(40), 3)
+    y = rng.standard_normal(len(configs)) + configs
+    counts = stats.bootstrap_counts(configs, 20000, seed=1)
+    means = (counts * y).sum(1) / counts.sum(1)
+    within = pd.Series(y).groupby(configs).var(ddof=1).to_numpy()
+    assert means.var() == pytest.approx(within.sum() / 3 / 40**2, rel=0.05)
+
+
+def test_bootstrap_counts_by_configuration_move_whole_configurations():
+    configs = np.array([0, 0, 1, 1, 1, 2])
+    counts = stats.bootstrap_counts(configs, 300, seed=0, resample="configurations")
+    for g in range(3):
+        block = counts[:, configs == g]
+        assert (block == block[:, :1]).all()  # all rows of a configuration move together
+    drawn = counts[:, [0, 2, 5]]  # one column per configuration: how often it was drawn
+    assert (drawn.sum(1) == 3).all()
+    with pytest.raises(ValueError, match="resample"):
+        stats.bootstrap_counts(configs, 3, seed=0, resample="rows")
+
+
+def test_bootstrap_ci_needs_replicates_to_resample_seeds():
+    one_seed = make_zoo(seed=1, n_seeds=1)
+    tau = lambda d: stats.kendall_tau(d, "measure.noise", GAP)  # noqa: E731
+    assert all(math.isnan(v) for v in stats.bootstrap_ci(one_seed, tau, n_boot=20))
+    lo, hi = stats.bootstrap_ci(one_seed, tau, n_boot=20, resample="configurations")
+    assert lo < hi
+    res = stats.evaluate(one_seed, MEASURES, n_boot=20)
+    assert not res.attrs["replicated"] and res.tau_lo.isna().all() and res.tied_with_best.isna().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Paired comparisons and Holm
+# ---------------------------------------------------------------------------------------
+def test_paired_difference_uses_the_correlation_of_the_replicates():
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(4000)
+    a_reps, b_reps = 0.5 + shared + 0.01 * rng.standard_normal(4000), 0.4 + shared + 0.01 * rng.standard_normal(4000)
+    out = stats.paired_difference(a_reps, b_reps, 0.5, 0.4)
+    se = np.std(a_reps - b_reps, ddof=1)
+    assert out["se"] == pytest.approx(se) and out["se"] == pytest.approx(0.01 * math.sqrt(2), rel=0.05)
+    assert out["p"] == pytest.approx(2 * scipy.stats.norm.sf(0.1 / se))
+    assert out["lo"] == pytest.approx(0.1 - 1.959964 * se) and out["hi"] == pytest.approx(0.1 + 1.959964 * se)
+    # the separate intervals (sd 1 each) overlap completely; the paired test still separates them
+    assert out["p"] < 1e-10
+    same = stats.paired_difference(a_reps, a_reps + 0.0, 0.5, 0.5)
+    assert math.isnan(same["p"])
+    shifted = stats.paired_difference(a_reps, a_reps - 0.1, 0.5, 0.4)
+    assert shifted["p"] < 1e-12 and shifted["diff"] == pytest.approx(0.1)
+
+
+def test_holm_hand_worked_and_with_nan():
+    p = [0.01, 0.04, 0.03, 0.005, np.nan]
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4*0.005 = 0.02, 3*0.01 = 0.03, 2*0.03 = 0.06, 1*0.04 -> 0.06
+    assert stats.holm(p)[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(stats.holm(p)[4])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert stats.holm([]).size == 0
+
+
+def test_holm_brute_force_closed_testing():
+    # Holm equals the closed testing procedure with Bonferroni local tests: p~_i = max over every subset
+    # S containing i of min(1, |S| min_{j in S} p_j)
+    from itertools import combinations as subsets
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        p = rng.random(5) ** 3
+        brute = [max(min(1.0, len(s) * min(p[list(s)])) for k in range(1, 6) for s in subsets(range(5), k) if i in s)
+                 for i in range(5)]
+        assert stats.holm(p) == pytest.approx(brute)
+
+
+def _null_zoo(rng, gap_noise=0.01, noise_a=0.01, noise_b=0.01, configs=(4, 3, 3), seeds=3):
+    grid = list(product(*[range(c) for c in configs], range(seeds)))
+    df = pd.DataFrame(grid, columns=["hp.x", "hp.y", "hp.z", "hp.seed"])
+    truth = 0.02 * df["hp.x"] - 0.015 * df["hp.y"] + 0.01 * df["hp.z"] ** 2
+    df[GAP] = truth + gap_noise * rng.standard_normal(len(df))
+    df["metric.test_error"] = df[GAP]
+    df["metric.test_size"] = 10_000
+    df["metric.converged"] = True
+    df["measure.a"] = truth + noise_a * rng.standard_normal(len(df))
+    df["measure.b"] = truth + noise_b * rng.standard_normal(len(df))
+    return df
+
+
+def test_paired_test_is_calibrated_under_the_null_and_has_power():
+    """Two measures equally good (the same truth plus independent noise of one size): the paired test says
+    "different" at about the nominal 5 % over 300 synthetic zoos of 36 configurations x 3 seeds (0.04 with
+    Rao & Wu's k - 1 draws; the plain k-of-k seed bootstrap gives 0.09 here, and fails this test); a planted
+    ordering (a less noisy measure) is found in most of them."""
+    rng = np.random.default_rng(11)
+    null = [stats.compare(_null_zoo(rng), "measure.a", "measure.b", GAP, n_boot=200, seed=k)["tau"]["p"]
+            for k in range(300)]
+    rate = np.mean(np.array(null) < 0.05)
+    assert 0.02 <= rate <= 0.08, rate  # nominal 0.05; the binomial sd over 300 zoos is 0.013
+    planted = [stats.compare(_null_zoo(rng, noise_a=0.003, noise_b=0.02), "measure.a", "measure.b", GAP,
+                             n_boot=200, seed=k)["tau"] for k in range(40)]
+    assert np.mean([d["p"] < 0.05 and d["diff"] > 0 for d in planted]) >= 0.8
+
+
+def test_evaluate_marks_the_group_tied_with_the_best(evaluated):
+    _, res = evaluated
+    gap = res[res.target == GAP].set_index("measure")
+    assert gap.loc["measure.perfect", "tied_with_best"] is True
+    assert gap.loc["measure.perfect", "tau_vs_best"] == 0.0
+    assert gap.loc["measure.noise", "tied_with_best"] is False
+    assert gap.loc["measure.noise", "tau_vs_best"] < 0 and gap.loc["measure.noise", "tau_vs_best_p_holm"] < 0.05
+    assert gap.loc["measure.all_nan", "tied_with_best"] is None
+    assert (gap.tau_vs_best_p_holm.dropna() >= gap.tau_vs_best_p.dropna()).all()
+    d = stats.compare(stats.filter_converged(evaluated[0])[0], "measure.with_nan", "measure.perfect", GAP,
+                      n_boot=30, seed=7)
+    assert d["tau"]["diff"] == pytest.approx(gap.loc["measure.with_nan", "tau_vs_best"])
+    assert d["tau"]["p"] == pytest.approx(gap.loc["measure.with_nan", "tau_vs_best_p"])

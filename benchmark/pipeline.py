@@ -109,7 +109,10 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     table = lb.results(df, info, lb.costs(store.measurements(), df.model_id), axes,
                        targets=list(cfg.evaluate.targets), n_boot=int(cfg.evaluate.n_boot), seed=int(cfg.evaluate.seed))
     files = board_files(cfg)
-    paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes)
+    targets, n_boot, seed = list(cfg.evaluate.targets), int(cfg.evaluate.n_boot), int(cfg.evaluate.seed)
+    baselines = lb.baseline_table(df, axes, targets=targets, n_boot=n_boot, seed=seed)
+    reliability = lb.reliability(df, info, targets=targets, seed=seed)
+    paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes, baselines, reliability)
     if cfg.leaderboard.plots:
         figures = plots.write(df, table, files.figures)
         log.info("wrote %d figures under %s", len(figures), files.figures)

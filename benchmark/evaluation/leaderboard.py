@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from benchmark.errors import NothingToRankError
@@ -60,18 +61,26 @@ def costs(long: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
 
 
 def gap_noise(df: pd.DataFrame) -> dict:
-    """The spread of generalization gaps against the binomial standard error of one model's test error.
+    """The spread of generalization gaps against the noise of one model's gap, two ways.
 
-    SE = √(p(1−p)/n_test) at the zoo's mean test error p; a ranking of models by gap is meaningful only when
-    the spread (max − min) is several times the SE.
+    * The binomial standard error SE = √(p(1−p)/n_test) at the zoo's mean test error p (test-set sampling
+      only); a ranking of models by gap is meaningful only when the spread (max − min) is several times it.
+    * The seed noise measured from the replicates (``stats.seed_noise``): the pooled seed-to-seed standard
+      deviation of the gap and of the test error within configurations (training randomness and test-set
+      sampling together), against the standard deviation of the configuration means of the gap.
     """
     conv = df[df["metric.converged"].astype(bool)]
     gaps = conv["metric.gap_error"]
     p, n = conv["metric.test_error"].mean(), conv["metric.test_size"].median()
     se = math.sqrt(p * (1 - p) / n) if len(conv) else math.nan
     spread = gaps.max() - gaps.min() if len(conv) else math.nan
+    gap_seed = stats.seed_noise(conv, "metric.gap_error")
+    test_seed = stats.seed_noise(conv, "metric.test_error")
     return {"n_models": len(df), "n_converged": len(conv), "gap_min": gaps.min(), "gap_max": gaps.max(),
-            "gap_std": gaps.std(), "gap_spread": spread, "test_error_se": se, "spread_over_se": spread / se}
+            "gap_std": gaps.std(), "gap_spread": spread, "test_error_se": se, "spread_over_se": spread / se,
+            "gap_sd_seed": gap_seed["sd_seed"], "gap_sd_config": gap_seed["sd_config"],
+            "gap_config_over_seed": gap_seed["ratio"], "test_error_sd_seed": test_seed["sd_seed"],
+            "seed_dof": gap_seed["dof"]}
 
 
 def check_rankable(df: pd.DataFrame, zoo: str) -> None:
@@ -105,6 +114,62 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
+
+
+BASELINE = "baseline"  # the family of the reference columns: shown with the leaderboard, never ranked
+
+
+def baseline_columns(df: pd.DataFrame, axes: Sequence[str], seed: int = 0) -> pd.DataFrame:
+    """Reference "measures" that calibrate every statistic of the leaderboard (Jiang et al. 2020, §6), as
+    ``measure.baseline.*`` columns of a copy of ``df``:
+
+    * ``baseline.random``: U(0, 1), seeded (``numpy.random.default_rng(seed)``): what chance scores.
+    * ``baseline.noisy_oracle``: the model's real test error plus Gaussian noise of the seed noise measured on
+      this zoo (``stats.seed_noise`` of the test error): the best a measure could do if it knew the test error
+      only as well as one rerun does. Without replicates the noise is 0 and it is the oracle itself.
+    * ``baseline.axis.<axis>``: the value of one numeric hyperparameter axis, oriented by the sign of its τ
+      with the gap (chosen on the data, so optimistic): what knowing only that axis's direction scores, the
+      canonical ordering of Jiang et al.
+    """
+    out = df.copy()
+    rng = np.random.default_rng(seed)
+    out["measure.baseline.random"] = rng.random(len(df))
+    noise = stats.seed_noise(df[df["metric.converged"].astype(bool)], "metric.test_error")["sd_seed"]
+    noise = noise if math.isfinite(noise) else 0.0
+    out["measure.baseline.noisy_oracle"] = df["metric.test_error"] + noise * rng.standard_normal(len(df))
+    for axis in axes:
+        if axis in df and pd.api.types.is_numeric_dtype(df[axis]) and df[axis].nunique() >= 2:
+            tau = stats.kendall_tau(out.assign(_a=df[axis].astype(float)), "_a", "metric.gap_error")
+            out[f"measure.baseline.axis.{axis.removeprefix('hp.')}"] = (-1.0 if tau < 0 else 1.0) * df[axis]
+    return out
+
+
+def baseline_table(df: pd.DataFrame, axes: list[str], *, targets: Sequence[str] = tuple(TARGETS.values()),
+                   n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """The statistics of the baselines (:func:`baseline_columns`), computed like the measures' but apart from
+    them, so that they never enter the ranking or its comparison with the best measure."""
+    with_baselines = baseline_columns(df, axes, seed)
+    names = [c for c in with_baselines if c.startswith("measure.baseline.")]
+    table = stats.evaluate(with_baselines, names, targets=list(targets), axes=axes, n_boot=n_boot, seed=seed)
+    table["measure"] = table["measure"].str.removeprefix("measure.")
+    table["target"] = table["target"].str.removeprefix("metric.")
+    table["family"] = BASELINE
+    return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
+
+
+def reliability(df: pd.DataFrame, info: pd.DataFrame, *, targets: Sequence[str] = tuple(TARGETS.values()),
+                seed: int = 0) -> dict:
+    """Split-half reliability of the ranking of the ranked measures (oriented by sign), per target
+    (``stats.split_half``)."""
+    conv = df[df["metric.converged"].astype(bool)]
+    ranked = info[~info.oracle]
+    oriented = conv.copy()
+    names = []
+    for name, sign in zip(ranked.measure, ranked.sign):
+        if f"measure.{name}" in conv:
+            oriented[f"measure.{name}"] = sign * conv[f"measure.{name}"]
+            names.append(f"measure.{name}")
+    return {t.removeprefix("metric."): stats.split_half(oriented, names, t, seed=seed) for t in targets}
 
 
 def oracle_table(df: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:

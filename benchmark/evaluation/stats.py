@@ -16,6 +16,8 @@ Statistics (sources in each docstring):
   replicates within configurations (or whole configurations), never rows across them.
 * :func:`paired_difference`, :func:`holm`, :func:`compare` -- paired comparison of two
   measures on the same bootstrap replicates, Holm's multiplicity adjustment.
+* :func:`seed_noise`, :func:`split_half` -- the noise floor measured from the seed replicates,
+  and the split-half reliability of the ranking.
 * :func:`evaluate` -- all of the above for many measures, as the long leaderboard table, with
   every measure compared with the best one.
 
@@ -30,6 +32,7 @@ weighted pair sums -- matrix products instead of a Python loop over resampled Da
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
@@ -57,6 +60,8 @@ __all__ = [
     "paired_difference",
     "holm",
     "compare",
+    "seed_noise",
+    "split_half",
     "filter_converged",
     "evaluate",
 ]
@@ -814,6 +819,72 @@ def holm(pvalues) -> np.ndarray:
     scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
     out[order] = np.maximum.accumulate(scaled)
     return out
+
+
+def seed_noise(df: pd.DataFrame, column: str) -> dict:
+    """The seed-to-seed noise of ``column`` measured from the replicates, against its spread across
+    configurations.
+
+    With y_gs the value of seed s of configuration g (k_g seeds), the pooled within-configuration
+    standard deviation is
+
+        sd_seed = sqrt( sum_g sum_s (y_gs - ybar_g)^2 / sum_g (k_g - 1) )
+
+    (configurations with one seed add nothing), and sd_config is the standard deviation (ddof 1)
+    of the configuration means ybar_g. ``ratio`` = sd_config / sd_seed: how far the configurations
+    spread beyond the noise of one model; the spread of a mean of k seeds is sd_seed / sqrt(k).
+    NaN where undefined (no replicates, fewer than two configurations). NaN rows are dropped.
+    """
+    d = df[[column]].assign(_config=configurations(df)).dropna(subset=[column])
+    groups = d.groupby("_config")[column]
+    dof = int((groups.size() - 1).sum())
+    ss = float(groups.apply(lambda v: ((v - v.mean()) ** 2).sum()).sum()) if len(d) else 0.0
+    sd_seed = math.sqrt(ss / dof) if dof > 0 else math.nan
+    means = groups.mean()
+    sd_config = float(means.std(ddof=1)) if len(means) >= 2 else math.nan
+    ratio = sd_config / sd_seed if np.isfinite(sd_seed) and sd_seed > 0 and np.isfinite(sd_config) else math.nan
+    return {"sd_seed": sd_seed, "sd_config": sd_config, "ratio": ratio, "configurations": int(len(means)),
+            "dof": dof}
+
+
+def split_half(
+    df: pd.DataFrame, measures: Sequence[str], target: str, *, splits: int = 20, seed: int = 0
+) -> dict:
+    """Split-half reliability of the ranking of ``measures`` by Kendall tau with ``target``.
+
+    Each split assigns, within every configuration of k >= 2 seeds, floor(k/2) seeds at random to
+    half A and floor(k/2) others to half B (one seed is left out when k is odd; configurations
+    with one seed are left out); every measure's tau is computed on A and on B, and the rank
+    agreement of the two columns is Spearman's rho over the measures with both defined. Reported:
+    the mean rho over ``splits`` seeded splits (``numpy.random.default_rng(seed)``), its range,
+    and the seeds per half. A reliability near 1 means a rerun with other seeds would rank the
+    measures the same; it is the reliability of a ranking from floor(k/2) seeds per
+    configuration, so the full zoo's ranking is more reliable than this. NaN when no
+    configuration has two seeds or fewer than three measures have a tau on both halves.
+    """
+    base = _canonical(df)
+    configs = configurations(base)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(configs == g) for g in np.unique(configs)]
+    groups = [g for g in groups if len(g) >= 2]
+    rhos, per_half = [], min((len(g) // 2 for g in groups), default=0)
+    for _ in range(splits if groups else 0):
+        a, b = [], []
+        for rows in groups:
+            perm = rng.permutation(rows)
+            h = len(rows) // 2
+            a.append(perm[:h])
+            b.append(perm[h : 2 * h])
+        halves = [base.iloc[np.sort(np.concatenate(x))] for x in (a, b)]
+        taus = np.array([[kendall_tau(h, m, target) for m in measures] for h in halves])
+        ok = np.isfinite(taus).all(axis=0)
+        if ok.sum() >= 3:
+            rhos.append(float(scipy.stats.spearmanr(taus[0, ok], taus[1, ok]).statistic))
+    rhos = [r for r in rhos if np.isfinite(r)]
+    if not rhos:
+        return {"rho": math.nan, "rho_min": math.nan, "rho_max": math.nan, "splits": 0, "seeds_per_half": per_half}
+    return {"rho": float(np.mean(rhos)), "rho_min": float(min(rhos)), "rho_max": float(max(rhos)),
+            "splits": len(rhos), "seeds_per_half": per_half}
 
 
 def filter_converged(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:

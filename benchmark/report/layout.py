@@ -4,6 +4,8 @@
     <dir>/<name>.md             the same as Markdown, with the per-axis breakdown and failures
     <dir>/<name>.zoo.csv        the zoo DataFrame the statistics were computed on
     <dir>/<name>.oracle.csv     the oracle analyses (they see test data; never ranked)
+    <dir>/<name>.baselines.csv  the baselines' statistics (random, noisy oracle, single axes; never ranked)
+    <dir>/<name>.summary.json   the split-half reliability of the ranking, per target
     <dir>/<name>/               the figures: summary.png, psi_heatmap.png, scatter/<measure>.png
     <dir>/index.html            the offline page over every leaderboard in <dir>
     <dir>/README.md             the index of every leaderboard in <dir>, with generated summaries
@@ -20,6 +22,7 @@ from pathlib import Path
 INDEX, README = "index.html", "README.md"
 SUMMARY_FIGURE, HEATMAP_FIGURE = "summary.png", "psi_heatmap.png"
 _RESULTS, _ZOO, _ORACLE, _MARKDOWN = ".csv", ".zoo.csv", ".oracle.csv", ".md"
+_BASELINES, _SUMMARY = ".baselines.csv", ".summary.json"
 REPRODUCTIONS = Path("leaderboard") / "reproductions"
 
 
@@ -43,6 +46,14 @@ class BoardFiles:
     @property
     def oracle(self) -> Path:
         return self.folder / f"{self.name}{_ORACLE}"
+
+    @property
+    def baselines(self) -> Path:
+        return self.folder / f"{self.name}{_BASELINES}"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / f"{self.name}{_SUMMARY}"
 
     @property
     def figures(self) -> Path:

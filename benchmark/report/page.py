@@ -16,10 +16,11 @@ predicts the generalization gap best, along which hyperparameter it fails, and h
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -32,7 +33,7 @@ from benchmark.report import layout, plots
 from benchmark.report.format import count, fmt, fmt_ci
 from benchmark.report.layout import HEATMAP_FIGURE, INDEX, README, SUMMARY_FIGURE, BoardFiles, scatter_file
 from benchmark.report.plots import short
-from benchmark.report.tables import LEGEND, noise_text
+from benchmark.report.tables import LEGEND, noise_text, reliability_text
 
 GAP = "gap_error"
 
@@ -45,6 +46,8 @@ class Board:
     table: pd.DataFrame   # the results table
     zoo: pd.DataFrame     # the zoo DataFrame
     oracle: pd.DataFrame  # the oracle analyses, empty when absent
+    baselines: pd.DataFrame = field(default_factory=pd.DataFrame)  # the baselines' statistics, empty when absent
+    reliability: dict = field(default_factory=dict)  # split-half reliability per target, empty when absent
 
     @property
     def axes(self) -> list[str]:
@@ -64,8 +67,35 @@ class Board:
 def load(folder: Path, name: str) -> Board:
     files = BoardFiles(Path(folder), name)
     has_oracle = files.oracle.exists() and files.oracle.stat().st_size > 1  # an empty table is written as "\n"
+    baselines = pd.read_csv(files.baselines) if files.baselines.exists() else pd.DataFrame()
+    reliability = json.loads(files.summary.read_text()).get("reliability", {}) if files.summary.exists() else {}
     return Board(name, pd.read_csv(files.results), pd.read_csv(files.zoo),
-                 pd.read_csv(files.oracle) if has_oracle else pd.DataFrame())
+                 pd.read_csv(files.oracle) if has_oracle else pd.DataFrame(), baselines, reliability)
+
+
+def _baselines_text(board: Board, target: str, best: dict, rows: list[dict]) -> str:
+    """How the ranked measures compare with the baselines (never ranked) on τ."""
+    b = board.baselines
+    if b.empty or "tau" not in b:
+        return ""
+    b = b[b.target == target].set_index("measure")
+    if b.empty:
+        return ""
+    parts = []
+    if "baseline.noisy_oracle" in b.index:
+        parts.append(f"the noisy oracle (the test error plus one rerun's seed noise) τ = "
+                     f"{fmt(b.loc['baseline.noisy_oracle', 'tau'])}")
+    axes = b[b.index.str.startswith("baseline.axis.")]
+    if len(axes):
+        top = axes.tau.idxmax()
+        parts.append(f"the best single axis (`{top.removeprefix('baseline.axis.')}`) τ = {fmt(axes.tau.max())}")
+    if "baseline.random" in b.index:
+        parts.append(f"random τ = {fmt(b.loc['baseline.random', 'tau'])}")
+    beat = sum(r["tau"] > axes.tau.max() for r in rows) if len(axes) else None
+    text = "**Baselines:** " + ", ".join(parts) + "."
+    if beat is not None:
+        text += f" {beat} of the {len(rows)} measures beat the best single axis."
+    return text
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -116,6 +146,9 @@ def summary(board: Board, target: str = GAP) -> str:
             out.append(f"It leads beyond seed noise: the paired test (bootstrap over the seeds of each configuration, "
                        f"Holm-adjusted) separates it from every other measure; the runner-up, "
                        f"`{runner['measure']}`: {_versus(runner)}.")
+    for extra in (_baselines_text(board, target, best, rows), reliability_text(board.reliability, target)):
+        if extra:
+            out.append(extra)
     psi = {a: best.get(f"psi.{a}") for a in board.axes}
     psi = {a: float(v) for a, v in psi.items() if v is not None and math.isfinite(float(v))}
     if psi:

@@ -1,6 +1,8 @@
 """The leaderboard as text: the Markdown tables written next to the CSVs, and the terminal view."""
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +41,61 @@ def tied_mark(tied) -> str:
 
 
 def noise_text(noise: dict) -> str:
-    """The gap-vs-noise statement: how many models, and how far the gaps spread beyond test-set noise."""
-    return (f"{noise['n_converged']} converged models of {noise['n_models']} "
+    """The gap-vs-noise statement: how many models, and how far the gaps spread beyond test-set noise and
+    beyond the seed noise measured from the replicates."""
+    text = (f"{noise['n_converged']} converged models of {noise['n_models']} "
             f"({noise['n_models'] - noise['n_converged']} unconverged, excluded). "
             f"Generalization gap (test − train error) from {fmt(noise['gap_min'], 3)} to {fmt(noise['gap_max'], 3)}: "
             f"spread {fmt(noise['gap_spread'], 3)} = {fmt(noise['spread_over_se'], 1)}× the binomial standard error "
             f"of one model's test error ({fmt(noise['test_error_se'], 4)}).")
+    sd = noise.get("gap_sd_seed", float("nan"))
+    if sd is not None and math.isfinite(sd):
+        text += (f" Noise floor measured from the seed replicates: the gap's seed-to-seed standard deviation within a "
+                 f"configuration is {fmt(sd, 4)} (test error {fmt(noise.get('test_error_sd_seed'), 4)}); the "
+                 f"configurations' mean gaps spread with a standard deviation of {fmt(noise.get('gap_sd_config'), 4)}, "
+                 f"{fmt(noise.get('gap_config_over_seed'), 1)}× the seed noise.")
+    else:
+        text += " One seed per configuration: the seed noise cannot be measured on this zoo."
+    return text
 
 
-def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str, axes: list[str]) -> str:
-    """The leaderboard as Markdown: one ranked table per target, a per-axis breakdown, oracle analyses."""
-    lines = [f"# Leaderboard: {title}", "", noise_text(noise), "", LEGEND, ""]
+def reliability_text(rel: dict | None, target: str = "gap_error") -> str:
+    """The split-half reliability sentence (``leaderboard.reliability``), or "" when not computed."""
+    r = (rel or {}).get(target)
+    if not r:
+        return ""
+    if not math.isfinite(r.get("rho", float("nan"))):
+        return ("**Reliability:** the split-half reliability of the ranking is undefined here (no configuration has "
+                "two seeds).")
+    return (f"**Reliability:** ranked on two disjoint halves of the seeds ({r['seeds_per_half']} per configuration "
+            f"each, {r['splits']} random splits), the measures' τ against `{target}` agree with Spearman ρ = "
+            f"{fmt(r['rho'])} (from {fmt(r['rho_min'])} to {fmt(r['rho_max'])}); the whole zoo, with all seeds, "
+            f"ranks more reliably than one half.")
+
+
+def baselines_markdown(baselines: pd.DataFrame | None) -> list[str]:
+    """The baselines' table (never ranked): τ, Ψ and the sign error per target."""
+    if baselines is None or baselines.empty:
+        return []
+    lines = ["## Baselines (never ranked)", "",
+             "What chance, one axis's direction and a noisy copy of the real test error score on the same "
+             "statistics: a measure is informative to the extent it beats the random baseline and the single axes, "
+             "and the noisy oracle shows how far seed noise lets any measure go.", "",
+             "| target | baseline | τ [95% CI] | Ψ [95% CI] | sign err. mean |", "|---|---|---|---|---|"]
+    for r in baselines.itertuples():
+        lines.append(f"| {r.target} | `{r.measure}` | {fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)} | "
+                     f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.sign_error_mean, 2)} |")
+    return lines + [""]
+
+
+def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str, axes: list[str],
+             baselines: pd.DataFrame | None = None, reliability: dict | None = None) -> str:
+    """The leaderboard as Markdown: the noise floor and reliability, one ranked table per target, the baselines,
+    a per-axis breakdown, oracle analyses."""
+    lines = [f"# Leaderboard: {title}", "", noise_text(noise), ""]
+    rel = reliability_text(reliability)
+    lines += [rel, ""] if rel else []
+    lines += [LEGEND, ""]
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
         lines += [f"## Predicting `{target}`", "",
@@ -65,6 +111,7 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
                          f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
                          f"{count(r.failures)} | {count(getattr(r, 'not_applicable', float('nan')))} |")
         lines.append("")
+    lines += baselines_markdown(baselines)
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
     psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]
     if psi_cols:
@@ -101,12 +148,18 @@ def _text(x) -> str:
 
 
 def write(board: layout.BoardFiles, table: pd.DataFrame, zoo: pd.DataFrame, noise: dict, oracle: pd.DataFrame,
-          axes: list[str]) -> list[Path]:
-    """The leaderboard's tables: results CSV, Markdown, the zoo DataFrame and the oracle analyses."""
+          axes: list[str], baselines: pd.DataFrame | None = None, reliability: dict | None = None) -> list[Path]:
+    """The leaderboard's tables: results CSV, Markdown, the zoo DataFrame, the oracle analyses, the baselines and
+    the reliability summary."""
     board.folder.mkdir(parents=True, exist_ok=True)
-    return [write_text(board.results, table.to_csv(index=False)),
-            write_text(board.markdown, markdown(table, noise, oracle, board.name, axes)),
-            write_text(board.zoo, zoo.to_csv(index=False)), write_text(board.oracle, oracle.to_csv(index=False))]
+    paths = [write_text(board.results, table.to_csv(index=False)),
+             write_text(board.markdown, markdown(table, noise, oracle, board.name, axes, baselines, reliability)),
+             write_text(board.zoo, zoo.to_csv(index=False)), write_text(board.oracle, oracle.to_csv(index=False))]
+    if baselines is not None:
+        paths.append(write_text(board.baselines, baselines.to_csv(index=False)))
+    if reliability is not None:
+        paths.append(write_text(board.summary, json.dumps({"reliability": reliability}, indent=1, allow_nan=True)))
+    return paths
 
 
 ORDERS = ("auto", "asc", "desc")

@@ -109,11 +109,32 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
             continue
         oriented[col] = sign * df[col]
         names.append(col)
-    table = stats.evaluate(oriented, names, targets=list(targets), axes=axes, n_boot=n_boot, seed=seed)
+    groups = identical_groups(oriented[oriented["metric.converged"].astype(bool)], names)
+    table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed)
+    table["identical"] = [", ".join(c.removeprefix("measure.") for c in groups[m]) for m in table["measure"]]
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
+
+
+def identical_groups(df: pd.DataFrame, columns: Sequence[str], rtol: float = 1e-9) -> dict[str, list[str]]:
+    """Columns that hold the same values on every model of ``df`` (NaN in the same places, the rest equal to
+    ``rtol``), grouped under the first of them in ``columns`` order: {kept: [its duplicates]}. On an MLP zoo the
+    FFT variants of the spectral measures equal the direct ones; the leaderboard ranks each group once and
+    names the others beside it (``identical``), instead of listing tied rows."""
+    groups: dict[str, list[str]] = {}
+    for c in columns:
+        v = df[c].to_numpy(dtype=float)
+        for k in groups:
+            w = df[k].to_numpy(dtype=float)
+            nan = np.isnan(v)
+            if np.array_equal(nan, np.isnan(w)) and np.allclose(v[~nan], w[~nan], rtol=rtol, atol=0.0):
+                groups[k].append(c)
+                break
+        else:
+            groups[c] = []
+    return groups
 
 
 BASELINE = "baseline"  # the family of the reference columns: shown with the leaderboard, never ranked

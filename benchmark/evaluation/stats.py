@@ -51,6 +51,7 @@ __all__ = [
     "spearman_rho",
     "granulated_kendall",
     "conditional_mutual_information",
+    "cmi_null",
     "hoeffding_weight",
     "robust_sign_error",
     "bootstrap_ci",
@@ -518,6 +519,45 @@ def conditional_mutual_information(
     return _cmi_from_sets(sets, vg, vm, valid)
 
 
+def _permutations(n: int, n_perm: int, seed: int) -> np.ndarray:
+    """(n_perm, n) row permutations from ``numpy.random.default_rng(seed)``, shared by every measure."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(n) for _ in range(n_perm)]) if n_perm else np.zeros((0, n), np.int64)
+
+
+def _cmi_null_from(
+    sets: Sequence[_ConditioningSet], rm: np.ndarray, rg: np.ndarray, i: np.ndarray, j: np.ndarray,
+    perms: np.ndarray, observed: float,
+) -> dict:
+    null = np.array([_cmi_from_sets(sets, *_cmi_signs(rm[p], rg, i, j))["cmi"] for p in perms], dtype=float)
+    null = null[np.isfinite(null)]
+    if not np.isfinite(observed) or null.size == 0:
+        return {"null_mean": float("nan"), "null_p95": float("nan"), "p": float("nan"), "n_perm": int(null.size)}
+    return {"null_mean": float(null.mean()), "null_p95": float(np.percentile(null, 95)),
+            "p": float((1 + np.sum(null >= observed - _TIE_TOLERANCE)) / (1 + null.size)), "n_perm": int(null.size)}
+
+
+def cmi_null(
+    df: pd.DataFrame, measure: str, target: str, axes: Sequence[str], *, n_perm: int = 50, seed: int = 0,
+    max_set_size: int = 2,
+) -> dict:
+    """A permutation null for :func:`conditional_mutual_information`, so that a value can be read.
+
+    The measure's values are permuted across the models ``n_perm`` times (seeded; the same
+    permutations for every measure), which keeps its distribution and the design but breaks any
+    link with the target, and the score is recomputed each time. Returns the observed ``cmi``,
+    the null's mean ``null_mean`` (the chance level: the minimum over conditioning sets of a
+    noisy estimate is above 0 even without information) and 95th percentile ``null_p95``, and
+    the permutation p-value p = (1 + #{null >= observed}) / (1 + n_perm) (Phipson & Smyth 2010).
+    NaN where the score is undefined.
+    """
+    i, j = _triu(len(df))
+    sets = _conditioning_sets(df, axes, max_set_size, i, j)
+    rm, rg = _column_ranks(df, measure), _column_ranks(df, target)
+    observed = _cmi_from_sets(sets, *_cmi_signs(rm, rg, i, j))["cmi"]
+    return {"cmi": observed, **_cmi_null_from(sets, rm, rg, i, j, _permutations(len(df), n_perm, seed), observed)}
+
+
 # ---------------------------------------------------------------------------------------
 # Robust sign error (Dziugaite et al. 2020)
 # ---------------------------------------------------------------------------------------
@@ -982,6 +1022,7 @@ def evaluate(
     resample: str = "seeds",
     alpha: float = 0.05,
     min_ess: float | None = None,
+    cmi_permutations: int = 50,
 ) -> pd.DataFrame:
     """The long results table of the leaderboard: one row per (measure, target).
 
@@ -1009,6 +1050,10 @@ def evaluate(
     arrays across measures and replicates. Without seed replicates (one seed per
     configuration) ``"seeds"`` has nothing to resample and every interval is NaN.
 
+    CMI null: ``cmi_null`` (the mean score of ``cmi_permutations`` permutations of the measure
+    across the models, the chance level) and ``cmi_p`` (the permutation p-value), as
+    :func:`cmi_null` with the same seed.
+
     Paired comparison with the best measure: per target, the measure with the largest tau is
     the best; every other measure's ``tau_vs_best`` = tau_m - tau_best and ``psi_vs_best``
     come with the interval and p-value of :func:`paired_difference` over the same bootstrap
@@ -1026,6 +1071,7 @@ def evaluate(
     axes = tuple(default_axes(base) if axes is None else axes)
     design = _design(base, axes, n_boot, seed, max_set_size=2, resample=resample)
     min_ess = MIN_ESS if min_ess is None else min_ess
+    perms = _permutations(len(base), cmi_permutations, seed)
     psi_weights = [design.counts[:, c.i] * design.counts[:, c.j] for c in design.cells]
     measures = list(measures)
 
@@ -1075,6 +1121,8 @@ def evaluate(
             row.update({f"psi.{a}": psi["per_axis"][a] for a in axes})
             row["cmi"] = cmi["cmi"]
             row["cmi_set"] = None if cmi["set"] is None else ",".join(cmi["set"])
+            null = _cmi_null_from(design.sets, rx, ry, design.i, design.j, perms, cmi["cmi"])
+            row["cmi_null"], row["cmi_p"] = null["null_mean"], null["p"]
             row.update(
                 {
                     "sign_error_mean": se["mean"],
@@ -1097,7 +1145,7 @@ def evaluate(
     columns = (
         ["measure", "target", "n_models", "n_failed", "tau", "tau_lo", "tau_hi", "spearman", "psi", "psi_lo", "psi_hi"]
         + [f"psi.{a}" for a in axes]
-        + ["cmi", "cmi_set", "sign_error_mean", "sign_error_p90", "sign_error_max"]
+        + ["cmi", "cmi_set", "cmi_null", "cmi_p", "sign_error_mean", "sign_error_p90", "sign_error_max"]
         + [f"sign_error.{a}" for a in axes]
         + ["sign_error_n_envs", "sign_error_n_below", "sign_error_unusable_axes"]
         + [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]

@@ -248,6 +248,9 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
         name = f'<code>{escape(r["measure"])}</code>'
         if has_plot:
             name = f'<a href="#{escape(_anchor(board, r["measure"]))}">{name}</a>'
+        same = r.get("identical")
+        if isinstance(same, str) and same:
+            name += f' <span class="same">= {", ".join(f"<code>{escape(m)}</code>" for m in same.split(", "))}</span>'
         cmi_title = f"arg-min conditioning set: {_cmi_set(r.get('cmi_set'), r['cmi'])}"
         rows.append("<tr>" + "".join([
             _td(str(rank), rank),

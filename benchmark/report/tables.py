@@ -19,7 +19,9 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "same resamples, Holm-adjusted over all measures, α = 0.05) cannot tell the measure apart from #1; "
           "comparing two measures' separate intervals would ignore that their estimates are correlated. "
           "CMI: conditional mutual information of the signs (Jiang et al.), minimised over conditioning sets of "
-          "≤ 2 axes (0 = no information). Sign error: Dziugaite et al.'s robust sign-error over environments "
+          "≤ 2 axes (0 = no information), with its chance level in brackets: the mean over 50 permutations of the "
+          "measure across the models (the CSV has the permutation p-value, cmi_p). "
+          "Sign error: Dziugaite et al.'s robust sign-error over environments "
           "(pairs of configurations one axis apart with all their seed pairs, each pair weighted (w − ½)₊ by the "
           "chance w that its gap difference is not test-set noise; environments with an effective sample size "
           "below 4 are left out and counted; lower is better). Cost: seconds per model; an intermediate shared "
@@ -99,14 +101,18 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
         lines += [f"## Predicting `{target}`", "",
-                  "| # | ≈#1 | measure | family | τ [95% CI] | Ψ [95% CI] | CMI | sign err. mean / max | cost s "
-                  "| invariant | m-adj. | failed | n/a |",
+                  "| # | ≈#1 | measure | family | τ [95% CI] | Ψ [95% CI] | CMI (chance) | sign err. mean / max "
+                  "| cost s | invariant | m-adj. | failed | n/a |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for rank, r in enumerate(t.itertuples(), 1):
             tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
             tied = tied_mark(getattr(r, "tied_with_best", None))
-            lines.append(f"| {rank} | {tied} | `{r.measure}` | {r.family} | {tau} | "
-                         f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.cmi, 3)} | "
+            chance = getattr(r, "cmi_null", None)
+            same = getattr(r, "identical", "")
+            same = f" (= {', '.join(f'`{m}`' for m in same.split(', '))})" if isinstance(same, str) and same else ""
+            psi = fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)
+            lines.append(f"| {rank} | {tied} | `{r.measure}`{same} | {r.family} | {tau} | "
+                         f"{psi} | {fmt(r.cmi, 3)} ({fmt(chance, 3)}) | "
                          f"{fmt(r.sign_error_mean, 2)} / {fmt(r.sign_error_max, 2)} | {fmt(r.seconds, 3)} | "
                          f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
                          f"{count(r.failures)} | {count(getattr(r, 'not_applicable', float('nan')))} |")
@@ -189,7 +195,9 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
     show = pd.DataFrame({
         "#": range(1, len(t) + 1),
         "~#1": [tied_mark(x) or "·" for x in t.get("tied_with_best", pd.Series([None] * len(t)))],
-        "measure": t.measure.values, "family": t.family.values,
+        "measure": [m + (f" (= {same})" if isinstance(same, str) and same else "")
+                    for m, same in zip(t.measure, t.get("identical", pd.Series([""] * len(t))))],
+        "family": t.family.values,
         "tau": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.tau, t.tau_lo, t.tau_hi)],
         "psi": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.psi, t.psi_lo, t.psi_hi)],
         "cmi": [fmt(x, 3) for x in t.cmi], "sign_err": [fmt(x, 2) for x in t.sign_error_mean],

@@ -462,7 +462,7 @@ def test_evaluate_shape_and_columns(evaluated):
         ["measure", "target", "n_models", "n_failed", "tau", "tau_lo", "tau_hi", "spearman"]
         + ["psi", "psi_lo", "psi_hi"]
         + [f"psi.{a}" for a in AXES]
-        + ["cmi", "cmi_set", "sign_error_mean", "sign_error_p90", "sign_error_max"]
+        + ["cmi", "cmi_set", "cmi_null", "cmi_p", "sign_error_mean", "sign_error_p90", "sign_error_max"]
         + [f"sign_error.{a}" for a in AXES]
         + ["sign_error_n_envs", "sign_error_n_below", "sign_error_unusable_axes"]
         + [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]
@@ -720,3 +720,34 @@ def test_split_half_reliability_separates_a_stable_ranking_from_noise():
     noise = stats.split_half(df, graded, GAP, splits=10, seed=1)
     assert abs(noise["rho"]) < 0.3
     assert math.isnan(stats.split_half(make_zoo(n_seeds=1), MEASURES[:3], GAP)["rho"])
+
+
+# ---------------------------------------------------------------------------------------
+# CMI permutation null
+# ---------------------------------------------------------------------------------------
+def test_cmi_null_p_values_are_uniform_under_the_null():
+    """A measure that is pure noise: its permutation p-values over 150 synthetic zoos are uniform (Kolmogorov-
+    Smirnov against U(0, 1), with the discreteness of 1/(1 + n_perm) taken as its resolution), while the chance
+    level, the null's mean, is above 0."""
+    rng = np.random.default_rng(8)
+    ps, means = [], []
+    for k in range(150):
+        df = _null_zoo(rng, configs=(3, 2, 2), seeds=2)
+        df["measure.a"] = rng.standard_normal(len(df))
+        out = stats.cmi_null(df, "measure.a", GAP, ["hp.x", "hp.y", "hp.z"], n_perm=39, seed=k)
+        ps.append(out["p"])
+        means.append(out["null_mean"])
+    ps = np.array(ps)
+    assert scipy.stats.kstest(ps - rng.random(len(ps)) / 40, "uniform").pvalue > 0.01
+    assert 0.05 <= np.mean(ps <= 0.1) <= 0.17
+    assert np.mean(means) > 0.005
+
+
+def test_cmi_null_recognises_an_informative_measure_and_evaluate_reports_it(evaluated):
+    df, res = evaluated
+    conv, _ = stats.filter_converged(df)
+    out = stats.cmi_null(conv, "measure.perfect", GAP, AXES, n_perm=50, seed=7)
+    assert out["cmi"] == pytest.approx(1.0) and out["p"] == pytest.approx(1 / 51) and out["null_mean"] < 0.5
+    row = res[(res.measure == "measure.perfect") & (res.target == GAP)].iloc[0]
+    noise = res[(res.measure == "measure.noise") & (res.target == GAP)].iloc[0]
+    assert row.cmi_p == pytest.approx(1 / 51) and noise.cmi_p > row.cmi_p and noise.cmi_null > 0

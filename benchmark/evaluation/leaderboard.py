@@ -100,15 +100,7 @@ def check_rankable(df: pd.DataFrame, zoo: str) -> None:
 def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list[str], *,
             targets: Sequence[str] = tuple(TARGETS.values()), n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Every statistic of every measure against every target, oriented by sign, with cost and metadata."""
-    ranked = info[~info.oracle]
-    oriented = df.copy()
-    names = []
-    for name, sign in zip(ranked.measure, ranked.sign):
-        col = f"measure.{name}"
-        if col not in df:
-            continue
-        oriented[col] = sign * df[col]
-        names.append(col)
+    oriented, names = _oriented(df, info)
     groups = identical_groups(oriented[oriented["metric.converged"].astype(bool)], names)
     table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed)
     table["identical"] = [", ".join(c.removeprefix("measure.") for c in groups[m]) for m in table["measure"]]
@@ -116,6 +108,18 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
+
+
+def _oriented(df: pd.DataFrame, info: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A copy of ``df`` with every ranked (non-oracle) measure multiplied by its declared sign, and their columns."""
+    ranked = info[~info.oracle]
+    oriented, names = df.copy(), []
+    for name, sign in zip(ranked.measure, ranked.sign):
+        col = f"measure.{name}"
+        if col in df:
+            oriented[col] = sign * df[col]
+            names.append(col)
+    return oriented, names
 
 
 def identical_groups(df: pd.DataFrame, columns: Sequence[str], rtol: float = 1e-9) -> dict[str, list[str]]:
@@ -180,16 +184,11 @@ def baseline_table(df: pd.DataFrame, axes: list[str], *, targets: Sequence[str] 
 
 def reliability(df: pd.DataFrame, info: pd.DataFrame, *, targets: Sequence[str] = tuple(TARGETS.values()),
                 seed: int = 0) -> dict:
-    """Split-half reliability of the ranking of the ranked measures (oriented by sign), per target
+    """Split-half reliability of the ranking of the ranked measures (oriented by sign; each group of identical
+    measures once, as the leaderboard ranks them, since copies would agree with themselves), per target
     (``stats.split_half``)."""
-    conv = df[df["metric.converged"].astype(bool)]
-    ranked = info[~info.oracle]
-    oriented = conv.copy()
-    names = []
-    for name, sign in zip(ranked.measure, ranked.sign):
-        if f"measure.{name}" in conv:
-            oriented[f"measure.{name}"] = sign * conv[f"measure.{name}"]
-            names.append(f"measure.{name}")
+    oriented, names = _oriented(df[df["metric.converged"].astype(bool)], info)
+    names = list(identical_groups(oriented, names))
     return {t.removeprefix("metric."): stats.split_half(oriented, names, t, seed=seed) for t in targets}
 
 

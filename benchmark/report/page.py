@@ -33,7 +33,7 @@ from benchmark.report import layout, plots
 from benchmark.report.format import count, fmt, fmt_ci
 from benchmark.report.layout import HEATMAP_FIGURE, INDEX, README, SUMMARY_FIGURE, BoardFiles, scatter_file
 from benchmark.report.plots import short
-from benchmark.report.tables import LEGEND, noise_text, reliability_text
+from benchmark.report.tables import LEGEND, noise_text, reliability_text, tied_value
 
 GAP = "gap_error"
 
@@ -104,10 +104,7 @@ def _interval(r) -> str:
 
 
 def _tied(r) -> bool | None:
-    v = r.get("tied_with_best")
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v if isinstance(v, bool) else str(v).lower() == "true"
+    return tied_value(r.get("tied_with_best"))
 
 
 def _versus(r) -> str:

@@ -34,12 +34,19 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "value; n/a: the quantity is undefined for that model (not a failure).")
 
 
+def tied_value(tied) -> bool | None:
+    """``tied_with_best`` as read back from a table (a bool, "True"/"False", or missing): None when untested."""
+    if isinstance(tied, str):
+        return tied.lower() == "true"
+    if isinstance(tied, (bool, np.bool_)):
+        return bool(tied)
+    return None
+
+
 def tied_mark(tied) -> str:
     """"=" for a measure the paired test cannot tell apart from #1 (``tied_with_best``), "" otherwise or
     when untested (no seed replicates)."""
-    if isinstance(tied, str):
-        tied = tied.lower() == "true"
-    return "=" if isinstance(tied, (bool, np.bool_)) and bool(tied) else ""
+    return "=" if tied_value(tied) else ""
 
 
 def noise_text(noise: dict) -> str:

@@ -882,23 +882,22 @@ def _block_snapshots_many(ctxs: Sequence[Context], settings: BlockSettings) -> l
     cannot include (no stacked form, a missing input, an optimizer without a stacked rule) gets
     ``NotImplemented`` and is computed alone."""
     out: list = [NotImplemented] * len(ctxs)
-    groups: dict[tuple, list[int]] = {}
-    progs = {}
+    groups: dict[tuple, list[int]] = {}  # (program, batch size, n, optimizer, analysed weight, device) -> members
     for i, c in enumerate(ctxs):
         prog = stacking.program(c.model)
+        if prog is None:
+            continue
         try:
             key = (prog, int(c.hp("train.batch_size")), len(c.y_train), _Update(c).name,
                    middle_hidden_layer(c).weight, c.device)
         except (MissingInputError, NotApplicable):
             continue
-        if prog is not None:
-            groups.setdefault(key, []).append(i)
-            progs[key] = prog
+        groups.setdefault(key, []).append(i)
     for key, members in groups.items():
         if len(members) < 2:
             continue
         draws = [_block_draws(ctxs[i], settings) for i in members]
-        snaps = _stacked_snapshots([ctxs[i] for i in members], progs[key], key[4],
+        snaps = _stacked_snapshots([ctxs[i] for i in members], key[0], key[4],
                                    torch.stack([d[3].reshape(-1) for d in draws]), [d[4] for d in draws], settings)
         if snaps is None:
             continue
@@ -911,13 +910,13 @@ class _StackedUpdate:
     """:class:`_Update` for M stacked models, on their ``(M, P)`` parameter buffer: the same rules, with every
     hyperparameter an (M, 1) column."""
 
-    def __init__(self, ctxs: Sequence[Context], name: str, device: torch.device):
-        ups = [_Update(c) for c in ctxs]
+    def __init__(self, ctxs: Sequence[Context], device: torch.device):
+        ups = [_Update(c) for c in ctxs]  # one optimizer for all: the many form groups the models by it
         col = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)[:, None]
-        self.name, self.lr, self.wd, self.t = name, col([u.lr for u in ups]), col([u.wd for u in ups]), 0
-        if name == "momentum":
+        self.name, self.lr, self.wd, self.t = ups[0].name, col([u.lr for u in ups]), col([u.wd for u in ups]), 0
+        if self.name == "momentum":
             self.mu = col([u.mu for u in ups])
-        elif name == "adam":
+        elif self.name == "adam":
             self.b1, self.b2 = col([u.betas[0] for u in ups]), col([u.betas[1] for u in ups])
         self.state: list[torch.Tensor] = []
 
@@ -957,7 +956,7 @@ def _stacked_snapshots(ctxs: Sequence[Context], prog: stacking.Program, weight: 
     n, in_shape = x.shape[1], x.shape[2:]
     x, y = x.reshape(m * n, *in_shape), torch.stack([c.y_train for c in ctxs]).reshape(-1)
     offset = torch.arange(m, device=device)[:, None] * n  # row r of model j is row j·n + r of x and y
-    update = _StackedUpdate(ctxs, _Update(ctxs[0]).name, device)
+    update = _StackedUpdate(ctxs, device)
     where = stacking.flat_index(prog, weight, index.to(device))
     bs = int(ctxs[0].hp("train.batch_size"))
     snaps, perm, pos = [], None, n

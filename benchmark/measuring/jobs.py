@@ -62,7 +62,8 @@ GROUP_SIZE = 9  # models measured together in one task, at most: half a stack of
 
 def group_key(hp: HParams) -> tuple:
     """What the models of one measuring task share, so that the measures' many-model forms (``measures.context.
-    many_form``) can take them together: dataset, architecture, training-set size, batch size and optimizer."""
+    many_form``) can take them together: (dataset, training-set size, architecture, depth, width, bias, batch
+    size, optimizer)."""
     m = hp.model
     return (hp.dataset.name, hp.dataset.train_size, m.name, m.depth, m.width, m.bias, hp.train.batch_size,
             hp.optimizer.name)
@@ -136,18 +137,15 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     versions = {n: measures.REGISTRY.get(n).version for n in names}
     done = store.measured(("ok", "not_applicable") if retry_failed else ("ok", "failed", "not_applicable"))
     groups: dict[tuple, list[tuple[str, list[str]]]] = {}
-    cost: dict[tuple, float] = {}
     reused = 0
     for model_id in sorted(model_ids):
         missing = [n for n in names if (model_id, n, versions[n]) not in done]
         reused += len(names) - len(missing)
         if missing:
-            hp = store.model_record(model_id)[0]
-            key = group_key(hp)
-            groups.setdefault(key, []).append((model_id, missing))
-            cost[key] = hp.model.width ** 2 * hp.model.depth * hp.dataset.train_size  # ∝ a full-set pass
+            groups.setdefault(group_key(store.model_record(model_id)[0]), []).append((model_id, missing))
     plugin_paths = [str(Path(p).resolve()) for p in plugins]
-    order = sorted(groups, key=lambda k: -cost[k])  # the most expensive first, so the workers finish together
+    # the most expensive first (width² · depth · train size ∝ a full-set pass), so the workers finish together
+    order = sorted(groups, key=lambda k: -(k[4] ** 2 * k[3] * k[1]))
     tasks = [(str(store.root), groups[k][i:i + GROUP_SIZE], plugin_paths, seed, timeout, curvature_samples, opts)
              for k in order for i in range(0, len(groups[k]), GROUP_SIZE)]
     computed = sum(len(missing) for t in tasks for _, missing in t[1])

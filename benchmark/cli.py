@@ -83,13 +83,16 @@ def _migrate(cfg: DictConfig) -> None:
 
 
 def _check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
-    """The base hyperparameters are valid, and no override sets one that a zoo axis would replace."""
+    """The base hyperparameters are valid, and no override sets one that a zoo axis (of the zoo, or of any task
+    of a suite) would replace."""
     from benchmark.errors import HParamsError
     from benchmark.zoo.grid import base_hparams, shadowed
-    base_hparams(cfg)
-    complaint = shadowed(cfg, overrides)
-    if complaint:
-        raise HParamsError(complaint)
+    from benchmark.zoo.suite import task_configs
+    for c in list(task_configs(cfg).values()) or [cfg]:
+        base_hparams(c)
+        complaint = shadowed(c, overrides)
+        if complaint:
+            raise HParamsError(complaint)
 
 
 def _where(cfg: DictConfig) -> None:

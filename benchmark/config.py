@@ -54,6 +54,7 @@ def _root_schema() -> type:
     # operational groups: their defaults are in conf/config.yaml and conf/<group>/
     specs += [(k, Any, dataclasses.field(default=MISSING))
               for k in ("zoo", "measures", "store", "run", "collect", "evaluate", "leaderboard")]
+    specs.append(("suite", Any, dataclasses.field(default=None)))  # several tasks at once (benchmark.zoo.suite)
     return dataclasses.make_dataclass("ConfigSchema", specs)
 
 

@@ -17,6 +17,8 @@ from omegaconf import DictConfig
 import measures
 from benchmark.errors import UserError
 from benchmark.evaluation import leaderboard as lb
+from benchmark.evaluation import suite as cross_task
+from benchmark.files import write_text
 from benchmark.measuring.jobs import measure_zoo
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.report import layout, page, plots, tables
@@ -26,6 +28,7 @@ from benchmark.training.history import TEST_SCHEDULES
 from benchmark.training.jobs import train_zoo
 from benchmark.zoo.grid import expand, varying_axes
 from benchmark.zoo.hparams import HParams
+from benchmark.zoo.suite import suite_of, task_configs
 from measures.plugins import load_all
 
 log = logging.getLogger("genbench")
@@ -50,9 +53,16 @@ def selected_measures(cfg: DictConfig) -> list[measures.Measure]:
     return measures.REGISTRY.select(include, list(cfg.measures.exclude or []))
 
 
+def _configs(cfg: DictConfig) -> list[DictConfig]:
+    """The config of every zoo the command covers: the tasks of a suite (``experiment=standard``), or the one zoo."""
+    return list(task_configs(cfg).values()) or [cfg]
+
+
 def _zoo(cfg: DictConfig) -> tuple[list[HParams], Store]:
-    hps = expand(cfg)  # validates every model before anything runs
-    return hps, Store(cfg.store.root)
+    """Every model of the zoo, or of all the suite's tasks together (so they share the workers and the stacks);
+    each is validated before anything runs."""
+    hps = {hp.model_id: hp for c in _configs(cfg) for hp in expand(c)}
+    return list(hps.values()), Store(cfg.store.root)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -97,8 +107,26 @@ def board_files(cfg: DictConfig) -> layout.BoardFiles:
 
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
     """Every statistic of every selected measure on the stored zoo; writes the leaderboard's tables, figures,
-    page and index, and returns the results table."""
+    page and index, and returns the results table. For a suite, one leaderboard per task and the cross-task
+    summary; the returned table has a ``task`` column."""
     chosen = selected_measures(cfg)
+    tasks = task_configs(cfg)
+    if not tasks:
+        table, _, _ = _evaluate_board(cfg, chosen)
+    else:
+        boards = {}
+        for i, (name, task) in enumerate(tasks.items(), 1):
+            log.info("evaluating task %d of %d: %s", i, len(tasks), name)
+            boards[name] = _evaluate_board(task, chosen)
+        _write_suite(cfg, boards, tasks)
+        table = pd.concat([t.assign(task=name) for name, (t, _, _) in boards.items()], ignore_index=True)
+    paths = page.write(Path(cfg.leaderboard.dir))
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return table
+
+
+def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """One leaderboard's tables and figures: the results table, the zoo DataFrame and the reliability."""
     hps, store = _zoo(cfg)
     info = lb.measure_info(chosen)
     df = store.frame([hp.model_id for hp in hps], measures={m.name: m.version for m in chosen})
@@ -106,24 +134,47 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         raise UserError(f"no trained models of zoo {cfg.zoo.name!r} in {store.root}; run `genbench train` first")
     lb.check_rankable(df, str(cfg.zoo.name))
     axes = varying_axes(cfg)
-    table = lb.results(df, info, lb.costs(store.measurements(), df.model_id), axes,
-                       targets=list(cfg.evaluate.targets), n_boot=int(cfg.evaluate.n_boot), seed=int(cfg.evaluate.seed))
-    files = board_files(cfg)
     targets, n_boot, seed = list(cfg.evaluate.targets), int(cfg.evaluate.n_boot), int(cfg.evaluate.seed)
+    table = lb.results(df, info, lb.costs(store.measurements(), df.model_id), axes,
+                       targets=targets, n_boot=n_boot, seed=seed)
+    files = board_files(cfg)
     baselines = lb.baseline_table(df, axes, targets=targets, n_boot=n_boot, seed=seed)
     reliability = lb.reliability(df, info, targets=targets, seed=seed)
     paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes, baselines, reliability)
     if cfg.leaderboard.plots:
         figures = plots.write(df, table, files.figures)
         log.info("wrote %d figures under %s", len(figures), files.figures)
-    paths += page.write(files.folder)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
-    return table
+    return table, df, reliability
+
+
+def _write_suite(cfg: DictConfig, boards: dict, tasks: dict[str, DictConfig]) -> list[Path]:
+    """The suite's cross-task table, the agreement of the tasks' rankings, its Markdown and figure."""
+    files = suite_files(cfg)
+    results = {name: table for name, (table, _, _) in boards.items()}
+    cross, agree = cross_task.cross_task(results), cross_task.agreement(results)
+    info = {name: lb.task_summary(table, df, reliability, varying_axes(tasks[name]))
+            for name, (table, df, reliability) in boards.items()}
+    files.folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_text(files.results, cross.to_csv(index=False)),
+             write_text(files.agreement, agree["pairs"].assign(**{f"concordance_{k}": v for k, v in
+                                                                  agree["concordance"].items()}).to_csv(index=False)),
+             write_text(files.markdown, tables.suite_markdown(files.name, cross, agree, info))]
+    if cfg.leaderboard.plots:
+        paths.append(plots.write_tasks(cross, list(tasks), files.figure))
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return paths
+
+
+def suite_files(cfg: DictConfig) -> layout.SuiteFiles:
+    return layout.SuiteFiles(Path(cfg.leaderboard.dir), str(suite_of(cfg).name))
 
 
 def leaderboard(cfg: DictConfig) -> str:
     """One leaderboard as terminal text: ``leaderboard.name`` (or ``leaderboard.zoo`` and ``leaderboard.dataset``,
     which compose it), ``leaderboard.target``, ``leaderboard.sort``, ``leaderboard.order`` and ``leaderboard.top``."""
+    if suite_of(cfg) is not None:
+        return _suite_leaderboard(cfg)
     files = board_files(cfg)
     if not files.results.exists():
         have = layout.boards(files.folder)
@@ -138,6 +189,17 @@ def leaderboard(cfg: DictConfig) -> str:
         raise UserError(f"leaderboard {files.name}: {err}") from None
     return (f"\nLeaderboard {files.name} — predicting {cfg.leaderboard.target} "
             f"(τ, Ψ oriented by each measure's sign; 95% bootstrap CIs)\n{text}\n")
+
+
+def _suite_leaderboard(cfg: DictConfig) -> str:
+    files = suite_files(cfg)
+    if not files.results.exists():
+        raise UserError(f"no suite summary {files.results}; run `genbench evaluate` with this suite first")
+    cross = pd.read_csv(files.results)
+    names = [c.removeprefix("tau.") for c in cross.columns if c.startswith("tau.")]
+    return (f"\nSuite {files.name} — predicting gap_error on {len(names)} tasks, ranked by the worst task "
+            f"(τ oriented by each measure's sign; per-task leaderboards: {files.folder}/{files.name}-<task>.md)\n"
+            f"{tables.suite_terminal(cross, names, cfg.leaderboard.top)}\n")
 
 
 def run(cfg: DictConfig) -> str:
@@ -186,8 +248,13 @@ def describe_measures(cfg: DictConfig) -> str:
 
 def outputs(cfg: DictConfig) -> list[str]:
     """Where a run's results are, for the last lines of its log."""
-    files = board_files(cfg)
     out = [f"store: {Path(cfg.store.root)}"]
+    if suite_of(cfg) is not None:
+        files = suite_files(cfg)
+        if files.results.exists():
+            out += [f"suite summary: {files.markdown}", f"page: {layout.index(files.folder)}"]
+        return out
+    files = board_files(cfg)
     if files.results.exists():
         out += [f"leaderboard: {files.markdown}", f"page: {layout.index(files.folder)}"]
     return out

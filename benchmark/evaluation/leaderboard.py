@@ -192,6 +192,19 @@ def reliability(df: pd.DataFrame, info: pd.DataFrame, *, targets: Sequence[str] 
     return {t.removeprefix("metric."): stats.split_half(oriented, names, t, seed=seed) for t in targets}
 
 
+def task_summary(table: pd.DataFrame, df: pd.DataFrame, reliability: dict, axes: Sequence[str]) -> dict:
+    """One task of a suite in a few numbers: its models, the test error of its best configuration (the mean over
+    the seeds), the axes it varies, its #1 on the gap, the size of the group tied with #1 and the split-half ρ."""
+    conv = df[df["metric.converged"].astype(bool)]
+    best = conv.groupby(stats.configurations(conv))["metric.test_error"].mean().min() if len(conv) else math.nan
+    gap = table[(table.target == "gap_error") & table.tau.notna()]
+    tied = gap["tied_with_best"].map(lambda x: x is True or str(x).lower() == "true")
+    return {"n_models": len(df), "n_converged": len(conv), "best_test_error": float(best), "axes": list(axes),
+            "leader": gap.loc[gap.tau.idxmax(), "measure"] if len(gap) else "—",
+            "tied": int(tied.sum()) if len(gap) else 0,
+            "rho": (reliability.get("gap_error") or {}).get("rho", math.nan)}
+
+
 def oracle_table(df: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     """Oracle analyses (they see test data): their mean value and its correlation with the measured gap."""
     rows = []

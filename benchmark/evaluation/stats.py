@@ -15,7 +15,9 @@ Statistics (sources in each docstring):
 * :func:`bootstrap_counts`, :func:`bootstrap_ci` -- percentile bootstrap that resamples seed
   replicates within configurations (or whole configurations), never rows across them.
 * :func:`paired_difference`, :func:`holm`, :func:`compare` -- paired comparison of two
-  measures on the same bootstrap replicates, Holm's multiplicity adjustment.
+  measures on the same bootstrap replicates, Holm's multiplicity adjustment; :func:`tiers`
+  groups the ranking into tiers that the paired test cannot split.
+* :func:`kendall_w` -- Kendall's coefficient of concordance of several rankings (tasks).
 * :func:`seed_noise`, :func:`split_half` -- the noise floor measured from the seed replicates,
   and the split-half reliability of the ranking.
 * :func:`evaluate` -- all of the above for many measures, as the long leaderboard table, with
@@ -60,7 +62,9 @@ __all__ = [
     "replicated",
     "paired_difference",
     "holm",
+    "tiers",
     "compare",
+    "kendall_w",
     "seed_noise",
     "split_half",
     "filter_converged",
@@ -861,6 +865,65 @@ def holm(pvalues) -> np.ndarray:
     return out
 
 
+def tiers(points: Sequence[float], reps: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Tier numbers (1, 2, ...) of a ranking that the paired test cannot split, in the manner of the
+    groups joined by a bar in a critical-difference diagram (Demsar, JMLR 2006).
+
+    ``points[k]`` is measure k's statistic (higher is better) and ``reps[:, k]`` its bootstrap
+    replicates, all on the same resamples. Greedy from the top: the best measure not yet placed
+    leads a new tier; every unplaced measure that :func:`paired_difference` with the leader,
+    Holm-adjusted over the unplaced measures, cannot tell apart from it at ``alpha`` joins that
+    tier. Tier 1 is therefore exactly the group that cannot be told apart from #1. Demsar's
+    diagram tests average ranks over many datasets with the Nemenyi test; on one zoo the
+    replicates are the seeds, so the test here is the paired bootstrap. 0 marks a non-finite point.
+    """
+    points = np.asarray(points, dtype=float)
+    reps = np.asarray(reps, dtype=float)
+    out = np.zeros(len(points), dtype=int)
+    left = [k for k in np.argsort(-points, kind="stable") if np.isfinite(points[k])]
+    tier = 0
+    while left:
+        tier += 1
+        leader, rest = left[0], left[1:]
+        p = holm([paired_difference(reps[:, k], reps[:, leader], points[k], points[leader])["p"] for k in rest])
+        joined = {leader} | {k for k, pk in zip(rest, p) if not (np.isfinite(pk) and pk <= alpha)}
+        for k in joined:
+            out[k] = tier
+        left = [k for k in left if k not in joined]
+    return out
+
+
+def kendall_w(scores) -> dict:
+    """Kendall's coefficient of concordance W of m rankings of the same n items.
+
+    ``scores`` is (m, n): row r scores the n items (higher or lower, only the order counts).
+    With R_i the sum over rows of item i's rank (average ranks for ties), S = sum_i (R_i - mean R)^2
+    and T_r = sum over the tie groups of row r of (t^3 - t),
+
+        W = 12 S / (m^2 (n^3 - n) - m sum_r T_r),   chi2 = m (n - 1) W,  p = P(chi2_{n-1} >= chi2)
+
+    (Kendall & Babington Smith 1939, with the tie correction; chi2 is Friedman's statistic, as
+    ``scipy.stats.friedmanchisquare`` computes it). W = 1: identical rankings; 0: no agreement.
+    Items with a non-finite score in any row are dropped.
+    """
+    x = np.asarray(scores, dtype=float)
+    x = x[:, np.all(np.isfinite(x), axis=0)]
+    m, n = x.shape
+    nan = {"w": np.nan, "chi2": np.nan, "p": np.nan, "m": m, "n": n}
+    if m < 2 or n < 2:
+        return nan
+    ranks = np.vstack([scipy.stats.rankdata(row) for row in x])
+    r = ranks.sum(axis=0)
+    s = float(((r - r.mean()) ** 2).sum())
+    ties = sum(float((c**3 - c).sum()) for c in (np.unique(row, return_counts=True)[1] for row in x))
+    denom = m**2 * (n**3 - n) - m * ties
+    if denom <= 0:
+        return nan
+    w = 12.0 * s / denom
+    chi2 = m * (n - 1) * w
+    return {"w": w, "chi2": chi2, "p": float(scipy.stats.chi2.sf(chi2, n - 1)), "m": m, "n": n}
+
+
 def seed_noise(df: pd.DataFrame, column: str) -> dict:
     """The seed-to-seed noise of ``column`` measured from the replicates, against its spread across
     configurations.
@@ -1060,10 +1123,11 @@ def evaluate(
     replicates, the p-values Holm-adjusted over the measures compared (:func:`holm`;
     ``*_p_holm``), and ``tied_with_best`` is True where the adjusted tau p-value is above
     ``alpha`` (the group that cannot be told apart from #1; the best itself included), None
-    where it cannot be tested. Sign error: :func:`robust_sign_error` with ``min_ess``, and its
-    counts ``sign_error_n_envs`` (usable environments), ``sign_error_n_below`` (below the
-    minimum effective sample size) and ``sign_error_unusable_axes`` (axes without a usable
-    environment, comma-separated).
+    where it cannot be tested; ``tier`` is the measure's tier of :func:`tiers` on the tau
+    replicates (tier 1 = the tied group; None without replicates). Sign error:
+    :func:`robust_sign_error` with ``min_ess``, and its counts ``sign_error_n_envs`` (usable
+    environments), ``sign_error_n_below`` (below the minimum effective sample size) and
+    ``sign_error_unusable_axes`` (axes without a usable environment, comma-separated).
     """
     _check_bootstrap_args(n_boot, 0.95)
     converged, n_dropped = filter_converged(df)
@@ -1149,7 +1213,7 @@ def evaluate(
         + [f"sign_error.{a}" for a in axes]
         + ["sign_error_n_envs", "sign_error_n_below", "sign_error_unusable_axes"]
         + [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]
-        + ["tied_with_best"]
+        + ["tied_with_best", "tier"]
     )
     result = pd.DataFrame(rows, columns=columns)
     result.attrs["n_unconverged"] = n_dropped
@@ -1169,7 +1233,7 @@ def _compare_with_best(rows: list[dict], taus: list[float], boot_taus: np.ndarra
     finite = [k for k, t in enumerate(taus) if np.isfinite(t)]
     keys = [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]
     for row in rows:
-        row.update(dict.fromkeys(keys, np.nan), tied_with_best=None)
+        row.update(dict.fromkeys(keys, np.nan), tied_with_best=None, tier=None)
     if not finite:
         return
     best = max(finite, key=lambda k: taus[k])
@@ -1186,6 +1250,9 @@ def _compare_with_best(rows: list[dict], taus: list[float], boot_taus: np.ndarra
         if np.isfinite(point[best]):
             rows[best].update({f"{stat}_vs_best": 0.0, f"{stat}_vs_best_p": 1.0, f"{stat}_vs_best_p_holm": 1.0})
     rows[best]["tied_with_best"] = True
+    if np.isfinite(boot_taus).any():  # without replicates there is no paired test, hence no tiers
+        for row, t in zip(rows, tiers(taus, boot_taus, alpha)):
+            row["tier"] = int(t) if t else None
     for k in others:
         p_holm = rows[k]["tau_vs_best_p_holm"]
         rows[k]["tied_with_best"] = None if not np.isfinite(p_holm) else bool(p_holm > alpha)

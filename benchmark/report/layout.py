@@ -6,7 +6,10 @@
     <dir>/<name>.oracle.csv     the oracle analyses (they see test data; never ranked)
     <dir>/<name>.baselines.csv  the baselines' statistics (random, noisy oracle, single axes; never ranked)
     <dir>/<name>.summary.json   the split-half reliability of the ranking, per target
-    <dir>/<name>/               the figures: summary.png, psi_heatmap.png, scatter/<measure>.png
+    <dir>/<name>/               the figures: summary.png, psi_heatmap.png, tiers.png, scatter/<measure>.png
+    <dir>/<suite>.suite.md      a suite's cross-task summary (experiment=standard), its tasks being the
+    <dir>/<suite>.suite.csv     leaderboards <suite>-<task>; the cross-task table, the agreement of the
+    <dir>/<suite>.agreement.csv tasks' rankings, and <dir>/<suite>/tasks.png
     <dir>/index.html            the offline page over every leaderboard in <dir>
     <dir>/README.md             the index of every leaderboard in <dir>, with generated summaries
     leaderboard/reproductions/<paper>/   what ``genbench reproduce <paper>`` writes
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INDEX, README = "index.html", "README.md"
-SUMMARY_FIGURE, HEATMAP_FIGURE = "summary.png", "psi_heatmap.png"
+SUMMARY_FIGURE, HEATMAP_FIGURE, TIERS_FIGURE = "summary.png", "psi_heatmap.png", "tiers.png"
+TASKS_FIGURE = "tasks.png"
 _RESULTS, _ZOO, _ORACLE, _MARKDOWN = ".csv", ".zoo.csv", ".oracle.csv", ".md"
 _BASELINES, _SUMMARY = ".baselines.csv", ".summary.json"
 REPRODUCTIONS = Path("leaderboard") / "reproductions"
@@ -61,6 +65,36 @@ class BoardFiles:
 
     def exists(self) -> bool:
         return self.results.exists() and self.zoo.exists()
+
+
+@dataclass(frozen=True)
+class SuiteFiles:
+    folder: Path
+    name: str
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / f"{self.name}.suite.md"
+
+    @property
+    def results(self) -> Path:
+        return self.folder / f"{self.name}.suite.csv"
+
+    @property
+    def agreement(self) -> Path:
+        return self.folder / f"{self.name}.agreement.csv"
+
+    @property
+    def figure(self) -> Path:
+        return self.folder / self.name / TASKS_FIGURE
+
+    def board(self, task: str) -> str:
+        return f"{self.name}-{task}"
+
+
+def suites(folder: Path) -> list[str]:
+    """The names of every suite summary in ``folder``, sorted."""
+    return sorted(p.name.removesuffix(".suite.csv") for p in Path(folder).glob("*.suite.csv"))
 
 
 def scatter_file(measure: str) -> str:

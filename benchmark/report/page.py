@@ -31,9 +31,18 @@ from benchmark.evaluation.leaderboard import gap_noise
 from benchmark.files import write_text
 from benchmark.report import layout, plots
 from benchmark.report.format import count, fmt, fmt_ci
-from benchmark.report.layout import HEATMAP_FIGURE, INDEX, README, SUMMARY_FIGURE, BoardFiles, scatter_file
+from benchmark.report.layout import (
+    HEATMAP_FIGURE,
+    INDEX,
+    README,
+    SUMMARY_FIGURE,
+    TIERS_FIGURE,
+    BoardFiles,
+    SuiteFiles,
+    scatter_file,
+)
 from benchmark.report.plots import short
-from benchmark.report.tables import LEGEND, noise_text, reliability_text, tied_value
+from benchmark.report.tables import LEGEND, flat_columns, noise_text, reliability_text, tied_value, tier_text
 
 GAP = "gap_error"
 
@@ -239,8 +248,12 @@ def _anchor(board: Board, measure: str) -> str:
 
 
 def _ranked_table(board: Board, target: str, folder: Path) -> str:
+    """The ranked table of one target; worst-case columns that cannot separate the measures are left out, with
+    the sentence that says why below the table."""
     rows = []
-    for rank, r in enumerate(plots.ranked(board.table, target).to_dict("records"), 1):
+    ranked = plots.ranked(board.table, target)
+    flat = flat_columns(ranked)
+    for rank, r in enumerate(ranked.to_dict("records"), 1):
         has_plot = (BoardFiles(folder, board.name).figures / scatter_file(r["measure"])).exists()
         name = f'<code>{escape(r["measure"])}</code>'
         if has_plot:
@@ -249,16 +262,17 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
         if isinstance(same, str) and same:
             name += f' <span class="same">= {", ".join(f"<code>{escape(m)}</code>" for m in same.split(", "))}</span>'
         cmi_title = f"arg-min conditioning set: {_cmi_set(r.get('cmi_set'), r['cmi'])}"
-        rows.append("<tr>" + "".join([
+        cells = [
             _td(str(rank), rank),
+            _td(tier_text(r.get("tier")), r.get("tier", math.nan), "num",
+                title="tier 1: cannot be told apart from #1 by the paired test"),
             _td(name, r["measure"], title=_text(r.get("description"))),
             _td(escape(_text(r.get("family"))), _text(r.get("family"))),
             _td(fmt_ci(r["tau"], r["tau_lo"], r["tau_hi"]), r["tau"], "num"),
             _td(fmt_ci(r["psi"], r["psi_lo"], r["psi_hi"]), r["psi"], "num"),
             _td(fmt(r["cmi"], 3), r["cmi"], "num", title=cmi_title),
             _td(fmt(r["sign_error_mean"]), r["sign_error_mean"], "num"),
-            _td(fmt(r["sign_error_p90"]), r["sign_error_p90"], "num"),
-            _td(fmt(r["sign_error_max"]), r["sign_error_max"], "num"),
+            *[_td(fmt(r[c]), r[c], "num") for c in ("sign_error_p90", "sign_error_max") if c not in flat],
             _td(fmt(r.get("seconds"), 3), r.get("seconds"), "num"),
             _td(escape(_text(r.get("invariances"))), _text(r.get("invariances")),
                 title="P: hidden-unit permutation, R: ReLU rescaling, U: units of weights and loss"),
@@ -269,10 +283,13 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
                 title=_text(r.get("not_applicable_reason"))),
             _td(str(r["n_models"]), r["n_models"], "num"),
             _td(escape(_text(r.get("reference"))), None, "ref"),
-        ]) + "</tr>")
-    head = ["#", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI", "sign err. mean", "p90", "max",
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = ["#", "tier", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI", "sign err. mean",
+            *[h for c, h in (("sign_error_p90", "p90"), ("sign_error_max", "max")) if c not in flat],
             "s / model", "invariant", "m-adj.", "failed", "n/a", "models", "reference"]
-    return _table(head, rows)
+    notes = "".join(f'<p class="legend">{_inline(text)}</p>' for text in flat.values())
+    return _table(head, rows) + notes
 
 
 def _axis_tables(board: Board, target: str, heatmap: str) -> str:
@@ -354,7 +371,11 @@ def _section(board: Board, folder: Path) -> str:
     parts += [f"<h3>Predicting <code>{escape(target)}</code></h3>", _ranked_table(board, target, folder),
               _figure(board, folder, SUMMARY_FIGURE, f"τ and Ψ per measure, {board.name}",
                       f"τ and Ψ with <code>{escape(target)}</code> per measure, ranked by τ; lines are 95% "
-                      f"bootstrap intervals.")]
+                      f"bootstrap intervals."),
+              _figure(board, folder, TIERS_FIGURE, f"tiers, {board.name}",
+                      "τ per measure with its 95% interval, coloured by tier; a bar at the right joins the measures of "
+                      "each tier, which the paired test (Holm-adjusted, α = 0.05) cannot split, as the bars of a "
+                      "critical-difference diagram do. Tier 1 cannot be told apart from #1.")]
     parts += [f"<details><summary>Predicting <code>{escape(t)}</code></summary>{_ranked_table(board, t, folder)}"
               f"</details>" for t in board.targets if t != target]
     heatmap = _figure(board, folder, HEATMAP_FIGURE, f"ψ_i heatmap, {board.name}",
@@ -415,10 +436,49 @@ for (const table of document.querySelectorAll("table.sortable")) {
 """
 
 
+def _suite_section(folder: Path, name: str) -> str:
+    """A suite's cross-task table: each measure's worst τ over the tasks, its mean and its τ per task."""
+    files = SuiteFiles(folder, name)
+    cross = pd.read_csv(files.results)
+    tasks = [c.removeprefix("tau.") for c in cross.columns if c.startswith("tau.")]
+    rows = []
+    for rank, r in enumerate(cross.to_dict("records"), 1):
+        cells = [_td(str(rank), rank, "num"), _td(f"<code>{escape(r['measure'])}</code>", r["measure"]),
+                 _td(escape(_text(r["family"])), _text(r["family"])),
+                 _td(fmt(r["worst_tau"], 3), r["worst_tau"], "num"),
+                 _td(escape(_text(r["worst_task"])), _text(r["worst_task"])),
+                 _td(fmt(r["mean_tau"], 3), r["mean_tau"], "num")]
+        for t in tasks:
+            tier = r.get(f"tier.{t}")
+            mark = f" ({int(tier)})" if tier == tier and tier is not None else ""
+            cells.append(_td(fmt(r[f"tau.{t}"], 3) + mark, r[f"tau.{t}"], "num"))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    links = [f'<a href="{quote(p.name)}">{label}</a>' for p, label in
+             ((files.markdown, "Markdown summary"), (files.results, "cross-task CSV"),
+              (files.agreement, "agreement CSV"))]
+    links += [f'<a href="#{escape(files.board(t))}">{escape(t)}</a>' for t in tasks]
+    figure = (f'<figure><img src="{quote(name)}/{quote(files.figure.name)}" alt="τ per task, {escape(name)}" '
+              f'loading="lazy"><figcaption>τ with <code>gap_error</code> of each measure on each task, ranked by '
+              f'its worst task (the grey bar).</figcaption></figure>') if files.figure.exists() else ""
+    intro = ""
+    if files.markdown.exists():
+        text = files.markdown.read_text(encoding="utf-8")
+        agree = re.search(r"Over the \d+ measures every task ranks.*", text)
+        intro = f"<p>{_inline(agree.group(0))}</p>" if agree else ""
+    head = ["#", "measure", "family", "worst τ", "worst task", "mean τ", *[f"τ {escape(t)} (tier)" for t in tasks]]
+    return "\n".join([f'<section id="{escape(name)}" class="board"><h2>Suite {escape(name)}</h2>',
+                      f'<p class="links">{" · ".join(links)}</p>',
+                      '<div class="summary"><p>A measure that predicts generalization should do so on every task: '
+                      'the measures are ranked by their worst τ with the gap over the tasks. A tier in brackets: '
+                      'tier 1 cannot be told apart from that task\'s #1.</p></div>', intro,
+                      _table(head, rows), figure, "</section>"])
+
+
 def page(boards: list[Board], folder: Path) -> str:
     """The whole index page."""
-    toc = "".join(f'<li><a href="#{escape(b.name)}">{escape(b.name)}</a></li>' for b in boards)
-    body = "\n".join(_section(b, folder) for b in boards) or \
+    suites = layout.suites(folder)
+    toc = "".join(f'<li><a href="#{escape(n)}">{escape(n)}</a></li>' for n in [*suites, *(b.name for b in boards)])
+    body = "\n".join([*(_suite_section(folder, n) for n in suites), *(_section(b, folder) for b in boards)]) or \
         "<p>No leaderboards yet: run <code>genbench run</code>.</p>"
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -436,6 +496,13 @@ def readme(boards: list[Board], folder: Path) -> str:
              "(it works offline) for every table, the per-axis breakdown and the plots.", ""]
     if not boards:
         lines.append("No leaderboards yet: run `genbench run`.")
+    for name in layout.suites(folder):
+        files = SuiteFiles(folder, name)
+        text = files.markdown.read_text(encoding="utf-8") if files.markdown.exists() else ""
+        tasks = text.split("## Every measure")[0].split("\n", 2)[-1].strip()  # the suite's tasks and agreement
+        lines += [f"## Suite {name}", "", f"[Cross-task summary]({quote(files.markdown.name)}) · "
+                  f"[page]({INDEX}#{quote(name)}) · [cross-task CSV]({quote(files.results.name)})", "",
+                  tasks.replace("## Do the tasks agree?", "**Do the tasks agree?**"), ""]
     for b in boards:
         files, n = BoardFiles(folder, b.name), quote(b.name)
         links = [f"[Markdown table]({quote(files.markdown.name)})", f"[page]({INDEX}#{n})",

@@ -4,6 +4,11 @@
                             axis with the points coloured by that axis's value; titled with τ, Ψ and each ψ_i
     summary.png             τ and Ψ of every measure with their 95% bootstrap intervals, ranked by τ
     psi_heatmap.png         ψ_i per measure (rows, ranked by τ) and zoo axis (columns)
+    tiers.png               τ per measure with its interval, ranked, and a bar joining each tier that the paired
+                            test cannot split (as in a critical-difference diagram)
+
+A suite (``experiment=standard``) adds ``<suite>/tasks.png``: each measure's τ on every task, ranked by its
+worst task.
 
 Inputs are two of the tables ``genbench evaluate`` writes (``benchmark.report.layout``): the long results
 table and the zoo DataFrame. Only converged models are drawn, as only they enter the statistics.
@@ -29,7 +34,7 @@ from matplotlib.figure import Figure
 
 from benchmark.files import write_atomic
 from benchmark.report.format import fmt, fmt_ci
-from benchmark.report.layout import HEATMAP_FIGURE, SUMMARY_FIGURE, scatter_file
+from benchmark.report.layout import HEATMAP_FIGURE, SUMMARY_FIGURE, TIERS_FIGURE, scatter_file
 
 CONVERGED = "metric.converged"
 DPI = 100
@@ -253,6 +258,76 @@ def write_psi_heatmap(table: pd.DataFrame, path: Path, target: str = "gap_error"
     return path
 
 
+def write_tiers(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Path | None:
+    """τ of every measure with its 95% interval, ranked, coloured by tier, and a bar at the right joining the
+    measures of each tier (the groups the paired test cannot split); None when the table has no tiers (a zoo
+    without seed replicates)."""
+    rows = ranked(table, target)
+    if "tier" not in rows or not rows["tier"].notna().any():
+        return None
+    tier = rows["tier"].to_numpy(dtype=float)
+    n = max(len(rows), 1)
+    labels = [f"{i}. {m}" for i, m in enumerate(rows.measure, 1)]
+    left = 0.25 + 0.056 * max((len(s) for s in labels), default=8)
+    width, height = left + 5.2, 1.0 + 0.17 * n
+    k = int(np.nanmax(tier))
+    colors = [matplotlib.colormaps["tab10"](i % 10) for i in range(k)]
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(width, height)
+        ax = fig.add_axes((left / width, 0.4 / height, 4.2 / width, 1 - 1.0 / height))
+        bars = fig.add_axes(((left + 4.3) / width, 0.4 / height, 0.8 / width, 1 - 1.0 / height), sharey=ax)
+        ypos = np.arange(len(rows))
+        v = rows["tau"].to_numpy(dtype=float)
+        lo, hi = rows["tau_lo"].to_numpy(dtype=float), rows["tau_hi"].to_numpy(dtype=float)
+        for t in range(1, k + 1):
+            at = tier == t
+            c = colors[t - 1]
+            ax.hlines(ypos[at], lo[at], hi[at], color=c, lw=1.2)
+            ax.plot(v[at], ypos[at], "o", color=c, ms=3.5)
+            members = ypos[at]
+            column = (t - 1) % 4
+            bars.vlines(column, members.min() - 0.3, members.max() + 0.3, color=c, lw=3)
+            bars.text(column + 0.2, members.mean(), str(t), va="center", fontsize=6.5, color=c)
+        ax.axvline(0, color="#666", lw=0.8)
+        ax.set_yticks(ypos, labels)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_title(f"τ with {target}, 95% CI; tiers of the paired test (Holm, α = 0.05)", loc="left")
+        ax.grid(axis="y", visible=False)
+        bars.set_xlim(-0.5, 4.0)
+        bars.axis("off")
+        path = _save(fig, path)
+    return path
+
+
+def write_tasks(cross: pd.DataFrame, tasks: list[str], path: Path) -> Path:
+    """Each measure's τ on every task (one marker per task), ranked by its worst task, the worst marked by a line
+    from zero; the cross-task table of ``benchmark.evaluation.suite.cross_task``."""
+    n = max(len(cross), 1)
+    left = 0.25 + 0.056 * max((len(m) for m in cross.measure), default=8)
+    width, height = left + 5.0, 1.1 + 0.17 * n
+    colors = _colors(len(tasks))
+    markers = "os^Dv<>p"
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(width, height)
+        ax = fig.add_axes((left / width, 0.4 / height, 4.7 / width, 1 - 1.1 / height))
+        ypos = np.arange(len(cross))
+        worst = cross["worst_tau"].to_numpy(dtype=float)
+        ok = np.isfinite(worst)
+        ax.hlines(ypos[ok], 0, worst[ok], color="#999", lw=2.5, alpha=0.6)
+        for i, t in enumerate(tasks):
+            ax.plot(cross[f"tau.{t}"].to_numpy(dtype=float), ypos, markers[i % len(markers)], color=colors[i],
+                    ms=3.5, label=t, alpha=0.9)
+        ax.axvline(0, color="#666", lw=0.8)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_yticks(ypos, [f"{i}. {m}" for i, m in enumerate(cross.measure, 1)])
+        ax.set_ylim(len(cross) - 0.5, -0.5)
+        ax.set_title("τ with gap_error on each task; grey bar: the worst task", loc="left")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0 + 0.25 / height), ncol=len(tasks), frameon=False)
+        ax.grid(axis="y", visible=False)
+        path = _save(fig, path)
+    return path
+
+
 def write(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str | None = None) -> list[Path]:
     """Every figure of one leaderboard under ``out_dir``; scatter plots of measures no longer listed are removed.
 
@@ -267,4 +342,8 @@ def write(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str | N
     heatmap = write_psi_heatmap(table, out_dir / HEATMAP_FIGURE, target)
     if heatmap is None:
         (out_dir / HEATMAP_FIGURE).unlink(missing_ok=True)
-    return [*scatters, write_summary(table, out_dir / SUMMARY_FIGURE, target), *([heatmap] if heatmap else [])]
+    tier_figure = write_tiers(table, out_dir / TIERS_FIGURE, target)
+    if tier_figure is None:
+        (out_dir / TIERS_FIGURE).unlink(missing_ok=True)
+    return [*scatters, write_summary(table, out_dir / SUMMARY_FIGURE, target),
+            *[f for f in (heatmap, tier_figure) if f]]

@@ -15,9 +15,11 @@ from benchmark.report.format import count, fmt, fmt_ci
 LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
           "with bootstrap 95% intervals (the seeds of each configuration resampled, never the configurations "
-          "themselves). ≈#1: = where the paired bootstrap test against #1 (the difference of the two τ on the "
-          "same resamples, Holm-adjusted over all measures, α = 0.05) cannot tell the measure apart from #1; "
-          "comparing two measures' separate intervals would ignore that their estimates are correlated. "
+          "themselves). Tier: the paired bootstrap test (the difference of two measures' τ on the same resamples, "
+          "Holm-adjusted, α = 0.05) cannot split the measures of one tier: tier 1 is the group that cannot be told "
+          "apart from #1, tier 2 the group around the best measure left, and so on, like the bars of a "
+          "critical-difference diagram; comparing two measures' separate intervals would ignore that their "
+          "estimates are correlated. "
           "CMI: conditional mutual information of the signs (Jiang et al.), minimised over conditioning sets of "
           "≤ 2 axes (0 = no information), with its chance level in brackets: the mean over 50 permutations of the "
           "measure across the models (the CSV has the permutation p-value, cmi_p). "
@@ -34,6 +36,43 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "value; n/a: the quantity is undefined for that model (not a failure).")
 
 
+FLAT_SHARE = 0.8  # a column whose most common value (as printed) holds this share of the rows cannot rank
+_WORST_CASE = {"sign_error_max": "maximum", "sign_error_p90": "90th percentile"}
+
+
+def flat_columns(table: pd.DataFrame, columns=tuple(_WORST_CASE), share: float = FLAT_SHARE) -> dict[str, str]:
+    """The columns of ``table`` (one target's rows) that cannot separate the measures on this zoo, each with the
+    sentence that says so instead: the most common value, to the two decimals printed, holds at least ``share``
+    of the rows that have one."""
+    out = {}
+    for col in columns:
+        if col not in table:
+            continue
+        values = table[col].dropna().round(2)
+        if len(values) < 2:
+            continue
+        top, k = values.value_counts().index[0], int(values.value_counts().iloc[0])
+        if k < share * len(values):
+            continue
+        what = _WORST_CASE.get(col)
+        if what:
+            envs = table.get("sign_error_n_envs", pd.Series(dtype=float)).dropna()
+            where = (f"{int(envs.min())}–{int(envs.max())}" if len(envs) and envs.min() != envs.max()
+                     else (f"{int(envs.iloc[0])}" if len(envs) else "the"))
+            out[col] = (f"The sign error's {what} is not shown: it is {fmt(top)} for {k} of the {len(values)} "
+                        f"measures, so it cannot separate them. It is a worst case over {where} usable environments, "
+                        f"and with that many nearly every measure orders some environment's pairs the wrong way; "
+                        f"the CSV keeps it.")
+        else:
+            out[col] = f"`{col}` is not shown: it is {fmt(top)} for {k} of the {len(values)} measures."
+    return out
+
+
+def tier_text(tier) -> str:
+    """A tier number as printed ("—" when untested: no seed replicates)."""
+    return str(int(tier)) if isinstance(tier, (int, float, np.integer, np.floating)) and math.isfinite(tier) else "—"
+
+
 def tied_value(tied) -> bool | None:
     """``tied_with_best`` as read back from a table (a bool, "True"/"False", or missing): None when untested."""
     if isinstance(tied, str):
@@ -41,12 +80,6 @@ def tied_value(tied) -> bool | None:
     if isinstance(tied, (bool, np.bool_)):
         return bool(tied)
     return None
-
-
-def tied_mark(tied) -> str:
-    """"=" for a measure the paired test cannot tell apart from #1 (``tied_with_best``), "" otherwise or
-    when untested (no seed replicates)."""
-    return "=" if tied_value(tied) else ""
 
 
 def noise_text(noise: dict) -> str:
@@ -107,23 +140,27 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
     lines += [LEGEND, ""]
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
+        flat = flat_columns(t)
+        show_max = "sign_error_max" not in flat
         lines += [f"## Predicting `{target}`", "",
-                  "| # | ≈#1 | measure | family | τ [95% CI] | Ψ [95% CI] | CMI (chance) | sign err. mean / max "
-                  "| cost s | invariant | m-adj. | failed | n/a |",
+                  "| # | tier | measure | family | τ [95% CI] | Ψ [95% CI] | CMI (chance) | "
+                  + ("sign err. mean / max" if show_max else "sign err. mean")
+                  + " | cost s | invariant | m-adj. | failed | n/a |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for rank, r in enumerate(t.itertuples(), 1):
             tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
-            tied = tied_mark(getattr(r, "tied_with_best", None))
             chance = getattr(r, "cmi_null", None)
             same = getattr(r, "identical", "")
             same = f" (= {', '.join(f'`{m}`' for m in same.split(', '))})" if isinstance(same, str) and same else ""
             psi = fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)
-            lines.append(f"| {rank} | {tied} | `{r.measure}`{same} | {r.family} | {tau} | "
-                         f"{psi} | {fmt(r.cmi, 3)} ({fmt(chance, 3)}) | "
-                         f"{fmt(r.sign_error_mean, 2)} / {fmt(r.sign_error_max, 2)} | {fmt(r.seconds, 3)} | "
+            sign = fmt(r.sign_error_mean, 2) + (f" / {fmt(r.sign_error_max, 2)}" if show_max else "")
+            lines.append(f"| {rank} | {tier_text(getattr(r, 'tier', None))} | `{r.measure}`{same} | {r.family} | "
+                         f"{tau} | {psi} | {fmt(r.cmi, 3)} ({fmt(chance, 3)}) | {sign} | {fmt(r.seconds, 3)} | "
                          f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
                          f"{count(r.failures)} | {count(getattr(r, 'not_applicable', float('nan')))} |")
         lines.append("")
+        if "sign_error_max" in flat:
+            lines += [flat["sign_error_max"], ""]
     lines += baselines_markdown(baselines)
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
     psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]
@@ -201,7 +238,7 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
         t = t.head(top)
     show = pd.DataFrame({
         "#": range(1, len(t) + 1),
-        "~#1": [tied_mark(x) or "·" for x in t.get("tied_with_best", pd.Series([None] * len(t)))],
+        "tier": [tier_text(x) for x in t.get("tier", pd.Series([None] * len(t)))],
         "measure": [m + (f" (= {same})" if isinstance(same, str) and same else "")
                     for m, same in zip(t.measure, t.get("identical", pd.Series([""] * len(t))))],
         "family": t.family.values,
@@ -212,4 +249,58 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
         "invariant": [_text(x) for x in t.get("invariances", pd.Series([""] * len(t)))],
         "failed": [count(x) for x in t.failures],
         "n/a": [count(x) for x in t.get("not_applicable", pd.Series([float("nan")] * len(t)))]})
+    return show.to_string(index=False)
+
+
+def suite_markdown(name: str, cross: pd.DataFrame, agree: dict, tasks: dict[str, dict], top: int | None = None) -> str:
+    """A suite's cross-task summary: the tasks, the agreement of their rankings, and every measure's τ per task
+    ranked by its worst task. ``tasks[task]`` holds ``n_models``, ``n_converged``, ``best_test_error``,
+    ``axes``, ``leader``, ``tied`` (the size of the group that cannot be told apart from #1) and ``rho`` (the
+    split-half reliability)."""
+    names = list(tasks)
+    total = sum(t["n_converged"] for t in tasks.values())
+    lines = [f"# Suite: {name}", "",
+             f"{total} converged models over {len(names)} tasks, each its own leaderboard "
+             f"({', '.join(f'[{name}-{t}]({name}-{t}.md)' for t in names)}). A measure that predicts generalization "
+             f"should do so on every task, so the measures are ranked by their worst τ over the tasks.", "",
+             "| task | models (converged) | axes | best test error | #1 on the gap | tied with #1 | split-half ρ |",
+             "|---|---|---|---|---|---|---|"]
+    for t, info in tasks.items():
+        lines.append(f"| {t} | {info['n_models']} ({info['n_converged']}) | "
+                     f"{', '.join(a.removeprefix('hp.') for a in info['axes'])} | {fmt(info['best_test_error'], 3)} | "
+                     f"`{info['leader']}` | {info['tied']} | {fmt(info['rho'])} |")
+    w = agree["concordance"]
+    lines += ["", "## Do the tasks agree?", "",
+              f"Over the {w['n']} measures every task ranks, Kendall's coefficient of concordance of the tasks' τ "
+              f"columns is W = {fmt(w['w'], 3)} (1: the same ranking everywhere, 0: none; Friedman χ² = "
+              f"{fmt(w['chi2'], 1)}, p = {fmt(w['p'], 3)}).", "",
+              "| task | task | Kendall τ | Spearman ρ |", "|---|---|---|---|"]
+    for r in agree["pairs"].itertuples():
+        lines.append(f"| {r.task_a} | {r.task_b} | {fmt(r.kendall_tau, 3)} | {fmt(r.spearman, 3)} |")
+    lines += ["", "## Every measure on every task (predicting `gap_error`)", "",
+              "τ per task with its tier on that task in brackets (tier 1: cannot be told apart from that task's "
+              "#1 by the paired test); worst: the smallest τ over the tasks, with the lower end of its 95% "
+              "interval.", "",
+              "| # | measure | family | worst τ (lower CI) | worst task | mean τ | mean rank | "
+              + " | ".join(names) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(names)]
+    rows = cross.head(top) if top else cross
+    for rank, r in enumerate(rows.to_dict("records"), 1):
+        cells = []
+        for t in names:
+            tier = r.get(f"tier.{t}")
+            tier = f" ({int(tier)})" if isinstance(tier, (int, float)) and math.isfinite(tier) else ""
+            cells.append(f"{fmt(r[f'tau.{t}'], 3)}{tier}")
+        lines.append(f"| {rank} | `{r['measure']}` | {_text(r['family'])} | {fmt(r['worst_tau'], 3)} "
+                     f"({fmt(r['worst_tau_lo'], 2)}) | {_text(r['worst_task'])} | {fmt(r['mean_tau'], 3)} | "
+                     f"{fmt(r['mean_rank'], 1)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def suite_terminal(cross: pd.DataFrame, tasks: list[str], top: int | None = None) -> str:
+    """The cross-task table for the terminal: worst τ, its task, the mean and τ per task."""
+    t = cross.head(top) if top else cross
+    show = pd.DataFrame({"#": range(1, len(t) + 1), "measure": t.measure.values, "family": t.family.values,
+                         "worst_tau": [fmt(x, 3) for x in t.worst_tau], "worst_task": t.worst_task.values,
+                         "mean_tau": [fmt(x, 3) for x in t.mean_tau],
+                         **{task: [fmt(x, 3) for x in t[f"tau.{task}"]] for task in tasks}})
     return show.to_string(index=False)

@@ -145,7 +145,7 @@ def test_terminal_options_and_errors(board, capsys):
                     "leaderboard.dataset=digits", "leaderboard.sort=measure", "leaderboard.order=desc",
                     "leaderboard.target=test_error")
     lines = pipeline.leaderboard(pick).strip().splitlines()[2:]  # past the title and the column names
-    assert [line.split()[2] for line in lines] == sorted(MEASURES, reverse=True)  # after "#" and "~#1"
+    assert [line.split()[2] for line in lines] == sorted(MEASURES, reverse=True)  # after "#" and "tier"
     for override, message in (("leaderboard.dataset=nope", "available: smoke-digits"),
                               ("leaderboard.target=nope", "valid: gap_error, test_error"),
                               ("leaderboard.sort=nope", "valid: measure, target"),

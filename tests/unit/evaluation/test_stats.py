@@ -466,7 +466,7 @@ def test_evaluate_shape_and_columns(evaluated):
         + [f"sign_error.{a}" for a in AXES]
         + ["sign_error_n_envs", "sign_error_n_below", "sign_error_unusable_axes"]
         + [f"{s}_vs_best{x}" for s in ("tau", "psi") for x in ("", "_lo", "_hi", "_p", "_p_holm")]
-        + ["tied_with_best"]
+        + ["tied_with_best", "tier"]
     )
     assert list(res.columns) == expected
     assert res.attrs["resample"] == "seeds" and res.attrs["replicated"]
@@ -751,3 +751,53 @@ def test_cmi_null_recognises_an_informative_measure_and_evaluate_reports_it(eval
     row = res[(res.measure == "measure.perfect") & (res.target == GAP)].iloc[0]
     noise = res[(res.measure == "measure.noise") & (res.target == GAP)].iloc[0]
     assert row.cmi_p == pytest.approx(1 / 51) and noise.cmi_p > row.cmi_p and noise.cmi_null > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Tiers and Kendall's W
+# ---------------------------------------------------------------------------------------
+def test_tiers_hand_worked():
+    # replicates: a shared component plus each measure's own small noise, so the paired se of two
+    # measures' difference is about 0.01 * sqrt(2): points 0.01 apart tie, 0.2 apart separate
+    rng = np.random.default_rng(0)
+    points = np.array([0.80, 0.795, 0.50, 0.49, 0.20, np.nan])
+    shared = rng.standard_normal((2000, 1))
+    reps = points + shared + 0.01 * rng.standard_normal((2000, 6))
+    assert stats.tiers(points, reps).tolist() == [1, 1, 2, 2, 3, 0]
+    # tier 1 is the group evaluate() calls tied with the best
+    p = stats.holm([stats.paired_difference(reps[:, k], reps[:, 0], points[k], points[0])["p"] for k in range(1, 5)])
+    assert [k for k, pk in zip(range(1, 5), p) if pk > 0.05] == [1]
+    # the order of the columns does not matter
+    perm = np.array([4, 2, 0, 5, 1, 3])
+    assert stats.tiers(points[perm], reps[:, perm]).tolist() == [3, 2, 1, 0, 1, 2]
+
+
+def test_evaluate_tiers_agree_with_tied_with_best(evaluated):
+    _, res = evaluated
+    gap = res[res.target == GAP]
+    ok = gap.tau.notna()
+    assert set(gap.loc[ok & (gap.tier == 1), "measure"]) == set(gap.loc[gap.tied_with_best == True, "measure"])  # noqa: E712
+    assert gap.loc[~ok, "tier"].isna().all()
+    ranked = gap[ok].sort_values("tau", ascending=False)
+    assert ranked.tier.is_monotonic_increasing
+
+
+def test_kendall_w_against_friedman_and_hand_worked():
+    # identical rankings: W = 1; two opposite rankings: W = 0
+    assert stats.kendall_w([[1, 2, 3, 4], [10, 20, 30, 40]])["w"] == pytest.approx(1.0)
+    assert stats.kendall_w([[1, 2, 3], [3, 2, 1]])["w"] == pytest.approx(0.0)
+    # hand: ranks (1,2,3), (1,3,2): R = (2, 5, 5), mean 4, S = 4 + 1 + 1 = 6, W = 12*6 / (4 * 24) = 0.75
+    assert stats.kendall_w([[1, 2, 3], [1, 3, 2]])["w"] == pytest.approx(0.75)
+    rng = np.random.default_rng(2)
+    for ties in (False, True):
+        x = rng.standard_normal((4, 9)) + np.linspace(0, 2, 9)
+        if ties:
+            x = np.round(x)  # ties within rows: the tie-corrected W still equals Friedman's chi2 / (m (n - 1))
+        out = stats.kendall_w(x)
+        ref = scipy.stats.friedmanchisquare(*x.T)
+        assert out["chi2"] == pytest.approx(ref.statistic) and out["p"] == pytest.approx(ref.pvalue)
+        assert out["w"] == pytest.approx(ref.statistic / (4 * 8))
+    with_nan = rng.standard_normal((3, 5))
+    with_nan[1, 2] = np.nan
+    assert stats.kendall_w(with_nan)["n"] == 4
+    assert math.isnan(stats.kendall_w([[1.0, 2.0]])["w"])

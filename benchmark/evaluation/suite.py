@@ -1,0 +1,109 @@
+"""The cross-task view of a suite: each measure's results over the tasks, its worst case, and how far the
+tasks' rankings agree. Pure functions of the per-task results tables (``leaderboard.results``).
+
+A measure that predicts generalization should do so on every task, so the cross-task table ranks the measures
+by their *worst* τ over the tasks (the smallest oriented τ), not their mean: one task where a measure
+predicts the wrong way is a counterexample that the mean would hide (the robustness view of Dziugaite et
+al. 2020, applied to tasks instead of environments).
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+from benchmark.evaluation import stats
+
+
+def expand_identical(table: pd.DataFrame) -> pd.DataFrame:
+    """The results table with a row for every measure that ``identical`` names beside its group's
+    representative (the representative's numbers), so that tasks whose groups differ line up."""
+    if "identical" not in table:
+        return table
+    extra = []
+    for _, row in table[table["identical"].fillna("").astype(str) != ""].iterrows():
+        for name in str(row["identical"]).split(", "):
+            copy = row.copy()
+            copy["measure"], copy["identical"] = name, row["measure"]
+            extra.append(copy)
+    return pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table
+
+
+def _per_task(tables: Mapping[str, pd.DataFrame], target: str) -> dict[str, pd.DataFrame]:
+    out = {}
+    for task, table in tables.items():
+        t = expand_identical(table)
+        t = t[t["target"] == target].drop_duplicates("measure").set_index("measure")
+        t = t.assign(rank=t["tau"].rank(ascending=False, method="min"))
+        out[task] = t
+    return out
+
+
+def cross_task(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> pd.DataFrame:
+    """One row per measure over the tasks' results tables (``{task: table}``).
+
+    Columns: ``measure``, ``family``, ``n_tasks`` (tasks with a finite τ), ``worst_tau`` and ``worst_task``
+    (the smallest τ and its task), ``worst_tau_lo`` (the lower end of that task's interval), ``mean_tau``,
+    ``worst_psi``, ``mean_rank``, then per task ``tau.<task>``, ``tau_lo.<task>``, ``tau_hi.<task>``,
+    ``psi.<task>``, ``rank.<task>`` and ``tier.<task>``. Sorted by worst τ, measures present in every
+    task first.
+    """
+    per = _per_task(tables, target)
+    tasks = list(per)
+    names = list(dict.fromkeys(m for t in per.values() for m in t.index))
+    rows = []
+    for m in names:
+        row = {"measure": m, "family": next((per[t].at[m, "family"] for t in tasks if m in per[t].index), None)}
+        taus = {}
+        for t in tasks:
+            have = m in per[t].index
+            for col, src in (("tau", "tau"), ("tau_lo", "tau_lo"), ("tau_hi", "tau_hi"), ("psi", "psi"),
+                             ("rank", "rank"), ("tier", "tier")):
+                value = per[t].at[m, src] if have and src in per[t] else np.nan
+                row[f"{col}.{t}"] = value
+            if have and np.isfinite(per[t].at[m, "tau"]):
+                taus[t] = float(per[t].at[m, "tau"])
+        row["n_tasks"] = len(taus)
+        worst = min(taus, key=taus.get) if taus else None
+        row["worst_task"] = worst
+        row["worst_tau"] = taus[worst] if worst else np.nan
+        row["worst_tau_lo"] = row[f"tau_lo.{worst}"] if worst else np.nan
+        row["mean_tau"] = float(np.mean(list(taus.values()))) if taus else np.nan
+        psis = [row[f"psi.{t}"] for t in tasks if np.isfinite(row[f"psi.{t}"])]
+        row["worst_psi"] = float(min(psis)) if psis else np.nan
+        ranks = [row[f"rank.{t}"] for t in tasks if np.isfinite(row[f"rank.{t}"])]
+        row["mean_rank"] = float(np.mean(ranks)) if ranks else np.nan
+        rows.append(row)
+    head = ["measure", "family", "n_tasks", "worst_tau", "worst_task", "worst_tau_lo", "mean_tau", "worst_psi",
+            "mean_rank"]
+    per_task = [f"{c}.{t}" for t in tasks for c in ("tau", "tau_lo", "tau_hi", "psi", "rank", "tier")]
+    out = pd.DataFrame(rows, columns=head + per_task)
+    out["_complete"] = out["n_tasks"] == len(tasks)
+    out = out.sort_values(["_complete", "worst_tau"], ascending=[False, False], na_position="last")
+    return out.drop(columns="_complete").reset_index(drop=True)
+
+
+def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> dict:
+    """How far the tasks rank the measures alike, on the measures every task ranks.
+
+    ``pairs``: one row per pair of tasks with Kendall's τ-b and Spearman's ρ between their τ columns;
+    ``concordance``: Kendall's W over all tasks (:func:`stats.kendall_w`) with Friedman's χ² and p-value.
+    """
+    per = _per_task(tables, target)
+    tasks = list(per)
+    common = [m for m in dict.fromkeys(m for t in per.values() for m in t.index)
+              if all(m in per[t].index and np.isfinite(per[t].at[m, "tau"]) for t in tasks)]
+    rows = []
+    for a, b in combinations(tasks, 2):
+        x, y = per[a].loc[common, "tau"].to_numpy(float), per[b].loc[common, "tau"].to_numpy(float)
+        ok = len(common) >= 2
+        rows.append({"task_a": a, "task_b": b, "n_measures": len(common),
+                     "kendall_tau": float(scipy.stats.kendalltau(x, y).statistic) if ok else np.nan,
+                     "spearman": float(scipy.stats.spearmanr(x, y).statistic) if ok else np.nan})
+    scores = np.vstack([per[t].loc[common, "tau"].to_numpy(float) for t in tasks]) if common else np.zeros((0, 0))
+    return {"pairs": pd.DataFrame(rows, columns=["task_a", "task_b", "n_measures", "kendall_tau", "spearman"]),
+            "concordance": stats.kendall_w(scores) if common else {"w": np.nan, "chi2": np.nan, "p": np.nan,
+                                                                     "m": len(tasks), "n": 0}}

@@ -118,8 +118,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         for i, (name, task) in enumerate(tasks.items(), 1):
             log.info("evaluating task %d of %d: %s", i, len(tasks), name)
             boards[name] = _evaluate_board(task, chosen)
-        _write_suite(cfg, boards, tasks)
         table = pd.concat([t.assign(task=name) for name, (t, _, _) in boards.items()], ignore_index=True)
+        _write_suite(cfg, boards)
     paths = page.write(Path(cfg.leaderboard.dir))
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return table
@@ -148,12 +148,19 @@ def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> tuple[pd
     return table, df, reliability
 
 
-def _write_suite(cfg: DictConfig, boards: dict, tasks: dict[str, DictConfig]) -> list[Path]:
-    """The suite's cross-task table, the agreement of the tasks' rankings, its Markdown and figure."""
-    files = suite_files(cfg)
+def _write_suite(cfg: DictConfig, boards: dict) -> list[Path]:
+    """The suite's cross-task table, the agreement of the tasks' rankings, its Markdown and figure. A task this
+    run did not evaluate (``suite.only``) enters with the leaderboard it wrote before, if there is one."""
+    files, boards = suite_files(cfg), dict(boards)
+    every = task_configs(cfg, every=True)
+    for name, task in every.items():
+        if name not in boards and board_files(task).exists():
+            board = page.load(files.folder, board_files(task).name)
+            boards[name] = (board.table, board.zoo, board.reliability)
+    boards = {name: boards[name] for name in every if name in boards}
     results = {name: table for name, (table, _, _) in boards.items()}
     cross, agree = cross_task.cross_task(results), cross_task.agreement(results)
-    info = {name: lb.task_summary(table, df, reliability, varying_axes(tasks[name]))
+    info = {name: lb.task_summary(table, df, reliability, varying_axes(every[name]))
             for name, (table, df, reliability) in boards.items()}
     files.folder.mkdir(parents=True, exist_ok=True)
     paths = [write_text(files.results, cross.to_csv(index=False)),
@@ -161,7 +168,7 @@ def _write_suite(cfg: DictConfig, boards: dict, tasks: dict[str, DictConfig]) ->
                                                                   agree["concordance"].items()}).to_csv(index=False)),
              write_text(files.markdown, tables.suite_markdown(files.name, cross, agree, info))]
     if cfg.leaderboard.plots:
-        paths.append(plots.write_tasks(cross, list(tasks), files.figure))
+        paths.append(plots.write_tasks(cross, list(boards), files.figure))
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths
 

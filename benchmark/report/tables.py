@@ -115,6 +115,41 @@ def reliability_text(rel: dict | None, target: str = "gap_error") -> str:
             f"ranks more reliably than one half.")
 
 
+def lead_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str = "gap_error") -> str:
+    """What a reader needs first: the tier of #1 on ``target`` and what the baselines score."""
+    t = table[(table.target == target) & table.tau.notna()].sort_values("tau", ascending=False)
+    if t.empty:
+        return ""
+    best = t.iloc[0]
+    tier = t[t["tier"] == 1] if "tier" in t else t.iloc[:0]
+    if len(tier):
+        names = ", ".join(f"`{m}`" for m in tier.measure)
+        text = (f"**#1 predicting `{target}`:** `{best.measure}`, τ = {fmt(best.tau)} [{fmt(best.tau_lo)}, "
+                f"{fmt(best.tau_hi)}]. " + (f"The paired test cannot tell {len(tier) - 1} other measure"
+                                            f"{'s' if len(tier) > 2 else ''} apart from it (tier 1: {names})."
+                                            if len(tier) > 1 else "The paired test separates it from every other "
+                                            "measure (tier 1 is #1 alone)."))
+    else:
+        text = (f"**#1 predicting `{target}`:** `{best.measure}`, τ = {fmt(best.tau)}; without seed replicates no "
+                f"paired test can say whether it leads beyond noise.")
+    if baselines is not None and len(baselines):
+        b = baselines[baselines.target == target].set_index("measure")
+        axes = b[b.index.str.startswith("baseline.axis.")]
+        parts = []
+        if "baseline.noisy_oracle" in b.index:
+            parts.append(f"the noisy oracle τ = {fmt(b.at['baseline.noisy_oracle', 'tau'])}")
+        if len(axes):
+            top = axes.tau.idxmax()
+            beat = int((t.tau > axes.tau.max()).sum())
+            parts.append(f"the best single axis (`{top.removeprefix('baseline.axis.')}`) τ = {fmt(axes.tau.max())}, "
+                         f"beaten by {beat} of the {len(t)} measures")
+        if "baseline.random" in b.index:
+            parts.append(f"random τ = {fmt(b.at['baseline.random', 'tau'])}")
+        if parts:
+            text += " **Baselines:** " + "; ".join(parts) + "."
+    return text
+
+
 def baselines_markdown(baselines: pd.DataFrame | None) -> list[str]:
     """The baselines' table (never ranked): τ, Ψ and the sign error per target."""
     if baselines is None or baselines.empty:
@@ -134,7 +169,10 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
              baselines: pd.DataFrame | None = None, reliability: dict | None = None) -> str:
     """The leaderboard as Markdown: the noise floor and reliability, one ranked table per target, the baselines,
     a per-axis breakdown, oracle analyses."""
-    lines = [f"# Leaderboard: {title}", "", noise_text(noise), ""]
+    lines = [f"# Leaderboard: {title}", ""]
+    lead = lead_text(table, baselines)
+    lines += [lead, ""] if lead else []
+    lines += [noise_text(noise), ""]
     rel = reliability_text(reliability)
     lines += [rel, ""] if rel else []
     lines += [LEGEND, ""]

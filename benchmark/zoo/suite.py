@@ -35,14 +35,14 @@ def suite_of(cfg: Mapping) -> DictConfig | None:
     return suite if suite and suite.get("tasks") else None
 
 
-def task_names(cfg: Mapping) -> list[str]:
-    """The tasks this run covers, in the suite's order (``suite.only`` narrows them)."""
+def task_names(cfg: Mapping, every: bool = False) -> list[str]:
+    """The tasks this run covers, in the suite's order (``suite.only`` narrows them unless ``every``)."""
     suite = suite_of(cfg)
     if suite is None:
         return []
     names = list(suite.tasks)
     only = suite.get("only")
-    if only is None:
+    if only is None or every:
         return names
     only = [only] if isinstance(only, str) else list(only)
     unknown = [n for n in only if n not in names]
@@ -52,13 +52,14 @@ def task_names(cfg: Mapping) -> list[str]:
     return [n for n in names if n in only]
 
 
-def task_configs(cfg: DictConfig) -> dict[str, DictConfig]:
-    """One complete config per task of the suite ({} for a single zoo), in the suite's order."""
+def task_configs(cfg: DictConfig, every: bool = False) -> dict[str, DictConfig]:
+    """One complete config per task the run covers (every task of the suite with ``every``; {} for a single zoo),
+    in the suite's order."""
     suite = suite_of(cfg)
     if suite is None:
         return {}
     out = {}
-    for name in task_names(cfg):
+    for name in task_names(cfg, every):
         spec = suite.tasks[name]
         extra = sorted(set(spec) - set(TASK_KEYS))
         if extra:

@@ -55,9 +55,14 @@ def test_a_suite_runs_every_task_and_summarises_them(tmp_path):
     assert 'id="mini"' in page and page.index('id="mini"') < page.index('id="mini-wide"')
     assert "Suite mini" in (lb / "README.md").read_text()
     assert "worst_tau" in text and "param_norm" in text
-    # one task again: its leaderboard only, nothing retrained
+    # one task again: nothing retrained, and the summary keeps the other task from its leaderboard on disk
     only = _suite_cfg(tmp_path, only=["fast"])
     assert pipeline.train(only) == {"trained": 0, "reused": 8, "converged": 8}
+    assert set(pipeline.evaluate(only).task) == {"fast"}
+    again = pd.read_csv(files.results)
+    assert {"tau.wide", "tau.fast"} <= set(again.columns)
+    wide = cross.set_index("measure")["tau.wide"].to_dict()
+    assert again.set_index("measure")["tau.wide"].to_dict() == pytest.approx(wide)
 
 
 def test_suite_mistakes_are_one_line(tmp_path):

@@ -53,3 +53,25 @@ def test_shards_partition_the_zoo():
     shards = [expand(make_cfg("zoo.num_shards=5", f"zoo.shard={i}")) for i in range(5)]
     ids = [hp.model_id for s in shards for hp in s]
     assert sorted(ids) == sorted(hp.model_id for hp in expand(make_cfg()))
+
+
+JIANG_AXES = {"hp.model.depth", "hp.model.width", "hp.model.dropout", "hp.optimizer.name", "hp.optimizer.lr",
+              "hp.optimizer.weight_decay", "hp.train.batch_size"}
+
+
+def test_the_standard_benchmark_is_replicated_and_varies_jiangs_axes_on_three_tasks():
+    from benchmark.zoo.suite import task_configs
+    cfg = make_cfg("experiment=standard")
+    tasks = task_configs(cfg)
+    assert len(tasks) >= 3
+    assert len({(c.dataset.name, c.model.name) for c in tasks.values()}) == len(tasks)  # different tasks
+    total = 0
+    for name, task in tasks.items():
+        hps = expand(task)  # every model valid before anything trains
+        total += len(hps)
+        assert len(set(task.zoo.seeds)) >= 3, name
+        assert len(JIANG_AXES & set(varying_axes(task))) >= 4, name
+        assert task.leaderboard.name == f"standard-{name}"
+    assert total >= 1000
+    one = task_configs(make_cfg("experiment=standard", "suite.only=[digits-mlp]"))
+    assert list(one) == ["digits-mlp"]

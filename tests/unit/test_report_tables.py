@@ -1,0 +1,55 @@
+"""The leaderboard's text: columns that cannot separate the measures, the opening sentences, the tier figure."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import PIL.Image
+
+from benchmark.report import plots, tables
+
+
+def _rows(n=10, max_values=None, tiers=None):
+    max_values = max_values if max_values is not None else [1.0] * n
+    return pd.DataFrame({"measure": [f"m{k}" for k in range(n)], "target": "gap_error", "family": "f",
+                         "tau": np.linspace(0.9, 0.0, n), "tau_lo": np.linspace(0.85, -0.05, n),
+                         "tau_hi": np.linspace(0.95, 0.05, n), "sign_error_max": max_values,
+                         "sign_error_p90": np.linspace(0.1, 0.9, n), "sign_error_n_envs": [36, 76] * (n // 2),
+                         "tier": tiers if tiers is not None else [1, 1, 2, 2, 2, 3, 3, 4, 4, 5][:n]})
+
+
+def test_a_worst_case_column_that_is_flat_is_explained_not_printed():
+    t = _rows(max_values=[1.0] * 8 + [0.5, 0.33])
+    flat = tables.flat_columns(t)
+    assert set(flat) == {"sign_error_max"}  # 8 of 10 at 1.00; the p90 varies
+    assert "it is 1.00 for 8 of the 10 measures" in flat["sign_error_max"] and "36–76 usable" in flat["sign_error_max"]
+    assert tables.flat_columns(_rows(max_values=[1.0] * 7 + [0.5, 0.4, 0.3])) == {}  # 7 of 10: it still separates
+    assert tables.flat_columns(_rows(max_values=[1.0 - 1e-4] * 4 + [1.0] * 6)) != {}  # equal as printed
+
+
+def test_markdown_opens_with_the_tier_of_one_and_the_baselines():
+    t = _rows()
+    base = pd.DataFrame({"measure": ["baseline.noisy_oracle", "baseline.axis.model.width", "baseline.axis.lr",
+                                     "baseline.random"], "target": "gap_error", "tau": [0.95, 0.5, 0.2, 0.01]})
+    base = base.assign(tau_lo=base.tau - 0.05, tau_hi=base.tau + 0.05, psi=0.0, psi_lo=0.0, psi_hi=0.0,
+                       sign_error_mean=0.2)
+    text = tables.lead_text(t, base)
+    assert text.startswith("**#1 predicting `gap_error`:** `m0`, τ = 0.90 [0.85, 0.95].")
+    assert "cannot tell 1 other measure apart from it (tier 1: `m0`, `m1`)" in text
+    assert "the best single axis (`model.width`) τ = 0.50, beaten by 4 of the 10 measures" in text
+    assert "random τ = 0.01" in text
+    alone = tables.lead_text(t.assign(tier=[1] + [2] * 9), None)
+    assert "separates it from every other measure" in alone
+    md = tables.markdown(t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001, sign_error_mean=0.1,
+                                  seconds=0.01, failures=0), {"n_converged": 4, "n_models": 4, "gap_min": 0.1,
+                                  "gap_max": 0.3, "gap_spread": 0.2, "spread_over_se": 5.0, "test_error_se": 0.04},
+                         pd.DataFrame(), "x", [], base)
+    assert md.index("**#1 predicting") < md.index("converged models") < md.index("## Predicting")
+    assert "sign err. mean / max" not in md and "The sign error's maximum is not shown" in md
+    assert "| 1 | 1 | `m0` |" in md and "| 10 | 5 | `m9` |" in md
+
+
+def test_tier_figure(tmp_path):
+    path = plots.write_tiers(_rows(), tmp_path / "tiers.png")
+    with PIL.Image.open(path) as image:
+        assert image.format == "PNG" and image.height > 200
+    assert plots.write_tiers(_rows().assign(tier=None), tmp_path / "none.png") is None

@@ -20,14 +20,16 @@ from benchmark.evaluation import stats
 
 def expand_identical(table: pd.DataFrame) -> pd.DataFrame:
     """The results table with a row for every measure that ``identical`` names beside its group's
-    representative (the representative's numbers), so that tasks whose groups differ line up."""
+    representative (the representative's numbers, ``copy_of`` naming it), so that tasks whose groups differ
+    line up."""
+    table = table.assign(copy_of="")
     if "identical" not in table:
         return table
     extra = []
     for _, row in table[table["identical"].fillna("").astype(str) != ""].iterrows():
         for name in str(row["identical"]).split(", "):
             copy = row.copy()
-            copy["measure"], copy["identical"] = name, row["measure"]
+            copy["measure"], copy["copy_of"] = name, row["measure"]
             extra.append(copy)
     return pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table
 
@@ -77,13 +79,34 @@ def cross_task(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") ->
         ranks = [row[f"rank.{t}"] for t in tasks if np.isfinite(row[f"rank.{t}"])]
         row["mean_rank"] = float(np.mean(ranks)) if ranks else np.nan
         rows.append(row)
-    head = ["measure", "family", "n_tasks", "worst_tau", "worst_task", "worst_tau_lo", "mean_tau", "worst_psi",
-            "mean_rank"]
+    rows = _collapse_identical(rows, per)
+    head = ["measure", "family", "identical", "n_tasks", "worst_tau", "worst_task", "worst_tau_lo", "mean_tau",
+            "worst_psi", "mean_rank"]
     per_task = [f"{c}.{t}" for t in tasks for c in ("tau", "tau_lo", "tau_hi", "psi", "rank", "tier")]
     out = pd.DataFrame(rows, columns=head + per_task)
     out["_complete"] = out["n_tasks"] == len(tasks)
     out = out.sort_values(["_complete", "worst_tau"], ascending=[False, False], na_position="last")
     return out.drop(columns="_complete").reset_index(drop=True)
+
+
+def _collapse_identical(rows: list[dict], per: dict[str, pd.DataFrame]) -> list[dict]:
+    """Measures that every task found identical (the same group representative on every task) as one row, the
+    others named in its ``identical`` column; a measure identical on some tasks only keeps its own row."""
+    def key(m: str) -> tuple:
+        return tuple((t.at[m, "copy_of"] or m) if m in t.index else None for t in per.values())
+
+    first: dict[tuple, dict] = {}
+    out = []
+    for row in rows:
+        k = key(row["measure"])
+        if k in first:
+            same = first[k]
+            same["identical"] = ", ".join(filter(None, [same["identical"], row["measure"]]))
+            continue
+        row["identical"] = ""
+        first[k] = row
+        out.append(row)
+    return out
 
 
 def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> dict:

@@ -443,7 +443,10 @@ def _suite_section(folder: Path, name: str) -> str:
     tasks = [c.removeprefix("tau.") for c in cross.columns if c.startswith("tau.")]
     rows = []
     for rank, r in enumerate(cross.to_dict("records"), 1):
-        cells = [_td(str(rank), rank, "num"), _td(f"<code>{escape(r['measure'])}</code>", r["measure"]),
+        same = r.get("identical")
+        same = (f' <span class="same">= {", ".join(f"<code>{escape(m)}</code>" for m in same.split(", "))}</span>'
+                if isinstance(same, str) and same else "")
+        cells = [_td(str(rank), rank, "num"), _td(f"<code>{escape(r['measure'])}</code>{same}", r["measure"]),
                  _td(escape(_text(r["family"])), _text(r["family"])),
                  _td(fmt(r["worst_tau"], 3), r["worst_tau"], "num"),
                  _td(escape(_text(r["worst_task"])), _text(r["worst_task"])),

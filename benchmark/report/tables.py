@@ -68,6 +68,11 @@ def flat_columns(table: pd.DataFrame, columns=tuple(_WORST_CASE), share: float =
     return out
 
 
+def fmt_p(p) -> str:
+    """A p-value as "p = 0.012", or "p < 0.001" below that."""
+    return "p < 0.001" if isinstance(p, (int, float)) and math.isfinite(p) and p < 0.001 else f"p = {fmt(p, 3)}"
+
+
 def tier_text(tier) -> str:
     """A tier number as printed ("—" when untested: no seed replicates)."""
     return str(int(tier)) if isinstance(tier, (int, float, np.integer, np.floating)) and math.isfinite(tier) else "—"
@@ -311,7 +316,7 @@ def suite_markdown(name: str, cross: pd.DataFrame, agree: dict, tasks: dict[str,
     lines += ["", "## Do the tasks agree?", "",
               f"Over the {w['n']} measures every task ranks, Kendall's coefficient of concordance of the tasks' τ "
               f"columns is W = {fmt(w['w'], 3)} (1: the same ranking everywhere, 0: none; Friedman χ² = "
-              f"{fmt(w['chi2'], 1)}, p = {fmt(w['p'], 3)}).", "",
+              f"{fmt(w['chi2'], 1)}, {fmt_p(w['p'])}).", "",
               "| task | task | Kendall τ | Spearman ρ |", "|---|---|---|---|"]
     for r in agree["pairs"].itertuples():
         lines.append(f"| {r.task_a} | {r.task_b} | {fmt(r.kendall_tau, 3)} | {fmt(r.spearman, 3)} |")
@@ -328,7 +333,9 @@ def suite_markdown(name: str, cross: pd.DataFrame, agree: dict, tasks: dict[str,
             tier = r.get(f"tier.{t}")
             tier = f" ({int(tier)})" if isinstance(tier, (int, float)) and math.isfinite(tier) else ""
             cells.append(f"{fmt(r[f'tau.{t}'], 3)}{tier}")
-        lines.append(f"| {rank} | `{r['measure']}` | {_text(r['family'])} | {fmt(r['worst_tau'], 3)} "
+        same = r.get("identical")
+        same = f" (= {', '.join(f'`{m}`' for m in same.split(', '))})" if isinstance(same, str) and same else ""
+        lines.append(f"| {rank} | `{r['measure']}`{same} | {_text(r['family'])} | {fmt(r['worst_tau'], 3)} "
                      f"({fmt(r['worst_tau_lo'], 2)}) | {_text(r['worst_task'])} | {fmt(r['mean_tau'], 3)} | "
                      f"{fmt(r['mean_rank'], 1)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -337,7 +344,9 @@ def suite_markdown(name: str, cross: pd.DataFrame, agree: dict, tasks: dict[str,
 def suite_terminal(cross: pd.DataFrame, tasks: list[str], top: int | None = None) -> str:
     """The cross-task table for the terminal: worst τ, its task, the mean and τ per task."""
     t = cross.head(top) if top else cross
-    show = pd.DataFrame({"#": range(1, len(t) + 1), "measure": t.measure.values, "family": t.family.values,
+    names = [m + (f" (= {same})" if isinstance(same, str) and same else "")
+             for m, same in zip(t.measure, t.get("identical", pd.Series([""] * len(t))))]
+    show = pd.DataFrame({"#": range(1, len(t) + 1), "measure": names, "family": t.family.values,
                          "worst_tau": [fmt(x, 3) for x in t.worst_tau], "worst_task": t.worst_task.values,
                          "mean_tau": [fmt(x, 3) for x in t.mean_tau],
                          **{task: [fmt(x, 3) for x in t[f"tau.{task}"]] for task in tasks}})

@@ -37,7 +37,13 @@ def test_identical_measures_are_expanded_on_the_tasks_that_group_them():
               "cnn": _table({"spec": 0.2, "spec_fft": 0.25, "x": 0.0})}
     out = suite.cross_task(tables).set_index("measure")
     assert out.at["spec_fft", "tau.mlp"] == 0.3 and out.at["spec_fft", "tau.cnn"] == 0.25
-    assert out.at["spec_fft", "n_tasks"] == 2
+    assert out.at["spec_fft", "n_tasks"] == 2 and out.at["spec", "identical"] == ""
+    # identical on every task: one row, the other named beside it
+    both = {"a": _table({"spec": 0.3, "x": 0.1}, identical={"spec": "spec_fft, spec_x"}),
+            "b": _table({"spec": 0.2, "x": 0.0}, identical={"spec": "spec_fft"})}
+    out = suite.cross_task(both).set_index("measure")
+    assert list(out.index) == ["spec", "x", "spec_x"] and out.at["spec", "identical"] == "spec_fft"
+    assert out.at["spec_x", "n_tasks"] == 1
 
 
 def test_agreement_against_scipy():

@@ -866,16 +866,19 @@ def holm(pvalues) -> np.ndarray:
 
 
 def tiers(points: Sequence[float], reps: np.ndarray, alpha: float = 0.05) -> np.ndarray:
-    """Tier numbers (1, 2, ...) of a ranking that the paired test cannot split, in the manner of the
-    groups joined by a bar in a critical-difference diagram (Demsar, JMLR 2006).
+    """Tier numbers (1, 2, ...) of a ranking, each tier a run of consecutive ranks that the paired test
+    cannot split from its first member, in the manner of the groups joined by a bar in a
+    critical-difference diagram (Demsar, JMLR 2006).
 
     ``points[k]`` is measure k's statistic (higher is better) and ``reps[:, k]`` its bootstrap
     replicates, all on the same resamples. Greedy from the top: the best measure not yet placed
-    leads a new tier; every unplaced measure that :func:`paired_difference` with the leader,
-    Holm-adjusted over the unplaced measures, cannot tell apart from it at ``alpha`` joins that
-    tier. Tier 1 is therefore exactly the group that cannot be told apart from #1. Demsar's
-    diagram tests average ranks over many datasets with the Nemenyi test; on one zoo the
-    replicates are the seeds, so the test here is the paired bootstrap. 0 marks a non-finite point.
+    leads a new tier; the measures ranked after it are compared with it by :func:`paired_difference`,
+    Holm-adjusted over all of them, and join its tier down to the first one the test separates from
+    the leader at ``alpha``; that one leads the next tier. Tier 1 is therefore #1 and the measures
+    ranked right after it that cannot be told apart from it (``tied_with_best`` may also mark a
+    measure further down whose estimate happens to be loosely correlated with #1's). Demsar's
+    diagram tests average ranks over many datasets with the Nemenyi test; on one zoo the replicates
+    are the seeds, so the test here is the paired bootstrap. 0 marks a non-finite point.
     """
     points = np.asarray(points, dtype=float)
     reps = np.asarray(reps, dtype=float)
@@ -886,10 +889,14 @@ def tiers(points: Sequence[float], reps: np.ndarray, alpha: float = 0.05) -> np.
         tier += 1
         leader, rest = left[0], left[1:]
         p = holm([paired_difference(reps[:, k], reps[:, leader], points[k], points[leader])["p"] for k in rest])
-        joined = {leader} | {k for k, pk in zip(rest, p) if not (np.isfinite(pk) and pk <= alpha)}
-        for k in joined:
+        size = 1
+        for pk in p:
+            if np.isfinite(pk) and pk <= alpha:
+                break
+            size += 1
+        for k in left[:size]:
             out[k] = tier
-        left = [k for k in left if k not in joined]
+        left = left[size:]
     return out
 
 

@@ -110,15 +110,16 @@ def _collapse_identical(rows: list[dict], per: dict[str, pd.DataFrame]) -> list[
 
 
 def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> dict:
-    """How far the tasks rank the measures alike, on the measures every task ranks.
+    """How far the tasks rank the measures alike, on the measures every task ranks (those identical on every task
+    once).
 
     ``pairs``: one row per pair of tasks with Kendall's τ-b and Spearman's ρ between their τ columns;
     ``concordance``: Kendall's W over all tasks (:func:`stats.kendall_w`) with Friedman's χ² and p-value.
     """
     per = _per_task(tables, target)
     tasks = list(per)
-    common = [m for m in dict.fromkeys(m for t in per.values() for m in t.index)
-              if all(m in per[t].index and np.isfinite(per[t].at[m, "tau"]) for t in tasks)]
+    cross = cross_task(tables, target)  # measures identical on every task count once
+    common = [m for m in cross.measure if all(m in per[t].index and np.isfinite(per[t].at[m, "tau"]) for t in tasks)]
     rows = []
     for a, b in combinations(tasks, 2):
         x, y = per[a].loc[common, "tau"].to_numpy(float), per[b].loc[common, "tau"].to_numpy(float)

@@ -271,8 +271,8 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
             _td(fmt_ci(r["tau"], r["tau_lo"], r["tau_hi"]), r["tau"], "num"),
             _td(fmt_ci(r["psi"], r["psi_lo"], r["psi_hi"]), r["psi"], "num"),
             _td(fmt(r["cmi"], 3), r["cmi"], "num", title=cmi_title),
-            _td(fmt(r["sign_error_mean"]), r["sign_error_mean"], "num"),
-            *[_td(fmt(r[c]), r[c], "num") for c in ("sign_error_p90", "sign_error_max") if c not in flat],
+            *[_td(fmt(r[c]), r[c], "num") for c in ("sign_error_mean", "sign_error_p90", "sign_error_max")
+              if c not in flat],
             _td(fmt(r.get("seconds"), 3), r.get("seconds"), "num"),
             _td(escape(_text(r.get("invariances"))), _text(r.get("invariances")),
                 title="P: hidden-unit permutation, R: ReLU rescaling, U: units of weights and loss"),
@@ -285,10 +285,11 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
             _td(escape(_text(r.get("reference"))), None, "ref"),
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = ["#", "tier", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI", "sign err. mean",
-            *[h for c, h in (("sign_error_p90", "p90"), ("sign_error_max", "max")) if c not in flat],
+    head = ["#", "tier", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI",
+            *[h for c, h in (("sign_error_mean", "sign err. mean"), ("sign_error_p90", "p90"),
+                             ("sign_error_max", "max")) if c not in flat],
             "s / model", "invariant", "m-adj.", "failed", "n/a", "models", "reference"]
-    notes = "".join(f'<p class="legend">{_inline(text)}</p>' for text in flat.values())
+    notes = "".join(f'<p class="legend">{_inline(text)}</p>' for text in dict.fromkeys(flat.values()))
     return _table(head, rows) + notes
 
 

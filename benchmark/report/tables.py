@@ -45,6 +45,13 @@ def flat_columns(table: pd.DataFrame, columns=tuple(_WORST_CASE), share: float =
     sentence that says so instead: the most common value, to the two decimals printed, holds at least ``share``
     of the rows that have one."""
     out = {}
+    if "sign_error_mean" in table and len(table) and table["sign_error_mean"].isna().all():
+        below = table.get("sign_error_n_below", pd.Series(dtype=float)).dropna()
+        n = f"all {int(below.max())} environments fall" if len(below) else "every environment falls"
+        reason = (f"The robust sign error is undefined for every measure on this zoo: {n} below the minimum "
+                  f"effective sample size of 4, i.e. no gap difference between two configurations one axis apart "
+                  f"is large enough against the test-set noise to count. Its columns are left out.")
+        return {c: reason for c in ("sign_error_mean", *columns)}
     for col in columns:
         if col not in table:
             continue
@@ -126,14 +133,15 @@ def lead_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str =
     if t.empty:
         return ""
     best = t.iloc[0]
-    tier = t[t["tier"] == 1] if "tier" in t else t.iloc[:0]
-    if len(tier):
-        names = ", ".join(f"`{m}`" for m in tier.measure)
+    tested = t["tied_with_best"].map(tied_value) if "tied_with_best" in t else pd.Series(None, index=t.index)
+    group = t[tested == True]  # noqa: E712  (None: untested)
+    if len(group):
+        names = ", ".join(f"`{m}`" for m in group.measure)
         text = (f"**#1 predicting `{target}`:** `{best.measure}`, τ = {fmt(best.tau)} [{fmt(best.tau_lo)}, "
-                f"{fmt(best.tau_hi)}]. " + (f"The paired test cannot tell {len(tier) - 1} other measure"
-                                            f"{'s' if len(tier) > 2 else ''} apart from it (tier 1: {names})."
-                                            if len(tier) > 1 else "The paired test separates it from every other "
-                                            "measure (tier 1 is #1 alone)."))
+                f"{fmt(best.tau_hi)}]. " + (f"The paired test cannot tell {len(group) - 1} other measure"
+                                            f"{'s' if len(group) > 2 else ''} apart from it ({names})."
+                                            if len(group) > 1 else "The paired test separates it from every other "
+                                            "measure."))
     else:
         text = (f"**#1 predicting `{target}`:** `{best.measure}`, τ = {fmt(best.tau)}; without seed replicates no "
                 f"paired test can say whether it leads beyond noise.")
@@ -184,12 +192,12 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
         flat = flat_columns(t)
-        show_max = "sign_error_max" not in flat
+        show_mean, show_max = "sign_error_mean" not in flat, "sign_error_max" not in flat
+        sign_head = "sign err. mean / max | " if show_max else ("sign err. mean | " if show_mean else "")
         lines += [f"## Predicting `{target}`", "",
-                  "| # | tier | measure | family | τ [95% CI] | Ψ [95% CI] | CMI (chance) | "
-                  + ("sign err. mean / max" if show_max else "sign err. mean")
-                  + " | cost s | invariant | m-adj. | failed | n/a |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| # | tier | measure | family | τ [95% CI] | Ψ [95% CI] | CMI (chance) | " + sign_head
+                  + "cost s | invariant | m-adj. | failed | n/a |",
+                  "|---|---|---|---|---|---|---|" + "---|" * (5 + bool(sign_head)) + ""]
         for rank, r in enumerate(t.itertuples(), 1):
             tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
             chance = getattr(r, "cmi_null", None)
@@ -197,13 +205,14 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
             same = f" (= {', '.join(f'`{m}`' for m in same.split(', '))})" if isinstance(same, str) and same else ""
             psi = fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)
             sign = fmt(r.sign_error_mean, 2) + (f" / {fmt(r.sign_error_max, 2)}" if show_max else "")
+            sign = f"{sign} | " if show_mean else ""
             lines.append(f"| {rank} | {tier_text(getattr(r, 'tier', None))} | `{r.measure}`{same} | {r.family} | "
-                         f"{tau} | {psi} | {fmt(r.cmi, 3)} ({fmt(chance, 3)}) | {sign} | {fmt(r.seconds, 3)} | "
+                         f"{tau} | {psi} | {fmt(r.cmi, 3)} ({fmt(chance, 3)}) | {sign}{fmt(r.seconds, 3)} | "
                          f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
                          f"{count(r.failures)} | {count(getattr(r, 'not_applicable', float('nan')))} |")
         lines.append("")
-        if "sign_error_max" in flat:
-            lines += [flat["sign_error_max"], ""]
+        if flat:
+            lines += [flat.get("sign_error_mean", flat.get("sign_error_max", "")), ""]
     lines += baselines_markdown(baselines)
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
     psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]

@@ -14,7 +14,8 @@ def _rows(n=10, max_values=None, tiers=None):
                          "tau": np.linspace(0.9, 0.0, n), "tau_lo": np.linspace(0.85, -0.05, n),
                          "tau_hi": np.linspace(0.95, 0.05, n), "sign_error_max": max_values,
                          "sign_error_p90": np.linspace(0.1, 0.9, n), "sign_error_n_envs": [36, 76] * (n // 2),
-                         "tier": tiers if tiers is not None else [1, 1, 2, 2, 2, 3, 3, 4, 4, 5][:n]})
+                         "tier": tiers if tiers is not None else [1, 1, 2, 2, 2, 3, 3, 4, 4, 5][:n],
+                         "tied_with_best": [True, True] + [False] * (n - 2)})
 
 
 def test_a_worst_case_column_that_is_flat_is_explained_not_printed():
@@ -34,10 +35,10 @@ def test_markdown_opens_with_the_tier_of_one_and_the_baselines():
                        sign_error_mean=0.2)
     text = tables.lead_text(t, base)
     assert text.startswith("**#1 predicting `gap_error`:** `m0`, τ = 0.90 [0.85, 0.95].")
-    assert "cannot tell 1 other measure apart from it (tier 1: `m0`, `m1`)" in text
+    assert "cannot tell 1 other measure apart from it (`m0`, `m1`)" in text
     assert "the best single axis (`model.width`) τ = 0.50, beaten by 4 of the 10 measures" in text
     assert "random τ = 0.01" in text
-    alone = tables.lead_text(t.assign(tier=[1] + [2] * 9), None)
+    alone = tables.lead_text(t.assign(tied_with_best=[True] + [False] * 9), None)
     assert "separates it from every other measure" in alone
     md = tables.markdown(t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001, sign_error_mean=0.1,
                                   seconds=0.01, failures=0), {"n_converged": 4, "n_models": 4, "gap_min": 0.1,
@@ -53,3 +54,19 @@ def test_tier_figure(tmp_path):
     with PIL.Image.open(path) as image:
         assert image.format == "PNG" and image.height > 200
     assert plots.write_tiers(_rows().assign(tier=None), tmp_path / "none.png") is None
+
+
+def test_an_undefined_sign_error_is_said_once_and_left_out():
+    t = _rows().assign(sign_error_mean=np.nan, sign_error_max=np.nan, sign_error_p90=np.nan,
+                       sign_error_n_below=576)
+    flat = tables.flat_columns(t)
+    assert set(flat) == {"sign_error_mean", "sign_error_max", "sign_error_p90"}
+    assert "all 576 environments fall below the minimum effective sample size" in flat["sign_error_mean"]
+    md = tables.markdown(t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001, seconds=0.01,
+                                  failures=0), {"n_converged": 4, "n_models": 4, "gap_min": 0.1, "gap_max": 0.3,
+                                                "gap_spread": 0.2, "spread_over_se": 5.0, "test_error_se": 0.04},
+                         pd.DataFrame(), "x", [])
+    head = next(line for line in md.splitlines() if line.startswith("| # |"))
+    assert "sign err" not in head and md.count("The robust sign error is undefined") == 1
+    rule = md.splitlines()[md.splitlines().index(head) + 1]
+    assert rule.count("---") == head.count("|") - 1

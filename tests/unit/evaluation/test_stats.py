@@ -788,13 +788,21 @@ def test_tiers_hand_worked():
     # the order of the columns does not matter
     perm = np.array([4, 2, 0, 5, 1, 3])
     assert stats.tiers(points[perm], reps[:, perm]).tolist() == [3, 2, 1, 0, 1, 2]
+    # a tier is a run of consecutive ranks: 0.6's replicates are uncorrelated with the leader's (wide paired
+    # interval, not separated from 0.8), but 0.7 below it is separated, so the tier ends at 0.7
+    pts = np.array([0.8, 0.7, 0.6])
+    r = np.column_stack([shared[:, 0] + 0.01 * rng.standard_normal(2000),
+                         shared[:, 0] - 0.1 + 0.01 * rng.standard_normal(2000), 0.6 + rng.standard_normal(2000)])
+    r[:, 0] += 0.8
+    r[:, 1] += 0.8
+    assert stats.tiers(pts, r).tolist() == [1, 2, 2]
 
 
 def test_evaluate_tiers_agree_with_tied_with_best(evaluated):
     _, res = evaluated
     gap = res[res.target == GAP]
     ok = gap.tau.notna()
-    assert set(gap.loc[ok & (gap.tier == 1), "measure"]) == set(gap.loc[gap.tied_with_best == True, "measure"])  # noqa: E712
+    assert set(gap.loc[ok & (gap.tier == 1), "measure"]) <= set(gap.loc[gap.tied_with_best == True, "measure"])  # noqa: E712
     assert gap.loc[~ok, "tier"].isna().all()
     ranked = gap[ok].sort_values("tau", ascending=False)
     assert ranked.tier.is_monotonic_increasing

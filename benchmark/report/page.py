@@ -512,7 +512,8 @@ def readme(boards: list[Board], folder: Path) -> str:
         links = [f"[Markdown table]({quote(files.markdown.name)})", f"[page]({INDEX}#{n})",
                  f"[results CSV]({quote(files.results.name)})"]
         links += [f"[{label}]({n}/{quote(f)})" for label, f in (("τ/Ψ plot", SUMMARY_FIGURE),
-                                                                 ("ψ heatmap", HEATMAP_FIGURE))
+                                                                 ("ψ heatmap", HEATMAP_FIGURE),
+                                                                 ("tiers", TIERS_FIGURE))
                   if (files.figures / f).exists()]
         lines += [f"## {b.name}", "", " · ".join(links), "", summary(b), "", noise_text(b.noise), ""]
     return "\n".join(lines)

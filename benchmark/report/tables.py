@@ -15,11 +15,11 @@ from benchmark.report.format import count, fmt, fmt_ci
 LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
           "with bootstrap 95% intervals (the seeds of each configuration resampled, never the configurations "
-          "themselves). Tier: the paired bootstrap test (the difference of two measures' τ on the same resamples, "
-          "Holm-adjusted, α = 0.05) cannot split the measures of one tier: tier 1 is the group that cannot be told "
-          "apart from #1, tier 2 the group around the best measure left, and so on, like the bars of a "
-          "critical-difference diagram; comparing two measures' separate intervals would ignore that their "
-          "estimates are correlated. "
+          "themselves). Tier: a run of consecutive ranks that the paired bootstrap test (the difference of two "
+          "measures' τ on the same resamples, Holm-adjusted, α = 0.05) cannot split from its first member, like "
+          "the bars of a critical-difference diagram: tier 1 is #1 and the measures right after it that cannot be "
+          "told apart from it; comparing two measures' separate intervals would ignore that their estimates are "
+          "correlated. "
           "CMI: conditional mutual information of the signs (Jiang et al.), minimised over conditioning sets of "
           "≤ 2 axes (0 = no information), with its chance level in brackets: the mean over 50 permutations of the "
           "measure across the models (the CSV has the permutation p-value, cmi_p). "
@@ -128,7 +128,8 @@ def reliability_text(rel: dict | None, target: str = "gap_error") -> str:
 
 
 def lead_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str = "gap_error") -> str:
-    """What a reader needs first: the tier of #1 on ``target`` and what the baselines score."""
+    """What a reader needs first: #1 on ``target``, the measures the paired test cannot tell apart from it
+    (``tied_with_best``) and what the baselines score."""
     t = table[(table.target == target) & table.tau.notna()].sort_values("tau", ascending=False)
     if t.empty:
         return ""
@@ -301,6 +302,9 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
         "invariant": [_text(x) for x in t.get("invariances", pd.Series([""] * len(t)))],
         "failed": [count(x) for x in t.failures],
         "n/a": [count(x) for x in t.get("not_applicable", pd.Series([float("nan")] * len(t)))]})
+    undefined = flat_columns(table[table.target == target]).get("sign_error_mean")  # the only one shown here
+    if undefined:
+        return f"{show.drop(columns='sign_err').to_string(index=False)}\n\n{undefined}"
     return show.to_string(index=False)
 
 

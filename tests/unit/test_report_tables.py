@@ -70,3 +70,12 @@ def test_an_undefined_sign_error_is_said_once_and_left_out():
     assert "sign err" not in head and md.count("The robust sign error is undefined") == 1
     rule = md.splitlines()[md.splitlines().index(head) + 1]
     assert rule.count("---") == head.count("|") - 1
+
+
+def test_the_terminal_table_says_why_the_sign_error_is_missing():
+    t = _rows().assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, seconds=0.01, failures=0, sign_error_mean=np.nan,
+                       sign_error_max=np.nan, sign_error_p90=np.nan, sign_error_n_below=12)
+    text = tables.terminal(t)
+    assert "sign_err" not in text.splitlines()[0] and "The robust sign error is undefined" in text
+    shown = tables.terminal(t.assign(sign_error_mean=0.1, sign_error_max=1.0))
+    assert "sign_err" in shown.splitlines()[0] and "not shown" not in shown

@@ -26,7 +26,8 @@ def expand_identical(table: pd.DataFrame) -> pd.DataFrame:
     if "identical" not in table:
         return table
     extra = []
-    for _, row in table[table["identical"].fillna("").astype(str) != ""].iterrows():
+    grouped = table["identical"].map(lambda x: isinstance(x, str) and x != "")
+    for _, row in table[grouped].iterrows():
         for name in str(row["identical"]).split(", "):
             copy = row.copy()
             copy["measure"], copy["copy_of"] = name, row["measure"]

@@ -9,7 +9,7 @@
     genbench measures ...               list every registered measure
     genbench collect collect.sources=[DIR/*]   merge per-job stores (cluster sweeps) into store.root
     genbench migrate store.root=DIR     upgrade a store written by an older genbench in place
-    genbench reproduce pnas|prl|nmi|mlst [--out DIR] [--quick]
+    genbench reproduce pnas|prl|nmi|mlst [--out DIR] [--full|--quick] [key=value ...]
     genbench perf [--json PATH] [--quick]
 
 A mistake in the input (a hyperparameter, a name, a file) is one line on stderr and exit status 2;
@@ -108,17 +108,30 @@ OTHER = ("reproduce", "perf")
 ZOO_COMMANDS = ("run", "train", "measure", "evaluate")  # the commands that expand the zoo
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a mistake as the one-line ``UserError`` (exit 2), without the usage block."""
+
+    def error(self, message: str):
+        from benchmark.errors import UserError
+        raise UserError(f"{message} (see genbench {self.prog.split()[-1]} --help)")
+
+
 def _reproduce(argv: list[str]) -> None:
     from benchmark import reproduce
     from benchmark.report import layout
-    parser = argparse.ArgumentParser(prog="genbench reproduce", description="Rerun a paper's central experiment.")
+    parser = _OneLineParser(prog="genbench reproduce", description="Rerun a paper's central experiment.")
     parser.add_argument("paper", choices=list(reproduce.PAPERS),
                         help="; ".join(f"{k}: {v}" for k, v in reproduce.PAPERS.items()))
     parser.add_argument("--out", type=Path, default=None, help="default: leaderboard/reproductions/<paper>")
-    parser.add_argument("--quick", action="store_true", help="a one-minute version, for tests")
-    args = parser.parse_args(argv)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="the authors' protocol (no time budget)")
+    mode.add_argument("--quick", action="store_true", help="a one-minute version, for tests")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="protocol keys of conf/reproduce/<paper>.yaml")
+    args = parser.parse_intermixed_args(argv)
     out = args.out or layout.reproduction(args.paper)
-    table = reproduce.run(args.paper, out, quick=args.quick)
+    profile = "full" if args.full else "quick" if args.quick else "default"
+    table = reproduce.run(args.paper, out, profile, args.overrides)
     print(table.to_string(index=False))
     print(f"\nwrote {out}")
 

@@ -638,15 +638,24 @@ def _groups(n_dirs: int, per_dir_bytes: float, budget_bytes: float) -> list[rang
 
 
 def variance_flatness(ctx: Context, settings: VFSettings = DEFAULT) -> VFResult:
-    """Run the whole analysis (module docstring) on the Context's trained model."""
+    """Run the whole analysis (module docstring) on the Context's trained model: ``settings.steps`` steps of
+    its own optimizer from the solution, then :func:`snapshot_flatness`."""
     names = analysed_names(ctx, settings.params)
     gen = ctx.generator(f"vf/{settings.steps}/{','.join(names)}")
-    w0 = torch.cat([ctx.params[k].reshape(-1) for k in names]).detach()
     snaps = optimizer_snapshots(ctx, names, settings.steps, gen)
-    pca = snapshot_pca(snaps, settings.steps, [p - 1 for p in sorted(set(settings.pcs)) if p >= 1],
-                       method=settings.pca, generator=gen)
+    return snapshot_flatness(ctx, names, snaps, settings.steps, settings, generator=gen)
+
+
+def snapshot_flatness(ctx: Context, names: Sequence[str], snapshots: Iterable[torch.Tensor], n_snapshots: int,
+                      settings: VFSettings = DEFAULT, *, generator: torch.Generator | None = None) -> VFResult:
+    """The analysis of any trajectory of the parameters ``names``: PCA of the ``n_snapshots`` vectors
+    ``snapshots``, the flatness F_i from the Context's current weights w₀ along ``settings.pcs``, and the
+    fit of σ_i² against F_i. ``settings.steps`` is not used (the snapshots are given)."""
+    w0 = torch.cat([ctx.params[k].reshape(-1) for k in names]).detach()
+    pca = snapshot_pca(snapshots, n_snapshots, [p - 1 for p in sorted(set(settings.pcs)) if p >= 1],
+                       method=settings.pca, generator=generator)
     if len(pca.index) == 0:
-        raise ValueError(f"none of PCs {settings.pcs} is resolved by {settings.steps} snapshots")
+        raise ValueError(f"none of PCs {settings.pcs} is resolved by {n_snapshots} snapshots")
     pcs = pca.index.numpy() + 1
     var = pca.variances
     dirs = pca.components.to(w0.dtype)  # (K, N)

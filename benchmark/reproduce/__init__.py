@@ -1,14 +1,17 @@
-"""The paper reproductions: one module per paper, each with ``run(out_dir, quick=False) -> DataFrame`` that
-trains, analyses, and writes its figures, tables and ``results.md`` into ``out_dir``. ``run(paper, ...)``
-below is how the command line calls them."""
+"""The paper reproductions: one module per paper. A paper with a protocol file
+(``conf/reproduce/<paper>.yaml``) has ``run(out_dir, profile, overrides) -> DataFrame``; the others have
+``run(out_dir, quick=False)``. Each trains, analyses, and writes its figures, tables and ``results.md`` into
+``out_dir``. ``run(paper, ...)`` below is how the command line calls them."""
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
-from benchmark.reproduce.common import one_thread
+from benchmark.errors import UserError
+from benchmark.reproduce.common import one_thread, protocol_file
 
 PAPERS = {"pnas": "Feng & Tu 2021, the inverse variance–flatness relation",
           "prl": "Yang, Tang & Tu 2023, SGD's effective landscape-dependent regularization",
@@ -16,7 +19,14 @@ PAPERS = {"pnas": "Feng & Tu 2021, the inverse variance–flatness relation",
           "mlst": "Feng & Tu 2021, phases of learning with mislabeled data"}
 
 
-def run(paper: str, out: Path, quick: bool = False) -> pd.DataFrame:
-    """Rerun ``paper``'s central experiment into ``out``, on one intra-op thread (``common.one_thread``)."""
+def run(paper: str, out: Path, profile: str = "default", overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Rerun ``paper``'s central experiment into ``out`` with the ``profile`` protocol (``default``, ``full``:
+    the authors' protocol, ``quick``: a smoke test) and ``key=value`` overrides, on one intra-op thread
+    (``common.one_thread``)."""
+    module = importlib.import_module(f"benchmark.reproduce.{paper}")
     with one_thread():
-        return importlib.import_module(f"benchmark.reproduce.{paper}").run(Path(out), quick=quick)
+        if protocol_file(paper).is_file():
+            return module.run(Path(out), profile=profile, overrides=tuple(overrides))
+        if profile == "full" or overrides:
+            raise UserError(f"{paper} has no protocol file yet, so no --full and no key=value overrides")
+        return module.run(Path(out), quick=profile == "quick")

@@ -1,9 +1,25 @@
-"""Shared pieces of the paper reproductions (``genbench reproduce pnas|prl|nmi|mlst``)."""
+"""Shared pieces of the paper reproductions (``genbench reproduce pnas|prl|nmi|mlst``): the protocol files,
+the thread setting, and the statistics over seeds that every reported trend carries."""
 from __future__ import annotations
 
+import math
+import typing
 from contextlib import contextmanager
+from dataclasses import fields
+from typing import Sequence
 
+import numpy as np
 import torch
+from omegaconf import OmegaConf
+
+from benchmark.config import conf_dir
+from benchmark.errors import UserError
+from benchmark.measuring.context import Trained
+from benchmark.training.loop import train_model
+from benchmark.zoo.datasets import DataBundle
+from benchmark.zoo.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
+
+PROFILES = ("default", "full", "quick")
 
 
 @contextmanager
@@ -16,3 +32,115 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def protocol_file(paper: str):
+    return conf_dir() / "reproduce" / f"{paper}.yaml"
+
+
+def load_protocol(paper: str, cls, profile: str = "default", overrides: Sequence[str] = ()):
+    """The dataclass ``cls`` filled from ``conf/reproduce/<paper>.yaml``: its ``default`` block, then the
+    ``profile`` block on top (``full``: the authors' protocol; ``quick``: a smoke test), then ``key=value``
+    overrides. An unknown profile or key, or a value of the wrong type, is a :class:`UserError` that names
+    the valid ones."""
+    path = protocol_file(paper)
+    if not path.is_file():
+        raise UserError(f"{paper} has no protocol file ({path})")
+    raw = OmegaConf.load(path)
+    if profile not in raw:
+        valid = [p for p in PROFILES if p in raw]
+        raise UserError(f"{paper} has no {profile!r} protocol; valid: {', '.join(valid)}")
+    valid = {f.name for f in fields(cls)}
+    merged = OmegaConf.merge(raw["default"], raw[profile] if profile != "default" else {})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"override {item!r} is not key=value")
+        if key not in valid:
+            raise UserError(f"unknown {paper} protocol key {key!r}; valid: {', '.join(sorted(valid))}")
+        merged[key] = _yaml_value(value)
+    values = OmegaConf.to_container(merged, resolve=True)
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise UserError(f"{path.name}: unknown keys {unknown}; valid: {', '.join(sorted(valid))}")
+    hints = typing.get_type_hints(cls)
+    try:
+        return cls(**{k: _coerce(hints[k], v, k) for k, v in values.items()})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{paper} protocol: {e}") from None
+
+
+def _coerce(typ, v, key: str):
+    """``v`` as the field's type: YAML writes 1e-3 as a string and 5 where 5.0 is meant."""
+    if typ is bool:
+        if not isinstance(v, bool):
+            raise ValueError(f"{key} must be true or false, got {v!r}")
+        return v
+    if typ is int:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)) or float(v) != int(float(v)):
+            raise ValueError(f"{key} must be an integer, got {v!r}")
+        return int(float(v))
+    if typ is float:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {v!r}") from None
+    if typ is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {v!r}")
+        return _tuples(list(v))
+    return v
+
+
+def _yaml_value(text: str):
+    """``key=value`` parsed as YAML does (numbers, lists, null), as Hydra's overrides do."""
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot parse override value {text!r}: {e}") from None
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def spread(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean, sample standard deviation, count and the two-sided ``level`` Student-t interval of the mean of
+    ``values`` over the replicates (finite values only; fewer than 2 give NaN bounds)."""
+    from scipy import stats
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    sd = float(x.std(ddof=1)) if n > 1 else math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "sd": sd, "n": n, "lo": mean - half, "hi": mean + half}
+
+
+def pm(s: dict, digits: int = 3) -> str:
+    """``mean ± sd [lo, hi] (n)`` of :func:`spread`."""
+    if not s["n"]:
+        return "—"
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}g} (1 seed)"
+    return (f"{s['mean']:.{digits}g} ± {s['sd']:.2g} [{s['lo']:.{digits}g}, {s['hi']:.{digits}g}] "
+            f"({s['n']} seeds)")
+
+
+def mlp_hparams(dataset: DatasetHP, lr: float, batch_size: int, *, width: int, target_loss: float,
+                max_epochs: int, seed: int = 0) -> HParams:
+    """The physics papers' network, a 784→width→width→10 ReLU MLP without biases, with plain SGD."""
+    return HParams(dataset=dataset, model=ModelHP(name="mlp", depth=2, width=width, bias=False),
+                   optimizer=OptimizerHP(name="sgd", lr=lr),
+                   train=TrainHP(batch_size=batch_size, target_loss=target_loss, max_epochs=max_epochs), seed=seed)
+
+
+def train_mlp(data: DataBundle, lr: float, batch_size: int, *, width: int, target_loss: float, max_epochs: int,
+              seed: int = 0, dataset: str = "mnist5k", before_step=None):
+    """:func:`mlp_hparams` trained by ``train_model`` on ``data`` until the training cross-entropy is ≤
+    ``target_loss``; returns the trained model, its Context (with α and B) and the training metrics."""
+    hp = mlp_hparams(DatasetHP(name=dataset, train_size=len(data.y_train), test_size=len(data.y_test)), lr,
+                     batch_size, width=width, target_loss=target_loss, max_epochs=max_epochs, seed=seed)
+    result = train_model(hp, data, before_step=before_step)
+    trained = Trained.from_result(result, data)
+    return trained.model, trained.context(seed=seed), result.metrics

@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.stats
 
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.pnas import train_mlp
+from benchmark.reproduce.common import train_mlp
 from benchmark.zoo.datasets import make_data
 from benchmark.zoo.hparams import DatasetHP
 from measures import sgd_regularization as sr

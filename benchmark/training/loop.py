@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +50,14 @@ class TrainResult:
 
 
 def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "cpu",
-                probes: Sequence[Probe] = (), test_schedule: str = "log") -> TrainResult:
+                probes: Sequence[Probe] = (), test_schedule: str = "log",
+                before_step: Callable[[nn.Module], None] | None = None) -> TrainResult:
     """Train one model with plain minibatch steps until the full training cross-entropy (eval mode) is at
     most ``hp.train.target_loss`` at the end of an epoch, or ``hp.train.max_epochs`` run out. ``probes`` add
     their values to every epoch's history row (``benchmark.training.history``); the test set is evaluated on
-    ``test_schedule`` (``history.evaluates_test``) and at the last epoch.
+    ``test_schedule`` (``history.evaluates_test``) and at the last epoch. ``before_step(model)``, if given,
+    runs before every minibatch step (for example to record the weights' trajectory); it must not change
+    the model.
 
     Randomness: initial weights, the per-epoch data order and dropout masks each come from their own
     generator derived from ``hp.seed``, so the same hyperparameters give the same model.
@@ -78,6 +81,8 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
         perm = torch.randperm(n, generator=order_gen).to(device)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
+            if before_step is not None:
+                before_step(model)
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -11,10 +11,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_pnas_reproduction(tmp_path):
-    table = reproduce.run("pnas", tmp_path, quick=True)
-    assert {"psi", "r2"} <= set(table.columns)
-    assert (tmp_path / "results.md").exists() and any(tmp_path.glob("*.png"))
-    assert "genbench reproduce pnas --quick" in (tmp_path / "results.md").read_text()
+    table = reproduce.run("pnas", tmp_path, "quick", ["seeds=[0, 1, 2]"])
+    assert {"psi", "r2", "rho", "null_psi", "null_rho", "gamma", "null_gamma"} <= set(table.columns)
+    assert len(table) == 6 and table["null_rho"].notna().sum() == 3  # the control runs on the base setting
+    assert {"sigma2_vs_flatness.png", "psi_vs_range.png", "spectrum.png", "loss_profiles.png", "results.csv"} <= {
+        p.name for p in tmp_path.iterdir()}
+    text = (tmp_path / "results.md").read_text()
+    assert "genbench reproduce pnas --quick seeds=[0, 1, 2]" in text and "random walk" in text
+    assert "## Implementation checks" in text and "(3 seeds)" in text
+    assert (table["total_variance_check"] < 1e-6).all()
 
 
 def test_quick_prl_reproduction(tmp_path):

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.reproduce.pnas import train_mlp
+from benchmark.reproduce.common import train_mlp
 from benchmark.zoo.datasets import make_data
 from benchmark.zoo.hparams import DatasetHP
 from measures import flatness as fl

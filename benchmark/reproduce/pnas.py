@@ -280,6 +280,17 @@ def _plt():
     return plt
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: int = 8) -> None:
+    """Label, lay out, save and close a figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    _plt().close(fig)
+
+
 def plot_sigma_vs_flatness(arrays: list[dict], p: Protocol, path: Path) -> None:
     """σ_i² against F_i over the authors' PCs, every base-setting seed, and the random walk in grey."""
     plt = _plt()
@@ -293,14 +304,9 @@ def plot_sigma_vs_flatness(arrays: list[dict], p: Protocol, path: Path) -> None:
             nsel = np.isin(a["null_pcs"], p.fit)
             ax.loglog(a["null_flatness"][nsel], a["null_variance"][nsel], "x", ms=3, color="0.55", alpha=0.6,
                       label="random walk (control)" if i == 0 else None)
-    ax.set_xlabel("flatness $F_i$ (width at $e\\cdot L_0$)")
-    ax.set_ylabel("variance $\\sigma_i^2$ along PC $i$")
     first, last, step = p.fit_pcs
-    ax.set_title(f"PCs {first}, {first + step}, …, {last}; {len(arrays)} seeds")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish(fig, ax, path, "flatness $F_i$ (width at $e\\cdot L_0$)", "variance $\\sigma_i^2$ along PC $i$",
+            f"PCs {first}, {first + step}, …, {last}; {len(arrays)} seeds")
 
 
 def plot_psi_vs_range(table: pd.DataFrame, p: Protocol, path: Path) -> None:
@@ -320,13 +326,7 @@ def plot_psi_vs_range(table: pd.DataFrame, p: Protocol, path: Path) -> None:
                     marker=marker, ms=4, capsize=3, label=label)
     ax.set_xscale("log")
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xlabel("last PC of the fit")
-    ax.set_ylabel("ψ")
-    ax.set_title("ψ against the PC range of the fit")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish(fig, ax, path, "last PC of the fit", "ψ", "ψ against the PC range of the fit", legend=8)
 
 
 def plot_spectrum(arrays: list[dict], p: Protocol, path: Path) -> None:
@@ -341,13 +341,7 @@ def plot_spectrum(arrays: list[dict], p: Protocol, path: Path) -> None:
                       label="random walk (control)" if i == 0 else None)
     for x in p.gamma_range:
         ax.axvline(x, color="k", ls=":", lw=0.8)
-    ax.set_xlabel("PC rank $i$")
-    ax.set_ylabel("$\\sigma_i^2$")
-    ax.set_title("PCA spectrum of the recorded window")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish(fig, ax, path, "PC rank $i$", "$\\sigma_i^2$", "PCA spectrum of the recorded window", legend=8)
 
 
 def plot_loss_profiles(a: dict, path: Path) -> None:
@@ -357,13 +351,8 @@ def plot_loss_profiles(a: dict, path: Path) -> None:
     for q, row, color in zip(a["profile_pcs"], a["profiles"], plt.cm.plasma(np.linspace(0, 0.85, len(a["profiles"])))):
         ax.semilogy(a["profile_deltas"], row, color=color, label=f"PC {q}")
     ax.axhline(math.e * a["loss0"], color="k", ls=":", lw=1, label="$e\\cdot L_0$")
-    ax.set_xlabel("$\\delta$ along the PC")
-    ax.set_ylabel("training loss $L(w_0+\\delta p_i)$")
-    ax.set_title("Loss profiles along principal components")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish(fig, ax, path, "$\\delta$ along the PC", "training loss $L(w_0+\\delta p_i)$",
+            "Loss profiles along principal components", legend=7)
 
 
 # --------------------------------------------------------------------------------------------- results.md

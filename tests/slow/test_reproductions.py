@@ -23,13 +23,13 @@ def test_quick_pnas_reproduction(tmp_path):
 
 
 def test_quick_prl_reproduction(tmp_path):
-    table = reproduce.run("prl", tmp_path, quick=True)
+    table = reproduce.run("prl", tmp_path, "quick")
     assert {"lr", "batch_size", "effective_reg"} <= set(table.columns)
     assert (tmp_path / "results.md").exists() and any(tmp_path.glob("*.png"))
 
 
 def test_quick_nmi_reproduction(tmp_path):
-    df = reproduce.run("nmi", tmp_path, quick=True)
+    df = reproduce.run("nmi", tmp_path, "quick")
     assert {"decomposition_vs_gap.png", "factors_vs_hparams.png", "spectra.png", "results.md", "results.csv"} <= {
         p.name for p in tmp_path.iterdir()}
     assert ((df["oracle.sum_directions"] - df["oracle.mean_dl"]).abs() < 1e-9).all()  # the decomposition is exact

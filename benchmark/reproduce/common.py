@@ -136,11 +136,17 @@ def mlp_hparams(dataset: DatasetHP, lr: float, batch_size: int, *, width: int, t
 
 
 def train_mlp(data: DataBundle, lr: float, batch_size: int, *, width: int, target_loss: float, max_epochs: int,
-              seed: int = 0, dataset: str = "mnist5k", before_step=None):
+              seed: int = 0):
     """:func:`mlp_hparams` trained by ``train_model`` on ``data`` until the training cross-entropy is ≤
     ``target_loss``; returns the trained model, its Context (with α and B) and the training metrics."""
-    hp = mlp_hparams(DatasetHP(name=dataset, train_size=len(data.y_train), test_size=len(data.y_test)), lr,
+    hp = mlp_hparams(DatasetHP(name="mnist5k", train_size=len(data.y_train), test_size=len(data.y_test)), lr,
                      batch_size, width=width, target_loss=target_loss, max_epochs=max_epochs, seed=seed)
+    return train_hparams(hp, data)
+
+
+def train_hparams(hp: HParams, data: DataBundle, before_step=None):
+    """``train_model(hp, data)``; returns the trained model, its Context (seeded with ``hp.seed``) and the
+    training metrics."""
     result = train_model(hp, data, before_step=before_step)
     trained = Trained.from_result(result, data)
-    return trained.model, trained.context(seed=seed), result.metrics
+    return trained.model, trained.context(seed=hp.seed), result.metrics

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, spread, train_mlp
+from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, spread, train_hparams
 from benchmark.runtime import parallel
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
 from benchmark.zoo.hparams import DatasetHP, HParams
@@ -127,8 +127,7 @@ def train(p: Protocol, lr: float, batch_size: int, seed: int) -> tuple[Context, 
     hp = hparams(p, lr, batch_size, seed)
     data = cached_data(hp.dataset, DEFAULT_ROOT, False)
     window = Window(penultimate_weight(hp, data), p.window)
-    _, ctx, metrics = train_mlp(data, lr, batch_size, width=p.width, target_loss=p.stop_loss,
-                                max_epochs=p.max_epochs, seed=seed, dataset=p.dataset, before_step=window)
+    _, ctx, metrics = train_hparams(hp, data, before_step=window)
     return ctx, window, metrics
 
 
@@ -147,8 +146,8 @@ def _gamma(spectrum: np.ndarray, ranks: tuple[int, int]) -> float:
     """γ of σ_i² ∝ i^(−γ) by least squares in log–log over the 1-based ranks ``ranks`` (inclusive)."""
     s = spectrum[spectrum > 0]
     i = np.arange(1, len(s) + 1)
-    sel = (i >= ranks[0]) & (i <= min(ranks[1], len(s)))
-    return float(-np.polyfit(np.log(i[sel]), np.log(s[sel]), 1)[0]) if sel.sum() >= 3 else math.nan
+    sel = (i >= ranks[0]) & (i <= ranks[1])
+    return fl.power_law_fit(s[sel], i[sel]).psi  # log σ² = c − γ log i: the same least squares as ψ
 
 
 def _n90(s: np.ndarray) -> int:
@@ -221,11 +220,17 @@ def run_one(task: tuple, p: Protocol) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------- verdicts
+def _base(table: pd.DataFrame, p: Protocol) -> pd.DataFrame:
+    """The rows of the base (α, B) setting."""
+    lr, bs = p.settings[0]
+    return table[(table.lr == lr) & (table.batch_size == bs)]
+
+
 def verdicts(table: pd.DataFrame, p: Protocol) -> list[tuple[str, str, str, str, str]]:
     """(claim, source, published, obtained, verdict) rows. Every verdict is a comparison that could come
     out the other way; intervals are 95 % Student-t intervals over the seeds."""
     from scipy import stats
-    base = table[(table.lr == p.settings[0][0]) & (table.batch_size == p.settings[0][1])]
+    base = _base(table, p)
     psi, rho, gamma, n90 = (spread(base[c]) for c in ("psi", "rho", "gamma", "n90_without_pc1"))
     yes = lambda ok: "yes" if ok else "**no**"
     first, last, step = p.fit_pcs
@@ -240,9 +245,10 @@ def verdicts(table: pd.DataFrame, p: Protocol) -> list[tuple[str, str, str, str,
                      "—", f"Spearman ρ(σ², F): SGD {pm(rho)}; random walk {pm(null_rho)} "
                      f"(its ψ {pm(null_psi)}); difference {pm(diff)}",
                      yes(rho["hi"] < 0 and diff["hi"] < 0)))
-    per_setting = [(lr, bs, spread(g["psi"])) for (lr, bs), g in table.groupby(["lr", "batch_size"], sort=False)]
+    by_setting = list(table.groupby(["lr", "batch_size"], sort=False))
+    per_setting = [(lr, bs, spread(g["psi"])) for (lr, bs), g in by_setting]
     if len(per_setting) > 1:
-        groups = [g["psi"].dropna().to_numpy() for _, g in table.groupby(["lr", "batch_size"], sort=False)]
+        groups = [g["psi"].dropna().to_numpy() for _, g in by_setting]
         f, pval = stats.f_oneway(*groups) if all(len(g) > 1 for g in groups) else (math.nan, math.nan)
         text = "; ".join(f"(α {lr:g}, B {bs}): {s['mean']:.3g} [{s['lo']:.3g}, {s['hi']:.3g}]"
                          for lr, bs, s in per_setting)
@@ -259,16 +265,15 @@ def verdicts(table: pd.DataFrame, p: Protocol) -> list[tuple[str, str, str, str,
     lo, hi = p.gamma_range
     obtained = f"γ = {pm(gamma)} over PCs {lo}–{hi}"
     verdict = yes(gamma["lo"] <= 3 and gamma["hi"] >= 2)
-    if p.control and "null_gamma" in base:
-        null_gamma = spread(base["null_gamma"])
-        obtained += f"; random walk {pm(null_gamma)}"
-        rows.append(("σ_i² ∝ i^(−γ) for i ≳ 20", "secondary summary", "γ ≈ 2–3", obtained, verdict))
+    control = p.control and "null_gamma" in base
+    if control:
+        obtained += f"; random walk {pm(spread(base['null_gamma']))}"
+    rows.append(("σ_i² ∝ i^(−γ) for i ≳ 20", "secondary summary", "γ ≈ 2–3", obtained, verdict))
+    if control:
+        diff = spread(base["gamma"] - base["null_gamma"])
         rows.append(("the spectrum's power law comes from SGD, not from PCA: γ differs from the random walk's",
-                     "control (this project)", "—", f"difference {pm(spread(base['gamma'] - base['null_gamma']))}",
-                     yes(not (spread(base["gamma"] - base["null_gamma"])["lo"] <= 0
-                              <= spread(base["gamma"] - base["null_gamma"])["hi"]))))
-    else:
-        rows.append(("σ_i² ∝ i^(−γ) for i ≳ 20", "secondary summary", "γ ≈ 2–3", obtained, verdict))
+                     "control (this project)", "—", f"difference {pm(diff)}",
+                     yes(not diff["lo"] <= 0 <= diff["hi"])))
     return rows
 
 
@@ -358,7 +363,7 @@ def plot_loss_profiles(a: dict, path: Path) -> None:
 # --------------------------------------------------------------------------------------------- results.md
 def _deviations(p: Protocol, table: pd.DataFrame, compare: pd.DataFrame | None) -> list[str]:
     """What still differs from the authors' protocol, with the measured effect where one was measured."""
-    base = table[(table.lr == p.settings[0][0]) & (table.batch_size == p.settings[0][1])]
+    base = _base(table, p)
     out = []
     if p.dataset != "mnist" or p.train_size != 60000:
         out.append(f"**Data:** {p.train_size:,} training images of `{p.dataset}`, not the authors' 60,000 of MNIST, "
@@ -368,7 +373,7 @@ def _deviations(p: Protocol, table: pd.DataFrame, compare: pd.DataFrame | None) 
     if p.stop_loss != 5e-5:
         effect = ""
         if compare is not None:
-            cb = compare[(compare.lr == p.settings[0][0]) & (compare.batch_size == p.settings[0][1])]
+            cb = _base(compare, p)
             effect = (f" Measured: with the stop at 5e-5 (`full/`, same data) ψ = {pm(spread(cb['psi']))} against "
                       f"{pm(spread(base['psi']))} here.")
         out.append(f"**Stop:** training cross-entropy below {p.stop_loss:g}, not 5e-5, to fit the time budget "
@@ -400,7 +405,7 @@ def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, com
               "deviation.", "",
               "| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in verdicts(table, p)]
-    base = table[(table.lr == p.settings[0][0]) & (table.batch_size == p.settings[0][1])]
+    base = _base(table, p)
     n = p.width * p.width
     lines += ["", "## Implementation checks", "",
               "These hold by construction; they check the code, not the paper.", "",

@@ -65,7 +65,7 @@ def group_key(hp: HParams) -> tuple:
     many_form``) can take them together: (dataset, training-set size, architecture, depth, width, bias, batch
     size, optimizer)."""
     m = hp.model
-    return (hp.dataset.name, hp.dataset.train_size, m.name, m.depth, m.width, m.bias, hp.train.batch_size,
+    return (hp.dataset.name, hp.dataset.n_train, m.name, m.depth, m.width, m.bias, hp.train.batch_size,
             hp.optimizer.name)
 
 

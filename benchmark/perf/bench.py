@@ -243,7 +243,7 @@ def useful_flops(store: Store, hps: list[HParams]) -> dict:
         if key not in cache:
             cache[key] = _flops_per_sample(hp, make_data(hp.dataset))
         step, forward = cache[key]
-        e, n = float(epochs[hp.model_id]), hp.dataset.train_size
+        e, n = float(epochs[hp.model_id]), hp.dataset.n_train
         train += e * n * step
         evaluation += e * n * forward
     return {"training_steps": train, "stopping_rule_evaluation": evaluation, "total": train + evaluation}

@@ -33,8 +33,9 @@ log = logging.getLogger("genbench")
 
 # 2: model ids hash only the hyperparameters a model's components use (HParams.identity)
 # 3: a measurement's status is ok, failed or not_applicable (a quantity undefined for that model)
-SCHEMA_VERSION = 3
-MIGRATABLE = (1, 2)  # older schemas `genbench migrate` upgrades
+# 4: dataset.label_noise_mode is stored (models written before hold fixed_total)
+SCHEMA_VERSION = 4
+MIGRATABLE = (1, 2, 3)  # older schemas `genbench migrate` upgrades
 STATUSES = ("ok", "failed", "not_applicable")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

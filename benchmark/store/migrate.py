@@ -11,6 +11,10 @@ Schema 2 → 3: a measurement may also be ``not_applicable``. SQLite cannot chan
 so the measurements table is rebuilt with the new constraint and its rows copied, in one transaction. Rows
 keep their statuses: a measure that used to fail where it is not applicable gets a new version, and is
 recomputed with its new status on the next ``genbench measure``.
+
+Schema 3 → 4: ``dataset.label_noise_mode`` was added, with ``fixed_clean`` as its default. Every model stored
+before was trained with the recipe now called ``fixed_total``, so its stored hyperparameters get that mode
+written in. Model ids do not change (``HParams.identity`` leaves ``fixed_total`` out of the hash).
 """
 from __future__ import annotations
 
@@ -39,17 +43,30 @@ def migrate(root: str | os.PathLike) -> dict[str, int]:
     counts = {"renamed": 0, "dropped": 0, "unchanged": 0, "from_version": version}
     db = sqlite3.connect(path, timeout=120)
     try:
+        _label_noise_mode(db)  # first: the ids below are computed from the hyperparameters
         if version == 1:
             _model_ids(db, root, counts)
         if version in (1, 2):
             _status_constraint(db)
-        if version == 2:
+        if version in (2, 3):
             counts["unchanged"] = db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
         with db:
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     finally:
         db.close()
     return counts
+
+
+def _label_noise_mode(db: sqlite3.Connection) -> None:
+    """Schema 3 → 4: write ``label_noise_mode: fixed_total`` into every stored model that has no mode."""
+    rows = db.execute("SELECT id, hparams FROM models").fetchall()
+    with db:
+        for model_id, hp_json in rows:
+            hp = json.loads(hp_json)
+            dataset = hp.setdefault("dataset", {})
+            if "label_noise_mode" not in dataset:
+                dataset["label_noise_mode"] = "fixed_total"
+                db.execute("UPDATE models SET hparams = ? WHERE id = ?", (json.dumps(hp), model_id))
 
 
 def _status_constraint(db: sqlite3.Connection) -> None:

@@ -117,6 +117,6 @@ def final_metrics(hp: HParams, history: list[dict], wall: float, diverged: bool)
         "gap_error": last[H.TEST_ERROR] - last[H.TRAIN_ERROR],
         "gap_loss": last[H.TEST_LOSS] - last[H.TRAIN_LOSS],
         "steps_to_0.1": first(0.1), "steps_0.1_to_0.01": first(0.01) - first(0.1),
-        "train_size": hp.dataset.train_size, "test_size": hp.dataset.test_size,
+        "train_size": hp.dataset.train_size, "n_train": hp.dataset.n_train, "test_size": hp.dataset.test_size,
         "wall_time": wall,
     }

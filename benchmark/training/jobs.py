@@ -46,7 +46,7 @@ def split_tasks(hps: list[HParams], jobs: int) -> list[list[HParams]]:
         pieces = 1 if len(stacks) >= jobs else max(1, min(len(stack), math.ceil(jobs / len(stacks))))
         size = math.ceil(len(stack) / pieces)
         out += [stack[i:i + size] for i in range(0, len(stack), size)]
-    cost = lambda t: len(t) * t[0].model.width ** 2 * t[0].dataset.train_size
+    cost = lambda t: len(t) * t[0].model.width ** 2 * t[0].dataset.n_train
     return sorted(out, key=cost, reverse=True)
 
 

@@ -69,7 +69,7 @@ def stack_key(hp: HParams) -> tuple:
     """What the members of one stack share: dataset (input shape, classes), architecture up to dropout and
     init scale, batch size and training-set size (hence the steps per epoch)."""
     m = hp.model
-    return (hp.dataset.name, hp.dataset.train_size, m.name, m.depth, m.width, m.bias, hp.train.batch_size)
+    return (hp.dataset.name, hp.dataset.n_train, m.name, m.depth, m.width, m.bias, hp.train.batch_size)
 
 
 def _stack_indices(hps: list[HParams], max_size: int | None = None) -> list[list[int]]:

@@ -2,9 +2,10 @@
 
 Every dataset is a fixed *pool* (train pool, test pool), registered by name with ``@DATASETS.register``: a
 new offline dataset is one function returning a :class:`Pool` plus one YAML file in ``conf/dataset/``. A
-model's training set is a stratified subset of the train pool of size ``dataset.train_size`` drawn with
-``dataset.seed``, with a fraction ``dataset.label_noise`` of its labels corrupted by Feng & Tu's recipe
-(``docs/data.md``); its test set is the first ``dataset.test_size`` samples of a seeded permutation of the
+model's training set is a stratified subset of the train pool drawn with ``dataset.seed``: ``dataset.train_size``
+clean samples plus the mislabeled ones (``dataset.label_noise_mode=fixed_clean``, the default), or
+``train_size`` samples in all (``fixed_total``), the labels corrupted by Feng & Tu's recipe (``docs/data.md``);
+its test set is the first ``dataset.test_size`` samples of a seeded permutation of the
 test pool.
 """
 from __future__ import annotations
@@ -177,18 +178,22 @@ def make_data(hp: DatasetHP, root: str = DEFAULT_ROOT, download: bool = False) -
     """The training and test tensors a model with these dataset hyperparameters sees."""
     pool = load_pool(hp.name, root, download)
     n_pool, n_test_pool = len(pool.y_train), len(pool.y_test)
-    if hp.train_size > n_pool:
-        raise HParamsError(f"dataset.train_size={hp.train_size} exceeds the {hp.name} training pool ({n_pool})")
+    n = hp.n_train
+    if n > n_pool:
+        extra = (f" ({hp.train_size} clean + {hp.n_mislabeled} mislabeled, label_noise_mode=fixed_clean)"
+                 if n != hp.train_size else "")
+        raise HParamsError(f"dataset.train_size={hp.train_size}{extra} exceeds the {hp.name} training pool "
+                           f"({n_pool})")
     if hp.test_size > n_test_pool:
         raise HParamsError(f"dataset.test_size={hp.test_size} exceeds the {hp.name} test pool ({n_test_pool})")
-    if hp.train_size < n_pool:
+    if n < n_pool:
         from sklearn.model_selection import train_test_split
-        idx, _ = train_test_split(np.arange(n_pool), train_size=hp.train_size, stratify=pool.y_train,
+        idx, _ = train_test_split(np.arange(n_pool), train_size=n, stratify=pool.y_train,
                                   random_state=derive_seed32(hp.seed, "subset") % 2**31)
     else:
         idx = np.random.default_rng(derive_seed32(hp.seed, "subset")).permutation(n_pool)
     y_clean = pool.y_train[idx]
-    y = corrupt_labels(y_clean, hp.label_noise, pool.num_classes, derive_seed32(hp.seed, "labels"))
+    y = corrupt_labels(y_clean, hp.n_mislabeled / n, pool.num_classes, derive_seed32(hp.seed, "labels"))
     test_idx = np.random.default_rng(derive_seed32(hp.seed, "test")).permutation(n_test_pool)[:hp.test_size]
     t = torch.from_numpy
     return DataBundle(t(np.ascontiguousarray(pool.x_train[idx])), t(y), t(y_clean),

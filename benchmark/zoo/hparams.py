@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from benchmark.errors import HParamsError
 from benchmark.zoo.registry import DATASETS, MODELS, OPTIMIZERS, ComponentRegistry
 
-__all__ = ["DatasetHP", "ModelHP", "OptimizerHP", "TrainHP", "HParams", "HParamsError", "GROUPS"]
+__all__ = ["LABEL_NOISE_MODES", "DatasetHP", "ModelHP", "OptimizerHP", "TrainHP", "HParams", "HParamsError", "GROUPS"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,21 @@ class DatasetHP:
     train_size: int  # models see a stratified subset of this size of the training pool
     test_size: int  # test error is measured on this many held-out samples
     label_noise: float = 0.0  # fraction of mislabeled training samples (docs/data.md)
+    label_noise_mode: str = "fixed_clean"  # fixed_clean: train_size clean samples plus the mislabeled ones;
+    # fixed_total: train_size samples in all, a fraction label_noise of them mislabeled (docs/data.md)
     seed: int = 0  # fixes the subset and which samples are mislabeled, shared across model seeds
+
+    @property
+    def n_mislabeled(self) -> int:
+        """How many training samples carry a wrong label."""
+        if self.label_noise_mode == "fixed_total":
+            return int(round(self.label_noise * self.train_size))
+        return int(round(self.train_size / (1 - self.label_noise))) - self.train_size
+
+    @property
+    def n_train(self) -> int:
+        """How many samples a model trains on: ``train_size``, plus the mislabeled ones in fixed_clean."""
+        return self.train_size + (self.n_mislabeled if self.label_noise_mode == "fixed_clean" else 0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,13 @@ class TrainHP:
     target_loss: float = 0.01  # stop once the full training cross-entropy is at most this (Jiang et al.)
     max_epochs: int = 400
 
+
+LABEL_NOISE_MODES = ("fixed_clean", "fixed_total")
+# Fields added after schema 2 enter a model's id only where they change the model, so the ids of models
+# stored before them stay valid: the label-noise mode matters only with label noise, and the models stored
+# before the mode existed were trained with fixed_total.
+_LEGACY = {"dataset.label_noise_mode": lambda hp: hp.dataset.label_noise == 0
+           or hp.dataset.label_noise_mode == "fixed_total"}
 
 GROUPS: dict[str, type] = {"dataset": DatasetHP, "model": ModelHP, "optimizer": OptimizerHP, "train": TrainHP}
 _COMPONENTS: dict[str, ComponentRegistry] = {"dataset": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS}
@@ -120,6 +141,7 @@ class HParams:
             uses = registry.get(getattr(self, group).name).uses
             if uses is not None:
                 unused |= {f"{group}.{f.name}" for f in fields(GROUPS[group]) if f.name not in ("name", *uses)}
+        unused |= {key for key, omitted in _LEGACY.items() if omitted(self)}
         return {k: v for k, v in self.flat().items() if k not in unused}
 
     @property
@@ -136,6 +158,8 @@ class HParams:
             (d.train_size >= 1, f"dataset.train_size must be >= 1, got {d.train_size}"),
             (d.test_size >= 1, f"dataset.test_size must be >= 1, got {d.test_size}"),
             (0.0 <= d.label_noise < 1.0, f"dataset.label_noise must be in [0, 1), got {d.label_noise}"),
+            (d.label_noise_mode in LABEL_NOISE_MODES, f"dataset.label_noise_mode must be one of "
+             f"{', '.join(LABEL_NOISE_MODES)}, got {d.label_noise_mode!r}"),
             (m.depth >= 1, f"model.depth must be >= 1, got {m.depth}"),
             (m.width >= 1, f"model.width must be >= 1, got {m.width}"),
             (0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}"),

@@ -178,12 +178,15 @@ def test_cli_lists_measures_and_rejects_bad_input(tmp_path):
 def test_training_tasks_keep_stacks_whole_unless_workers_would_idle():
     from benchmark.training.jobs import split_tasks as _stacks
     from tests.conftest import make_cfg
-    zoo = expand(make_cfg())  # the default zoo: 8 stacks of 18 (6 configurations x 3 seed replicates)
+    # the default zoo: 24 stacks of 6 (2 learning rates x 3 seed replicates); a stack shares its training-set
+    # size, and with the clean count fixed every label-noise level has its own
+    zoo = expand(make_cfg())
     tasks = _stacks(zoo, jobs=2)
-    assert sorted(len(t) for t in tasks) == [18] * 8
+    assert sorted(len(t) for t in tasks) == [6] * 24
     assert len({hp.seed for hp in tasks[0]}) == 3  # replicates train in one stack
     assert tasks[0][0].model.width == 128 and tasks[0][0].dataset.train_size == 2000  # costliest first
     one_stack = [hp for hp in zoo if hp.model.width == 64 and hp.train.batch_size == 32
                  and hp.dataset.train_size == 1000]
-    assert sorted(len(t) for t in _stacks(one_stack, jobs=2)) == [9, 9]
+    assert sorted(len(t) for t in _stacks(one_stack, jobs=2)) == [6, 6, 6]
+    assert sorted(len(t) for t in _stacks(one_stack[:6], jobs=2)) == [3, 3]  # one stack, split for 2 workers
     assert sorted(hp.model_id for t in _stacks(zoo, jobs=4) for hp in t) == sorted(hp.model_id for hp in zoo)

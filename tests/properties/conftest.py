@@ -14,7 +14,7 @@ from benchmark.zoo.hparams import HParams
 def trained_digits() -> Trained:
     """An MLP on digits with label noise, trained by the zoo's trainer with its per-epoch probes."""
     hp = HParams.from_dict({
-        "dataset": {"name": "digits", "train_size": 400, "test_size": 300, "label_noise": 0.1},
+        "dataset": {"name": "digits", "train_size": 360, "test_size": 300, "label_noise": 0.1},  # 400 in all
         "model": {"name": "mlp", "depth": 2, "width": 16},
         "optimizer": {"name": "sgd", "lr": 0.3}, "train": {"batch_size": 40, "target_loss": 0.01,
                                                            "max_epochs": 300}})

@@ -101,17 +101,19 @@ def _v1_store(tmp_path, hps):
     old_ids = []
     for hp in hps:
         new_id = _save(store, hp)
-        old_id = hash_id(hp.flat())
+        old_id = hash_id({k: v for k, v in hp.flat().items() if k != "dataset.label_noise_mode"})
         old_ids.append(old_id)
         store.save_measurement(new_id, "m", 1, 1.0, 0.0, "ok")
+        stored = hp.to_dict()
+        del stored["dataset"]["label_noise_mode"]  # added in schema 4
         if old_id != new_id:
             store.checkpoint_path(new_id).rename(store.checkpoint_path(old_id))
-            with sqlite3.connect(store.path) as db:
-                db.execute("UPDATE models SET id = ?, checkpoint = ? WHERE id = ?",
-                           (old_id, f"checkpoints/{old_id}.pt", new_id))
-                db.execute("UPDATE measurements SET model_id = ? WHERE model_id = ?", (old_id, new_id))
+        with sqlite3.connect(store.path) as db:
+            db.execute("UPDATE models SET id = ?, checkpoint = ?, hparams = ? WHERE id = ?",
+                       (old_id, f"checkpoints/{old_id}.pt", json.dumps(stored), new_id))
+            db.execute("UPDATE measurements SET model_id = ? WHERE model_id = ?", (old_id, new_id))
     _old_status_constraint(store.path, version=1)
-    del state, json
+    del state
     return old_ids
 
 
@@ -147,6 +149,29 @@ def test_a_schema_2_store_is_migrated_to_allow_not_applicable_and_keeps_every_ro
     assert after[:2] == before
     assert after[2][5:7] == ("not_applicable", "clean labels")
     assert store.measured() == {(model_id, "a", 1), (model_id, "b", 2), (model_id, "c", 1)}
+
+
+def test_a_schema_3_store_gets_the_label_noise_mode_its_models_were_trained_with(tmp_path):
+    import json
+
+    from benchmark.store import migrate
+    store = Store(tmp_path)
+    noisy = default_hparams().replace(**{"dataset.label_noise": 0.2, "dataset.label_noise_mode": "fixed_total"})
+    ids = [_save(store, hp) for hp in (default_hparams(), noisy)]
+    with sqlite3.connect(store.path) as db:  # what schema 3 stored: no mode
+        for model_id, hp_json in db.execute("SELECT id, hparams FROM models").fetchall():
+            hp = json.loads(hp_json)
+            del hp["dataset"]["label_noise_mode"]
+            db.execute("UPDATE models SET hparams = ? WHERE id = ?", (json.dumps(hp), model_id))
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"older genbench \(store schema 3.*genbench migrate"):
+        Store(tmp_path)
+    assert migrate(tmp_path) == {"renamed": 0, "dropped": 0, "unchanged": 2, "from_version": 3}
+    store = Store(tmp_path)
+    assert store.model_ids() == set(ids)
+    loaded = store.model_record(ids[1])[0]
+    assert loaded == noisy and loaded.model_id == ids[1]  # read back as the recipe it was trained with
+    assert store.model_record(ids[0])[0].dataset.label_noise_mode == "fixed_total"
 
 
 def test_an_old_store_asks_for_migration_and_migrate_renames_every_model(tmp_path):

@@ -75,7 +75,7 @@ def test_mlp_sgd_momentum_adam_dropout_and_stopping_times_in_one_stack():
     hps = [
         _hp(**{"optimizer.name": "sgd", "optimizer.lr": 0.5, "train.target_loss": 2.2}),  # converges at epoch 3
         _hp(**{"optimizer.name": "sgd", "optimizer.lr": 0.3, "model.dropout": 0.3, "optimizer.weight_decay": 1e-3,
-               "dataset.label_noise": 0.2, "seed": 1}),
+               "dataset.label_noise": 0.2, "dataset.label_noise_mode": "fixed_total", "seed": 1}),
         _hp(**{"optimizer.name": "momentum", "optimizer.lr": 0.05, "optimizer.momentum": 0.8,
                "optimizer.weight_decay": 5e-4, "train.max_epochs": 2}),  # stops on its epoch budget
         _hp(**{"optimizer.name": "momentum", "optimizer.lr": 0.05, "model.dropout": 0.5, "dataset.seed": 3,
@@ -83,7 +83,7 @@ def test_mlp_sgd_momentum_adam_dropout_and_stopping_times_in_one_stack():
         _hp(**{"optimizer.name": "adam", "optimizer.lr": 0.01, "optimizer.weight_decay": 1e-3,
                "train.max_epochs": 3}),
         _hp(**{"optimizer.name": "adam", "optimizer.lr": 0.003, "model.dropout": 0.2, "dataset.label_noise": 0.1,
-               "seed": 3}),
+               "dataset.label_noise_mode": "fixed_total", "seed": 3}),
     ]
     assert len(group_stacks(hps)) == 1
     vec = _check(hps)
@@ -170,9 +170,11 @@ def test_grouping_rules():
     a = _hp()
     same = [a.replace(**{k: v}) for k, v in [
         ("optimizer.lr", 0.01), ("optimizer.name", "adam"), ("optimizer.weight_decay", 0.1),
-        ("model.dropout", 0.5), ("model.init_scale", 2.0), ("dataset.label_noise", 0.1), ("dataset.seed", 5),
+        ("model.dropout", 0.5), ("model.init_scale", 2.0), ("dataset.seed", 5),
         ("dataset.test_size", 50), ("train.max_epochs", 9), ("train.target_loss", 0.5), ("seed", 7)]]
-    other = [a.replace(**{k: v}) for k, v in [
+    # label noise with the total fixed keeps the set's size; with the clean count fixed it adds samples
+    same.append(a.replace(**{"dataset.label_noise": 0.1, "dataset.label_noise_mode": "fixed_total"}))
+    other = [a.replace(**{"dataset.label_noise": 0.1})] + [a.replace(**{k: v}) for k, v in [
         ("model.width", 13), ("model.depth", 3), ("model.bias", False), ("model.name", "cnn"),
         ("train.batch_size", 16), ("dataset.train_size", 100), ("dataset.name", "mnist5k")]]
     assert all(stack_key(h) == stack_key(a) for h in same)

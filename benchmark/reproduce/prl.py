@@ -1,25 +1,24 @@
 """Reproduce "SGD introduces an effective landscape-dependent regularization favoring flat solutions"
-(Yang, Tang & Tu, PRL 130, 237101, 2023; docs/measures/sgd-regularization.md) at CPU scale.
+(Yang, Tang & Tu, PRL 130, 237101, 2023; docs/measures/sgd-regularization.md).
 
-Two parts:
+The protocol (``conf/reproduce/prl.yaml``) has three parts:
 
-1. **Theory check** (:func:`valley_langevin`): anisotropic Langevin dynamics in a valley
-   L(x, y) = ½ λ(x) y², temperature Δ across the valley and Δ/κ along it, must have the steady state
-   P(x) ∝ λ(x)^(−κ/2) = F(x)^κ (F = 1/√λ) from which the effective-loss estimator of
-   ``measures.sgd_regularization`` is derived; isotropic noise (κ = 1) gives P ∝ F.
-2. **Networks**: the paper's MNIST MLP (784→50→50→10 ReLU, no biases) on the 4,000 offline digits of
-   ``mnist5k``, plain SGD trained by ``benchmark.training.loop.train_model`` to a training cross-entropy of 0.01
-   with α ∈ {0.05, 0.1, 0.2} at B = 50 and B ∈ {25, 100} at α = 0.1. For each solution: the top-20 Hessian
-   eigenpairs (Lanczos, 40 iterations, full training set), the SGD noise along them
-   Δ_n = (α/2B) v_nᵀ C v_n, the flat-direction noise Δ₀, the anisotropy κ_n = Δ_n/Δ₀, the noise–curvature
-   exponent and the SGD term over the top directions, L_SGD = Σ_n ½(κ_n − 1) Δ_n ln(α λ_n / 2), ln λ measured
-   from the edge of stability 2/α (``measures.sgd_regularization``; the measure ``sgd.log_penalty_topk`` is
-   Σ_n L_SGD,n/Δ_n, the paper's normalisation).
+1. **The valley** (:func:`valley_langevin`): anisotropic Langevin dynamics in L(x, y) = ½ λ(x) y², noise Δ
+   across the valley and Δ/κ along it, must settle to P(x) ∝ λ(x)^(−κ/2) = F(x)^κ (F = 1/√λ), the steady
+   state the paper's effective loss comes from; isotropic noise (κ = 1) gives P ∝ F.
+2. **Networks** (:func:`run_one`): the paper's MNIST MLP (784→50→50→10 ReLU, no biases), plain SGD over a
+   sweep of (α, B), several seeds each, trained to a training cross-entropy of 0.01. Each solution is
+   analysed by ``measures.sgd_regularization``: the top Hessian eigenpairs, the SGD noise along them
+   Δ_n = (α/2B) f v_nᵀ C v_n, the flat-direction noise, the anisotropy κ_n and the unit-free log-probability
+   penalty Φ (``sgd.log_penalty_topk``).
+3. **The noise ceiling** (:func:`ceiling_one`): one step size α with ever smaller batches. The step size, and
+   with it the stability limit of plain gradient descent, stays the same; only the noise α/B grows.
 
-    genbench reproduce prl [--out DIR] [--quick]
+    genbench reproduce prl [--full] [--quick] [--out DIR] [key=value ...]
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -28,14 +27,55 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.stats
+import torch
 
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import train_mlp
-from benchmark.zoo.datasets import make_data
-from benchmark.zoo.hparams import DatasetHP
+from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, sign_of, spread, tau_text, train_hparams, trend
+from benchmark.runtime import parallel
+from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
+from benchmark.zoo.hparams import DatasetHP, HParams
 from measures import sgd_regularization as sr
 
 PAPER = "Yang, Tang & Tu, PRL 130, 237101 (2023)"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One block of ``conf/reproduce/prl.yaml`` (see the comments there)."""
+    dataset: str
+    train_size: int
+    test_size: int
+    width: int
+    stop_loss: float
+    max_epochs: int
+    settings: tuple
+    seeds: tuple
+    top_k: int
+    lanczos_iters: int
+    ceiling_lr: float
+    ceiling_batch_sizes: tuple
+    ceiling_max_epochs: int
+    ceiling_seeds: tuple
+    kappas: tuple
+    walkers: int
+    steps: int
+    bootstrap: int
+    workers: int
+
+    def __post_init__(self):
+        if not self.seeds or not self.settings:
+            raise ValueError("seeds and settings must not be empty")
+        if any(len(s) != 2 for s in self.settings):
+            raise ValueError("settings is a list of [α, B] pairs")
+
+    def hparams(self, lr: float, batch_size: int, seed: int, max_epochs: int | None = None) -> HParams:
+        return mlp_hparams(DatasetHP(name=self.dataset, train_size=self.train_size, test_size=self.test_size),
+                           float(lr), int(batch_size), width=self.width, target_loss=self.stop_loss,
+                           max_epochs=max_epochs or self.max_epochs, seed=int(seed))
+
+
+def protocol(profile: str = "default", overrides=()) -> Protocol:
+    return load_protocol("prl", Protocol, profile, overrides)
 
 
 # --------------------------------------------------------------------------------------------- theory check
@@ -73,36 +113,88 @@ def valley_langevin(kappa: float, *, walkers: int = 2000, steps: int = 20000, dt
 
 
 # --------------------------------------------------------------------------------------------- networks
-@dataclass(frozen=True)
-class Scale:
-    train_size: int
-    width: int
-    target_loss: float
-    max_epochs: int
-    settings: sr.SGDRegSettings
-    grid: tuple[tuple[float, int], ...]  # (α, B)
-    kappas: tuple[float, ...]  # valley-model anisotropies
-    walkers: int
-    steps: int
+def run_one(task: tuple, p: Protocol) -> tuple:
+    """Train one (α, B, seed) to the stop and analyse its solution. Returns ``(1, row, result)``."""
+    torch.set_num_threads(1)
+    lr, bs, seed = task
+    hp = p.hparams(lr, bs, seed)
+    t0 = time.perf_counter()
+    _, ctx, metrics = train_hparams(hp, cached_data(hp.dataset, DEFAULT_ROOT, False))
+    t1 = time.perf_counter()
+    r = sr.sgd_effective_regularization(ctx, sr.SGDRegSettings(k=p.top_k, iters=p.lanczos_iters))
+    pos = r.eigenvalues > 0
+    row = {"lr": lr, "batch_size": bs, "noise": lr / bs, "seed": seed, "epochs": metrics["epochs"],
+           "converged": metrics["converged"], "train_loss": metrics["train_loss"],
+           "test_error": metrics["test_error"], "lambda_max": float(r.eigenvalues[0]),
+           "sum_log_lambda": float(np.log(r.eigenvalues[pos]).sum()), "log_penalty": r.log_penalty,
+           "effective_reg": r.effective_reg, "anisotropy": r.anisotropy, "kappa_1": float(r.kappa[0]),
+           "top_k_fraction": float(r.noise.sum() / r.noise_total), "exponent": r.exponent,
+           "exponent_r2": r.exponent_r2, "k": len(r.eigenvalues), "n_params": r.n_params,
+           "train_s": t1 - t0, "analysis_s": time.perf_counter() - t1}
+    return 1, row, r
 
 
-FULL = Scale(4000, 50, 0.01, 1000, sr.SGDRegSettings(k=20, iters=40, params="all", max_samples=None, chunk=256),
-             ((0.05, 50), (0.1, 50), (0.2, 50), (0.1, 25), (0.1, 100)), (1.0, 2.0, 4.0), 2000, 20000)
-QUICK = Scale(500, 20, 0.1, 40, sr.SGDRegSettings(k=6, iters=12, params="all", max_samples=None, chunk=256),
-              ((0.1, 50), (0.2, 50)), (1.0, 4.0), 300, 3000)
+def ceiling_one(task: tuple, p: Protocol) -> tuple:
+    """Train one rung of the noise ceiling (α fixed, B shrinking) for at most ``ceiling_max_epochs``."""
+    torch.set_num_threads(1)
+    bs, seed = task
+    hp = p.hparams(p.ceiling_lr, bs, seed, p.ceiling_max_epochs)
+    _, _, m = train_hparams(hp, cached_data(hp.dataset, DEFAULT_ROOT, False))
+    return 1, {"lr": p.ceiling_lr, "batch_size": bs, "noise": p.ceiling_lr / bs, "seed": seed,
+               "converged": m["converged"], "diverged": m["diverged"], "epochs": m["epochs"],
+               "train_loss": m["train_loss"], "train_s": m["wall_time"]}, None
 
 
-def analyse(ctx, settings: sr.SGDRegSettings) -> sr.SGDRegResult:
-    return sr.sgd_effective_regularization(ctx, settings)
+# --------------------------------------------------------------------------------------------- verdicts
+def verdicts(table: pd.DataFrame, ceiling: pd.DataFrame, valley: list[dict], p: Protocol) -> list[tuple]:
+    """(claim, source, published, obtained, verdict) rows; each could come out the other way."""
+    yes = lambda ok: "yes" if ok else "**no**"
+    rows = [("in a valley with noise Δ across and Δ/κ along it the steady state is P ∝ F^κ", "paper (theory)",
+             "exponent = κ", ", ".join(f"κ = {v['kappa']:g}: {v['exponent']:.2f} (R² {v['r2']:.2f})" for v in valley),
+             yes(all(abs(v["exponent"] - v["kappa"]) < 0.15 * v["kappa"] for v in valley)))]
+    sweep = table.assign(x=table["noise"])
+    for col, words in (("lambda_max", "the top Hessian eigenvalue λ_max"),
+                       ("sum_log_lambda", f"Σ ln λ_n over the top {p.top_k}")):
+        t = trend(sweep, col, p.bootstrap, f"prl/{col}")
+        rows.append((f"more SGD noise (larger α/B) selects flatter minima: {words} falls", "paper",
+                     "τ(α/B, sharpness) < 0", f"{tau_text(t)} over {len(sweep)} runs", yes(sign_of(t) < 0)))
+    frac = ceiling.groupby("batch_size", sort=False).converged.mean()
+    loss = ceiling.groupby("batch_size", sort=False).train_loss.median()
+    text = "; ".join(f"B = {b}: {int(round(f * ceiling.seed.nunique()))}/{ceiling.seed.nunique()} converged "
+                     f"(median final loss {loss[b]:.3g})" for b, f in frac.items())
+    ordered = frac.sort_index(ascending=False)  # largest batch (least noise) first
+    rows.append((f"too much noise stops convergence: at α = {p.ceiling_lr:g}, shrinking B (more noise, the same "
+                 "step size) ends convergence", "paper", "converges at large B, not at small B", text,
+                 yes(ordered.iloc[0] == 1 and ordered.iloc[-1] == 0 and ordered.is_monotonic_decreasing)))
+    return rows
 
 
-def _monotone(values: list[float], keys: list[float]) -> float:
-    """Spearman correlation of ``values`` with ``keys`` (NaN with fewer than 3 points)."""
-    if len(values) < 3:
-        return float(np.sign(np.corrcoef(keys, values)[0, 1])) if len(values) == 2 else math.nan
-    return float(scipy.stats.spearmanr(keys, values).statistic)
+def checks(table: pd.DataFrame, p: Protocol) -> list[str]:
+    """What holds by construction or nearly so: the anisotropy, the noise–curvature exponent, the scaling of
+    the SGD term with α/B, and the sign of the penalty."""
+    n = int(table["n_params"].iloc[0])
+    return [f"Anisotropy κ = Δ_n/Δ_⊥ ≫ 1: ⟨κ_n⟩ = {table['anisotropy'].min():.3g}–{table['anisotropy'].max():.3g}. "
+            f"Near-automatic: the per-sample gradients at a minimum span few directions, so the top {p.top_k} of "
+            f"{n:,} directions carry {100 * table['top_k_fraction'].min():.0f}–"
+            f"{100 * table['top_k_fraction'].max():.0f} % of the noise, and Δ_⊥ ∝ 1/(N − k).",
+            f"The noise grows with the curvature, log Δ_n against log λ_n: slope {table['exponent'].min():.2f}–"
+            f"{table['exponent'].max():.2f} (R² {table['exponent_r2'].min():.2f}–{table['exponent_r2'].max():.2f}). "
+            "A slope near 1 follows from the Fisher–Hessian relation of the cross-entropy at a minimum "
+            "(v_nᵀCv_n ≈ λ_n), not from SGD.",
+            "The SGD term grows with α and with the batch-to-batch variation of the gradients on a fixed landscape: "
+            "Δ_n = (α/2B) f v_nᵀCv_n by definition.",
+            f"The penalty Φ = Σ_n ½(κ_n − 1) ln(α λ_n/2) (`sgd.log_penalty_topk`, free of units: λ is measured from "
+            f"the edge of stability 2/α) is {table['log_penalty'].min():.3g} to {table['log_penalty'].max():.3g}: "
+            + ("negative in every run: every top direction is stable (α λ_n < 2), so each ln(α λ_n/2) < 0, and "
+               "the sign carries no claim." if (table["log_penalty"] < 0).all() else
+               "of both signs: some top directions lie beyond the edge of stability (α λ_n > 2).")
+            + " The loss-unit form Σ ½(κ_n − 1) Δ_n ln(α λ_n/2) "
+            f"is {table['effective_reg'].min():.3g} to {table['effective_reg'].max():.3g}; an earlier version "
+            "took ln λ in the weights' own units, which made its sign depend on the parametrisation.",
+            f"Runs of the sweep that reached the stop: {int(table['converged'].sum())} of {len(table)}."]
 
 
+# --------------------------------------------------------------------------------------------- figures
 def plot_noise_vs_curvature(results: dict[str, sr.SGDRegResult], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -125,24 +217,24 @@ def plot_noise_vs_curvature(results: dict[str, sr.SGDRegResult], path: Path) -> 
     plt.close(fig)
 
 
-def plot_sweep(table: pd.DataFrame, path: Path) -> None:
+def plot_sweep(table: pd.DataFrame, ceiling: pd.DataFrame, path: Path) -> None:
+    """λ_max and Σ ln λ_n against α/B (mean and 95 % interval over seeds), and the ceiling's convergence."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-    ratio = table["lr"] / table["batch_size"]
-    for ax, col, label in zip(axes, ["effective_reg", "lambda_max", "sum_log_lambda"],
-                              ["$L_{SGD}$", "$\\lambda_{max}$", "$\\sum_n \\ln\\lambda_n$ (top k)"]):
-        for kind, marker in (("lr", "o"), ("batch", "s")):
-            sel = table["sweep"].str.contains(kind)
-            ax.plot(ratio[sel], table.loc[sel, col], marker, label=f"{kind} sweep")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, col, label in zip(axes, ["lambda_max", "sum_log_lambda"],
+                              ["$\\lambda_{max}$", "$\\sum_n \\ln\\lambda_n$ (top k)"]):
+        g = [(x, spread(s[col].tolist())) for x, s in table.groupby("noise")]
+        ax.errorbar([x for x, _ in g], [s["mean"] for _, s in g],
+                    yerr=[s["hi"] - s["mean"] if s["n"] > 1 else 0 for _, s in g], marker="o", capsize=3)
         ax.set_xscale("log")
-        ticks = sorted(set(ratio))
-        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("$\\alpha/B$")
-        ax.set_title(label)
-    axes[0].legend(fontsize=8)
+        ax.set(xlabel="$\\alpha/B$", title=label)
+    frac = ceiling.groupby("noise").converged.mean()
+    axes[2].plot(frac.index, frac.values, "o-")
+    axes[2].set_xscale("log")
+    axes[2].set(xlabel="$\\alpha/B$ (α fixed, B shrinking)", ylabel="fraction of seeds converged",
+                title="noise ceiling", ylim=(-0.05, 1.05))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -168,116 +260,77 @@ def plot_valley(fits: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(x, digits=3):
-    return "—" if not math.isfinite(x) else f"{x:.{digits}g}"
-
-
-def write_results(out: Path, table: pd.DataFrame, valley: list[dict], quick: bool, command: str,
-                  wall: float) -> None:
-    ratio = list(table["lr"] / table["batch_size"])
-    rho_reg = _monotone(list(table["effective_reg"]), ratio)
-    rho_flat = _monotone(list(table["lambda_max"]), ratio)
-    rho_logdet = _monotone(list(table["sum_log_lambda"]), ratio)
-    rho_test = _monotone(list(table["test_error"]), ratio)
-    checks = [
-        ("SGD noise is anisotropic: more noise along the sharp directions (κ > 1)", "κ ≫ 1",
-         f"⟨κ_n⟩ over the top {int(table['k'].iloc[0])} = {_fmt(table['anisotropy'].min())}–"
-         f"{_fmt(table['anisotropy'].max())}; the top-k directions (of {int(table['n_params'].iloc[0])}) carry "
-         f"{_fmt(100 * table['top_k_fraction'].min(), 2)}–{_fmt(100 * table['top_k_fraction'].max(), 2)} % of tr C",
-         bool((table["anisotropy"] > 1).all())),
-        ("Noise grows with curvature (log Δ_n vs log λ_n)", "positive (landscape-dependent noise)",
-         f"β = {_fmt(table['beta'].min())}–{_fmt(table['beta'].max())} (R² {_fmt(table['beta_r2'].min(), 2)}–"
-         f"{_fmt(table['beta_r2'].max(), 2)})", bool((table["beta"] > 0).all())),
-        ("The SGD term grows with α and with the batch-to-batch gradient variance", "yes",
-         "by construction on a given landscape (Δ_n = (α/2B)·v_nᵀCv_n); across the solutions SGD reaches, "
-         f"Spearman ρ(L_SGD, α/B) = {_fmt(rho_reg, 2)}", None),
-        ("More SGD noise (larger α/B) selects flatter minima", "yes",
-         f"Spearman ρ(λ_max, α/B) = {_fmt(rho_flat, 2)}, ρ(Σ_n ln λ_n, α/B) = {_fmt(rho_logdet, 2)}",
-         bool(rho_flat < 0 and rho_logdet < 0) if math.isfinite(rho_flat) and math.isfinite(rho_logdet) else None),
-        ("Steady state in a valley P ∝ F^κ (the theory behind L_SGD)", "exponent = κ",
-         ", ".join(f"κ = {v['kappa']:g}: {v['exponent']:.2f}" for v in valley),
-         bool(all(abs(v["exponent"] - v["kappa"]) < 0.15 * v["kappa"] for v in valley))),
-        ("Too much noise stops convergence", "yes", "not tested", None),
-    ]
-    yes = lambda ok: "—" if ok is None else ("yes" if ok else "**no**")
+# --------------------------------------------------------------------------------------------- results.md
+def write_results(out: Path, table: pd.DataFrame, ceiling: pd.DataFrame, valley: list[dict], p: Protocol,
+                  profile: str, command: str, wall: float) -> None:
     lines = [f"# Reproduction: SGD as an effective landscape-dependent regularization ({PAPER})", ""]
-    if quick:
-        lines += ["**Quick mode** (a smoke test: 500 samples, 784→20→20→10, CE ≤ 0.1, two models, a short "
-                  "valley simulation). Its numbers are not a reproduction.", ""]
-    lines += ["The paper's claims are qualitative; the table lists each with what this run measured.", "",
-              "| claim | published | obtained here | agrees |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {yes(d)} |" for a, b, c, d in checks]
-    lines += ["", f"Test error against α/B (not a claim of the paper, for context): Spearman ρ = {_fmt(rho_test, 2)}.",
-              "", "## All models", "", markdown_table(table.drop(columns=["sweep"])), "",
-              "## Setup, estimator and deviations from the paper", "",
-              "* Data and network: the 4,000-image offline MNIST subset `mnist5k`, 784→50→50→10 ReLU without "
-              "biases, cross-entropy, plain SGD, trained with `benchmark.training.loop.train_model` to a training "
-              "cross-entropy of 0.01 (equal fit across the sweep).",
-              "* Hessian: top-20 eigenpairs of the full training loss by Lanczos (40 iterations, full "
-              f"reorthogonalisation) on Hessian-vector products; all {int(table['n_params'].iloc[0]):,} "
-              "parameters.",
-              "* Noise: per-sample gradients by `torch.func.vmap(grad)` over all 4,000 samples, projected on the "
-              "eigenvectors (C is never formed); Δ_n = (α/2B) v_nᵀ C v_n; Δ₀ = the mean of (α/2B) vᵀCv over "
-              "the directions orthogonal to the top 20, (α/2B)(tr C − Σ_n v_nᵀCv_n)/(N − 20).",
-              "* L_SGD = Σ_n ½(κ_n − 1) Δ_n ln(αλ_n/2) over the top directions, derived in "
-              "`measures/sgd_regularization.py` from the "
-              "Fokker–Planck steady state P ∝ Π_n F_n^{κ_n}; the valley simulation checks that steady state "
-              "(λ(x) = 50·exp(cos x), Δ = 1, exact OU steps across the valley).",
-              "* The paper's own network experiments are not rerun at their scale; one seed per setting.",
-              "", "## Where it does not match, and why", ""]
-    misses = [c for c in checks if c[3] is False]
-    lines += [f"* {c[0]}: {c[2]}." for c in misses] or ["* Every tested claim agrees in sign."]
-    if math.isfinite(rho_reg) and rho_reg < 0:
-        lines += ["* L_SGD evaluated at each model's own solution *falls* as α/B grows (and turns negative once "
-                  "most λ_n < 1): the noisier runs end in flatter minima, where both ln λ_n and the gradient "
-                  "noise v_nᵀCv_n are smaller, and this outweighs the factor α/B. The paper's statement is about "
-                  "the size of the term on a fixed "
-                  "landscape (∝ α/B by construction), which these numbers do not contradict: SGD with more noise "
-                  "ends where its own effective penalty is lower."]
-    lines += ["* Caveats: Δ₀ scales like 1/N, so κ grows with the parameter count; one seed per setting.",
+    if profile == "quick":
+        lines += ["**Quick mode**: a smoke test at toy scale; its numbers are not a reproduction.", ""]
+    test = trend(table.assign(x=table["noise"]), "test_error", p.bootstrap, "prl/test_error")
+    lines += [f"Protocol `{profile}` of `conf/reproduce/prl.yaml`. Trend intervals resample the seeds within "
+              f"each setting ({p.bootstrap:,} times); ± is one standard deviation.", "",
+              "| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in verdicts(table, ceiling, valley, p)]
+    lines += ["", f"For context, not a claim of the paper: the test error against α/B, {tau_text(test)}.", "",
+              "## Implementation checks", "", "These hold by construction or nearly so; they check the code and "
+              "the setting, not the paper's claims.", ""] + [f"* {c}" for c in checks(table, p)]
+    per = table.groupby(["lr", "batch_size"], sort=False)
+    summary = pd.DataFrame({"α/B": per.noise.first(), "runs": per.size(), "epochs": per.epochs.mean(),
+                            "test_error": per.test_error.mean(),
+                            **{c: per[c].apply(lambda v: pm(spread(v.tolist()))) for c in
+                               ("lambda_max", "sum_log_lambda", "log_penalty")}}).reset_index()
+    lines += ["", "## The sweep", "", "Per setting, mean ± sd [95 % interval] over the seeds:", "",
+              markdown_table(summary), "", "## The noise ceiling", "", markdown_table(ceiling), "",
+              "## Deviations and setup", "",
+              f"* Data and network: {p.train_size:,} images of `{p.dataset}`, 784→{p.width}→{p.width}→10 ReLU "
+              "without biases, plain SGD, trained to a training cross-entropy of "
+              f"{p.stop_loss:g} (the same fit across the sweep). The paper's own protocol for its MNIST runs is "
+              "not in a public code release this project found; these choices are this project's.",
+              f"* Hessian: the top {p.top_k} eigenpairs of the full training loss (Lanczos with full "
+              "reorthogonalisation), all parameters; the noise from exact per-sample gradient projections "
+              "(C is never formed).",
+              f"* The noise ceiling stops each run after {p.ceiling_max_epochs} epochs; a run that has not reached "
+              "the stop by then counts as not converged (its final loss is in the table).",
               "", "## Figures", "",
-              "* `noise_vs_curvature.png`: Δ_n against λ_n (log–log), all models, with Δ₀ dotted.",
-              "* `sweep.png`: L_SGD, λ_max and Σ ln λ_n against α/B.",
+              "* `noise_vs_curvature.png`: Δ_n against λ_n (log–log), the first seed of every setting, Δ_⊥ dotted.",
+              "* `sweep.png`: λ_max and Σ ln λ_n against α/B with seed intervals, and the ceiling's convergence.",
               "* `valley.png`: the valley model's P(x) against F(x) with the theory P ∝ F^κ.",
-              "", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, 2 shared CPU cores, one torch "
-              "thread).", ""]
+              "", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, {p.workers} worker processes of one "
+              "torch thread each). Every run is a row of `results.csv` (the ceiling's of `ceiling.csv`).", ""]
     (out / "results.md").write_text("\n".join(lines))
 
 
-def run(out_dir: Path, quick: bool = False) -> pd.DataFrame:
-    """Train, analyse, plot and write ``results.md`` under ``out_dir``; returns one row per model."""
-    out = Path(out_dir)
+def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
+    """The valley, the sweep and the ceiling; figures, ``results.csv``, ``ceiling.csv`` and ``results.md``."""
     start = time.perf_counter()
+    p = protocol(profile, overrides)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scale = QUICK if quick else FULL
-    valley = [valley_langevin(k, walkers=scale.walkers, steps=scale.steps, seed=i)
-              for i, k in enumerate(scale.kappas)]
-    data = make_data(DatasetHP(name="mnist5k", train_size=scale.train_size, test_size=1000))
-    rows, results = [], {}
-    for lr, bs in scale.grid:
-        t0 = time.perf_counter()
-        _, ctx, metrics = train_mlp(data, lr, bs, width=scale.width, target_loss=scale.target_loss,
-                                    max_epochs=scale.max_epochs)
-        t1 = time.perf_counter()
-        r = analyse(ctx, scale.settings)
-        pos = r.eigenvalues > 0
-        sweep = ",".join(s for s, ok in (("lr", bs == 50), ("batch", lr == 0.1)) if ok)
-        rows.append({"sweep": sweep, "lr": lr, "batch_size": bs, "epochs": metrics["epochs"],
-                     "train_loss": metrics["train_loss"], "test_error": metrics["test_error"],
-                     "lambda_max": float(r.eigenvalues[0]), "sum_log_lambda": float(np.log(r.eigenvalues[pos]).sum()),
-                     "noise_trace": r.noise_trace, "delta_1": float(r.noise[0]), "delta_flat": r.noise_flat,
-                     "anisotropy": r.anisotropy, "kappa_1": float(r.kappa[0]),
-                     "top_k_fraction": float(r.noise.sum() / r.noise_trace), "beta": r.exponent,
-                     "beta_r2": r.exponent_r2, "effective_reg": r.effective_reg,
-                     "effective_reg_scaled": r.effective_reg_scaled, "k": len(r.eigenvalues),
-                     "n_params": r.n_params, "train_s": t1 - t0, "analysis_s": time.perf_counter() - t1})
-        results[f"α={lr:g}, B={bs}"] = r
-    table = pd.DataFrame(rows)
-    plot_noise_vs_curvature(results, out / "noise_vs_curvature.png")
-    plot_sweep(table, out / "sweep.png")
-    plot_valley(valley, out / "valley.png")
-    command = "genbench reproduce prl" + (" --quick" if quick else "")
-    write_results(out, table, valley, quick, command, time.perf_counter() - start)
+    for lr, bs in p.settings:  # a bad value or a missing dataset fails here, before anything trains
+        p.hparams(lr, bs, p.seeds[0]).validate()
+    for bs in p.ceiling_batch_sizes:
+        p.hparams(p.ceiling_lr, bs, p.seeds[0]).validate()
+    cached_data(p.hparams(*p.settings[0], p.seeds[0]).dataset, DEFAULT_ROOT, False)
+    valley = [valley_langevin(k, walkers=p.walkers, steps=p.steps, seed=i) for i, k in enumerate(p.kappas)]
+    tasks = [(float(lr), int(bs), int(s)) for lr, bs in p.settings for s in p.seeds]
+    rows, results = {}, {}
+    for _, row, r in parallel(functools.partial(run_one, p=p), tasks, p.workers, "prl", "run",
+                              [1] * len(tasks), True):
+        key = (row["lr"], row["batch_size"], row["seed"])
+        rows[key] = row
+        if row["seed"] == p.seeds[0]:
+            results[f"α={row['lr']:g}, B={row['batch_size']}"] = r
+    table = pd.DataFrame([rows[t] for t in tasks])
+    rungs = [(int(bs), int(s)) for bs in p.ceiling_batch_sizes for s in p.ceiling_seeds]
+    done = {(r["batch_size"], r["seed"]): r for _, r, _ in parallel(
+        functools.partial(ceiling_one, p=p), rungs, p.workers, "prl ceiling", "run", [1] * len(rungs), True)}
+    ceiling = pd.DataFrame([done[t] for t in rungs])
     table.to_csv(out / "results.csv", index=False)
+    ceiling.to_csv(out / "ceiling.csv", index=False)
+    plot_noise_vs_curvature({k: results[k] for k in sorted(results)}, out / "noise_vs_curvature.png")
+    plot_sweep(table, ceiling, out / "sweep.png")
+    plot_valley(valley, out / "valley.png")
+    flag = {"default": "", "full": " --full", "quick": " --quick"}[profile]
+    command = "genbench reproduce prl" + flag + "".join(f" {o}" for o in overrides)
+    write_results(out, table, ceiling, valley, p, profile, command, time.perf_counter() - start)
     return table
-

@@ -51,13 +51,18 @@ class TrainResult:
 
 def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "cpu",
                 probes: Sequence[Probe] = (), test_schedule: str = "log",
-                before_step: Callable[[nn.Module], None] | None = None) -> TrainResult:
+                before_step: Callable[[nn.Module], None] | None = None,
+                penalty: Callable[[nn.Module, int], torch.Tensor] | None = None,
+                until: Callable[[nn.Module], bool] | None = None) -> TrainResult:
     """Train one model with plain minibatch steps until the full training cross-entropy (eval mode) is at
     most ``hp.train.target_loss`` at the end of an epoch, or ``hp.train.max_epochs`` run out. ``probes`` add
     their values to every epoch's history row (``benchmark.training.history``); the test set is evaluated on
     ``test_schedule`` (``history.evaluates_test``) and at the last epoch. ``before_step(model)``, if given,
     runs before every minibatch step (for example to record the weights' trajectory); it must not change
-    the model.
+    the model. ``penalty(model, epoch)``, if given, is added to every minibatch loss (a regulariser such as
+    the NMI authors' β‖θ‖ for the first 200 epochs). ``until(model)``, if given, replaces the target-loss rule:
+    training stops at the end of the first epoch where it returns True (divergence and ``max_epochs`` still
+    stop it), and ``metrics["converged"]`` says whether it did.
 
     Randomness: initial weights, the per-epoch data order and dropout masks each come from their own
     generator derived from ``hp.seed``, so the same hyperparameters give the same model.
@@ -74,7 +79,7 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
     order_gen = generator(hp.seed, "order")
     opt = make_optimizer(model.parameters(), hp.optimizer)
     n, bs = len(data.y_train), hp.train.batch_size
-    history, step, diverged = [], 0, False
+    history, step, diverged, reached = [], 0, False, False
     gens = probe_generators(probes, hp)
     for epoch in range(1, hp.train.max_epochs + 1):
         model.train()
@@ -84,16 +89,23 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
             if before_step is not None:
                 before_step(model)
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            if penalty is not None:
+                loss = loss + penalty(model, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
         train = evaluate(model, data.x_train, data.y_train)
         stop, diverged = stops(epoch_row(epoch, step, train, None), hp)
+        if until is not None and not diverged:
+            reached = until(model)
+            stop = reached or epoch >= hp.train.max_epochs
         test = evaluate(model, data.x_test, data.y_test) if stop or evaluates_test(epoch, test_schedule) else None
         history.append({**epoch_row(epoch, step, train, test), **probe_columns(probes, gens, model, data, hp)})
         if stop:
             break
     final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics = final_metrics(hp, history, time.perf_counter() - start, diverged)
+    if until is not None:
+        metrics["converged"] = bool(not diverged and reached)
     return TrainResult(hp, init_state, final_state, metrics, history)

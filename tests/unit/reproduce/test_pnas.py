@@ -46,9 +46,11 @@ def test_reproduce_rejects_a_bad_protocol_key_in_one_line(capsys):
         cli.main(["reproduce", "pnas", "--quick", "windoww=3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and "unknown pnas protocol key 'windoww'; valid:" in err[0]
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["reproduce", "prl", "--full"])
-    assert exit_.value.code == 2 and "prl has no protocol file yet" in capsys.readouterr().err
+    for paper in ("prl", "nmi", "mlst"):  # every reproduction reads its protocol file the same way
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["reproduce", paper, "--quick", "seedz=[1]"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and f"unknown {paper} protocol key 'seedz'" in err[0]
 
 
 def test_spread_is_the_student_t_interval():

@@ -204,7 +204,7 @@ def base_values(p: Protocol, axis: str) -> dict:
 
 def sweep(table: pd.DataFrame, axis: str, p: Protocol, values=None) -> pd.DataFrame:
     """The runs of one sweep: every other setting at its base value, ``axis`` at one of ``values`` (the
-    protocol's by default; None in ``values`` keeps every value found). Its axis value is in ``x``."""
+    protocol's by default; ``"all"`` keeps every value found). Its axis value is in ``x``."""
     keep = np.ones(len(table), dtype=bool)
     for col, v in base_values(p, axis).items():
         if col != axis:
@@ -385,14 +385,9 @@ def _deviations(p: Protocol, table: pd.DataFrame, extended: pd.DataFrame | None)
 
 
 def _describe(row, p: Protocol) -> str:
-    parts = []
-    for axis, (label, _, _) in AXES.items():
-        base = {"lr": p.lr, "batch_size": p.batch_size, "beta": 0.0, "label_noise": 0.0,
-                "train_size": p.train_size, "init_scale": 1.0, "dropout": 0.0}[axis]
-        if axis == "train_size" and row.label_noise > 0:
-            continue
-        if float(row[axis]) != float(base):
-            parts.append(f"{label.split()[-1]} = {row[axis]:g}")
+    """The settings of a run that differ from the base, e.g. ``B = 400``."""
+    base = base_values(p, "label_noise" if row.label_noise > 0 else "lr")
+    parts = [f"{AXES[a][0].split()[-1]} = {row[a]:g}" for a in AXES if float(row[a]) != float(base[a])]
     return ", ".join(parts) or "the base setting"
 
 

@@ -72,6 +72,12 @@ def load_protocol(paper: str, cls, profile: str = "default", overrides: Sequence
         raise UserError(f"{paper} protocol: {e}") from None
 
 
+def command_line(paper: str, profile: str, overrides: Sequence[str] = ()) -> str:
+    """The ``genbench reproduce`` command that reruns ``paper`` with this profile and these overrides."""
+    flag = {"default": "", "full": " --full", "quick": " --quick"}[profile]
+    return f"genbench reproduce {paper}" + flag + "".join(f" {o}" for o in overrides)
+
+
 def _coerce(typ, v, key: str):
     """``v`` as the field's type: YAML writes 1e-3 as a string and 5 where 5.0 is meant."""
     if typ is bool:

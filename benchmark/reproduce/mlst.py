@@ -23,7 +23,7 @@ import torch
 
 from benchmark.measuring.probes import OrderParameters
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, spread
+from benchmark.reproduce.common import command_line, load_protocol, mlp_hparams, pm, spread
 from benchmark.runtime import parallel
 from benchmark.training.loop import train_model
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
@@ -366,7 +366,6 @@ def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     plot(dict(sorted(first.items())), out)
     if any(r > 0 for r in p.rhos):
         plot_phases(table, p, out / "phase_test_error.png")
-    flag = {"default": "", "full": " --full", "quick": " --quick"}[profile]
-    command = "genbench reproduce mlst" + flag + "".join(f" {o}" for o in overrides)
+    command = command_line("mlst", profile, overrides)
     write_results(out, table, p, profile, command, time.perf_counter() - start)
     return table

@@ -28,7 +28,7 @@ import torch
 
 from benchmark.measuring.context import Trained
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, sign_of, spread, tau_text, trend
+from benchmark.reproduce.common import command_line, load_protocol, mlp_hparams, pm, sign_of, spread, tau_text, trend
 from benchmark.runtime import parallel
 from benchmark.training.loop import evaluate, train_model
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
@@ -463,8 +463,7 @@ def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     plot_factors(table, p, out / "factors_vs_hparams.png")
     plot_spectra(arrays, table, p, out / "spectra.png")
     plot_decomposition(table, out / "decomposition_vs_gap.png")
-    flag = {"default": "", "full": " --full", "quick": " --quick"}[profile]
-    command = "genbench reproduce nmi" + flag + "".join(f" {o}" for o in overrides)
+    command = command_line("nmi", profile, overrides)
     extended = pd.read_csv(out / "extended" / "results.csv") if (out / "extended" / "results.csv").is_file() else None
     write_results(out, table, p, profile, command, time.perf_counter() - start, extended)
     return table

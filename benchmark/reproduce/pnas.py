@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, spread, train_hparams
+from benchmark.reproduce.common import command_line, load_protocol, mlp_hparams, pm, spread, train_hparams
 from benchmark.runtime import parallel
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
 from benchmark.zoo.hparams import DatasetHP, HParams
@@ -464,8 +464,7 @@ def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     plot_spectrum(base, p, out / "spectrum.png")
     plot_loss_profiles(base[0], out / "loss_profiles.png")
     compare = pd.read_csv(out / "full" / "results.csv") if (out / "full" / "results.csv").is_file() else None
-    flag = {"default": "", "full": " --full", "quick": " --quick"}[profile]
-    command = "genbench reproduce pnas" + flag + "".join(f" {o}" for o in overrides)
+    command = command_line("pnas", profile, overrides)
     table.to_csv(out / "results.csv", index=False)
     write_results(out, table, p, profile, command, time.perf_counter() - start, compare)
     return table

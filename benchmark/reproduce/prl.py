@@ -30,7 +30,17 @@ import scipy.stats
 import torch
 
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import load_protocol, mlp_hparams, pm, sign_of, spread, tau_text, train_hparams, trend
+from benchmark.reproduce.common import (
+    command_line,
+    load_protocol,
+    mlp_hparams,
+    pm,
+    sign_of,
+    spread,
+    tau_text,
+    train_hparams,
+    trend,
+)
 from benchmark.runtime import parallel
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
 from benchmark.zoo.hparams import DatasetHP, HParams
@@ -330,7 +340,6 @@ def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     plot_noise_vs_curvature({k: results[k] for k in sorted(results)}, out / "noise_vs_curvature.png")
     plot_sweep(table, ceiling, out / "sweep.png")
     plot_valley(valley, out / "valley.png")
-    flag = {"default": "", "full": " --full", "quick": " --quick"}[profile]
-    command = "genbench reproduce prl" + flag + "".join(f" {o}" for o in overrides)
+    command = command_line("prl", profile, overrides)
     write_results(out, table, ceiling, valley, p, profile, command, time.perf_counter() - start)
     return table

@@ -3,9 +3,11 @@ the thread setting, and the statistics over seeds that every reported trend carr
 from __future__ import annotations
 
 import math
+import time
 import typing
 from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -70,6 +72,16 @@ def load_protocol(paper: str, cls, profile: str = "default", overrides: Sequence
         return cls(**{k: _coerce(hints[k], v, k) for k, v in values.items()})
     except (TypeError, ValueError) as e:
         raise UserError(f"{paper} protocol: {e}") from None
+
+
+def begin(protocol, profile: str, overrides: Sequence[str], out_dir) -> tuple:
+    """What every reproduction's ``run`` opens with: the start time, the protocol (a bad profile, key or value
+    fails here, before anything trains) and the output folder, created. Returns ``(protocol, out, start)``."""
+    start = time.perf_counter()
+    p = protocol(profile, overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return p, out, start
 
 
 def command_line(paper: str, profile: str, overrides: Sequence[str] = ()) -> str:
@@ -157,6 +169,48 @@ def trend(rows, col: str, resamples: int, stream: str, x: str = "x", by: str | N
     draws = np.asarray([d for d in draws if math.isfinite(d)])
     lo, hi = np.percentile(draws, [2.5, 97.5]) if len(draws) else (math.nan, math.nan)
     return {"tau": tau(xs, ys, blocks), "lo": float(lo), "hi": float(hi)}
+
+
+# --------------------------------------------------------------------------------------------- figures
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (a reproduction never opens a window)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Lay out, save and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
+# --------------------------------------------------------------------------------------------- results.md
+VERDICT_HEADER = ["| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
+IMPLEMENTATION_CHECKS = ["## Implementation checks", "",
+                         "These hold by construction; they check the code, not the paper.", ""]
+
+
+def results_head(title: str, profile: str) -> list[str]:
+    """The first lines of every ``results.md``: the title, and a warning in quick mode."""
+    lines = [f"# Reproduction: {title}", ""]
+    if profile == "quick":
+        lines += ["**Quick mode**: a smoke test at toy scale; its numbers are not a reproduction.", ""]
+    return lines
+
+
+def verdict_table(rows) -> list[str]:
+    """The verdicts, one ``(claim, source, published, obtained, agrees)`` row each, as a Markdown table."""
+    return VERDICT_HEADER + [f"| {' | '.join(r)} |" for r in rows]
+
+
+def results_tail(figures: dict[str, str], command: str, wall: float, workers: int, files: str = "") -> list[str]:
+    """The last lines of every ``results.md``: what each figure shows, and the command that made it all."""
+    return (["", "## Figures", ""] + [f"* `{name}`: {text}" for name, text in figures.items()]
+            + ["", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, {workers} worker processes of one "
+                   "torch thread each)." + (f" {files}" if files else ""), ""])
 
 
 def tau_text(t: dict) -> str:

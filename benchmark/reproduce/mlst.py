@@ -23,7 +23,20 @@ import torch
 
 from benchmark.measuring.probes import OrderParameters
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import command_line, load_protocol, mlp_hparams, pm, spread
+from benchmark.reproduce.common import (
+    IMPLEMENTATION_CHECKS,
+    begin,
+    command_line,
+    load_protocol,
+    mlp_hparams,
+    pm,
+    pyplot,
+    results_head,
+    results_tail,
+    save_figure,
+    spread,
+    verdict_table,
+)
 from benchmark.runtime import parallel
 from benchmark.training.loop import train_model
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
@@ -98,10 +111,7 @@ def _shade(ax, phases) -> None:
 
 
 def plot(runs: dict, out: Path) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     files = []
     for rho, (hist, phases) in runs.items():
         e = hist["epoch"]
@@ -138,10 +148,8 @@ def plot(runs: dict, out: Path) -> list[str]:
             _shade(a, phases)
             a.legend(fontsize=8, loc="upper right")
         ax[-1].set_xlabel("epoch")
-        fig.tight_layout()
         name = f"phases_rho{rho:g}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
+        save_figure(fig, out / name, dpi=110)
         files.append(name)
     return files
 
@@ -273,9 +281,7 @@ def verdicts(table: pd.DataFrame, p: Protocol) -> list[tuple[str, str, str, str,
 # --------------------------------------------------------------------------------------------- figures
 def plot_phases(table: pd.DataFrame, p: Protocol, path: Path) -> None:
     """The mean test error of each phase against ρ, with the 95 % interval over the seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     noisy = [r for r in p.rhos if r > 0]
     for k, ph in enumerate(PHASES):
@@ -286,26 +292,20 @@ def plot_phases(table: pd.DataFrame, p: Protocol, path: Path) -> None:
     ax.set(xlabel="fraction ρ of mislabeled training samples", ylabel="mean test error in the phase",
            title=f"phases from training signals; {len(p.seeds)} seeds, 95 % intervals")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- results.md
 def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, command: str, wall: float) -> None:
-    lines = [f"# Reproduction: phases of learning dynamics ({PAPER})", ""]
-    if profile == "quick":
-        lines += ["**Quick mode**: a smoke test at toy scale; its numbers are not a reproduction.", ""]
+    lines = results_head(f"phases of learning dynamics ({PAPER})", profile)
     lines += [f"Protocol `{profile}` of `conf/reproduce/mlst.yaml`. The phases are placed from training-only "
               "signals (`measures.phases.detect_phases`: the mislabeled samples' loss with label noise, the "
               "corrected gradient amplitude without); the test error is read only here, to test the paper's "
               "statements about it. Intervals are 95 % Student-t intervals over the seeds; ± is one standard "
-              "deviation.", "",
-              "| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(r)} |" for r in verdicts(table, p)]
+              "deviation.", ""] + verdict_table(verdicts(table, p))
     runs = table.drop_duplicates(["rho", "seed"])
     overhead = (runs.op_s * runs.run_epochs / runs.train_s).groupby(runs.rho).median()
-    lines += ["", "## Implementation checks", "", "These hold by construction; they check the code, not the paper.", "",
+    lines += ["", *IMPLEMENTATION_CHECKS,
               f"* The detector never reads the test set: with every test column removed from the history it "
               f"places the same phases in {int(runs.blind_ok.sum())} of {len(runs)} runs.",
               f"* Label noise `{p.label_noise_mode}`"
@@ -331,22 +331,18 @@ def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, com
               "Columns: alignment = mean pairwise cosine of the minibatch gradients; amplitude_sq_corrected = κ, "
               "the squared amplitude with its pure-noise floor removed; test_min_epoch: where the 5-epoch running "
               "median of the test error is lowest; loss_auc = P(loss of a mislabeled sample > loss of a correct "
-              "one); means over the epochs of the phase; auc_peak_phase: the phase of the run's best epoch.", "",
-              "## Figures", "",
-              "* `phases_rho<ρ>.png`: the test error and the order parameters of the first seed, phases shaded.",
-              "* `phase_test_error.png`: the mean test error of each phase against ρ, every seed.",
-              "", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, {p.workers} worker processes of one "
-              "torch thread each). Every epoch of the first seed is in `history_rho<ρ>.csv`.", ""]
+              "one); means over the epochs of the phase; auc_peak_phase: the phase of the run's best epoch."]
+    lines += results_tail({
+        "phases_rho<ρ>.png": "the test error and the order parameters of the first seed, phases shaded.",
+        "phase_test_error.png": "the mean test error of each phase against ρ, every seed."},
+        command, wall, p.workers, "Every epoch of the first seed is in `history_rho<ρ>.csv`.")
     (out / "results.md").write_text("\n".join(lines))
 
 
 def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     """Train every (ρ, seed), place the phases, test the paper's statements; write the figures,
     ``phases.csv`` and ``results.md`` into ``out_dir``."""
-    start = time.perf_counter()
-    p = protocol(profile, overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    p, out, start = begin(protocol, profile, overrides, out_dir)
     for rho in p.rhos:  # a bad value or an impossible size fails here, before anything trains
         hp = hparams(p, rho, p.seeds[0])
         hp.validate()

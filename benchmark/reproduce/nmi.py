@@ -28,7 +28,23 @@ import torch
 
 from benchmark.measuring.context import Trained
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import command_line, load_protocol, mlp_hparams, pm, sign_of, spread, tau_text, trend
+from benchmark.reproduce.common import (
+    IMPLEMENTATION_CHECKS,
+    begin,
+    command_line,
+    load_protocol,
+    mlp_hparams,
+    pm,
+    pyplot,
+    results_head,
+    results_tail,
+    save_figure,
+    sign_of,
+    spread,
+    tau_text,
+    trend,
+    verdict_table,
+)
 from benchmark.runtime import parallel
 from benchmark.training.loop import evaluate, train_model
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
@@ -260,16 +276,9 @@ def verdicts(table: pd.DataFrame, p: Protocol) -> list[tuple[str, str, str, str,
 
 
 # --------------------------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_factors(table: pd.DataFrame, p: Protocol, path: Path) -> None:
     """The gap and its two factors along every sweep: mean and 95 % t interval over the seeds."""
-    plt = _plt()
+    plt = pyplot()
     rows = [("gap", "test − train loss (clean)"), ("sharpness", FACTORS["sharpness"]), ("size", FACTORS["size"])]
     fig, ax = plt.subplots(len(rows), len(p.axes), figsize=(3.6 * len(p.axes), 8.4), squeeze=False)
     for j, axis in enumerate(p.axes):
@@ -286,15 +295,13 @@ def plot_factors(table: pd.DataFrame, p: Protocol, path: Path) -> None:
         ax[0, j].set_title(f"sweep of the {AXES[axis][0]}", fontsize=9)
         ax[-1, j].set_xlabel(AXES[axis][0])
     fig.suptitle(f"mean and 95 % interval over {len(p.seeds)} seeds", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_spectra(arrays: dict, table: pd.DataFrame, p: Protocol, path: Path) -> None:
     """σ_g,n, σ_w,n and the cumulative share of Σ c σ_g σ_w over the directions ordered by σ_g, for the two
     ends of every sweep (first seed)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))
     for axis, color in zip(p.axes, plt.cm.tab10(np.arange(10))):
         values = p.sweeps[axis]
@@ -311,14 +318,12 @@ def plot_spectra(arrays: dict, table: pd.DataFrame, p: Protocol, path: Path) -> 
     ax[2].set(xlabel="direction n (ordered by σ_g)", ylabel="cumulative share of Σ c σ_g σ_w",
               title="where the gap sits")
     ax[2].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_decomposition(table: pd.DataFrame, path: Path) -> None:
     """The decomposition's terms against the measured gap, every run."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 4.4))
     ax.scatter(table["gap"], table["cov_term"], s=12, label="Σ c σ_g σ_w")
     ax.scatter(table["gap"], table["half_lambda_sigma_w2"], s=12, marker="^", label="½ Σ λ σ_w²")
@@ -327,9 +332,7 @@ def plot_decomposition(table: pd.DataFrame, path: Path) -> None:
     ax.set(xlabel="measured gap: test − train loss (clean samples)", ylabel="duality term",
            title="decomposition against the gap (oracle)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- results.md
@@ -393,20 +396,16 @@ def _describe(row, p: Protocol) -> str:
 
 def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, command: str, wall: float,
                   extended: pd.DataFrame | None = None) -> None:
-    lines = [f"# Reproduction: activity–weight duality ({PAPER})", ""]
-    if profile == "quick":
-        lines += ["**Quick mode**: a smoke test at toy scale; its numbers are not a reproduction.", ""]
+    lines = results_head(f"activity–weight duality ({PAPER})", profile)
     lines += [f"Protocol `{profile}` of `conf/reproduce/nmi.yaml`, following the authors' code ({AUTHORS_CODE}). "
               "Everything here reads the test set: it is an oracle analysis of the paper's claims. Trend "
               f"intervals resample the seeds within each setting ({p.bootstrap:,} times); other intervals are "
               "95 % Student-t intervals over the runs; ± is one standard deviation.", "",
               "The sharpness is ‖σ_g‖ = (Σ_n σ_g,n²)^½ and the size ‖σ_w‖ = (Σ_n σ_w,n²)^½, both over the "
-              "complete Hessian eigenbasis of the analysed layer.", "",
-              "| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(r)} |" for r in verdicts(table, p)]
+              "complete Hessian eigenbasis of the analysed layer.", ""] + verdict_table(verdicts(table, p))
     n = p.width * p.width
     noisy = table[table.label_noise > 0]
-    lines += ["", "## Implementation checks", "", "These hold by construction; they check the code, not the paper.", "",
+    lines += ["", *IMPLEMENTATION_CHECKS,
               f"* Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) equals the mean Δl of the pairs to "
               f"{table['identity_error'].max():.1e} over the complete basis of {n} directions "
               f"({int(table['complete'].sum())} of {len(table)} runs complete).",
@@ -432,23 +431,19 @@ def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, com
     per = per[[c for c in per.columns if c not in ("init_scale", "dropout", "train_size")
                or per[c].nunique() > 1]]
     lines += ["", "## Settings", "", "Means over the seeds (`gap_sd`: the standard deviation); `top10_share`: "
-              "the share of Σ c σ_g σ_w in the 10 directions of largest σ_g.", "", markdown_table(per), "",
-              "## Figures", "",
-              "* `factors_vs_hparams.png`: the gap, the sharpness and the size along every sweep.",
-              "* `spectra.png`: σ_g,n, σ_w,n and the cumulative share of the gap over the directions ordered by "
-              "σ_g, at both ends of every sweep.",
-              "* `decomposition_vs_gap.png`: Σ c σ_g σ_w and ½ Σ λ σ_w² against the measured gap.",
-              "", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, {p.workers} worker processes of one "
-              "torch thread each). Every run is a row of `results.csv`.", ""]
+              "the share of Σ c σ_g σ_w in the 10 directions of largest σ_g.", "", markdown_table(per)]
+    lines += results_tail({
+        "factors_vs_hparams.png": "the gap, the sharpness and the size along every sweep.",
+        "spectra.png": "σ_g,n, σ_w,n and the cumulative share of the gap over the directions ordered by σ_g, at "
+                       "both ends of every sweep.",
+        "decomposition_vs_gap.png": "Σ c σ_g σ_w and ½ Σ λ σ_w² against the measured gap."},
+        command, wall, p.workers, "Every run is a row of `results.csv`.")
     (out / "results.md").write_text("\n".join(lines))
 
 
 def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     """Train every setting and seed, analyse, plot, and write ``results.md`` and ``results.csv``."""
-    start = time.perf_counter()
-    p = protocol(profile, overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    p, out, start = begin(protocol, profile, overrides, out_dir)
     todo = tasks(p)  # every setting is validated here, before anything trains
     for hp in dict.fromkeys(t[1].dataset for t in todo):  # a missing dataset or an impossible size fails here
         cached_data(hp, DEFAULT_ROOT, False)

@@ -25,7 +25,21 @@ import pandas as pd
 import torch
 
 from benchmark.report.format import markdown_table
-from benchmark.reproduce.common import command_line, load_protocol, mlp_hparams, pm, spread, train_hparams
+from benchmark.reproduce.common import (
+    IMPLEMENTATION_CHECKS,
+    begin,
+    command_line,
+    load_protocol,
+    mlp_hparams,
+    pm,
+    pyplot,
+    results_head,
+    results_tail,
+    save_figure,
+    spread,
+    train_hparams,
+    verdict_table,
+)
 from benchmark.runtime import parallel
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
 from benchmark.zoo.hparams import DatasetHP, HParams
@@ -278,27 +292,18 @@ def verdicts(table: pd.DataFrame, p: Protocol) -> list[tuple[str, str, str, str,
 
 
 # --------------------------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: int = 8) -> None:
     """Label, lay out, save and close a figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=legend)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    _plt().close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def plot_sigma_vs_flatness(arrays: list[dict], p: Protocol, path: Path) -> None:
     """σ_i² against F_i over the authors' PCs, every base-setting seed, and the random walk in grey."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 4.3))
     colors = plt.cm.viridis(np.linspace(0, 0.85, len(arrays)))
     for i, (a, color) in enumerate(zip(arrays, colors)):
@@ -316,7 +321,7 @@ def plot_sigma_vs_flatness(arrays: list[dict], p: Protocol, path: Path) -> None:
 
 def plot_psi_vs_range(table: pd.DataFrame, p: Protocol, path: Path) -> None:
     """ψ fitted over growing PC ranges (mean ± sd over the base setting's seeds)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 4.3))
     curves = {}
     for col in table.columns:
@@ -335,7 +340,7 @@ def plot_psi_vs_range(table: pd.DataFrame, p: Protocol, path: Path) -> None:
 
 
 def plot_spectrum(arrays: list[dict], p: Protocol, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 4.3))
     for i, a in enumerate(arrays):
         s = a["spectrum"]
@@ -351,7 +356,7 @@ def plot_spectrum(arrays: list[dict], p: Protocol, path: Path) -> None:
 
 def plot_loss_profiles(a: dict, path: Path) -> None:
     """log L(w₀ + δ p_i) along a few PCs (the paper's Fig. 1-style profiles)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 4.3))
     for q, row, color in zip(a["profile_pcs"], a["profiles"], plt.cm.plasma(np.linspace(0, 0.85, len(a["profiles"])))):
         ax.semilogy(a["profile_deltas"], row, color=color, label=f"PC {q}")
@@ -397,18 +402,13 @@ def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, com
                   compare: pd.DataFrame | None = None) -> None:
     """``results.md``: every verdict a falsifiable comparison with its interval, then the implementation
     checks, the remaining deviations and the figures."""
-    lines = [f"# Reproduction: inverse variance–flatness relation ({PAPER})", ""]
-    if profile == "quick":
-        lines += ["**Quick mode**: a smoke test at toy scale; its numbers are not a reproduction.", ""]
+    lines = results_head(f"inverse variance–flatness relation ({PAPER})", profile)
     lines += [f"Protocol `{profile}` of `conf/reproduce/pnas.yaml`, following the authors' code "
               f"({AUTHORS_CODE}). Intervals are 95 % Student-t intervals over the seeds; ± is one standard "
-              "deviation.", "",
-              "| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(r)} |" for r in verdicts(table, p)]
+              "deviation.", ""] + verdict_table(verdicts(table, p))
     base = _base(table, p)
     n = p.width * p.width
-    lines += ["", "## Implementation checks", "",
-              "These hold by construction; they check the code, not the paper.", "",
+    lines += ["", *IMPLEMENTATION_CHECKS,
               f"* The window holds T = {int(base['window'].min()):,} snapshots of N = {n:,} weights "
               f"(T/N = {base['window'].min() / n:.1f}), taken after {int(base['steps'].min()):,}–"
               f"{int(base['steps'].max()):,} SGD steps.",
@@ -429,24 +429,20 @@ def write_results(out: Path, table: pd.DataFrame, p: Protocol, profile: str, com
               f"the fit over every PC {lo}–{hi}; `gamma` — the spectrum exponent over PCs "
               f"{p.gamma_range[0]}–{p.gamma_range[1]}; `null_*` — the same for the random walk; `train_s`, "
               "`analysis_s` — wall seconds. Every column of `results.csv` also has ψ over each PC range of "
-              "`psi_vs_range.png`.",
-              "", "## Figures", "",
-              "* `sigma2_vs_flatness.png`: σ_i² against F_i over the authors' PCs, every seed of the base setting, "
-              "with the random walk.",
-              "* `psi_vs_range.png`: ψ against the last PC of the fit, for every PC and for the authors' spacing.",
-              "* `spectrum.png`: σ_i² against the PC rank, with the random walk's.",
-              "* `loss_profiles.png`: the loss along a few PCs of the first seed (the paper's Fig. 1).",
-              "", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, {p.workers} worker processes of one "
-              "torch thread each).", ""]
+              "`psi_vs_range.png`."]
+    lines += results_tail({
+        "sigma2_vs_flatness.png": "σ_i² against F_i over the authors' PCs, every seed of the base setting, with "
+                                  "the random walk.",
+        "psi_vs_range.png": "ψ against the last PC of the fit, for every PC and for the authors' spacing.",
+        "spectrum.png": "σ_i² against the PC rank, with the random walk's.",
+        "loss_profiles.png": "the loss along a few PCs of the first seed (the paper's Fig. 1)."},
+        command, wall, p.workers)
     (out / "results.md").write_text("\n".join(lines))
 
 
 def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     """Train, analyse, plot and write ``results.md`` and ``results.csv`` under ``out_dir``; one row per run."""
-    start = time.perf_counter()
-    p = protocol(profile, overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    p, out, start = begin(protocol, profile, overrides, out_dir)
     for lr, bs in p.settings:  # a bad value or a missing dataset fails here, before anything trains
         hparams(p, lr, bs, p.seeds[0]).validate()
     cached_data(hparams(p, p.lr, p.batch_size, p.seeds[0]).dataset, DEFAULT_ROOT, False)

@@ -31,15 +31,21 @@ import torch
 
 from benchmark.report.format import markdown_table
 from benchmark.reproduce.common import (
+    begin,
     command_line,
     load_protocol,
     mlp_hparams,
     pm,
+    pyplot,
+    results_head,
+    results_tail,
+    save_figure,
     sign_of,
     spread,
     tau_text,
     train_hparams,
     trend,
+    verdict_table,
 )
 from benchmark.runtime import parallel
 from benchmark.zoo.datasets import DEFAULT_ROOT, cached_data
@@ -206,9 +212,7 @@ def checks(table: pd.DataFrame, p: Protocol) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- figures
 def plot_noise_vs_curvature(results: dict[str, sr.SGDRegResult], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 4.3))
     for (label, r), color in zip(results.items(), plt.cm.viridis(np.linspace(0, 0.9, len(results)))):
         pos = r.eigenvalues > 0
@@ -222,16 +226,12 @@ def plot_noise_vs_curvature(results: dict[str, sr.SGDRegResult], path: Path) -> 
     ax.set_ylabel("SGD noise $\\Delta_n=(\\alpha/2B)\\,v_n^T C v_n$")
     ax.set_title("Noise along Hessian eigenvectors (dotted: $\\Delta_0$)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def plot_sweep(table: pd.DataFrame, ceiling: pd.DataFrame, path: Path) -> None:
     """λ_max and Σ ln λ_n against α/B (mean and 95 % interval over seeds), and the ceiling's convergence."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     for ax, col, label in zip(axes, ["lambda_max", "sum_log_lambda"],
                               ["$\\lambda_{max}$", "$\\sum_n \\ln\\lambda_n$ (top k)"]):
@@ -245,15 +245,11 @@ def plot_sweep(table: pd.DataFrame, ceiling: pd.DataFrame, path: Path) -> None:
     axes[2].set_xscale("log")
     axes[2].set(xlabel="$\\alpha/B$ (α fixed, B shrinking)", ylabel="fraction of seeds converged",
                 title="noise ceiling", ylim=(-0.05, 1.05))
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def plot_valley(fits: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     for f, color in zip(fits, plt.cm.plasma(np.linspace(0, 0.8, len(fits)))):
         ax.loglog(f["flatness"], f["density"], "o", ms=3, color=color,
@@ -265,22 +261,17 @@ def plot_valley(fits: list[dict], path: Path) -> None:
     ax.set_ylabel("steady-state density $P(x)$")
     ax.set_title("Valley model: $P\\propto F^{\\kappa}$ (lines: theory)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 # --------------------------------------------------------------------------------------------- results.md
 def write_results(out: Path, table: pd.DataFrame, ceiling: pd.DataFrame, valley: list[dict], p: Protocol,
                   profile: str, command: str, wall: float) -> None:
-    lines = [f"# Reproduction: SGD as an effective landscape-dependent regularization ({PAPER})", ""]
-    if profile == "quick":
-        lines += ["**Quick mode**: a smoke test at toy scale; its numbers are not a reproduction.", ""]
+    lines = results_head(f"SGD as an effective landscape-dependent regularization ({PAPER})", profile)
     test = trend(table.assign(x=table["noise"]), "test_error", p.bootstrap, "prl/test_error")
     lines += [f"Protocol `{profile}` of `conf/reproduce/prl.yaml`. Trend intervals resample the seeds within "
-              f"each setting ({p.bootstrap:,} times); ± is one standard deviation.", "",
-              "| claim | source | published | obtained here | agrees |", "|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(r)} |" for r in verdicts(table, ceiling, valley, p)]
+              f"each setting ({p.bootstrap:,} times); ± is one standard deviation.", ""]
+    lines += verdict_table(verdicts(table, ceiling, valley, p))
     lines += ["", f"For context, not a claim of the paper: the test error against α/B, {tau_text(test)}.", "",
               "## Implementation checks", "", "These hold by construction or nearly so; they check the code and "
               "the setting, not the paper's claims.", ""] + [f"* {c}" for c in checks(table, p)]
@@ -300,22 +291,18 @@ def write_results(out: Path, table: pd.DataFrame, ceiling: pd.DataFrame, valley:
               "reorthogonalisation), all parameters; the noise from exact per-sample gradient projections "
               "(C is never formed).",
               f"* The noise ceiling stops each run after {p.ceiling_max_epochs} epochs; a run that has not reached "
-              "the stop by then counts as not converged (its final loss is in the table).",
-              "", "## Figures", "",
-              "* `noise_vs_curvature.png`: Δ_n against λ_n (log–log), the first seed of every setting, Δ_⊥ dotted.",
-              "* `sweep.png`: λ_max and Σ ln λ_n against α/B with seed intervals, and the ceiling's convergence.",
-              "* `valley.png`: the valley model's P(x) against F(x) with the theory P ∝ F^κ.",
-              "", f"Made by `{command}` in {wall / 60:.1f} min (wall clock, {p.workers} worker processes of one "
-              "torch thread each). Every run is a row of `results.csv` (the ceiling's of `ceiling.csv`).", ""]
+              "the stop by then counts as not converged (its final loss is in the table)."]
+    lines += results_tail({
+        "noise_vs_curvature.png": "Δ_n against λ_n (log–log), the first seed of every setting, Δ_⊥ dotted.",
+        "sweep.png": "λ_max and Σ ln λ_n against α/B with seed intervals, and the ceiling's convergence.",
+        "valley.png": "the valley model's P(x) against F(x) with the theory P ∝ F^κ."},
+        command, wall, p.workers, "Every run is a row of `results.csv` (the ceiling's of `ceiling.csv`).")
     (out / "results.md").write_text("\n".join(lines))
 
 
 def run(out_dir: Path, profile: str = "default", overrides=()) -> pd.DataFrame:
     """The valley, the sweep and the ceiling; figures, ``results.csv``, ``ceiling.csv`` and ``results.md``."""
-    start = time.perf_counter()
-    p = protocol(profile, overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    p, out, start = begin(protocol, profile, overrides, out_dir)
     for lr, bs in p.settings:  # a bad value or a missing dataset fails here, before anything trains
         p.hparams(lr, bs, p.seeds[0]).validate()
     for bs in p.ceiling_batch_sizes:

@@ -59,7 +59,7 @@ AXES = {"lr": ("learning rate α", "optimizer.lr", -1),
         "batch_size": ("batch size B", "train.batch_size", +1),
         "beta": ("norm penalty β", None, -1),
         "label_noise": ("label noise ρ", "dataset.label_noise", +1),
-        "train_size": ("training images", "dataset.train_size", -1),
+        "train_size": ("training-set size n", "dataset.train_size", -1),
         "init_scale": ("initial-weight scale s", "model.init_scale", +1),
         "dropout": ("dropout d", "model.dropout", -1)}
 # the values the authors' code sweeps (model_config.py; training images as 400 … 3,200 per class)

@@ -69,3 +69,44 @@ def output_entropy(ctx: Context) -> float:
     """
     logp = F.log_softmax(ctx.train_logits.double(), dim=1)  # (n, classes)
     return -(logp.exp() * logp).sum(1).mean().item()
+
+
+ECE_BINS = 15
+
+
+def _confidences(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top softmax probability of every training sample and whether its argmax is the label."""
+    p = torch.softmax(ctx.train_logits.double(), dim=1)
+    conf, pred = p.max(1)
+    return conf, (pred == ctx.y_train).double()
+
+
+@measure("train_confidence", needs=("model", "train_data"), sign=1, family="margin",
+         invariances=("permutation", "rescaling"),
+         reference="Guo, Pleiss, Sun & Weinberger 2017, 'On calibration of modern neural networks' (confidence); "
+                   "training-set confidence as a predictor: Nakai et al. 2026")
+def train_confidence(ctx: Context) -> float:
+    """Mean top softmax probability on the training set, (1/n) Σ_i max_j σ(f(x_i))_j.
+
+    Sign +1, like ``output_entropy``'s −1: the more confidently a model fits its training set at the same
+    training loss, the more it is taken to have memorised.
+    """
+    return ctx.shared(_confidences)[0].mean().item()
+
+
+@measure("train_ece", needs=("model", "train_data"), sign=1, family="margin",
+         invariances=("permutation", "rescaling"),
+         reference="Guo, Pleiss, Sun & Weinberger 2017, eq. (3) (expected calibration error); on the training set: "
+                   "Nakai et al. 2026")
+def train_ece(ctx: Context) -> float:
+    """Expected calibration error on the training set, Σ_b (|B_b|/n) |acc(B_b) − conf(B_b)|, over 15 equal-width
+    confidence bins B_b = (b/15, (b + 1)/15].
+
+    acc: the fraction of the bin's samples whose argmax is their (possibly noisy) training label; conf: their
+    mean top probability.
+    """
+    conf, correct = ctx.shared(_confidences)
+    b = (conf * ECE_BINS).ceil().clamp(1, ECE_BINS).long() - 1  # bin (k/15, (k+1)/15] → k
+    n = torch.zeros(ECE_BINS, dtype=torch.float64).index_add_(0, b, torch.ones_like(conf))
+    gap = torch.zeros(ECE_BINS, dtype=torch.float64).index_add_(0, b, correct - conf)
+    return (gap.abs().sum() / n.sum()).item()

@@ -13,6 +13,9 @@ The "log sum" measures use the rebalanced sum of Jiang et al.: for a ReLU networ
 W_i by c_i > 0 with Π c_i = 1 leaves the function unchanged, and the smallest Σ_i ‖W_i‖² over such
 rescalings is d·(Π_i ‖W_i‖²)^{1/d} (AM–GM); hence log-sum = log d + (1/d)·Σ_i log ‖W_i‖².
 
+``fisher_rao_norm`` (Liang et al. 2019) is the one measure here that reads the training data besides the margin:
+it is the mean square of the loss's derivative along the parameters themselves.
+
 Sample size: every measure here is a bound-type complexity term and is reported adjusted for the number m of
 training samples (the registry's ``sample_size``; docs/measures/norms.md): ½(v − log m) for a logarithm,
 √(v/m) otherwise, v the formula of its docstring. The unadjusted v and m are kept in the details.
@@ -24,6 +27,7 @@ import math
 import torch
 
 from measures.context import Context
+from measures.losses import fast_cross_entropy
 from measures.margins import tenth_percentile_margin
 from measures.registry import measure
 
@@ -158,3 +162,34 @@ def path_norm_over_margin(ctx: Context) -> float:
     ``path_norm`` divided by γ², γ the 10th-percentile training margin (biases excluded from the path norm).
     """
     return ctx.shared(path_norm_value) / ctx.shared(tenth_percentile_margin) ** 2
+
+
+def _directional_losses(ctx: Context) -> torch.Tensor:
+    """⟨θ, ∇_θ ℓ_i⟩ for every training sample i: the derivative of ℓ_i((1 + t)θ) at t = 0, one forward-mode
+    pass (``torch.func.jvp``) per chunk with the parameters themselves as the tangent. Every parameter,
+    biases included, is in θ."""
+    params = {k: v.detach() for k, v in ctx.params.items()}
+    out = []
+    for i in range(0, len(ctx.x_train), ctx.chunk):
+        x, y = ctx.x_train[i:i + ctx.chunk], ctx.y_train[i:i + ctx.chunk]
+
+        def losses(p, x=x, y=y):
+            return fast_cross_entropy(ctx.forward(x, p), y, reduction="none")
+
+        out.append(torch.func.jvp(losses, (params,), (params,))[1])
+    return torch.cat(out)
+
+
+@measure("fisher_rao_norm", needs=("model", "train_data"), sign=1, family="norm", sample_size="sqrt",
+         invariances=("permutation", "rescaling"),
+         reference="Liang, Poggio, Rakhlin & Stokes 2019, 'Fisher–Rao metric, geometry, and complexity of neural "
+                   "networks', eqs. (3.2), (5.3); Jiang et al. 2020, Appendix C (the Fisher–Rao norm)")
+def fisher_rao_norm(ctx: Context) -> float:
+    """Squared empirical Fisher–Rao norm, ‖θ‖_fr² = (1/n) Σ_i ⟨θ, ∇_θ ℓ(f_θ(x_i), y_i)⟩², ℓ the cross-entropy.
+
+    The empirical form (true labels, not labels drawn from the model). For a bias-free ReLU network of L + 1
+    layers, ⟨θ, ∇_θ ℓ⟩ = (L + 1)⟨∂ℓ/∂f, f⟩ (Liang et al., Lemma 3.1), which is how Jiang et al. write it; here
+    the directional derivative is taken directly, so it holds for any network. Invariant to node rescaling: the
+    rescaling map is linear in θ, so it commutes with θ → (1 + t)θ.
+    """
+    return ctx.shared(_directional_losses).double().square().mean().item()

@@ -43,7 +43,7 @@ INVARIANCES = {
 SAMPLE_SIZE = ("log", "sqrt")
 ADJUSTED = {"log": "½(v − log m)", "sqrt": "√(v/m)"}
 FAMILIES = ("size", "norm", "spectral", "margin", "sharpness", "pacbayes", "hessian", "optimization",
-            "heavy_tail", "physics", "duality", "plugin")
+            "heavy_tail", "physics", "duality", "sensitivity", "rank", "plugin")
 
 
 class NotApplicable(Exception):
@@ -181,7 +181,7 @@ class Registry:
 
 BUILTIN_FAMILIES = tuple(f"measures.{m}" for m in (
     "size", "margins", "norms", "spectral", "heavy_tail", "optimization", "pacbayes", "sharpness", "hessian",
-    "duality", "phases", "flatness", "sgd_regularization"))
+    "duality", "phases", "flatness", "sgd_regularization", "sensitivity", "rank"))
 REGISTRY = Registry(BUILTIN_FAMILIES)
 
 

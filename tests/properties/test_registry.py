@@ -47,6 +47,8 @@ DETERMINISTIC = {
     "duality.mid.gap", "duality.mid.sharpness", "duality.mid.size",
     "phase.final_alignment", "phase.late_amplitude_sq", "phase.exploration_fraction",
     "phase.mislabeled_fit_epoch_fraction",
+    "fisher_rao_norm", "input_jacobian_norm", "weight_effective_rank", "feature_effective_rank",
+    "train_confidence", "train_ece",
     "sgd.noise_to_loss",  # exact tr C and loss on the full training set; the seeded Lanczos does not enter
 }
 # Relabelling hidden units (the same function): EXACT measures do not move (up to float summation order);

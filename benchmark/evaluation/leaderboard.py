@@ -107,7 +107,52 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
+    noise = measure_seed_noise(oriented[oriented["metric.converged"].astype(bool)], table["measure"].unique())
+    table["seed_noise"] = table["measure"].map(noise)
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
+
+
+def pareto_front(table: pd.DataFrame, target: str = "gap_error") -> list[str]:
+    """The measures no other measure beats on both cost and τ against ``target``: sorted by seconds per model
+    (ties by τ, best first), each measure whose τ exceeds that of every cheaper one. Cheapest first; rows
+    without a finite cost or τ are left out."""
+    if "seconds" not in table:
+        return []
+    t = table[(table.target == target) & np.isfinite(table.tau.astype(float)) & np.isfinite(
+        table.seconds.astype(float))].sort_values(["seconds", "tau"], ascending=[True, False])
+    front, best = [], -math.inf
+    for name, tau in zip(t.measure, t.tau):
+        if tau > best:
+            front.append(name)
+            best = tau
+    return front
+
+
+def cheapest_tied(table: pd.DataFrame, target: str = "gap_error") -> pd.Series | None:
+    """The cheapest measure (seconds per model) that the paired test cannot tell apart from #1 on ``target``
+    (#1 itself included); None without a paired test (no seed replicates) or costs."""
+    t = table[(table.target == target) & table.tau.notna()]
+    if "tied_with_best" not in t or "seconds" not in t or t.empty:
+        return None
+    best = t.loc[t.tau.idxmax()]
+    tied = t[t["tied_with_best"].map(lambda x: x is True or str(x).lower() == "true")]
+    group = pd.concat([best.to_frame().T, tied]).drop_duplicates("measure")
+    group = group[np.isfinite(group.seconds.astype(float))]
+    return None if group.empty else group.loc[group.seconds.astype(float).idxmin()]
+
+
+def measure_seed_noise(df: pd.DataFrame, names: Sequence[str]) -> dict[str, float]:
+    """Each measure's own seed noise: its pooled seed-to-seed standard deviation within configurations over the
+    standard deviation of its configuration means (``stats.seed_noise``: sd_seed / sd_config). Near 0 the
+    measure is a property of the configuration; at 1 or more a rerun with other seeds moves a model as far as
+    changing its hyperparameters does, and no ranking of single models by it can be trusted. NaN without
+    replicates."""
+    out = {}
+    for name in names:
+        n = stats.seed_noise(df, f"measure.{name}") if f"measure.{name}" in df else {}
+        seed, config = n.get("sd_seed", math.nan), n.get("sd_config", math.nan)
+        out[name] = seed / config if np.isfinite(seed) and np.isfinite(config) and config > 0 else math.nan
+    return out
 
 
 def _oriented(df: pd.DataFrame, info: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

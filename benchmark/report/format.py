@@ -42,3 +42,15 @@ def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
     rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
     rows += [" | ".join(significant(v, digits) for v in rec) for rec in df.itertuples(index=False)]
     return "\n".join(f"| {r} |" for r in rows)
+
+
+def seconds_text(x) -> str:
+    """A duration with a unit that keeps two significant digits: ``0.25 s``, ``12 ms``, ``47 µs``."""
+    if x is None or not math.isfinite(float(x)):
+        return "—"
+    x = float(x)
+    if x >= 0.1:
+        return f"{x:.2g} s" if x < 10 else f"{x:.0f} s"
+    if x >= 1e-4:
+        return f"{1e3 * x:.2g} ms"
+    return f"{1e6 * x:.2g} µs"

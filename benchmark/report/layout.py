@@ -6,7 +6,7 @@
     <dir>/<name>.oracle.csv     the oracle analyses (they see test data; never ranked)
     <dir>/<name>.baselines.csv  the baselines' statistics (random, noisy oracle, single axes; never ranked)
     <dir>/<name>.summary.json   the split-half reliability of the ranking, per target
-    <dir>/<name>/               the figures: summary.png, psi_heatmap.png, tiers.png, scatter/<measure>.png
+    <dir>/<name>/               the figures: summary.png, psi_heatmap.png, tiers.png, cost.png, scatter/<measure>.png
     <dir>/<suite>.suite.md      a suite's cross-task summary (experiment=standard), its tasks being the
     <dir>/<suite>.suite.csv     leaderboards <suite>-<task>; the cross-task table, the agreement of the
     <dir>/<suite>.agreement.csv tasks' rankings, and <dir>/<suite>/tasks.png
@@ -24,6 +24,7 @@ from pathlib import Path
 
 INDEX, README = "index.html", "README.md"
 SUMMARY_FIGURE, HEATMAP_FIGURE, TIERS_FIGURE = "summary.png", "psi_heatmap.png", "tiers.png"
+COST_FIGURE = "cost.png"
 TASKS_FIGURE = "tasks.png"
 _RESULTS, _ZOO, _ORACLE, _MARKDOWN = ".csv", ".zoo.csv", ".oracle.csv", ".md"
 _BASELINES, _SUMMARY = ".baselines.csv", ".summary.json"

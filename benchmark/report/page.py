@@ -27,11 +27,12 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from benchmark.evaluation.leaderboard import gap_noise
+from benchmark.evaluation.leaderboard import cheapest_tied, gap_noise
 from benchmark.files import write_text
 from benchmark.report import layout, plots
-from benchmark.report.format import count, fmt, fmt_ci
+from benchmark.report.format import count, fmt, fmt_ci, seconds_text
 from benchmark.report.layout import (
+    COST_FIGURE,
     HEATMAP_FIGURE,
     INDEX,
     README,
@@ -148,6 +149,10 @@ def summary(board: Board, target: str = GAP) -> str:
             out.append(f"The paired test (bootstrap over the seeds of each configuration, Holm-adjusted over the "
                        f"{len(rows) - 1} comparisons, α = 0.05) cannot tell {len(tied)} of the other measures apart "
                        f"from it: {names}. The runner-up, `{runner['measure']}`: {_versus(runner)}.")
+            cheap = cheapest_tied(board.table, target)
+            if cheap is not None and cheap.measure != best["measure"]:
+                out.append(f"The cheapest of them is `{cheap.measure}`, {seconds_text(cheap.seconds)} per model "
+                           f"against {seconds_text(best.get('seconds'))} for #1.")
         else:
             out.append(f"It leads beyond seed noise: the paired test (bootstrap over the seeds of each configuration, "
                        f"Holm-adjusted) separates it from every other measure; the runner-up, "
@@ -274,6 +279,8 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
             *[_td(fmt(r[c]), r[c], "num") for c in ("sign_error_mean", "sign_error_p90", "sign_error_max")
               if c not in flat],
             _td(fmt(r.get("seconds"), 3), r.get("seconds"), "num"),
+            _td(fmt(r.get("seed_noise", math.nan), 2), r.get("seed_noise", math.nan), "num",
+                title="seed-to-seed sd within configurations / sd of the configuration means (lower is better)"),
             _td(escape(_text(r.get("invariances"))), _text(r.get("invariances")),
                 title="P: hidden-unit permutation, R: ReLU rescaling, U: units of weights and loss"),
             _td(escape(_text(r.get("sample_size")) or "—"), _text(r.get("sample_size")),
@@ -288,7 +295,7 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
     head = ["#", "tier", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI",
             *[h for c, h in (("sign_error_mean", "sign err. mean"), ("sign_error_p90", "p90"),
                              ("sign_error_max", "max")) if c not in flat],
-            "s / model", "invariant", "m-adj.", "failed", "n/a", "models", "reference"]
+            "s / model", "seed noise", "invariant", "m-adj.", "failed", "n/a", "models", "reference"]
     notes = "".join(f'<p class="legend">{_inline(text)}</p>' for text in dict.fromkeys(flat.values()))
     return _table(head, rows) + notes
 
@@ -376,7 +383,11 @@ def _section(board: Board, folder: Path) -> str:
               _figure(board, folder, TIERS_FIGURE, f"tiers, {board.name}",
                       "τ per measure with its 95% interval, coloured by tier; a bar at the right joins the measures of "
                       "each tier, which the paired test (Holm-adjusted, α = 0.05) cannot split, as the bars of a "
-                      "critical-difference diagram do. Tier 1 cannot be told apart from #1.")]
+                      "critical-difference diagram do. Tier 1 cannot be told apart from #1."),
+              _figure(board, folder, COST_FIGURE, f"cost against τ, {board.name}",
+                      "τ per measure against its cost in seconds per model: the Pareto front (no other measure both "
+                      "cheaper and better) is joined and named, and the cheapest measure that the paired test cannot "
+                      "tell apart from #1 is ringed.")]
     parts += [f"<details><summary>Predicting <code>{escape(t)}</code></summary>{_ranked_table(board, t, folder)}"
               f"</details>" for t in board.targets if t != target]
     heatmap = _figure(board, folder, HEATMAP_FIGURE, f"ψ_i heatmap, {board.name}",
@@ -513,7 +524,8 @@ def readme(boards: list[Board], folder: Path) -> str:
                  f"[results CSV]({quote(files.results.name)})"]
         links += [f"[{label}]({n}/{quote(f)})" for label, f in (("τ/Ψ plot", SUMMARY_FIGURE),
                                                                  ("ψ heatmap", HEATMAP_FIGURE),
-                                                                 ("tiers", TIERS_FIGURE))
+                                                                 ("tiers", TIERS_FIGURE),
+                                                                 ("cost vs. τ", COST_FIGURE))
                   if (files.figures / f).exists()]
         lines += [f"## {b.name}", "", " · ".join(links), "", summary(b), "", noise_text(b.noise), ""]
     return "\n".join(lines)

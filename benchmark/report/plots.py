@@ -6,6 +6,8 @@
     psi_heatmap.png         ψ_i per measure (rows, ranked by τ) and zoo axis (columns)
     tiers.png               τ per measure with its interval, ranked, and a bar joining each tier that the paired
                             test cannot split (as in a critical-difference diagram)
+    cost.png                τ per measure against its cost in seconds per model, the Pareto front joined and
+                            named, the cheapest measure tied with #1 ringed
 
 A suite (``experiment=standard``) adds ``<suite>/tasks.png``: each measure's τ on every task, ranked by its
 worst task.
@@ -32,9 +34,10 @@ import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from benchmark.evaluation.leaderboard import cheapest_tied, pareto_front
 from benchmark.files import write_atomic
 from benchmark.report.format import fmt, fmt_ci
-from benchmark.report.layout import HEATMAP_FIGURE, SUMMARY_FIGURE, TIERS_FIGURE, scatter_file
+from benchmark.report.layout import COST_FIGURE, HEATMAP_FIGURE, SUMMARY_FIGURE, TIERS_FIGURE, scatter_file
 
 CONVERGED = "metric.converged"
 DPI = 100
@@ -328,6 +331,46 @@ def write_tasks(cross: pd.DataFrame, tasks: list[str], path: Path) -> Path:
     return path
 
 
+COST_FLOOR = 1e-6  # seconds per model; a measure timed below it (a cached value) is drawn at this floor
+
+
+def write_cost(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Path | None:
+    """τ of every measure against its cost (seconds per model, log scale) with the τ interval, the Pareto
+    front (no measure both cheaper and better) joined and labelled, and the cheapest measure that the paired test
+    cannot tell apart from #1 ringed; None without costs."""
+    rows = table[(table.target == target) & table.tau.notna()]
+    if "seconds" not in rows or not np.isfinite(rows.seconds.astype(float)).any():
+        return None
+    rows = rows[np.isfinite(rows.seconds.astype(float))]
+    cost = np.maximum(rows.seconds.to_numpy(dtype=float), COST_FLOOR)
+    tau = rows.tau.to_numpy(dtype=float)
+    front = pareto_front(rows, target)
+    on = rows.measure.isin(front).to_numpy()
+    cheap = cheapest_tied(rows, target)
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(7.5, 4.8)
+        ax = fig.add_axes((0.09, 0.11, 0.88, 0.8))
+        ax.errorbar(cost, tau, yerr=[tau - rows.tau_lo.to_numpy(dtype=float), rows.tau_hi.to_numpy(dtype=float) - tau],
+                    fmt="none", ecolor="#bbb", lw=0.8)
+        ax.plot(cost[~on], tau[~on], "o", ms=3.5, color="#999", label="measure")
+        order = np.argsort(cost[on])
+        ax.plot(cost[on][order], tau[on][order], "o-", ms=4.5, color=TAU_COLOR, lw=1, drawstyle="steps-post",
+                label="Pareto front (none both cheaper and better)")
+        for name, x, y in zip(rows.measure[on], cost[on], tau[on]):
+            ax.annotate(name, (x, y), xytext=(4, -9), textcoords="offset points", fontsize=6.5, color=TAU_COLOR)
+        if cheap is not None:
+            ax.plot(max(float(cheap.seconds), COST_FLOOR), float(cheap.tau), "o", ms=10, mfc="none", mec=PSI_COLOR,
+                    mew=1.5, label=f"cheapest tied with #1: {cheap.measure}")
+        ax.set_xscale("log")
+        ax.axhline(0, color="#666", lw=0.8)
+        ax.set_xlabel(f"seconds per model (log; below {COST_FLOOR:g} s drawn at {COST_FLOOR:g})")
+        ax.set_ylabel(f"τ with {target}")
+        ax.set_title(f"cost against predictive power ({target}); lines: 95% CI of τ", loc="left")
+        ax.legend(loc="lower right", frameon=False)
+        path = _save(fig, path)
+    return path
+
+
 def write(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str | None = None) -> list[Path]:
     """Every figure of one leaderboard under ``out_dir``; scatter plots of measures no longer listed are removed.
 
@@ -345,5 +388,8 @@ def write(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str | N
     tier_figure = write_tiers(table, out_dir / TIERS_FIGURE, target)
     if tier_figure is None:
         (out_dir / TIERS_FIGURE).unlink(missing_ok=True)
+    cost_figure = write_cost(table, out_dir / COST_FIGURE, target)
+    if cost_figure is None:
+        (out_dir / COST_FIGURE).unlink(missing_ok=True)
     return [*scatters, write_summary(table, out_dir / SUMMARY_FIGURE, target),
-            *[f for f in (heatmap, tier_figure) if f]]
+            *[f for f in (heatmap, tier_figure, cost_figure) if f]]

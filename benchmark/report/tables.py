@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.evaluation.leaderboard import cheapest_tied
 from benchmark.files import write_text
 from benchmark.report import layout
-from benchmark.report.format import count, fmt, fmt_ci
+from benchmark.report.format import count, fmt, fmt_ci, seconds_text
 
 LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
@@ -28,7 +29,10 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "chance w that its gap difference is not test-set noise; environments with an effective sample size "
           "below 4 are left out and counted; lower is better). Cost: seconds per model; an intermediate shared "
           "by several measures (a σ search, a Hessian eigen-solve, an SGD continuation) is charged to the first "
-          "measure of its family that computes it, and the others show only their own extra time. Invariant: "
+          "measure of its family that computes it, and the others show only their own extra time. Seed noise: the "
+          "measure's own seed-to-seed standard deviation within configurations over the standard deviation of its "
+          "configuration means (0: a property of the hyperparameters; 1 or more: a rerun moves a model as far as "
+          "changing its configuration; lower is better). Invariant: "
           "the reparametrisations that leave the value unchanged, each tested — P: permuting hidden units, "
           "R: rescaling each hidden ReLU unit's incoming weights and bias by its own c > 0 and its outgoing ones by "
           "1/c, U: the units of the weights and the loss. m-adj.: the bound is reported adjusted for the "
@@ -146,6 +150,12 @@ def lead_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str =
     else:
         text = (f"**#1 predicting `{target}`:** `{best.measure}`, τ = {fmt(best.tau)}; without seed replicates no "
                 f"paired test can say whether it leads beyond noise.")
+    cheap = cheapest_tied(table, target)
+    if cheap is not None and len(group) > 1:
+        text += (f" **Cheapest tied with #1:** `{cheap.measure}`, {seconds_text(cheap.seconds)} per model"
+                 + (" (#1 itself)." if cheap.measure == best.measure else
+                    f" against {seconds_text(best.seconds)} for #1 (an intermediate two measures share is charged "
+                    f"to the first that computes it)."))
     if baselines is not None and len(baselines):
         b = baselines[baselines.target == target].set_index("measure")
         axes = b[b.index.str.startswith("baseline.axis.")]
@@ -197,8 +207,8 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
         sign_head = "sign err. mean / max | " if show_max else ("sign err. mean | " if show_mean else "")
         lines += [f"## Predicting `{target}`", "",
                   "| # | tier | measure | family | τ [95% CI] | Ψ [95% CI] | CMI (chance) | " + sign_head
-                  + "cost s | invariant | m-adj. | failed | n/a |",
-                  "|---|---|---|---|---|---|---|" + "---|" * (5 + bool(sign_head)) + ""]
+                  + "cost s | seed noise | invariant | m-adj. | failed | n/a |",
+                  "|---|---|---|---|---|---|---|" + "---|" * (6 + bool(sign_head)) + ""]
         for rank, r in enumerate(t.itertuples(), 1):
             tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
             chance = getattr(r, "cmi_null", None)
@@ -209,7 +219,8 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
             sign = f"{sign} | " if show_mean else ""
             lines.append(f"| {rank} | {tier_text(getattr(r, 'tier', None))} | `{r.measure}`{same} | {r.family} | "
                          f"{tau} | {psi} | {fmt(r.cmi, 3)} ({fmt(chance, 3)}) | {sign}{fmt(r.seconds, 3)} | "
-                         f"{_text(getattr(r, 'invariances', ''))} | {_text(getattr(r, 'sample_size', ''))} | "
+                         f"{fmt(getattr(r, 'seed_noise', float('nan')), 2)} | {_text(getattr(r, 'invariances', ''))} | "
+                         f"{_text(getattr(r, 'sample_size', ''))} | "
                          f"{count(r.failures)} | {count(getattr(r, 'not_applicable', float('nan')))} |")
         lines.append("")
         if flat:
@@ -266,7 +277,7 @@ def write(board: layout.BoardFiles, table: pd.DataFrame, zoo: pd.DataFrame, nois
 
 
 ORDERS = ("auto", "asc", "desc")
-_LOWER_IS_BETTER = ("sign_error", "seconds", "failures", "n_failed", "not_applicable")  # column prefixes
+_LOWER_IS_BETTER = ("sign_error", "seconds", "seed_noise", "failures", "n_failed", "not_applicable")  # column prefixes
 
 
 def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", top: int | None = None,
@@ -299,6 +310,7 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
         "psi": [fmt_ci(a, b, c, 2, point_digits=3) for a, b, c in zip(t.psi, t.psi_lo, t.psi_hi)],
         "cmi": [fmt(x, 3) for x in t.cmi], "sign_err": [fmt(x, 2) for x in t.sign_error_mean],
         "sec/model": [fmt(x, 3) for x in t.seconds],
+        "seed_noise": [fmt(x, 2) for x in t.get("seed_noise", pd.Series([float("nan")] * len(t)))],
         "invariant": [_text(x) for x in t.get("invariances", pd.Series([""] * len(t)))],
         "failed": [count(x) for x in t.failures],
         "n/a": [count(x) for x in t.get("not_applicable", pd.Series([float("nan")] * len(t)))]})

@@ -74,7 +74,8 @@ def board(tmp_path_factory, _tiny_zoo_store):
 
 def test_figures_are_valid_deterministic_pngs(board):
     folder, table, _ = board
-    files = [folder / NAME / layout.SUMMARY_FIGURE, folder / NAME / layout.HEATMAP_FIGURE]
+    files = [folder / NAME / layout.SUMMARY_FIGURE, folder / NAME / layout.HEATMAP_FIGURE,
+             folder / NAME / layout.COST_FIGURE]
     files += [folder / NAME / layout.scatter_file(m) for m in MEASURES]
     for path in files:
         with PIL.Image.open(path) as image:
@@ -92,7 +93,7 @@ def test_page_and_readme_reference_only_existing_files(board):
     links = _Links()
     links.feed(page)
     assert links.tables >= 5  # two ranked tables, ψ_i, sign error per axis, oracle analyses
-    assert len(links.imgs) == 2 + len(MEASURES)
+    assert len(links.imgs) == 3 + len(MEASURES)  # τ/Ψ summary, cost against τ, ψ heatmap, the scatters
     for ref in links.refs:
         url = urlparse(ref)
         assert not url.scheme and not url.netloc, f"{ref}: the page must work offline"
@@ -191,7 +192,7 @@ def test_page_renders_in_headless_chromium(board, tmp_path):
                         .replace("&gt;", ">"))
     assert report["errors"] == []
     assert report["names"] == sorted(MEASURES, reverse=True)
-    assert len(report["images"]) == 2 + len(MEASURES)
+    assert len(report["images"]) == 3 + len(MEASURES)
     for image in report["images"]:
         assert image["complete"] and image["w"] > 0, image
     assert dom.count('<table class="sortable') >= 4 and f'id="{NAME}"' in dom

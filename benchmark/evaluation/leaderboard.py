@@ -112,6 +112,15 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
 
 
+def tied_value(tied) -> bool | None:
+    """``tied_with_best`` as read back from a table (a bool, "True"/"False", or missing): None when untested."""
+    if isinstance(tied, str):
+        return tied.lower() == "true"
+    if isinstance(tied, (bool, np.bool_)):
+        return bool(tied)
+    return None
+
+
 def pareto_front(table: pd.DataFrame, target: str = "gap_error") -> list[str]:
     """The measures no other measure beats on both cost and τ against ``target``: sorted by seconds per model
     (ties by τ, best first), each measure whose τ exceeds that of every cheaper one. Cheapest first; rows
@@ -135,7 +144,7 @@ def cheapest_tied(table: pd.DataFrame, target: str = "gap_error") -> pd.Series |
     if "tied_with_best" not in t or "seconds" not in t or t.empty:
         return None
     best = t.loc[t.tau.idxmax()]
-    tied = t[t["tied_with_best"].map(lambda x: x is True or str(x).lower() == "true")]
+    tied = t[t["tied_with_best"].map(lambda x: tied_value(x) is True)]
     group = pd.concat([best.to_frame().T, tied]).drop_duplicates("measure")
     group = group[np.isfinite(group.seconds.astype(float))]
     return None if group.empty else group.loc[group.seconds.astype(float).idxmin()]
@@ -243,7 +252,7 @@ def task_summary(table: pd.DataFrame, df: pd.DataFrame, reliability: dict, axes:
     conv = df[df["metric.converged"].astype(bool)]
     best = conv.groupby(stats.configurations(conv))["metric.test_error"].mean().min() if len(conv) else math.nan
     gap = table[(table.target == "gap_error") & table.tau.notna()]
-    tied = gap["tied_with_best"].map(lambda x: x is True or str(x).lower() == "true")
+    tied = gap["tied_with_best"].map(lambda x: tied_value(x) is True)
     return {"n_models": len(df), "n_converged": len(conv), "best_test_error": float(best), "axes": list(axes),
             "leader": gap.loc[gap.tau.idxmax(), "measure"] if len(gap) else "—",
             "tied": int(tied.sum()) if len(gap) else 0,

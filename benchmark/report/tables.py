@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.evaluation.leaderboard import cheapest_tied
+from benchmark.evaluation.leaderboard import cheapest_tied, tied_value
 from benchmark.files import write_text
 from benchmark.report import layout
 from benchmark.report.format import count, fmt, fmt_ci, seconds_text
@@ -89,13 +89,6 @@ def tier_text(tier) -> str:
     return str(int(tier)) if isinstance(tier, (int, float, np.integer, np.floating)) and math.isfinite(tier) else "—"
 
 
-def tied_value(tied) -> bool | None:
-    """``tied_with_best`` as read back from a table (a bool, "True"/"False", or missing): None when untested."""
-    if isinstance(tied, str):
-        return tied.lower() == "true"
-    if isinstance(tied, (bool, np.bool_)):
-        return bool(tied)
-    return None
 
 
 def noise_text(noise: dict) -> str:

@@ -61,11 +61,14 @@ class Context:
                  train: tuple[torch.Tensor, torch.Tensor] | None = None,
                  test: tuple[torch.Tensor, torch.Tensor] | None = None,
                  hparams: Mapping[str, Any] | None = None, history: Sequence[Mapping] | None = None,
+                 replicates: Sequence[nn.Module] | Callable[[], Sequence[nn.Module]] | None = None,
                  seed: int = 0, chunk: int = 8192, extras: Mapping[str, Any] | None = None):
         """``train``/``test``: (inputs, integer labels). ``hparams``: flat dotted keys such as
         ``optimizer.lr``, ``train.batch_size``, ``optimizer.weight_decay``. ``history``: per-epoch rows with
-        ``step`` and ``train_loss``. ``extras``: anything else a measure documents it reads (e.g. the
-        mislabeled mask). ``chunk``: samples per forward pass in full-dataset sums."""
+        ``step`` and ``train_loss``. ``replicates``: the other seeds of the same configuration (trained models
+        of the same architecture on the same data), or a function returning them, called on first use.
+        ``extras``: anything else a measure documents it reads (e.g. the mislabeled mask). ``chunk``: samples
+        per forward pass in full-dataset sums."""
         self.model = copy.deepcopy(model).eval()
         self.init_model = copy.deepcopy(init_model).eval() if init_model is not None else None
         self.device = next(self.model.parameters()).device
@@ -73,6 +76,7 @@ class Context:
         self._test = tuple(t.to(self.device) for t in test) if test is not None else None
         self._hparams = dict(hparams or {})
         self._history = list(history) if history is not None else None
+        self._replicates = replicates
         self.seed = seed
         self.chunk = chunk
         self.extras = dict(extras or {})
@@ -107,6 +111,19 @@ class Context:
     @property
     def history(self) -> list[Mapping]:
         return self._need(self._history, "the training history (history=[...])")
+
+    @cached_property
+    def replicate_params(self) -> list[dict[str, torch.Tensor]]:
+        """The parameters of each replicate (``replicates=``), detached, by the names of ``params``; an
+        architecture that differs from this model's is an error."""
+        given = self._need(self._replicates, "the seed replicates of this configuration (replicates=[...])")
+        out = []
+        for model in (given() if callable(given) else given):
+            p = {k: v.detach().to(self.device) for k, v in model.named_parameters()}
+            if {k: v.shape for k, v in p.items()} != {k: v.shape for k, v in self.params.items()}:
+                raise ValueError("a replicate's parameters differ in name or shape from this model's")
+            out.append(p)
+        return out
 
     @property
     def num_classes(self) -> int:

@@ -58,6 +58,22 @@ def steps_0p1_to_0p01(ctx: Context) -> float:
     return float(first_step_at_or_below(ctx.history, 0.01) - first_step_at_or_below(ctx.history, 0.1))
 
 
+@measure("sotl", needs=("history",), sign=1, family="optimization",
+         invariances=("permutation", "rescaling"),
+         reference="Ru, Lyle, Schut, Fil, van der Wilk & Gal 2021, 'Speedy performance estimation for neural "
+                   "architecture search', NeurIPS (SoTL, the sum over training losses)")
+def sotl(ctx: Context) -> float:
+    """Sum over training losses: Σ_{e=1}^{E} L_train(e), the training cross-entropy summed over all E epochs.
+
+    L_train(e) is the full training cross-entropy at the end of epoch e (the history's ``train_loss``); Ru et al.
+    sum the minibatch losses seen during each epoch, which is the same curve about half an epoch earlier. They
+    also sum only the last few epochs (SoTL-E) for architectures trained for one fixed number of epochs; here
+    every model trains to the same final loss, so the whole curve is summed: the area under the training curve,
+    in epochs, which is large for a model that fits its training set slowly.
+    """
+    return float(sum(row[H.TRAIN_LOSS] for row in ctx.history))
+
+
 # ----------------------------------------------------------------------------------------- gradient noise
 def _fast_path_layers(ctx: Context) -> bool:
     """Whether every parameter is the weight or bias of a Linear or a plain (zero-padded, ungrouped) Conv1d/2d,

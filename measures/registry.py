@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 if TYPE_CHECKING:
     from measures.context import Context
 
-NEEDS = ("model", "init_model", "train_data", "hparams", "history", "test_data")
+NEEDS = ("model", "init_model", "train_data", "hparams", "history", "test_data", "replicates")
 INVARIANCES = {
     "permutation": "permuting the hidden units of a layer (rows of W_l and b_l, columns of W_{l+1}); exact, or "
                    "in distribution for a seeded measure",
@@ -43,7 +43,7 @@ INVARIANCES = {
 SAMPLE_SIZE = ("log", "sqrt")
 ADJUSTED = {"log": "½(v − log m)", "sqrt": "√(v/m)"}
 FAMILIES = ("size", "norm", "spectral", "margin", "sharpness", "pacbayes", "hessian", "optimization",
-            "heavy_tail", "physics", "duality", "sensitivity", "rank", "plugin")
+            "heavy_tail", "physics", "duality", "sensitivity", "rank", "replicates", "plugin")
 
 
 class NotApplicable(Exception):
@@ -181,7 +181,8 @@ class Registry:
 
 BUILTIN_FAMILIES = tuple(f"measures.{m}" for m in (
     "size", "margins", "norms", "spectral", "heavy_tail", "optimization", "pacbayes", "sharpness", "hessian",
-    "duality", "phases", "flatness", "sgd_regularization", "sensitivity", "rank"))
+    "duality", "phases", "flatness", "sgd_regularization", "sensitivity", "rank", "replicates",
+    "relative_flatness", "margin_distribution"))
 REGISTRY = Registry(BUILTIN_FAMILIES)
 
 

@@ -3,8 +3,9 @@ one place where a ``measures.Context`` is made from them (the pipeline, ``genben
 ask here)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +28,8 @@ class Trained:
     init: nn.Module  # the initial weights
     data: DataBundle
     history: list[dict]
+    # the other seeds of the configuration, or a function loading them (``Store``-backed in the pipeline)
+    replicates: Sequence[nn.Module] | Callable[[], Sequence[nn.Module]] | None = None
 
     @classmethod
     def from_states(cls, hp: HParams, init_state: dict, final_state: dict, data: DataBundle, history: list[dict],
@@ -43,19 +46,33 @@ class Trained:
         return cls.from_states(result.hparams, result.init_state, result.final_state, data, result.history, device)
 
     @classmethod
-    def from_store(cls, store: Store, model_id: str, opts: RunOptions) -> "Trained":
-        """A stored model; a missing or corrupt checkpoint raises ``CheckpointError``."""
+    def from_store(cls, store: Store, model_id: str, opts: RunOptions,
+                   replicates: Sequence[str] = ()) -> "Trained":
+        """A stored model; a missing or corrupt checkpoint raises ``CheckpointError``. ``replicates``: the ids
+        of its seed replicates, loaded when a measure first asks for them."""
         hp, _, history = store.model_record(model_id)
         init_state, final_state = store.load_states(model_id)
         data = cached_data(hp.dataset, opts.data_root, opts.download)
-        return cls.from_states(hp, init_state, final_state, data, history, opts.device)
+        trained = cls.from_states(hp, init_state, final_state, data, history, opts.device)
+
+        def load() -> list[nn.Module]:
+            out = []
+            for other in replicates:
+                m = build_model(store.model_record(other)[0].model, data.in_shape, data.num_classes)
+                m.load_state_dict(store.load_states(other)[1])
+                out.append(m.to(opts.device))
+            return out
+
+        return dataclasses.replace(trained, replicates=load)
 
     def context(self, seed: int = 0, oracle: bool = False, curvature_samples: int | None = None) -> Context:
-        """What the measures may see: weights, initial weights, training data, hyperparameters, history and
-        the mislabeled mask; with ``oracle``, the test data too (for oracle analyses only, never ranked).
+        """What the measures may see: weights, initial weights, training data, hyperparameters, history, the
+        seed replicates and the mislabeled mask; with ``oracle``, the test data too (for oracle analyses only,
+        never ranked).
         ``curvature_samples``: the curvature measures use a seeded subset of that many training samples
         instead of the whole training set (``measures.curvature_samples``; for large datasets)."""
         d = self.data
         return Context(self.model, init_model=self.init, train=(d.x_train, d.y_train),
                        test=(d.x_test, d.y_test) if oracle else None, hparams=self.hp.flat(), history=self.history,
-                       seed=seed, extras={"mislabeled": d.mislabeled, "curvature_samples": curvature_samples})
+                       replicates=self.replicates, seed=seed,
+                       extras={"mislabeled": d.mislabeled, "curvature_samples": curvature_samples})

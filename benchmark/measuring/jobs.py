@@ -10,6 +10,7 @@ recorded as not_applicable with the reason; that is not a failure.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -56,6 +57,29 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
+def compute(m: measures.Measure, ctx: measures.Context, run_on: measures.Context, timeout: float | None
+            ) -> tuple[float | None, str, str | None, dict, float]:
+    """One measure on ``run_on`` (``ctx``, or its oracle twin): (value, status, error, details, seconds). A measure
+    that raises, returns a non-finite value or runs past ``timeout`` is ``failed`` with its message; one that
+    raises ``NotApplicable`` is ``not_applicable``. The seconds are its own model's share of what it computed
+    (``ctx``'s time lent to and charged by its group: ``Context.shared``)."""
+    start, lent, charged = time.perf_counter(), ctx.lent, ctx.charged
+    value, status, error, details = None, "ok", None, {}
+    try:
+        with time_limit(timeout):
+            out = m(run_on)
+        value, details = out.value, dict(out.details)
+        if not math.isfinite(value):
+            status, error, value = "failed", f"returned a non-finite value ({value})", None
+    except measures.NotApplicable as why:
+        status, error = "not_applicable", str(why)
+    except Exception as err:  # a failing measure is recorded, the others go on
+        status, error = "failed", f"{type(err).__name__}: {err}"
+        details = {"traceback": traceback.format_exc(limit=-3)}
+    seconds = max(0.0, time.perf_counter() - start - (ctx.lent - lent) + (ctx.charged - charged))
+    return value, status, error, details, seconds
+
+
 GROUP_SIZE = 9  # models measured together in one task, at most: half a stack of the default zoo, so that the
 # workers get enough tasks to finish together (the stacked continuation gains little beyond this on a CPU)
 
@@ -74,7 +98,7 @@ def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
     stored as soon as it exists. The models' Contexts are grouped (``Context.group``), so an intermediate with
     a many-model form is computed for all of them by the first measure that needs it, and each measure's
     recorded time is its own model's share of it (``Context.lent``, ``Context.charged``)."""
-    root, models, plugins, seed, timeout, curvature_samples, opts = args
+    root, models, plugins, seed, timeout, curvature_samples, opts, replicates = args
     set_threads(opts)
     load_all(plugins)
     store = Store(root)
@@ -82,7 +106,7 @@ def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
     loaded = []
     for model_id, names in models:
         try:
-            trained = Trained.from_store(store, model_id, opts)
+            trained = Trained.from_store(store, model_id, opts, replicates.get(model_id, ()))
         except CheckpointError as err:
             store.save_measurements([(model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed",
                                       str(err), None) for name in names])
@@ -99,22 +123,9 @@ def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
                 m = measures.REGISTRY.get(name)
                 if m.oracle and oracle_ctx is None:
                     oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
-                start, lent, charged = time.perf_counter(), ctx.lent, ctx.charged
-                value, status, error, details = None, "ok", None, {}
-                try:
-                    with time_limit(timeout):
-                        out = m(oracle_ctx if m.oracle else ctx)
-                    value, details = out.value, dict(out.details)
-                    if not math.isfinite(value):
-                        status, error, value = "failed", f"returned a non-finite value ({value})", None
-                except measures.NotApplicable as why:
-                    status, error = "not_applicable", str(why)
-                except Exception as err:  # a failing measure is recorded, the others go on
-                    status, error = "failed", f"{type(err).__name__}: {err}"
-                    details = {"traceback": traceback.format_exc(limit=-3)}
+                value, status, error, details, seconds = compute(m, ctx, oracle_ctx if m.oracle else ctx, timeout)
                 failed += status == "failed"
                 not_applicable += status == "not_applicable"
-                seconds = max(0.0, time.perf_counter() - start - (ctx.lent - lent) + (ctx.charged - charged))
                 pending.append((model_id, m.name, m.version, value, seconds, status, error, details))
                 pending_s += seconds
                 if pending_s >= FLUSH_S:
@@ -125,6 +136,18 @@ def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
         if pending:
             store.save_measurements(pending)
     return len(models), models[0][0], (failed, not_applicable)
+
+
+def replicate_ids(store: Store, model_ids: Iterable[str]) -> dict[str, list[str]]:
+    """For each of ``model_ids``, the other stored models whose hyperparameters differ from its own only in the
+    seed (its seed replicates), sorted."""
+    by_config: dict[str, list[str]] = {}
+    wanted = set(model_ids)
+    for model_id in sorted(store.model_ids()):
+        identity = dict(store.model_record(model_id)[0].identity())
+        identity.pop("seed")
+        by_config.setdefault(json.dumps(identity, sort_keys=True, default=str), []).append(model_id)
+    return {m: [o for o in ids if o != m] for ids in by_config.values() for m in ids if m in wanted}
 
 
 def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: RunOptions, *,
@@ -144,10 +167,13 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
         if missing:
             groups.setdefault(group_key(store.model_record(model_id)[0]), []).append((model_id, missing))
     plugin_paths = [str(Path(p).resolve()) for p in plugins]
+    needs_replicates = any("replicates" in measures.REGISTRY.get(n).needs for n in names)
+    siblings = replicate_ids(store, [m for g in groups.values() for m, _ in g]) if needs_replicates else {}
     # the most expensive first (width² · depth · train size ∝ a full-set pass), so the workers finish together
     order = sorted(groups, key=lambda k: -(k[4] ** 2 * k[3] * k[1]))
-    tasks = [(str(store.root), groups[k][i:i + GROUP_SIZE], plugin_paths, seed, timeout, curvature_samples, opts)
-             for k in order for i in range(0, len(groups[k]), GROUP_SIZE)]
+    tasks = [(str(store.root), chunk, plugin_paths, seed, timeout, curvature_samples, opts,
+              {m: siblings.get(m, []) for m, _ in chunk})
+             for k in order for chunk in (groups[k][i:i + GROUP_SIZE] for i in range(0, len(groups[k]), GROUP_SIZE))]
     computed = sum(len(missing) for t in tasks for _, missing in t[1])
     log.info("measures: %d values reused, %d to compute on %d models", reused, computed,
              sum(len(t[1]) for t in tasks))

@@ -19,6 +19,7 @@ deterministic measure, in one of two draws of the rescaling factors).
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 
 import pytest
@@ -52,7 +53,7 @@ def _moved(trained: Trained, how: str, transforms=TRANSFORMS) -> Trained:
     """The same trained network (and history) after the reparametrisation, applied to the trained and to
     the initial weights alike."""
     f = transforms[how]
-    return Trained(trained.hp, f(trained.model), f(trained.init), trained.data, trained.history)
+    return dataclasses.replace(trained, model=f(trained.model), init=f(trained.init))
 
 
 def _value(trained: Trained, name: str, seed: int = 0):

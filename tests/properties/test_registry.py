@@ -8,6 +8,7 @@ with its per-epoch probes) through the pipeline's own Context construction.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import math
@@ -32,6 +33,9 @@ SEEDED = {
     "vf.block_exponent", "vf.block_flatness_mean_log", "vf.block_weight_variance", "sgd.log_penalty_topk",
     "sgd.noise_anisotropy",
     "sgd.noise_curvature_exponent",
+    # after Andriushchenko et al. 2023: a seeded partition into batches of 128 (and, average case, seeded noise)
+    "sharpness.adaptive.m.linf", "sharpness.adaptive.m.l2", "sharpness.adaptive.avg.l2",
+    "sharpness.adaptive.avg.linf", "sharpness.avg.l2",
 }
 DETERMINISTIC = {
     "params", "cross_entropy", "inverse_margin", "output_entropy", "log_prod_of_fro", "log_prod_of_fro_over_margin",
@@ -40,7 +44,7 @@ DETERMINISTIC = {
     "log_prod_of_spec_over_margin_fft", "log_sum_of_spec", "log_sum_of_spec_fft", "log_sum_of_spec_over_margin",
     "log_sum_of_spec_over_margin_fft", "log_spec_init_main", "log_spec_init_main_fft", "log_spec_orig_main",
     "log_spec_orig_main_fft", "fro_over_spec", "fro_over_spec_fft", "dist_spec_init", "dist_spec_init_fft",
-    "alpha_mean", "alpha_weighted", "log_spectral_norm", "steps_to_0.1", "steps_0.1_to_0.01",
+    "alpha_mean", "alpha_weighted", "log_spectral_norm", "steps_to_0.1", "steps_0.1_to_0.01", "sotl",
     # the ascents start at the solution and, on the whole training set, draw nothing
     "sharpness.init", "sharpness.orig", "sharpness.flatness", "sharpness.mag.init", "sharpness.mag.orig",
     "sharpness.mag.flatness", "sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2", "sharpness.adaptive.linf",
@@ -50,21 +54,28 @@ DETERMINISTIC = {
     "fisher_rao_norm", "input_jacobian_norm", "weight_effective_rank", "feature_effective_rank",
     "train_confidence", "train_ece",
     "sgd.noise_to_loss",  # exact tr C and loss on the full training set; the seeded Lanczos does not enter
+    "replicate.disagreement", "replicate.tv_distance", "replicate.barrier", "replicate.barrier_aligned",
+    "relative_flatness", "margin_dist.median", "margin_dist.q1", "margin_dist.q3",
 }
 # Relabelling hidden units (the same function): EXACT measures do not move (up to float summation order);
 # IN_DISTRIBUTION ones draw random vectors per parameter index, so only the estimate's distribution is
 # invariant (measured here: Hutchinson's trace moves ~4%, everything else < 0.5%).
-PERMUTATION_EXACT = (DETERMINISTIC | {"sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2",
+# VARIANT ones are not invariant by construction: the raw weight-space line between replicates depends on the
+# order of the hidden units (the aligned barrier removes that).
+PERMUTATION_VARIANT = {"replicate.barrier"}
+PERMUTATION_EXACT = (DETERMINISTIC - PERMUTATION_VARIANT | {"sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2",
                                       "sharpness.adaptive.linf", "sharpness.init", "sharpness.orig",
                                       "sharpness.flatness", "sharpness.mag.init", "sharpness.mag.orig",
-                                      "sharpness.mag.flatness", "grad_noise_final"})
+                                      "sharpness.mag.flatness", "grad_noise_final",
+                                      # the partition is over samples, the ascent from δ = 0 is equivariant
+                                      "sharpness.adaptive.m.linf", "sharpness.adaptive.m.l2"})
 PERMUTATION_IN_DISTRIBUTION = SEEDED - PERMUTATION_EXACT
 IN_DISTRIBUTION_REL = 0.05
 # Undefined on some models by design (recorded as not_applicable there): needs mislabeled training samples.
 NEEDS_LABEL_NOISE = {"phase.mislabeled_fit_epoch_fraction"}
 ORACLE = {"oracle.duality_gap"}  # sees test data: an analysis, never ranked
 PARTITIONS = {"randomness": (SEEDED, DETERMINISTIC),
-              "permutation": (PERMUTATION_EXACT, PERMUTATION_IN_DISTRIBUTION)}
+              "permutation": (PERMUTATION_EXACT, PERMUTATION_IN_DISTRIBUTION, PERMUTATION_VARIANT)}
 
 
 # ------------------------------------------------------------------------------------------- the network
@@ -76,8 +87,8 @@ def trained(trained_digits):
 def _context(trained, seed=0, permuted=False):
     if not permuted:
         return trained.context(seed, oracle=True)
-    moved = Trained(trained.hp, permute_hidden_units(trained.model, 0), permute_hidden_units(trained.init, 0),
-                    trained.data, trained.history)
+    moved = dataclasses.replace(trained, model=permute_hidden_units(trained.model, 0),
+                                init=permute_hidden_units(trained.init, 0))
     return moved.context(seed, oracle=True)
 
 
@@ -125,6 +136,12 @@ def test_seeded_measures_really_use_the_seed(values):
 def test_exactly_invariant_to_permuting_hidden_units(values, name):
     a, _, _, p = values[name]
     assert p == pytest.approx(a, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTATION_VARIANT))
+def test_permutation_variant_measures_really_move(values, name):
+    a, _, _, p = values[name]
+    assert abs(p - a) > 1e-3 * abs(a), (a, p)
 
 
 def seed_noise(a: float, other_seed: float) -> float:

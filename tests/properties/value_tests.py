@@ -119,6 +119,18 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_sharpness.py::test_fixed_radius_sharpness_on_a_linear_model",
     "sharpness.adaptive.linf":
         "tests/unit/measures/test_sharpness.py::test_fixed_radius_sharpness_on_a_linear_model",
+    # after Andriushchenko et al. 2023: m-sharpness in closed form per batch on a linear model; the average case
+    # against a Monte Carlo redone draw by draw
+    "sharpness.adaptive.m.linf":
+        "tests/unit/measures/test_sharpness.py::test_m_sharpness_on_a_linear_model",
+    "sharpness.adaptive.m.l2":
+        "tests/unit/measures/test_sharpness.py::test_m_sharpness_on_a_linear_model",
+    "sharpness.adaptive.avg.l2":
+        "tests/unit/measures/test_sharpness.py::test_average_case_against_an_independent_monte_carlo",
+    "sharpness.adaptive.avg.linf":
+        "tests/unit/measures/test_sharpness.py::test_average_case_against_an_independent_monte_carlo",
+    "sharpness.avg.l2":
+        "tests/unit/measures/test_sharpness.py::test_average_case_against_an_independent_monte_carlo",
     # Hessian: dense Hessians and closed-form softmax-regression Hessians
     "hessian.top_eig":
         "tests/unit/measures/test_hessian.py::test_top_eigenvalues_match_dense",
@@ -180,4 +192,24 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_sensitivity_rank.py::test_train_confidence_and_ece_by_hand",
     "train_ece":
         "tests/unit/measures/test_sensitivity_rank.py::test_train_confidence_and_ece_by_hand",
+    # replicates: outputs of linear models by hand, a loop over the line, a brute-force permutation search
+    "replicate.disagreement":
+        "tests/unit/measures/test_replicates.py::test_disagreement_and_tv_distance_by_hand",
+    "replicate.tv_distance":
+        "tests/unit/measures/test_replicates.py::test_disagreement_and_tv_distance_by_hand",
+    "replicate.barrier":
+        "tests/unit/measures/test_replicates.py::test_barrier_by_a_loop_over_the_line",
+    "replicate.barrier_aligned":
+        "tests/unit/measures/test_replicates.py::test_a_relabelled_copy_is_aligned_back_to_barrier_zero",
+    # relative flatness: a dense autograd Hessian of the last layer; margin distribution: a linear softmax by hand
+    "relative_flatness":
+        "tests/unit/measures/test_relative_flatness_margin_distribution.py::test_relative_flatness_against_a_dense_autograd_hessian",
+    "margin_dist.median":
+        "tests/unit/measures/test_relative_flatness_margin_distribution.py::test_margin_distribution_closed_form_for_a_linear_softmax",
+    "margin_dist.q1":
+        "tests/unit/measures/test_relative_flatness_margin_distribution.py::test_margin_distribution_closed_form_for_a_linear_softmax",
+    "margin_dist.q3":
+        "tests/unit/measures/test_relative_flatness_margin_distribution.py::test_margin_distribution_closed_form_for_a_linear_softmax",
+    "sotl":
+        "tests/unit/measures/test_margins_optimization.py::test_sotl_sums_the_hand_made_training_curve",
 }

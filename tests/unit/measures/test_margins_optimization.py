@@ -96,6 +96,12 @@ def test_step_counts_on_a_hand_made_history():
     assert value("steps_0.1_to_0.01", ctx) == 30
 
 
+def test_sotl_sums_the_hand_made_training_curve():
+    ctx = Context(nn.Linear(2, 2), history=HISTORY)
+    assert value("sotl", ctx) == pytest.approx(0.9 + 0.1 + 0.04 + 0.0101 + 0.007, abs=1e-12)
+    assert value("sotl", Context(nn.Linear(2, 2), history=HISTORY[:2])) == pytest.approx(1.0, abs=1e-12)
+
+
 def test_step_counts_when_one_epoch_crosses_both_thresholds():
     ctx = Context(nn.Linear(2, 2), history=[{"epoch": 1, "step": 7, "train_loss": 0.5},
                                             {"epoch": 2, "step": 14, "train_loss": 0.005}])

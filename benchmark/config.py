@@ -53,7 +53,7 @@ def _root_schema() -> type:
     specs.append(("seed", int, dataclasses.field(default=HParams.__dataclass_fields__["seed"].default)))
     # operational groups: their defaults are in conf/config.yaml and conf/<group>/
     specs += [(k, Any, dataclasses.field(default=MISSING))
-              for k in ("zoo", "measures", "store", "run", "collect", "evaluate", "leaderboard")]
+              for k in ("zoo", "measures", "store", "run", "collect", "evaluate", "leaderboard", "early")]
     specs.append(("suite", Any, dataclasses.field(default=None)))  # several tasks at once (benchmark.zoo.suite)
     return dataclasses.make_dataclass("ConfigSchema", specs)
 

@@ -19,6 +19,7 @@ from benchmark.errors import UserError
 from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import suite as cross_task
 from benchmark.files import write_text
+from benchmark.measuring.early import check_early, measure_early
 from benchmark.measuring.jobs import measure_zoo
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.report import layout, page, plots, tables
@@ -42,7 +43,20 @@ def options(cfg: DictConfig) -> RunOptions:
     return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device),
                       vectorize=bool(cfg.run.vectorize), progress=bool(cfg.run.progress),
                       data_root=str(cfg.dataset.root), download=bool(cfg.dataset.download),
-                      on_corrupt=str(cfg.run.on_corrupt), test_schedule=schedule)
+                      on_corrupt=str(cfg.run.on_corrupt), test_schedule=schedule, keep=early_fractions(cfg))
+
+
+def early_fractions(cfg: DictConfig) -> tuple[float, ...]:
+    """The fractions of training whose weights are kept: ``early.fractions``, or none when ``early.measures`` is
+    empty (nothing would read them)."""
+    early = cfg.get("early") or {}
+    if not early.get("measures"):
+        return ()
+    fractions = tuple(float(f) for f in early.get("fractions") or ())
+    bad = [f for f in fractions if not 0 < f < 1]
+    if bad:
+        raise UserError(f"early.fractions must lie strictly between 0 and 1, got {bad}")
+    return fractions
 
 
 def selected_measures(cfg: DictConfig) -> list[measures.Measure]:
@@ -80,7 +94,8 @@ def train(cfg: DictConfig) -> dict:
 
 
 def measure(cfg: DictConfig) -> dict:
-    """Compute the measures the store lacks on every trained model of the zoo; counts."""
+    """Compute the measures the store lacks on every trained model of the zoo, and the early-prediction values
+    on the weights they kept part-way through training (``early.*``); counts."""
     chosen = selected_measures(cfg)
     hps, store = _zoo(cfg)
     opts = options(cfg)
@@ -98,6 +113,11 @@ def measure(cfg: DictConfig) -> dict:
                          curvature_samples=curvature)
     log.info("measures: %d reused, %d computed, %d failed, %d not applicable", counts["reused"],
              counts["computed"], counts["failed"], counts["not_applicable"])
+    fractions = early_fractions(cfg)
+    if fractions:
+        counts["early"] = measure_early([i for i in ids if i not in bad], store, list(cfg.early.measures), fractions,
+                                        opts, plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
+                                        timeout=cfg.measures.timeout_s, curvature_samples=curvature)
     return counts
 
 
@@ -140,12 +160,27 @@ def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> tuple[pd
     files = board_files(cfg)
     baselines = lb.baseline_table(df, axes, targets=targets, n_boot=n_boot, seed=seed)
     reliability = lb.reliability(df, info, targets=targets, seed=seed)
-    paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes, baselines, reliability)
+    early = _early(cfg, store, df, axes)
+    paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes, baselines, reliability,
+                         early)
     if cfg.leaderboard.plots:
         figures = plots.write(df, table, files.figures)
         log.info("wrote %d figures under %s", len(figures), files.figures)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return table, df, reliability
+
+
+def _early(cfg: DictConfig, store: Store, df: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
+    """The early-prediction table of the board's models (``early.measures``), or None when none was measured."""
+    if not early_fractions(cfg):
+        return None
+    chosen = check_early(list(cfg.early.measures))
+    final = store.frame(list(df.model_id), measures={m.name: m.version for m in chosen})
+    early = store.early()
+    early = early[early.fraction.isin(early_fractions(cfg))]  # failed values are NaN: fewer models
+    table = lb.early_table(final, early, lb.measure_info(chosen), axes, n_boot=int(cfg.evaluate.n_boot),
+                           seed=int(cfg.evaluate.seed))
+    return None if table.empty else table
 
 
 def _write_suite(cfg: DictConfig, boards: dict) -> list[Path]:
@@ -212,6 +247,8 @@ def _suite_leaderboard(cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> str:
     """train → measure → evaluate, then the leaderboard as text."""
     selected_measures(cfg)  # unknown measure names and broken plugins fail before any training
+    check_early(list((cfg.get("early") or {}).get("measures") or []))
+    early_fractions(cfg)
     train(cfg)
     measure(cfg)
     evaluate(cfg)

@@ -35,6 +35,7 @@ class RunOptions:
     download: bool = False
     on_corrupt: str = "retrain"  # a corrupt checkpoint: "retrain" the model, "skip" it, or "fail"
     test_schedule: str = "log"  # epochs that evaluate the test set (benchmark.training.history.evaluates_test)
+    keep: tuple[float, ...] = ()  # fractions of the epochs whose weights are kept (early prediction)
 
 
 def set_threads(opts: RunOptions) -> None:

@@ -18,7 +18,8 @@ TINY = ["dataset=digits", "dataset.test_size=300", "zoo=smoke",
         "zoo.axes.dataset.train_size=[150,300]", "zoo.axes.dataset.label_noise=[0.0]",
         "zoo.axes.model.width=[8,16]", "model.depth=1", "optimizer.lr=0.5", "train.batch_size=50",
         "train.target_loss=0.3", "train.max_epochs=300", "run.jobs=1", "run.threads=1", "run.progress=false",
-        "evaluate.n_boot=20", "measures.include=[params,log_prod_of_fro,dist_init_fro]"]
+        "evaluate.n_boot=20", "measures.include=[params,log_prod_of_fro,dist_init_fro]",
+        "early.measures=[log_prod_of_fro,dist_init_fro]"]
 TINY_MODELS, TINY_MEASURES = 4, 3
 
 

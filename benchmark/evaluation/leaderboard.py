@@ -180,19 +180,73 @@ def identical_groups(df: pd.DataFrame, columns: Sequence[str], rtol: float = 1e-
     """Columns that hold the same values on every model of ``df`` (NaN in the same places, the rest equal to
     ``rtol``), grouped under the first of them in ``columns`` order: {kept: [its duplicates]}. On an MLP zoo the
     FFT variants of the spectral measures equal the direct ones; the leaderboard ranks each group once and
-    names the others beside it (``identical``), instead of listing tied rows."""
+    names the others beside it (``identical``), instead of listing tied rows. Columns without a value (a
+    measure undefined on every model) are never grouped."""
     groups: dict[str, list[str]] = {}
     for c in columns:
         v = df[c].to_numpy(dtype=float)
         for k in groups:
             w = df[k].to_numpy(dtype=float)
             nan = np.isnan(v)
-            if np.array_equal(nan, np.isnan(w)) and np.allclose(v[~nan], w[~nan], rtol=rtol, atol=0.0):
+            if (~nan).any() and np.array_equal(nan, np.isnan(w)) and np.allclose(v[~nan], w[~nan], rtol=rtol,
+                                                                                   atol=0.0):
                 groups[k].append(c)
                 break
         else:
             groups[c] = []
     return groups
+
+
+EARLY_FINAL = 1.0  # the fraction column of the final models in the early-prediction table
+
+
+def early_table(df: pd.DataFrame, early: pd.DataFrame, info: pd.DataFrame, axes: list[str], *,
+                target: str = TARGETS["gap_error"], n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """How well each measure, computed on the weights kept at a fraction of training, predicts the final
+    ``target`` of the same models: τ (oriented by the declared sign) with the leaderboard's seed-bootstrap
+    interval, per measure and fraction, and the final models' τ (``fraction`` 1) beside them.
+
+    ``early``: the store's early table (``Store.early``), at the versions of ``info``. Columns: measure, fraction,
+    epoch_fraction (the mean real fraction of the snapshots: they are the kept epochs nearest the requested one),
+    n_models, tau, tau_lo, tau_hi, and tau_final (the same measure on the final weights, where measured)."""
+    columns = ["measure", "fraction", "epoch_fraction", "n_models", "tau", "tau_lo", "tau_hi", "tau_final"]
+    sign = dict(zip(info.measure, info.sign))
+    version = dict(zip(info.measure, info.version))
+    early = early[[version.get(m) == v for m, v in zip(early.measure, early.version)]]
+    early = early[early.model_id.isin(df.model_id)]
+    if early.empty:
+        return pd.DataFrame(columns=columns)
+    wide = df[[c for c in df if not c.startswith("measure.")] + [c for c in df if c.startswith("measure.")
+                                                                  and c.removeprefix("measure.") in set(early.measure)]]
+    wide = wide.copy()
+    cols, where = [], {}
+    epochs = df.set_index("model_id")["metric.epochs"]
+    for (name, fraction), g in early.groupby(["measure", "fraction"]):
+        col = f"early.{name}@{fraction:g}"
+        values = g.set_index("model_id").value
+        wide[col] = sign[name] * df.model_id.map(values).astype(float)
+        real = (g.set_index("model_id").epoch / epochs.reindex(g.model_id).to_numpy())
+        where[col] = (name, float(fraction), float(real.mean()))
+        cols.append(col)
+    for name in early.measure.unique():
+        if f"measure.{name}" in df:
+            col = f"early.{name}@{EARLY_FINAL:g}"
+            wide[col] = sign[name] * df[f"measure.{name}"]
+            where[col] = (name, EARLY_FINAL, EARLY_FINAL)
+            cols.append(col)
+    res = stats.evaluate(wide, cols, targets=[target], axes=axes, n_boot=n_boot, seed=seed, cmi_permutations=0)
+    rows = []
+    for r in res.itertuples():
+        name, fraction, real = where[r.measure]
+        rows.append({"measure": name, "fraction": fraction, "epoch_fraction": real, "n_models": r.n_models,
+                     "tau": r.tau, "tau_lo": r.tau_lo, "tau_hi": r.tau_hi})
+    out = pd.DataFrame(rows)
+    final = out[out.fraction == EARLY_FINAL].set_index("measure").tau
+    out["tau_final"] = out.measure.map(final)
+    order = list(dict.fromkeys(out.sort_values("tau_final", ascending=False, na_position="last").measure))
+    out["measure"] = pd.Categorical(out.measure, order, ordered=True)
+    return out.sort_values(["measure", "fraction"], ignore_index=True).assign(
+        measure=lambda t: t.measure.astype(str))[columns]
 
 
 BASELINE = "baseline"  # the family of the reference columns: shown with the leaderboard, never ranked

@@ -6,6 +6,7 @@
     <dir>/<name>.oracle.csv     the oracle analyses (they see test data; never ranked)
     <dir>/<name>.baselines.csv  the baselines' statistics (random, noisy oracle, single axes; never ranked)
     <dir>/<name>.summary.json   the split-half reliability of the ranking, per target
+    <dir>/<name>.early.csv      early prediction: τ of measures computed part-way through training (if measured)
     <dir>/<name>/               the figures: summary.png, psi_heatmap.png, tiers.png, cost.png, scatter/<measure>.png
     <dir>/<suite>.suite.md      a suite's cross-task summary (experiment=standard), its tasks being the
     <dir>/<suite>.suite.csv     leaderboards <suite>-<task>; the cross-task table, the agreement of the
@@ -27,7 +28,7 @@ SUMMARY_FIGURE, HEATMAP_FIGURE, TIERS_FIGURE = "summary.png", "psi_heatmap.png",
 COST_FIGURE = "cost.png"
 TASKS_FIGURE = "tasks.png"
 _RESULTS, _ZOO, _ORACLE, _MARKDOWN = ".csv", ".zoo.csv", ".oracle.csv", ".md"
-_BASELINES, _SUMMARY = ".baselines.csv", ".summary.json"
+_BASELINES, _SUMMARY, _EARLY = ".baselines.csv", ".summary.json", ".early.csv"
 REPRODUCTIONS = Path("leaderboard") / "reproductions"
 
 
@@ -59,6 +60,10 @@ class BoardFiles:
     @property
     def summary(self) -> Path:
         return self.folder / f"{self.name}{_SUMMARY}"
+
+    @property
+    def early(self) -> Path:
+        return self.folder / f"{self.name}{_EARLY}"
 
     @property
     def figures(self) -> Path:

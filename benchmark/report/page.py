@@ -43,7 +43,16 @@ from benchmark.report.layout import (
     scatter_file,
 )
 from benchmark.report.plots import short
-from benchmark.report.tables import LEGEND, flat_columns, noise_text, reliability_text, tied_value, tier_text
+from benchmark.report.tables import (
+    EARLY_TEXT,
+    LEGEND,
+    early_columns,
+    flat_columns,
+    noise_text,
+    reliability_text,
+    tied_value,
+    tier_text,
+)
 
 GAP = "gap_error"
 
@@ -58,6 +67,7 @@ class Board:
     oracle: pd.DataFrame  # the oracle analyses, empty when absent
     baselines: pd.DataFrame = field(default_factory=pd.DataFrame)  # the baselines' statistics, empty when absent
     reliability: dict = field(default_factory=dict)  # split-half reliability per target, empty when absent
+    early: pd.DataFrame = field(default_factory=pd.DataFrame)  # the early-prediction table, empty when absent
 
     @property
     def axes(self) -> list[str]:
@@ -79,8 +89,9 @@ def load(folder: Path, name: str) -> Board:
     has_oracle = files.oracle.exists() and files.oracle.stat().st_size > 1  # an empty table is written as "\n"
     baselines = pd.read_csv(files.baselines) if files.baselines.exists() else pd.DataFrame()
     reliability = json.loads(files.summary.read_text()).get("reliability", {}) if files.summary.exists() else {}
+    early = pd.read_csv(files.early) if files.early.exists() else pd.DataFrame()
     return Board(name, pd.read_csv(files.results), pd.read_csv(files.zoo),
-                 pd.read_csv(files.oracle) if has_oracle else pd.DataFrame(), baselines, reliability)
+                 pd.read_csv(files.oracle) if has_oracle else pd.DataFrame(), baselines, reliability, early)
 
 
 def _baselines_text(board: Board, target: str, best: dict, rows: list[dict]) -> str:
@@ -338,6 +349,21 @@ def _oracle_table(board: Board) -> str:
                      rows, "sortable oracle"))
 
 
+def _early_table(board: Board) -> str:
+    """The early-prediction table: τ per measure at each kept fraction of training, and on the final weights."""
+    if board.early.empty:
+        return ""
+    cols = early_columns(board.early)
+    rows = []
+    for name, g in board.early.groupby("measure", sort=False):
+        cells = {r["fraction"]: r for r in g.to_dict("records")}
+        rows.append("<tr>" + _td(f"<code>{escape(name)}</code>", name) + "".join(
+            _td(fmt_ci(cells[f]["tau"], cells[f]["tau_lo"], cells[f]["tau_hi"], 2), cells[f]["tau"], "num")
+            if f in cells and math.isfinite(cells[f]["tau"]) else _td("—") for f, _ in cols) + "</tr>")
+    return (f"<h3>Early prediction</h3><p>{escape(EARLY_TEXT)}</p>"
+            + _table(["measure", *[h for _, h in cols]], rows))
+
+
 def _failures(board: Board, target: str) -> str:
     """The failed measures with their most frequent message, then the not-applicable ones with their reason."""
     out = ""
@@ -370,7 +396,8 @@ def _section(board: Board, folder: Path) -> str:
     files = BoardFiles(folder, board.name)
     links = [f'<a href="{quote(path.name)}">{label}</a>'
              for path, label in ((files.markdown, "Markdown table"), (files.results, "results CSV"),
-                                 (files.zoo, "zoo CSV"))]
+                                 (files.zoo, "zoo CSV"), (files.early, "early-prediction CSV"))
+             if path != files.early or path.exists()]
     parts = [f'<section id="{name}" class="board"><h2>{name}</h2>',
              f'<p class="links">{" · ".join(links)}</p>',
              f'<div class="summary"><h3>Summary</h3><p>{_inline(summary(board, target))}</p></div>',
@@ -388,6 +415,7 @@ def _section(board: Board, folder: Path) -> str:
                       "τ per measure against its cost in seconds per model: the Pareto front (no other measure both "
                       "cheaper and better) is joined and named, and the cheapest measure that the paired test cannot "
                       "tell apart from #1 is ringed.")]
+    parts.append(_early_table(board))
     parts += [f"<details><summary>Predicting <code>{escape(t)}</code></summary>{_ranked_table(board, t, folder)}"
               f"</details>" for t in board.targets if t != target]
     heatmap = _figure(board, folder, HEATMAP_FIGURE, f"ψ_i heatmap, {board.name}",
@@ -527,6 +555,7 @@ def readme(boards: list[Board], folder: Path) -> str:
                                                                  ("tiers", TIERS_FIGURE),
                                                                  ("cost vs. τ", COST_FIGURE))
                   if (files.figures / f).exists()]
+        links += [f"[early-prediction CSV]({quote(files.early.name)})"] if files.early.exists() else []
         lines += [f"## {b.name}", "", " · ".join(links), "", summary(b), "", noise_text(b.noise), ""]
     return "\n".join(lines)
 

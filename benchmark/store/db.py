@@ -4,6 +4,8 @@ Layout under ``root``::
 
     genbench.sqlite          models, measurements, meta (schema version)
     checkpoints/<id>.pt      {"init": state_dict, "final": state_dict}, loaded with weights_only=True
+    checkpoints/<id>.early.pt  {"fractions", "epochs", "states"}: weights part-way through training, only for
+                             models trained with ``run.early_checkpoints`` (early prediction)
 
 Crash safety: a checkpoint is written to a temporary file and renamed into place *before* its row is
 inserted, so a row always points to a complete file; a row is one transaction. Concurrency: WAL journal
@@ -58,6 +60,19 @@ CREATE TABLE IF NOT EXISTS measurements (
     details TEXT NOT NULL,      -- JSON
     created REAL NOT NULL,
     PRIMARY KEY (model_id, measure, version)
+);
+CREATE TABLE IF NOT EXISTS early (       -- measures on the weights part-way through training
+    model_id TEXT NOT NULL REFERENCES models(id),
+    fraction REAL NOT NULL,     -- of the model's epochs, as requested
+    epoch INTEGER NOT NULL,     -- the snapshot's real epoch
+    measure TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    value REAL,
+    seconds REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'not_applicable')),
+    error TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (model_id, fraction, measure, version)
 );
 """
 
@@ -123,9 +138,9 @@ class Store:
             raise StoreError(f"{self.path} has store schema {version}, which this genbench cannot read (it reads "
                              f"{SCHEMA_VERSION} and upgrades {', '.join(map(str, MIGRATABLE))}): use the genbench that "
                              f"wrote it, or point store.root=... at another folder")
-        if version is None:
-            with self._db() as db:
-                db.executescript(SCHEMA)
+        with self._db() as db:  # every table IF NOT EXISTS: a store written before the early table gains it
+            db.executescript(SCHEMA)
+            if version is None:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def _remove_orphans(self) -> None:
@@ -146,11 +161,18 @@ class Store:
         with self._db() as db:
             return {r[0] for r in db.execute("SELECT id FROM models")}
 
+    def early_path(self, model_id: str) -> Path:
+        return self.root / "checkpoints" / f"{model_id}.early.pt"
+
     def save_model(self, hp: HParams, init_state: dict, final_state: dict, metrics: dict,
-                   history: list[dict]) -> str:
-        """Write the checkpoint atomically, then the row. Returns the model id."""
+                   history: list[dict], snapshots: Sequence[dict] = ()) -> str:
+        """Write the checkpoint (and the snapshots part-way through training, if any) atomically, then the row.
+        Returns the model id."""
         model_id = hp.model_id
         path = self.checkpoint_path(model_id)
+        if snapshots:
+            write_atomic(self.early_path(model_id), lambda tmp: torch.save(
+                {k: [s[k[:-1]] for s in snapshots] for k in ("fractions", "epochs", "states")}, tmp))
         write_atomic(path, lambda tmp: torch.save({"init": init_state, "final": final_state}, tmp))
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
@@ -171,6 +193,19 @@ class Store:
             raise CheckpointError(f"{path} is not a genbench checkpoint (expected keys init, final)")
         return ckpt["init"], ckpt["final"]
 
+    def load_snapshots(self, model_id: str) -> list[dict]:
+        """The weights a model kept part-way through training: [{"fraction", "epoch", "state"}], [] if none."""
+        path = self.early_path(model_id)
+        if not path.exists():
+            return []
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            return [{"fraction": f, "epoch": e, "state": s}
+                    for f, e, s in zip(ckpt["fractions"], ckpt["epochs"], ckpt["states"], strict=True)]
+        except Exception as err:
+            raise CheckpointError(f"early checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
+                                  f"{err})") from err
+
     def prune_corrupt(self, model_ids: Iterable[str], on_corrupt: str) -> list[str]:
         """Check the checkpoints of ``model_ids``; a corrupt one is deleted (``retrain``: the caller trains it
         again), skipped (``skip``) or an error (``fail``). Returns the corrupt ids."""
@@ -190,8 +225,10 @@ class Store:
     def delete_model(self, model_id: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM measurements WHERE model_id = ?", (model_id,))
+            db.execute("DELETE FROM early WHERE model_id = ?", (model_id,))
             db.execute("DELETE FROM models WHERE id = ?", (model_id,))
         self.checkpoint_path(model_id).unlink(missing_ok=True)
+        self.early_path(model_id).unlink(missing_ok=True)
 
     def model_record(self, model_id: str) -> tuple[HParams, dict, list[dict]]:
         """(hyperparameters, metrics, history) of a stored model."""
@@ -245,6 +282,20 @@ class Store:
         """Long table: model_id, measure, version, value, seconds, status, error, details."""
         with self._db() as db:
             return pd.read_sql_query("SELECT * FROM measurements", db)
+
+    def save_early(self, rows: Sequence[tuple]) -> None:
+        """Early values in one transaction: (model_id, fraction, epoch, measure, version, value, seconds, status,
+        error) per row."""
+        now = time.time()
+        with self._db() as db:
+            db.executemany("INSERT OR REPLACE INTO early VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(*row, now) for row in rows])
+
+    def early(self) -> pd.DataFrame:
+        """Long table of the early values: model_id, fraction, epoch, measure, version, value, seconds, status,
+        error."""
+        with self._db() as db:
+            return pd.read_sql_query("SELECT * FROM early", db)
 
     # ---------------------------------------------------------------------------------------- frames
     def models(self, ids: Iterable[str] | None = None) -> pd.DataFrame:

@@ -6,7 +6,8 @@ from benchmark.store.db import Store
 
 
 def merge(dest: Store, source: Store) -> dict[str, int]:
-    """Copy into ``dest`` every model and measurement of ``source`` that it lacks (``genbench collect``).
+    """Copy into ``dest`` every model, measurement and early value of ``source`` that it lacks (``genbench
+    collect``).
 
     For clusters whose shared file system cannot hold SQLite locks (NFS, Lustre): each job writes its own
     store, and the stores are merged afterwards. Checkpoints are copied atomically before their rows, so
@@ -19,11 +20,15 @@ def merge(dest: Store, source: Store) -> dict[str, int]:
     with source._db() as db:
         models = db.execute("SELECT id, hparams, metrics, history, checkpoint, created FROM models").fetchall()
         rows = db.execute("SELECT * FROM measurements").fetchall()
+        early_rows = db.execute("SELECT * FROM early").fetchall()
     copied = 0
     for model_id, hp, metrics, history, ckpt, created in models:
         if model_id in have:
             continue
         target = dest.checkpoint_path(model_id)
+        snapshots = source.early_path(model_id)
+        if snapshots.exists():
+            write_atomic(dest.early_path(model_id), lambda tmp: tmp.write_bytes(snapshots.read_bytes()))
         write_atomic(target, lambda tmp: tmp.write_bytes((source.root / ckpt).read_bytes()))
         with dest._db() as ddb:
             ddb.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?)",
@@ -33,4 +38,5 @@ def merge(dest: Store, source: Store) -> dict[str, int]:
         before = ddb.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
         ddb.executemany("INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         after = ddb.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+        ddb.executemany("INSERT OR IGNORE INTO early VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", early_rows)
     return {"models": copied, "measurements": after - before}

@@ -71,7 +71,8 @@ def _label_noise_mode(db: sqlite3.Connection) -> None:
 
 def _status_constraint(db: sqlite3.Connection) -> None:
     """Schema 2 → 3: rebuild the measurements table with the not_applicable status allowed."""
-    create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements"):]
+    start = SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements")
+    create = SCHEMA[start:SCHEMA.index("\n);", start) + 3]
     with db:
         db.execute("ALTER TABLE measurements RENAME TO measurements_v2")
         db.execute(create.replace("IF NOT EXISTS ", "").rstrip().rstrip(";"))

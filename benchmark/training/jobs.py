@@ -26,12 +26,13 @@ def _train_task(args) -> tuple[int, list[str]]:
     store = Store(root)
     data = lambda d: cached_data(d, opts.data_root, opts.download)
     if opts.vectorize and len(hps) > 1:
-        results = train_many(list(hps), data, device=opts.device, probes=probes, test_schedule=opts.test_schedule)
+        results = train_many(list(hps), data, device=opts.device, probes=probes, test_schedule=opts.test_schedule,
+                             keep=opts.keep)
     else:
         results = [train_model(hp, data(hp.dataset), device=opts.device, probes=probes,
-                               test_schedule=opts.test_schedule) for hp in hps]
+                               test_schedule=opts.test_schedule, keep=opts.keep) for hp in hps]
     for r in results:
-        store.save_model(r.hparams, r.init_state, r.final_state, r.metrics, r.history)
+        store.save_model(r.hparams, r.init_state, r.final_state, r.metrics, r.history, r.snapshots)
     return len(hps), [r.hparams.model_id for r in results]
 
 

@@ -18,6 +18,7 @@ from benchmark.training.history import (
     probe_generators,
     stops,
 )
+from benchmark.training.snapshots import Snapshots
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import HParams
 from benchmark.zoo.models import Dropout, build_model
@@ -47,13 +48,16 @@ class TrainResult:
     final_state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     history: list[dict] = field(default_factory=list)
+    # weights part-way through training: {"fraction", "epoch", "state"} per requested fraction (snapshots.py)
+    snapshots: list[dict] = field(default_factory=list)
 
 
 def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "cpu",
                 probes: Sequence[Probe] = (), test_schedule: str = "log",
                 before_step: Callable[[nn.Module], None] | None = None,
                 penalty: Callable[[nn.Module, int], torch.Tensor] | None = None,
-                until: Callable[[nn.Module], bool] | None = None) -> TrainResult:
+                until: Callable[[nn.Module], bool] | None = None,
+                keep: Sequence[float] = ()) -> TrainResult:
     """Train one model with plain minibatch steps until the full training cross-entropy (eval mode) is at
     most ``hp.train.target_loss`` at the end of an epoch, or ``hp.train.max_epochs`` run out. ``probes`` add
     their values to every epoch's history row (``benchmark.training.history``); the test set is evaluated on
@@ -81,6 +85,7 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
     n, bs = len(data.y_train), hp.train.batch_size
     history, step, diverged, reached = [], 0, False, False
     gens = probe_generators(probes, hp)
+    kept = Snapshots(keep)
     for epoch in range(1, hp.train.max_epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=order_gen).to(device)
@@ -102,10 +107,13 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
             stop = reached or epoch >= hp.train.max_epochs
         test = evaluate(model, data.x_test, data.y_test) if stop or evaluates_test(epoch, test_schedule) else None
         history.append({**epoch_row(epoch, step, train, test), **probe_columns(probes, gens, model, data, hp)})
+        if kept.due(epoch):
+            kept.add(epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         if stop:
             break
     final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics = final_metrics(hp, history, time.perf_counter() - start, diverged)
     if until is not None:
         metrics["converged"] = bool(not diverged and reached)
-    return TrainResult(hp, init_state, final_state, metrics, history)
+    return TrainResult(hp, init_state, final_state, metrics, history,
+                       [{"fraction": f, "epoch": e, "state": s} for f, e, s in kept.pick(len(history))])

@@ -50,6 +50,7 @@ from benchmark.training.history import (
     stops,
 )
 from benchmark.training.loop import TrainResult, train_model
+from benchmark.training.snapshots import Snapshots
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import DatasetHP, HParams
 from benchmark.zoo.models import MLP, ConvNet, Dropout, build_model
@@ -91,14 +92,14 @@ def group_stacks(hps: list[HParams], max_size: int | None = None) -> list[list[H
 def train_many(hps: list[HParams], data: DataSource, *, device: str | torch.device = "cpu",
                progress: Callable[[TrainResult], None] | None = None,
                max_stack: int | None = None, probes: Sequence[Probe] = (),
-               test_schedule: str = "log") -> list[TrainResult]:
+               test_schedule: str = "log", keep: Sequence[float] = ()) -> list[TrainResult]:
     """Train every model of ``hps``; the results, in the order of ``hps``, equal ``train_model``'s.
 
     ``data``: a function from ``DatasetHP`` to ``DataBundle`` (e.g. ``benchmark.zoo.make_data``) or a mapping
     holding every dataset needed; each distinct ``DatasetHP`` is asked for once. ``progress(result)`` is called
     as each model finishes. ``max_stack`` caps the members trained together (memory). ``probes`` fill every
-    epoch's history row (``benchmark.training.history``); ``test_schedule`` as in ``train_model``. Stacks of one
-    model, and architectures or optimizers the stack does not implement, go through ``train_model``.
+    epoch's history row (``benchmark.training.history``); ``test_schedule`` and ``keep`` as in ``train_model``.
+    Stacks of one model, and architectures or optimizers the stack does not implement, go through ``train_model``.
     """
     hps = list(hps)
     get = data.__getitem__ if isinstance(data, Mapping) else data
@@ -120,14 +121,14 @@ def train_many(hps: list[HParams], data: DataSource, *, device: str | torch.devi
         members = [hps[i] for i in idx]
         try:
             stack = Stack(members, [bundle(hp.dataset) for hp in members], device, probes,
-                          test_schedule) if len(idx) > 1 else None
+                          test_schedule, keep) if len(idx) > 1 else None
         except NotImplementedError as err:
             log.info("training %d models one at a time: %s", len(idx), err)
             stack = None
         if stack is None:
             for i in idx:
                 done(i, train_model(hps[i], bundle(hps[i].dataset), device=device, probes=probes,
-                                    test_schedule=test_schedule))
+                                    test_schedule=test_schedule, keep=keep))
         else:
             stack.run(lambda row, result: done(idx[row], result))
     return results  # type: ignore[return-value]
@@ -232,6 +233,7 @@ class _Member:
     init_state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
     wall: float = 0.0
+    kept: Snapshots | None = None  # flat weight rows kept part-way (benchmark.training.snapshots)
 
 
 class Stack:
@@ -243,7 +245,7 @@ class Stack:
     """
 
     def __init__(self, hps: list[HParams], bundles: list[DataBundle], device: str | torch.device,
-                 probes: Sequence[Probe] = (), test_schedule: str = "log"):
+                 probes: Sequence[Probe] = (), test_schedule: str = "log", keep: Sequence[float] = ()):
         """``bundles[i]``: the data of ``hps[i]``. Raises ``NotImplementedError`` for an architecture the
         stacked forward does not know or an optimizer whose update it does not implement."""
         if len({stack_key(hp) for hp in hps}) != 1:
@@ -289,7 +291,7 @@ class Stack:
             self.members.append(_Member(
                 hp, r, model, keys.index(hp.dataset), generator(hp.seed, "order"),
                 generator(hp.seed, "dropout", self.device), probe_generators(self.probes, hp),
-                {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
+                {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, kept=Snapshots(keep)))
         self.flat = torch.stack([torch.cat([(p.t() if i in self.transposed else p).detach().reshape(-1)
                                             for i, p in enumerate(m.model.parameters())])
                                  for m in self.members])  # (M, P)
@@ -418,6 +420,15 @@ class Stack:
                 p.copy_(stacked[r].t() if i in self.transposed else stacked[r])
         return m
 
+    def _row_state(self, r: int, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Member ``r``'s state dict with the weights of a flat row of ``self.flat`` (linear weights un-transposed)."""
+        names = [k for k, _ in self.members[r].model.named_parameters()]
+        state = {k: v.detach().cpu().clone() for k, v in self.members[r].model.state_dict().items()}
+        for i, (name, part) in enumerate(zip(names, torch.split(row, self.sizes))):
+            w = part.view(self.stacked_shapes[i])
+            state[name] = (w.t() if i in self.transposed else w).contiguous().clone()
+        return state
+
     # ------------------------------------------------------------------------------------------ epochs
     def run(self, finished: Callable[[int, TrainResult], None]) -> None:
         """Train until every member has stopped; ``finished(row, result)`` as each one does."""
@@ -441,6 +452,8 @@ class Stack:
                 lambda r: self._unstack(r).train()) if self.probes else [{} for _ in self.members]
             for r, m in enumerate(self.members):
                 m.history.append(epoch_row(self.epoch, self.step, train[r], test.get(r)) | probed[r])
+                if m.kept.due(self.epoch):
+                    m.kept.add(self.epoch, self.flat[r].detach().cpu().clone())
             share = (time.perf_counter() - start) / len(self.members)
             for m in self.members:
                 m.wall += share
@@ -448,7 +461,9 @@ class Stack:
                 m = self.members[r]
                 final_state = {k: v.detach().cpu().clone() for k, v in self._unstack(r).state_dict().items()}
                 metrics = final_metrics(m.hp, m.history, m.wall, diverged)
-                finished(m.row, TrainResult(m.hp, m.init_state, final_state, metrics, m.history))
+                snapshots = [{"fraction": f, "epoch": e, "state": self._row_state(r, row)}
+                             for f, e, row in m.kept.pick(len(m.history))]
+                finished(m.row, TrainResult(m.hp, m.init_state, final_state, metrics, m.history, snapshots))
             if stop:
                 self._remove({r for r, _ in stop})
 

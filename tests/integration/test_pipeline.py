@@ -46,7 +46,8 @@ def test_end_to_end_then_reuse(trained_tiny, tmp_path):
 
     before = _mtimes(tmp_path / "store")
     assert pipeline.train(cfg) == {"reused": 4, "trained": 0, "converged": 4}
-    assert pipeline.measure(cfg) == {"reused": 12, "computed": 0, "failed": 0, "not_applicable": 0}
+    assert pipeline.measure(cfg) == {"reused": 12, "computed": 0, "failed": 0, "not_applicable": 0,
+                                     "early": {"computed": 0, "failed": 0, "without_snapshots": 0}}
     assert _mtimes(tmp_path / "store") == before
 
 
@@ -108,7 +109,8 @@ def test_plugin_scored_on_stored_zoo_without_retraining(trained_tiny, tmp_path, 
                    "test_plugin.raises,test_plugin.nan,test_plugin.na]")
     assert pipeline.train(cfg)["trained"] == 0
     counts = pipeline.measure(cfg)
-    assert counts == {"reused": 12, "computed": 16, "failed": 8, "not_applicable": 2}
+    assert counts == {"reused": 12, "computed": 16, "failed": 8, "not_applicable": 2,
+                      "early": {"computed": 0, "failed": 0, "without_snapshots": 0}}
     assert _mtimes(tmp_path / "store") == before
     pd.testing.assert_frame_equal(Store(tmp_path / "store").models(), models_before)
 

@@ -1,0 +1,110 @@
+"""Early prediction: the measures of ``early.measures`` computed on the weights each model kept part-way
+through training (``early.fractions`` of its epochs; ``benchmark.training.snapshots``), stored in the store's
+``early`` table. The evaluator asks how well each one, at 25 %, 50 % and 75 % of training, predicts the final
+generalization gap (``benchmark.evaluation.leaderboard.early_table``).
+
+A snapshot is measured as a model of its own: its weights, the initial weights, the training data and the
+hyperparameters. Measures that read the training history (which is not finished there), the seed replicates
+(which have no snapshot at the same point) or test data cannot be measured early and are refused. Reuse,
+failures and time budgets work as for the final models (``benchmark.measuring.jobs``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import measures
+from benchmark.errors import UserError
+from benchmark.measuring.context import Trained
+from benchmark.measuring.jobs import compute
+from benchmark.runtime import RunOptions, parallel, set_threads
+from benchmark.store import CheckpointError, Store
+from benchmark.zoo.datasets import cached_data
+from measures.plugins import load_all
+
+log = logging.getLogger("genbench")
+
+EARLY_NEEDS = frozenset({"model", "init_model", "train_data", "hparams"})
+TASK_MODELS = 8  # models per worker task
+
+
+def check_early(names: Sequence[str]) -> list[measures.Measure]:
+    """The measures of ``early.measures``; one that reads more than a snapshot holds is a ``UserError``."""
+    chosen = [measures.REGISTRY.get(n) for n in names]
+    bad = [f"{m.name} (reads {', '.join(sorted(m.needs - EARLY_NEEDS))})" for m in chosen
+           if not m.needs <= EARLY_NEEDS]
+    if bad:
+        raise UserError(f"early.measures: {'; '.join(bad)} cannot be computed part-way through training, where "
+                        f"only {', '.join(sorted(EARLY_NEEDS))} exist")
+    return chosen
+
+
+def _early_task(args) -> tuple[int, str, int]:
+    """Compute the missing early values of some models, snapshot after snapshot; stored model by model."""
+    root, todo, plugins, seed, timeout, curvature_samples, opts = args
+    set_threads(opts)
+    load_all(plugins)
+    store = Store(root)
+    failed = 0
+    for model_id, missing in todo:
+        hp, _, history = store.model_record(model_id)
+        rows = []
+        try:
+            init_state, _ = store.load_states(model_id)
+            snapshots = store.load_snapshots(model_id)
+        except CheckpointError as err:
+            log.warning("%s — its early values are skipped", err)
+            continue
+        data = cached_data(hp.dataset, opts.data_root, opts.download)
+        for snap in snapshots:
+            names = missing.get(snap["fraction"], [])
+            if not names:
+                continue
+            trained = Trained.from_states(hp, init_state, snap["state"], data, history[:snap["epoch"]], opts.device)
+            ctx = trained.context(seed, curvature_samples=curvature_samples)
+            for name in names:
+                m = measures.REGISTRY.get(name)
+                value, status, error, _, seconds = compute(m, ctx, ctx, timeout)
+                failed += status == "failed"
+                rows.append((model_id, snap["fraction"], snap["epoch"], m.name, m.version, value, seconds, status,
+                             error))
+            ctx.leave()
+        store.save_early(rows)
+    return len(todo), todo[0][0], failed
+
+
+def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], fractions: Sequence[float],
+                  opts: RunOptions, *, plugins: Sequence[str] = (), seed: int = 0, timeout: float | None = None,
+                  curvature_samples: int | None = None) -> dict[str, int]:
+    """Every (model, snapshot, measure) value the store's ``early`` table lacks at the measure's current version,
+    for the snapshots at ``fractions`` (those a model did not keep are left out). Models that kept no snapshot
+    (trained with ``early.measures=[]``, or by a genbench that kept none) are counted in ``without_snapshots``."""
+    chosen = check_early(names)
+    long = store.early()
+    done = set(zip(long.model_id, long.fraction, long.measure, long.version))
+    todo, without = [], 0
+    for model_id in sorted(model_ids):
+        path = store.early_path(model_id)
+        if not path.exists():
+            without += 1
+            continue
+        missing = {f: [m.name for m in chosen if (model_id, f, m.name, m.version) not in done] for f in fractions}
+        missing = {f: n for f, n in missing.items() if n}
+        if missing:
+            todo.append((model_id, missing))
+    if without:
+        log.warning("early prediction: %d models kept no weights part-way through training (trained with "
+                    "early.measures=[] or by an older genbench); train them into a fresh store.root to include them",
+                    without)
+    computed = sum(len(n) for _, missing in todo for n in missing.values())
+    log.info("early prediction: %d values to compute on %d models", computed, len(todo))
+    plugin_paths = [str(Path(p).resolve()) for p in plugins]
+    tasks = [(str(store.root), todo[i:i + TASK_MODELS], plugin_paths, seed, timeout, curvature_samples, opts)
+             for i in range(0, len(todo), TASK_MODELS)]
+    failed = 0
+    if tasks:
+        for _, _, f in parallel(_early_task, tasks, opts.jobs, "early", "model", [len(t[1]) for t in tasks],
+                                opts.progress):
+            failed += f
+    return {"computed": computed, "failed": failed, "without_snapshots": without}

@@ -27,6 +27,7 @@ from benchmark.runtime import RunOptions
 from benchmark.store import Store, merge, migrate
 from benchmark.training.history import TEST_SCHEDULES
 from benchmark.training.jobs import train_zoo
+from benchmark.training.snapshots import Snapshots
 from benchmark.zoo.grid import expand, varying_axes
 from benchmark.zoo.hparams import HParams
 from benchmark.zoo.suite import suite_of, task_configs
@@ -53,9 +54,10 @@ def early_fractions(cfg: DictConfig) -> tuple[float, ...]:
     if not early.get("measures"):
         return ()
     fractions = tuple(float(f) for f in early.get("fractions") or ())
-    bad = [f for f in fractions if not 0 < f < 1]
-    if bad:
-        raise UserError(f"early.fractions must lie strictly between 0 and 1, got {bad}")
+    try:
+        Snapshots(fractions)
+    except ValueError as err:
+        raise UserError(f"early.fractions: {err}") from None
     return fractions
 
 

@@ -29,8 +29,6 @@ all four).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -123,10 +121,9 @@ def barrier(values: np.ndarray) -> float:
 
 
 def _barriers(ctx: Context, aligned: bool) -> dict:
-    prepare: Callable = (lambda o: align(ctx, o)) if aligned else (lambda o: o)
     loss_b, error_b = [], []
     for other in _replicates(ctx):
-        losses, errors = path(ctx, prepare(other))
+        losses, errors = path(ctx, align(ctx, other) if aligned else other)
         loss_b.append(barrier(losses))
         error_b.append(barrier(errors))
     return {"loss_barrier": float(np.mean(loss_b)), "error_barrier": float(np.mean(error_b)),

@@ -216,9 +216,7 @@ def early_table(df: pd.DataFrame, early: pd.DataFrame, info: pd.DataFrame, axes:
     early = early[early.model_id.isin(df.model_id)]
     if early.empty:
         return pd.DataFrame(columns=columns)
-    wide = df[[c for c in df if not c.startswith("measure.")] + [c for c in df if c.startswith("measure.")
-                                                                  and c.removeprefix("measure.") in set(early.measure)]]
-    wide = wide.copy()
+    wide = df[[c for c in df if not c.startswith("measure.")]].copy()  # the early.* columns are added below
     cols, where = [], {}
     epochs = df.set_index("model_id")["metric.epochs"]
     for (name, fraction), g in early.groupby(["measure", "fraction"]):

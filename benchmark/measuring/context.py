@@ -57,8 +57,8 @@ class Trained:
 
         def load() -> list[nn.Module]:
             out = []
-            for other in replicates:
-                m = build_model(store.model_record(other)[0].model, data.in_shape, data.num_classes)
+            for other in replicates:  # the same configuration, so the same architecture as this model's
+                m = build_model(hp.model, data.in_shape, data.num_classes)
                 m.load_state_dict(store.load_states(other)[1])
                 out.append(m.to(opts.device))
             return out

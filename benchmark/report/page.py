@@ -396,8 +396,7 @@ def _section(board: Board, folder: Path) -> str:
     files = BoardFiles(folder, board.name)
     links = [f'<a href="{quote(path.name)}">{label}</a>'
              for path, label in ((files.markdown, "Markdown table"), (files.results, "results CSV"),
-                                 (files.zoo, "zoo CSV"), (files.early, "early-prediction CSV"))
-             if path != files.early or path.exists()]
+                                 (files.zoo, "zoo CSV"), (files.early, "early-prediction CSV")) if path.exists()]
     parts = [f'<section id="{name}" class="board"><h2>{name}</h2>',
              f'<p class="links">{" · ".join(links)}</p>',
              f'<div class="summary"><h3>Summary</h3><p>{_inline(summary(board, target))}</p></div>',

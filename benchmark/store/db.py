@@ -5,7 +5,7 @@ Layout under ``root``::
     genbench.sqlite          models, measurements, meta (schema version)
     checkpoints/<id>.pt      {"init": state_dict, "final": state_dict}, loaded with weights_only=True
     checkpoints/<id>.early.pt  {"fractions", "epochs", "states"}: weights part-way through training, only for
-                             models trained with ``run.early_checkpoints`` (early prediction)
+                             models trained with a non-empty ``early.measures`` (early prediction)
 
 Crash safety: a checkpoint is written to a temporary file and renamed into place *before* its row is
 inserted, so a row always points to a complete file; a row is one transaction. Concurrency: WAL journal
@@ -171,8 +171,9 @@ class Store:
         model_id = hp.model_id
         path = self.checkpoint_path(model_id)
         if snapshots:
-            write_atomic(self.early_path(model_id), lambda tmp: torch.save(
-                {k: [s[k[:-1]] for s in snapshots] for k in ("fractions", "epochs", "states")}, tmp))
+            kept = {"fractions": [s["fraction"] for s in snapshots], "epochs": [s["epoch"] for s in snapshots],
+                    "states": [s["state"] for s in snapshots]}
+            write_atomic(self.early_path(model_id), lambda tmp: torch.save(kept, tmp))
         write_atomic(path, lambda tmp: torch.save({"init": init_state, "final": final_state}, tmp))
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",

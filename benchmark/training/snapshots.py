@@ -18,7 +18,7 @@ class Snapshots:
     def __init__(self, fractions: Sequence[float], slots: int = SLOTS):
         bad = [f for f in fractions if not 0 < f < 1]
         if bad:
-            raise ValueError(f"early-checkpoint fractions must lie strictly between 0 and 1, got {bad}")
+            raise ValueError(f"fractions of training must lie strictly between 0 and 1, got {bad}")
         self.fractions = tuple(sorted(set(float(f) for f in fractions)))
         self.slots, self.stride = slots, 1
         self.kept: list[tuple[int, Any]] = []

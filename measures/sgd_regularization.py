@@ -235,6 +235,37 @@ def _same_solve(ctx: Context, settings: SGDRegSettings, names: Sequence[str], k:
             and HESSIAN_TOL <= settings.tol and HESSIAN_MAX_ITER >= settings.iters)
 
 
+@dataclass(frozen=True)
+class Noise:
+    """The total SGD noise and the objective at the solution, which need no eigenproblem."""
+    trace_c: float  # tr C = mean_i ‖g_i‖² − ‖ḡ‖² over the analysed parameters
+    n_params: int  # N, analysed parameters
+    train_loss: float  # L(w*) on the curvature samples
+    sq_norm: float  # ‖w*‖² over all parameters
+    samples: int
+
+
+def measure_noise(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Noise:
+    """tr C from the per-sample gradient norms (:func:`per_sample_sq_norms`) and the mean gradient, the training
+    loss and ‖w*‖²: one forward and two backward passes, no Hessian-vector product. Shared (``ctx.shared``)
+    between :func:`measure_spectra` and ``sgd.noise_to_loss``, which reads nothing else."""
+    names = analysed_names(ctx, settings.params)
+    x, y = _samples(ctx, settings)
+    base = dict(ctx.params)
+    leaves = {k: base[k].detach().clone().requires_grad_(True) for k in names}
+    with torch.enable_grad():
+        params = {**base, **leaves}
+        total = sum(fast_cross_entropy(ctx.forward(x[i:i + settings.chunk], params), y[i:i + settings.chunk],
+                                       reduction="sum") for i in range(0, len(y), settings.chunk))
+        grads = torch.autograd.grad(total, list(leaves.values()))
+    mean_sq = float(sum(((g.double() / len(y)) ** 2).sum() for g in grads))  # ‖ḡ‖²
+    sq = per_sample_sq_norms(ctx, names, x, y, settings.chunk)
+    with torch.no_grad():
+        loss = float(ctx.loss(x=x, y=y))
+    w2 = float(sum((p.double() ** 2).sum() for p in base.values()))
+    return Noise(max(float(sq.mean()) - mean_sq, 0.0), sum(base[k].numel() for k in names), loss, w2, len(y))
+
+
 def measure_spectra(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Spectra:
     """Top-k Hessian eigenpairs, the noise along them and along random flat directions (module docstring)."""
     names = analysed_names(ctx, settings.params)
@@ -243,7 +274,7 @@ def measure_spectra(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Spectra
     k = min(settings.k, dim - 1)
     if k < 1:
         raise ValueError(f"the analysed parameters have {dim} entries; need at least 2")
-    hvp, project, mean_grad = curvature_operators(ctx, names, x, y, settings.chunk)
+    hvp, project, _ = curvature_operators(ctx, names, x, y, settings.chunk)
     if _same_solve(ctx, settings, names, k):  # the Hessian family's solve of the same operator, done once
         eigs = ctx.shared(_top_eigs)[0]
     else:
@@ -251,14 +282,11 @@ def measure_spectra(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Spectra
         v0 = torch.randn(dim, generator=ctx.generator("sgd_reg/lanczos"), dtype=torch.float64).to(ref)
         eigs = lanczos(hvp, v0, k, tol=settings.tol, max_iter=max(settings.iters, k + 1))
     noise = np.array([_variance(project(v)) for v in eigs.vectors.T])  # v_nᵀCv_n
-    sq = per_sample_sq_norms(ctx, names, x, y, settings.chunk)
-    trace_c = max(float(sq.mean()) - float((mean_grad.double() ** 2).sum()), 0.0)
-    with torch.no_grad():
-        loss = float(ctx.loss(x=x, y=y))
-    w2 = float(sum((p.double() ** 2).sum() for p in ctx.params.values()))
+    totals = ctx.shared(measure_noise, settings)
     info = {"residuals": eigs.residuals.tolist(), "hvps": eigs.iterations, "converged": eigs.converged,
             "tol": settings.tol, "samples": len(y)}
-    return Spectra(eigs.values.cpu().numpy()[:k], noise, trace_c, dim, loss, w2, info)
+    return Spectra(eigs.values.cpu().numpy()[:k], noise, totals.trace_c, dim, totals.train_loss, totals.sq_norm,
+                   info)
 
 
 # --------------------------------------------------------------------------------------------- dynamics
@@ -460,7 +488,12 @@ def sgd_noise_to_loss(ctx: Context) -> Value:
     plus ω‖w‖²/2 with weight decay). Both are in loss units, so the ratio is free of units (module docstring).
     Sign −1 (a hypothesis): the noise is the strength of SGD's effective regularisation (larger α/B, better
     generalization), though tr C also grows with sharpness.
-    Draws nothing at random on the full training set (the Lanczos solve does not enter).
+    Needs no eigenproblem: one forward and two backward passes on the full training set (:func:`measure_noise`),
+    no randomness.
     """
-    r = ctx.shared(_reg)
-    return Value(r.noise_to_loss, {**_details(r), "noise_total": r.noise_total, "objective": r.objective})
+    dyn = sgd_dynamics(ctx)
+    noise = ctx.shared(measure_noise, DEFAULT)
+    total = dyn.scale * noise.trace_c
+    objective = noise.train_loss + 0.5 * dyn.weight_decay * noise.sq_norm
+    return Value(total / objective, {"noise_total": total, "objective": objective, "trace_c": noise.trace_c,
+                                     "samples": noise.samples, "lr_eff": dyn.lr, "optimizer": dyn.optimizer})

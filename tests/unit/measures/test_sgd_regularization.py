@@ -327,3 +327,17 @@ def test_valley_langevin_gives_p_proportional_to_f_to_the_kappa():
     for kappa in (1.0, 4.0):
         fit = valley_langevin(kappa, walkers=1000, steps=12000, seed=0)
         assert fit["exponent"] == pytest.approx(kappa, rel=0.1), fit
+
+
+def test_noise_to_loss_needs_no_eigenproblem(near_minimum, monkeypatch):
+    """sgd.noise_to_loss reads only tr C and the objective (``measure_noise``): alone it solves no eigenproblem
+    (the early-prediction table computes it without the other sgd.* measures), and it equals the value of the
+    whole analysis."""
+    whole = sr.sgd_effective_regularization(_mlp_ctx(1)).noise_to_loss
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("sgd.noise_to_loss ran a Lanczos solve")
+    monkeypatch.setattr(sr, "lanczos", forbidden)
+    monkeypatch.setattr(sr, "_top_eigs", forbidden)
+    alone = REGISTRY.get("sgd.noise_to_loss")(_mlp_ctx(1))
+    assert alone.value == pytest.approx(whole, rel=1e-12) and alone.details["samples"] == 300

@@ -35,6 +35,7 @@ weighted pair sums -- matrix products instead of a Python loop over resampled Da
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
@@ -432,23 +433,26 @@ def _cmi_tables(conditioning: _ConditioningSet, valid: np.ndarray, sign_code: np
 
 def _normalised_cmi(table: np.ndarray) -> float:
     """I(V_mu; V_g | U) / H(V_g | U) in bits from counts (cells, 2, 3); NaN if H = 0."""
-    n_cell = table.sum(axis=(1, 2))
-    table, n_cell = table[n_cell > 0], n_cell[n_cell > 0]
-    if n_cell.size == 0:
-        return float("nan")
-    p_cell = n_cell / n_cell.sum()  # p(U_S), weight of a cell = its share of pairs
-    joint = table / n_cell[:, None, None]  # p(V_g, V_mu | U_S)
-    pg = joint.sum(axis=2)  # p(V_g | U_S)
-    pm = joint.sum(axis=1)  # p(V_mu | U_S)
-    indep = pg[:, :, None] * pm[:, None, :]
+    return float(_normalised_cmi_many(table[None])[0])
+
+
+def _normalised_cmi_many(tables: np.ndarray) -> np.ndarray:
+    """:func:`_normalised_cmi` of each of several count tables (tables, cells, 2, 3) at once. An empty cell
+    has weight p(U_S) = 0 and adds nothing; a table without pairs, or with H = 0, gives NaN."""
+    n_cell = tables.sum(axis=(2, 3))  # (tables, cells)
+    total = n_cell.sum(axis=1)
+    p_cell = n_cell / np.where(total > 0, total, 1.0)[:, None]  # p(U_S), weight of a cell = its share of pairs
+    joint = tables / np.where(n_cell > 0, n_cell, 1.0)[:, :, None, None]  # p(V_g, V_mu | U_S)
+    pg = joint.sum(axis=3)  # p(V_g | U_S)
+    pm = joint.sum(axis=2)  # p(V_mu | U_S)
+    indep = pg[:, :, :, None] * pm[:, :, None, :]
     pos = joint > 0
     ratio = np.where(pos, joint, 1.0) / np.where(pos, indep, 1.0)
-    mi_cell = np.where(pos, joint * np.log2(ratio), 0.0).sum(axis=(1, 2))
-    h_cell = -np.where(pg > 0, pg * np.log2(np.where(pg > 0, pg, 1.0)), 0.0).sum(axis=1)
-    mi, h = float(p_cell @ mi_cell), float(p_cell @ h_cell)
-    if h <= 1e-12:
-        return float("nan")
-    return float(np.clip(mi / h, 0.0, 1.0))
+    mi_cell = np.where(pos, joint * np.log2(ratio), 0.0).sum(axis=(2, 3))
+    h_cell = -np.where(pg > 0, pg * np.log2(np.where(pg > 0, pg, 1.0)), 0.0).sum(axis=2)
+    mi, h = (p_cell * mi_cell).sum(axis=1), (p_cell * h_cell).sum(axis=1)
+    defined = (total > 0) & (h > 1e-12)
+    return np.where(defined, np.clip(mi / np.where(defined, h, 1.0), 0.0, 1.0), np.nan)
 
 
 def _cmi_from_sets(
@@ -529,11 +533,54 @@ def _permutations(n: int, n_perm: int, seed: int) -> np.ndarray:
     return np.stack([rng.permutation(n) for _ in range(n_perm)]) if n_perm else np.zeros((0, n), np.int64)
 
 
+def _model_codes(c: _ConditioningSet, n: int) -> np.ndarray:
+    """Each model's code of the set's axes, read back from the pair keys (pairs in ``_triu`` order: the first
+    n − 1 are (0, j))."""
+    first = c.key[:n - 1]
+    return np.concatenate([first[:1] // c.n_values, first % c.n_values]) if n > 1 else np.zeros(n, np.int64)
+
+
+def _cmi_many(sets: Sequence[_ConditioningSet], rms: np.ndarray, rg: np.ndarray, i: np.ndarray, j: np.ndarray
+              ) -> np.ndarray:
+    """The score of :func:`_cmi_from_sets` for each row of ``rms`` (copies, models), one measure's ranks per row
+    (the permutation null), all at once. One ``bincount`` counts every copy's pairs by (joint configuration of
+    all the sets' axes for model i, the same for model j, signs); each set's table sums those counts over the
+    configurations (integer counts, so exactly its own bincount), and the normalised CMIs of all tables come in
+    one pass (padded to the largest set's cells: empty cells of weight 0)."""
+    copies, n = rms.shape
+    if copies == 0 or not sets:
+        return np.full(copies, np.nan)
+    codes = np.stack([_model_codes(c, n) for c in sets], 1)  # (models, sets)
+    configs, joint = np.unique(codes, axis=0, return_inverse=True)
+    joint = joint.reshape(-1)
+    big = len(configs)
+    vg, vgv = _pair_signs(rg, i, j)
+    a, b = rms[:, i], rms[:, j]  # (copies, pairs)
+    valid = ~(np.isnan(a) | np.isnan(b)) & (vgv & (vg != 0))[None, :]
+    sign = (a > b).astype(np.int64) - (a < b) + ((vg > 0) * 3 + 1)[None, :]  # 3 [V_g > 0] + V_mu + 1
+    key = (joint[i] * big + joint[j]) * 6  # (pairs,)
+    flat = np.where(valid, np.arange(copies)[:, None] * (big * big * 6) + key[None, :] + sign, copies * big * big * 6)
+    counts = np.bincount(flat.ravel(), minlength=copies * big * big * 6 + 1)[:-1]
+    counts = counts.reshape(copies, big, big, 6).astype(float)
+    width = max(c.n_values for c in sets) ** 2
+    tables = np.zeros((len(sets), copies, width, 2, 3))
+    for s, c in enumerate(sets):
+        k = c.n_values
+        onehot = np.zeros((big, k))
+        onehot[np.arange(big), configs[:, s]] = 1.0
+        t = np.einsum("cuvx,ua,vb->cabx", counts, onehot, onehot, optimize=True).reshape(copies, k, k, 2, 3)
+        tables[s, :, :k * k] = (t + t.transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]).reshape(copies, k * k, 2, 3)
+    per_set = _normalised_cmi_many(tables.reshape(len(sets) * copies, width, 2, 3)).reshape(len(sets), copies)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a copy with every set undefined: NaN
+        return np.nanmin(per_set, axis=0)
+
+
 def _cmi_null_from(
     sets: Sequence[_ConditioningSet], rm: np.ndarray, rg: np.ndarray, i: np.ndarray, j: np.ndarray,
     perms: np.ndarray, observed: float,
 ) -> dict:
-    null = np.array([_cmi_from_sets(sets, *_cmi_signs(rm[p], rg, i, j))["cmi"] for p in perms], dtype=float)
+    null = _cmi_many(sets, rm[perms], rg, i, j)
     null = null[np.isfinite(null)]
     if not np.isfinite(observed) or null.size == 0:
         return {"null_mean": float("nan"), "null_p95": float("nan"), "p": float("nan"), "n_perm": int(null.size)}

@@ -745,8 +745,9 @@ def test_cmi_null_p_values_are_uniform_under_the_null():
 
 @pytest.mark.parametrize("measure", ["measure.with_nan", "measure.noise", "measure.depth"])
 def test_cmi_null_batched_equals_one_permutation_at_a_time(measure):
-    """The null scores all permutations with one bincount per conditioning set; the same permutations applied to
-    the DataFrame one at a time through the public conditional_mutual_information give the same null."""
+    """The null scores all permutations at once (one bincount over the joint configurations); the same
+    permutations applied to the DataFrame one at a time through the public conditional_mutual_information give
+    the same null."""
     df = make_zoo(seed=4, n_seeds=2)
     out = stats.cmi_null(df, measure, GAP, AXES, n_perm=12, seed=3)
     perms = np.random.default_rng(3)

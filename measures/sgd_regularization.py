@@ -239,7 +239,6 @@ def _same_solve(ctx: Context, settings: SGDRegSettings, names: Sequence[str], k:
 class Noise:
     """The total SGD noise and the objective at the solution, which need no eigenproblem."""
     trace_c: float  # tr C = mean_i ‖g_i‖² − ‖ḡ‖² over the analysed parameters
-    n_params: int  # N, analysed parameters
     train_loss: float  # L(w*) on the curvature samples
     sq_norm: float  # ‖w*‖² over all parameters
     samples: int
@@ -263,7 +262,7 @@ def measure_noise(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Noise:
     with torch.no_grad():
         loss = float(ctx.loss(x=x, y=y))
     w2 = float(sum((p.double() ** 2).sum() for p in base.values()))
-    return Noise(max(float(sq.mean()) - mean_sq, 0.0), sum(base[k].numel() for k in names), loss, w2, len(y))
+    return Noise(max(float(sq.mean()) - mean_sq, 0.0), loss, w2, len(y))
 
 
 def measure_spectra(ctx: Context, settings: SGDRegSettings = DEFAULT) -> Spectra:
@@ -302,6 +301,10 @@ class Dynamics:
     def scale(self) -> float:
         """(α_eff/2B)·(n − B)/(n − 1): Δ(u) = scale · uᵀCu."""
         return self.lr / (2 * self.batch_size) * (self.n_train - self.batch_size) / (self.n_train - 1)
+
+    def totals(self, trace_c: float, train_loss: float, sq_norm: float) -> tuple[float, float]:
+        """(ΣΔ = scale·tr C, the objective L + ω‖w‖²/2 SGD descends): both in loss units."""
+        return self.scale * trace_c, train_loss + 0.5 * self.weight_decay * sq_norm
 
 
 def _hp(ctx: Context, key: str, default):
@@ -391,8 +394,7 @@ def analyse(spec: Spectra, dyn: Dynamics) -> SGDRegResult:
         resid = ly - (beta * lx + c)
         ss = float(((ly - ly.mean()) ** 2).sum())
         r2 = 1.0 - float((resid ** 2).sum()) / ss if ss > 0 else math.nan
-    total = dyn.scale * spec.trace_c
-    objective = spec.train_loss + 0.5 * dyn.weight_decay * spec.sq_norm
+    total, objective = dyn.totals(spec.trace_c, spec.train_loss, spec.sq_norm)
     return SGDRegResult(lam, delta, flat, kappa, stability, penalty, float(beta), float(r2), total,
                         objective, spec.n_params, dyn, dict(spec.info))
 
@@ -493,7 +495,6 @@ def sgd_noise_to_loss(ctx: Context) -> Value:
     """
     dyn = sgd_dynamics(ctx)
     noise = ctx.shared(measure_noise, DEFAULT)
-    total = dyn.scale * noise.trace_c
-    objective = noise.train_loss + 0.5 * dyn.weight_decay * noise.sq_norm
+    total, objective = dyn.totals(noise.trace_c, noise.train_loss, noise.sq_norm)
     return Value(total / objective, {"noise_total": total, "objective": objective, "trace_c": noise.trace_c,
                                      "samples": noise.samples, "lr_eff": dyn.lr, "optimizer": dyn.optimizer})

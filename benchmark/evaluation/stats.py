@@ -300,6 +300,7 @@ class _ConditioningSet:
     axes: tuple[str, ...]
     key: np.ndarray  # (pairs,) code_S[i] * n_values + code_S[j] for the pair (i, j), i < j
     n_values: int  # distinct joint values of S over models
+    codes: np.ndarray  # (models,) code_S of each model
 
 
 def _conditioning_sets(
@@ -311,7 +312,7 @@ def _conditioning_sets(
         for subset in combinations(axes, size):
             codes = _group_codes(df, list(subset))
             k = int(codes.max()) + 1 if len(codes) else 1
-            out.append(_ConditioningSet(tuple(subset), codes[i] * k + codes[j], k))
+            out.append(_ConditioningSet(tuple(subset), codes[i] * k + codes[j], k, codes))
     return out
 
 
@@ -533,13 +534,6 @@ def _permutations(n: int, n_perm: int, seed: int) -> np.ndarray:
     return np.stack([rng.permutation(n) for _ in range(n_perm)]) if n_perm else np.zeros((0, n), np.int64)
 
 
-def _model_codes(c: _ConditioningSet, n: int) -> np.ndarray:
-    """Each model's code of the set's axes, read back from the pair keys (pairs in ``_triu`` order: the first
-    n − 1 are (0, j))."""
-    first = c.key[:n - 1]
-    return np.concatenate([first[:1] // c.n_values, first % c.n_values]) if n > 1 else np.zeros(n, np.int64)
-
-
 def _cmi_many(sets: Sequence[_ConditioningSet], rms: np.ndarray, rg: np.ndarray, i: np.ndarray, j: np.ndarray
               ) -> np.ndarray:
     """The score of :func:`_cmi_from_sets` for each row of ``rms`` (copies, models), one measure's ranks per row
@@ -547,10 +541,10 @@ def _cmi_many(sets: Sequence[_ConditioningSet], rms: np.ndarray, rg: np.ndarray,
     all the sets' axes for model i, the same for model j, signs); each set's table sums those counts over the
     configurations (integer counts, so exactly its own bincount), and the normalised CMIs of all tables come in
     one pass (padded to the largest set's cells: empty cells of weight 0)."""
-    copies, n = rms.shape
+    copies = len(rms)
     if copies == 0 or not sets:
         return np.full(copies, np.nan)
-    codes = np.stack([_model_codes(c, n) for c in sets], 1)  # (models, sets)
+    codes = np.stack([c.codes for c in sets], 1)  # (models, sets)
     configs, joint = np.unique(codes, axis=0, return_inverse=True)
     joint = joint.reshape(-1)
     big = len(configs)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from benchmark import pipeline
 from benchmark.config import compose
 from benchmark.measuring.context import Trained
 from benchmark.measuring.probes import DEFAULT_PROBES
+from benchmark.perf.floor import step_matmul_ceiling, suite_flops
 from benchmark.runtime import RunOptions
 from benchmark.store import Store
 from benchmark.training.loop import train_model
@@ -73,6 +75,13 @@ TARGETS: dict[str, tuple[str | None, float | None, str]] = {
     "models_slope": ("<=", 1.05, "d log(pipeline time) / d log(models), a quarter of the zoo to all of it"),
     "peak_memory_gib": ("<=", 4.0, "peak resident memory of the process tree during the pipeline"),
     "train_speedup": (None, None, "stacked over per-model training, model-steps/s (reported, no target)"),
+    "pipeline_floor_models_per_minute": (None, None, "models per minute if every counted FLOP of training and "
+                                                     "measures ran at the torch.mm peak and nothing else took time "
+                                                     "(an upper bound, reported)"),
+    "step_matmul_ceiling": (None, None, "fraction of the torch.mm peak the bare matmuls of the zoo's stacked "
+                                        "training steps reach (an upper bound for their part, reported)"),
+    "suite_peak_fraction": (None, None, "counted measure FLOPs over the measure stage's wall time, over the "
+                                        "torch.mm peak (reported)"),
 }
 
 # The default zoo's model mix before it had replicates (one seed per configuration, widths 64 and 256).
@@ -89,12 +98,13 @@ class Plan:
     speedup_epochs: int
     reps: int  # repetitions of each short timing (best kept)
     hessian_reference: bool  # the exact trace: one Hessian-vector product per parameter
+    floor_groups: int | None  # measuring groups whose FLOPs are counted, scaled to the zoo (None: all)
 
 
 FULL = Plan(zoo=(), legacy=LEGACY_MIX, quarter=True, speedup_models=None, speedup_epochs=2, reps=3,
-            hessian_reference=True)
+            hessian_reference=True, floor_groups=None)
 QUICK = Plan(zoo=("experiment=smoke",), legacy=None, quarter=True, speedup_models=4, speedup_epochs=1, reps=1,
-             hessian_reference=False)
+             hessian_reference=False, floor_groups=2)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -230,22 +240,29 @@ def _flops_per_sample(hp: HParams, bundle: DataBundle) -> tuple[float, float]:
     return train, counter.get_total_flops() / b
 
 
-def useful_flops(store: Store, hps: list[HParams]) -> dict:
-    """FLOPs the training stage had to do: every training step's forward and backward (epochs × n samples) and
-    the full training-set forward pass of the stopping rule at every epoch. The test set, order parameters and
-    other probes are not counted."""
+def model_flops(store: Store, hps: list[HParams]) -> dict[str, tuple[float, float]]:
+    """Per model id: (FLOPs of its training steps, FLOPs of its stopping-rule evaluation), i.e. epochs × n samples
+    × the forward-and-backward (resp. forward) FLOPs per sample of its architecture."""
     frame = store.models([hp.model_id for hp in hps])
     epochs = dict(zip(frame["model_id"], frame["metric.epochs"]))
     cache: dict[tuple, tuple[float, float]] = {}
-    train = evaluation = 0.0
+    out = {}
     for hp in hps:
         key = (hp.dataset.name, hp.model, hp.train.batch_size)
         if key not in cache:
             cache[key] = _flops_per_sample(hp, make_data(hp.dataset))
         step, forward = cache[key]
-        e, n = float(epochs[hp.model_id]), hp.dataset.n_train
-        train += e * n * step
-        evaluation += e * n * forward
+        samples = float(epochs[hp.model_id]) * hp.dataset.n_train
+        out[hp.model_id] = (samples * step, samples * forward)
+    return out
+
+
+def useful_flops(store: Store, hps: list[HParams]) -> dict:
+    """FLOPs the training stage had to do: every training step's forward and backward (epochs × n samples) and
+    the full training-set forward pass of the stopping rule at every epoch. The test set, order parameters and
+    other probes are not counted."""
+    per = model_flops(store, hps).values()
+    train, evaluation = sum(t for t, _ in per), sum(e for _, e in per)
     return {"training_steps": train, "stopping_rule_evaluation": evaluation, "total": train + evaluation}
 
 
@@ -330,6 +347,30 @@ def zoo_throughput(hps: list[HParams], data: Callable[[DatasetHP], DataBundle], 
             "vectorized_s": vec_s, "looped_s": loop_s,
             "vectorized_model_steps_per_s": steps / vec_s, "looped_model_steps_per_s": steps / loop_s,
             "speedup": loop_s / vec_s, "max_abs_param_diff": max_diff}
+
+
+# --------------------------------------------------------------------------------- what the machine allows
+def machine_floor(p: dict, cfg, hps: list[HParams], opts: RunOptions, device: torch.device, reps: int,
+                  groups: int | None) -> dict:
+    """For the timed pipeline ``p`` of the zoo ``hps`` (config ``cfg``): the measure stage's counted FLOPs
+    (``benchmark.perf.floor.suite_flops``), the time training and measures would take with every counted FLOP at
+    the ``torch.mm`` peak of ``p`` and nothing else (``floor_s``; its models per minute are an upper bound), the
+    measure stage's achieved fraction of that peak, and the bare-matmul ceiling of the training steps with one
+    worker's threads against the peak of those threads. ``groups``: count that many measuring groups only."""
+    fractions = pipeline.early_fractions(cfg)
+    early = list(cfg.early.measures) if fractions else []
+    names = [m.name for m in pipeline.selected_measures(cfg)]
+    run_opts = dataclasses.replace(opts, device=str(device), progress=False)
+    counted = suite_flops(p["store"], hps, names, early, fractions, run_opts, groups)
+    peak = p["matmul_peak_gflops"] * 1e9
+    floor_s = (p["useful_flops"]["total"] + counted["total"]) / peak
+    worker = opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.jobs))
+    per_model = model_flops(Store(p["store"]), hps)
+    ceiling = step_matmul_ceiling(hps, {k: t for k, (t, _) in per_model.items()}, worker,
+                                  matmul_peak(device, reps, worker), reps, device)
+    return {"suite_flops": counted, "floor_s": floor_s, "floor_models_per_minute": p["models"] / floor_s * 60,
+            "suite_gflops": counted["total"] / p["stage_s"]["measure"] / 1e9,
+            "suite_peak_fraction": counted["total"] / p["stage_s"]["measure"] / peak, "step_matmul": ceiling}
 
 
 # ------------------------------------------------------------------------------------------- Hessian
@@ -444,10 +485,10 @@ def table(report: dict) -> str:
     """The report as a short readable text."""
     m, d = report["machine"], report["details"]
     lines = [f"genbench perf: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['device']}"
-             f"{' (quick)' if report['quick'] else ''}", "", f"{'quantity':30s} {'value':>10s}  {'target':>8s}  met"]
+             f"{' (quick)' if report['quick'] else ''}", "", f"{'quantity':34s} {'value':>10s}  {'target':>8s}  met"]
     for name, t in report["targets"].items():
         met = "-" if t["met"] is None else "yes" if t["met"] else "NO"
-        lines.append(f"{name:30s} {_fmt(t['value'], 4):>10s}  {t['target']:>8s}  {met}")
+        lines.append(f"{name:34s} {_fmt(t['value'], 4):>10s}  {t['target']:>8s}  {met}")
     lines.append("")
     for key, p in _pipelines(d):
         s = p["stage_s"]
@@ -455,11 +496,50 @@ def table(report: dict) -> str:
                      f"{p['total_s']:.0f} s = {p['models_per_minute']:.1f} models/min; train {s['train']:.0f} s, "
                      f"measures {s['measure']:.0f} s, evaluate {s['evaluate']:.0f} s; "
                      f"training {p['training_gflops']:.1f} GFLOP/s of {p['matmul_peak_gflops']:.1f}")
+    f = d["floor"]
+    lines.append(f"floor: {f['suite_flops']['total'] / 1e12:.2f} TFLOP of measures + "
+                 f"{d['pipeline']['useful_flops']['total'] / 1e12:.2f} of training at the peak take "
+                 f"{f['floor_s']:.0f} s = at most {f['floor_models_per_minute']:.0f} models/min")
     h = d["hessian"]
     if "pyhessian_s" in h:
         lines.append(f"hessian: genbench {h['genbench_s']:.2f} s vs PyHessian {h['pyhessian_s']:.2f} s; errors "
                      f"genbench {h['genbench_rel_err']}, PyHessian {h['pyhessian_rel_err']}")
     return "\n".join(lines)
+
+
+def _floor_markdown(p: dict, f: dict) -> list[str]:
+    """The section on what the machine allows the default zoo (``machine_floor``)."""
+    c, m = f["suite_flops"], f["step_matmul"]
+    train = p["useful_flops"]["total"]
+    counted = (f"counted on one model of each of its {c['groups']} measuring groups"
+               if c["counted_models"] == c["groups"] else
+               f"counted on one model of each of the first {c['counted_models']} of its {c['groups']} measuring "
+               "groups and scaled to the zoo")
+    lines = ["", "## What this machine allows", "",
+             f"The measure stage does {c['total'] / 1e12:.2f} TFLOP of counted matmuls on the {p['zoo']} zoo "
+             f"({c['final'] / 1e12:.2f} on the final weights, {c['early'] / 1e12:.2f} on the early snapshots; "
+             f"{c['total'] / c['models'] / 1e9:.1f} GFLOP per model, {counted}, by `torch.utils.flop_counter`), "
+             f"against {train / 1e12:.2f} TFLOP of useful training. At the `torch.mm` peak of "
+             f"{p['matmul_peak_gflops']:.0f} GFLOP/s, with nothing else taking time, the two would take "
+             f"{f['floor_s']:.0f} s: at most {f['floor_models_per_minute']:.0f} models per minute. "
+             f"The measure stage ran them at {f['suite_gflops']:.1f} GFLOP/s ({f['suite_peak_fraction']:.2f} of the "
+             "peak).", ""]
+    if m["ceiling"] is None:
+        lines.append(f"No bare-matmul ceiling for the training steps: {m['why']}.")
+    else:
+        shapes = ", ".join(f"{s['members']}×({s['batch']}×{'→'.join(str(d[0]) for d in s['layers'])}"
+                           f"→{s['layers'][-1][1]}) {s['gflops']:.0f}" for s in m["shapes"])
+        lines.append(f"The bare matmuls of the zoo's stacked training steps (forward, input gradient, weight "
+                     f"gradient; members × (batch × layer widths), GFLOP/s: {shapes}) reach {m['gflops']:.1f} "
+                     f"GFLOP/s with {m['threads']} thread(s), {m['ceiling']:.2f} of that many threads' `torch.mm` "
+                     f"peak ({m['peak_gflops']:.0f} GFLOP/s): the steps' part of `zoo_peak_fraction` cannot exceed "
+                     "this on this machine.")
+    lines += ["", "Counted measure FLOPs per model (the ten largest, final weights):", "",
+              "| measure | GFLOP/model | share |", "|---|---|---|"]
+    total = sum(c["per_model"].values())
+    for name, v in list(c["per_model"].items())[:10]:
+        lines.append(f"| `{name}` | {v / 1e9:.2f} | {v / total:.0%} |")
+    return lines
 
 
 def markdown(report: dict, command: str) -> str:
@@ -498,6 +578,7 @@ def markdown(report: dict, command: str) -> str:
     total = sum(p["per_measure_s"].values())
     for name, sec in list(p["per_measure_s"].items())[:10]:
         lines.append(f"| `{name}` | {sec:.3f} | {sec / total:.0%} |")
+    lines += _floor_markdown(p, d["floor"])
     h = d["hessian"]
     lines += ["", "## The Hessian against PyHessian", "",
               f"Model: MLP of width {h['model']['width']}, depth {h['model']['depth']}, {h['params']:,} parameters, "
@@ -546,6 +627,11 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
     clock = time.perf_counter()
     cfg = compose(*plan.zoo)
     hps = expand(cfg)
+    details["floor"] = machine_floor(details["pipeline"], cfg, hps, opts, device, plan.reps,
+                                     plan.floor_groups)
+    timings["floor"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
     trained = _largest_model(details["pipeline"]["store"], hps, device)
     details["hessian"] = hessian_vs_pyhessian(trained, plan.reps, plan.hessian_reference, device)
     timings["hessian"] = time.perf_counter() - clock
@@ -573,6 +659,9 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
                          if q and q["models"] < p["models"] else None),
         "peak_memory_gib": max(d["peak_memory_gib"] for d in (p, q, details.get("legacy")) if d),
         "train_speedup": details["zoo"]["speedup"],
+        "pipeline_floor_models_per_minute": details["floor"]["floor_models_per_minute"],
+        "step_matmul_ceiling": details["floor"]["step_matmul"]["ceiling"],
+        "suite_peak_fraction": details["floor"]["suite_peak_fraction"],
     }
     info["load_average_end"] = list(os.getloadavg())
     return {**values, "quick": quick, "machine": info, "plan": asdict(plan), "targets": targets(values),

@@ -10,9 +10,12 @@ import torch
 
 from benchmark import cli
 from benchmark.perf.bench import TARGETS, MemorySampler, matmul_peak
+from benchmark.perf.floor import counted_flops, step_operands
 
 KEYS = ["pipeline_models_per_minute", "zoo_peak_fraction", "suite_over_training", "hessian_speedup_vs_pyhessian",
-        "hessian_agreement", "models_slope", "peak_memory_gib", "train_speedup"]
+        "hessian_agreement", "models_slope", "peak_memory_gib", "train_speedup", "pipeline_floor_models_per_minute",
+        "step_matmul_ceiling", "suite_peak_fraction"]
+REPORTED = {"train_speedup", "pipeline_floor_models_per_minute", "step_matmul_ceiling", "suite_peak_fraction"}
 
 
 def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
@@ -30,7 +33,7 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
             assert report[key] is None and t["met"] is None
         else:
             assert isinstance(report[key], float) and report[key] > 0, key
-            assert t["met"] in ((None,) if key == "train_speedup" else (True, False)), key
+            assert t["met"] in ((None,) if key in REPORTED else (True, False)), key
     assert report["quick"] is True
     d = report["details"]
     p, q = d["pipeline"], d["quarter"]
@@ -47,8 +50,49 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
     if have_pyhessian:
         assert h["pyhessian_s"] > 0 and "PyHessian `eigenvalues()`" in md.read_text()
     assert 0 < report["peak_memory_gib"] < 64
+    f = d["floor"]  # what the machine allows: a bound the timed pipeline must respect
+    c = f["suite_flops"]
+    assert c["counted_models"] == 2 and c["groups"] >= 2 and c["models"] == 8
+    assert c["final"] == pytest.approx(sum(c["per_model"].values()) * 8) and c["early"] > 0
+    assert report["pipeline_floor_models_per_minute"] > report["pipeline_models_per_minute"]
+    assert f["floor_s"] == pytest.approx((p["useful_flops"]["total"] + c["total"]) / p["matmul_peak_gflops"] / 1e9)
+    assert 0 < report["step_matmul_ceiling"] < 1.5
     text = md.read_text()
     assert text.startswith("# genbench perf") and "| `pipeline_models_per_minute` |" in text
+
+
+def test_counted_flops_of_one_forward_pass_are_the_closed_form():
+    """A measure that runs the network once over its training set is counted 2·n·Σ in·out FLOPs (the Linear
+    layers' multiply-adds); one that raises is counted up to where it stopped."""
+    from measures import Context
+    from measures.registry import Measure
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(11, 7, generator=g), torch.randint(0, 3, (11,), generator=g)
+    ctx = Context(net, train=(x, y))
+
+    def once(c):
+        return c.model(c.x_train).sum().item()
+
+    def fails(c):
+        once(c)
+        raise RuntimeError("after one pass")
+    make = lambda fn: Measure("t", fn, frozenset({"model"}), 1, "", "norm", "")
+    assert counted_flops(make(once), ctx) == 2 * 11 * (7 * 5 + 5 * 3)
+    assert counted_flops(make(fails), ctx) == 2 * 11 * (7 * 5 + 5 * 3)
+
+
+def test_bare_step_operands_are_the_three_matmuls_of_each_layer():
+    """The ceiling's FLOP count equals what the flop counter counts for its operands, and equals forward plus
+    backward of a stacked Linear network of those shapes (6 · members · batch · Σ in·out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    dims = [(40, 16), (16, 16), (16, 10)]
+    ops, flops = step_operands(3, 8, dims, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        for a, b in ops:
+            torch.bmm(a, b)
+    assert counter.get_total_flops() == flops == 6 * 3 * 8 * sum(i * o for i, o in dims)
+    assert [tuple(a.shape) for a, _ in ops[:3]] == [(3, 8, 40), (3, 8, 16), (3, 40, 8)]
 
 
 def test_memory_sampler_counts_child_processes(tmp_path):

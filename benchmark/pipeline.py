@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -97,7 +98,8 @@ def train(cfg: DictConfig) -> dict:
 
 def measure(cfg: DictConfig) -> dict:
     """Compute the measures the store lacks on every trained model of the zoo, and the early-prediction values
-    on the weights they kept part-way through training (``early.*``); counts."""
+    on the weights they kept part-way through training (``early.*``); counts, with the wall seconds of the two
+    (``seconds``: ``final`` and ``early``)."""
     chosen = selected_measures(cfg)
     hps, store = _zoo(cfg)
     opts = options(cfg)
@@ -109,18 +111,22 @@ def measure(cfg: DictConfig) -> dict:
     curvature = cfg.measures.get("curvature_samples")
     store.pin_setting("measures.curvature_samples", curvature)
     bad = set(store.prune_corrupt(ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
+    start = time.perf_counter()
     counts = measure_zoo([i for i in ids if i not in bad], store, [m.name for m in chosen], opts,
                          plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
                          timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed),
                          curvature_samples=curvature)
     log.info("measures: %d reused, %d computed, %d failed, %d not applicable", counts["reused"],
              counts["computed"], counts["failed"], counts["not_applicable"])
+    seconds = {"final": time.perf_counter() - start, "early": 0.0}
     fractions = early_fractions(cfg)
     if fractions:
+        start = time.perf_counter()
         counts["early"] = measure_early([i for i in ids if i not in bad], store, list(cfg.early.measures), fractions,
                                         opts, plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
                                         timeout=cfg.measures.timeout_s, curvature_samples=curvature)
-    return counts
+        seconds["early"] = time.perf_counter() - start
+    return {**counts, "seconds": seconds}
 
 
 def board_files(cfg: DictConfig) -> layout.BoardFiles:

@@ -278,21 +278,24 @@ def time_pipeline(overrides: tuple[str, ...], device: torch.device, folder: Path
                   "run.progress=false", f"run.device={device}")
     hps = expand(cfg)
     peak = matmul_peak(device, reps, peak_threads)
-    seconds = {}
+    seconds, split = {}, {}
     with _quiet(), MemorySampler() as memory:
         for stage in ("train", "measure", "evaluate"):
             start = time.perf_counter()
-            getattr(pipeline, stage)(cfg)
+            result = getattr(pipeline, stage)(cfg)
             _sync(device)
             seconds[stage] = time.perf_counter() - start
             if stage == "train":
                 peak = max(peak, matmul_peak(device, reps, peak_threads))
+            if stage == "measure":
+                split = result["seconds"]
     store = Store(cfg.store.root)
     flops = useful_flops(store, hps)
     values = store.measurements()
     total = sum(seconds.values())
     frame = store.models([hp.model_id for hp in hps])
     per_measure = values.groupby("measure")["seconds"].mean().sort_values(ascending=False)
+    early = store.early()
     return {
         "zoo": str(cfg.zoo.name), "overrides": list(overrides), "models": len(hps),
         "converged": int(frame["metric.converged"].astype(bool).sum()),
@@ -302,6 +305,8 @@ def time_pipeline(overrides: tuple[str, ...], device: torch.device, folder: Path
         "measure_values": int(len(values)), "measure_status": values["status"].value_counts().to_dict(),
         "measure_seconds_per_model": float(values["seconds"].sum() / len(hps)),
         "per_measure_s": per_measure.to_dict(),
+        "measure_split_s": split, "early_values": int(len(early)),
+        "early_seconds_per_model": float(early["seconds"].sum() / len(hps)),
         "useful_flops": flops, "matmul_peak_gflops": peak, "peak_threads": peak_threads,
         "training_gflops": flops["total"] / seconds["train"] / 1e9,
         "zoo_peak_fraction": flops["total"] / seconds["train"] / 1e9 / peak,
@@ -505,7 +510,8 @@ def table(report: dict) -> str:
         s = p["stage_s"]
         lines.append(f"{key}: {p['models']} models (widths {p['widths']}, {len(p['seeds'])} seed(s)) in "
                      f"{p['total_s']:.0f} s = {p['models_per_minute']:.1f} models/min; train {s['train']:.0f} s, "
-                     f"measures {s['measure']:.0f} s, evaluate {s['evaluate']:.0f} s; "
+                     f"measures {s['measure']:.0f} s (early {p['measure_split_s']['early']:.0f} s), "
+                     f"evaluate {s['evaluate']:.0f} s; "
                      f"training {p['training_gflops']:.1f} GFLOP/s of {p['matmul_peak_gflops']:.1f}")
     f = d["floor"]
     lines.append(f"floor: {f['suite_flops']['total'] / 1e12:.2f} TFLOP of measures + "
@@ -571,20 +577,25 @@ def markdown(report: dict, command: str) -> str:
         met = "–" if row["met"] is None else "yes" if row["met"] else "**no**"
         lines.append(f"| `{name}` | {_fmt(row['value'])} | {row['target']} | {met} | {row['what']} |")
     lines += ["", "## The pipeline, end to end", "",
-              "| zoo | models | widths | seeds | train s | measures s | evaluate s | total s | models/min | "
-              "measure s/model | training GFLOP/s | peak GFLOP/s | fraction | memory GiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| zoo | models | widths | seeds | train s | measures s | of which early s | evaluate s | total s | "
+              "models/min | measure s/model | early s/model | training GFLOP/s | peak GFLOP/s | fraction | "
+              "memory GiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, q in _pipelines(d):
         s = q["stage_s"]
         lines.append(f"| {PIPELINES[key]} | {q['models']} | {q['widths']} | {len(q['seeds'])} | {s['train']:.1f} | "
-                     f"{s['measure']:.1f} | {s['evaluate']:.1f} | {q['total_s']:.1f} | {q['models_per_minute']:.1f} | "
-                     f"{q['measure_seconds_per_model']:.2f} | {q['training_gflops']:.1f} | "
+                     f"{s['measure']:.1f} | {q['measure_split_s']['early']:.1f} | {s['evaluate']:.1f} | "
+                     f"{q['total_s']:.1f} | {q['models_per_minute']:.1f} | {q['measure_seconds_per_model']:.2f} | "
+                     f"{q['early_seconds_per_model']:.2f} | {q['training_gflops']:.1f} | "
                      f"{q['matmul_peak_gflops']:.1f} | {q['zoo_peak_fraction']:.2f} | {q['peak_memory_gib']:.2f} |")
     f = p["useful_flops"]
     lines += ["", f"Useful training FLOPs of the default zoo: {f['training_steps'] / 1e9:.0f} GFLOP of training steps "
                   f"and {f['stopping_rule_evaluation'] / 1e9:.0f} GFLOP of stopping-rule evaluation, "
                   f"{p['epochs_mean']:.0f} epochs per model on average; the peak is `torch.mm` on "
-                  f"{p['peak_threads']} thread(s), the cores the pipeline's {p['jobs']} workers use.", "",
+                  f"{p['peak_threads']} thread(s), the cores the pipeline's {p['jobs']} workers use. The measure "
+                  "stage's wall time includes the early-prediction table (`early.measures` on the weights kept "
+                  "part-way through training); measure and early s/model are the measures' own seconds per model "
+                  "(one worker's time) on the final weights and on the snapshots.", "",
               "Measures by mean seconds per model on the default zoo (the ten slowest):", "",
               "| measure | s/model | share |", "|---|---|---|"]
     total = sum(p["per_measure_s"].values())

@@ -42,6 +42,9 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
     assert set(p["per_measure_s"]) == set(REGISTRY.names())  # every registered measure ran
     assert p["measure_values"] == 8 * len(REGISTRY.names())
     assert sum(p["stage_s"].values()) == pytest.approx(p["total_s"])
+    split = p["measure_split_s"]  # the measure stage: the final weights, then the early-prediction table
+    assert split["final"] > 0 and split["early"] > 0 and sum(split.values()) <= p["stage_s"]["measure"]
+    assert p["early_values"] > 0 and 0 < p["early_seconds_per_model"] < split["early"] * 2
     assert p["models_per_minute"] == pytest.approx(8 / p["total_s"] * 60)
     assert 0 < p["zoo_peak_fraction"] < 2 and p["useful_flops"]["total"] > 0
     assert d["zoo"]["model_steps"] > 0 and d["zoo"]["max_abs_param_diff"] < 1e-4  # both trainers, same models

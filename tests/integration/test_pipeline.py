@@ -46,8 +46,11 @@ def test_end_to_end_then_reuse(trained_tiny, tmp_path):
 
     before = _mtimes(tmp_path / "store")
     assert pipeline.train(cfg) == {"reused": 4, "trained": 0, "converged": 4}
-    assert pipeline.measure(cfg) == {"reused": 12, "computed": 0, "failed": 0, "not_applicable": 0,
-                                     "early": {"computed": 0, "failed": 0, "without_snapshots": 0}}
+    counts = pipeline.measure(cfg)
+    seconds = counts.pop("seconds")  # the wall time of the two sub-stages (genbench perf reports them)
+    assert set(seconds) == {"final", "early"} and all(t >= 0 for t in seconds.values())
+    assert counts == {"reused": 12, "computed": 0, "failed": 0, "not_applicable": 0,
+                      "early": {"computed": 0, "failed": 0, "without_snapshots": 0}}
     assert _mtimes(tmp_path / "store") == before
 
 
@@ -109,6 +112,7 @@ def test_plugin_scored_on_stored_zoo_without_retraining(trained_tiny, tmp_path, 
                    "test_plugin.raises,test_plugin.nan,test_plugin.na]")
     assert pipeline.train(cfg)["trained"] == 0
     counts = pipeline.measure(cfg)
+    assert counts.pop("seconds")["final"] > 0
     assert counts == {"reused": 12, "computed": 16, "failed": 8, "not_applicable": 2,
                       "early": {"computed": 0, "failed": 0, "without_snapshots": 0}}
     assert _mtimes(tmp_path / "store") == before

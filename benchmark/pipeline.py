@@ -111,9 +111,9 @@ def measure(cfg: DictConfig) -> dict:
     curvature = cfg.measures.get("curvature_samples")
     store.pin_setting("measures.curvature_samples", curvature)
     bad = set(store.prune_corrupt(ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
+    todo, plugins = [i for i in ids if i not in bad], list(cfg.measures.plugins or [])
     start = time.perf_counter()
-    counts = measure_zoo([i for i in ids if i not in bad], store, [m.name for m in chosen], opts,
-                         plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
+    counts = measure_zoo(todo, store, [m.name for m in chosen], opts, plugins=plugins, seed=int(cfg.measures.seed),
                          timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed),
                          curvature_samples=curvature)
     log.info("measures: %d reused, %d computed, %d failed, %d not applicable", counts["reused"],
@@ -122,9 +122,9 @@ def measure(cfg: DictConfig) -> dict:
     fractions = early_fractions(cfg)
     if fractions:
         start = time.perf_counter()
-        counts["early"] = measure_early([i for i in ids if i not in bad], store, list(cfg.early.measures), fractions,
-                                        opts, plugins=list(cfg.measures.plugins or []), seed=int(cfg.measures.seed),
-                                        timeout=cfg.measures.timeout_s, curvature_samples=curvature)
+        counts["early"] = measure_early(todo, store, list(cfg.early.measures), fractions, opts, plugins=plugins,
+                                        seed=int(cfg.measures.seed), timeout=cfg.measures.timeout_s,
+                                        curvature_samples=curvature)
         seconds["early"] = time.perf_counter() - start
     return {**counts, "seconds": seconds}
 

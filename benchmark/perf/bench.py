@@ -287,17 +287,15 @@ def time_pipeline(overrides: tuple[str, ...], device: torch.device, folder: Path
                   "run.progress=false", f"run.device={device}")
     hps = expand(cfg)
     peak = matmul_peak(device, reps, peak_threads)
-    seconds, split = {}, {}
+    seconds, results = {}, {}
     with _quiet(), MemorySampler() as memory:
         for stage in ("train", "measure", "evaluate"):
             start = time.perf_counter()
-            result = getattr(pipeline, stage)(cfg)
+            results[stage] = getattr(pipeline, stage)(cfg)
             _sync(device)
             seconds[stage] = time.perf_counter() - start
             if stage == "train":
                 peak = max(peak, matmul_peak(device, reps, peak_threads))
-            if stage == "measure":
-                split = result["seconds"]
     store = Store(cfg.store.root)
     flops = useful_flops(store, hps)
     values = store.measurements()
@@ -314,7 +312,7 @@ def time_pipeline(overrides: tuple[str, ...], device: torch.device, folder: Path
         "measure_values": int(len(values)), "measure_status": values["status"].value_counts().to_dict(),
         "measure_seconds_per_model": float(values["seconds"].sum() / len(hps)),
         "per_measure_s": per_measure.to_dict(),
-        "measure_split_s": split, "early_values": int(len(early)),
+        "measure_split_s": results["measure"]["seconds"], "early_values": int(len(early)),
         "early_seconds_per_model": float(early["seconds"].sum() / len(hps)),
         "useful_flops": flops, "matmul_peak_gflops": peak, "peak_threads": peak_threads,
         "training_gflops": flops["total"] / seconds["train"] / 1e9,

@@ -50,6 +50,11 @@ Numerics:
   layer, its output is linear in its weights, z(δ) = z₀ + δ·(layer applied with weight p_i, no bias), so the
   per-direction outputs are computed once and hooks substitute z₀ + δ_m u_{i_m} for all probes m, folded into
   the sample axis (checked against two direct loss evaluations; otherwise ``torch.func.vmap`` over probes).
+  When the directions move few output units of a Linear layer that feeds, through per-unit activations, the
+  next Linear layer (the 16×16 blocks of ``vf.block_*``: 16 of its rows), only those units are computed
+  (:class:`_SparseLine`): the next layer's output is y₀ + W₂[:, S](φ(z_S(δ)) − φ(z₀,S)). On a width-128 model
+  and 2,500 samples this took the block analysis from 1.03 to 0.43 s per model (one thread; ψ equal to
+  2·10⁻⁵, the scan's own tolerance, since rounding moves where the secant steps land).
 * **The continuation** trains a private copy of the model in eval mode (no dropout noise); the Context's
   parameters are never changed.
 
@@ -71,6 +76,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, vmap
 
 from measures import stacking
@@ -401,6 +407,131 @@ class _LayerLine:
         return total / len(y)
 
 
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
+
+
+def _acts_per_unit(module: nn.Module) -> bool:
+    """Whether ``module`` maps each unit of its input alone, the same way (an elementwise activation, or a
+    parameter-free module that returns its input unchanged in eval mode, as dropout does)."""
+    if isinstance(module, ELEMENTWISE):
+        return True
+    if module.training or any(True for _ in module.parameters()):
+        return False
+    probe = torch.zeros(0)
+    try:
+        return module(probe) is probe
+    except Exception:  # noqa: BLE001 - a module that rejects the probe is not the identity
+        return False
+
+
+def _next_linear(ctx: Context, layer: Layer) -> tuple[Layer, list[nn.Module]] | None:
+    """The Linear layer that reads ``layer``'s output through per-unit modules only, and those modules, when
+    both are children of one ``nn.Sequential``; else None."""
+    parent_name, _, child = layer.name.rpartition(".")
+    try:
+        parent = ctx.model.get_submodule(parent_name)
+    except AttributeError:
+        return None
+    if not isinstance(parent, nn.Sequential) or child not in parent._modules:
+        return None
+    names = list(parent._modules)
+    between = []
+    for name in names[names.index(child) + 1:]:
+        module = parent._modules[name]
+        if isinstance(module, nn.Linear):
+            nxt = next((l for l in ctx.layers if l.module is module), None)
+            return None if nxt is None else (nxt, between)
+        if not _acts_per_unit(module):
+            return None
+        between.append(module)
+    return None
+
+
+class _SparseLine:
+    """Loss along directions that move few output units of one Linear layer, followed (through per-unit
+    activations) by another Linear layer: the block directions of ``vf.block_*`` move 16 of its rows.
+
+    With S_i the units direction i moves (rows of P_i or entries of its bias that are non-zero), only z_S
+    changes: z_S(δ) = z₀,S + δ·u_i,S, and the next layer's output is
+    y(δ) = y₀ + W₂[:, S] (φ(z_S(δ)) − φ(z₀,S)), φ the activations between the two. The probes of a round are
+    computed in that compact form, (probes, |S|, samples), and a forward hook substitutes y(δ) for the next
+    layer's output (the layers below run on the samples once per pass, the two layers on an empty batch), so
+    everything above the next layer is the model's own code. Exact up to float rounding.
+    """
+    kind = "sparse"
+
+    def __init__(self, ctx: Context, layer: Layer, after: tuple[Layer, list[nn.Module]], names: Sequence[str],
+                 w0: torch.Tensor, dirs: torch.Tensor, probe_elems: int = 1 << 20):
+        self.ctx, self.layer, self.probe_elems = ctx, layer, probe_elems
+        self.next, self.acts = after
+        self.base = {**ctx.params, **_split(ctx, names, w0)}
+        w, b = layer.weight, layer.bias
+        parts = [_split(ctx, names, d) for d in dirs.to(w0.dtype)]
+        pw = torch.stack([q.get(w, torch.zeros_like(self.base[w])) for q in parts])  # (K, out, in)
+        no_bias = pw.new_zeros(pw.shape[1])
+        pb = torch.stack([q.get(b, no_bias) for q in parts])  # (K, out)
+        moved = (pw != 0).any(2) | (pb != 0)  # (K, out)
+        width = max(1, int(moved.sum(1).max()))
+        if 4 * width > pw.shape[1]:
+            raise ValueError(f"the directions move {width} of {pw.shape[1]} units: the compact form gains little")
+        # S_i padded to a common width with unit 0 at u = 0, which contributes φ(z₀) − φ(z₀) = 0
+        order = torch.argsort((~moved).to(torch.int8), dim=1, stable=True)[:, :width]  # moved units first
+        keep = moved.gather(1, order)
+        self.units = torch.where(keep, order, torch.zeros_like(order))  # (K, s)
+        pw_s = torch.take_along_dim(pw, self.units[:, :, None], dim=1) * keep[:, :, None]  # (K, s, in)
+        pb_s = pb.gather(1, self.units) * keep  # (K, s)
+        w2 = self.base[self.next.weight]  # (out2, out)
+        self.w2t = w2.t().contiguous()  # (out, out2)
+        x = ctx.x_train
+        self.chunks = [(i, min(i + ctx.chunk, len(x))) for i in range(0, len(x), ctx.chunk)]
+        self.u, self.z0t, self.y0 = [], [], []
+        with torch.no_grad():  # per chunk: u_S (K, s, c), z₀ᵀ (out, c), y₀ (c, out2)
+            for lo, hi in self.chunks:
+                a = self._layer_input(x[lo:hi])  # (c, in)
+                self.u.append(torch.matmul(pw_s, a.t()) + pb_s[:, :, None])
+                z0 = F.linear(a, self.base[w], self.base[b] if b else None)
+                self.z0t.append(z0.t().contiguous())
+                self.y0.append(F.linear(self._act(z0), w2, self.base[self.next.bias] if self.next.bias else None))
+
+    _layer_input = _LayerLine._layer_input
+
+    def _act(self, z: torch.Tensor) -> torch.Tensor:
+        for module in self.acts:
+            z = module(z)
+        return z
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        x, y = self.ctx.x_train, self.ctx.y_train
+        m = len(idx)
+        units = self.units.index_select(0, idx)  # (M, s)
+        w2 = self.w2t[units]  # (M, s, out2)
+        total = torch.zeros(m, dtype=torch.float64)
+        step = max(1, self.probe_elems // max(1, m * max(units.shape[1], w2.shape[2])))  # samples per pass
+        for (lo, hi), u, z0t, y0 in zip(self.chunks, self.u, self.z0t, self.y0):
+            d = delta.to(u.dtype)[:, None, None]
+            for s in range(lo, hi, step):
+                e = min(s + step, hi)
+                zs = z0t[:, s - lo:e - lo][units]  # (M, s, c): z₀ of each probe's units
+                z = torch.addcmul(zs, u[idx, :, s - lo:e - lo], d)
+                change = torch.bmm(w2.transpose(1, 2), self._act(z).sub_(self._act(zs)))  # (M, out2, c)
+                out = change.transpose(1, 2).add_(y0[s - lo:e - lo]).flatten(0, 1)  # (M·c, out2)
+
+                def skip(mod, inp):  # the two layers run on an empty batch: y(δ) replaces the next one's output
+                    return (inp[0][:0],) + tuple(inp[1:])
+
+                handles = [self.layer.module.register_forward_pre_hook(skip),
+                           self.next.module.register_forward_hook(lambda mod, inp, o, out=out: out)]
+                try:
+                    logits = self.ctx.forward(x[s:e], self.base)  # (M·c, classes)
+                finally:
+                    for h in handles:
+                        h.remove()
+                ce = fast_cross_entropy(logits, y[s:e].repeat(m), reduction="none").view(m, e - s)
+                total += ce.double().sum(1)
+        return total / len(y)
+
+
 class _ParamLine:
     """Loss along arbitrary parameter directions: ``vmap`` of the functional loss over perturbed vectors."""
     kind = "vmap"
@@ -430,7 +561,8 @@ def _split(ctx: Context, names: Sequence[str], vec: torch.Tensor) -> dict[str, t
 def line_loss(ctx: Context, names: Sequence[str], w0: torch.Tensor, dirs: torch.Tensor, *,
               fast: bool = True) -> LineLoss:
     """The batched loss along ``dirs`` (K, N) through ``w0`` (N,) in the space of parameters ``names``:
-    the layer-linearity path when ``names`` lie in one Linear/Conv layer (and ``fast``), else ``vmap``."""
+    when ``names`` lie in one Linear/Conv layer (and ``fast``), the compact path for directions that move few
+    units of a Linear layer (``_SparseLine``) or the layer-linearity path (``_LayerLine``), else ``vmap``."""
     w0 = w0.to(ctx.params[names[0]].dtype)
     layer = next((l for l in ctx.layers if set(names) <= {l.weight, l.bias} - {None}), None)
     if fast and layer is not None:
@@ -441,13 +573,18 @@ def line_loss(ctx: Context, names: Sequence[str], w0: torch.Tensor, dirs: torch.
         delta = torch.tensor([0.05, -0.1]) * max(float(w0.norm()), 1e-3)
         direct = torch.stack([ctx.loss({**ctx.params, **_split(ctx, names, w0 + d * dirs[i].to(w0.dtype))})
                               for i, d in zip(idx, delta)]).double()
-        try:
-            line = _LayerLine(ctx, layer, names, w0, dirs)
-            probe = line(idx, delta)
-        except (RuntimeError, ValueError):
-            line = None
-        if line is not None and torch.allclose(probe, direct, rtol=1e-4, atol=1e-7):
-            return line
+        after = _next_linear(ctx, layer) if isinstance(layer.module, nn.Linear) else None
+        makers = [lambda: _LayerLine(ctx, layer, names, w0, dirs)]
+        if after is not None:  # directions that move few units of a Linear layer: the compact form first
+            makers.insert(0, lambda: _SparseLine(ctx, layer, after, names, w0, dirs))
+        for make in makers:
+            try:
+                line = make()
+                probe = line(idx, delta)
+            except (RuntimeError, ValueError):
+                continue
+            if torch.allclose(probe, direct, rtol=1e-4, atol=1e-7):
+                return line
     return _ParamLine(ctx, names, w0, dirs)
 
 

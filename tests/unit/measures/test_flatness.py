@@ -281,6 +281,75 @@ def test_layer_path_on_a_conv_layer():
                                rtol=1e-5, atol=1e-6)
 
 
+class _PassThrough(nn.Module):
+    """A parameter-free module that returns its input in eval mode, as the zoo's dropout does."""
+
+    def forward(self, x):
+        return x * 2.0 if self.training else x
+
+
+def _block_dirs(shape, blocks, g, bias=False):
+    """Unit directions, each moving the rows ``rows`` × columns ``cols`` of a weight (and, with ``bias``, those
+    rows' biases), in the flat space of (weight[, bias])."""
+    out_dim, in_dim = shape
+    dirs = []
+    for rows, cols in blocks:
+        w = torch.zeros(shape)
+        w[torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = torch.randn(len(rows), len(cols), generator=g)
+        parts = [w.reshape(-1)]
+        if bias:
+            b = torch.zeros(out_dim)
+            b[torch.tensor(rows)] = torch.randn(len(rows), generator=g)
+            parts.append(b)
+        d = torch.cat(parts)
+        dirs.append(d / d.norm())
+    return torch.stack(dirs)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_sparse_path_on_block_directions_matches_the_direct_loss(bias):
+    """Directions that move a few rows of a hidden Linear layer take the compact path: only those units of
+    z = Wa + b change, and the next layer's output is y₀ + W₂[:, S](φ(z_S(δ)) − φ(z₀,S)) through ReLU and an
+    eval-mode pass-through module; the layers above (ReLU, Linear) are the model's own. Blocks of 2, 3 and
+    1 rows (padded to one width) and every probe equal the direct loss, and the dense layer path."""
+    g = torch.Generator().manual_seed(11)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), _PassThrough(),
+                          nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+    x, y = torch.randn(300, 6, generator=g), torch.randint(0, 4, (300,), generator=g)
+    ctx = Context(model, train=(x, y), chunk=128)
+    names = ("2.weight", "2.bias") if bias else ("2.weight",)
+    w0 = torch.cat([ctx.params[k].reshape(-1) for k in names])
+    dirs = _block_dirs((16, 16), [([1, 5], [0, 3, 9]), ([2, 7, 15], [4, 5]), ([0], [1, 2, 3, 4])], g, bias)
+    line = fl.line_loss(ctx, names, w0, dirs)
+    assert line.kind == "sparse"
+    assert line.units.shape == (3, 3)
+    idx = torch.tensor([0, 1, 2, 2, 1, 0])
+    delta = torch.tensor([0.3, -1.5, 4.0, -8.0, 0.0, 12.0])
+    direct = _direct_losses(ctx, names, w0, dirs, idx, delta)
+    torch.testing.assert_close(line(idx, delta), direct, rtol=1e-5, atol=1e-6)
+    dense = fl._LayerLine(ctx, ctx.layers[1], names, w0, dirs)
+    torch.testing.assert_close(line(idx, delta), dense(idx, delta), rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_path_needs_few_units_and_per_unit_modules():
+    """Directions that move most units, or a module between the two layers that mixes units (LayerNorm), keep
+    the dense layer path, with the same losses."""
+    g = torch.Generator().manual_seed(12)
+    x, y = torch.randn(200, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
+    few = _block_dirs((16, 16), [([1, 5], [0, 3])], g)
+    many = _block_dirs((16, 16), [(list(range(8)), [0, 3])], g)
+    for between, dirs, kind in ((nn.ReLU(), few, "sparse"), (nn.ReLU(), many, "layer"),
+                                (nn.LayerNorm(16), few, "layer")):
+        ctx = Context(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), between, nn.Linear(16, 4)),
+                      train=(x, y))
+        w0 = ctx.params["2.weight"].reshape(-1)
+        line = fl.line_loss(ctx, ("2.weight",), w0, dirs)
+        assert line.kind == kind
+        idx, delta = torch.zeros(2, dtype=torch.long), torch.tensor([0.7, -2.0])
+        torch.testing.assert_close(line(idx, delta), _direct_losses(ctx, ("2.weight",), w0, dirs, idx, delta),
+                                   rtol=1e-5, atol=1e-6)
+
+
 class _BatchMixing(nn.Module):
     """Centres the hidden layer over the batch: samples are not independent, so probes must not be folded
     into the sample axis."""

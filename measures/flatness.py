@@ -387,24 +387,30 @@ class _LayerLine:
             d = delta.to(u.dtype).view(-1, *([1] * (u.dim() - 1)))  # (M, 1, …)
             for s in range(lo, hi, step):
                 e = min(s + step, hi)
-
-                def skip(mod, inp):  # the layer runs on an empty batch: its output at w₀ is cached (z0)
-                    return (inp[0][:0],) + tuple(inp[1:])
-
-                def hook(mod, inp, out, s=s, e=e):  # -> (M·c, *out): z₀ + δ_m u_{i_m} for every probe m
-                    z = u.narrow(1, s - lo, e - s).index_select(0, idx)  # (M, c, *out), a gathered copy
-                    return z.mul_(d).add_(z0.narrow(0, s - lo, e - s)).flatten(0, 1)
-
-                handles = [self.layer.module.register_forward_pre_hook(skip),
-                           self.layer.module.register_forward_hook(hook)]
-                try:
-                    logits = self.ctx.forward(x[s:e], self.base)  # (M·c, classes)
-                finally:
-                    for h in handles:
-                        h.remove()
-                ce = fast_cross_entropy(logits, y[s:e].repeat(m), reduction="none").view(m, e - s)
-                total += ce.double().sum(1)
+                z = u.narrow(1, s - lo, e - s).index_select(0, idx)  # (M, c, *out), a gathered copy
+                z = z.mul_(d).add_(z0.narrow(0, s - lo, e - s)).flatten(0, 1)  # z₀ + δ_m u_{i_m}, every probe m
+                total += _substituted_losses(self.ctx, self.base, x[s:e], y[s:e], m, self.layer.module,
+                                             self.layer.module, z)
         return total / len(y)
+
+
+def _substituted_losses(ctx: Context, base: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, m: int,
+                        first: nn.Module, last: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy on (x, y) of each of ``m`` probes whose outputs of module ``last`` are ``output``
+    (m·c, …), probe after probe: ``first`` runs on an empty batch (its output at w₀ is known), so do the modules
+    up to ``last``, whose output ``output`` replaces; the layers below ``first`` and above ``last`` are the
+    model's own code. Returns (m,) float64."""
+    def skip(mod, inp):
+        return (inp[0][:0],) + tuple(inp[1:])
+
+    handles = [first.register_forward_pre_hook(skip),
+               last.register_forward_hook(lambda mod, inp, out: output)]
+    try:
+        logits = ctx.forward(x, base)  # (m·c, classes)
+    finally:
+        for h in handles:
+            h.remove()
+    return fast_cross_entropy(logits, y.repeat(m), reduction="none").view(m, len(y)).double().sum(1)
 
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
@@ -516,19 +522,8 @@ class _SparseLine:
                 z = torch.addcmul(zs, u[idx, :, s - lo:e - lo], d)
                 change = torch.bmm(w2.transpose(1, 2), self._act(z).sub_(self._act(zs)))  # (M, out2, c)
                 out = change.transpose(1, 2).add_(y0[s - lo:e - lo]).flatten(0, 1)  # (M·c, out2)
-
-                def skip(mod, inp):  # the two layers run on an empty batch: y(δ) replaces the next one's output
-                    return (inp[0][:0],) + tuple(inp[1:])
-
-                handles = [self.layer.module.register_forward_pre_hook(skip),
-                           self.next.module.register_forward_hook(lambda mod, inp, o, out=out: out)]
-                try:
-                    logits = self.ctx.forward(x[s:e], self.base)  # (M·c, classes)
-                finally:
-                    for h in handles:
-                        h.remove()
-                ce = fast_cross_entropy(logits, y[s:e].repeat(m), reduction="none").view(m, e - s)
-                total += ce.double().sum(1)
+                total += _substituted_losses(self.ctx, self.base, x[s:e], y[s:e], m, self.layer.module,
+                                             self.next.module, out)  # y(δ) replaces the next layer's output
         return total / len(y)
 
 

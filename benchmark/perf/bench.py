@@ -86,6 +86,9 @@ TARGETS: dict[str, tuple[str | None, float | None, str]] = {
                                         "training steps reach (an upper bound for their part, reported)"),
     "suite_peak_fraction": (None, None, "counted measure FLOPs over the measure stage's wall time, over the "
                                         "torch.mm peak (reported)"),
+    "suite_over_training_floor": (None, None, "the least suite_over_training possible with the training stage at "
+                                              "zoo_peak_fraction's target and every counted measure FLOP at the "
+                                              "peak (reported; above 1 the two targets exclude each other)"),
 }
 
 # The default zoo's model mix before it had replicates (one seed per configuration, widths 64 and 256).
@@ -373,9 +376,11 @@ def floor_numbers(p: dict, counted: dict, best_peak_gflops: float) -> dict:
     the measure stage's achieved FLOP rate and fraction of ``p``'s own peak (as ``zoo_peak_fraction``)."""
     floor_s = (p["useful_flops"]["total"] + counted["total"]) / (best_peak_gflops * 1e9)
     rate = counted["total"] / p["stage_s"]["measure"] / 1e9
+    # training at the target fraction f of a peak P takes T/(fP), the measures at P at least M/P: ratio ≥ f·M/T
+    joint = TARGETS["zoo_peak_fraction"][1] * counted["total"] / p["useful_flops"]["total"]
     return {"floor_s": floor_s, "floor_peak_gflops": best_peak_gflops,
             "floor_models_per_minute": p["models"] / floor_s * 60, "suite_gflops": rate,
-            "suite_peak_fraction": rate / p["matmul_peak_gflops"]}
+            "suite_peak_fraction": rate / p["matmul_peak_gflops"], "suite_over_training_floor": joint}
 
 
 def machine_floor(p: dict, cfg, hps: list[HParams], opts: RunOptions, device: torch.device, reps: int,
@@ -551,7 +556,13 @@ def _floor_markdown(p: dict, f: dict) -> list[str]:
              f"nothing else taking time, the two would take {f['floor_s']:.0f} s: at most "
              f"{f['floor_models_per_minute']:.0f} models per minute. The measure stage ran them at "
              f"{f['suite_gflops']:.1f} GFLOP/s ({f['suite_peak_fraction']:.2f} of the peak measured with it, "
-             f"{p['matmul_peak_gflops']:.0f} GFLOP/s).", ""]
+             f"{p['matmul_peak_gflops']:.0f} GFLOP/s).", "",
+             f"With training at `zoo_peak_fraction`'s target ({TARGETS['zoo_peak_fraction'][1]:g} of a peak) and "
+             f"every counted measure FLOP at that peak, the measure stage would still take "
+             f"{f['suite_over_training_floor']:.2f} times the training stage (`suite_over_training_floor`, "
+             f"{TARGETS['zoo_peak_fraction'][1]:g} × {c['total'] / 1e12:.2f} / {train / 1e12:.2f}): "
+             + ("the two targets exclude each other with this suite and this zoo." if f["suite_over_training_floor"] > 1
+                else "the two targets can both be met."), ""]
     if m["ceiling"] is None:
         lines.append(f"No bare-matmul ceiling for the training steps: {m['why']}.")
     else:
@@ -697,6 +708,7 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
         "pipeline_floor_models_per_minute": details["floor"]["floor_models_per_minute"],
         "step_matmul_ceiling": details["floor"]["step_matmul"]["ceiling"],
         "suite_peak_fraction": details["floor"]["suite_peak_fraction"],
+        "suite_over_training_floor": details["floor"]["suite_over_training_floor"],
     }
     info["load_average_end"] = list(os.getloadavg())
     return {**values, "quick": quick, "machine": info, "plan": asdict(plan), "targets": targets(values),

@@ -14,8 +14,9 @@ from benchmark.perf.floor import counted_flops, step_operands
 
 KEYS = ["pipeline_models_per_minute", "zoo_peak_fraction", "suite_over_training", "hessian_speedup_vs_pyhessian",
         "hessian_agreement", "models_slope", "peak_memory_gib", "train_speedup", "pipeline_floor_models_per_minute",
-        "step_matmul_ceiling", "suite_peak_fraction"]
-REPORTED = {"train_speedup", "pipeline_floor_models_per_minute", "step_matmul_ceiling", "suite_peak_fraction"}
+        "step_matmul_ceiling", "suite_peak_fraction", "suite_over_training_floor"]
+REPORTED = {"train_speedup", "pipeline_floor_models_per_minute", "step_matmul_ceiling", "suite_peak_fraction",
+            "suite_over_training_floor"}
 
 
 def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
@@ -61,6 +62,9 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
     best = max(p["matmul_peak_gflops"], q["matmul_peak_gflops"])  # the floor runs at the highest peak the run measured
     assert f["floor_peak_gflops"] == best and f["suite_peak_fraction"] > 0
     assert f["floor_s"] == pytest.approx((p["useful_flops"]["total"] + c["total"]) / best / 1e9)
+    # the two targets' joint bound: training at 0.5 of a peak, the measures' counted FLOPs at that peak
+    assert f["suite_over_training_floor"] == pytest.approx(0.5 * c["total"] / p["useful_flops"]["total"])
+    assert report["suite_over_training"] > report["suite_over_training_floor"] * p["zoo_peak_fraction"] / 0.5
     assert 0 < report["step_matmul_ceiling"] < 1.5
     text = md.read_text()
     assert text.startswith("# genbench perf") and "| `pipeline_models_per_minute` |" in text

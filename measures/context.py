@@ -21,8 +21,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
+from measures import stacking
 from measures.losses import fast_cross_entropy
 from measures.seeding import generator
 
@@ -237,6 +238,38 @@ class Context:
             out[k] = vec[i:i + p.numel()].view_as(p)
             i += p.numel()
         return out
+
+    def unflatten_rows(self, flats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows of ``flats`` (C, params), C flat parameter vectors, as views ``(C, *shape)`` by name."""
+        sizes = [p.numel() for p in self.params.values()]
+        return {k: t.view(len(flats), *p.shape)
+                for (k, p), t in zip(self.params.items(), flats.split(sizes, 1))}
+
+    @cached_property
+    def _copies_program(self) -> stacking.Program | None:
+        """The stacked recipe of the model (:mod:`measures.stacking`) if its pass gives the model's own logits on
+        a few training samples, else None (then :meth:`copies_logits` uses ``vmap``)."""
+        prog = stacking.program(self.model)
+        if prog is None or self._train is None:
+            return None
+        x = self.x_train[:8]
+        with torch.no_grad():
+            got = stacking.forward_copies(prog, {k: v[None] for k, v in self.params.items()}, x, shared=True)[0]
+            ok = got.shape == (len(x), *self.model(x).shape[1:]) and torch.allclose(got, self.model(x), rtol=1e-4,
+                                                                                 atol=1e-5)
+        return prog if ok else None
+
+    def copies_logits(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, shared: bool = True
+                      ) -> torch.Tensor:
+        """Logits ``(C, B, classes)`` of C parameter sets of the model (``params`` by name, each ``(C, *shape)``)
+        on ``x``: ``(B, ...)`` for every copy when ``shared``, else ``(C, B, ...)``. The zoo's MLPs go through
+        :func:`measures.stacking.forward_copies` (checked once against the model), any other model through
+        ``vmap(functional_call)``; the two agree up to float rounding."""
+        prog = self._copies_program
+        if prog is not None:
+            return stacking.forward_copies(prog, params, x, shared)
+        return vmap(lambda p, xb: functional_call(self.model, p, (xb,)),
+                    in_dims=(0, None if shared else 0))(dict(params), x)
 
     # ----------------------------------------------------------------------------------------- outputs
     def forward(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

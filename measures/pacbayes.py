@@ -26,7 +26,8 @@ more for smaller ones, up to 64) on the whole training set, or on a seeded subse
 the sharpness and Hessian families). The standard-normal draws z (one (M, #params) matrix from
 ``ctx.generator``) are drawn once and reused for every probe (common random numbers), so the estimated drop
 is a deterministic, nearly monotone function of σ and the bisection is well posed. The perturbed copies go
-through the network together (``torch.func.vmap`` over ``functional_call``). A search whose crossing lies
+through the network together (``Context.copies_logits``: one batched matmul per layer for the zoo's MLPs,
+``torch.func.vmap`` over ``functional_call`` for any other model). A search whose crossing lies
 outside its range is reported censored in the details (``at_bound = "lower"/"upper"``), never silently
 clipped.
 
@@ -62,7 +63,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.func import functional_call, vmap
 
 from measures.context import Context
 from measures.registry import Value, measure
@@ -154,18 +154,16 @@ def bisect_log(f: Callable[[float], float], bounds: tuple[float, float], target:
 def batched_error(ctx: Context, flats: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Training error of each of several flat parameter vectors ``flats`` (copies, params) on (x, y).
 
-    All copies run through the network together with ``vmap(functional_call)``; samples are chunked so that
+    All copies run through the network together (:meth:`Context.copies_logits`); samples are chunked so that
     copies × chunk ≤ ``ctx.chunk``.
     """
-    def logits(flat: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        return functional_call(ctx.model, ctx.unflatten(flat), (xb,))
-
     copies = flats.shape[0]
     step = max(1, ctx.chunk // copies)
     wrong = torch.zeros(copies, device=flats.device)
+    params = ctx.unflatten_rows(flats)
     with torch.no_grad():
         for i in range(0, len(y), step):
-            z = vmap(logits, in_dims=(0, None))(flats, x[i:i + step])  # (copies, batch, classes)
+            z = ctx.copies_logits(params, x[i:i + step])  # (copies, batch, classes)
             wrong += (z.argmax(-1) != y[i:i + step]).sum(-1)
     return wrong / len(y)
 

@@ -76,7 +76,7 @@ layer included, elementwise scale c = |w| when adaptive):
   momentum (:func:`apgd`): 20 iterations (their ``--n_iters`` in every run of their script), one restart from
   δ = 0 (their default; ``--sharpness_rand_init`` unused), initial step 2ρ, momentum 0.75, the step halved on
   Auto-PGD's checkpoints, the largest loss over the iterates kept (at least the unperturbed one). All K batches
-  go through the network at once (``vmap`` over the batch index, K parameter copies): 20 forward-and-backward
+  go through the network at once (K parameter copies, a batch each, ``Context.copies_logits``): 20 forward-and-backward
   passes over K·m samples. ℓ∞ is their step exactly (checked against a transcription of their code on the
   reference MLPs: equal to 1e-5 per batch). ℓ2 differs: they step along ∇_δL/‖∇_δL‖ in u = δ ⊘ |w| and project
   in δ onto the ellipsoid by a bisection on the Lagrange multiplier (their code, transcribed, took 1.2–1.6 s per
@@ -121,7 +121,6 @@ import math
 from typing import Callable
 
 import torch
-from torch.func import functional_call, vmap
 
 from measures.context import Context
 from measures.losses import fast_cross_entropy
@@ -299,12 +298,15 @@ def sample_batches(ctx: Context, size: int = BATCH_SIZE, samples: int = BATCH_SA
     return {"x": x[index], "y": y[index], "index": index}
 
 
-def _per_copy(ctx: Context) -> Callable:
-    """(params, x, y) -> (summed cross-entropy, number wrong) of one parameter set on one batch, for vmap."""
-    def one(params, x: torch.Tensor, y: torch.Tensor):
-        z = functional_call(ctx.model, params, (x,))
-        return fast_cross_entropy(z, y, reduction="sum"), (z.argmax(-1) != y).sum()
-    return one
+def _copies_loss(ctx: Context, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                 shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy (C,), number wrong (C,)) of C parameter sets (by name, ``(C, *shape)``) on one batch
+    ``(x, y)`` seen by all of them (``shared``) or on a batch each (``x`` (C, m, ...), ``y`` (C, m))."""
+    z = ctx.copies_logits(params, x, shared)  # (C, m, classes)
+    c, m = z.shape[:2]
+    yy = y.expand(c, m) if shared else y
+    each = fast_cross_entropy(z.reshape(c * m, -1), yy.reshape(-1), reduction="none").view(c, m)
+    return each.sum(1), (z.argmax(-1) != yy).sum(1)
 
 
 def batched_evaluator(ctx: Context, xb: torch.Tensor, yb: torch.Tensor) -> BatchedEvaluate:
@@ -315,14 +317,13 @@ def batched_evaluator(ctx: Context, xb: torch.Tensor, yb: torch.Tensor) -> Batch
     once instead of scattering into a full-size zero tensor per parameter, as slicing one flat leaf would."""
     names, shapes = list(ctx.params), [p.shape for p in ctx.params.values()]
     sizes = [p.numel() for p in ctx.params.values()]
-    f = vmap(_per_copy(ctx))
     m = yb.shape[1]
 
     def evaluate(flats: torch.Tensor, need_grad: bool):
         k = flats.shape[0]
         pieces = [t.reshape(k, *s).requires_grad_(need_grad) for t, s in zip(flats.detach().split(sizes, 1), shapes)]
         with torch.set_grad_enabled(need_grad):
-            loss, wrong = f(dict(zip(names, pieces)), xb, yb)
+            loss, wrong = _copies_loss(ctx, dict(zip(names, pieces)), xb, yb, shared=False)
             grads = torch.autograd.grad(loss.sum(), pieces) if need_grad else None
         grad = torch.cat([g.reshape(k, -1) for g in grads], 1) if need_grad else None
         return loss.detach() / m, wrong.to(loss.dtype) / m, grad
@@ -444,7 +445,7 @@ def _average_case(ctx: Context, dist: str, adaptive: bool, *, radius: float | No
 
     M = ``draws`` (default :func:`avg_draws`) fresh draws per batch b of :func:`sample_batches`, drawn batch
     after batch from the generator tagged ``"sharpness.avg.<dist>.<adaptive|plain>"`` (one (M, ω) block per
-    batch, on the CPU); the copies of a batch go through the network together (vmap), at most
+    batch, on the CPU); the copies of a batch go through the network together (``Context.copies_logits``), at most
     ⌊ctx.chunk/m⌋ at a time."""
     radius = RHO_AVG[(dist, adaptive)] if radius is None else radius
     b = ctx.shared(sample_batches)
@@ -452,8 +453,6 @@ def _average_case(ctx: Context, dist: str, adaptive: bool, *, radius: float | No
     c = w.abs() if adaptive else torch.ones_like(w)
     draws = avg_draws(w.numel()) if draws is None else draws
     gen = ctx.generator(f"sharpness.avg.{dist}.{'adaptive' if adaptive else 'plain'}")
-    one = _per_copy(ctx)
-    f = vmap(lambda flat, x, y: one(ctx.unflatten(flat), x, y), in_dims=(0, None, None))
     k, m = b["y"].shape
     group = max(1, ctx.chunk // m)
     losses, errors = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
@@ -461,7 +460,8 @@ def _average_case(ctx: Context, dist: str, adaptive: bool, *, radius: float | No
         for i in range(k):
             v = average_case_noise(gen, draws, w.numel(), dist, w.dtype)
             for j in range(0, draws, group):
-                loss, wrong = f(w + radius * c * v[j:j + group].to(w.device), b["x"][i], b["y"][i])
+                flats = w + radius * c * v[j:j + group].to(w.device)
+                loss, wrong = _copies_loss(ctx, ctx.unflatten_rows(flats), b["x"][i], b["y"][i], shared=True)
                 losses[i] += loss.double().sum().item()
                 errors[i] += wrong.double().sum().item()
     losses, errors = losses / (draws * m), errors / (draws * m)

@@ -319,19 +319,20 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, st
     """
     steps = min(steps, dim)
     q = torch.randn(dim, generator=generator, dtype=torch.float64).to(device)
-    basis = [q / q.norm()]
+    basis = torch.empty(steps, dim, dtype=torch.float64, device=device)  # row j: the j-th Lanczos vector
+    basis[0] = q / q.norm()
     alphas, betas = [], []
     for j in range(steps):
         w = matvec(basis[j].float()).double()
         alphas.append(torch.dot(w, basis[j]))
-        qs = torch.stack(basis)
+        qs = basis[:j + 1]
         for _ in range(2):  # full reorthogonalisation, twice
             w = w - qs.T @ (qs @ w)
         beta = w.norm()
         if j == steps - 1 or beta < 1e-10 * max(abs(a.item()) for a in alphas):
             break
         betas.append(beta)
-        basis.append(w / beta)
+        basis[j + 1] = w / beta
     m = len(alphas)
     t = torch.diag(torch.stack(alphas))
     if m > 1:
@@ -339,7 +340,7 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, st
         t += torch.diag(off, 1) + torch.diag(off, -1)
     theta, s = torch.linalg.eigh(t)
     order = torch.argsort(theta, descending=True)[:k]
-    vecs = s[:, order].T @ torch.stack(basis[:m])  # (k, dim)
+    vecs = s[:, order].T @ basis[:m]  # (k, dim)
     resid = (beta * s[-1, order]).abs()
     return theta[order], vecs, resid
 

@@ -5,9 +5,10 @@
 1. **The pipeline, end to end** (the headline). ``benchmark.pipeline``'s train → measure → evaluate, as
    ``genbench run`` runs them (the configured workers, every registered measure, the statistics, tables, plots
    and page), on fresh stores: the default zoo, a quarter of it (``zoo.num_shards=4``) for the scaling slope,
-   and the model mix of the zoo before replicates (``LEGACY_MIX``). Models per minute count every stage; the
-   Python start-up of the command line (a few seconds) is not included. A sampler thread adds up the resident
-   memory of this process and its workers every 0.2 s (Linux ``/proc``), so the peak is that of the process tree.
+   and the model mix of the zoo before replicates (``LEGACY_MIX``), each in a fresh process of its own. Models
+   per minute count every stage, the workers' start included; the interpreter's own start is not.
+   A sampler thread in that process adds up the resident memory of it and its workers every 0.2 s (Linux
+   ``/proc``), so the peak is that of the pipeline's process tree, nothing left over from another.
 2. **Training at the machine's limit.** Useful FLOPs of the training stage (forward and backward of every
    training step, plus the full training-set evaluation the stopping rule needs at every epoch; counted per
    architecture by ``torch.utils.flop_counter``, times each model's epochs and samples) over its wall time, as a
@@ -36,6 +37,7 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -44,6 +46,7 @@ import tempfile
 import threading
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -324,6 +327,24 @@ def time_pipeline(overrides: tuple[str, ...], device: torch.device, folder: Path
         "peak_memory_gib": memory.peak, "store": str(cfg.store.root),
         "jobs": int(cfg.run.jobs),
     }
+
+
+def time_pipeline_alone(*args) -> dict:
+    """``time_pipeline(*args)`` in a fresh spawned process, as a user's ``genbench run`` would be: its memory,
+    its thread settings and its pool of measure workers start from nothing rather than from what an earlier
+    pipeline of this report left behind (the peak memory of one pipeline otherwise counts the last one's too)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_time_pipeline_and_release, *args).result()
+
+
+def _time_pipeline_and_release(*args) -> dict:
+    """``time_pipeline`` and then the end of joblib's reusable workers: they would otherwise idle for minutes,
+    and this process, at its exit, waits for its children."""
+    from joblib.externals.loky import get_reusable_executor
+    try:
+        return time_pipeline(*args)
+    finally:
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
 
 # ------------------------------------------------------------------------------------ stacked vs loop
@@ -661,12 +682,12 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
     timings: dict[str, float] = {}
 
     clock = time.perf_counter()
-    details["pipeline"] = time_pipeline(plan.zoo, device, work / "default", threads, plan.reps)
+    details["pipeline"] = time_pipeline_alone(plan.zoo, device, work / "default", threads, plan.reps)
     if plan.quarter:
-        details["quarter"] = time_pipeline((*plan.zoo, "zoo.num_shards=4", "zoo.shard=0"), device, work / "quarter",
-                                           threads, plan.reps)
+        details["quarter"] = time_pipeline_alone((*plan.zoo, "zoo.num_shards=4", "zoo.shard=0"), device,
+                                                 work / "quarter", threads, plan.reps)
     if plan.legacy is not None:
-        details["legacy"] = time_pipeline((*plan.zoo, *plan.legacy), device, work / "legacy", threads, plan.reps)
+        details["legacy"] = time_pipeline_alone((*plan.zoo, *plan.legacy), device, work / "legacy", threads, plan.reps)
     timings["pipeline"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -23,6 +23,7 @@ training samples (the registry's ``sample_size``; docs/measures/norms.md): ½(v 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -176,7 +177,9 @@ def _directional_losses(ctx: Context) -> torch.Tensor:
         def losses(p, x=x, y=y):
             return fast_cross_entropy(ctx.forward(x, p), y, reduction="none")
 
-        out.append(torch.func.jvp(losses, (params,), (params,))[1])
+        with warnings.catch_warnings():  # torch's first forward-mode pass scripts its own decompositions
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+            out.append(torch.func.jvp(losses, (params,), (params,))[1])
     return torch.cat(out)
 
 

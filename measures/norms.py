@@ -171,14 +171,14 @@ def _directional_losses(ctx: Context) -> torch.Tensor:
     biases included, is in θ."""
     params = {k: v.detach() for k, v in ctx.params.items()}
     out = []
-    for i in range(0, len(ctx.x_train), ctx.chunk):
-        x, y = ctx.x_train[i:i + ctx.chunk], ctx.y_train[i:i + ctx.chunk]
+    with warnings.catch_warnings():  # torch's first forward-mode pass scripts its own decompositions
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        for i in range(0, len(ctx.x_train), ctx.chunk):
+            x, y = ctx.x_train[i:i + ctx.chunk], ctx.y_train[i:i + ctx.chunk]
 
-        def losses(p, x=x, y=y):
-            return fast_cross_entropy(ctx.forward(x, p), y, reduction="none")
+            def losses(p, x=x, y=y):
+                return fast_cross_entropy(ctx.forward(x, p), y, reduction="none")
 
-        with warnings.catch_warnings():  # torch's first forward-mode pass scripts its own decompositions
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
             out.append(torch.func.jvp(losses, (params,), (params,))[1])
     return torch.cat(out)
 

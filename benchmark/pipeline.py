@@ -45,7 +45,8 @@ def options(cfg: DictConfig) -> RunOptions:
     return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device),
                       vectorize=bool(cfg.run.vectorize), progress=bool(cfg.run.progress),
                       data_root=str(cfg.dataset.root), download=bool(cfg.dataset.download),
-                      on_corrupt=str(cfg.run.on_corrupt), test_schedule=schedule, keep=early_fractions(cfg))
+                      on_corrupt=str(cfg.run.on_corrupt), test_schedule=schedule, keep=early_fractions(cfg),
+                      isolate=bool(cfg.run.get("isolate", True)))
 
 
 def early_fractions(cfg: DictConfig) -> tuple[float, ...]:

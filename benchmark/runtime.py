@@ -36,6 +36,7 @@ class RunOptions:
     on_corrupt: str = "retrain"  # a corrupt checkpoint: "retrain" the model, "skip" it, or "fail"
     test_schedule: str = "log"  # epochs that evaluate the test set (benchmark.training.history.evaluates_test)
     keep: tuple[float, ...] = ()  # fractions of the epochs whose weights are kept (early prediction)
+    isolate: bool = True  # measures run in isolated worker processes (False: in this process, for a debugger)
 
 
 def set_threads(opts: RunOptions) -> None:

@@ -14,11 +14,16 @@ tuple. Measures never modify the model: parameters are handled functionally (``c
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import time
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -43,6 +48,90 @@ def many_form(helper: Callable[..., Any]) -> Callable:
 
 class MissingInputError(ValueError):
     """A measure asked for an input (initial weights, training data, …) the Context was not given."""
+
+
+class Scratch(dict):
+    """A dict that a shared helper extends as later measures ask more of it (the Krylov basis that successive
+    Lanczos solves grow). Changing it in place is its purpose, so ``Context.protect`` does not look inside it."""
+
+
+# Pristine copies of the input tensors a guarded Context hands out (``Context.protect``), by the tensor's id, shared
+# by every Context that holds the same tensor (the models of one dataset share its tensors), dropped with the tensor.
+_PRISTINE: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+_WALK_ITEMS = 1024  # items of one container the guard's fingerprint looks into (beyond them: its length only)
+
+
+def _fingerprint(obj: Any, out: list, depth: int = 0) -> None:
+    """What :meth:`Context.protect` compares before and after a measure, appended to ``out``: every tensor
+    reachable from ``obj`` by its identity and PyTorch's version counter (which every in-place operation advances),
+    every container by its identity and keys or length, every module by its training mode, hooks, parameters and
+    buffers, and small NumPy arrays by their bytes. Immutable scalars cannot change and are left out, and a
+    ``Scratch`` is meant to change."""
+    if isinstance(obj, torch.Tensor):
+        out.append((id(obj), obj._version, obj.requires_grad))
+    elif isinstance(obj, (str, int, float, bool, type(None), Scratch)):
+        out.append(id(obj))
+    elif isinstance(obj, nn.Module) and depth > 0:  # a module inside an intermediate: the model's own, checked there
+        out.append(id(obj))
+    elif isinstance(obj, nn.Module):
+        for mod in obj.modules():
+            out.append((id(mod), mod.training, len(mod._forward_hooks), len(mod._forward_pre_hooks),
+                        len(mod._backward_hooks), *map(id, mod._parameters.values()),
+                        *map(id, mod._buffers.values())))
+        for t in [*obj.parameters(), *obj.buffers()]:
+            out.append((id(t), t._version, t.requires_grad))
+    elif isinstance(obj, np.ndarray):
+        out.append((id(obj), obj.tobytes() if obj.size <= 4096 else obj.shape))
+    elif depth > 6:
+        out.append(id(obj))
+    elif isinstance(obj, dict):
+        out.append((id(obj), len(obj)))
+        for k, v in list(obj.items())[:_WALK_ITEMS]:
+            out.append(k)
+            _fingerprint(v, out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        out.append((id(obj), len(obj)))
+        for v in obj[:_WALK_ITEMS]:
+            _fingerprint(v, out, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out.append(id(obj))
+        for f in dataclasses.fields(obj):
+            _fingerprint(getattr(obj, f.name, None), out, depth + 1)
+    else:
+        out.append(id(obj))
+
+
+def _shared_name(key: tuple) -> str:
+    """How a message names the shared value of ``key`` (helper module, qualname, args)."""
+    return f"shared {key[1]}{key[2:] if len(key) > 2 else ''}"
+
+
+def _pristine(t: torch.Tensor) -> torch.Tensor:
+    """The copy of ``t`` kept the first time this was asked (``_PRISTINE``)."""
+    entry = _PRISTINE.get(id(t))
+    if entry is None or entry[0]() is not t:
+        key = id(t)
+        entry = _PRISTINE[key] = (weakref.ref(t, lambda _: _PRISTINE.pop(key, None)), t.detach().clone())
+    return entry[1]
+
+
+class derived(cached_property):
+    """A ``cached_property`` of a Context: an intermediate derived from its inputs, computed on first use. Its
+    fingerprint is taken as it is computed, so that ``Context.protect`` sees a measure that changes it later."""
+
+    def __get__(self, instance, owner=None):
+        if instance is None or self.attrname in instance.__dict__:
+            return super().__get__(instance, owner)
+        value = super().__get__(instance, owner)
+        instance._born[self.attrname] = []
+        _fingerprint(value, instance._born[self.attrname])
+        return value
+
+
+@functools.cache
+def _cached_names(cls: type) -> frozenset[str]:
+    """The ``cached_property`` attributes of a Context class: intermediates derived from its inputs."""
+    return frozenset(k for c in cls.__mro__ for k, v in vars(c).items() if isinstance(v, cached_property))
 
 
 @dataclass(frozen=True)
@@ -86,6 +175,8 @@ class Context:
         self._charges: dict[tuple, float] = {}  # seconds a peer spent on this model's shared values, by key
         self.lent = 0.0  # seconds this Context's calls spent on its peers' shared values
         self.charged = 0.0  # seconds its peers spent on the shared values it has read
+        self._pristine: dict[str, Any] | None = None  # the inputs as given, kept by the first protect()
+        self._born: dict[str, list] = {}  # each input's and intermediate's fingerprint when it was given or computed
 
     # ----------------------------------------------------------------------------------------- inputs
     def _need(self, value, what: str):
@@ -113,7 +204,7 @@ class Context:
     def history(self) -> list[Mapping]:
         return self._need(self._history, "the training history (history=[...])")
 
-    @cached_property
+    @derived
     def replicate_params(self) -> list[dict[str, torch.Tensor]]:
         """The parameters of each replicate (``replicates=``), detached, by the names of ``params``; an
         architecture that differs from this model's is an error."""
@@ -163,16 +254,21 @@ class Context:
                     done = [(c, v) for c, v in zip([self, *peers], values) if v is not NotImplemented]
                     share = spent / max(len(done), 1)
                     for c, v in done:
-                        c._shared[key] = v
+                        c._keep(key, v)
                         if c is not self:
                             c._charges[key] = share
                     self.lent += spent - (share if key in self._shared else 0.0)
             if key not in self._shared:
-                self._shared[key] = helper(self, *args)
+                self._keep(key, helper(self, *args))
             return self._shared[key]
         if key in self._charges:
             self.charged += self._charges.pop(key)
         return self._shared[key]
+
+    def _keep(self, key: tuple, value: Any) -> None:
+        """Store a shared value, with its fingerprint as computed (``protect``)."""
+        self._shared[key] = value
+        _fingerprint(value, self._born.setdefault(_shared_name(key), []))
 
     @staticmethod
     def group(contexts: Sequence["Context"]) -> None:
@@ -187,19 +283,98 @@ class Context:
         if self in self._group:
             self._group.remove(self)
         self._group, self._shared, self._charges = [self], {}, {}
+        self._born = {k: v for k, v in self._born.items() if k in self._inputs()}
+
+    # ----------------------------------------------------------------------------------------- protection
+    def _inputs(self) -> dict[str, Any]:
+        """The inputs a measure could change in place, by the name a message gives them."""
+        out: dict[str, Any] = {"the model": self.model, "the initial model": self.init_model}
+        for part, pair in (("train", self._train), ("test", self._test)):
+            if pair is not None:
+                out[f"x_{part}"], out[f"y_{part}"] = pair
+        out.update({f"extras[{k!r}]": v for k, v in self.extras.items()})
+        return out
+
+    def _caches(self) -> dict[str, Any]:
+        """The intermediates derived so far: cached properties and ``shared`` values."""
+        out = {name: self.__dict__[name] for name in _cached_names(type(self)) if name in self.__dict__}
+        out.update({_shared_name(key): v for key, v in self._shared.items()})
+        return out
+
+    @staticmethod
+    def _fingerprints(values: Mapping[str, Any]) -> dict[str, list]:
+        """The fingerprint (:func:`_fingerprint`) of each of ``values``, by name."""
+        out: dict[str, list] = {}
+        for name, value in values.items():
+            _fingerprint(value, out.setdefault(name, []))
+        return out
+
+    @contextmanager
+    def protect(self) -> Iterator[list[str]]:
+        """Run one measure so that it cannot change what the measures after it see. Yields a list that, on exit,
+        names what the measure changed in place (empty when nothing): the model or the initial model (weights,
+        buffers, modules, hooks, training mode), the data, the extras, the history, the hyperparameters, or an
+        intermediate (``margins``, a ``shared`` value), whether it existed before or the measure computed it.
+        Whatever changed is put back: the inputs from pristine copies kept on first use (one copy per tensor, shared
+        by the Contexts that hold it), and every derived intermediate is dropped, to be computed again from the
+        restored inputs.
+
+        Each input and intermediate is compared with its fingerprint (:func:`_fingerprint`) from when it was given
+        or computed. Detection rests on PyTorch's version counter, which every in-place tensor operation advances,
+        and on the identity of every tensor, module and container; writes that bypass the counter (through
+        ``.data`` or a NumPy view of a tensor) are not seen."""
+        if self._pristine is None:
+            for t in self._inputs().values():
+                if isinstance(t, torch.Tensor):
+                    _pristine(t)
+            self._pristine = {"model": copy.deepcopy(self.model), "init_model": copy.deepcopy(self.init_model),
+                              "history": copy.deepcopy(self._history), "hparams": copy.deepcopy(self._hparams),
+                              "extras": dict(self.extras), "train": self._train, "test": self._test}
+            self._born.update(self._fingerprints(self._inputs()))
+        changed: list[str] = []
+        try:
+            yield changed
+        finally:
+            p = self._pristine
+            now = self._fingerprints({**self._inputs(), **self._caches()})
+            changed += [name for name, fp in now.items() if fp != self._born.get(name, fp)]
+            changed += [what for what, now, then in (("the history", self._history, p["history"]),
+                                                     ("the hyperparameters", self._hparams, p["hparams"]),
+                                                     ("extras", set(self.extras), set(p["extras"])))
+                        if now != then]
+            if changed:
+                self._restore()
+
+    def _restore(self) -> None:
+        """Put every input back as it was given and drop every derived intermediate."""
+        p = self._pristine
+        with torch.no_grad():
+            for t in [*(p["train"] or ()), *(p["test"] or ()), *p["extras"].values()]:
+                ref = _pristine(t) if isinstance(t, torch.Tensor) else None
+                if ref is not None and not torch.equal(t, ref):
+                    if t.shape != ref.shape:
+                        t.resize_(ref.shape)
+                    t.copy_(ref)
+        self.model, self.init_model = copy.deepcopy(p["model"]), copy.deepcopy(p["init_model"])
+        self._train, self._test, self.extras = p["train"], p["test"], dict(p["extras"])
+        self._history, self._hparams = copy.deepcopy(p["history"]), copy.deepcopy(p["hparams"])
+        for name in _cached_names(type(self)):
+            self.__dict__.pop(name, None)
+        self._shared, self._charges = {}, {}
+        self._born = self._fingerprints(self._inputs())
 
     # ----------------------------------------------------------------------------------------- weights
-    @cached_property
+    @derived
     def params(self) -> dict[str, torch.Tensor]:
         """Trained parameters, detached, by name."""
         return {k: v.detach() for k, v in self.model.named_parameters()}
 
-    @cached_property
+    @derived
     def init_params(self) -> dict[str, torch.Tensor]:
         m = self._need(self.init_model, "the initial weights (init_model=...)")
         return {k: v.detach().to(self.device) for k, v in m.named_parameters()}
 
-    @cached_property
+    @derived
     def layers(self) -> list[Layer]:
         """Linear and convolutional layers in module order (the forward order of a Sequential)."""
         out = []
@@ -211,12 +386,12 @@ class Context:
             raise ValueError("the model has no Linear or Conv layers")
         return out
 
-    @cached_property
+    @derived
     def weights(self) -> list[torch.Tensor]:
         """Each layer's weight tensor (conv kernels keep their shape)."""
         return [self.params[layer.weight] for layer in self.layers]
 
-    @cached_property
+    @derived
     def init_weights(self) -> list[torch.Tensor]:
         return [self.init_params[layer.weight] for layer in self.layers]
 
@@ -225,7 +400,7 @@ class Context:
         """A weight as a matrix: Linear (out, in) as is, conv (out, in, *k) reshaped to (out, in·k)."""
         return w.reshape(w.shape[0], -1)
 
-    @cached_property
+    @derived
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params.values())
 
@@ -245,7 +420,7 @@ class Context:
         return {k: t.view(len(flats), *p.shape)
                 for (k, p), t in zip(self.params.items(), flats.split(sizes, 1))}
 
-    @cached_property
+    @derived
     def _copies_program(self) -> stacking.Program | None:
         """The stacked recipe of the model (:mod:`measures.stacking`) if its pass gives the model's own logits on
         a few training samples, else None (then :meth:`copies_logits` uses ``vmap``)."""
@@ -281,11 +456,11 @@ class Context:
         with torch.no_grad():
             return torch.cat([self.forward(x[i:i + self.chunk], params) for i in range(0, len(x), self.chunk)])
 
-    @cached_property
+    @derived
     def train_logits(self) -> torch.Tensor:
         return self.logits(self.x_train)  # (n, classes)
 
-    @cached_property
+    @derived
     def margins(self) -> torch.Tensor:
         """Output margin of each training sample, f_y(x) − max_{j≠y} f_j(x); negative when misclassified."""
         z = self.train_logits
@@ -293,11 +468,11 @@ class Context:
         other = z.scatter(1, self.y_train[:, None], float("-inf")).max(1).values
         return true - other
 
-    @cached_property
+    @derived
     def train_loss(self) -> float:
         return fast_cross_entropy(self.train_logits, self.y_train).item()
 
-    @cached_property
+    @derived
     def train_error(self) -> float:
         return (self.train_logits.argmax(1) != self.y_train).float().mean().item()
 

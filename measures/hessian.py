@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from measures.context import Context
+from measures.context import Context, Scratch
 from measures.losses import fast_cross_entropy
 from measures.pacbayes import curvature_data, train_subsample
 from measures.registry import Value, measure
@@ -193,7 +193,7 @@ def _krylov(ctx: Context, n: int | None) -> tuple[MatVec, torch.Tensor, dict, in
     """The Hessian operator, the seeded start vector and the Lanczos state all solves of this model share."""
     matvec, size = _operator(ctx, n)
     w = ctx.flatten(ctx.params)
-    return matvec, torch.randn(w.numel(), generator=ctx.generator("hessian.lanczos")).to(w), {}, size
+    return matvec, torch.randn(w.numel(), generator=ctx.generator("hessian.lanczos")).to(w), Scratch(), size
 
 
 def _top_eigs(ctx: Context, k: int = TOP_K, n: int | None = None) -> tuple[Eigs, int]:

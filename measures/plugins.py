@@ -43,12 +43,22 @@ def load_file(path: str | Path) -> None:
     except SyntaxError as err:
         del sys.modules[name]
         raise PluginError(f"syntax error in measure plugin {err.filename}, line {err.lineno}: {err.msg}") from err
+    except SystemExit as err:  # a script's `sys.exit(main())`: a plugin only defines measures
+        del sys.modules[name]
+        raise PluginError(f"measure plugin {path}{_where(err, path)} exited while being imported "
+                          f"(sys.exit({err.code!r})); a plugin file must only define measures (guard a script's "
+                          f"entry with `if __name__ == \"__main__\":`)") from None
     except Exception as err:
         del sys.modules[name]
-        frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == path]
-        where = f", line {frames[-1].lineno}" if frames else ""
-        raise PluginError(f"measure plugin {path}{where} failed to load: {type(err).__name__}: {err}") from err
+        raise PluginError(f"measure plugin {path}{_where(err, path)} failed to load: {type(err).__name__}: "
+                          f"{err}") from err
     _LOADED.add(str(path))
+
+
+def _where(err: BaseException, path: Path) -> str:
+    """", line N": the last line of the plugin file ``path`` in the error's traceback, or "" if none."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == path]
+    return f", line {frames[-1].lineno}" if frames else ""
 
 
 def load_entry_points() -> list[str]:
@@ -59,7 +69,7 @@ def load_entry_points() -> list[str]:
             continue
         try:
             ep.load()
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             raise PluginError(f"measure entry point {ep.name} = {ep.value} failed to load: "
                               f"{type(err).__name__}: {err}") from err
         _LOADED.add(ep.value)

@@ -223,7 +223,8 @@ def early_table(df: pd.DataFrame, early: pd.DataFrame, info: pd.DataFrame, axes:
         col = f"early.{name}@{fraction:g}"
         values = g.set_index("model_id").value
         wide[col] = sign[name] * df.model_id.map(values).astype(float)
-        real = (g.set_index("model_id").epoch / epochs.reindex(g.model_id).to_numpy())
+        ok = g[g.status == "ok"]  # a failed row may not know its snapshot's epoch
+        real = (ok.set_index("model_id").epoch / epochs.reindex(ok.model_id).to_numpy())
         where[col] = (name, float(fraction), float(real.mean()))
         cols.append(col)
     for name in early.measure.unique():

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import measures
 from benchmark.errors import UserError
+from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
-from benchmark.measuring.jobs import compute
-from benchmark.runtime import RunOptions, parallel, set_threads
+from benchmark.measuring.jobs import by_model, compute, hard_timeout, setup_worker, write_rows
+from benchmark.runtime import RunOptions
 from benchmark.store import CheckpointError, Store
 from benchmark.zoo.datasets import cached_data
-from measures.plugins import load_all
 
 log = logging.getLogger("genbench")
 
@@ -40,38 +40,36 @@ def check_early(names: Sequence[str]) -> list[measures.Measure]:
     return chosen
 
 
-def _early_task(args) -> tuple[int, str, int]:
-    """Compute the missing early values of some models, snapshot after snapshot; stored model by model."""
-    root, todo, plugins, seed, timeout, curvature_samples, opts = args
-    set_threads(opts)
-    load_all(plugins)
+def _early_items(common: tuple, items: Sequence[tuple[str, float, str]]) -> Iterator[tuple]:
+    """In a worker: the (model_id, fraction, measure) items of some models, snapshot after snapshot, one row of
+    the ``early`` table each (None for the items of a model whose checkpoint cannot be read: not stored)."""
+    root, seed, timeout, curvature_samples, opts = common
     store = Store(root)
-    failed = 0
-    for model_id, missing in todo:
+    for model_id, wanted in by_model(items):
         hp, _, history = store.model_record(model_id)
-        rows = []
         try:
             init_state, _ = store.load_states(model_id)
-            snapshots = store.load_snapshots(model_id)
+            snapshots = {s["fraction"]: s for s in store.load_snapshots(model_id)}
         except CheckpointError as err:
             log.warning("%s — its early values are skipped", err)
+            yield from (None for _ in wanted)  # nothing stored: a rerun tries again
             continue
         data = cached_data(hp.dataset, opts.data_root, opts.download)
-        for snap in snapshots:
-            names = missing.get(snap["fraction"], [])
-            if not names:
-                continue
+        for fraction, names in by_model(wanted):
+            snap = snapshots[fraction]
             trained = Trained.from_states(hp, init_state, snap["state"], data, history[:snap["epoch"]], opts.device)
             ctx = trained.context(seed, curvature_samples=curvature_samples)
             for name in names:
                 m = measures.REGISTRY.get(name)
                 value, status, error, _, seconds = compute(m, ctx, ctx, timeout)
-                failed += status == "failed"
-                rows.append((model_id, snap["fraction"], snap["epoch"], m.name, m.version, value, seconds, status,
-                             error))
+                yield model_id, fraction, snap["epoch"], m.name, m.version, value, seconds, status, error
             ctx.leave()
-        store.save_early(rows)
-    return len(todo), todo[0][0], failed
+
+
+def _failed(item: tuple[str, float, str], why: str) -> tuple:
+    """The ``early`` row of an item whose measure ended its worker (its snapshot's epoch unknown here: -1)."""
+    model_id, fraction, name = item
+    return model_id, fraction, -1, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", why
 
 
 def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], fractions: Sequence[float],
@@ -100,11 +98,15 @@ def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], 
     computed = sum(len(n) for _, missing in todo for n in missing.values())
     log.info("early prediction: %d values to compute on %d models", computed, len(todo))
     plugin_paths = [str(Path(p).resolve()) for p in plugins]
-    tasks = [(str(store.root), todo[i:i + TASK_MODELS], plugin_paths, seed, timeout, curvature_samples, opts)
+    common = (str(store.root.resolve()), seed, timeout, curvature_samples, opts)
+    tasks = [isolation.Task(_early_items, common, tuple((model_id, f, n) for model_id, missing in
+                                                        todo[i:i + TASK_MODELS] for f, names in missing.items()
+                                                        for n in names))
              for i in range(0, len(todo), TASK_MODELS)]
+    iso = isolation.Isolation(measure_of=lambda item: item[2], failed=_failed,
+                              setup=(setup_worker, (opts, plugin_paths)), hard_timeout=hard_timeout(timeout))
     failed = 0
-    if tasks:
-        for _, _, f in parallel(_early_task, tasks, opts.jobs, "early", "model", [len(t[1]) for t in tasks],
-                                opts.progress):
-            failed += f
+    for row in write_rows(isolation.run(tasks, opts.jobs, iso, opts.isolate), store.save_early, tasks, "early",
+                          opts.progress, seconds=lambda r: r[6]):
+        failed += row is not None and row[7] == "failed"
     return {"computed": computed, "failed": failed, "without_snapshots": without}

@@ -2,28 +2,44 @@
 ``GROUP_SIZE`` models that share a ``group_key`` in the workers (so that intermediates with a many-model form,
 such as the variance–flatness continuation, are computed for the whole group at once).
 
-Values are stored as they are computed, in one transaction per second of measure time (cheap measures would
-otherwise cost more to write than to compute), so an interrupted run loses at most that second's work. A
-measure that raises, returns NaN/inf or runs past its time budget is recorded as failed with its message,
-and the others go on. A measure that raises ``NotApplicable`` (its quantity is undefined for the model) is
-recorded as not_applicable with the reason; that is not a failure.
+The workers are isolated (``benchmark.measuring.isolation``): a measure that ends or crashes its process is
+recorded as failed and the others go on. Each value reaches this process as soon as it is computed and is stored
+here, in one transaction per second of measure time (cheap measures would otherwise cost more to write than to
+compute), so an interrupted run loses at most that second's work.
+
+What a measure can do wrong, and what is recorded (the others go on in every case):
+
+* raises, returns NaN/inf, runs past its time budget, ends its process (``sys.exit``, ``os._exit``, a signal),
+  raises ``KeyboardInterrupt``: ``failed``, with what happened;
+* returns details that cannot be stored (not JSON, larger than ``MAX_DETAILS_BYTES``): ``failed``, with why;
+* changes its inputs in place (the model, the data, an intermediate): ``failed``, and the inputs are put back
+  for the measures after it (``measures.Context.protect``);
+* raises ``NotApplicable`` (its quantity is undefined for the model): ``not_applicable`` with the reason, which
+  is not a failure.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 import measures
+from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
-from benchmark.runtime import RunOptions, parallel, set_threads
+from benchmark.runtime import RunOptions, set_threads
 from benchmark.store import CheckpointError, Store
 from benchmark.zoo.hparams import HParams
 from measures.plugins import load_all
@@ -32,6 +48,7 @@ log = logging.getLogger("genbench")
 
 
 FLUSH_S = 1.0  # values are written together once this much measure time has accumulated (one transaction)
+MAX_DETAILS_BYTES = 1 << 20  # a measure's details (JSON) larger than this are not stored: the measure fails
 
 
 class MeasureTimeout(TimeoutError):
@@ -60,24 +77,75 @@ def time_limit(seconds: float | None):
 def compute(m: measures.Measure, ctx: measures.Context, run_on: measures.Context, timeout: float | None
             ) -> tuple[float | None, str, str | None, dict, float]:
     """One measure on ``run_on`` (``ctx``, or its oracle twin): (value, status, error, details, seconds). A measure
-    that raises, returns a non-finite value or runs past ``timeout`` is ``failed`` with its message; one that
-    raises ``NotApplicable`` is ``not_applicable``. The seconds are its own model's share of what it computed
-    (``ctx``'s time lent to and charged by its group: ``Context.shared``)."""
+    that raises (``KeyboardInterrupt`` and ``SystemExit`` included), returns a non-finite value or details that
+    cannot be stored, changes its inputs in place or runs past ``timeout`` is ``failed`` with its message; one that
+    raises ``NotApplicable`` is ``not_applicable``. The inputs it changed are put back (``Context.protect``) and the
+    working directory it left is restored. The seconds are its own model's share of what it computed (``ctx``'s
+    time lent to and charged by its group: ``Context.shared``)."""
     start, lent, charged = time.perf_counter(), ctx.lent, ctx.charged
     value, status, error, details = None, "ok", None, {}
+    cwd = os.getcwd()
+    with run_on.protect() as changed:
+        try:
+            with time_limit(timeout):
+                out = m(run_on)
+            value, details = out.value, out.details
+        except measures.NotApplicable as why:
+            status, error = "not_applicable", str(why)
+        except SystemExit as code:  # sys.exit() inside a measure ends the measure, not the run
+            status, error = "failed", f"the measure ended its process with status {_exit_status(code.code)} (sys.exit)"
+        except BaseException as err:  # noqa: BLE001 — a failing measure is recorded, the others go on
+            status, error = "failed", f"{type(err).__name__}: {err}"
+            details = {"traceback": traceback.format_exc(limit=-3)}
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    if changed:
+        status, value, error = "failed", None, (f"the measure changed its inputs in place ({', '.join(changed)}); they "
+                                                f"were put back for the measures after it")
+    elif status == "ok" and not math.isfinite(value):
+        status, error, value = "failed", f"returned a non-finite value ({value})", None
     try:
-        with time_limit(timeout):
-            out = m(run_on)
-        value, details = out.value, dict(out.details)
-        if not math.isfinite(value):
-            status, error, value = "failed", f"returned a non-finite value ({value})", None
-    except measures.NotApplicable as why:
-        status, error = "not_applicable", str(why)
-    except Exception as err:  # a failing measure is recorded, the others go on
-        status, error = "failed", f"{type(err).__name__}: {err}"
-        details = {"traceback": traceback.format_exc(limit=-3)}
+        details = storable(details)
+    except ValueError as err:
+        status, value, error, details = "failed", None, f"returned details that cannot be stored: {err}", {}
     seconds = max(0.0, time.perf_counter() - start - (ctx.lent - lent) + (ctx.charged - charged))
     return value, status, error, details, seconds
+
+
+def _exit_status(code: Any) -> int:
+    """The status ``sys.exit(code)`` would end a process with: 0 for None, the number, or 1 for a message."""
+    return 0 if code is None else code if isinstance(code, int) else 1
+
+
+def _plain(obj: Any) -> Any:
+    """A tensor or a NumPy value as the numbers it holds, for JSON; anything else is not storable."""
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def storable(details: Any) -> dict:
+    """A measure's details as they will be stored: JSON types only (tensors and NumPy values become numbers,
+    non-finite floats None), at most ``MAX_DETAILS_BYTES``. Anything else is a ``ValueError`` saying why."""
+    if not isinstance(details, dict):
+        raise ValueError(f"details must be a dict, got {type(details).__name__}")
+    try:
+        text = json.dumps(details, default=_plain, allow_nan=True)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise ValueError(str(err)) from None
+    if len(text) > MAX_DETAILS_BYTES:
+        raise ValueError(f"{len(text):,} bytes of JSON, more than the {MAX_DETAILS_BYTES:,} a value's details may hold")
+    return _finite(json.loads(text))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 GROUP_SIZE = 9  # models measured together in one task, at most: half a stack of the default zoo, so that the
@@ -93,49 +161,56 @@ def group_key(hp: HParams) -> tuple:
             hp.optimizer.name)
 
 
-def _measure_task(args) -> tuple[int, str, tuple[int, int]]:
-    """Compute the missing measures of a group of models (``group_key``), model after model; each result is
-    stored as soon as it exists. The models' Contexts are grouped (``Context.group``), so an intermediate with
-    a many-model form is computed for all of them by the first measure that needs it, and each measure's
-    recorded time is its own model's share of it (``Context.lent``, ``Context.charged``)."""
-    root, models, plugins, seed, timeout, curvature_samples, opts, replicates = args
+def setup_worker(opts: RunOptions, plugins: Sequence[str]) -> None:
+    """Once in each measure worker: its torch threads and the plugins' measures."""
     set_threads(opts)
-    load_all(plugins)
+    load_all(list(plugins))
+
+
+def by_model(items: Sequence[tuple]) -> list[tuple[str, list]]:
+    """Consecutive items grouped by their first element (the model id), in order: [(model_id, [rest, ...])]."""
+    out: list[tuple[str, list]] = []
+    for model_id, *rest in items:
+        if not out or out[-1][0] != model_id:
+            out.append((model_id, []))
+        out[-1][1].append(rest[0] if len(rest) == 1 else tuple(rest))
+    return out
+
+
+def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[tuple]:
+    """In a worker: the (model_id, measure) items of a group of models (``group_key``), model after model, one
+    stored row each. The models' Contexts are grouped (``Context.group``), so an intermediate with a many-model form
+    is computed for all of them by the first measure that needs it, and each measure's recorded time is its own
+    model's share of it (``Context.lent``, ``Context.charged``)."""
+    root, seed, timeout, curvature_samples, opts, replicates = common
     store = Store(root)
-    failed = not_applicable = 0
-    loaded = []
-    for model_id, names in models:
+    loaded, unreadable = [], {}
+    for model_id, names in by_model(items):
         try:
             trained = Trained.from_store(store, model_id, opts, replicates.get(model_id, ()))
         except CheckpointError as err:
-            store.save_measurements([(model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed",
-                                      str(err), None) for name in names])
-            failed += len(names)
+            unreadable[model_id] = str(err)
+            trained = None
+        loaded.append((model_id, names, trained,
+                       trained and trained.context(seed, curvature_samples=curvature_samples)))
+    measures.Context.group([ctx for *_, ctx in loaded if ctx is not None])
+    for model_id, names, trained, ctx in loaded:
+        if model_id in unreadable:
+            yield from (_row(model_id, name, None, "failed", unreadable[model_id]) for name in names)
             continue
-        loaded.append((model_id, names, trained, trained.context(seed, curvature_samples=curvature_samples)))
-    measures.Context.group([ctx for *_, ctx in loaded])
-    pending: list[tuple] = []  # values not yet written: at most FLUSH_S seconds of work
-    pending_s = 0.0
-    try:
-        for model_id, names, trained, ctx in loaded:
-            oracle_ctx = None
-            for name in names:
-                m = measures.REGISTRY.get(name)
-                if m.oracle and oracle_ctx is None:
-                    oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
-                value, status, error, details, seconds = compute(m, ctx, oracle_ctx if m.oracle else ctx, timeout)
-                failed += status == "failed"
-                not_applicable += status == "not_applicable"
-                pending.append((model_id, m.name, m.version, value, seconds, status, error, details))
-                pending_s += seconds
-                if pending_s >= FLUSH_S:
-                    store.save_measurements(pending)
-                    pending, pending_s = [], 0.0
-            ctx.leave()
-    finally:  # also on Ctrl-C or a worker's error: what was computed is kept
-        if pending:
-            store.save_measurements(pending)
-    return len(models), models[0][0], (failed, not_applicable)
+        oracle_ctx = None
+        for name in names:
+            m = measures.REGISTRY.get(name)
+            if m.oracle and oracle_ctx is None:
+                oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
+            value, status, error, details, seconds = compute(m, ctx, oracle_ctx if m.oracle else ctx, timeout)
+            yield model_id, m.name, m.version, value, seconds, status, error, details
+        ctx.leave()
+
+
+def _row(model_id: str, name: str, value: float | None, status: str, error: str | None) -> tuple:
+    """A stored row for a measure that was not computed."""
+    return model_id, name, measures.REGISTRY.get(name).version, value, 0.0, status, error, {}
 
 
 def replicate_ids(store: Store, model_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -171,14 +246,50 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     siblings = replicate_ids(store, [m for g in groups.values() for m, _ in g]) if needs_replicates else {}
     # the most expensive first (width² · depth · train size ∝ a full-set pass), so the workers finish together
     order = sorted(groups, key=lambda k: -(k[4] ** 2 * k[3] * k[1]))
-    tasks = [(str(store.root), chunk, plugin_paths, seed, timeout, curvature_samples, opts,
-              {m: siblings.get(m, []) for m, _ in chunk})
-             for k in order for chunk in (groups[k][i:i + GROUP_SIZE] for i in range(0, len(groups[k]), GROUP_SIZE))]
-    computed = sum(len(missing) for t in tasks for _, missing in t[1])
-    log.info("measures: %d values reused, %d to compute on %d models", reused, computed,
-             sum(len(t[1]) for t in tasks))
-    failed = not_applicable = 0
-    for _, _, (f, na) in parallel(_measure_task, tasks, opts.jobs, "measure", "model", [len(t[1]) for t in tasks],
-                                  opts.progress):
-        failed, not_applicable = failed + f, not_applicable + na
-    return {"reused": reused, "computed": computed, "failed": failed, "not_applicable": not_applicable}
+    chunks = [chunk for k in order for chunk in (groups[k][i:i + GROUP_SIZE] for i in range(0, len(groups[k]),
+                                                                                           GROUP_SIZE))]
+    tasks = [isolation.Task(_measure_items, (str(store.root.resolve()), seed, timeout, curvature_samples, opts,
+                                             {m: siblings.get(m, []) for m, _ in chunk}),
+                            tuple((m, n) for m, missing in chunk for n in missing)) for chunk in chunks]
+    computed = sum(len(t.items) for t in tasks)
+    log.info("measures: %d values reused, %d to compute on %d models", reused, computed, sum(map(len, chunks)))
+    iso = isolation.Isolation(measure_of=lambda item: item[1],
+                              failed=lambda item, why: _row(item[0], item[1], None, "failed", why),
+                              setup=(setup_worker, (opts, plugin_paths)), hard_timeout=hard_timeout(timeout))
+    counts = collections.Counter()
+    for row in write_rows(isolation.run(tasks, opts.jobs, iso, opts.isolate), store.save_measurements, tasks,
+                          "measure", opts.progress, seconds=lambda r: r[4]):
+        counts[row[5]] += 1
+    return {"reused": reused, "computed": computed, "failed": counts["failed"],
+            "not_applicable": counts["not_applicable"]}
+
+
+def hard_timeout(timeout: float | None) -> float | None:
+    """How long a worker may go without reporting a result before it is killed: twice a measure's time budget plus
+    a minute (loading a task's models comes before its first result); None without a budget."""
+    return None if not timeout else 2 * float(timeout) + 60.0
+
+
+def write_rows(rows: Iterator[tuple], save, tasks: Sequence[isolation.Task], desc: str, progress: bool,
+               seconds) -> Iterator[tuple]:
+    """Pass ``rows`` through, storing them with ``save`` once ``FLUSH_S`` seconds of measure time (``seconds(row)``)
+    have accumulated, and at the end (also on Ctrl-C or an error: what was computed is kept), with a progress bar
+    in values. A row of None is an item with nothing to store; it is passed through."""
+    bar = tqdm(total=sum(len(t.items) for t in tasks), desc=desc, unit="value", disable=not progress,
+               dynamic_ncols=True)
+    pending: list[tuple] = []
+    pending_s = 0.0
+    try:
+        for row in rows:
+            if row is not None:
+                pending.append(row)
+                pending_s += seconds(row)
+                if pending_s >= FLUSH_S:
+                    save(pending)
+                    pending, pending_s = [], 0.0
+            bar.update(1)
+            yield row
+    finally:
+        if pending:
+            save(pending)
+        bar.close()

@@ -70,6 +70,13 @@ def _in_worker(fn: Callable, parent: int, task):
     return fn(task)
 
 
+def release_workers() -> None:
+    """End joblib's reusable worker processes, which would otherwise idle for minutes holding their memory (after
+    training: the measures run in workers of their own, ``benchmark.measuring.isolation``)."""
+    from joblib.externals.loky import get_reusable_executor
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
+
 def parallel(fn: Callable, tasks: Sequence, jobs: int, desc: str, unit: str, weights: Sequence[int],
              progress: bool) -> Iterator:
     """``fn(task)`` for every task, yielded in order of completion, in ``jobs`` worker processes, with a

@@ -61,6 +61,7 @@ from benchmark.config import compose
 from benchmark.measuring.context import Trained
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.perf.floor import step_matmul_ceiling, suite_flops
+from benchmark.perf.isolation import isolation_cost
 from benchmark.runtime import RunOptions
 from benchmark.store import Store
 from benchmark.training.loop import train_model
@@ -81,6 +82,10 @@ TARGETS: dict[str, tuple[str | None, float | None, str]] = {
     "hessian_agreement": ("<=", 0.01, "genbench's largest relative error against the reference (top eig, trace)"),
     "models_slope": ("<=", 1.05, "d log(pipeline time) / d log(models), a quarter of the zoo to all of it"),
     "peak_memory_gib": ("<=", 4.0, "peak resident memory of the process tree during the pipeline"),
+    "isolation_overhead": ("<=", 1.1, "measure time of one isolated worker over the same measures computed in "
+                                      "genbench's own process, every measure on the same models"),
+    "guard_ms_per_measure": (None, None, "milliseconds the input guard (Context.protect) adds to each measure, "
+                                         "isolated or not (reported)"),
     "train_speedup": (None, None, "stacked over per-model training, model-steps/s (reported, no target)"),
     "pipeline_floor_models_per_minute": (None, None, "models per minute if every counted FLOP of training and "
                                                      "measures ran at the run's best torch.mm peak and nothing else "
@@ -175,9 +180,24 @@ def matmul_peak(device: torch.device, reps: int, threads: int | None = None) -> 
     return 2 * n ** 3 / seconds / 1e9
 
 
+def _pss(pid: int, rss: int) -> int:
+    """The proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``), or ``rss`` if unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss
+
+
 class MemorySampler:
-    """Peak resident memory (GiB) of this process and all its descendants, summed, sampled every ``interval`` s
-    from ``/proc`` (Linux). Elsewhere, the largest single resident set (``ru_maxrss``) of this process."""
+    """Peak memory (GiB) of this process and all its descendants, sampled every ``interval`` s from ``/proc``
+    (Linux): the sum of their proportional set sizes (``smaps_rollup``'s Pss: a page shared by k processes counts
+    1/k in each, so the sum is what the tree holds; the measure workers share the fork server's pages copy-on-write,
+    which a sum of resident sets would count once per worker), or of their resident sets where Pss cannot be read.
+    Elsewhere, the largest single resident set (``ru_maxrss``) of this process."""
 
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak = interval, 0.0
@@ -210,7 +230,7 @@ class MemorySampler:
                 if child not in tree:
                     tree.add(child)
                     frontier.append(child)
-        return sum(rss.get(p, 0) for p in tree) / 2 ** 30
+        return sum(_pss(p, rss.get(p, 0)) for p in tree) / 2 ** 30
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -553,6 +573,9 @@ def table(report: dict) -> str:
     lines.append(f"floor: {f['suite_flops']['total'] / 1e12:.2f} TFLOP of measures + "
                  f"{d['pipeline']['useful_flops']['total'] / 1e12:.2f} of training at the peak take "
                  f"{f['floor_s']:.0f} s = at most {f['floor_models_per_minute']:.0f} models/min")
+    i = d["isolation"]
+    lines.append(f"isolation: {i['isolated_s']:.1f} s isolated vs {i['in_process_s']:.1f} s in process on "
+                 f"{i['models']} models; guard {i['guard_ms_per_measure']:.2f} ms per measure")
     h = d["hessian"]
     if "pyhessian_s" in h:
         lines.append(f"hessian: genbench {h['genbench_s']:.2f} s vs PyHessian {h['pyhessian_s']:.2f} s; errors "
@@ -664,6 +687,12 @@ def markdown(report: dict, command: str) -> str:
     else:
         lines.append(f"| PyHessian | {h.get('pyhessian')} | | | | |")
     lines.append(f"| reference | | {ref['top_eig']:.6g} | | {_fmt(ref.get('trace'), 6)} | |")
+    i = d["isolation"]
+    lines += ["", "## Isolated measures", "",
+              f"Every measure on {i['models']} default models ({i['values']} values), by one isolated worker process "
+              f"and in genbench's own process, the best of alternating rounds: {i['isolated_s']:.1f} s against "
+              f"{i['in_process_s']:.1f} s (×{i['isolation_overhead']:.3f}). Both pay the input guard, "
+              f"{i['guard_ms_per_measure']:.2f} ms per measure on a Context holding every intermediate."]
     z = d["zoo"]
     lines += ["", "## Stacked against looped training", "",
               f"{z['models']} default models, {z['epochs']} epoch(s) each, in stacks of {sorted(set(z['stacks']))}: "
@@ -704,6 +733,11 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
     timings["hessian"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    details["isolation"] = isolation_cost(details["pipeline"]["store"], [hp.model_id for hp in hps],
+                                          dataclasses.replace(opts, device=str(device)), max(2, plan.reps))
+    timings["isolation"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
     cache: dict[DatasetHP, DataBundle] = {}
     data = lambda d: cache[d] if d in cache else cache.setdefault(d, make_data(d))
     chosen = hps
@@ -725,6 +759,8 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
         "models_slope": (math.log(p["total_s"] / q["total_s"]) / math.log(p["models"] / q["models"])
                          if q and q["models"] < p["models"] else None),
         "peak_memory_gib": max(d["peak_memory_gib"] for d in (p, q, details.get("legacy")) if d),
+        "isolation_overhead": details["isolation"]["isolation_overhead"],
+        "guard_ms_per_measure": details["isolation"]["guard_ms_per_measure"],
         "train_speedup": details["zoo"]["speedup"],
         "pipeline_floor_models_per_minute": details["floor"]["floor_models_per_minute"],
         "step_matmul_ceiling": details["floor"]["step_matmul"]["ceiling"],

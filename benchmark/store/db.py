@@ -284,6 +284,12 @@ class Store:
         with self._db() as db:
             return pd.read_sql_query("SELECT * FROM measurements", db)
 
+    def drop_measurements(self) -> None:
+        """Delete every measure value and early value (the models stay): a store to measure again from scratch."""
+        with self._db() as db:
+            db.execute("DELETE FROM measurements")
+            db.execute("DELETE FROM early")
+
     def save_early(self, rows: Sequence[tuple]) -> None:
         """Early values in one transaction: (model_id, fraction, epoch, measure, version, value, seconds, status,
         error) per row."""

@@ -9,7 +9,7 @@ import logging
 import math
 from typing import Sequence
 
-from benchmark.runtime import RunOptions, parallel, set_threads
+from benchmark.runtime import RunOptions, parallel, release_workers, set_threads
 from benchmark.store import Store
 from benchmark.training.history import Probe
 from benchmark.training.loop import train_model
@@ -66,4 +66,6 @@ def train_zoo(hps: list[HParams], store: Store, opts: RunOptions, probes: Sequen
     tasks = [(str(store.root), tuple(t), opts, tuple(probes)) for t in tasks]
     for _ in parallel(_train_task, tasks, opts.jobs, "train", "model", [len(t[1]) for t in tasks], opts.progress):
         pass
+    if opts.jobs > 1 and len(tasks) > 1:
+        release_workers()
     return {"reused": len(hps) - len(todo), "trained": len(todo)}

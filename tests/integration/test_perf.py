@@ -14,9 +14,10 @@ from benchmark.perf.floor import counted_flops, step_operands
 
 KEYS = ["pipeline_models_per_minute", "zoo_peak_fraction", "suite_over_training", "hessian_speedup_vs_pyhessian",
         "hessian_agreement", "models_slope", "peak_memory_gib", "train_speedup", "pipeline_floor_models_per_minute",
-        "step_matmul_ceiling", "suite_peak_fraction", "suite_over_training_floor"]
-REPORTED = {"train_speedup", "pipeline_floor_models_per_minute", "step_matmul_ceiling", "suite_peak_fraction",
-            "suite_over_training_floor"}
+        "step_matmul_ceiling", "suite_peak_fraction", "suite_over_training_floor", "isolation_overhead",
+        "guard_ms_per_measure"]
+REPORTED = {"guard_ms_per_measure", "train_speedup", "pipeline_floor_models_per_minute", "step_matmul_ceiling",
+            "suite_peak_fraction", "suite_over_training_floor"}
 
 
 def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
@@ -66,8 +67,13 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
     assert f["suite_over_training_floor"] == pytest.approx(0.5 * c["total"] / p["useful_flops"]["total"])
     assert report["suite_over_training"] > report["suite_over_training_floor"] * p["zoo_peak_fraction"] / 0.5
     assert 0 < report["step_matmul_ceiling"] < 1.5
+    i = d["isolation"]  # isolated against in process: the same values, one worker each way
+    assert i["models"] == 8 and i["values"] == 8 * len(REGISTRY.names())
+    assert report["isolation_overhead"] == pytest.approx(i["isolated_s"] / i["in_process_s"])
+    assert 0 < report["guard_ms_per_measure"] < 50
     text = md.read_text()
     assert text.startswith("# genbench perf") and "| `pipeline_models_per_minute` |" in text
+    assert "## Isolated measures" in text
 
 
 def test_counted_flops_of_one_forward_pass_are_the_closed_form():

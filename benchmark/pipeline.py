@@ -282,7 +282,7 @@ def collect(cfg: DictConfig) -> dict:
         try:
             sources.append(Store(path, readonly=True))
         except NotAStoreError as err:
-            log.warning("collect: skipping %s, which is not a genbench store (%s)", path, err)
+            log.warning("collect: skipping %s (%s)", path, err)
     if not sources:
         raise UserError(f"collect.sources={list(cfg.collect.sources)} matches no genbench store (none of {len(paths)} "
                         f"matched paths holds a genbench.sqlite of genbench's)")

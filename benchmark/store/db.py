@@ -142,10 +142,12 @@ def writing(root: Path) -> Iterator[None]:
         raise mapped from err
 
 
-def _sqlite_error(path: Path, err: sqlite3.OperationalError) -> StoreError | None:
+def sqlite_error(path: Path, err: sqlite3.OperationalError, readonly: bool = False) -> StoreError | None:
     """The ``StoreError`` for SQLite's words for a full or unwritable disk, or None for any other error (a
-    locked file, a bug)."""
+    locked file, a bug: a write through a connection opened read-only)."""
     text = str(err)
+    if readonly and "attempt to write" in text:
+        return None
     if FULL in text or ("disk I/O error" in text and _nearly_full(path.parent)):  # no room for the WAL's files
         return disk_full(path.parent, err)
     if "disk I/O error" in text:
@@ -199,7 +201,7 @@ def connect(path: Path, readonly: bool = False) -> Iterator[sqlite3.Connection]:
     try:
         db = _open(path, readonly)
     except sqlite3.OperationalError as err:
-        mapped = _sqlite_error(path, err)
+        mapped = sqlite_error(path, err, readonly)
         if mapped is None:
             raise
         raise mapped from err
@@ -211,7 +213,7 @@ def connect(path: Path, readonly: bool = False) -> Iterator[sqlite3.Connection]:
         with db:
             yield db
     except sqlite3.OperationalError as err:
-        mapped = _sqlite_error(path, err)
+        mapped = sqlite_error(path, err, readonly)
         if mapped is None:
             raise
         raise mapped from err
@@ -252,8 +254,7 @@ class Store:
         _check_root(self.root)
         if readonly:
             if not self.path.exists():
-                raise NotAStoreError(f"no genbench store at {self.root} (no genbench.sqlite): `genbench train` "
-                                     f"creates one, or point store.root=... at a store")
+                raise NotAStoreError(f"no genbench store at {self.root}: it holds no genbench.sqlite")
             version = schema_version(self.path, readonly=True)
             if version is None:
                 raise NotAStoreError(f"{self.path} is an empty SQLite file, not a genbench store")

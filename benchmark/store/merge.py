@@ -85,24 +85,29 @@ def _same(a, b) -> bool:
 
 
 def _model_conflict(dest: _Contents, source: _Contents, model_id: str) -> Conflict | None:
-    """How the two copies of a model differ (the first difference), or None if they are identical."""
+    """How the two copies of a model differ (the first difference of each field that differs: hyperparameters,
+    metrics, history, checkpoint, early checkpoint), or None if they are identical."""
     d, s = dest.models[model_id], source.models[model_id]
+    ours, theirs = [], []
     for i, field in ((1, "hparams"), (2, "metrics"), (3, "history")):
         a, b = json.loads(d[i]), json.loads(s[i])
-        if a != b:
-            if isinstance(a, dict) and isinstance(b, dict):
-                a, b = _flat(a), _flat(b)
-                key = next(k for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k])
-                show = lambda x: f"{field}.{key}={json.dumps(x[key])}" if key in x else f"no {field}.{key}"
-                return Conflict(model_id, "model", show(a), show(b))
-            return Conflict(model_id, "model", f"{field} of {len(a)} rows", f"{field} of {len(b)} rows"
-                            if len(a) != len(b) else f"another {field} of {len(b)} rows")
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            a, b = _flat(a), _flat(b)
+            key = next(k for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k])
+            show = lambda x: f"{field}.{key}={json.dumps(x[key])}" if key in x else f"no {field}.{key}"
+            ours.append(show(a))
+            theirs.append(show(b))
+        else:
+            ours.append(f"{field} of {len(a)} rows")
+            theirs.append(f"{'another ' if len(a) == len(b) else ''}{field} of {len(b)} rows")
     for kind, path in (("checkpoint", Store.checkpoint_path), ("early checkpoint", Store.early_path)):
         a, b = dest.digest(path(dest.store, model_id)), source.digest(path(source.store, model_id))
         if a != b:
-            return Conflict(model_id, "model", f"{kind} sha256 {a[:12] if a else 'none'}",
-                            f"{kind} sha256 {b[:12] if b else 'none'}")
-    return None
+            ours.append(f"{kind} sha256 {a[:12] if a else 'none'}")
+            theirs.append(f"{kind} sha256 {b[:12] if b else 'none'}")
+    return Conflict(model_id, "model", ", ".join(ours), ", ".join(theirs)) if ours else None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -117,7 +122,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _value(row, value: int, status: int) -> str:
-    return f"{row[value]!r} ({row[status]})" if row[status] == "ok" else f"{row[status]}"
+    return repr(row[value]) if row[status] == "ok" else str(row[status])
 
 
 def find_conflicts(dest: _Contents, source: _Contents) -> tuple[list[Conflict], list[Conflict], list[Conflict]]:
@@ -187,7 +192,7 @@ def merge(dest: Store, source: Store, on_conflict: str = "fail") -> dict[str, in
                     {"fail": "nothing copied", "keep": "keeping the destination's",
                      "replace": "taking the source's"}[on_conflict])
     if conflicts and on_conflict == "fail":
-        raise refuse(conflicts, f"between {source.root} and {dest.root}")
+        raise refuse(conflicts, f"in collecting {source.root} into {dest.root}")
     for key, value in source.settings().items():
         dest.pin_setting(key, value)
     conflicting = {c.model_id for c in models}

@@ -97,7 +97,7 @@ def test_collect_of_conflicting_copies_refuses_then_keeps_or_replaces(trained_ti
     out = genbench("collect", *TINY, f"store.root={dest}", f"collect.sources=[{tmp_path}/jobs/*]",
                    f"hydra.run.dir={tmp_path}/hydra", cwd=tmp_path)
     line = _fails_in_one_line(out, "genbench collect: 2 conflicts", f"model {first}: metrics.train_loss=",
-                              "9.0 (source)", f"params v{version} of model {second}", "12345.0",
+                              "checkpoint sha256", f"params v{version} of model {second}", "12345.0 (source)",
                               "collect.on_conflict=keep", "collect.on_conflict=replace")
     assert "nothing was copied" in line
     assert f"model {first}" in out.stdout + out.stderr and "conflict" in out.stdout + out.stderr
@@ -134,8 +134,8 @@ def test_collect_skips_a_folder_that_is_not_a_store_and_creates_nothing_in_it(tr
                    f"hydra.run.dir={tmp_path}/hydra", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     logged = out.stdout + out.stderr
-    assert f"skipping {jobs / 'notes'}, which is not a genbench store" in logged
-    assert f"skipping {jobs / 'photos'}, which is not a genbench store" in logged
+    assert f"skipping {jobs / 'notes'} (no genbench store at {jobs / 'notes'}: it holds no genbench.sqlite)" in logged
+    assert f"skipping {jobs / 'photos'} (" in logged and "not a genbench store (tables: photos)" in logged
     assert listing() == before  # no genbench.sqlite, no checkpoints folder created in them
     assert len(Store(tmp_path / "all").model_ids()) == 4
 

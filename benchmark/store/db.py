@@ -235,7 +235,7 @@ def schema_version(path: Path, readonly: bool = False) -> int | None:
             return None
         if "meta" not in tables:
             raise NotAStoreError(f"{path} is an SQLite database but not a genbench store "
-                             f"(tables: {', '.join(sorted(tables))}); point store.root=... elsewhere")
+                                 f"(tables: {', '.join(sorted(tables))}); point store.root=... elsewhere")
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
         raise NotAStoreError(f"{path} has no schema version: not a genbench store")
@@ -393,8 +393,10 @@ class Store:
         bad = []
         for model_id in model_ids:
             try:
-                hp = HParams.from_dict(json.loads(rows[model_id])) if model_id in rows else None
-                self.check_checkpoint(model_id, hp)
+                if model_id in rows:
+                    self.check_checkpoint(model_id, HParams.from_dict(json.loads(rows[model_id])))
+                else:  # no row (deleted meanwhile): nothing to check the weights against
+                    self.load_states(model_id)
             except CheckpointError as err:
                 if on_corrupt == "fail":
                     raise

@@ -284,8 +284,8 @@ def collect(cfg: DictConfig) -> dict:
         except NotAStoreError as err:
             log.warning("collect: skipping %s (%s)", path, err)
     if not sources:
-        raise UserError(f"collect.sources={list(cfg.collect.sources)} matches no genbench store (none of {len(paths)} "
-                        f"matched paths holds a genbench.sqlite of genbench's)")
+        raise UserError(f"collect.sources={list(cfg.collect.sources)} matches no genbench store (the {len(paths)} "
+                        f"matched paths, each named in a warning above, hold none)")
     dest = Store(cfg.store.root)
     if on_conflict == "fail":
         check_merge(dest, sources)

@@ -44,6 +44,7 @@ class Conflict:
     what: str  # "model", or the measure (with the fraction for an early value)
     dest: str  # the destination's value, as text
     source: str  # the source's value
+    key: object = None  # the model id, or the key of the measurement or early row
 
     def line(self) -> str:
         of = f"model {self.model_id}" if self.what == "model" else f"{self.what} of model {self.model_id}"
@@ -51,16 +52,31 @@ class Conflict:
 
 
 class _Contents:
-    """Every row of a store, keyed, read once."""
+    """Every row of a store, keyed, read once; :meth:`absorb` adds another store's rows that it lacks, so that
+    the sources of a collect are checked against what the destination would hold, in one pass."""
 
     def __init__(self, store: Store):
         self.store = store
+        self.origin: dict[object, Store] = {}  # key → the store a row was absorbed from
         with store._db() as db:
             self.models = {r[0]: r for r in db.execute(
                 "SELECT id, hparams, metrics, history, checkpoint, created FROM models")}
             self.measurements = {r[:3]: r for r in db.execute("SELECT * FROM measurements")}
             self.early = {(r[0], r[1], r[3], r[4]): r for r in db.execute("SELECT * FROM early")}
         self._hashes: dict[Path, str | None] = {}
+
+    def owner(self, key) -> Store:
+        """The store that holds the model or row ``key``."""
+        return self.origin.get(key, self.store)
+
+    def absorb(self, other: _Contents) -> None:
+        """Add the models and rows of ``other`` that these contents lack, remembering where they are."""
+        for mine, theirs in ((self.models, other.models), (self.measurements, other.measurements),
+                             (self.early, other.early)):
+            for key, row in theirs.items():
+                if key not in mine:
+                    mine[key] = row
+                    self.origin[key] = other.store
 
     def digest(self, path: Path) -> str | None:
         """sha256 of a file, None if it does not exist."""
@@ -103,11 +119,11 @@ def _model_conflict(dest: _Contents, source: _Contents, model_id: str) -> Confli
             ours.append(f"{field} of {len(a)} rows")
             theirs.append(f"{'another ' if len(a) == len(b) else ''}{field} of {len(b)} rows")
     for kind, path in (("checkpoint", Store.checkpoint_path), ("early checkpoint", Store.early_path)):
-        a, b = dest.digest(path(dest.store, model_id)), source.digest(path(source.store, model_id))
+        a, b = dest.digest(path(dest.owner(model_id), model_id)), source.digest(path(source.store, model_id))
         if a != b:
             ours.append(f"{kind} sha256 {a[:12] if a else 'none'}")
             theirs.append(f"{kind} sha256 {b[:12] if b else 'none'}")
-    return Conflict(model_id, "model", ", ".join(ours), ", ".join(theirs)) if ours else None
+    return Conflict(model_id, "model", ", ".join(ours), ", ".join(theirs), model_id) if ours else None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -131,12 +147,13 @@ def find_conflicts(dest: _Contents, source: _Contents) -> tuple[list[Conflict], 
     models = [c for c in (_model_conflict(dest, source, i) for i in sorted(dest.models.keys() & source.models.keys()))
               if c is not None]
     decided = {c.model_id for c in models}
-    rows = [Conflict(k[0], f"{k[1]} v{k[2]}", _value(dest.measurements[k], 3, 5), _value(source.measurements[k], 3, 5))
+    rows = [Conflict(k[0], f"{k[1]} v{k[2]}", _value(dest.measurements[k], 3, 5), _value(source.measurements[k], 3, 5),
+                     k)
             for k in sorted(dest.measurements.keys() & source.measurements.keys())
             if k[0] not in decided and not all(_same(dest.measurements[k][i], source.measurements[k][i])
                                                for i in (3, 5))]
     early = [Conflict(k[0], f"early {k[2]} v{k[3]} at fraction {k[1]:g}", _value(dest.early[k], 5, 7),
-                      _value(source.early[k], 5, 7))
+                      _value(source.early[k], 5, 7), k)
              for k in sorted(dest.early.keys() & source.early.keys())
              if k[0] not in decided and not all(_same(dest.early[k][i], source.early[k][i]) for i in (5, 7))]
     return models, rows, early
@@ -154,16 +171,17 @@ def refuse(conflicts: list[Conflict], where: str) -> MergeConflict:
 def check_merge(dest: Store, sources: list[Store]) -> None:
     """Refuse (``MergeConflict``) before anything is copied if merging ``sources`` into ``dest`` in turn would
     meet a conflict, between the destination and a source or between two sources; each conflict is a
-    warning line."""
-    seen = [_Contents(dest)]
+    warning line. One pass: each source is compared with what the destination would hold by then."""
+    union = _Contents(dest)
     found = []
     for source in sources:
         contents = _Contents(source)
-        for earlier in seen:
-            for c in (c for group in find_conflicts(earlier, contents) for c in group):
-                log.warning("conflict between %s and %s: %s", earlier.store.root, source.root, c.line())
-                found.append(c)
-        seen.append(contents)
+        for c in (c for group in find_conflicts(union, contents) for c in group):
+            log.warning("conflict between %s and %s: %s", union.owner(c.key).root, source.root,
+                        c.line().replace("(destination)", f"({union.owner(c.key).root})").replace(
+                            "(source)", f"({source.root})"))
+            found.append(c)
+        union.absorb(contents)
     if found:
         raise refuse(found, f"between the stores to merge into {dest.root}")
 

@@ -16,8 +16,8 @@ Faults of the disk are the user's to fix, so they are ``StoreError`` lines that 
 tracebacks: a full disk (SQLite's "database or disk is full", ENOSPC) says that what was stored is kept and
 the same command resumes once there is space; a read-only folder (EROFS, EACCES) says the store is not
 writable. ``Store(root, readonly=True)`` opens an existing store for the commands that only read it
-(``genbench evaluate``, the sources of ``genbench collect``): it creates nothing, and reads a store on a
-read-only file system too.
+(``genbench evaluate``, the sources of ``genbench collect``): it creates no folder, table or store, and reads
+a store on a read-only file system too.
 """
 from __future__ import annotations
 
@@ -244,8 +244,9 @@ def schema_version(path: Path, readonly: bool = False) -> int | None:
 
 class Store:
     """The store under ``root``, created if need be. ``readonly=True`` opens an existing store for reading
-    only: it creates no folder, table or file and removes no orphan, so it works on a read-only disk and on
-    a folder that should not become a store (a ``NotAStoreError`` if it holds none)."""
+    only: it creates no folder, table or store file and removes no orphan, so it works on a read-only disk and
+    on a folder that should not become a store (a ``NotAStoreError`` if it holds none). In a writable folder,
+    SQLite may leave the empty ``-wal``/``-shm`` files of a WAL-mode reader beside an existing store."""
 
     def __init__(self, root: str | os.PathLike, readonly: bool = False):
         self.root = Path(root)

@@ -25,7 +25,7 @@ from benchmark.measuring.jobs import measure_zoo
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.report import layout, page, plots, tables
 from benchmark.runtime import RunOptions
-from benchmark.store import Store, merge, migrate
+from benchmark.store import ON_CONFLICT, NotAStoreError, Store, check_merge, merge, migrate
 from benchmark.training.history import TEST_SCHEDULES
 from benchmark.training.jobs import train_zoo
 from benchmark.training.snapshots import Snapshots
@@ -156,7 +156,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
 def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """One leaderboard's tables and figures: the results table, the zoo DataFrame and the reliability."""
-    hps, store = _zoo(cfg)
+    # read-only: evaluating writes only the leaderboard, so a store on a read-only disk can be evaluated
+    hps, store = [hp for c in _configs(cfg) for hp in expand(c)], Store(cfg.store.root, readonly=True)
     info = lb.measure_info(chosen)
     df = store.frame([hp.model_id for hp in hps], measures={m.name: m.version for m in chosen})
     if df.empty:
@@ -265,16 +266,35 @@ def run(cfg: DictConfig) -> str:
 
 
 def collect(cfg: DictConfig) -> dict:
-    """Merge the stores of ``collect.sources`` (paths or globs) into ``store.root``."""
-    dest = Store(cfg.store.root)
-    sources = sorted({p for pattern in cfg.collect.sources for p in glob.glob(str(Path(pattern).expanduser()))})
-    sources = [p for p in sources if Path(p).resolve() != dest.root.resolve()]
-    if not sources:
+    """Merge the stores of ``collect.sources`` (paths or globs) into ``store.root``, deciding the models and values
+    two stores hold differently by ``collect.on_conflict`` (``fail``, ``keep``, ``replace``; see
+    ``benchmark.store.merge``). A matched folder that holds no store is named and skipped; sources are opened
+    read-only, so nothing is ever created in them. With ``fail``, every source is checked before anything is
+    copied."""
+    on_conflict = str(cfg.collect.get("on_conflict", "fail"))
+    if on_conflict not in ON_CONFLICT:
+        raise UserError(f"collect.on_conflict={on_conflict} is not a rule; valid: {', '.join(ON_CONFLICT)}")
+    paths = sorted({p for pattern in cfg.collect.sources for p in glob.glob(str(Path(pattern).expanduser()))})
+    paths = [p for p in paths if Path(p).resolve() != Path(cfg.store.root).resolve()]
+    if not paths:
         raise UserError(f"collect.sources={list(cfg.collect.sources)} matches no store")
-    total = {"models": 0, "measurements": 0}
-    for path in sources:
-        counts = merge(dest, Store(path))
-        log.info("collected %s: %d models, %d measurements", path, counts["models"], counts["measurements"])
+    sources = []
+    for path in paths:
+        try:
+            sources.append(Store(path, readonly=True))
+        except NotAStoreError as err:
+            log.warning("collect: skipping %s (%s)", path, err)
+    if not sources:
+        raise UserError(f"collect.sources={list(cfg.collect.sources)} matches no genbench store (the {len(paths)} "
+                        f"matched paths, each named in a warning above, hold none)")
+    dest = Store(cfg.store.root)
+    if on_conflict == "fail":
+        check_merge(dest, sources)
+    total = {"models": 0, "measurements": 0, "early": 0, "conflicts": 0}
+    for source in sources:
+        counts = merge(dest, source, on_conflict)
+        log.info("collected %s: %d models, %d measurements, %d early values, %d conflicts", source.root,
+                 counts["models"], counts["measurements"], counts["early"], counts["conflicts"])
         total = {k: total[k] + counts[k] for k in total}
     return total
 

@@ -11,15 +11,26 @@ Crash safety: a checkpoint is written to a temporary file and renamed into place
 inserted, so a row always points to a complete file; a row is one transaction. Concurrency: WAL journal
 mode and a long busy timeout let several worker processes write to one store (SQLite serialises writers).
 SQL goes through parameters only; nothing is unpickled.
+
+Faults of the disk are the user's to fix, so they are ``StoreError`` lines that name the store, never
+tracebacks: a full disk (SQLite's "database or disk is full", ENOSPC) says that what was stored is kept and
+the same command resumes once there is space; a read-only folder (EROFS, EACCES) says the store is not
+writable. ``Store(root, readonly=True)`` opens an existing store for the commands that only read it
+(``genbench evaluate``, the sources of ``genbench collect``): it creates no folder, table or store, and reads
+a store on a read-only file system too.
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -29,6 +40,7 @@ import torch
 
 from benchmark.errors import UserError
 from benchmark.files import write_atomic
+from benchmark.store.architecture import state_mismatch
 from benchmark.zoo.hparams import HParams
 
 log = logging.getLogger("genbench")
@@ -78,23 +90,133 @@ CREATE TABLE IF NOT EXISTS early (       -- measures on the weights part-way thr
 
 
 class StoreError(UserError):
-    """A store that cannot be used as it is: corrupt, not a genbench store, or of another schema version."""
+    """A store that cannot be used as it is: corrupt, not a genbench store, of another schema version, on a
+    full or read-only disk."""
+
+
+class NotAStoreError(StoreError):
+    """A folder that holds no genbench store (no ``genbench.sqlite``, or an SQLite file of something else):
+    ``genbench collect`` skips such a source instead of stopping."""
 
 
 class CheckpointError(StoreError):
-    """A checkpoint file is missing, truncated or not a genbench checkpoint."""
+    """A checkpoint file is missing, truncated, not a genbench checkpoint, or holds weights that do not fit
+    its model's architecture."""
+
+
+FULL = "database or disk is full"
+_UNWRITABLE = ("attempt to write a readonly database", "unable to open database file")
+
+
+def disk_full(root: Path, err: BaseException) -> StoreError:
+    """The one line for a store whose disk filled up: nothing stored is lost, and the rerun resumes."""
+    return StoreError(f"store.root={root}: the disk is full ({err}); what was stored before is kept, and the "
+                      f"same command resumes once there is space")
+
+
+def not_writable(root: Path, err: BaseException | str) -> StoreError:
+    """The one line for a store that cannot be written; the commands that only read it still work."""
+    return StoreError(f"store.root={root} is not writable: {err} (genbench evaluate only reads it; the commands "
+                      f"that write need a writable store.root)")
+
+
+def os_store_error(root: Path, err: OSError) -> StoreError | None:
+    """The ``StoreError`` for a fault of the disk under ``root`` (full, read-only, no permission), or None
+    for any other ``OSError`` (a bug keeps its traceback)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(root, err)
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return not_writable(root, err)
+    return None
 
 
 @contextmanager
-def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """One transaction on the store file: commit on success, roll back on error."""
-    db = sqlite3.connect(path, timeout=120)
+def writing(root: Path) -> Iterator[None]:
+    """Turn a full or read-only disk met while writing under ``root`` into its one-line ``StoreError``."""
     try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL stays atomic and uncorrupted on a crash; no fsync per commit
+        yield
+    except OSError as err:
+        mapped = os_store_error(root, err)
+        if mapped is None:
+            raise
+        raise mapped from err
+
+
+def sqlite_error(path: Path, err: sqlite3.OperationalError, readonly: bool = False) -> StoreError | None:
+    """The ``StoreError`` for SQLite's words for a full or unwritable disk, or None for any other error (a
+    locked file, a bug: a write through a connection opened read-only)."""
+    text = str(err)
+    if readonly and "attempt to write" in text:
+        return None
+    if FULL in text or ("disk I/O error" in text and _nearly_full(path.parent)):  # no room for the WAL's files
+        return disk_full(path.parent, err)
+    if "disk I/O error" in text:
+        return StoreError(f"{path}: {err}; the disk under store.root={path.parent} failed a read or write (is it "
+                          f"failing, or was it unmounted?)")
+    if any(words in text for words in _UNWRITABLE):
+        if path.is_dir():
+            return StoreError(f"{path} is a folder, not a store file; move it away, or point store.root=... "
+                              f"at another folder")
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            return not_writable(path.parent, err)
+        return StoreError(f"cannot open {path} ({err})")
+    return None
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB free on the file system of ``folder``: SQLite reports a WAL index it cannot grow as a
+    "disk I/O error", not as a full disk."""
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _open(path: Path, readonly: bool) -> sqlite3.Connection:
+    """A connection to ``path``; read-only ones never write to the folder, so a store on a read-only file
+    system opens too: SQLite first tries ``mode=ro``, which needs the WAL index (``-shm``) beside the file,
+    and where that cannot be created, the file is read ``immutable`` (as it is on disk)."""
+    if not readonly:
+        return sqlite3.connect(path, timeout=120)
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}"
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=120)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError as err:
+        db.close()
+        if "unable to open database file" not in str(err):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size:
+        log.warning("%s cannot be opened for reading with its write-ahead log (its folder is read-only); the "
+                    "values written last, still in %s, may be missing", path, wal)
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=120)
+
+
+@contextmanager
+def connect(path: Path, readonly: bool = False) -> Iterator[sqlite3.Connection]:
+    """One transaction on the store file: commit on success, roll back on error. A full or read-only disk is
+    a ``StoreError`` naming the store."""
+    try:
+        db = _open(path, readonly)
+    except sqlite3.OperationalError as err:
+        mapped = sqlite_error(path, err, readonly)
+        if mapped is None:
+            raise
+        raise mapped from err
+    try:
+        if not readonly:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL stays atomic and uncorrupted on a crash; no fsync per commit
         db.execute("PRAGMA busy_timeout=120000")
         with db:
             yield db
+    except sqlite3.OperationalError as err:
+        mapped = sqlite_error(path, err, readonly)
+        if mapped is None:
+            raise
+        raise mapped from err
     except sqlite3.DatabaseError as err:
         if type(err) is not sqlite3.DatabaseError:  # a locked file, a constraint: not a damaged store
             raise
@@ -104,32 +226,66 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-def schema_version(path: Path) -> int | None:
+def schema_version(path: Path, readonly: bool = False) -> int | None:
     """The schema version recorded in the store file ``path``; None for a new (empty) file. A file that is
-    not SQLite, or an SQLite database that is not a genbench store, is a ``StoreError``."""
-    with connect(path) as db:
+    not SQLite is a ``StoreError``; an SQLite database that is not a genbench store a ``NotAStoreError``."""
+    with connect(path, readonly) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables:
             return None
         if "meta" not in tables:
-            raise StoreError(f"{path} is an SQLite database but not a genbench store "
-                             f"(tables: {', '.join(sorted(tables))}); point store.root=... elsewhere")
+            raise NotAStoreError(f"{path} is an SQLite database but not a genbench store "
+                                 f"(tables: {', '.join(sorted(tables))}); point store.root=... elsewhere")
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
-        raise StoreError(f"{path} has no schema version: not a genbench store")
+        raise NotAStoreError(f"{path} has no schema version: not a genbench store")
     return int(row[0])
 
 
 class Store:
-    def __init__(self, root: str | os.PathLike):
+    """The store under ``root``, created if need be. ``readonly=True`` opens an existing store for reading
+    only: it creates no folder, table or store file and removes no orphan, so it works on a read-only disk and
+    on a folder that should not become a store (a ``NotAStoreError`` if it holds none). In a writable folder,
+    SQLite may leave the empty ``-wal``/``-shm`` files of a WAL-mode reader beside an existing store."""
+
+    def __init__(self, root: str | os.PathLike, readonly: bool = False):
         self.root = Path(root)
         self.path = self.root / "genbench.sqlite"
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"store.root={self.root} is a file, not a folder")
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "checkpoints").mkdir(exist_ok=True)
-        self._remove_orphans()
+        self.readonly = readonly
+        _check_root(self.root)
+        if readonly:
+            if not self.path.exists():
+                raise NotAStoreError(f"no genbench store at {self.root}: it holds no genbench.sqlite")
+            version = schema_version(self.path, readonly=True)
+            if version is None:
+                raise NotAStoreError(f"{self.path} is an empty SQLite file, not a genbench store")
+            self._check_version(version)
+            return
+        with writing(self.root):
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # a parent is a file or a dangling link
+                raise StoreError(f"store.root={self.root} cannot be created: a part of its path is a file or a "
+                                 f"broken link") from None
+            if not os.access(self.root, os.W_OK):  # found here, not at the first write after hours of training
+                read_only = os.statvfs(self.root).f_flag & os.ST_RDONLY
+                raise not_writable(self.root, "it is on a read-only file system" if read_only else "permission denied")
+            checkpoints = self.root / "checkpoints"
+            if checkpoints.exists() and not checkpoints.is_dir():
+                raise StoreError(f"{checkpoints} is a file, not the store's checkpoints folder; move it away")
+            checkpoints.mkdir(exist_ok=True)
+            self._remove_orphans()
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder, not a store file; move it away, or point store.root=... "
+                             f"at another folder")
         version = schema_version(self.path)
+        self._check_version(version)
+        with self._db() as db:  # every table IF NOT EXISTS: a store written before the early table gains it
+            db.executescript(SCHEMA)
+            if version is None:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _check_version(self, version: int | None) -> None:
         if version is not None and version != SCHEMA_VERSION:
             if version in MIGRATABLE:
                 raise StoreError(
@@ -138,10 +294,6 @@ class Store:
             raise StoreError(f"{self.path} has store schema {version}, which this genbench cannot read (it reads "
                              f"{SCHEMA_VERSION} and upgrades {', '.join(map(str, MIGRATABLE))}): use the genbench that "
                              f"wrote it, or point store.root=... at another folder")
-        with self._db() as db:  # every table IF NOT EXISTS: a store written before the early table gains it
-            db.executescript(SCHEMA)
-            if version is None:
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def _remove_orphans(self) -> None:
         """Delete temporary checkpoint files left by writers that died (their pid is no longer running)."""
@@ -151,7 +303,7 @@ class Store:
                 tmp.unlink(missing_ok=True)
 
     def _db(self):
-        return connect(self.path)
+        return connect(self.path, self.readonly)
 
     # ------------------------------------------------------------------------------------------ models
     def checkpoint_path(self, model_id: str) -> Path:
@@ -173,13 +325,21 @@ class Store:
         if snapshots:
             kept = {"fractions": [s["fraction"] for s in snapshots], "epochs": [s["epoch"] for s in snapshots],
                     "states": [s["state"] for s in snapshots]}
-            write_atomic(self.early_path(model_id), lambda tmp: torch.save(kept, tmp))
-        write_atomic(path, lambda tmp: torch.save({"init": init_state, "final": final_state}, tmp))
+            self._write_torch(self.early_path(model_id), kept)
+        self._write_torch(path, {"init": init_state, "final": final_state})
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
                        (model_id, json.dumps(hp.to_dict()), json.dumps(_jsonable(metrics)),
                         json.dumps(_jsonable(history)), str(path.relative_to(self.root)), time.time()))
         return model_id
+
+    def _write_torch(self, path: Path, obj) -> None:
+        """``torch.save(obj)`` to ``path`` atomically. Serialised in memory first: torch's own file writer
+        reports a full disk as a bare RuntimeError, a plain write as the ENOSPC it is."""
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        with writing(self.root):
+            write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
     def load_states(self, model_id: str) -> tuple[dict, dict]:
         """(initial, final) state dicts of a stored model."""
@@ -207,13 +367,37 @@ class Store:
             raise CheckpointError(f"early checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
                                   f"{err})") from err
 
+    def check_checkpoint(self, model_id: str, hp: HParams | None = None) -> None:
+        """Load the checkpoint of ``model_id`` and check that its weights fit the model's architecture (the
+        names, shapes and dtypes of the model built from its stored hyperparameters): a ``CheckpointError``
+        if not. Loading a wrong state dict would fail much later, as a size mismatch deep in a measure, and
+        ``load_state_dict`` silently casts another dtype."""
+        init, final = self.load_states(model_id)
+        hp = hp or self.model_record(model_id)[0]
+        for name, state in (("init", init), ("final", final)):
+            problem = state_mismatch(state, hp.model, hp.dataset.name)
+            if problem:
+                raise CheckpointError(f"checkpoint {self.checkpoint_path(model_id)} does not fit the architecture "
+                                      f"of model {model_id} ({hp.model.name}, depth {hp.model.depth}, width "
+                                      f"{hp.model.width}): its {name} weights {problem}")
+        if {k: (v.shape, v.dtype) for k, v in init.items()} != {k: (v.shape, v.dtype) for k, v in final.items()}:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path(model_id)}: its init and final weights have "
+                                  f"different names, shapes or dtypes")
+
     def prune_corrupt(self, model_ids: Iterable[str], on_corrupt: str) -> list[str]:
-        """Check the checkpoints of ``model_ids``; a corrupt one is deleted (``retrain``: the caller trains it
-        again), skipped (``skip``) or an error (``fail``). Returns the corrupt ids."""
+        """Check the checkpoints of ``model_ids`` (:meth:`check_checkpoint`: readable, and fitting the model's
+        architecture); a bad one is deleted (``retrain``: the caller trains it again), skipped (``skip``) or an
+        error (``fail``). Returns the bad ids."""
+        model_ids = list(model_ids)
+        with self._db() as db:
+            rows = dict(db.execute("SELECT id, hparams FROM models").fetchall())
         bad = []
         for model_id in model_ids:
             try:
-                self.load_states(model_id)
+                if model_id in rows:
+                    self.check_checkpoint(model_id, HParams.from_dict(json.loads(rows[model_id])))
+                else:  # no row (deleted meanwhile): nothing to check the weights against
+                    self.load_states(model_id)
             except CheckpointError as err:
                 if on_corrupt == "fail":
                     raise
@@ -228,8 +412,9 @@ class Store:
             db.execute("DELETE FROM measurements WHERE model_id = ?", (model_id,))
             db.execute("DELETE FROM early WHERE model_id = ?", (model_id,))
             db.execute("DELETE FROM models WHERE id = ?", (model_id,))
-        self.checkpoint_path(model_id).unlink(missing_ok=True)
-        self.early_path(model_id).unlink(missing_ok=True)
+        with writing(self.root):
+            self.checkpoint_path(model_id).unlink(missing_ok=True)
+            self.early_path(model_id).unlink(missing_ok=True)
 
     def model_record(self, model_id: str) -> tuple[HParams, dict, list[dict]]:
         """(hyperparameters, metrics, history) of a stored model."""
@@ -342,6 +527,14 @@ class Store:
         wide.columns = [f"measure.{c}" for c in wide.columns]
         return df.merge(wide, left_on="model_id", right_index=True, how="left").sort_values(
             "model_id", ignore_index=True)
+
+
+def _check_root(root: Path) -> None:
+    """``store.root`` names a folder, or nothing yet: not a file, not a link to nowhere."""
+    if root.is_symlink() and not root.exists():
+        raise StoreError(f"store.root={root} is a symbolic link to {os.readlink(root)}, which does not exist")
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"store.root={root} is a file, not a folder")
 
 
 def _alive(pid: int) -> bool:

@@ -23,7 +23,16 @@ import os
 import sqlite3
 from pathlib import Path
 
-from benchmark.store.db import MIGRATABLE, SCHEMA, SCHEMA_VERSION, Store, StoreError, schema_version
+from benchmark.store.db import (
+    MIGRATABLE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    schema_version,
+    sqlite_error,
+    writing,
+)
 from benchmark.zoo.hparams import HParams
 
 
@@ -43,15 +52,21 @@ def migrate(root: str | os.PathLike) -> dict[str, int]:
     counts = {"renamed": 0, "dropped": 0, "unchanged": 0, "from_version": version}
     db = sqlite3.connect(path, timeout=120)
     try:
-        _label_noise_mode(db)  # first: the ids below are computed from the hyperparameters
-        if version == 1:
-            _model_ids(db, root, counts)
-        if version in (1, 2):
-            _status_constraint(db)
-        if version in (2, 3):
-            counts["unchanged"] = db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
-        with db:
-            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        with writing(root):  # a full or read-only disk: one line; each step is a transaction, a rerun finishes
+            _label_noise_mode(db)  # first: the ids below are computed from the hyperparameters
+            if version == 1:
+                _model_ids(db, root, counts)
+            if version in (1, 2):
+                _status_constraint(db)
+            if version in (2, 3):
+                counts["unchanged"] = db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+            with db:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    except sqlite3.OperationalError as err:
+        mapped = sqlite_error(path, err)
+        if mapped is None:
+            raise
+        raise mapped from err
     finally:
         db.close()
     return counts

@@ -140,8 +140,8 @@ def test_collect_merges_per_job_stores(tiny_cfg, tmp_path):
     for shard in (0, 1):
         pipeline.train(tiny_cfg(*SIX, "zoo.num_shards=2", f"zoo.shard={shard}", f"store.root={tmp_path}/jobs/{shard}"))
     main = tiny_cfg(*SIX, f"collect.sources=[{tmp_path}/jobs/*]")
-    assert pipeline.collect(main) == {"models": 6, "measurements": 0}
-    assert pipeline.collect(main) == {"models": 0, "measurements": 0}  # idempotent
+    assert pipeline.collect(main) == {"models": 6, "measurements": 0, "early": 0, "conflicts": 0}
+    assert pipeline.collect(main) == {"models": 0, "measurements": 0, "early": 0, "conflicts": 0}  # idempotent
     assert _consistent(Store(tmp_path / "store")) == 6
     assert pipeline.train(main)["trained"] == 0
 

@@ -229,3 +229,100 @@ def test_a_pinned_setting_refuses_a_second_value_and_travels_with_a_merge(tmp_pa
     c = Store(tmp_path / "c")
     merge(c, b)
     assert c.settings() == {"measures.curvature_samples": 512}
+
+
+def test_a_read_only_store_creates_nothing_and_reads_what_is_stored(tmp_path):
+    from benchmark.store import NotAStoreError
+    with pytest.raises(NotAStoreError, match="holds no genbench.sqlite"):
+        Store(tmp_path / "nothing", readonly=True)
+    assert not (tmp_path / "nothing").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotAStoreError):
+        Store(tmp_path / "empty", readonly=True)
+    assert list((tmp_path / "empty").iterdir()) == []
+    store = Store(tmp_path / "s")
+    model_id = _save(store, default_hparams())
+    store.save_measurement(model_id, "m", 1, 0.5, 0.01, "ok")
+    (tmp_path / "s" / "checkpoints" / "x.pt.999999999.tmp").write_bytes(b"orphan")
+    reader = Store(tmp_path / "s", readonly=True)
+    assert reader.model_ids() == {model_id} and reader.frame().loc[0, "measure.m"] == 0.5
+    assert (tmp_path / "s" / "checkpoints" / "x.pt.999999999.tmp").exists()  # removing orphans is a writer's job
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # a write through it is a bug, not a user's
+        reader.save_measurement(model_id, "m", 2, 0.5, 0.01, "ok")
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("dangling", r"is a symbolic link to .*gone, which does not exist"),
+    ("file", "is a file, not a folder"),
+    ("sqlite_folder", r"genbench.sqlite is a folder, not a store file"),
+    ("checkpoints_file", r"checkpoints is a file, not the store's checkpoints folder"),
+])
+def test_a_store_root_of_the_wrong_kind_is_named(tmp_path, kind, match):
+    root = tmp_path / "store"
+    if kind == "dangling":
+        root.symlink_to(tmp_path / "gone")
+    elif kind == "file":
+        root.write_text("x")
+    else:
+        (root / ("genbench.sqlite" if kind == "sqlite_folder" else "")).mkdir(parents=True)
+        if kind == "checkpoints_file":
+            (root / "checkpoints").write_text("x")
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match=match if not readonly or kind in ("dangling", "file") else "."):
+            Store(root, readonly=readonly)
+    assert not (tmp_path / "gone").exists()
+
+
+def _pair(tmp_path):
+    """Two stores holding the same model and the same measurement and early rows."""
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    model_id = None
+    for store in (a, b):
+        model_id = _save(store, default_hparams())
+        store.save_measurements([(model_id, "nan", 1, float("nan"), 0.1, "ok", None, None),
+                                 (model_id, "none", 1, None, 0.2, "failed", "boom", None),
+                                 (model_id, "v", 1, 1.0, 0.3, "ok", None, None)])
+        store.save_early([(model_id, 0.5, 3, "v", 1, 2.0, 0.1, "ok", None)])
+    return a, b, model_id
+
+
+def test_identical_copies_are_no_conflict_whatever_their_seconds(tmp_path):
+    from benchmark.store import merge
+    a, b, model_id = _pair(tmp_path)
+    with sqlite3.connect(b.path) as db:
+        db.execute("UPDATE measurements SET seconds = 99, created = 1")
+    assert merge(a, b) == {"models": 0, "measurements": 0, "early": 0, "conflicts": 0}
+
+
+def test_conflicting_values_keep_or_replace(tmp_path):
+    from benchmark.store import MergeConflict, merge
+    a, b, model_id = _pair(tmp_path)
+    b.save_measurements([(model_id, "v", 1, 5.0, 0.3, "ok", None, None),
+                         (model_id, "none", 1, 3.0, 0.2, "ok", None, None)])
+    b.save_early([(model_id, 0.5, 3, "v", 1, None, 0.1, "failed", "x")])
+    with pytest.raises(MergeConflict, match=r"^3 conflicts in collecting .*b into .*a, so nothing was copied: .*"
+                                            r"early v v1 at fraction 0.5 of model \w+: 2.0 \(destination\) vs "
+                                            r"failed \(source\)"):
+        merge(a, b)
+    assert merge(a, b, "keep") == {"models": 0, "measurements": 0, "early": 0, "conflicts": 3}
+    assert a.measurements().set_index("measure").loc["v", "value"] == 1.0
+    assert merge(a, b, "replace") == {"models": 0, "measurements": 2, "early": 1, "conflicts": 3}
+    long = a.measurements().set_index("measure")
+    assert long.loc["v", "value"] == 5.0 and long.loc["none", "status"] == "ok"
+    assert a.early().status.tolist() == ["failed"]
+    assert merge(a, b)["conflicts"] == 0
+
+
+def test_a_checkpoint_that_misses_a_weight_does_not_fit(tmp_path):
+    from benchmark.zoo.models import build_model
+    store = Store(tmp_path)
+    hp = default_hparams().replace(**{"dataset.name": "digits", "model.width": 4, "model.depth": 1})
+    state = build_model(hp.model, (1, 8, 8), 10).state_dict()
+    model_id = _save(store, hp)
+    torch.save({"init": state, "final": state}, store.checkpoint_path(model_id))
+    store.check_checkpoint(model_id)
+    partial = {k: v for i, (k, v) in enumerate(state.items()) if i}
+    torch.save({"init": state, "final": partial}, store.checkpoint_path(model_id))
+    with pytest.raises(CheckpointError, match=r"its final weights lack .*weight and hold nothing more"):
+        store.check_checkpoint(model_id)
+    assert store.prune_corrupt([model_id], "retrain") == [model_id] and store.model_ids() == set()

@@ -44,7 +44,7 @@ def _early_items(common: tuple, items: Sequence[tuple[str, float, str]]) -> Iter
     """In a worker: the (model_id, fraction, measure) items of some models, snapshot after snapshot, one row of
     the ``early`` table each (None for the items of a model whose checkpoint cannot be read: not stored)."""
     root, seed, timeout, curvature_samples, opts = common
-    store = Store(root)
+    store = Store(root, readonly=True)
     for model_id, wanted in by_model(items):
         hp, _, history = store.model_record(model_id)
         try:

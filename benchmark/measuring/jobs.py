@@ -32,15 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 import measures
 from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
 from benchmark.runtime import RunOptions, set_threads
-from benchmark.store import CheckpointError, Store
+from benchmark.store import CheckpointError, Store, jsonable
 from benchmark.zoo.hparams import HParams
 from measures.plugins import load_all
 
@@ -117,35 +115,20 @@ def _exit_status(code: Any) -> int:
     return 0 if code is None else code if isinstance(code, int) else 1
 
 
-def _plain(obj: Any) -> Any:
-    """A tensor or a NumPy value as the numbers it holds, for JSON; anything else is not storable."""
-    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
-        return obj.tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
 def storable(details: Any) -> dict:
     """A measure's details as they will be stored: JSON types only (tensors and NumPy values become numbers,
-    non-finite floats None), at most ``MAX_DETAILS_BYTES``. Anything else is a ``ValueError`` saying why."""
+    non-finite floats None: ``benchmark.store.jsonable``), at most ``MAX_DETAILS_BYTES``. Anything else is a
+    ``ValueError`` saying why."""
     if not isinstance(details, dict):
         raise ValueError(f"details must be a dict, got {type(details).__name__}")
     try:
-        text = json.dumps(details, default=_plain, allow_nan=True)
+        plain = jsonable(details)
+        text = json.dumps(plain, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as err:
         raise ValueError(str(err)) from None
     if len(text) > MAX_DETAILS_BYTES:
         raise ValueError(f"{len(text):,} bytes of JSON, more than the {MAX_DETAILS_BYTES:,} a value's details may hold")
-    return _finite(json.loads(text))
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
+    return plain
 
 
 GROUP_SIZE = 9  # models measured together in one task, at most: half a stack of the default zoo, so that the
@@ -183,7 +166,7 @@ def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[
     is computed for all of them by the first measure that needs it, and each measure's recorded time is its own
     model's share of it (``Context.lent``, ``Context.charged``)."""
     root, seed, timeout, curvature_samples, opts, replicates = common
-    store = Store(root)
+    store = Store(root, readonly=True)
     loaded, unreadable = [], {}
     for model_id, names in by_model(items):
         try:

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -329,8 +330,8 @@ class Store:
         self._write_torch(path, {"init": init_state, "final": final_state})
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
-                       (model_id, json.dumps(hp.to_dict()), json.dumps(_jsonable(metrics)),
-                        json.dumps(_jsonable(history)), str(path.relative_to(self.root)), time.time()))
+                       (model_id, json.dumps(hp.to_dict()), json.dumps(jsonable(metrics)),
+                        json.dumps(jsonable(history)), str(path.relative_to(self.root)), time.time()))
         return model_id
 
     def _write_torch(self, path: Path, obj) -> None:
@@ -453,7 +454,7 @@ class Store:
         with self._db() as db:
             db.executemany("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            [(model_id, measure, version, value, seconds, status, error,
-                             json.dumps(_jsonable(details or {})), now)
+                             json.dumps(jsonable(details or {})), now)
                             for model_id, measure, version, value, seconds, status, error, details in rows])
 
     def measured(self, statuses: Iterable[str] = STATUSES) -> set[tuple[str, str, int]]:
@@ -547,16 +548,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _jsonable(obj):
-    """JSON-safe copy: non-finite floats become None, tensors become numbers."""
+def jsonable(obj):
+    """JSON-safe copy: non-finite floats become None, tensors and NumPy arrays and scalars become numbers. Any
+    other object is left as it is (``json.dumps`` then says it is not serializable)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
+        return [jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _jsonable(obj.item())
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        return jsonable(obj.tolist())
     return obj

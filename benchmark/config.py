@@ -11,17 +11,20 @@ defaults from there: a YAML file sets only what belongs to its component, a mist
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from benchmark.zoo.datasets import DEFAULT_ROOT
 from benchmark.zoo.hparams import GROUPS, HParams
 
 SCHEMA = "genbench_schema"
+PATHS = ("store.root", "leaderboard.dir", "dataset.root")  # the config's paths, made absolute where it is composed
+PATH_LISTS = ("measures.plugins", "collect.sources")
 _HERE = Path(__file__).resolve().parent
 
 
@@ -69,7 +72,30 @@ def compose(*overrides: str) -> DictConfig:
     from hydra import initialize_config_dir
     register()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return absolute_paths(hydra_compose(config_name="config", overrides=list(overrides)))
+
+
+def absolute_paths(cfg: DictConfig, base: str | Path | None = None) -> DictConfig:
+    """Make the config's paths (:data:`PATHS`, and each entry of :data:`PATH_LISTS`) absolute, in place: a relative
+    one is relative to ``base`` (default: the current folder, where genbench was started), and ``~`` is expanded.
+    Done once, where the config is composed, so that nothing later (a plugin measure that changes the current
+    folder) can move them. Returns ``cfg``."""
+    base = Path(base if base is not None else os.getcwd())
+
+    def absolute(path: Any) -> str:
+        path = Path(os.path.expanduser(str(path)))
+        return str(path if path.is_absolute() else Path(os.path.normpath(base / path)))
+
+    with open_dict(cfg):
+        for key in PATHS:
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is not None:
+                OmegaConf.update(cfg, key, absolute(value), merge=False)
+        for key in PATH_LISTS:
+            values = OmegaConf.select(cfg, key, default=None)
+            if values is not None and not isinstance(values, str):
+                OmegaConf.update(cfg, key, [absolute(v) for v in values], merge=False)
+    return cfg
 
 
 register()

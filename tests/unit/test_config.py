@@ -75,3 +75,21 @@ def test_the_standard_benchmark_is_replicated_and_varies_jiangs_axes_on_three_ta
     assert total >= 1000
     one = task_configs(make_cfg("experiment=standard", "suite.only=[digits-mlp]"))
     assert list(one) == ["digits-mlp"]
+
+
+def test_paths_are_absolute_from_where_the_config_was_composed(tmp_path, monkeypatch):
+    """A relative path is resolved once, in the folder genbench started in: a later os.chdir (a plugin measure
+    that changes folder) cannot move the store, the leaderboard, the data, the plugins or the sources."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    cfg = make_cfg("store.root=runs/s", "leaderboard.dir=${store.root}/lb", "dataset.root=data",
+                   "measures.plugins=[my.py]", "collect.sources=[jobs/*/store]")
+    monkeypatch.chdir(elsewhere)
+    assert cfg.store.root == str(start / "runs" / "s")
+    assert cfg.leaderboard.dir == str(start / "runs" / "s" / "lb")
+    assert cfg.dataset.root == str(start / "data")
+    assert list(cfg.measures.plugins) == [str(start / "my.py")]
+    assert list(cfg.collect.sources) == [str(start / "jobs" / "*" / "store")]
+    assert make_cfg("store.root=/abs/s").store.root == "/abs/s"
+

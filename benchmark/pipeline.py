@@ -29,7 +29,7 @@ from benchmark.store import Store, merge, migrate
 from benchmark.training.history import TEST_SCHEDULES
 from benchmark.training.jobs import train_zoo
 from benchmark.training.snapshots import Snapshots
-from benchmark.zoo.grid import expand, varying_axes
+from benchmark.zoo.grid import MODELS_PER_MINUTE, expand, varying_axes, zoo_size
 from benchmark.zoo.hparams import HParams
 from benchmark.zoo.suite import suite_of, task_configs
 from measures.plugins import load_all
@@ -77,16 +77,41 @@ def _configs(cfg: DictConfig) -> list[DictConfig]:
 
 def _zoo(cfg: DictConfig) -> tuple[list[HParams], Store]:
     """Every model of the zoo, or of all the suite's tasks together (so they share the workers and the stacks);
-    each is validated before anything runs."""
+    each is validated before anything runs. A zoo larger than ``run.max_models`` is refused before it is expanded."""
+    zoo_scale(cfg)
     hps = {hp.model_id: hp for c in _configs(cfg) for hp in expand(c)}
     return list(hps.values()), Store(cfg.store.root)
 
 
+def zoo_scale(cfg: DictConfig) -> str:
+    """"zoo <name>: N models (C configurations × S seeds)", from the axes alone (nothing is expanded); a
+    ``UserError`` when N exceeds ``run.max_models``."""
+    sizes = [zoo_size(c) for c in _configs(cfg)]
+    configurations, models = sum(c for c, _, _ in sizes), sum(n for _, _, n in sizes)
+    seeds = "/".join(sorted({str(s) for _, s, _ in sizes}))
+    suite = suite_of(cfg)
+    name = f"suite {suite.name} ({len(sizes)} tasks)" if suite is not None else f"zoo {cfg.zoo.name}"
+    shards = int(cfg.zoo.get("num_shards", 1))
+    shard = f", shard {int(cfg.zoo.get('shard', 0))} of {shards}" if shards > 1 else ""
+    line = (f"{name}: {models:,} models{shard} ({configurations:,} configurations × {seeds} "
+            f"seed{'s' if seeds != '1' else ''})")
+    limit = cfg.run.get("max_models")
+    if limit is not None and models > int(limit):
+        minutes = models / MODELS_PER_MINUTE
+        took = f"{minutes / 60:,.0f} h" if minutes >= 90 else f"{minutes:.0f} min"
+        raise UserError(f"{line} is more than run.max_models={int(limit):,}: ≈ {took} at "
+                        f"~{MODELS_PER_MINUTE} models/min, the default zoo's rate on a 2-core CPU; to go on, raise "
+                        f"the limit (run.max_models={models}) or split the zoo (zoo.num_shards=...)")
+    return line
+
+
 def train(cfg: DictConfig) -> dict:
     """Train (or reuse) every model of the zoo; counts of trained, reused and converged models."""
+    scale = zoo_scale(cfg)
     hps, store = _zoo(cfg)
     opts = options(cfg)
     have = store.model_ids()
+    log.info("%s, %d to train", scale, sum(hp.model_id not in have for hp in hps))
     store.prune_corrupt([hp.model_id for hp in hps if hp.model_id in have], opts.on_corrupt)
     counts = train_zoo(hps, store, opts, DEFAULT_PROBES)
     df = store.models([hp.model_id for hp in hps])

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import logging
 import os
+import sqlite3
 import sys
 import unicodedata
 from pathlib import Path
@@ -196,6 +197,8 @@ def _hydra(command: str, rest: list[str]) -> None:
         except Exception as err:
             if isinstance(err, OSError) and err.errno in _DISK and not err.filename:  # a write() names no file
                 err.add_note(f"it writes under store.root={cfg.store.root} and leaderboard.dir={cfg.leaderboard.dir}")
+            elif isinstance(err, sqlite3.OperationalError) and _environment_line(err):  # sqlite names no file
+                err.add_note(f"store.root={cfg.store.root}")
             hc = HydraConfig.get()
             if hc.mode == RunMode.MULTIRUN:  # say which sweep job it was
                 err.add_note(f"in the sweep job with {' '.join(hc.overrides.task)}")
@@ -295,7 +298,6 @@ _MOVE = ("run genbench in a folder it can write, or point store.root and leaderb
 
 def _environment_line(err: BaseException) -> str | None:
     """One line for a failure of the disk or its permissions (the error or its explicit cause), or None."""
-    import sqlite3
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

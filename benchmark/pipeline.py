@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 import measures
 from benchmark.errors import UserError
@@ -42,10 +43,38 @@ def options(cfg: DictConfig) -> RunOptions:
     schedule = str(cfg.run.get("test_schedule", "log"))
     if schedule not in TEST_SCHEDULES:
         raise UserError(f"run.test_schedule={schedule!r} is not a test schedule; valid: {', '.join(TEST_SCHEDULES)}")
-    return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device),
-                      vectorize=bool(cfg.run.vectorize), progress=bool(cfg.run.progress),
+    on_corrupt = str(cfg.run.on_corrupt)
+    if on_corrupt not in ON_CORRUPT:
+        raise UserError(f"run.on_corrupt={on_corrupt!r} is not a choice; valid: {', '.join(ON_CORRUPT)}")
+    device = str(cfg.run.device)
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(f"run.device={device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+    return RunOptions(jobs=count_setting(cfg, "run.jobs"), threads=count_setting(cfg, "run.threads", none=True),
+                      device=device, vectorize=_flag(cfg, "run.vectorize"), progress=_flag(cfg, "run.progress"),
                       data_root=str(cfg.dataset.root), download=bool(cfg.dataset.download),
-                      on_corrupt=str(cfg.run.on_corrupt), test_schedule=schedule, keep=early_fractions(cfg))
+                      on_corrupt=on_corrupt, test_schedule=schedule, keep=early_fractions(cfg))
+
+
+ON_CORRUPT = ("retrain", "skip", "fail")
+
+
+def count_setting(cfg: DictConfig, key: str, none: bool = False) -> int | None:
+    """The operational setting ``key``: an integer >= 1 (or null where ``none``), else a one-line ``UserError``."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}={value} must be an integer >= 1{' or null' if none else ''}")
+    return value
+
+
+def _flag(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise UserError(f"{key}={value} must be true or false")
+    return value
 
 
 def early_fractions(cfg: DictConfig) -> tuple[float, ...]:
@@ -95,11 +124,11 @@ def zoo_scale(cfg: DictConfig) -> str:
     shard = f", shard {int(cfg.zoo.get('shard', 0))} of {shards}" if shards > 1 else ""
     line = (f"{name}: {models:,} models{shard} ({configurations:,} configurations × {seeds} "
             f"seed{'s' if seeds != '1' else ''})")
-    limit = cfg.run.get("max_models")
-    if limit is not None and models > int(limit):
+    limit = count_setting(cfg, "run.max_models", none=True)
+    if limit is not None and models > limit:
         minutes = models / MODELS_PER_MINUTE
         took = f"{minutes / 60:,.0f} h" if minutes >= 90 else f"{minutes:.0f} min"
-        raise UserError(f"{line} is more than run.max_models={int(limit):,}: ≈ {took} at "
+        raise UserError(f"{line} is more than run.max_models={limit:,}: ≈ {took} at "
                         f"~{MODELS_PER_MINUTE} models/min, the default zoo's rate on a 2-core CPU; to go on, raise "
                         f"the limit (run.max_models={models}) or split the zoo (zoo.num_shards=...)")
     return line

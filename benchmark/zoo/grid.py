@@ -79,7 +79,9 @@ def zoo_size(cfg: Mapping) -> tuple[int, int, int]:
 
 
 def _shard(zoo: Mapping) -> tuple[int, int]:
-    shard, num_shards = int(zoo.get("shard", 0)), int(zoo.get("num_shards", 1))
+    shard, num_shards = zoo.get("shard", 0), zoo.get("num_shards", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (shard, num_shards)):
+        raise HParamsError(f"zoo.shard={shard} and zoo.num_shards={num_shards} must be integers")
     if not 0 <= shard < num_shards:
         raise HParamsError(f"zoo.shard must be in [0, zoo.num_shards={num_shards}), got {shard}")
     return shard, num_shards

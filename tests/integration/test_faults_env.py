@@ -4,8 +4,10 @@ a failure is one line on stderr starting ``genbench <command>:`` and exit status
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import pipeline
+from benchmark.cli import user_message
 from benchmark.store import Store
 from tests.conftest import TINY, TINY_MEASURES, TINY_MODELS
 from tests.integration.test_cli import _one_line, genbench
@@ -66,6 +69,9 @@ def test_writing_into_a_read_only_folder_is_one_line(board, tmp_path):
                   f"genbench train: cannot write {ro / 'runs'}: the file system is read-only", "store.root=DIR")
         _one_line(genbench("measure", *TINY, "store.root=store", cwd=ro),
                   f"cannot write {ro / 'store' / 'hydra'}", "read-only")
+        # Hydra's run dir elsewhere: sqlite cannot open the read-only store (naming no file)
+        _one_line(genbench("measure", *TINY, "store.root=store", f"hydra.run.dir={tmp_path / 'h'}", cwd=ro),
+                  "genbench measure:", str(ro / "store"))
         # the store is writable, the leaderboard folder is not
         _one_line(genbench("evaluate", *TINY, f"store.root={board / 'store'}", f"leaderboard.dir={ro / 'lb'}",
                            cwd=tmp_path), f"genbench evaluate: cannot write {ro / 'lb'}", "read-only",
@@ -147,6 +153,19 @@ def test_an_empty_seed_list_is_refused_before_training(tmp_path, args, fragments
     assert not (tmp_path / "s" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("setting,fragment", [
+    ("run.jobs=abc", "run.jobs=abc must be an integer >= 1"), ("run.jobs=0", "run.jobs=0 must be an integer >= 1"),
+    ("run.threads=x", "run.threads=x must be an integer >= 1 or null"),
+    ("run.max_models=many", "run.max_models=many must be an integer >= 1 or null"),
+    ("run.device=gpu", "run.device='gpu' is not a torch device"),
+    ("run.vectorize=maybe", "run.vectorize=maybe must be true or false"),
+    ("run.on_corrupt=nope", "run.on_corrupt='nope' is not a choice; valid: retrain, skip, fail"),
+    ("zoo.shard=x", "zoo.shard=x and zoo.num_shards=1 must be integers"),
+])
+def test_an_invalid_run_setting_is_one_line(tmp_path, setting, fragment):
+    _one_line(genbench("train", *TINY, setting, "store.root=s", cwd=tmp_path), f"genbench train: {fragment}")
+
+
 def test_a_million_models_are_refused_at_once_with_the_count_and_the_time(tmp_path):
     out = genbench("train", f"zoo.axes.model.width={HUNDRED}", f"zoo.axes.optimizer.lr={HUNDRED}",
                    f"zoo.axes.train.batch_size={HUNDRED}", "zoo.axes.dataset.train_size=[100]",
@@ -176,3 +195,19 @@ def test_a_plugin_that_changes_folder_loses_no_path(trained_tiny, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"{TINY_MODELS * TINY_MEASURES} reused, 0 computed" in out.stdout + out.stderr
     assert not list(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize("err,fragments", [  # what root (these tests' user) cannot provoke: its own one line
+    (PermissionError(errno.EACCES, "Permission denied", "/data/lb"), ["cannot write /data/lb: permission denied",
+                                                                      "leaderboard.dir=DIR"]),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/home/u/s/x.pt"), ["cannot write /home/u/s/x.pt: the disk quota",
+                                                                      "raise the quota"]),
+    (sqlite3.OperationalError("database or disk is full"), ["the disk of the store is full", "free some space"]),
+    (sqlite3.OperationalError("attempt to write a readonly database"), ["the store's database is read-only"]),
+])
+def test_what_root_cannot_provoke_is_one_line_too(err, fragments):
+    line = user_message(err)
+    assert line is not None and "\n" not in line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    assert user_message(OSError(errno.EIO, "Input/output error", "/x")) is None  # not the user's to fix: a traceback

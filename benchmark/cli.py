@@ -115,8 +115,7 @@ TASKS: dict[str, Callable[[DictConfig], None]] = {
 OTHER = ("reproduce", "perf")
 ZOO_COMMANDS = ("run", "train", "measure", "evaluate")  # the commands that expand the zoo
 READ_ONLY = ("measures", "leaderboard")  # write nothing: Hydra creates no run dir, .hydra/ or log file for them
-_NO_RUN_DIR = ["hydra.output_subdir=null", "hydra.run.dir=.", "~hydra.job_logging.handlers.file",
-               "hydra.job_logging.root.handlers=[console]"]
+_NO_RUN_DIR = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=genbench_console"]
 _CONFIG_DIRS = ("--config-path", "-cp", "--config-dir", "-cd")
 
 
@@ -180,7 +179,9 @@ def _hydra(command: str, rest: list[str]) -> None:
     rest = _config_dirs(rest)
     if command in READ_ONLY:  # among the user's overrides (argparse wants them together), before them: theirs win
         first = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), 0)
-        rest = [*rest[:first], *_NO_RUN_DIR, *rest[first:]]
+        own_logging = any(a.lstrip("+~").startswith(("hydra/job_logging", "hydra.job_logging")) for a in rest)
+        ours = [o for o in _NO_RUN_DIR if not (own_logging and "job_logging" in o)]
+        rest = [*rest[:first], *ours, *rest[first:]]
 
     def app(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig

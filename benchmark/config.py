@@ -61,9 +61,26 @@ def _root_schema() -> type:
     return dataclasses.make_dataclass("ConfigSchema", specs)
 
 
+def _job_logging(file: bool) -> dict:
+    """Hydra's default job logging (``[time][logger][level] - message`` on stdout), with its log file in the run
+    dir written in UTF-8 whatever the locale (``file``), or without a file (the commands that write nothing)."""
+    handlers = {"console": {"class": "logging.StreamHandler", "formatter": "simple", "stream": "ext://sys.stdout"}}
+    if file:
+        handlers["file"] = {"class": "logging.FileHandler", "formatter": "simple", "encoding": "utf-8",
+                            "filename": "${hydra.runtime.output_dir}/${hydra.job.name}.log"}
+    return {"version": 1, "formatters": {"simple": {"format": "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"}},
+            "handlers": handlers, "root": {"level": "INFO", "handlers": list(handlers)},
+            "disable_existing_loggers": False}
+
+
 def register() -> None:
-    """Put the schema into Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name=SCHEMA, node=_root_schema())
+    """Put the schema, and the job logging of ``conf/config.yaml`` (``genbench``, ``genbench_console``), into
+    Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA, node=_root_schema())
+    store.store(group="hydra/job_logging", name="genbench", node=_job_logging(file=True), provider="genbench")
+    store.store(group="hydra/job_logging", name="genbench_console", node=_job_logging(file=False),
+                provider="genbench")
 
 
 def compose(*overrides: str) -> DictConfig:

@@ -60,6 +60,8 @@ def test_reading_commands_work_in_a_read_only_folder_on_a_read_only_store(board,
         out = genbench("leaderboard", *TINY, "leaderboard.dir=lb", "store.root=store", cwd=ro)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "Leaderboard smoke-digits" in out.stdout and "log_prod_of_fro" in out.stdout
+        out = genbench("measures", "hydra/job_logging=disabled", "measures.include=[params]", cwd=ro)  # theirs wins
+        assert out.returncode == 0 and "params" in out.stdout, out.stderr[-2000:]
         assert sorted(p.name for p in ro.iterdir()) == ["lb", "store"]
 
 

@@ -257,7 +257,7 @@ def _to_ascii(err: UnicodeError) -> tuple[str, int]:
         if char in _ASCII:
             out.append(_ASCII[char])
         elif name.startswith("GREEK ") and " LETTER " in name:  # GREEK CAPITAL LETTER PSI -> Psi
-            letter = name.split(" LETTER ")[1].split()[0].lower()
+            letter = name.split(" LETTER ")[1].split(" WITH ")[0].removeprefix("FINAL ").lower()
             out.append(letter.capitalize() if "CAPITAL" in name else letter)
         else:
             out.append(unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode() or "?")

@@ -12,17 +12,25 @@
     genbench reproduce pnas|prl|nmi|mlst [--out DIR] [--full|--quick] [key=value ...]
     genbench perf [--json PATH] [--quick]
 
-A mistake in the input (a hyperparameter, a name, a file) is one line on stderr and exit status 2;
-``--debug`` (or HYDRA_FULL_ERROR=1) shows the traceback. Ctrl-C stops with status 130; what finished is
-stored and the same command resumes.
+A mistake in the input (a hyperparameter, a name, a file) or of the environment (a read-only or full disk,
+a folder without permission) is one line on stderr and exit status 2; ``--debug`` (or HYDRA_FULL_ERROR=1)
+shows the traceback. Ctrl-C stops with status 130; what finished is stored and the same command resumes.
+The config's paths (store.root, leaderboard.dir, dataset.root, measures.plugins, collect.sources, and
+--config-path/--config-dir) are relative to the folder genbench is started in. ``measures`` and ``leaderboard``
+write nothing (no Hydra run dir), so they work in a read-only folder. A terminal whose locale cannot show
+genbench's symbols (LC_ALL=C) gets an ASCII spelling of them (tau, Psi, <=, ->).
 """
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
+import errno
 import logging
 import os
+import sqlite3
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Callable
 
@@ -106,6 +114,9 @@ TASKS: dict[str, Callable[[DictConfig], None]] = {
     "measures": _measures, "collect": _collect, "migrate": _migrate}
 OTHER = ("reproduce", "perf")
 ZOO_COMMANDS = ("run", "train", "measure", "evaluate")  # the commands that expand the zoo
+READ_ONLY = ("measures", "leaderboard")  # write nothing: Hydra creates no run dir, .hydra/ or log file for them
+_NO_RUN_DIR = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=genbench_console"]
+_CONFIG_DIRS = ("--config-path", "-cp", "--config-dir", "-cd")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -136,11 +147,41 @@ def _reproduce(argv: list[str]) -> None:
     print(f"\nwrote {out}")
 
 
+def _config_dirs(rest: list[str]) -> list[str]:
+    """``rest`` with each ``--config-path``/``--config-dir`` folder checked and made absolute (relative to the
+    current folder, like every path of genbench: Hydra would take a relative --config-path relative to genbench's
+    own code)."""
+    from benchmark.errors import UserError
+    out, args = [], iter(rest)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag not in _CONFIG_DIRS:
+            out.append(arg)
+            continue
+        value = value if eq else next(args, None)
+        if not value:
+            raise UserError(f"{flag} needs a folder of configs")
+        path = Path(value).expanduser().absolute()
+        if not path.exists():
+            raise UserError(f"{flag} {value}: no such folder {path}")
+        if not path.is_dir():
+            raise UserError(f"{flag} {value}: {path} is a file, not a folder of configs (give the folder that "
+                            f"holds it)")
+        out += [flag, str(path)]
+    return out
+
+
 def _hydra(command: str, rest: list[str]) -> None:
     import hydra
 
     from benchmark import config
-    task, main_pid = TASKS[command], os.getpid()
+    task, main_pid, cwd = TASKS[command], os.getpid(), os.getcwd()
+    rest = _config_dirs(rest)
+    if command in READ_ONLY:  # among the user's overrides (argparse wants them together), before them: theirs win
+        first = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), 0)
+        own_logging = any(a.lstrip("+~").startswith(("hydra/job_logging", "hydra.job_logging")) for a in rest)
+        ours = [o for o in _NO_RUN_DIR if not (own_logging and "job_logging" in o)]
+        rest = [*rest[:first], *ours, *rest[first:]]
 
     def app(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -149,11 +190,16 @@ def _hydra(command: str, rest: list[str]) -> None:
             from benchmark.runtime import bind_to_parent
             bind_to_parent()
         logging.getLogger("genbench").setLevel(logging.INFO)
+        config.absolute_paths(cfg, cwd)  # once, before anything (a plugin's os.chdir) can move a relative path
         try:
             if command in ZOO_COMMANDS:
                 _check_overrides(cfg, list(HydraConfig.get().overrides.task))
             task(cfg)
         except Exception as err:
+            if isinstance(err, OSError) and err.errno in _DISK and not err.filename:  # a write() names no file
+                err.add_note(f"it writes under store.root={cfg.store.root} and leaderboard.dir={cfg.leaderboard.dir}")
+            elif isinstance(err, sqlite3.OperationalError) and _environment_line(err):  # sqlite names no file
+                err.add_note(f"store.root={cfg.store.root}")
             hc = HydraConfig.get()
             if hc.mode == RunMode.MULTIRUN:  # say which sweep job it was
                 err.add_note(f"in the sweep job with {' '.join(hc.overrides.task)}")
@@ -193,6 +239,105 @@ def _without_hydra_job_banner():
         sys.stderr = real
 
 
+_ASCII = {"–": "-", "—": "--", "−": "-", "‐": "-", "≤": "<=", "≥": ">=", "≠": "!=", "≈": "~", "±": "+/-",
+          "×": "x", "·": "*", "÷": "/", "²": "^2", "³": "^3", "√": "sqrt", "∞": "inf", "→": "->", "←": "<-",
+          "⇒": "=>", "…": "...", "‖": "||", "Σ": "Sum", "∑": "Sum", "∈": " in ", "‘": "'", "’": "'", "“": '"',
+          "”": '"', "•": "*", "°": " deg", "µ": "mu"}
+_ERRORS = "genbench-ascii"
+
+
+def _to_ascii(err: UnicodeError) -> tuple[str, int]:
+    """The error handler of a console that cannot encode genbench's symbols: an ASCII spelling of each (τ → tau,
+    Ψ → Psi, ≤ → <=, – → -), a letter without its accent, else ``?``."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = []
+    for char in err.object[err.start:err.end]:
+        name = unicodedata.name(char, "")
+        if char in _ASCII:
+            out.append(_ASCII[char])
+        elif name.startswith("GREEK ") and " LETTER " in name:  # GREEK CAPITAL LETTER PSI -> Psi
+            letter = name.split(" LETTER ")[1].split(" WITH ")[0].removeprefix("FINAL ").lower()
+            out.append(letter.capitalize() if "CAPITAL" in name else letter)
+        else:
+            out.append(unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode() or "?")
+    return "".join(out), err.end
+
+
+def _ascii_console() -> None:
+    """If stdout or stderr cannot encode the symbols genbench prints (an ASCII locale such as LC_ALL=C without
+    PYTHONUTF8), write them in ASCII instead of failing with UnicodeEncodeError; worker processes inherit
+    PYTHONIOENCODING with Python's escapes."""
+    probe = "".join(_ASCII) + "τΨ"
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if not encoding or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            probe.encode(encoding)
+        except UnicodeEncodeError:
+            try:
+                codecs.lookup_error(_ERRORS)
+            except LookupError:
+                codecs.register_error(_ERRORS, _to_ascii)
+            stream.reconfigure(errors=_ERRORS)
+            os.environ.setdefault("PYTHONIOENCODING", f"{encoding}:backslashreplace")
+        except LookupError:
+            continue
+
+
+_DISK = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+         errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left on the device",
+         errno.EDQUOT: "the disk quota is exceeded", errno.ENOTDIR: "a part of the path is a file, not a folder"}
+_SQLITE = {"unable to open database file": "the store's database cannot be opened",
+           "attempt to write a readonly database": "the store's database is read-only",
+           "database or disk is full": "the disk of the store is full"}
+_FULL = "free some space (or raise the quota) and rerun the same command: what finished is stored"
+_MOVE = ("run genbench in a folder it can write, or point store.root and leaderboard.dir at one "
+         "(store.root=DIR leaderboard.dir=DIR; Hydra's run dir is under store.root)")
+
+
+def _environment_line(err: BaseException) -> str | None:
+    """One line for a failure of the disk or its permissions (the error or its explicit cause), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK:
+            path = os.path.abspath(err.filename) if isinstance(err.filename, str) else err.filename
+            if err.errno == errno.ENOTDIR:
+                return (f"cannot make the folder {path}: {_DISK[err.errno]}; point store.root and leaderboard.dir "
+                        f"at folders")
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+            what = f"cannot write {path}" if path else "a write failed"
+            return f"{what}: {_DISK[err.errno]}; {_FULL if full else _MOVE}"
+        if isinstance(err, sqlite3.OperationalError):
+            for text, what in _SQLITE.items():
+                if text in str(err):
+                    full = "full" in text
+                    return f"{what} ({err}); {_FULL if full else 'store.root must be a folder genbench can write'}"
+        err = err.__cause__
+    return None
+
+
+def _yaml_line(err: BaseException) -> str | None:
+    """Invalid YAML in a config file: the file, the line and the problem."""
+    import yaml
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, yaml.MarkedYAMLError):
+            mark, start = err.problem_mark or err.context_mark, err.context_mark
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+            problem = err.problem or err.context or type(err).__name__
+            if err.context and start is not None and start is not mark:
+                problem += f" ({err.context} from line {start.line + 1})"
+            return f"invalid YAML in {where}: {problem}"
+        if isinstance(err, yaml.YAMLError):
+            return f"invalid YAML in a config file: {err}"
+        err = err.__cause__
+    return None
+
+
 def user_message(err: BaseException) -> str | None:
     """The one line to show for a mistake in the input, or None for a bug (which keeps its traceback)."""
     from hydra.errors import HydraException
@@ -211,6 +356,8 @@ def user_message(err: BaseException) -> str | None:
             text += ": " + _omegaconf_line(cause)
     elif isinstance(err, OmegaConfBaseException):
         text = _omegaconf_line(err)
+    elif line := _yaml_line(err) or _environment_line(err):
+        text = line
     else:
         return None
     text = "; ".join([text, *getattr(err, "__notes__", [])])
@@ -229,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
     argv = [a for a in argv if a != "--debug"]
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
+    _ascii_console()
     try:
         if command in ("-h", "--help"):
             print(__doc__)

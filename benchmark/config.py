@@ -11,17 +11,20 @@ defaults from there: a YAML file sets only what belongs to its component, a mist
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from benchmark.zoo.datasets import DEFAULT_ROOT
 from benchmark.zoo.hparams import GROUPS, HParams
 
 SCHEMA = "genbench_schema"
+PATHS = ("store.root", "leaderboard.dir", "dataset.root")  # the config's paths, made absolute where it is composed
+PATH_LISTS = ("measures.plugins", "collect.sources")
 _HERE = Path(__file__).resolve().parent
 
 
@@ -58,9 +61,26 @@ def _root_schema() -> type:
     return dataclasses.make_dataclass("ConfigSchema", specs)
 
 
+def _job_logging(file: bool) -> dict:
+    """Hydra's default job logging (``[time][logger][level] - message`` on stdout), with its log file in the run
+    dir written in UTF-8 whatever the locale (``file``), or without a file (the commands that write nothing)."""
+    handlers = {"console": {"class": "logging.StreamHandler", "formatter": "simple", "stream": "ext://sys.stdout"}}
+    if file:
+        handlers["file"] = {"class": "logging.FileHandler", "formatter": "simple", "encoding": "utf-8",
+                            "filename": "${hydra.runtime.output_dir}/${hydra.job.name}.log"}
+    return {"version": 1, "formatters": {"simple": {"format": "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"}},
+            "handlers": handlers, "root": {"level": "INFO", "handlers": list(handlers)},
+            "disable_existing_loggers": False}
+
+
 def register() -> None:
-    """Put the schema into Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name=SCHEMA, node=_root_schema())
+    """Put the schema, and the job logging of ``conf/config.yaml`` (``genbench``, ``genbench_console``), into
+    Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA, node=_root_schema())
+    store.store(group="hydra/job_logging", name="genbench", node=_job_logging(file=True), provider="genbench")
+    store.store(group="hydra/job_logging", name="genbench_console", node=_job_logging(file=False),
+                provider="genbench")
 
 
 def compose(*overrides: str) -> DictConfig:
@@ -69,7 +89,30 @@ def compose(*overrides: str) -> DictConfig:
     from hydra import initialize_config_dir
     register()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return absolute_paths(hydra_compose(config_name="config", overrides=list(overrides)))
+
+
+def absolute_paths(cfg: DictConfig, base: str | Path | None = None) -> DictConfig:
+    """Make the config's paths (:data:`PATHS`, and each entry of :data:`PATH_LISTS`) absolute, in place: a relative
+    one is relative to ``base`` (default: the current folder, where genbench was started), and ``~`` is expanded.
+    Done once, where the config is composed, so that nothing later (a plugin measure that changes the current
+    folder) can move them. Returns ``cfg``."""
+    base = Path(base if base is not None else os.getcwd())
+
+    def absolute(path: Any) -> str:
+        path = Path(os.path.expanduser(str(path)))
+        return str(path if path.is_absolute() else Path(os.path.normpath(base / path)))
+
+    with open_dict(cfg):
+        for key in PATHS:
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is not None:
+                OmegaConf.update(cfg, key, absolute(value), merge=False)
+        for key in PATH_LISTS:
+            values = OmegaConf.select(cfg, key, default=None)
+            if values is not None and not isinstance(values, str):
+                OmegaConf.update(cfg, key, [absolute(v) for v in values], merge=False)
+    return cfg
 
 
 register()

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 import measures
 from benchmark.errors import UserError
@@ -29,7 +30,7 @@ from benchmark.store import ON_CONFLICT, NotAStoreError, Store, check_merge, mer
 from benchmark.training.history import TEST_SCHEDULES
 from benchmark.training.jobs import train_zoo
 from benchmark.training.snapshots import Snapshots
-from benchmark.zoo.grid import expand, varying_axes
+from benchmark.zoo.grid import MODELS_PER_MINUTE, expand, varying_axes, zoo_size
 from benchmark.zoo.hparams import HParams
 from benchmark.zoo.suite import suite_of, task_configs
 from measures.plugins import load_all
@@ -42,11 +43,39 @@ def options(cfg: DictConfig) -> RunOptions:
     schedule = str(cfg.run.get("test_schedule", "log"))
     if schedule not in TEST_SCHEDULES:
         raise UserError(f"run.test_schedule={schedule!r} is not a test schedule; valid: {', '.join(TEST_SCHEDULES)}")
-    return RunOptions(jobs=int(cfg.run.jobs), threads=cfg.run.get("threads"), device=str(cfg.run.device),
-                      vectorize=bool(cfg.run.vectorize), progress=bool(cfg.run.progress),
+    on_corrupt = str(cfg.run.on_corrupt)
+    if on_corrupt not in ON_CORRUPT:
+        raise UserError(f"run.on_corrupt={on_corrupt!r} is not a choice; valid: {', '.join(ON_CORRUPT)}")
+    device = str(cfg.run.device)
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(f"run.device={device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+    return RunOptions(jobs=count_setting(cfg, "run.jobs"), threads=count_setting(cfg, "run.threads", none=True),
+                      device=device, vectorize=_flag(cfg, "run.vectorize"), progress=_flag(cfg, "run.progress"),
                       data_root=str(cfg.dataset.root), download=bool(cfg.dataset.download),
-                      on_corrupt=str(cfg.run.on_corrupt), test_schedule=schedule, keep=early_fractions(cfg),
-                      isolate=bool(cfg.run.get("isolate", True)))
+                      on_corrupt=on_corrupt, test_schedule=schedule, keep=early_fractions(cfg),
+                      isolate=_flag(cfg, "run.isolate"))
+
+
+ON_CORRUPT = ("retrain", "skip", "fail")
+
+
+def count_setting(cfg: DictConfig, key: str, none: bool = False) -> int | None:
+    """The operational setting ``key``: an integer >= 1 (or null where ``none``), else a one-line ``UserError``."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}={value} must be an integer >= 1{' or null' if none else ''}")
+    return value
+
+
+def _flag(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise UserError(f"{key}={value} must be true or false")
+    return value
 
 
 def early_fractions(cfg: DictConfig) -> tuple[float, ...]:
@@ -78,16 +107,41 @@ def _configs(cfg: DictConfig) -> list[DictConfig]:
 
 def _zoo(cfg: DictConfig) -> tuple[list[HParams], Store]:
     """Every model of the zoo, or of all the suite's tasks together (so they share the workers and the stacks);
-    each is validated before anything runs."""
+    each is validated before anything runs. A zoo larger than ``run.max_models`` is refused before it is expanded."""
+    zoo_scale(cfg)
     hps = {hp.model_id: hp for c in _configs(cfg) for hp in expand(c)}
     return list(hps.values()), Store(cfg.store.root)
 
 
+def zoo_scale(cfg: DictConfig) -> str:
+    """"zoo <name>: N models (C configurations × S seeds)", from the axes alone (nothing is expanded); a
+    ``UserError`` when N exceeds ``run.max_models``."""
+    sizes = [zoo_size(c) for c in _configs(cfg)]
+    configurations, models = sum(c for c, _, _ in sizes), sum(n for _, _, n in sizes)
+    seeds = "/".join(sorted({str(s) for _, s, _ in sizes}))
+    suite = suite_of(cfg)
+    name = f"suite {suite.name} ({len(sizes)} tasks)" if suite is not None else f"zoo {cfg.zoo.name}"
+    shards = int(cfg.zoo.get("num_shards", 1))
+    shard = f", shard {int(cfg.zoo.get('shard', 0))} of {shards}" if shards > 1 else ""
+    line = (f"{name}: {models:,} models{shard} ({configurations:,} configurations × {seeds} "
+            f"seed{'s' if seeds != '1' else ''})")
+    limit = count_setting(cfg, "run.max_models", none=True)
+    if limit is not None and models > limit:
+        minutes = models / MODELS_PER_MINUTE
+        took = f"{minutes / 60:,.0f} h" if minutes >= 90 else f"{minutes:.0f} min"
+        raise UserError(f"{line} is more than run.max_models={limit:,}: ≈ {took} at "
+                        f"~{MODELS_PER_MINUTE} models/min, the default zoo's rate on a 2-core CPU; to go on, raise "
+                        f"the limit (run.max_models={models}) or split the zoo (zoo.num_shards=...)")
+    return line
+
+
 def train(cfg: DictConfig) -> dict:
     """Train (or reuse) every model of the zoo; counts of trained, reused and converged models."""
+    scale = zoo_scale(cfg)
     hps, store = _zoo(cfg)
     opts = options(cfg)
     have = store.model_ids()
+    log.info("%s, %d to train", scale, sum(hp.model_id not in have for hp in hps))
     store.prune_corrupt([hp.model_id for hp in hps if hp.model_id in have], opts.on_corrupt)
     counts = train_zoo(hps, store, opts, DEFAULT_PROBES)
     df = store.models([hp.model_id for hp in hps])

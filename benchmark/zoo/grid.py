@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +21,7 @@ from benchmark.errors import HParamsError
 from benchmark.zoo.hparams import GROUPS, HParams
 
 HP_GROUPS = tuple(GROUPS)
+MODELS_PER_MINUTE = 25  # `genbench run` of the default zoo on a 2-core CPU, training to leaderboard (docs/performance)
 
 
 def to_container(cfg: Any) -> Any:
@@ -43,10 +45,46 @@ def zoo_axes(zoo: Mapping) -> dict[str, list]:
             if not isinstance(grid, list) or not grid:
                 raise HParamsError(f"zoo axis {group}.{key} must be a non-empty list, got {grid!r}")
             axes[f"{group}.{key}"] = grid
-    seeds = zoo.get("seeds")
-    if seeds:
-        axes["seed"] = list(seeds)
+    seeds = zoo_seeds(zoo)
+    if seeds is not None:
+        axes["seed"] = seeds
     return axes
+
+
+def zoo_seeds(zoo: Mapping, key: str = "zoo.seeds") -> list[int] | None:
+    """The zoo's seeds: a non-empty list, or None (``null``: every model takes the base ``seed``)."""
+    seeds = (to_container(zoo) or {}).get("seeds")
+    if seeds is None:
+        return None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise HParamsError(f"{key}={_show(seeds)} is not a list of seeds; give one or more integers "
+                           f"({key}=[0,1,2]), or null for one model per configuration with the base seed")
+    return list(seeds)
+
+
+def _show(value: Any) -> str:
+    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+
+
+def zoo_size(cfg: Mapping) -> tuple[int, int, int]:
+    """``(configurations, seeds, models)`` of the zoo, computed from its axes without expanding it: models is this
+    shard's share of configurations × seeds."""
+    zoo = to_container(cfg.get("zoo")) or {}
+    axes = zoo_axes(zoo)
+    seeds = len(axes.pop("seed", [None]))
+    configurations = math.prod(len(v) for v in axes.values())
+    shard, num_shards = _shard(zoo)
+    return configurations, seeds, len(range(shard, configurations * seeds, num_shards))
+
+
+def _shard(zoo: Mapping) -> tuple[int, int]:
+    shard, num_shards = zoo.get("shard", 0), zoo.get("num_shards", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (shard, num_shards)):
+        raise HParamsError(f"zoo.shard={shard} and zoo.num_shards={num_shards} must be integers")
+    if not 0 <= shard < num_shards:
+        raise HParamsError(f"zoo.shard must be in [0, zoo.num_shards={num_shards}), got {shard}")
+    return shard, num_shards
 
 
 def expand(cfg: Mapping) -> list[HParams]:
@@ -54,13 +92,11 @@ def expand(cfg: Mapping) -> list[HParams]:
     base = base_hparams(cfg)
     zoo = to_container(cfg.get("zoo")) or {}
     axes = zoo_axes(zoo)
+    shard, num_shards = _shard(zoo)
     keys = list(axes)
     models = []
     for combo in itertools.product(*(axes[k] for k in keys)):
         models.append(base.replace(**dict(zip(keys, combo))))
-    shard, num_shards = int(zoo.get("shard", 0)), int(zoo.get("num_shards", 1))
-    if not 0 <= shard < num_shards:
-        raise HParamsError(f"zoo.shard must be in [0, zoo.num_shards={num_shards}), got {shard}")
     ids = [hp.model_id for hp in models]
     if len(set(ids)) != len(ids):
         raise HParamsError("the zoo lists the same model twice (an axis repeats a value, or varies a setting "

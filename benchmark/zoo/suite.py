@@ -24,7 +24,7 @@ from typing import Mapping
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from benchmark.errors import HParamsError, UserError
-from benchmark.zoo.grid import HP_GROUPS
+from benchmark.zoo.grid import HP_GROUPS, zoo_seeds
 
 TASK_KEYS = (*HP_GROUPS, "axes")
 
@@ -59,6 +59,7 @@ def task_configs(cfg: DictConfig, every: bool = False) -> dict[str, DictConfig]:
     if suite is None:
         return {}
     out = {}
+    seeds = zoo_seeds({"seeds": OmegaConf.to_container(suite, resolve=True).get("seeds")}, key="suite.seeds")
     for name in task_names(cfg, every):
         spec = suite.tasks[name]
         extra = sorted(set(spec) - set(TASK_KEYS))
@@ -70,7 +71,6 @@ def task_configs(cfg: DictConfig, every: bool = False) -> dict[str, DictConfig]:
             for group in HP_GROUPS:
                 if group in spec:
                     task[group] = OmegaConf.merge(task[group], spec[group])
-            seeds = OmegaConf.to_container(suite.seeds, resolve=True) if suite.get("seeds") is not None else None
             task.zoo = OmegaConf.create({"name": name, "axes": OmegaConf.to_container(spec.get("axes") or {}),
                                          "seeds": seeds, "shard": int(cfg.zoo.get("shard", 0)),
                                          "num_shards": int(cfg.zoo.get("num_shards", 1))})

@@ -75,3 +75,44 @@ def test_the_standard_benchmark_is_replicated_and_varies_jiangs_axes_on_three_ta
     assert total >= 1000
     one = task_configs(make_cfg("experiment=standard", "suite.only=[digits-mlp]"))
     assert list(one) == ["digits-mlp"]
+
+
+def test_paths_are_absolute_from_where_the_config_was_composed(tmp_path, monkeypatch):
+    """A relative path is resolved once, in the folder genbench started in: a later os.chdir (a plugin measure
+    that changes folder) cannot move the store, the leaderboard, the data, the plugins or the sources."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    cfg = make_cfg("store.root=runs/s", "leaderboard.dir=${store.root}/lb", "dataset.root=data",
+                   "measures.plugins=[my.py]", "collect.sources=[jobs/*/store]")
+    monkeypatch.chdir(elsewhere)
+    assert cfg.store.root == str(start / "runs" / "s")
+    assert cfg.leaderboard.dir == str(start / "runs" / "s" / "lb")
+    assert cfg.dataset.root == str(start / "data")
+    assert list(cfg.measures.plugins) == [str(start / "my.py")]
+    assert list(cfg.collect.sources) == [str(start / "jobs" / "*" / "store")]
+    assert make_cfg("store.root=/abs/s").store.root == "/abs/s"
+
+
+@pytest.mark.parametrize("overrides", [(), ("zoo=smoke",), ("zoo=none",), ("zoo.num_shards=5", "zoo.shard=4"),
+                                       ("zoo.num_shards=7", "zoo.shard=0"), ("zoo.seeds=null",)])
+def test_the_zoo_size_is_counted_without_expanding(overrides):
+    from benchmark.zoo.grid import zoo_size
+    cfg = make_cfg(*overrides)
+    configurations, seeds, models = zoo_size(cfg)
+    assert models == len(expand(cfg))
+    assert configurations * seeds == len(expand(make_cfg(*overrides, "zoo.num_shards=1", "zoo.shard=0")))
+
+
+@pytest.mark.parametrize("experiment", ["jiang", "standard"])
+def test_the_shipped_experiments_fit_the_default_model_limit(experiment):
+    from benchmark.pipeline import zoo_scale
+    assert "models" in zoo_scale(make_cfg(f"experiment={experiment}"))
+
+
+def test_an_empty_or_scalar_seed_list_is_refused():
+    from benchmark.errors import HParamsError
+    for bad in ("zoo.seeds=[]", "zoo.seeds=3"):
+        with pytest.raises(HParamsError, match="is not a list of seeds"):
+            expand(make_cfg(bad))
+    assert {hp.seed for hp in expand(make_cfg("zoo.seeds=null", "seed=7"))} == {7}

@@ -17,7 +17,8 @@ a folder without permission) is one line on stderr and exit status 2; ``--debug`
 shows the traceback. Ctrl-C stops with status 130; what finished is stored and the same command resumes.
 The config's paths (store.root, leaderboard.dir, dataset.root, measures.plugins, collect.sources, and
 --config-path/--config-dir) are relative to the folder genbench is started in. ``measures`` and ``leaderboard``
-write nothing (no Hydra run dir), so they work in a read-only folder. A terminal whose locale cannot show
+write nothing and ``evaluate`` only the leaderboard (no Hydra run dir), so they work on a read-only store and the
+first two in a read-only folder. A terminal whose locale cannot show
 genbench's symbols (LC_ALL=C) gets an ASCII spelling of them (tau, Psi, <=, ->).
 """
 from __future__ import annotations
@@ -114,7 +115,10 @@ TASKS: dict[str, Callable[[DictConfig], None]] = {
     "measures": _measures, "collect": _collect, "migrate": _migrate}
 OTHER = ("reproduce", "perf")
 ZOO_COMMANDS = ("run", "train", "measure", "evaluate")  # the commands that expand the zoo
-READ_ONLY = ("measures", "leaderboard")  # write nothing: Hydra creates no run dir, .hydra/ or log file for them
+# the commands that write nothing under store.root (measures and leaderboard write nothing at all; evaluate writes
+# only leaderboard.dir): Hydra keeps no run dir, .hydra/ or log file for them there, so they work on a read-only
+# store and from a read-only folder
+READ_ONLY = ("measures", "leaderboard", "evaluate")
 _NO_RUN_DIR = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=genbench_console"]
 _CONFIG_DIRS = ("--config-path", "-cp", "--config-dir", "-cd")
 

@@ -109,6 +109,7 @@ def test_an_ascii_terminal_gets_ascii(board, tmp_path):
     assert "log_prod_of_fro" in text
 
 
+@pytest.mark.slow
 def test_run_in_an_ascii_terminal(tmp_path):
     cmd = [sys.executable, "-m", "benchmark.cli", "run", *TINY, "store.root=s", "leaderboard.dir=lb",
            "leaderboard.plots=false"]
@@ -155,14 +156,18 @@ def test_an_empty_seed_list_is_refused_before_training(tmp_path, args, fragments
     assert not (tmp_path / "s" / "checkpoints").exists()
 
 
+SLOW = pytest.mark.slow  # the same path as the two cases before them: run by `pytest -m slow`
+
+
 @pytest.mark.parametrize("setting,fragment", [
-    ("run.jobs=abc", "run.jobs=abc must be an integer >= 1"), ("run.jobs=0", "run.jobs=0 must be an integer >= 1"),
-    ("run.threads=x", "run.threads=x must be an integer >= 1 or null"),
-    ("run.max_models=many", "run.max_models=many must be an integer >= 1 or null"),
-    ("run.device=gpu", "run.device='gpu' is not a torch device"),
-    ("run.vectorize=maybe", "run.vectorize=maybe must be true or false"),
-    ("run.on_corrupt=nope", "run.on_corrupt='nope' is not a choice; valid: retrain, skip, fail"),
-    ("zoo.shard=x", "zoo.shard=x and zoo.num_shards=1 must be integers"),
+    ("run.jobs=0", "run.jobs=0 must be an integer >= 1"), ("run.device=gpu", "run.device='gpu' is not a torch device"),
+    pytest.param("run.jobs=abc", "run.jobs=abc must be an integer >= 1", marks=SLOW),
+    pytest.param("run.threads=x", "run.threads=x must be an integer >= 1 or null", marks=SLOW),
+    pytest.param("run.max_models=many", "run.max_models=many must be an integer >= 1 or null", marks=SLOW),
+    pytest.param("run.vectorize=maybe", "run.vectorize=maybe must be true or false", marks=SLOW),
+    pytest.param("run.on_corrupt=nope", "run.on_corrupt='nope' is not a choice; valid: retrain, skip, fail",
+                 marks=SLOW),
+    pytest.param("zoo.shard=x", "zoo.shard=x and zoo.num_shards=1 must be integers", marks=SLOW),
 ])
 def test_an_invalid_run_setting_is_one_line(tmp_path, setting, fragment):
     _one_line(genbench("train", *TINY, setting, "store.root=s", cwd=tmp_path), f"genbench train: {fragment}")
@@ -177,6 +182,7 @@ def test_a_million_models_are_refused_at_once_with_the_count_and_the_time(tmp_pa
     assert not (tmp_path / "s" / "genbench.sqlite").exists()
 
 
+@pytest.mark.slow
 def test_a_zoo_within_a_raised_limit_trains_and_says_its_size_first(tmp_path):
     _one_line(genbench("train", *TINY, "run.max_models=3", "store.root=s", cwd=tmp_path),
               "zoo smoke: 4 models (4 configurations × 1 seed) is more than run.max_models=3")

@@ -194,7 +194,8 @@ def test_a_checkpoint_in_another_dtype_does_not_fit(trained_tiny, tmp_path):
 
 
 # -------------------------------------------------------------------------------------- read-only disk
-@pytest.mark.parametrize("wal_index", [True, False], ids=["with-shm", "without-shm"])
+@pytest.mark.parametrize("wal_index", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["with-shm", "without-shm"])
 def test_a_read_only_store_is_evaluated_and_refuses_training_in_one_line(trained_tiny, tmp_path, tmpfs, wal_index):
     disk = tmpfs("ro")
     root = disk / "store"
@@ -204,14 +205,17 @@ def test_a_read_only_store_is_evaluated_and_refuses_training_in_one_line(trained
         for suffix in ("-wal", "-shm"):
             Path(f"{root / 'genbench.sqlite'}{suffix}").unlink(missing_ok=True)
     _read_only(disk)
-    common = [*TINY, f"store.root={root}", f"leaderboard.dir={tmp_path}/lb", f"hydra.run.dir={tmp_path}/hydra",
-              "leaderboard.plots=false"]
-    out = genbench("evaluate", *common, cwd=tmp_path)
+    common = [*TINY, f"store.root={root}", f"leaderboard.dir={tmp_path}/lb", "leaderboard.plots=false"]
+    out = genbench("evaluate", *common, cwd=tmp_path)  # as a user would: Hydra keeps no run dir for evaluate
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "lb").exists()
     assert len(Store(root, readonly=True).frame()) == 4
-    for command in ("train", "measure"):
+    for command in ("train", "measure"):  # Hydra's run dir under store.root is the first thing they cannot write
         _fails_in_one_line(genbench(command, *common, "zoo.axes.model.width=[8,16,32]", cwd=tmp_path),
+                           f"genbench {command}: cannot write {root}/hydra: the file system is read-only")
+        # with the run dir elsewhere, the store itself says so
+        _fails_in_one_line(genbench(command, *common, "zoo.axes.model.width=[8,16,32]",
+                                    f"hydra.run.dir={tmp_path}/hydra", cwd=tmp_path),
                            f"genbench {command}: store.root={root} is not writable")
     assert _snapshot(root) == before
 
@@ -231,7 +235,7 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("leave", [0, 48 * 1024])
+@pytest.mark.parametrize("leave", [0, pytest.param(48 * 1024, marks=pytest.mark.slow)])
 def test_a_full_disk_is_one_line_keeps_what_was_stored_and_the_rerun_resumes(tiny_cfg, tmp_path, tmpfs, leave):
     disk = tmpfs("disk", "8m")
     root = disk / "store"

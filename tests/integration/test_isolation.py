@@ -60,6 +60,18 @@ FAULTS = textwrap.dedent('''
         os.abort()
 
 
+    @measure("fault.sigkill", family="plugin", reference="a test")
+    def sigkill(ctx):
+        """Kills its own process with SIGKILL, as the out-of-memory killer would."""
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+    @measure("fault.memory", family="plugin", reference="a test")
+    def memory(ctx):
+        """Raises MemoryError, as an allocation past a memory limit does."""
+        raise MemoryError("cannot allocate 1 TiB")
+
+
     @measure("fault.keyboard", family="plugin", reference="a test")
     def keyboard(ctx):
         """Raises KeyboardInterrupt itself."""
@@ -116,7 +128,8 @@ FAULTS = textwrap.dedent('''
 ''')
 CRASHES = {"fault.os_exit": "the measure ended its process with status 1",
            "fault.segfault": "the measure killed by SIGSEGV",
-           "fault.abort": "the measure killed by SIGABRT"}
+           "fault.abort": "the measure killed by SIGABRT",
+           "fault.sigkill": "the measure killed by SIGKILL (the system's out-of-memory killer sends it)"}
 
 
 @pytest.fixture

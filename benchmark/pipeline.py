@@ -22,7 +22,7 @@ from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import suite as cross_task
 from benchmark.files import write_text
 from benchmark.measuring.early import check_early, measure_early
-from benchmark.measuring.jobs import measure_zoo
+from benchmark.measuring.jobs import measure_zoo, worker_pool
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.report import layout, page, plots, tables
 from benchmark.runtime import RunOptions
@@ -141,7 +141,8 @@ def train(cfg: DictConfig) -> dict:
     hps, store = _zoo(cfg)
     opts = options(cfg)
     have = store.model_ids()
-    log.info("%s, %d to train", scale, sum(hp.model_id not in have for hp in hps))
+    todo = sum(hp.model_id not in have for hp in hps)
+    log.info("%s, %d to train, %d reused from %s", scale, todo, len(hps) - todo, store.root)
     store.prune_corrupt([hp.model_id for hp in hps if hp.model_id in have], opts.on_corrupt)
     counts = train_zoo(hps, store, opts, DEFAULT_PROBES)
     df = store.models([hp.model_id for hp in hps])
@@ -167,20 +168,21 @@ def measure(cfg: DictConfig) -> dict:
     store.pin_setting("measures.curvature_samples", curvature)
     bad = set(store.prune_corrupt(ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
     todo, plugins = [i for i in ids if i not in bad], list(cfg.measures.plugins or [])
-    start = time.perf_counter()
-    counts = measure_zoo(todo, store, [m.name for m in chosen], opts, plugins=plugins, seed=int(cfg.measures.seed),
-                         timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed),
-                         curvature_samples=curvature)
-    log.info("measures: %d reused, %d computed, %d failed, %d not applicable", counts["reused"],
-             counts["computed"], counts["failed"], counts["not_applicable"])
-    seconds = {"final": time.perf_counter() - start, "early": 0.0}
     fractions = early_fractions(cfg)
-    if fractions:
+    with worker_pool(opts, plugins) as pool:  # one pool for both: their workers' caches serve the early values too
         start = time.perf_counter()
-        counts["early"] = measure_early(todo, store, list(cfg.early.measures), fractions, opts, plugins=plugins,
-                                        seed=int(cfg.measures.seed), timeout=cfg.measures.timeout_s,
-                                        curvature_samples=curvature)
-        seconds["early"] = time.perf_counter() - start
+        counts = measure_zoo(todo, store, [m.name for m in chosen], opts, seed=int(cfg.measures.seed),
+                             timeout=cfg.measures.timeout_s, retry_failed=bool(cfg.measures.retry_failed),
+                             curvature_samples=curvature, pool=pool)
+        log.info("measures: %d reused, %d computed, %d failed, %d not applicable", counts["reused"],
+                 counts["computed"], counts["failed"], counts["not_applicable"])
+        seconds = {"final": time.perf_counter() - start, "early": 0.0}
+        if fractions:
+            start = time.perf_counter()
+            counts["early"] = measure_early(todo, store, list(cfg.early.measures), fractions, opts,
+                                            seed=int(cfg.measures.seed), timeout=cfg.measures.timeout_s,
+                                            curvature_samples=curvature, pool=pool)
+            seconds["early"] = time.perf_counter() - start
     return {**counts, "seconds": seconds}
 
 

@@ -58,47 +58,82 @@ class Scratch(dict):
 # Pristine copies of the input tensors a guarded Context hands out (``Context.protect``), by the tensor's id, shared
 # by every Context that holds the same tensor (the models of one dataset share its tensors), dropped with the tensor.
 _PRISTINE: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
-_WALK_ITEMS = 1024  # items of one container the guard's fingerprint looks into (beyond them: its length only)
+_WALK_ITEMS = 1024  # items of one container the guard looks into (beyond them: that the container holds the same)
 
 
-def _fingerprint(obj: Any, out: list, depth: int = 0) -> None:
-    """What :meth:`Context.protect` compares before and after a measure, appended to ``out``: every tensor
-    reachable from ``obj`` by its identity and PyTorch's version counter (which every in-place operation advances),
-    every container by its identity and keys or length, every module by its training mode, hooks, parameters and
-    buffers, and small NumPy arrays by their bytes. Immutable scalars cannot change and are left out, and a
-    ``Scratch`` is meant to change."""
-    if isinstance(obj, torch.Tensor):
-        out.append((id(obj), obj._version, obj.requires_grad))
-    elif isinstance(obj, (str, int, float, bool, type(None), Scratch)):
-        out.append(id(obj))
-    elif isinstance(obj, nn.Module) and depth > 0:  # a module inside an intermediate: the model's own, checked there
-        out.append(id(obj))
-    elif isinstance(obj, nn.Module):
-        for mod in obj.modules():
-            out.append((id(mod), mod.training, len(mod._forward_hooks), len(mod._forward_pre_hooks),
-                        len(mod._backward_hooks), *map(id, mod._parameters.values()),
-                        *map(id, mod._buffers.values())))
-        for t in [*obj.parameters(), *obj.buffers()]:
-            out.append((id(t), t._version, t.requires_grad))
-    elif isinstance(obj, np.ndarray):
-        out.append((id(obj), obj.tobytes() if obj.size <= 4096 else obj.shape))
-    elif depth > 6:
-        out.append(id(obj))
-    elif isinstance(obj, dict):
-        out.append((id(obj), len(obj)))
-        for k, v in list(obj.items())[:_WALK_ITEMS]:
-            out.append(k)
-            _fingerprint(v, out, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        out.append((id(obj), len(obj)))
-        for v in obj[:_WALK_ITEMS]:
-            _fingerprint(v, out, depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out.append(id(obj))
-        for f in dataclasses.fields(obj):
-            _fingerprint(getattr(obj, f.name, None), out, depth + 1)
-    else:
-        out.append(id(obj))
+def _module_state(m: nn.Module) -> tuple:
+    return (m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+            tuple(map(id, m._parameters.values())), tuple(map(id, m._buffers.values())))
+
+
+def _dict_state(d: dict) -> tuple:
+    return tuple(d), tuple(map(id, d.values()))
+
+
+def _list_state(items: list) -> tuple:
+    return tuple(map(id, items))
+
+
+def _array_state(a: np.ndarray) -> Any:
+    return a.tobytes() if a.size <= 4096 else (a.shape, a.__array_interface__["data"][0])
+
+
+def _fields_state(obj: Any) -> tuple:
+    return tuple(id(getattr(obj, f.name, None)) for f in dataclasses.fields(obj))
+
+
+class _Watch:
+    """What ``Context.protect`` compares for one input or intermediate: every tensor reachable from it, by PyTorch's
+    version counter (which every in-place operation advances), and every mutable container and module on the way,
+    by what it holds (the identities of its items, a module's training mode, hooks, parameters and buffers; small
+    NumPy arrays by their bytes). Collected once, when the value is given or computed, so that a check only reads
+    the counters and states again. Immutable scalars cannot change, and a ``Scratch`` is meant to."""
+
+    __slots__ = ("root", "tensors", "versions", "others", "states")
+
+    def __init__(self, root: Any):
+        self.root, self.tensors, self.others = root, [], []
+        self._collect(root, 0)
+        self.versions = [t._version for t in self.tensors]
+        self.states = [state(o) for o, state in self.others]
+
+    def _collect(self, obj: Any, depth: int) -> None:
+        if isinstance(obj, torch.Tensor):
+            self.tensors.append(obj)
+        elif isinstance(obj, (str, int, float, bool, type(None), Scratch)):
+            return
+        elif isinstance(obj, nn.Module):
+            if depth == 0:  # a module inside an intermediate is the model's own, watched as an input
+                self.others += [(m, _module_state) for m in obj.modules()]
+                self.tensors += [*obj.parameters(), *obj.buffers()]
+        elif isinstance(obj, np.ndarray):
+            self.others.append((obj, _array_state))
+        elif depth > 6:
+            return
+        elif isinstance(obj, dict):
+            self.others.append((obj, _dict_state))
+            for v in list(obj.values())[:_WALK_ITEMS]:
+                self._collect(v, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            if isinstance(obj, list):
+                self.others.append((obj, _list_state))
+            for v in obj[:_WALK_ITEMS]:
+                self._collect(v, depth + 1)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            self.others.append((obj, _fields_state))
+            for f in dataclasses.fields(obj):
+                self._collect(getattr(obj, f.name, None), depth + 1)
+
+    def changed(self, now: Any) -> bool:
+        """Whether ``now`` (the value held under the same name today) is not the value watched, as it was."""
+        return (now is not self.root or [t._version for t in self.tensors] != self.versions
+                or [state(o) for o, state in self.others] != self.states)
+
+
+def _rows(history: Sequence[Mapping] | None) -> list[dict] | None:
+    """A copy of a training history, row by row: the rows' values are numbers (immutable), so copying each row's
+    dict is enough to keep the original from a measure that edits the one it is handed (a deep copy costs ~100×)."""
+    return None if history is None else [dict(row) for row in history]
 
 
 def _shared_name(key: tuple) -> str:
@@ -116,15 +151,15 @@ def _pristine(t: torch.Tensor) -> torch.Tensor:
 
 
 class derived(cached_property):
-    """A ``cached_property`` of a Context: an intermediate derived from its inputs, computed on first use. Its
-    fingerprint is taken as it is computed, so that ``Context.protect`` sees a measure that changes it later."""
+    """A ``cached_property`` of a Context: an intermediate derived from its inputs, computed on first use. It is
+    watched (``_Watch``) from the moment it is computed, so that ``Context.protect`` sees a measure that changes it
+    later."""
 
     def __get__(self, instance, owner=None):
         if instance is None or self.attrname in instance.__dict__:
             return super().__get__(instance, owner)
         value = super().__get__(instance, owner)
-        instance._born[self.attrname] = []
-        _fingerprint(value, instance._born[self.attrname])
+        instance._born[self.attrname] = _Watch(value)
         return value
 
 
@@ -176,7 +211,7 @@ class Context:
         self.lent = 0.0  # seconds this Context's calls spent on its peers' shared values
         self.charged = 0.0  # seconds its peers spent on the shared values it has read
         self._pristine: dict[str, Any] | None = None  # the inputs as given, kept by the first protect()
-        self._born: dict[str, list] = {}  # each input's and intermediate's fingerprint when it was given or computed
+        self._born: dict[str, _Watch] = {}  # each input and intermediate, watched from when it was given or computed
 
     # ----------------------------------------------------------------------------------------- inputs
     def _need(self, value, what: str):
@@ -266,9 +301,9 @@ class Context:
         return self._shared[key]
 
     def _keep(self, key: tuple, value: Any) -> None:
-        """Store a shared value, with its fingerprint as computed (``protect``)."""
+        """Store a shared value, watched from now on (``protect``)."""
         self._shared[key] = value
-        _fingerprint(value, self._born.setdefault(_shared_name(key), []))
+        self._born[_shared_name(key)] = _Watch(value)
 
     @staticmethod
     def group(contexts: Sequence["Context"]) -> None:
@@ -301,14 +336,6 @@ class Context:
         out.update({_shared_name(key): v for key, v in self._shared.items()})
         return out
 
-    @staticmethod
-    def _fingerprints(values: Mapping[str, Any]) -> dict[str, list]:
-        """The fingerprint (:func:`_fingerprint`) of each of ``values``, by name."""
-        out: dict[str, list] = {}
-        for name, value in values.items():
-            _fingerprint(value, out.setdefault(name, []))
-        return out
-
     @contextmanager
     def protect(self) -> Iterator[list[str]]:
         """Run one measure so that it cannot change what the measures after it see. Yields a list that, on exit,
@@ -319,25 +346,25 @@ class Context:
         by the Contexts that hold it), and every derived intermediate is dropped, to be computed again from the
         restored inputs.
 
-        Each input and intermediate is compared with its fingerprint (:func:`_fingerprint`) from when it was given
-        or computed. Detection rests on PyTorch's version counter, which every in-place tensor operation advances,
-        and on the identity of every tensor, module and container; writes that bypass the counter (through
-        ``.data`` or a NumPy view of a tensor) are not seen."""
+        Each input and intermediate is compared with how it was when it was given or computed (``_Watch``).
+        Detection rests on PyTorch's version counter, which every in-place tensor operation advances, and on the
+        identity of every tensor, module and container; writes that bypass the counter (through ``.data`` or a
+        NumPy view of a tensor) are not seen."""
         if self._pristine is None:
             for t in self._inputs().values():
                 if isinstance(t, torch.Tensor):
                     _pristine(t)
             self._pristine = {"model": copy.deepcopy(self.model), "init_model": copy.deepcopy(self.init_model),
-                              "history": copy.deepcopy(self._history), "hparams": copy.deepcopy(self._hparams),
+                              "history": _rows(self._history), "hparams": copy.deepcopy(self._hparams),
                               "extras": dict(self.extras), "train": self._train, "test": self._test}
-            self._born.update(self._fingerprints(self._inputs()))
+            self._born.update({name: _Watch(v) for name, v in self._inputs().items()})
         changed: list[str] = []
         try:
             yield changed
         finally:
             p = self._pristine
-            now = self._fingerprints({**self._inputs(), **self._caches()})
-            changed += [name for name, fp in now.items() if fp != self._born.get(name, fp)]
+            now = {**self._inputs(), **self._caches()}
+            changed += [name for name, value in now.items() if name in self._born and self._born[name].changed(value)]
             changed += [what for what, now, then in (("the history", self._history, p["history"]),
                                                      ("the hyperparameters", self._hparams, p["hparams"]),
                                                      ("extras", set(self.extras), set(p["extras"])))
@@ -357,11 +384,11 @@ class Context:
                     t.copy_(ref)
         self.model, self.init_model = copy.deepcopy(p["model"]), copy.deepcopy(p["init_model"])
         self._train, self._test, self.extras = p["train"], p["test"], dict(p["extras"])
-        self._history, self._hparams = copy.deepcopy(p["history"]), copy.deepcopy(p["hparams"])
+        self._history, self._hparams = _rows(p["history"]), copy.deepcopy(p["hparams"])
         for name in _cached_names(type(self)):
             self.__dict__.pop(name, None)
         self._shared, self._charges = {}, {}
-        self._born = self._fingerprints(self._inputs())
+        self._born = {name: _Watch(v) for name, v in self._inputs().items()}
 
     # ----------------------------------------------------------------------------------------- weights
     @derived

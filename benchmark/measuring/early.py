@@ -10,15 +10,15 @@ failures and time budgets work as for the final models (``benchmark.measuring.jo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import measures
 from benchmark.errors import UserError
 from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
-from benchmark.measuring.jobs import by_model, compute, hard_timeout, setup_worker, write_rows
+from benchmark.measuring.jobs import by_model, compute, hard_timeout, worker_pool, write_rows
 from benchmark.runtime import RunOptions
 from benchmark.store import CheckpointError, Store
 from benchmark.zoo.datasets import cached_data
@@ -74,7 +74,7 @@ def _failed(item: tuple[str, float, str], why: str) -> tuple:
 
 def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], fractions: Sequence[float],
                   opts: RunOptions, *, plugins: Sequence[str] = (), seed: int = 0, timeout: float | None = None,
-                  curvature_samples: int | None = None) -> dict[str, int]:
+                  curvature_samples: int | None = None, pool: isolation.Pool | None = None) -> dict[str, int]:
     """Every (model, snapshot, measure) value the store's ``early`` table lacks at the measure's current version,
     for the snapshots at ``fractions`` (those a model did not keep are left out). Models that kept no snapshot
     (trained with ``early.measures=[]``, or by a genbench that kept none) are counted in ``without_snapshots``."""
@@ -97,16 +97,15 @@ def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], 
                     without)
     computed = sum(len(n) for _, missing in todo for n in missing.values())
     log.info("early prediction: %d values to compute on %d models", computed, len(todo))
-    plugin_paths = [str(Path(p).resolve()) for p in plugins]
     common = (str(store.root.resolve()), seed, timeout, curvature_samples, opts)
     tasks = [isolation.Task(_early_items, common, tuple((model_id, f, n) for model_id, missing in
                                                         todo[i:i + TASK_MODELS] for f, names in missing.items()
                                                         for n in names))
              for i in range(0, len(todo), TASK_MODELS)]
-    iso = isolation.Isolation(measure_of=lambda item: item[2], failed=_failed,
-                              setup=(setup_worker, (opts, plugin_paths)), hard_timeout=hard_timeout(timeout))
+    iso = isolation.Isolation(measure_of=lambda item: item[2], failed=_failed, hard_timeout=hard_timeout(timeout))
     failed = 0
-    for row in write_rows(isolation.run(tasks, opts.jobs, iso, opts.isolate), store.save_early, tasks, "early",
-                          opts.progress, seconds=lambda r: r[6]):
-        failed += row is not None and row[7] == "failed"
+    with contextlib.nullcontext(pool) if pool is not None else worker_pool(opts, plugins) as workers:
+        for row in write_rows(workers.run(tasks, iso), store.save_early, tasks, "early", opts.progress,
+                              seconds=lambda r: r[6]):
+            failed += row is not None and row[7] == "failed"
     return {"computed": computed, "failed": failed, "without_snapshots": without}

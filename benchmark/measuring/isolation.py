@@ -22,19 +22,23 @@ Workers start from a fork server that has imported genbench and every built-in m
 start method), so replacing a worker after a crash takes milliseconds, not an interpreter start. Every worker
 ends with its parent (``benchmark.runtime.bind_to_parent``).
 
-``isolate=False`` computes the same items in this process (for a debugger; a crashing measure then ends the run).
+``Pool(isolate=False)`` computes the same items in this process (for a debugger; a crashing measure then ends the
+run).
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
+from benchmark.errors import UserError
 from benchmark.runtime import bind_to_parent
 
 MAX_CRASHES = 3  # a measure that ended its worker this often in one run is not started again in that run
@@ -53,14 +57,13 @@ class Task:
 
 @dataclass
 class Isolation:
-    """How the caller describes its items to the pool.
+    """How the caller describes its items to the pool, and what the pool counts in one run.
 
     ``measure_of(item)``: the measure an item runs (crashes are counted per measure). ``failed(item, why)``: the
-    result to record for an item that could not be computed. ``setup``: a module-level function and its arguments,
-    called once in each worker before its first task (torch threads, plugins)."""
+    result to record for an item that could not be computed. ``hard_timeout``: seconds a worker may go without
+    sending a result before it is killed (None: no limit)."""
     measure_of: Callable[[Any], Hashable]
     failed: Callable[[Any, str], Any]
-    setup: tuple[Callable, tuple] | None = None
     hard_timeout: float | None = None
     crashes: collections.Counter = field(default_factory=collections.Counter)
     last_crash: dict = field(default_factory=dict)
@@ -128,11 +131,30 @@ def _portable(err: BaseException) -> BaseException:
         return WorkerError(f"{type(err).__name__}: {err}")
 
 
+@contextlib.contextmanager
+def _main_not_imported() -> Iterator[None]:
+    """Start workers without multiprocessing importing the ``__main__`` module in them: the workers need nothing
+    of it, and a user's script without an ``if __name__ == "__main__":`` guard would otherwise run again in every
+    worker (as joblib's workers, which genbench used before, never did). Only while a worker starts: its
+    preparation data is taken then."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 class _Worker:
     def __init__(self, ctx, setup):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, setup), daemon=True, name="genbench-measure")
-        self.process.start()
+        with _main_not_imported():
+            self.process.start()
         child.close()
         self.task: Task | None = None
         self.done = 0  # items of the task reported
@@ -159,46 +181,72 @@ class _Worker:
         self.conn.close()
 
 
-def run(tasks: Sequence[Task], jobs: int, iso: Isolation, isolate: bool = True) -> Iterator[Any]:
-    """Every task's results (one per item, and the failure results of items that crashed or were not started), in
-    order of completion, computed in ``jobs`` isolated worker processes."""
-    if not isolate:
-        if iso.setup is not None:
-            iso.setup[0](*iso.setup[1])
-        for task in tasks:
-            yield from task.fn(task.common, task.items)
-        return
-    queue = collections.deque(tasks)
-    ctx = _context()
-    workers: list[_Worker] = []
-    try:
-        while queue or any(w.task is not None for w in workers):
-            yield from _skip_banned(queue, iso)
-            busy = sum(w.task is not None for w in workers)
-            while len(workers) < min(jobs, busy + len(queue)):
-                workers.append(_Worker(ctx, iso.setup))
-            for w in workers:
-                if queue and w.ready and w.task is None:
-                    w.give(queue.popleft())
-            ready = set(wait([w.conn for w in workers if not w.conn.closed] + [w.process.sentinel for w in workers],
-                             timeout=POLL_S))
-            for w in list(workers):
-                if w.conn in ready or w.process.sentinel in ready:
-                    yield from _drain(w)
-                if not w.process.is_alive():
-                    yield from _drain(w)  # what it sent before it ended
-                    workers.remove(w)
+class Pool:
+    """``jobs`` isolated worker processes, started as work arrives and kept between runs (the final weights'
+    measures, then the early snapshots'), so that what a worker has cached (the datasets, torch's first-call set-up)
+    serves every run. ``setup``: a module-level function and its arguments, called once in each worker before its
+    first task (torch threads, plugins). ``isolate=False`` computes in this process instead."""
+
+    def __init__(self, jobs: int, setup: tuple[Callable, tuple] | None = None, isolate: bool = True):
+        self.jobs, self.setup, self.isolate = max(1, jobs), setup, isolate
+        self.workers: list[_Worker] = []
+        self._set_up = False  # in this process (isolate=False)
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop(kill=w.task is not None)
+        self.workers = []
+
+    def run(self, tasks: Sequence[Task], iso: Isolation) -> Iterator[Any]:
+        """Every task's results (one per item, and the failure results of items that crashed or were not
+        started), in order of completion. If the run ends early (an error, Ctrl-C), every worker is stopped."""
+        if not self.isolate:
+            if self.setup is not None and not self._set_up:
+                self.setup[0](*self.setup[1])
+                self._set_up = True
+            for task in tasks:
+                yield from task.fn(task.common, task.items)
+            return
+        queue = collections.deque(tasks)
+        workers = self.workers
+        finished = False
+        try:
+            while queue or any(w.task is not None for w in workers):
+                yield from _skip_banned(queue, iso)
+                busy = sum(w.task is not None for w in workers)
+                while len(workers) < min(self.jobs, busy + len(queue)):
+                    workers.append(_Worker(_context(), self.setup))
+                for w in workers:
+                    if queue and w.ready and w.task is None:
+                        w.give(queue.popleft())
+                ready = set(wait([w.conn for w in workers if not w.conn.closed]
+                                 + [w.process.sentinel for w in workers], timeout=POLL_S))
+                for w in list(workers):
+                    if w.conn in ready or w.process.sentinel in ready:
+                        yield from _drain(w)
+                    if not w.process.is_alive():
+                        yield from _drain(w)  # what it sent before it ended
+                        workers.remove(w)
+                        w.stop(kill=True)
+                        yield from _crashed(w, iso, queue, describe_exit(w.process.exitcode))
+                    elif w.task is not None and iso.hard_timeout and time.monotonic() - w.since > iso.hard_timeout:
+                        workers.remove(w)
+                        w.stop(kill=True)
+                        yield from _crashed(w, iso, queue, f"ran past its time budget and did not stop "
+                                                           f"({iso.hard_timeout:g} s without a result); its process "
+                                                           f"was killed")
+            finished = True
+        finally:
+            if not finished:
+                for w in workers:
                     w.stop(kill=True)
-                    yield from _crashed(w, iso, queue, describe_exit(w.process.exitcode))
-                elif w.task is not None and iso.hard_timeout and time.monotonic() - w.since > iso.hard_timeout:
-                    workers.remove(w)
-                    w.stop(kill=True)
-                    yield from _crashed(w, iso, queue, f"ran past its time budget and did not stop "
-                                                       f"({iso.hard_timeout:g} s without a result); its process was "
-                                                       f"killed")
-    finally:
-        for w in workers:
-            w.stop(kill=True)
+                workers.clear()
 
 
 def _drain(w: _Worker) -> Iterator[Any]:
@@ -218,9 +266,10 @@ def _drain(w: _Worker) -> Iterator[Any]:
             yield message[1]
         elif kind == "done":
             w.task = None
-        elif kind == "error":
+        elif kind == "error":  # a user's mistake (missing dataset files) stays one line; a bug keeps its traceback
             err, text = message[1], message[2]
-            err.add_note(f"in a measure worker:\n{text}")
+            if not isinstance(err, UserError):
+                err.add_note(f"in a measure worker:\n{text}")
             raise err
 
 
@@ -232,7 +281,7 @@ def _crashed(w: _Worker, iso: Isolation, queue, how: str) -> Iterator[Any]:
         raise WorkerError(f"a measure worker {how} before it was ready (while loading plugins or the measures)")
     task = w.task
     w.task = None
-    if task is None:
+    if task is None or w.done >= len(task.items):  # idle, or every item reported: nothing was lost
         return
     item, rest = task.items[w.done], task.items[w.done + 1:]
     name = iso.measure_of(item)

@@ -230,20 +230,18 @@ def merge(dest: Store, source: Store, on_conflict: str = "fail") -> dict[str, in
         _copy_model(dest, source, s.models[model_id])
         copied += 1
     verb = "REPLACE" if replace else "IGNORE"
+    written = {}
     with dest._db() as db:
-        before = db.total_changes
-        db.executemany(f"INSERT OR {verb} INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [r for k, r in s.measurements.items() if r[0] not in skip and not (
-                           replace and k in d.measurements and r[0] not in conflicting
-                           and all(_same(r[i], d.measurements[k][i]) for i in (3, 5)))])
-        measurements = db.total_changes - before
-        before = db.total_changes
-        db.executemany(f"INSERT OR {verb} INTO early VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [r for k, r in s.early.items() if r[0] not in skip and not (
-                           replace and k in d.early and r[0] not in conflicting
-                           and all(_same(r[i], d.early[k][i]) for i in (5, 7)))])
-        early_rows = db.total_changes - before
-    return {"models": copied, "measurements": measurements, "early": early_rows, "conflicts": len(conflicts)}
+        # (table, the source's rows, the destination's, the columns of value and status, the columns in all)
+        for table, rows, have, compared, width in (("measurements", s.measurements, d.measurements, (3, 5), 9),
+                                                   ("early", s.early, d.early, (5, 7), 10)):
+            before = db.total_changes
+            db.executemany(f"INSERT OR {verb} INTO {table} VALUES ({', '.join('?' * width)})",
+                           [r for k, r in rows.items() if r[0] not in skip and not (
+                               replace and k in have and r[0] not in conflicting
+                               and all(_same(r[i], have[k][i]) for i in compared))])
+            written[table] = db.total_changes - before
+    return {"models": copied, **written, "conflicts": len(conflicts)}
 
 
 def _copy_model(dest: Store, source: Store, row: tuple) -> None:

@@ -5,7 +5,6 @@ flight and a rerun trains only what is missing.
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Sequence
 
@@ -16,8 +15,6 @@ from benchmark.training.loop import train_model
 from benchmark.training.stacked import group_stacks, train_many
 from benchmark.zoo.datasets import cached_data
 from benchmark.zoo.hparams import HParams
-
-log = logging.getLogger("genbench")
 
 
 def _train_task(args) -> tuple[int, list[str]]:
@@ -56,8 +53,6 @@ def train_zoo(hps: list[HParams], store: Store, opts: RunOptions, probes: Sequen
     ``probes``. Returns counts."""
     have = store.model_ids()
     todo = [hp for hp in hps if hp.model_id not in have]
-    log.info("zoo: %d models, %d reused from %s, %d to train", len(hps), len(hps) - len(todo), store.root,
-             len(todo))
     if not todo:
         return {"reused": len(hps), "trained": 0}
     for d in dict.fromkeys(hp.dataset for hp in todo):  # missing files or impossible sizes fail here, not in a worker

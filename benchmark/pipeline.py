@@ -376,14 +376,23 @@ def describe_measures(cfg: DictConfig) -> str:
 
 
 def outputs(cfg: DictConfig) -> list[str]:
-    """Where a run's results are, for the last lines of its log."""
-    out = [f"store: {Path(cfg.store.root)}"]
+    """Where a run's results are, for the last lines of its log: relative to the current folder when they lie in
+    it (the config's paths are absolute from the start), else absolute."""
+    out = [f"store: {_shown(cfg.store.root)}"]
     if suite_of(cfg) is not None:
         files = suite_files(cfg)
         if files.results.exists():
-            out += [f"suite summary: {files.markdown}", f"page: {layout.index(files.folder)}"]
+            out += [f"suite summary: {_shown(files.markdown)}", f"page: {_shown(layout.index(files.folder))}"]
         return out
     files = board_files(cfg)
     if files.results.exists():
-        out += [f"leaderboard: {files.markdown}", f"page: {layout.index(files.folder)}"]
+        out += [f"leaderboard: {_shown(files.markdown)}", f"page: {_shown(layout.index(files.folder))}"]
     return out
+
+
+def _shown(path) -> str:
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

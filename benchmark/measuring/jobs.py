@@ -187,7 +187,7 @@ def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[
     measures.Context.group([ctx for *_, ctx in loaded if ctx is not None])
     for model_id, names, trained, ctx in loaded:
         if model_id in unreadable:
-            yield from (_row(model_id, name, None, "failed", unreadable[model_id]) for name in names)
+            yield from (_failed(model_id, name, unreadable[model_id]) for name in names)
             continue
         oracle_ctx = None
         for name in names:
@@ -199,9 +199,9 @@ def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[
         ctx.leave()
 
 
-def _row(model_id: str, name: str, value: float | None, status: str, error: str | None) -> tuple:
-    """A stored row for a measure that was not computed."""
-    return model_id, name, measures.REGISTRY.get(name).version, value, 0.0, status, error, {}
+def _failed(model_id: str, name: str, why: str) -> tuple:
+    """The stored row of a measure that could not be computed on a model."""
+    return model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", why, {}
 
 
 def replicate_ids(store: Store, model_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -246,7 +246,7 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     computed = sum(len(t.items) for t in tasks)
     log.info("measures: %d values reused, %d to compute on %d models", reused, computed, sum(map(len, chunks)))
     iso = isolation.Isolation(measure_of=lambda item: item[1],
-                              failed=lambda item, why: _row(item[0], item[1], None, "failed", why),
+                              failed=lambda item, why: _failed(*item, why),
                               hard_timeout=hard_timeout(timeout))
     counts = collections.Counter()
     with contextlib.nullcontext(pool) if pool is not None else worker_pool(opts, plugins) as workers:

@@ -105,12 +105,16 @@ def _configs(cfg: DictConfig) -> list[DictConfig]:
     return list(task_configs(cfg).values()) or [cfg]
 
 
-def _zoo(cfg: DictConfig) -> tuple[list[HParams], Store]:
+def _hparams(cfg: DictConfig) -> list[HParams]:
     """Every model of the zoo, or of all the suite's tasks together (so they share the workers and the stacks);
     each is validated before anything runs. A zoo larger than ``run.max_models`` is refused before it is expanded."""
     zoo_scale(cfg)
-    hps = {hp.model_id: hp for c in _configs(cfg) for hp in expand(c)}
-    return list(hps.values()), Store(cfg.store.root)
+    return list({hp.model_id: hp for c in _configs(cfg) for hp in expand(c)}.values())
+
+
+def _zoo(cfg: DictConfig) -> tuple[list[HParams], Store]:
+    """The zoo's models (``_hparams``) and its store."""
+    return _hparams(cfg), Store(cfg.store.root)
 
 
 def zoo_scale(cfg: DictConfig) -> str:
@@ -213,7 +217,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """One leaderboard's tables and figures: the results table, the zoo DataFrame and the reliability."""
     # read-only: evaluating writes only the leaderboard, so a store on a read-only disk can be evaluated
-    hps, store = [hp for c in _configs(cfg) for hp in expand(c)], Store(cfg.store.root, readonly=True)
+    hps, store = _hparams(cfg), Store(cfg.store.root, readonly=True)
     info = lb.measure_info(chosen)
     df = store.frame([hp.model_id for hp in hps], measures={m.name: m.version for m in chosen})
     if df.empty:

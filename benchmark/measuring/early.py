@@ -10,7 +10,6 @@ failures and time budgets work as for the final models (``benchmark.measuring.jo
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Iterable, Iterator, Sequence
 
@@ -18,7 +17,7 @@ import measures
 from benchmark.errors import UserError
 from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
-from benchmark.measuring.jobs import by_model, compute, hard_timeout, worker_pool, write_rows
+from benchmark.measuring.jobs import by_model, compute, hard_timeout, stored_rows
 from benchmark.runtime import RunOptions
 from benchmark.store import CheckpointError, Store
 from benchmark.zoo.datasets import cached_data
@@ -103,9 +102,6 @@ def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], 
                                                         for n in names))
              for i in range(0, len(todo), TASK_MODELS)]
     iso = isolation.Isolation(measure_of=lambda item: item[2], failed=_failed, hard_timeout=hard_timeout(timeout))
-    failed = 0
-    with contextlib.nullcontext(pool) if pool is not None else worker_pool(opts, plugins) as workers:
-        for row in write_rows(workers.run(tasks, iso), store.save_early, tasks, "early", opts.progress,
-                              seconds=lambda r: r[6]):
-            failed += row is not None and row[7] == "failed"
+    failed = sum(row is not None and row[7] == "failed"
+                 for row in stored_rows(tasks, iso, store.save_early, "early", lambda r: r[6], opts, plugins, pool))
     return {"computed": computed, "failed": failed, "without_snapshots": without}

@@ -248,11 +248,8 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     iso = isolation.Isolation(measure_of=lambda item: item[1],
                               failed=lambda item, why: _failed(*item, why),
                               hard_timeout=hard_timeout(timeout))
-    counts = collections.Counter()
-    with contextlib.nullcontext(pool) if pool is not None else worker_pool(opts, plugins) as workers:
-        for row in write_rows(workers.run(tasks, iso), store.save_measurements, tasks, "measure", opts.progress,
-                              seconds=lambda r: r[4]):
-            counts[row[5]] += 1
+    counts = collections.Counter(row[5] for row in stored_rows(tasks, iso, store.save_measurements, "measure",
+                                                               lambda r: r[4], opts, plugins, pool))
     return {"reused": reused, "computed": computed, "failed": counts["failed"],
             "not_applicable": counts["not_applicable"]}
 
@@ -261,6 +258,14 @@ def hard_timeout(timeout: float | None) -> float | None:
     """How long a worker may go without reporting a result before it is killed: twice a measure's time budget plus
     a minute (loading a task's models comes before its first result); None without a budget."""
     return None if not timeout else 2 * float(timeout) + 60.0
+
+
+def stored_rows(tasks: Sequence[isolation.Task], iso: isolation.Isolation, save, desc: str, seconds,
+                opts: RunOptions, plugins: Sequence[str], pool: isolation.Pool | None) -> Iterator[tuple]:
+    """Every row of ``tasks``, computed in ``pool`` (or in a pool of this call's own, ``worker_pool``) and stored
+    with ``save`` as they come (``write_rows``)."""
+    with contextlib.nullcontext(pool) if pool is not None else worker_pool(opts, plugins) as workers:
+        yield from write_rows(workers.run(tasks, iso), save, tasks, desc, opts.progress, seconds)
 
 
 def write_rows(rows: Iterator[tuple], save, tasks: Sequence[isolation.Task], desc: str, progress: bool,

@@ -26,7 +26,7 @@ from benchmark.measuring.jobs import measure_zoo, worker_pool
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.report import layout, page, plots, tables
 from benchmark.runtime import RunOptions
-from benchmark.store import ON_CONFLICT, NotAStoreError, Store, check_merge, merge, migrate
+from benchmark.store import ON_CONFLICT, NotAStoreError, Store, check_merge, converged, merge, migrate
 from benchmark.training.history import TEST_SCHEDULES
 from benchmark.training.jobs import train_zoo
 from benchmark.training.snapshots import Snapshots
@@ -150,7 +150,7 @@ def train(cfg: DictConfig) -> dict:
     store.prune_corrupt([hp.model_id for hp in hps if hp.model_id in have], opts.on_corrupt)
     counts = train_zoo(hps, store, opts, DEFAULT_PROBES)
     df = store.models([hp.model_id for hp in hps])
-    counts["converged"] = int(df["metric.converged"].astype(bool).sum()) if len(df) else 0
+    counts["converged"] = int(converged(df).sum()) if len(df) else 0
     log.info("trained %d, reused %d; %d of %d models converged to cross-entropy ≤ %g", counts["trained"],
              counts["reused"], counts["converged"], len(df), cfg.train.target_loss)
     return counts

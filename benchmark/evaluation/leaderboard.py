@@ -16,6 +16,7 @@ import pandas as pd
 
 from benchmark.errors import NothingToRankError
 from benchmark.evaluation import stats
+from benchmark.store import converged
 from measures.registry import ADJUSTED
 
 TARGETS = {"gap_error": "metric.gap_error", "test_error": "metric.test_error"}
@@ -69,7 +70,7 @@ def gap_noise(df: pd.DataFrame) -> dict:
       deviation of the gap and of the test error within configurations (training randomness and test-set
       sampling together), against the standard deviation of the configuration means of the gap.
     """
-    conv = df[df["metric.converged"].astype(bool)]
+    conv = df[converged(df)]
     gaps = conv["metric.gap_error"]
     p, n = conv["metric.test_error"].mean(), conv["metric.test_size"].median()
     se = math.sqrt(p * (1 - p) / n) if len(conv) else math.nan
@@ -86,7 +87,7 @@ def gap_noise(df: pd.DataFrame) -> dict:
 def check_rankable(df: pd.DataFrame, zoo: str) -> None:
     """A ``NothingToRankError`` with the counts when fewer than two models of ``df`` converged: no statistic
     is defined, so there is nothing to rank."""
-    conv = df["metric.converged"].astype(bool)
+    conv = converged(df)
     if int(conv.sum()) >= 2:
         return
     diverged = int(df["metric.diverged"].astype(bool).sum()) if "metric.diverged" in df else 0
@@ -101,13 +102,13 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
             targets: Sequence[str] = tuple(TARGETS.values()), n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Every statistic of every measure against every target, oriented by sign, with cost and metadata."""
     oriented, names = _oriented(df, info)
-    groups = identical_groups(oriented[oriented["metric.converged"].astype(bool)], names)
+    groups = identical_groups(oriented[converged(oriented)], names)
     table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed)
     table["identical"] = [", ".join(c.removeprefix("measure.") for c in groups[m]) for m in table["measure"]]
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
-    noise = measure_seed_noise(oriented[oriented["metric.converged"].astype(bool)], table["measure"].unique())
+    noise = measure_seed_noise(oriented[converged(oriented)], table["measure"].unique())
     table["seed_noise"] = table["measure"].map(noise)
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
 
@@ -266,7 +267,7 @@ def baseline_columns(df: pd.DataFrame, axes: Sequence[str], seed: int = 0) -> pd
     out = df.copy()
     rng = np.random.default_rng(seed)
     out["measure.baseline.random"] = rng.random(len(df))
-    noise = stats.seed_noise(df[df["metric.converged"].astype(bool)], "metric.test_error")["sd_seed"]
+    noise = stats.seed_noise(df[converged(df)], "metric.test_error")["sd_seed"]
     noise = noise if math.isfinite(noise) else 0.0
     out["measure.baseline.noisy_oracle"] = df["metric.test_error"] + noise * rng.standard_normal(len(df))
     for axis in axes:
@@ -294,7 +295,7 @@ def reliability(df: pd.DataFrame, info: pd.DataFrame, *, targets: Sequence[str] 
     """Split-half reliability of the ranking of the ranked measures (oriented by sign; each group of identical
     measures once, as the leaderboard ranks them, since copies would agree with themselves), per target
     (``stats.split_half``)."""
-    oriented, names = _oriented(df[df["metric.converged"].astype(bool)], info)
+    oriented, names = _oriented(df[converged(df)], info)
     names = list(identical_groups(oriented, names))
     return {t.removeprefix("metric."): stats.split_half(oriented, names, t, seed=seed) for t in targets}
 
@@ -302,7 +303,7 @@ def reliability(df: pd.DataFrame, info: pd.DataFrame, *, targets: Sequence[str] 
 def task_summary(table: pd.DataFrame, df: pd.DataFrame, reliability: dict, axes: Sequence[str]) -> dict:
     """One task of a suite in a few numbers: its models, the test error of its best configuration (the mean over
     the seeds), the axes it varies, its #1 on the gap, the size of the group tied with #1 and the split-half ρ."""
-    conv = df[df["metric.converged"].astype(bool)]
+    conv = df[converged(df)]
     best = conv.groupby(stats.configurations(conv))["metric.test_error"].mean().min() if len(conv) else math.nan
     gap = table[(table.target == "gap_error") & table.tau.notna()]
     tied = gap["tied_with_best"].map(lambda x: tied_value(x) is True)

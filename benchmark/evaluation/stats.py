@@ -45,6 +45,9 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from benchmark.store.columns import CONVERGED as CONVERGED_COLUMN
+from benchmark.store.columns import converged
+
 __all__ = [
     "SEED_COLUMN",
     "CONVERGED_COLUMN",
@@ -73,7 +76,7 @@ __all__ = [
 ]
 
 SEED_COLUMN = "hp.seed"
-CONVERGED_COLUMN = "metric.converged"
+
 TEST_SIZE_COLUMN = "metric.test_size"
 HP_PREFIX = "hp."
 
@@ -1043,7 +1046,7 @@ def filter_converged(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
     A missing value (NaN/None) counts as not converged.
     """
-    mask = df[CONVERGED_COLUMN].eq(True).to_numpy(dtype=bool)
+    mask = converged(df).to_numpy(dtype=bool)
     return df.loc[mask].copy(), int((~mask).sum())
 
 

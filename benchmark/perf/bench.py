@@ -63,7 +63,7 @@ from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.perf.floor import step_matmul_ceiling, suite_flops
 from benchmark.perf.isolation import isolation_cost
 from benchmark.runtime import RunOptions
-from benchmark.store import Store
+from benchmark.store import Store, converged
 from benchmark.training.loop import train_model
 from benchmark.training.stacked import group_stacks, train_many
 from benchmark.zoo.datasets import DataBundle, make_data
@@ -331,7 +331,7 @@ def time_pipeline(overrides: tuple[str, ...], device: torch.device, folder: Path
     early = store.early()
     return {
         "zoo": str(cfg.zoo.name), "overrides": list(overrides), "models": len(hps),
-        "converged": int(frame["metric.converged"].astype(bool).sum()),
+        "converged": int(converged(frame).sum()),
         "epochs_mean": float(frame["metric.epochs"].mean()),
         "widths": sorted({hp.model.width for hp in hps}), "seeds": sorted({hp.seed for hp in hps}),
         "stage_s": seconds, "total_s": total, "models_per_minute": len(hps) / total * 60,

@@ -33,84 +33,87 @@ import sqlite3
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from benchmark.plan import Plan
 
 log = logging.getLogger("genbench")
 
 USAGE_ERROR, INTERRUPTED = 2, 130
 
 
-def _train(cfg: DictConfig) -> None:
+def _train(plan: Plan) -> None:
     from benchmark import pipeline
-    pipeline.train(cfg)
-    _where(cfg)
+    pipeline.train(plan)
+    _where(plan)
 
 
-def _measure(cfg: DictConfig) -> None:
+def _measure(plan: Plan) -> None:
     from benchmark import pipeline
-    pipeline.measure(cfg)
-    _where(cfg)
+    pipeline.measure(plan)
+    _where(plan)
 
 
-def _evaluate(cfg: DictConfig) -> None:
+def _evaluate(plan: Plan) -> None:
     from benchmark import pipeline
-    pipeline.evaluate(cfg)
-    _where(cfg)
+    pipeline.evaluate(plan)
+    _where(plan)
 
 
-def _run(cfg: DictConfig) -> None:
+def _run(plan: Plan) -> None:
     from benchmark import pipeline
-    print(pipeline.run(cfg))
-    _where(cfg)
+    print(pipeline.run(plan))
+    _where(plan)
 
 
-def _leaderboard(cfg: DictConfig) -> None:
+def _leaderboard(plan: Plan) -> None:
     from benchmark import pipeline
     from benchmark.report import layout
-    print(pipeline.leaderboard(cfg))
-    index = layout.index(Path(cfg.leaderboard.dir))
+    print(pipeline.leaderboard(plan))
+    index = layout.index(plan.board.folder)
     if index.exists():
         print(f"Tables, per-axis breakdown and plots: {index}")
 
 
-def _measures(cfg: DictConfig) -> None:
+def _measures(plan: Plan) -> None:
     from benchmark import pipeline
-    print(pipeline.describe_measures(cfg))
+    print(pipeline.describe_measures(plan))
 
 
-def _collect(cfg: DictConfig) -> None:
+def _collect(plan: Plan) -> None:
     from benchmark import pipeline
-    pipeline.collect(cfg)
-    _where(cfg)
+    pipeline.collect(plan)
+    _where(plan)
 
 
-def _migrate(cfg: DictConfig) -> None:
+def _migrate(plan: Plan) -> None:
     from benchmark import pipeline
-    pipeline.upgrade(cfg)
+    pipeline.upgrade(plan)
 
 
-def _check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
-    """The base hyperparameters are valid, and no override sets one that a zoo axis (of the zoo, or of any task
-    of a suite) would replace."""
+def _check_zoo(plan: Plan, overrides: list[str]) -> None:
+    """The zoo's models are valid (each task's, for a suite), and no override sets a hyperparameter that a zoo axis
+    would replace. Before torch is imported, so that a mistake is answered at once."""
     from benchmark.errors import HParamsError
     from benchmark.zoo.grid import base_hparams, shadowed
-    from benchmark.zoo.suite import task_configs
-    for c in list(task_configs(cfg).values()) or [cfg]:
-        base_hparams(c)
-        complaint = shadowed(c, overrides)
+    for task in plan.tasks:
+        base_hparams(task.config)
+        complaint = shadowed(task.config, overrides)
         if complaint:
             raise HParamsError(complaint)
+    plan.models  # noqa: B018  (expanded and validated once; the stages reuse them)
 
 
-def _where(cfg: DictConfig) -> None:
+def _where(plan: Plan) -> None:
     from benchmark import pipeline
-    for line in pipeline.outputs(cfg):
+    for line in pipeline.outputs(plan):
         log.info(line)
 
 
-TASKS: dict[str, Callable[[DictConfig], None]] = {
+TASKS: dict[str, Callable[["Plan"], None]] = {
     "run": _run, "train": _train, "measure": _measure, "evaluate": _evaluate, "leaderboard": _leaderboard,
     "measures": _measures, "collect": _collect, "migrate": _migrate}
 OTHER = ("reproduce", "perf")
@@ -179,6 +182,7 @@ def _hydra(command: str, rest: list[str]) -> None:
     import hydra
 
     from benchmark import config
+    from benchmark.plan import make_plan
     task, main_pid, cwd = TASKS[command], os.getpid(), os.getcwd()
     rest = _config_dirs(rest)
     if command in READ_ONLY:  # among the user's overrides (argparse wants them together), before them: theirs win
@@ -196,9 +200,10 @@ def _hydra(command: str, rest: list[str]) -> None:
         logging.getLogger("genbench").setLevel(logging.INFO)
         config.absolute_paths(cfg, cwd)  # once, before anything (a plugin's os.chdir) can move a relative path
         try:
+            plan = make_plan(cfg)  # the config read once: below here, every stage sees typed values
             if command in ZOO_COMMANDS:
-                _check_overrides(cfg, list(HydraConfig.get().overrides.task))
-            task(cfg)
+                _check_zoo(plan, list(HydraConfig.get().overrides.task))
+            task(plan)
         except Exception as err:
             if isinstance(err, OSError) and err.errno in _DISK and not err.filename:  # a write() names no file
                 err.add_note(f"it writes under store.root={cfg.store.root} and leaderboard.dir={cfg.leaderboard.dir}")
@@ -342,16 +347,20 @@ def _yaml_line(err: BaseException) -> str | None:
     return None
 
 
+_MEASURE_ERRORS = (("measures.context", "MissingInputError"), ("measures.plugins", "PluginError"),
+                   ("measures.registry", "DuplicateMeasureError"), ("measures.registry", "UnknownMeasureError"))
+
+
 def user_message(err: BaseException) -> str | None:
     """The one line to show for a mistake in the input, or None for a bug (which keeps its traceback)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from benchmark.errors import UserError
-    from measures.context import MissingInputError
-    from measures.plugins import PluginError
-    from measures.registry import DuplicateMeasureError, UnknownMeasureError
-    if isinstance(err, (UserError, PluginError, UnknownMeasureError, DuplicateMeasureError, MissingInputError)):
+    # the measures' errors, from their modules if they were imported (a config error never imports torch for this)
+    measure_errors = tuple(getattr(sys.modules[module], name) for module, name in _MEASURE_ERRORS
+                           if module in sys.modules and hasattr(sys.modules[module], name))
+    if isinstance(err, (UserError, *measure_errors)):
         text = str(err)
     elif isinstance(err, HydraException):
         text = str(err).split("Config search path:")[0]  # the search path is noise to a user who mistyped

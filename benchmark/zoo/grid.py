@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Mapping
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Any, Mapping, Sequence
 
 from benchmark.errors import HParamsError
 from benchmark.zoo.hparams import GROUPS, HParams
@@ -25,7 +23,13 @@ MODELS_PER_MINUTE = 25  # `genbench run` of the default zoo on a 2-core CPU, tra
 
 
 def to_container(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    """Plain dicts and lists of a nested mapping (a composed config as well: its values are read, and so resolved,
+    through the Mapping interface, without importing its library)."""
+    if isinstance(cfg, Mapping):
+        return {k: to_container(v) for k, v in cfg.items()}
+    if isinstance(cfg, Sequence) and not isinstance(cfg, (str, bytes)):
+        return [to_container(v) for v in cfg]
+    return cfg
 
 
 def base_hparams(cfg: Mapping) -> HParams:

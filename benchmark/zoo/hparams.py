@@ -83,6 +83,7 @@ _LEGACY = {"dataset.label_noise_mode": lambda hp: hp.dataset.label_noise == 0
 GROUPS: dict[str, type] = {"dataset": DatasetHP, "model": ModelHP, "optimizer": OptimizerHP, "train": TrainHP}
 _COMPONENTS: dict[str, ComponentRegistry] = {"dataset": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS}
 OPERATIONAL = {"dataset": ("root", "download")}  # keys of the hp groups that never define a model
+DEFAULT_ROOT = "~/.cache/genbench/data"  # where torchvision's files are looked for (``dataset.root``)
 
 
 @dataclass(frozen=True)

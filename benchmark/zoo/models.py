@@ -1,8 +1,9 @@
 """The zoo's architectures: plain ``nn.Module``s whose randomness comes from an explicit generator.
 
-An architecture is one class registered with ``@MODELS.register(name, uses=...)`` plus one YAML file in
-``conf/model/``. Its constructor takes ``(in_shape, num_classes, **hyperparameters)`` for the ``model.*``
-fields it declares in ``uses`` (``init_scale`` is applied by :func:`init_parameters`, not the class).
+An architecture is one class declared in ``benchmark.zoo.registry`` (``MODELS.declare(name, "module:Class",
+uses=...)``) plus one YAML file in ``conf/model/``. Its constructor takes ``(in_shape, num_classes,
+**hyperparameters)`` for the ``model.*`` fields it declares in ``uses`` (``init_scale`` is applied by
+:func:`init_parameters`, not the class).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from benchmark.zoo.registry import MODELS
 if TYPE_CHECKING:
     from benchmark.zoo.hparams import ModelHP
 
-ARCHITECTURE = ("depth", "width", "dropout", "bias", "init_scale")  # the model.* fields both architectures use
 
 
 class Dropout(nn.Module):
@@ -42,7 +42,6 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-@MODELS.register("mlp", uses=ARCHITECTURE)
 class MLP(nn.Module):
     """Flatten → depth × [Linear(width) → ReLU → Dropout] → Linear(num_classes)."""
 
@@ -63,7 +62,6 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@MODELS.register("cnn", uses=ARCHITECTURE)
 class ConvNet(nn.Module):
     """depth × [Conv(3, width, stride 2 on every other layer) → ReLU → Dropout] → global average pool →
     Linear(num_classes). 1-D inputs ``(C, L)`` use Conv1d, images ``(C, H, W)`` Conv2d."""

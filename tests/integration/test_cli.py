@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.perf.answers import ANSWERS, imports_torch
 from benchmark.store import Store
 from tests.conftest import TINY
 
 SIX = ["zoo.axes.dataset.label_noise=[0.0,0.1,0.2]", "zoo.axes.model.width=[8,16]",
        "zoo.axes.dataset.train_size=[240]"]  # 240 clean: 300 samples in all at label noise 0.2
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def genbench(*args, cwd, timeout=300, debug=False):
@@ -201,3 +205,14 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{len(done)} reused from" in rerun.stdout + rerun.stderr
     assert len(Store(root).model_ids()) == 6
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, may_import) in ANSWERS.items() if not may_import])
+def test_quick_answers_do_not_import_torch(name):
+    """A mistake in the config, an unknown name, --help and printing a stored leaderboard need no torch: they are
+    answered before it would be imported (``genbench perf`` times them; here, only that torch stays out). Run in
+    the repository, whose leaderboard/ holds the default board that ``genbench leaderboard`` prints."""
+    args = ANSWERS[name][0]
+    out = genbench(*args, cwd=REPO)
+    assert out.returncode in (0, 2), out.stderr[-2000:]
+    assert not imports_torch(args, str(REPO), dict(os.environ)), f"genbench {' '.join(args)} imported torch"

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf, open_dict
 
 from benchmark import pipeline
 from benchmark.errors import UserError
+from benchmark.plan import task_configs
 from benchmark.report import layout
-from benchmark.zoo.suite import task_configs
 from tests.conftest import make_cfg
 
 BASE = ["dataset.test_size=300", "model.depth=1", "train.batch_size=50", "train.target_loss=0.3",

@@ -60,7 +60,7 @@ JIANG_AXES = {"hp.model.depth", "hp.model.width", "hp.model.dropout", "hp.optimi
 
 
 def test_the_standard_benchmark_is_replicated_and_varies_jiangs_axes_on_three_tasks():
-    from benchmark.zoo.suite import task_configs
+    from benchmark.plan import make_plan, task_configs
     cfg = make_cfg("experiment=standard")
     tasks = task_configs(cfg)
     assert len(tasks) >= 3
@@ -75,6 +75,10 @@ def test_the_standard_benchmark_is_replicated_and_varies_jiangs_axes_on_three_ta
     assert total >= 1000
     one = task_configs(make_cfg("experiment=standard", "suite.only=[digits-mlp]"))
     assert list(one) == ["digits-mlp"]
+    plan = make_plan(cfg)  # the plan holds the same tasks, as plain values
+    assert [t.name for t in plan.tasks] == list(tasks)
+    assert [len(t.hparams) for t in plan.tasks] == [len(expand(t)) for t in tasks.values()]
+    assert [t.axes for t in plan.tasks] == [tuple(varying_axes(t)) for t in tasks.values()]
 
 
 def test_paths_are_absolute_from_where_the_config_was_composed(tmp_path, monkeypatch):
@@ -106,8 +110,8 @@ def test_the_zoo_size_is_counted_without_expanding(overrides):
 
 @pytest.mark.parametrize("experiment", ["jiang", "standard"])
 def test_the_shipped_experiments_fit_the_default_model_limit(experiment):
-    from benchmark.pipeline import zoo_scale
-    assert "models" in zoo_scale(make_cfg(f"experiment={experiment}"))
+    from benchmark.plan import make_plan
+    assert "models" in make_plan(make_cfg(f"experiment={experiment}")).scale
 
 
 def test_an_empty_or_scalar_seed_list_is_refused():

@@ -12,6 +12,7 @@ from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import stats
 from benchmark.measuring.context import Trained
 from benchmark.measuring.early import check_early, measure_early
+from benchmark.plan import make_plan
 from benchmark.runtime import RunOptions
 from benchmark.store import CheckpointError, Store, merge
 from benchmark.zoo.datasets import make_data
@@ -77,8 +78,8 @@ def test_measures_that_need_more_than_the_weights_are_refused_in_one_line():
 
 def test_a_bad_fraction_fails_before_training(tiny_cfg):
     with pytest.raises(UserError, match="strictly between 0 and 1"):
-        pipeline.early_fractions(tiny_cfg("early.fractions=[0.5,1.0]"))
-    assert pipeline.early_fractions(tiny_cfg("early.measures=[]")) == ()
+        make_plan(tiny_cfg("early.fractions=[0.5,1.0]"))
+    assert make_plan(tiny_cfg("early.measures=[]")).early.fractions == ()
 
 
 def test_the_table_is_kendall_tau_of_the_oriented_early_values(zoo):
@@ -103,7 +104,7 @@ def test_the_table_is_kendall_tau_of_the_oriented_early_values(zoo):
 def test_the_leaderboard_writes_the_early_table(zoo):
     cfg, _ = zoo
     pipeline.evaluate(cfg)
-    files = pipeline.board_files(cfg)
+    files = make_plan(cfg).board
     assert files.early.exists()
     text = files.markdown.read_text()
     assert "## Early prediction" in text and "`dist_init_fro`" in text.split("## Early prediction")[1]

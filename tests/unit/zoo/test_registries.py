@@ -71,7 +71,7 @@ def test_new_components_compose_and_train(new_components):
 
 
 def test_a_name_registered_twice_is_an_error():
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(ValueError, match="declared twice"):
         MODELS.register("mlp", uses=())(lambda *a: None)
 
 
@@ -80,3 +80,16 @@ def test_unknown_names_list_the_valid_ones():
         OPTIMIZERS.get("lbfgs")
     with pytest.raises(HParamsError, match="unknown dataset 'imagenet'; valid: mnist1d, mnist5k, digits"):
         DATASETS.get("imagenet")
+
+
+def test_every_declared_component_resolves_to_its_code_and_uses_real_fields():
+    """The catalog in benchmark.zoo.registry names each built-in's code by path: each path imports, and each
+    component's ``uses`` are fields of its hyperparameter group."""
+    import dataclasses
+
+    from benchmark.zoo.hparams import GROUPS
+    for registry in (DATASETS, MODELS, OPTIMIZERS):
+        for component in registry:
+            assert callable(component.build), component.name
+            fields = {f.name for f in dataclasses.fields(GROUPS[registry.group])}
+            assert set(component.uses or ()) <= fields, component.name

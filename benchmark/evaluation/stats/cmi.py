@@ -66,6 +66,7 @@ def _normalised_cmi_many(tables: np.ndarray) -> np.ndarray:
 def _cmi_from_sets(
     sets: Sequence[_ConditioningSet], vg: np.ndarray, vm: np.ndarray, valid: np.ndarray
 ) -> dict:
+    """The score, arg-min set and per-set scores of :func:`conditional_mutual_information` from pair signs."""
     sign_code = ((vg[valid] > 0) * 3 + vm[valid] + 1).astype(np.int64)
     per_set = {c.axes: _normalised_cmi(_cmi_tables(c, valid, sign_code)) for c in sets}
     finite = {s: v for s, v in per_set.items() if np.isfinite(v)}
@@ -81,6 +82,7 @@ def _cmi_from_sets(
 def _cmi_signs(
     rm: np.ndarray, rg: np.ndarray, i: np.ndarray, j: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Target and measure pair signs and the pairs used: both defined and the target not tied."""
     vm, vmv = _pair_signs(rm, i, j)
     vg, vgv = _pair_signs(rg, i, j)
     return vg, vm, vmv & vgv & (vg != 0)
@@ -181,6 +183,7 @@ def _cmi_null_from(
     sets: Sequence[_ConditioningSet], rm: np.ndarray, rg: np.ndarray, i: np.ndarray, j: np.ndarray,
     perms: np.ndarray, observed: float,
 ) -> dict:
+    """The null summary of :func:`cmi_null` for the measure ranks ``rm`` permuted by each row of ``perms``."""
     null = _cmi_many(sets, rm[perms], rg, i, j)
     null = null[np.isfinite(null)]
     if not np.isfinite(observed) or null.size == 0:

@@ -44,6 +44,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 
 def _column_ranks(df: pd.DataFrame, column: str) -> np.ndarray:
+    """:func:`_ranks` of one column of ``df``."""
     return _ranks(df[column].to_numpy(dtype=float))
 
 
@@ -121,6 +122,7 @@ def _compact(keys: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _segment_starts(sorted_labels: np.ndarray) -> np.ndarray:
+    """Index of the first entry of each run of equal labels in a sorted label array."""
     if len(sorted_labels) == 0:
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])

@@ -95,6 +95,8 @@ def _cell_taus(cells: _AxisCells, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
 
 
 def _psi_from_cells(all_cells: Sequence[_AxisCells], rx: np.ndarray, ry: np.ndarray) -> dict:
+    """Psi, psi_i per axis and the number of defined cells per axis from prebuilt cells and ranks
+    (the result of :func:`granulated_kendall`)."""
     per_axis, n_cells = {}, {}
     for cells in all_cells:
         taus = _cell_taus(cells, rx, ry)

@@ -92,6 +92,7 @@ def bootstrap_counts(configs: np.ndarray, n_boot: int, seed: int, resample: str 
 
 
 def _percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` quantiles (linear interpolation) of the finite replicates; NaN if none."""
     reps = np.asarray(replicates, dtype=float)
     reps = reps[np.isfinite(reps)]
     if reps.size == 0:
@@ -102,6 +103,7 @@ def _percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, f
 
 
 def _check_bootstrap_args(n_boot: int, level: float) -> None:
+    """Reject a negative number of replicates or a level outside (0, 1) before any work is done."""
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     if not 0.0 < level < 1.0:

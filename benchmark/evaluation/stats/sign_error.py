@@ -91,6 +91,7 @@ def _environment_sign_errors(
 
 
 def _sign_error_summary(envs: _Environments, errors: np.ndarray, below: np.ndarray | None = None) -> dict:
+    """The result of :func:`robust_sign_error` from the per-environment errors, overall and per axis."""
     below = np.zeros(envs.n_envs, dtype=bool) if below is None else below
     out = _summary(errors)
     out["n_below"] = int(below.sum())

@@ -10,7 +10,7 @@ import scipy.stats
 
 from benchmark.evaluation import leaderboard
 from benchmark.evaluation.stats import configurations
-from tests.unit.evaluation.test_stats import make_zoo
+from tests.unit.evaluation.stats.zoos import make_zoo
 
 
 @pytest.mark.parametrize("k", [2, 3])

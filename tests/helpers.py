@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.zoo.models import MLP
+from measures.updates import sgd_
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,15 +71,14 @@ def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr: float = 0.5) -> nn.Module:
-    """Full-batch gradient descent with heavy-ball momentum 0.9 (no torch.optim: its first step imports dynamo)."""
+    """Full-batch gradient descent with heavy-ball momentum 0.9 (``measures.updates``, each product rounded on
+    its own; no torch.optim: its first step imports dynamo)."""
     params = list(model.parameters())
     vel = [torch.zeros_like(p) for p in params]
     for _ in range(steps):
         grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
-        with torch.no_grad():
-            for p, v, g in zip(params, vel, grads):
-                v.mul_(0.9).add_(g)
-                p.sub_(lr * v)
+        for p, v, g in zip(params, vel, grads):
+            sgd_(p, g, lr, momentum=0.9, buf=v, fused=False)
     return model
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from benchmark.report.format import markdown_table
+from benchmark.reproduce import vf_analysis as vfa
 from benchmark.reproduce.common import (
     IMPLEMENTATION_CHECKS,
     begin,
@@ -209,8 +210,8 @@ def run_one(task: tuple, p: Protocol) -> tuple:
     ctx, window, metrics = train(p, lr, bs, seed)
     t1 = time.perf_counter()
     snaps = window.snapshots()
-    settings = fl.VFSettings(params=(window.name,), pcs=p.scanned)
-    r = fl.snapshot_flatness(ctx, (window.name,), snaps, len(snaps), settings)
+    settings = vfa.VFSettings(params=(window.name,), pcs=p.scanned)
+    r = vfa.snapshot_flatness(ctx, (window.name,), snaps, len(snaps), settings)
     spectrum = r.pca.spectrum.numpy()
     row = {"lr": lr, "batch_size": bs, "seed": seed, "epochs": metrics["epochs"], "steps": window.count,
            "window": len(snaps), "train_loss": metrics["train_loss"], "test_error": metrics["test_error"],
@@ -219,7 +220,7 @@ def run_one(task: tuple, p: Protocol) -> tuple:
     arrays = {"pcs": r.pcs, "variance": r.variance, "flatness": r.flatness, "spectrum": spectrum[:p.fit[-1]]}
     if base and p.control:
         walk = random_walk(snaps, generator(seed, "pnas/random-walk"))
-        null = fl.snapshot_flatness(ctx, (window.name,), walk, len(walk), settings)
+        null = vfa.snapshot_flatness(ctx, (window.name,), walk, len(walk), settings)
         row.update(summary(null, p, "null_"))
         arrays.update({"null_variance": null.variance, "null_flatness": null.flatness, "null_pcs": null.pcs,
                        "null_spectrum": null.pca.spectrum.numpy()[:p.fit[-1]]})
@@ -228,7 +229,7 @@ def run_one(task: tuple, p: Protocol) -> tuple:
         width = float(np.nanmax([r.flatness[r.pcs == q][0] for q in profile_pcs]))
         deltas = torch.linspace(-1.2 * width, 1.2 * width, 81)
         arrays.update({"profile_pcs": profile_pcs, "profile_deltas": deltas.numpy(),
-                       "profiles": fl.loss_profiles(ctx, r, profile_pcs, deltas), "loss0": r.loss0})
+                       "profiles": vfa.loss_profiles(ctx, r, profile_pcs, deltas), "loss0": r.loss0})
     row.update(train_s=t1 - t0, analysis_s=time.perf_counter() - t1)
     return 1, row, arrays
 

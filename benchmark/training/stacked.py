@@ -13,8 +13,8 @@ Each member reproduces ``benchmark.training.loop.train_model`` with the same hyp
 * each epoch's order ``torch.randperm(n, generator=generator(hp.seed, "order"))``;
 * dropout masks ``torch.rand(x.shape, generator=generator(hp.seed, "dropout", device)) >= p`` drawn per
   member in the same layer order and shapes as ``benchmark.zoo.models.Dropout``;
-* updates with torch.optim's formulas: SGD d = g + λθ, b ← μb + d, θ ← θ − ηb (μ = 0 for plain SGD);
-  Adam d = g + λθ, m ← lerp(m, d, 1−β₁), v ← β₂v + (1−β₂)d², θ ← θ − η/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε);
+* updates with torch.optim's formulas in its arithmetic order (``measures.updates``, ``fused``): SGD with
+  heavy-ball momentum (μ = 0 for plain SGD) and Adam, each with L2 weight decay;
 * per-epoch evaluation (the test set on the same schedule), probes (with the same generators: all members at
   once for a probe with a ``many`` form, such as the order parameters, otherwise each member unstacked into its
   own module), history rows, the stopping rule and ``final_metrics`` from ``benchmark.training.history``.
@@ -56,13 +56,13 @@ from benchmark.zoo.hparams import DatasetHP, HParams
 from benchmark.zoo.models import MLP, ConvNet, Dropout, build_model
 from measures.losses import fast_cross_entropy
 from measures.seeding import generator
+from measures.updates import ADAM_BETAS, OPTIMIZERS, adam_, sgd_
 
 log = logging.getLogger("genbench")
 
 DataSource = Union[Callable[[DatasetHP], DataBundle], Mapping[DatasetHP, DataBundle]]
 
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses them
-STACKED_OPTIMIZERS = ("sgd", "momentum", "adam")  # the update rules Stack implements
+STACKED_OPTIMIZERS = OPTIMIZERS  # the update rules Stack implements
 
 
 # ------------------------------------------------------------------------------------------------ grouping
@@ -316,7 +316,6 @@ class Stack:
         """Views and per-member columns after the member set changed."""
         col = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=self.device)[:, None]
         hps = [m.hp for m in self.members]
-        self.neg_lr = col([-hp.optimizer.lr for hp in hps])  # (M, 1)
         self.lr64 = col([hp.optimizer.lr for hp in hps], torch.float64)
         self.wd = col([hp.optimizer.weight_decay for hp in hps])
         self.mom = col([self._momentum(hp) for hp in hps])
@@ -358,26 +357,16 @@ class Stack:
 
     @torch.no_grad()
     def _update(self) -> None:
+        """torch.optim.SGD (momentum μ = 0 for plain SGD members) on the first rows, torch.optim.Adam with its
+        default betas (make_optimizer's) on the others, L2 weight decay in both."""
         s, flat, grad = self.n_sgd, self.flat, self.grad
-        if s:  # torch.optim.SGD: d = g + λθ; b ← μb + d (b₁ = d); θ ← θ − η·b
-            theta, d = flat[:s], grad[:s]
-            if self.wd_sgd:
-                d = torch.addcmul(d, self.wd[:s], theta)
-            if self.momentum_buf is not None:
-                d = self.momentum_buf.mul_(self.mom[:s]).add_(d)
-            theta.addcmul_(self.neg_lr[:s], d)
-        if s < len(self.members):  # torch.optim.Adam (L2 weight decay, not decoupled)
-            beta1, beta2 = ADAM_BETAS
+        if s:
+            sgd_(flat[:s], grad[:s], self.lr64[:s], weight_decay=self.wd[:s] if self.wd_sgd else None,
+                 momentum=None if self.momentum_buf is None else self.mom[:s], buf=self.momentum_buf)
+        if s < len(self.members):
             self.adam_steps += 1
-            t = self.adam_steps
-            theta, d = flat[s:], grad[s:]
-            if self.wd_adam:
-                d = torch.addcmul(d, self.wd[s:], theta)
-            self.exp_avg.lerp_(d, 1 - beta1)
-            self.exp_avg_sq.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-            denom = (self.exp_avg_sq.sqrt() / (1 - beta2 ** t) ** 0.5).add_(ADAM_EPS)
-            step_size = (self.lr64[s:] / (1 - beta1 ** t)).float()  # (Ma, 1), rounded like a Python scalar
-            theta.sub_(self.exp_avg * step_size / denom)  # = addcdiv_(m, denom, value=-step): (value·m)/denom
+            adam_(flat[s:], grad[s:], self.lr64[s:], self.exp_avg, self.exp_avg_sq, self.adam_steps,
+                  weight_decay=self.wd[s:] if self.wd_adam else None, betas=ADAM_BETAS)
 
     # ------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()

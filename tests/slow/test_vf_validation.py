@@ -1,4 +1,4 @@
-"""Validation of the registered variance–flatness estimator (``vf.block_*``, measures/flatness.py) on the
+"""Validation of the registered variance–flatness estimator (``vf.block_*``, measures/flatness/) on the
 paper's setting: a 784→50→50→10 ReLU MLP without biases, plain SGD α = 0.1, B = 50, trained on the 4,000
 offline MNIST digits of ``mnist5k`` to training cross-entropy ≤ 10⁻³ (docs/measures/variance-flatness.md,
 "Validation").

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.reproduce import vf_analysis as vfa
 from measures import REGISTRY, Context
 from measures import flatness as fl
+from measures.flatness import block, landscape
 from measures.registry import NotApplicable
 
 E = math.e
@@ -253,14 +255,14 @@ def test_layer_path_matches_vmap_path_and_direct_losses():
     assert (fast.kind, slow.kind) == ("layer", "vmap")
     idx = torch.tensor([0, 1, 1, 4, 2, 3])
     delta = torch.tensor([0.3, -1.0, 2.0, 0.0, -0.01, 5.0])
-    direct = torch.stack([ctx.loss({**ctx.params, **fl._split(ctx, names, w0 + d * dirs[i])})
+    direct = torch.stack([ctx.loss({**ctx.params, **landscape._split(ctx, names, w0 + d * dirs[i])})
                           for i, d in zip(idx, delta)]).double()
     torch.testing.assert_close(fast(idx, delta), direct, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(slow(idx, delta), direct, rtol=1e-5, atol=1e-6)
 
 
 def _direct_losses(ctx, names, w0, dirs, idx, delta):
-    return torch.stack([ctx.loss({**ctx.params, **fl._split(ctx, names, w0 + d * dirs[i])})
+    return torch.stack([ctx.loss({**ctx.params, **landscape._split(ctx, names, w0 + d * dirs[i])})
                         for i, d in zip(idx, delta)]).double()
 
 
@@ -327,7 +329,7 @@ def test_sparse_path_on_block_directions_matches_the_direct_loss(bias):
     delta = torch.tensor([0.3, -1.5, 4.0, -8.0, 0.0, 12.0])
     direct = _direct_losses(ctx, names, w0, dirs, idx, delta)
     torch.testing.assert_close(line(idx, delta), direct, rtol=1e-5, atol=1e-6)
-    dense = fl._LayerLine(ctx, ctx.layers[1], names, w0, dirs)
+    dense = landscape._LayerLine(ctx, ctx.layers[1], names, w0, dirs)
     torch.testing.assert_close(line(idx, delta), dense(idx, delta), rtol=1e-5, atol=1e-6)
 
 
@@ -379,20 +381,20 @@ def test_sample_mixing_model_falls_back_to_vmap():
 def test_crossings_hit_e_times_l0_on_a_model():
     """End to end on an MLP: at the returned δ_l, δ_r the directly computed training loss is e·L₀."""
     ctx = _ctx(5)
-    r = fl.variance_flatness(ctx, fl.VFSettings(steps=60, pcs=(2, 3, 4, 5), params="weights"))
+    r = vfa.variance_flatness(ctx, vfa.VFSettings(steps=60, pcs=(2, 3, 4, 5), params="weights"))
     assert r.line_kind == "vmap"  # several layers: the generic path
     for pc, dl, dr in zip(r.pcs, r.left, r.right):
         p = r.pca.components[r.pca.row(pc)].float()
         for d in (-dl, dr):
-            params = {**ctx.params, **fl._split(ctx, r.names, r.w0 + float(d) * p)}
+            params = {**ctx.params, **landscape._split(ctx, r.names, r.w0 + float(d) * p)}
             assert ctx.loss(params).item() == pytest.approx(E * r.loss0, rel=2e-3)
 
 
 def test_variance_flatness_is_deterministic_and_skips_pc1():
     ctx = _ctx(6)
-    settings = fl.VFSettings(steps=50, pcs=tuple(range(2, 8)))
-    a = fl.variance_flatness(ctx, settings)
-    b = fl.variance_flatness(_ctx(6), settings)
+    settings = vfa.VFSettings(steps=50, pcs=tuple(range(2, 8)))
+    a = vfa.variance_flatness(ctx, settings)
+    b = vfa.variance_flatness(_ctx(6), settings)
     assert a.pcs.tolist() == list(range(2, 8))
     assert a.line_kind == "layer"
     np.testing.assert_array_equal(a.flatness, b.flatness)
@@ -553,10 +555,10 @@ def test_stacked_continuation_equals_each_model_alone(name):
     other, x, y = _mlp(4, width=12)
     ctxs.append(Context(other, train=(x, y), seed=3, hparams={"optimizer.name": name, "optimizer.lr": 0.01,
                                                               "optimizer.momentum": 0.7, "train.batch_size": 16}))
-    many = fl._block_snapshots_many(ctxs, settings)
+    many = block._block_snapshots_many(ctxs, settings)
     assert many[3] is NotImplemented
     for c, got in zip(ctxs[:3], many[:3]):
-        alone = fl._block_snapshots(c, settings)
+        alone = block._block_snapshots(c, settings)
         assert torch.equal(got.index, alone.index) and got.optimizer == alone.optimizer == name
         assert got.snapshots.shape == alone.snapshots.shape == (120, 2 * 64)
         torch.testing.assert_close(got.snapshots, alone.snapshots, rtol=1e-4, atol=1e-5)
@@ -577,16 +579,16 @@ def test_grouped_contexts_share_the_stacked_value_and_its_cost():
         return out
     grouped, alone = contexts(), contexts()
     Context.group(grouped)
-    first = grouped[0].shared(fl._block_snapshots, settings)
+    first = grouped[0].shared(block._block_snapshots, settings)
     assert grouped[0].lent > 0 and grouped[0].charged == 0
     assert all(c.charged == 0 and c.lent == 0 for c in grouped[1:])
     for g, a in zip(grouped, alone):
-        torch.testing.assert_close(g.shared(fl._block_snapshots, settings).snapshots,
-                                   a.shared(fl._block_snapshots, settings).snapshots, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g.shared(block._block_snapshots, settings).snapshots,
+                                   a.shared(block._block_snapshots, settings).snapshots, rtol=1e-4, atol=1e-5)
         assert fl.block_variance_flatness(g, settings).fit.psi == pytest.approx(
             fl.block_variance_flatness(a, settings).fit.psi, rel=1e-3)
     share = grouped[1].charged
     assert share > 0 and grouped[0].lent == pytest.approx(2 * share, rel=1e-6)
-    assert grouped[0].shared(fl._block_snapshots, settings) is first
+    assert grouped[0].shared(block._block_snapshots, settings) is first
     grouped[0].leave()
     assert grouped[0] not in grouped[1]._group and len(grouped[1]._group) == 2

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import measures
 from benchmark.errors import UserError
+from benchmark.evaluation import board
 from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import suite as cross_task
 from benchmark.files import write_text
@@ -201,21 +202,22 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     chosen = selected_measures(cfg)
     tasks = task_configs(cfg)
     if not tasks:
-        table, _, _ = _evaluate_board(cfg, chosen)
+        built = [_evaluate_board(cfg, chosen)]
+        table, suites = built[0].table, []
     else:
         boards = {}
         for i, (name, task) in enumerate(tasks.items(), 1):
             log.info("evaluating task %d of %d: %s", i, len(tasks), name)
             boards[name] = _evaluate_board(task, chosen)
-        table = pd.concat([t.assign(task=name) for name, (t, _, _) in boards.items()], ignore_index=True)
-        _write_suite(cfg, boards)
-    paths = page.write(Path(cfg.leaderboard.dir))
+        table = pd.concat([b.table.assign(task=name) for name, b in boards.items()], ignore_index=True)
+        built, suites = list(boards.values()), [_write_suite(cfg, boards)]
+    paths = page.write(Path(cfg.leaderboard.dir), built, suites)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return table
 
 
-def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """One leaderboard's tables and figures: the results table, the zoo DataFrame and the reliability."""
+def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> board.Board:
+    """One leaderboard's board (``board.build``), with its tables, typed form and figures written."""
     # read-only: evaluating writes only the leaderboard, so a store on a read-only disk can be evaluated
     hps, store = _hparams(cfg), Store(cfg.store.root, readonly=True)
     info = lb.measure_info(chosen)
@@ -223,21 +225,16 @@ def _evaluate_board(cfg: DictConfig, chosen: list[measures.Measure]) -> tuple[pd
     if df.empty:
         raise UserError(f"no trained models of zoo {cfg.zoo.name!r} in {store.root}; run `genbench train` first")
     lb.check_rankable(df, str(cfg.zoo.name))
-    axes = varying_axes(cfg)
-    targets, n_boot, seed = list(cfg.evaluate.targets), int(cfg.evaluate.n_boot), int(cfg.evaluate.seed)
-    table = lb.results(df, info, lb.costs(store.measurements(), df.model_id), axes,
-                       targets=targets, n_boot=n_boot, seed=seed)
-    files = board_files(cfg)
-    baselines = lb.baseline_table(df, axes, targets=targets, n_boot=n_boot, seed=seed)
-    reliability = lb.reliability(df, info, targets=targets, seed=seed)
-    early = _early(cfg, store, df, axes)
-    paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes, baselines, reliability,
-                         early)
+    axes, files = varying_axes(cfg), board_files(cfg)
+    built = board.build(files.name, df, info, lb.costs(store.measurements(), df.model_id), axes,
+                        list(cfg.evaluate.targets), int(cfg.evaluate.n_boot), int(cfg.evaluate.seed),
+                        early=_early(cfg, store, df, axes))
+    paths = tables.write(files, built)
     if cfg.leaderboard.plots:
-        figures = plots.write(df, table, files.figures)
+        figures = plots.write(built, files.figures)
         log.info("wrote %d figures under %s", len(figures), files.figures)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
-    return table, df, reliability
+    return built
 
 
 def _early(cfg: DictConfig, store: Store, df: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
@@ -253,29 +250,25 @@ def _early(cfg: DictConfig, store: Store, df: pd.DataFrame, axes: list[str]) -> 
     return None if table.empty else table
 
 
-def _write_suite(cfg: DictConfig, boards: dict) -> list[Path]:
-    """The suite's cross-task table, the agreement of the tasks' rankings, its Markdown and figure. A task this
-    run did not evaluate (``suite.only``) enters with the leaderboard it wrote before, if there is one."""
+def _write_suite(cfg: DictConfig, boards: dict[str, board.Board]) -> cross_task.Suite:
+    """The suite's cross-task table, the agreement of the tasks' rankings, its Markdown, figure and typed form. A
+    task this run did not evaluate (``suite.only``) enters with the board it stored before, if there is one."""
     files, boards = suite_files(cfg), dict(boards)
     every = task_configs(cfg, every=True)
     for name, task in every.items():
-        if name not in boards and board_files(task).exists():
-            board = page.load(files.folder, board_files(task).name)
-            boards[name] = (board.table, board.zoo, board.reliability)
-    boards = {name: boards[name] for name in every if name in boards}
-    results = {name: table for name, (table, _, _) in boards.items()}
-    cross, agree = cross_task.cross_task(results), cross_task.agreement(results)
-    info = {name: lb.task_summary(table, df, reliability, varying_axes(every[name]))
-            for name, (table, df, reliability) in boards.items()}
+        stored = board_files(task)
+        if name not in boards and stored.exists():
+            boards[name] = board.read(stored.name, stored.typed, stored.tables)
+    suite = cross_task.build(files.name, {name: boards[name] for name in every if name in boards})
     files.folder.mkdir(parents=True, exist_ok=True)
-    paths = [write_text(files.results, cross.to_csv(index=False)),
-             write_text(files.agreement, agree["pairs"].assign(**{f"concordance_{k}": v for k, v in
-                                                                  agree["concordance"].items()}).to_csv(index=False)),
-             write_text(files.markdown, tables.suite_markdown(files.name, cross, agree, info))]
+    paths = [write_text(files.results, suite.cross.to_csv(index=False)),
+             write_text(files.agreement, suite.pairs.assign(**{f"concordance_{k}": v for k, v in
+                                                              suite.concordance.items()}).to_csv(index=False)),
+             write_text(files.markdown, tables.suite_markdown(suite)), suite.save(files.typed)]
     if cfg.leaderboard.plots:
-        paths.append(plots.write_tasks(cross, list(boards), files.figure))
+        paths.append(plots.write_tasks(suite.cross, list(suite.tasks), files.figure))
     log.info("wrote %s", ", ".join(str(p) for p in paths))
-    return paths
+    return suite
 
 
 def suite_files(cfg: DictConfig) -> layout.SuiteFiles:

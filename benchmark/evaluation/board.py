@@ -171,7 +171,7 @@ def encode_table(frame: pd.DataFrame | None) -> dict | None:
         kind = col.dtype.kind
         if kind in _KINDS and isinstance(col.dtype, np.dtype):
             data.append([_KINDS[kind](x) for x in col.to_numpy()])
-        elif kind == "O":
+        elif kind == "O" and (isinstance(col.dtype, np.dtype) or isinstance(col.dtype, pd.StringDtype)):
             data.append([_cell(x) for x in col.to_numpy()])
         else:
             raise TypeError(f"cannot store column {name!r} of dtype {col.dtype} in a typed board")

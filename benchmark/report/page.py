@@ -419,7 +419,7 @@ def stored_suite(folder: Path, name: str, boards: dict[str, Board]) -> Suite:
         return cross_task.load(files.typed)
     cross = pd.read_csv(files.results)
     tasks = [c.removeprefix("tau.") for c in cross.columns if c.startswith("tau.")]
-    return cross_task.build(name, {t: boards[files.board(t)] for t in tasks}, cross)
+    return cross_task.build(name, {t: boards[files.board(t)] for t in tasks if files.board(t) in boards}, cross)
 
 
 def write(folder: Path, boards: Sequence[Board] = (), suites: Sequence[Suite] = ()) -> list[Path]:

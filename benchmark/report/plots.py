@@ -39,6 +39,7 @@ from benchmark.evaluation.leaderboard import cheapest_tied, pareto_front
 from benchmark.files import write_atomic
 from benchmark.report.format import fmt, fmt_ci
 from benchmark.report.layout import COST_FIGURE, HEATMAP_FIGURE, SUMMARY_FIGURE, TIERS_FIGURE, scatter_file
+from benchmark.store import converged
 
 CONVERGED = "metric.converged"
 DPI = 100
@@ -110,7 +111,7 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
 
 
 def _converged(zoo: pd.DataFrame) -> pd.DataFrame:
-    return zoo[zoo[CONVERGED].astype(bool)].reset_index(drop=True) if CONVERGED in zoo else zoo
+    return zoo[converged(zoo)].reset_index(drop=True) if CONVERGED in zoo else zoo
 
 
 # ------------------------------------------------------------------------------------------------ figures

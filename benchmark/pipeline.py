@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from benchmark.errors import UserError
+from benchmark.evaluation import board
 from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import suite as cross_task
 from benchmark.files import write_text
@@ -90,21 +91,22 @@ def evaluate(cfg: Plan | DictConfig) -> pd.DataFrame:
     summary; the returned table has a ``task`` column."""
     plan = Plan.of(cfg)
     if plan.suite is None:
-        table, _, _ = _evaluate_board(plan, plan.tasks[0])
+        built = [_evaluate_board(plan, plan.tasks[0])]
+        table, suites = built[0].table, []
     else:
         boards = {}
         for i, task in enumerate(plan.tasks, 1):
             log.info("evaluating task %d of %d: %s", i, len(plan.tasks), task.name)
             boards[task.name] = _evaluate_board(plan, task)
-        table = pd.concat([t.assign(task=name) for name, (t, _, _) in boards.items()], ignore_index=True)
-        _write_suite(plan, boards)
-    paths = page.write(plan.board.folder)
+        table = pd.concat([b.table.assign(task=name) for name, b in boards.items()], ignore_index=True)
+        built, suites = list(boards.values()), [_write_suite(plan, boards)]
+    paths = page.write(plan.board.folder, built, suites)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return table
 
 
-def _evaluate_board(plan: Plan, task: Task) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """One leaderboard's tables and figures: the results table, the zoo DataFrame and the reliability."""
+def _evaluate_board(plan: Plan, task: Task) -> board.Board:
+    """One leaderboard's board (``board.build``), with its tables, typed form and figures written."""
     # read-only: evaluating writes only the leaderboard, so a store on a read-only disk can be evaluated
     chosen, store = plan.measures, Store(plan.store_root, readonly=True)
     info = lb.measure_info(chosen)
@@ -112,21 +114,15 @@ def _evaluate_board(plan: Plan, task: Task) -> tuple[pd.DataFrame, pd.DataFrame,
     if df.empty:
         raise UserError(f"no trained models of zoo {task.name!r} in {store.root}; run `genbench train` first")
     lb.check_rankable(df, task.name)
-    axes, ev = list(task.axes), plan.evaluation
-    targets, n_boot, seed = list(ev.targets), ev.n_boot, ev.seed
-    table = lb.results(df, info, lb.costs(store.measurements(), df.model_id), axes,
-                       targets=targets, n_boot=n_boot, seed=seed)
-    files = task.board
-    baselines = lb.baseline_table(df, axes, targets=targets, n_boot=n_boot, seed=seed)
-    reliability = lb.reliability(df, info, targets=targets, seed=seed)
-    early = _early(plan, store, df, axes)
-    paths = tables.write(files, table, df, lb.gap_noise(df), lb.oracle_table(df, info), axes, baselines, reliability,
-                         early)
+    axes, files, ev = list(task.axes), task.board, plan.evaluation
+    built = board.build(files.name, df, info, lb.costs(store.measurements(), df.model_id), axes,
+                        list(ev.targets), ev.n_boot, ev.seed, early=_early(plan, store, df, axes))
+    paths = tables.write(files, built)
     if plan.plots:
-        figures = plots.write(df, table, files.figures)
+        figures = plots.write(built, files.figures)
         log.info("wrote %d figures under %s", len(figures), files.figures)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
-    return table, df, reliability
+    return built
 
 
 def _early(plan: Plan, store: Store, df: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
@@ -142,29 +138,25 @@ def _early(plan: Plan, store: Store, df: pd.DataFrame, axes: list[str]) -> pd.Da
     return None if table.empty else table
 
 
-def _write_suite(plan: Plan, boards: dict) -> list[Path]:
-    """The suite's cross-task table, the agreement of the tasks' rankings, its Markdown and figure. A task this
-    run did not evaluate (``suite.only``) enters with the leaderboard it wrote before, if there is one."""
+def _write_suite(plan: Plan, boards: dict[str, board.Board]) -> cross_task.Suite:
+    """The suite's cross-task table, the agreement of the tasks' rankings, its Markdown, figure and typed form. A
+    task this run did not evaluate (``suite.only``) enters with the board it stored before, if there is one."""
     files, boards = plan.suite, dict(boards)
-    every = {task.name: task for task in plan.every}
-    for name, task in every.items():
-        if name not in boards and task.board.exists():
-            board = page.load(files.folder, task.board.name)
-            boards[name] = (board.table, board.zoo, board.reliability)
-    boards = {name: boards[name] for name in every if name in boards}
-    results = {name: table for name, (table, _, _) in boards.items()}
-    cross, agree = cross_task.cross_task(results), cross_task.agreement(results)
-    info = {name: lb.task_summary(table, df, reliability, list(every[name].axes))
-            for name, (table, df, reliability) in boards.items()}
+    every = [task.name for task in plan.every]
+    for task in plan.every:
+        stored = task.board
+        if task.name not in boards and stored.exists():
+            boards[task.name] = board.read(stored.name, stored.typed, stored.tables)
+    suite = cross_task.build(files.name, {name: boards[name] for name in every if name in boards})
     files.folder.mkdir(parents=True, exist_ok=True)
-    paths = [write_text(files.results, cross.to_csv(index=False)),
-             write_text(files.agreement, agree["pairs"].assign(**{f"concordance_{k}": v for k, v in
-                                                                  agree["concordance"].items()}).to_csv(index=False)),
-             write_text(files.markdown, tables.suite_markdown(files.name, cross, agree, info))]
+    paths = [write_text(files.results, suite.cross.to_csv(index=False)),
+             write_text(files.agreement, suite.pairs.assign(**{f"concordance_{k}": v for k, v in
+                                                              suite.concordance.items()}).to_csv(index=False)),
+             write_text(files.markdown, tables.suite_markdown(suite)), suite.save(files.typed)]
     if plan.plots:
-        paths.append(plots.write_tasks(cross, list(boards), files.figure))
+        paths.append(plots.write_tasks(suite.cross, list(suite.tasks), files.figure))
     log.info("wrote %s", ", ".join(str(p) for p in paths))
-    return paths
+    return suite
 
 
 def leaderboard(cfg: Plan | DictConfig) -> str:

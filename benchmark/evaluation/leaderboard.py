@@ -99,11 +99,14 @@ def check_rankable(df: pd.DataFrame, zoo: str) -> None:
 
 
 def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list[str], *,
-            targets: Sequence[str] = tuple(TARGETS.values()), n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Every statistic of every measure against every target, oriented by sign, with cost and metadata."""
+            targets: Sequence[str] = tuple(TARGETS.values()), n_boot: int = 200, seed: int = 0,
+            alpha: float = 0.05) -> pd.DataFrame:
+    """Every statistic of every measure against every target, oriented by sign, with cost and metadata; ``alpha``
+    is the level of the paired test against #1."""
     oriented, names = _oriented(df, info)
     groups = identical_groups(oriented[converged(oriented)], names)
-    table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed)
+    table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed,
+                           alpha=alpha)
     table["identical"] = [", ".join(c.removeprefix("measure.") for c in groups[m]) for m in table["measure"]]
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
@@ -278,12 +281,13 @@ def baseline_columns(df: pd.DataFrame, axes: Sequence[str], seed: int = 0) -> pd
 
 
 def baseline_table(df: pd.DataFrame, axes: list[str], *, targets: Sequence[str] = tuple(TARGETS.values()),
-                   n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+                   n_boot: int = 200, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """The statistics of the baselines (:func:`baseline_columns`), computed like the measures' but apart from
     them, so that they never enter the ranking or its comparison with the best measure."""
     with_baselines = baseline_columns(df, axes, seed)
     names = [c for c in with_baselines if c.startswith("measure.baseline.")]
-    table = stats.evaluate(with_baselines, names, targets=list(targets), axes=axes, n_boot=n_boot, seed=seed)
+    table = stats.evaluate(with_baselines, names, targets=list(targets), axes=axes, n_boot=n_boot, seed=seed,
+                           alpha=alpha)
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table["family"] = BASELINE

@@ -8,7 +8,10 @@ al. 2020, applied to tasks instead of environments).
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -16,6 +19,9 @@ import pandas as pd
 import scipy.stats
 
 from benchmark.evaluation import stats
+from benchmark.evaluation.board import Board, decode_table, encode_table, plain
+from benchmark.evaluation.leaderboard import task_summary
+from benchmark.files import write_text
 
 
 def expand_identical(table: pd.DataFrame) -> pd.DataFrame:
@@ -132,3 +138,49 @@ def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> 
     return {"pairs": pd.DataFrame(rows, columns=["task_a", "task_b", "n_measures", "kendall_tau", "spearman"]),
             "concordance": stats.kendall_w(scores) if common else {"w": np.nan, "chi2": np.nan, "p": np.nan,
                                                                      "m": len(tasks), "n": 0}}
+
+
+@dataclass(frozen=True, eq=False)
+class Suite:
+    """A suite's cross-task view: the cross-task table (:func:`cross_task`), the agreement of the tasks' rankings
+    (:func:`agreement`: ``pairs`` and ``concordance``) and each task in a few numbers
+    (``leaderboard.task_summary``), in task order."""
+
+    name: str
+    cross: pd.DataFrame
+    pairs: pd.DataFrame
+    concordance: dict
+    tasks: dict[str, dict]
+
+    @property
+    def agreement(self) -> dict:
+        return {"pairs": self.pairs, "concordance": self.concordance}
+
+    def typed(self) -> dict:
+        """The suite as plain JSON values: exact, and the form :meth:`save` writes."""
+        return {"format": 1, "name": self.name, "cross": encode_table(self.cross), "pairs": encode_table(self.pairs),
+                "concordance": plain(self.concordance), "tasks": plain(self.tasks)}
+
+    def save(self, path: Path) -> Path:
+        return write_text(Path(path), json.dumps(self.typed(), allow_nan=True, separators=(",", ":")))
+
+    def equals(self, other: Suite) -> bool:
+        return isinstance(other, Suite) and json.dumps(self.typed(), allow_nan=True) == json.dumps(
+            other.typed(), allow_nan=True)
+
+
+def build(name: str, boards: Mapping[str, Board], cross: pd.DataFrame | None = None) -> Suite:
+    """The suite of the tasks' ``boards`` (``{task: board}``, in task order); ``cross``: a cross-task table
+    already computed (a suite stored before its typed form existed), else computed here."""
+    results = {task: b.table for task, b in boards.items()}
+    cross = cross_task(results) if cross is None else cross
+    agree = agreement(results)
+    tasks = {task: task_summary(b.table, b.zoo, b.reliability, b.axes) for task, b in boards.items()}
+    return Suite(name, cross, agree["pairs"], agree["concordance"], tasks)
+
+
+def load(path: Path) -> Suite:
+    """The suite saved at ``path`` (:meth:`Suite.save`)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return Suite(data["name"], decode_table(data["cross"]), decode_table(data["pairs"]), data["concordance"],
+                 data["tasks"])

@@ -22,6 +22,11 @@ def fmt(x, digits: int = 2) -> str:
     return f"{round(float(x), digits) + 0.0:.{digits}f}"
 
 
+def fmt_p(p) -> str:
+    """A p-value as "p = 0.012", or "p < 0.001" below that."""
+    return "p < 0.001" if isinstance(p, (int, float)) and math.isfinite(p) and p < 0.001 else f"p = {fmt(p, 3)}"
+
+
 def count(x) -> str:
     """A count for a table cell: the integer, or "—" when missing (NaN, None or not finite)."""
     return str(int(x)) if x is not None and x == x and math.isfinite(float(x)) else "—"

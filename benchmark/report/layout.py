@@ -7,10 +7,13 @@
     <dir>/<name>.baselines.csv  the baselines' statistics (random, noisy oracle, single axes; never ranked)
     <dir>/<name>.summary.json   the split-half reliability of the ranking, per target
     <dir>/<name>.early.csv      early prediction: τ of measures computed part-way through training (if measured)
+    <dir>/<name>.board.json     the board in a typed form (``benchmark.evaluation.board``): the page and a suite
+                                read it back instead of parsing the CSVs
     <dir>/<name>/               the figures: summary.png, psi_heatmap.png, tiers.png, cost.png, scatter/<measure>.png
     <dir>/<suite>.suite.md      a suite's cross-task summary (experiment=standard), its tasks being the
     <dir>/<suite>.suite.csv     leaderboards <suite>-<task>; the cross-task table, the agreement of the
     <dir>/<suite>.agreement.csv tasks' rankings, and <dir>/<suite>/tasks.png
+    <dir>/<suite>.suite.json    the suite in a typed form (``benchmark.evaluation.suite.Suite``)
     <dir>/index.html            the offline page over every leaderboard in <dir>
     <dir>/README.md             the index of every leaderboard in <dir>, with generated summaries
     leaderboard/reproductions/<paper>/   what ``genbench reproduce <paper>`` writes
@@ -29,6 +32,7 @@ COST_FIGURE = "cost.png"
 TASKS_FIGURE = "tasks.png"
 _RESULTS, _ZOO, _ORACLE, _MARKDOWN = ".csv", ".zoo.csv", ".oracle.csv", ".md"
 _BASELINES, _SUMMARY, _EARLY = ".baselines.csv", ".summary.json", ".early.csv"
+_TYPED = ".board.json"
 REPRODUCTIONS = Path("leaderboard") / "reproductions"
 
 
@@ -66,6 +70,16 @@ class BoardFiles:
         return self.folder / f"{self.name}{_EARLY}"
 
     @property
+    def typed(self) -> Path:
+        return self.folder / f"{self.name}{_TYPED}"
+
+    @property
+    def tables(self) -> dict[str, Path]:
+        """The tables a board written before its typed form is read from (``board.from_tables``)."""
+        return {"results": self.results, "zoo": self.zoo, "oracle": self.oracle, "baselines": self.baselines,
+                "summary": self.summary, "early": self.early}
+
+    @property
     def figures(self) -> Path:
         return self.folder / self.name
 
@@ -89,6 +103,10 @@ class SuiteFiles:
     @property
     def agreement(self) -> Path:
         return self.folder / f"{self.name}.agreement.csv"
+
+    @property
+    def typed(self) -> Path:
+        return self.folder / f"{self.name}.suite.json"
 
     @property
     def figure(self) -> Path:

@@ -2,8 +2,9 @@
 
 A leaderboard is the set of tables ``genbench evaluate`` writes for one zoo and dataset (their names are in
 :mod:`benchmark.report.layout`): the long results table, the zoo DataFrame, the oracle analyses, and the
-figures of :mod:`benchmark.report.plots`. Everything here is rebuilt from those files, so the page can be
-regenerated without the store::
+figures of :mod:`benchmark.report.plots`. The page renders boards (:class:`benchmark.evaluation.board.Board`) and
+suites from memory: those ``genbench evaluate`` just built, and every other one in the folder as stored (its typed
+form, or the tables of one written before that existed), so the page can be regenerated without the store::
 
     from benchmark.report import page
     page.write(Path("leaderboard"))
@@ -11,26 +12,28 @@ regenerated without the store::
 The page is one static file with relative links to the figures and tables (it opens from the file system,
 offline), a little inline CSS and a few lines of vanilla JavaScript that sort a table by the clicked column.
 
-Each leaderboard opens with a generated summary (:func:`summary`) answering three questions: which measure
-predicts the generalization gap best, along which hyperparameter it fails, and how sure we are.
+Each leaderboard opens with a generated summary (:func:`benchmark.report.summary.summary`) answering three
+questions: which measure predicts the generalization gap best, along which hyperparameter it fails, and how sure
+we are.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-import statistics
-from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import quote
 
 import pandas as pd
 
-from benchmark.evaluation.leaderboard import cheapest_tied, gap_noise
+from benchmark.evaluation import board as stored
+from benchmark.evaluation import suite as cross_task
+from benchmark.evaluation.board import GAP, Board
+from benchmark.evaluation.suite import Suite
 from benchmark.files import write_text
 from benchmark.report import layout, plots
-from benchmark.report.format import count, fmt, fmt_ci, seconds_text
+from benchmark.report.format import count, fmt, fmt_ci
 from benchmark.report.layout import (
     COST_FIGURE,
     HEATMAP_FIGURE,
@@ -43,166 +46,8 @@ from benchmark.report.layout import (
     scatter_file,
 )
 from benchmark.report.plots import short
-from benchmark.report.tables import (
-    EARLY_TEXT,
-    LEGEND,
-    early_columns,
-    flat_columns,
-    noise_text,
-    reliability_text,
-    tied_value,
-    tier_text,
-)
-
-GAP = "gap_error"
-
-
-@dataclass(frozen=True)
-class Board:
-    """One leaderboard as read back from its folder."""
-
-    name: str
-    table: pd.DataFrame   # the results table
-    zoo: pd.DataFrame     # the zoo DataFrame
-    oracle: pd.DataFrame  # the oracle analyses, empty when absent
-    baselines: pd.DataFrame = field(default_factory=pd.DataFrame)  # the baselines' statistics, empty when absent
-    reliability: dict = field(default_factory=dict)  # split-half reliability per target, empty when absent
-    early: pd.DataFrame = field(default_factory=pd.DataFrame)  # the early-prediction table, empty when absent
-
-    @property
-    def axes(self) -> list[str]:
-        return plots.axes_of(self.table)
-
-    @property
-    def noise(self) -> dict:
-        return gap_noise(self.zoo)
-
-    @property
-    def targets(self) -> list[str]:
-        """Targets in table order, the gap first."""
-        found = list(dict.fromkeys(self.table.target))
-        return sorted(found, key=lambda t: t != GAP)
-
-
-def load(folder: Path, name: str) -> Board:
-    files = BoardFiles(Path(folder), name)
-    has_oracle = files.oracle.exists() and files.oracle.stat().st_size > 1  # an empty table is written as "\n"
-    baselines = pd.read_csv(files.baselines) if files.baselines.exists() else pd.DataFrame()
-    reliability = json.loads(files.summary.read_text()).get("reliability", {}) if files.summary.exists() else {}
-    early = pd.read_csv(files.early) if files.early.exists() else pd.DataFrame()
-    return Board(name, pd.read_csv(files.results), pd.read_csv(files.zoo),
-                 pd.read_csv(files.oracle) if has_oracle else pd.DataFrame(), baselines, reliability, early)
-
-
-def _baselines_text(board: Board, target: str, best: dict, rows: list[dict]) -> str:
-    """How the ranked measures compare with the baselines (never ranked) on τ."""
-    b = board.baselines
-    if b.empty or "tau" not in b:
-        return ""
-    b = b[b.target == target].set_index("measure")
-    if b.empty:
-        return ""
-    parts = []
-    if "baseline.noisy_oracle" in b.index:
-        parts.append(f"the noisy oracle (the test error plus one rerun's seed noise) τ = "
-                     f"{fmt(b.loc['baseline.noisy_oracle', 'tau'])}")
-    axes = b[b.index.str.startswith("baseline.axis.")]
-    if len(axes):
-        top = axes.tau.idxmax()
-        parts.append(f"the best single axis (`{top.removeprefix('baseline.axis.')}`) τ = {fmt(axes.tau.max())}")
-    if "baseline.random" in b.index:
-        parts.append(f"random τ = {fmt(b.loc['baseline.random', 'tau'])}")
-    beat = sum(r["tau"] > axes.tau.max() for r in rows) if len(axes) else None
-    text = "**Baselines:** " + ", ".join(parts) + "."
-    if beat is not None:
-        text += f" {beat} of the {len(rows)} measures beat the best single axis."
-    return text
-
-
-# ------------------------------------------------------------------------------------------------ summary
-def _interval(r) -> str:
-    return f"τ = {fmt_ci(r['tau'], r['tau_lo'], r['tau_hi'])}"
-
-
-def _tied(r) -> bool | None:
-    return tied_value(r.get("tied_with_best"))
-
-
-def _versus(r) -> str:
-    return (f"τ − τ_best = {fmt_ci(r.get('tau_vs_best'), r.get('tau_vs_best_lo'), r.get('tau_vs_best_hi'))}, "
-            f"Holm-adjusted p = {fmt(r.get('tau_vs_best_p_holm'), 3)}")
-
-
-def summary(board: Board, target: str = GAP) -> str:
-    """Generated sentences (Markdown): the best measure by τ with its interval and the group of measures the
-    paired test cannot tell apart from it; the axis with its lowest ψ_i; and where the uncertainty is widest
-    (intervals, gap vs. noise)."""
-    if target not in set(board.table.target):
-        target = board.targets[0] if board.targets else target
-    rows = plots.ranked(board.table, target)
-    rows = rows[rows.tau.notna()].to_dict("records")
-    noise = board.noise
-    if not rows:
-        return (f"No measure has a defined τ against `{target}` here (too few converged models, or every measure "
-                f"failed); {noise['n_converged']} of {noise['n_models']} models converged.")
-    best = rows[0]
-    out = [f"**Best predictor of `{target}`:** `{best['measure']}` ({best['family']}), {_interval(best)}."]
-    if best["tau"] <= 0:
-        out.append("No measure here orders the models in the direction its authors predict (every τ ≤ 0).")
-    if len(rows) > 1:
-        runner = rows[1]
-        tied = [r for r in rows[1:] if _tied(r)]
-        if _tied(runner) is None:
-            out.append(f"The runner-up is `{runner['measure']}` ({_interval(runner)}); without seed replicates "
-                       f"there is no paired test, so this zoo cannot say whether the two differ.")
-        elif tied:
-            names = ", ".join(f"`{r['measure']}`" for r in tied[:5]) + (", …" if len(tied) > 5 else "")
-            out.append(f"The paired test (bootstrap over the seeds of each configuration, Holm-adjusted over the "
-                       f"{len(rows) - 1} comparisons, α = 0.05) cannot tell {len(tied)} of the other measures apart "
-                       f"from it: {names}. The runner-up, `{runner['measure']}`: {_versus(runner)}.")
-            cheap = cheapest_tied(board.table, target)
-            if cheap is not None and cheap.measure != best["measure"]:
-                out.append(f"The cheapest of them is `{cheap.measure}`, {seconds_text(cheap.seconds)} per model "
-                           f"against {seconds_text(best.get('seconds'))} for #1.")
-        else:
-            out.append(f"It leads beyond seed noise: the paired test (bootstrap over the seeds of each configuration, "
-                       f"Holm-adjusted) separates it from every other measure; the runner-up, "
-                       f"`{runner['measure']}`: {_versus(runner)}.")
-    for extra in (_baselines_text(board, target, best, rows), reliability_text(board.reliability, target)):
-        if extra:
-            out.append(extra)
-    psi = {a: best.get(f"psi.{a}") for a in board.axes}
-    psi = {a: float(v) for a, v in psi.items() if v is not None and math.isfinite(float(v))}
-    if psi:
-        axis = min(psi, key=psi.get)
-        v = psi[axis]
-        verdict = ("it orders the models the wrong way when only this hyperparameter changes" if v < -0.05 else
-                   "it carries almost no information when only this hyperparameter changes" if v <= 0.05 else
-                   "its weakest axis, though it still orders models the right way along it")
-        out.append(f"**Where it fails:** its lowest per-axis granulated τ is ψ = {fmt(v)} along "
-                   f"`{short(axis)}` — {verdict}.")
-    else:
-        out.append("**Where it fails:** no per-axis ψ is defined (no two converged models differ in one axis only).")
-    widths = [(r["tau_hi"] - r["tau_lo"], "τ", r) for r in rows] + \
-             [(r["psi_hi"] - r["psi_lo"], "Ψ", r) for r in rows]
-    widths = [w for w in widths if math.isfinite(w[0])]
-    if widths:
-        width, stat, r = max(widths, key=lambda w: w[0])
-        lo, hi = (r["tau_lo"], r["tau_hi"]) if stat == "τ" else (r["psi_lo"], r["psi_hi"])
-        tau_widths = [w for w, s, _ in widths if s == "τ"]
-        out.append(f"**How sure:** the best measure's τ interval is {fmt(best['tau_hi'] - best['tau_lo'])} wide "
-                   f"(median over the {len(tau_widths)} measures: {fmt(statistics.median(tau_widths))}); "
-                   f"the widest uncertainty is `{r['measure']}`'s {stat} interval [{fmt(lo)}, {fmt(hi)}] "
-                   f"(width {fmt(width)}).")
-    else:
-        out.append("**How sure:** no bootstrap intervals were computed (evaluate.n_boot=0).")
-    ratio = noise["spread_over_se"]
-    if math.isfinite(ratio):
-        out.append(f"The gaps spread {fmt(ratio, 1)}× the binomial standard error of one model's test error "
-                   f"over {noise['n_converged']} converged models"
-                   + (" — under 3×, so differences in gap are close to test-set noise and every ranking here is "
-                      "fragile." if ratio < 3 else "."))
-    return " ".join(out)
+from benchmark.report.summary import agreement_text, noise_text, suite_lead, summary
+from benchmark.report.tables import EARLY_TEXT, early_columns, flat_columns, legend, tier_text
 
 
 # ------------------------------------------------------------------------------------------------ HTML pieces
@@ -221,6 +66,12 @@ def _num(x) -> str:
 def _text(x) -> str:
     """A table cell's text as read back from CSV: "" for a missing value (pandas reads it as NaN)."""
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """The rows of ``table`` as dicts, a missing cell NaN whether the table holds None or NaN there (a cell with
+    no value sorts last either way)."""
+    return [{k: math.nan if v is None else v for k, v in r.items()} for r in table.to_dict("records")]
 
 
 def _td(text: str, value=None, cls: str = "", style: str = "", title: str = "") -> str:
@@ -269,7 +120,7 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
     rows = []
     ranked = plots.ranked(board.table, target)
     flat = flat_columns(ranked)
-    for rank, r in enumerate(ranked.to_dict("records"), 1):
+    for rank, r in enumerate(_records(ranked), 1):
         has_plot = (BoardFiles(folder, board.name).figures / scatter_file(r["measure"])).exists()
         name = f'<code>{escape(r["measure"])}</code>'
         if has_plot:
@@ -313,10 +164,10 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
 
 def _axis_tables(board: Board, target: str, heatmap: str) -> str:
     """ψ_i per measure and axis (the heatmap, then the same as a sortable table) and the sign error per axis."""
-    axes = board.axes
+    axes = board.psi_axes
     if not axes:
         return "<p>The zoo varies no hyperparameter, so there is no per-axis breakdown.</p>"
-    ranked = plots.ranked(board.table, target).to_dict("records")
+    ranked = _records(plots.ranked(board.table, target))
     psi_rows, se_rows = [], []
     for r in ranked:
         name = _td(f'<code>{escape(r["measure"])}</code>', r["measure"])
@@ -391,7 +242,8 @@ def _figure(board: Board, folder: Path, file: str, alt: str, caption: str, ancho
 
 
 def _section(board: Board, folder: Path) -> str:
-    target = GAP if GAP in board.targets else (board.targets[0] if board.targets else GAP)
+    targets = board.shown_targets
+    target = GAP if GAP in targets else (targets[0] if targets else GAP)
     name = escape(board.name)
     files = BoardFiles(folder, board.name)
     links = [f'<a href="{quote(path.name)}">{label}</a>'
@@ -401,22 +253,22 @@ def _section(board: Board, folder: Path) -> str:
              f'<p class="links">{" · ".join(links)}</p>',
              f'<div class="summary"><h3>Summary</h3><p>{_inline(summary(board, target))}</p></div>',
              f'<p class="noise"><strong>Gap vs. noise.</strong> {escape(noise_text(board.noise))}</p>',
-             f'<p class="legend">{escape(LEGEND)} Click a column header to sort.</p>']
+             f'<p class="legend">{escape(legend(board.alpha))} Click a column header to sort.</p>']
     parts += [f"<h3>Predicting <code>{escape(target)}</code></h3>", _ranked_table(board, target, folder),
               _figure(board, folder, SUMMARY_FIGURE, f"τ and Ψ per measure, {board.name}",
                       f"τ and Ψ with <code>{escape(target)}</code> per measure, ranked by τ; lines are 95% "
                       f"bootstrap intervals."),
               _figure(board, folder, TIERS_FIGURE, f"tiers, {board.name}",
-                      "τ per measure with its 95% interval, coloured by tier; a bar at the right joins the measures of "
-                      "each tier, which the paired test (Holm-adjusted, α = 0.05) cannot split, as the bars of a "
-                      "critical-difference diagram do. Tier 1 cannot be told apart from #1."),
+                      "τ per measure with its 95% interval, coloured by tier; a bar at the right joins the measures "
+                      f"of each tier, which the paired test (Holm-adjusted, α = {board.alpha:g}) cannot split, as the "
+                      "bars of a critical-difference diagram do. Tier 1 cannot be told apart from #1."),
               _figure(board, folder, COST_FIGURE, f"cost against τ, {board.name}",
                       "τ per measure against its cost in seconds per model: the Pareto front (no other measure both "
                       "cheaper and better) is joined and named, and the cheapest measure that the paired test cannot "
                       "tell apart from #1 is ringed.")]
     parts.append(_early_table(board))
     parts += [f"<details><summary>Predicting <code>{escape(t)}</code></summary>{_ranked_table(board, t, folder)}"
-              f"</details>" for t in board.targets if t != target]
+              f"</details>" for t in targets if t != target]
     heatmap = _figure(board, folder, HEATMAP_FIGURE, f"ψ_i heatmap, {board.name}",
                       "ψ<sub>i</sub> per measure (rows ranked by τ) and hyperparameter: blue, the measure orders "
                       "models as the target does when only that hyperparameter changes; red, the wrong way.")
@@ -475,13 +327,13 @@ for (const table of document.querySelectorAll("table.sortable")) {
 """
 
 
-def _suite_section(folder: Path, name: str) -> str:
+def _suite_section(folder: Path, suite: Suite) -> str:
     """A suite's cross-task table: each measure's worst τ over the tasks, its mean and its τ per task."""
+    name, cross = suite.name, suite.cross
     files = SuiteFiles(folder, name)
-    cross = pd.read_csv(files.results)
     tasks = [c.removeprefix("tau.") for c in cross.columns if c.startswith("tau.")]
     rows = []
-    for rank, r in enumerate(cross.to_dict("records"), 1):
+    for rank, r in enumerate(_records(cross), 1):
         same = r.get("identical")
         same = (f' <span class="same">= {", ".join(f"<code>{escape(m)}</code>" for m in same.split(", "))}</span>'
                 if isinstance(same, str) and same else "")
@@ -502,11 +354,7 @@ def _suite_section(folder: Path, name: str) -> str:
     figure = (f'<figure><img src="{quote(name)}/{quote(files.figure.name)}" alt="τ per task, {escape(name)}" '
               f'loading="lazy"><figcaption>τ with <code>gap_error</code> of each measure on each task, ranked by '
               f'its worst task (the grey bar).</figcaption></figure>') if files.figure.exists() else ""
-    intro = ""
-    if files.markdown.exists():
-        text = files.markdown.read_text(encoding="utf-8")
-        agree = re.search(r"Over the \d+ measures every task ranks.*", text)
-        intro = f"<p>{_inline(agree.group(0))}</p>" if agree else ""
+    intro = f"<p>{_inline(agreement_text(suite.concordance))}</p>"
     head = ["#", "measure", "family", "worst τ", "worst task", "mean τ", *[f"τ {escape(t)} (tier)" for t in tasks]]
     return "\n".join([f'<section id="{escape(name)}" class="board"><h2>Suite {escape(name)}</h2>',
                       f'<p class="links">{" · ".join(links)}</p>',
@@ -516,11 +364,11 @@ def _suite_section(folder: Path, name: str) -> str:
                       _table(head, rows), figure, "</section>"])
 
 
-def page(boards: list[Board], folder: Path) -> str:
+def page(boards: list[Board], folder: Path, suites: Sequence[Suite] = ()) -> str:
     """The whole index page."""
-    suites = layout.suites(folder)
-    toc = "".join(f'<li><a href="#{escape(n)}">{escape(n)}</a></li>' for n in [*suites, *(b.name for b in boards)])
-    body = "\n".join([*(_suite_section(folder, n) for n in suites), *(_section(b, folder) for b in boards)]) or \
+    toc = "".join(f'<li><a href="#{escape(n)}">{escape(n)}</a></li>'
+                  for n in [*(s.name for s in suites), *(b.name for b in boards)])
+    body = "\n".join([*(_suite_section(folder, s) for s in suites), *(_section(b, folder) for b in boards)]) or \
         "<p>No leaderboards yet: run <code>genbench run</code>.</p>"
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -531,20 +379,18 @@ def page(boards: list[Board], folder: Path) -> str:
             f"</p><nav><ul>{toc}</ul></nav></header>\n{body}\n<script>{SORT_SCRIPT}</script></body></html>\n")
 
 
-def readme(boards: list[Board], folder: Path) -> str:
+def readme(boards: list[Board], folder: Path, suites: Sequence[Suite] = ()) -> str:
     """``README.md``: the index of all leaderboards with their summaries and links."""
     lines = ["# Leaderboards", "",
              f"Generated by `genbench evaluate` from the tables in this folder. Open [{INDEX}]({INDEX}) in a browser "
              "(it works offline) for every table, the per-axis breakdown and the plots.", ""]
     if not boards:
         lines.append("No leaderboards yet: run `genbench run`.")
-    for name in layout.suites(folder):
-        files = SuiteFiles(folder, name)
-        text = files.markdown.read_text(encoding="utf-8") if files.markdown.exists() else ""
-        tasks = text.split("## Every measure")[0].split("\n", 2)[-1].strip()  # the suite's tasks and agreement
+    for suite in suites:
+        files, name = SuiteFiles(folder, suite.name), suite.name
+        tasks = "\n".join(suite_lead(name, suite.agreement, suite.tasks, "**Do the tasks agree?**"))
         lines += [f"## Suite {name}", "", f"[Cross-task summary]({quote(files.markdown.name)}) · "
-                  f"[page]({INDEX}#{quote(name)}) · [cross-task CSV]({quote(files.results.name)})", "",
-                  tasks.replace("## Do the tasks agree?", "**Do the tasks agree?**"), ""]
+                  f"[page]({INDEX}#{quote(name)}) · [cross-task CSV]({quote(files.results.name)})", "", tasks, ""]
     for b in boards:
         files, n = BoardFiles(folder, b.name), quote(b.name)
         links = [f"[Markdown table]({quote(files.markdown.name)})", f"[page]({INDEX}#{n})",
@@ -559,9 +405,31 @@ def readme(boards: list[Board], folder: Path) -> str:
     return "\n".join(lines)
 
 
-def write(folder: Path) -> list[Path]:
-    """Rebuild ``index.html`` and ``README.md`` in ``folder`` from every leaderboard there."""
+def stored_board(folder: Path, name: str) -> Board:
+    """The board ``name`` as stored in ``folder`` (``board.read``: its typed form, or its tables)."""
+    files = BoardFiles(Path(folder), name)
+    return stored.read(name, files.typed, files.tables)
+
+
+def stored_suite(folder: Path, name: str, boards: dict[str, Board]) -> Suite:
+    """The suite ``name`` as stored in ``folder``: its typed form, or, written before that existed, its cross-task
+    table with the agreement and task summaries of its tasks' ``boards`` (``{board name: board}``)."""
+    files = SuiteFiles(Path(folder), name)
+    if files.typed.exists():
+        return cross_task.load(files.typed)
+    cross = pd.read_csv(files.results)
+    tasks = [c.removeprefix("tau.") for c in cross.columns if c.startswith("tau.")]
+    return cross_task.build(name, {t: boards[files.board(t)] for t in tasks if files.board(t) in boards}, cross)
+
+
+def write(folder: Path, boards: Sequence[Board] = (), suites: Sequence[Suite] = ()) -> list[Path]:
+    """Rebuild ``index.html`` and ``README.md`` in ``folder`` over every leaderboard and suite there: ``boards`` and
+    ``suites`` as given (those just evaluated, in memory), the others as stored."""
     folder = Path(folder)
-    boards = [load(folder, n) for n in layout.boards(folder)]
+    given, given_suites = {b.name: b for b in boards}, {s.name: s for s in suites}
+    every = {n: given[n] if n in given else stored_board(folder, n) for n in layout.boards(folder)}
+    every_suite = [given_suites[n] if n in given_suites else stored_suite(folder, n, every)
+                   for n in layout.suites(folder)]
     index, md = layout.index(folder), layout.readme(folder)
-    return [write_text(index, page(boards, folder)), write_text(md, readme(boards, folder))]
+    return [write_text(index, page(list(every.values()), folder, every_suite)),
+            write_text(md, readme(list(every.values()), folder, every_suite))]

@@ -12,8 +12,8 @@
 A suite (``experiment=standard``) adds ``<suite>/tasks.png``: each measure's τ on every task, ranked by its
 worst task.
 
-Inputs are two of the tables ``genbench evaluate`` writes (``benchmark.report.layout``): the long results
-table and the zoo DataFrame. Only converged models are drawn, as only they enter the statistics.
+Inputs are a board's (``benchmark.evaluation.board.Board``) long results table and zoo DataFrame, and its level
+α of the paired test. Only converged models are drawn, as only they enter the statistics.
 
 Figures use matplotlib's object API on an Agg canvas (no pyplot, no global figure registry, nothing to close),
 a fixed style, and PNG metadata without a version string, so the same tables give the same bytes. The scatter
@@ -34,10 +34,12 @@ import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from benchmark.evaluation.board import ALPHA, Board, psi_axes
 from benchmark.evaluation.leaderboard import cheapest_tied, pareto_front
 from benchmark.files import write_atomic
 from benchmark.report.format import fmt, fmt_ci
 from benchmark.report.layout import COST_FIGURE, HEATMAP_FIGURE, SUMMARY_FIGURE, TIERS_FIGURE, scatter_file
+from benchmark.store import converged
 
 CONVERGED = "metric.converged"
 DPI = 100
@@ -55,9 +57,7 @@ def ranked(table: pd.DataFrame, target: str = "gap_error") -> pd.DataFrame:
                                                       na_position="last", ignore_index=True)
 
 
-def axes_of(table: pd.DataFrame) -> list[str]:
-    """The zoo axes (``hp.*`` columns) the results table breaks ψ_i down by, in its column order."""
-    return [c.removeprefix("psi.") for c in table.columns if c.startswith("psi.")]
+axes_of = psi_axes  # the zoo axes (``hp.*`` columns) the results table breaks ψ_i down by
 
 
 def short(axis: str) -> str:
@@ -111,7 +111,7 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
 
 
 def _converged(zoo: pd.DataFrame) -> pd.DataFrame:
-    return zoo[zoo[CONVERGED].astype(bool)].reset_index(drop=True) if CONVERGED in zoo else zoo
+    return zoo[converged(zoo)].reset_index(drop=True) if CONVERGED in zoo else zoo
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -261,10 +261,10 @@ def write_psi_heatmap(table: pd.DataFrame, path: Path, target: str = "gap_error"
     return path
 
 
-def write_tiers(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Path | None:
+def write_tiers(table: pd.DataFrame, path: Path, target: str = "gap_error", alpha: float = ALPHA) -> Path | None:
     """τ of every measure with its 95% interval, ranked, coloured by tier, and a bar at the right joining the
-    measures of each tier (the groups the paired test cannot split); None when the table has no tiers (a zoo
-    without seed replicates)."""
+    measures of each tier (the groups the paired test at level ``alpha`` cannot split); None when the table has no
+    tiers (a zoo without seed replicates)."""
     rows = ranked(table, target)
     if "tier" not in rows or not rows["tier"].notna().any():
         return None
@@ -294,7 +294,7 @@ def write_tiers(table: pd.DataFrame, path: Path, target: str = "gap_error") -> P
         ax.axvline(0, color="#666", lw=0.8)
         ax.set_yticks(ypos, labels)
         ax.set_ylim(len(rows) - 0.5, -0.5)
-        ax.set_title(f"τ with {target}, 95% CI; tiers of the paired test (Holm, α = 0.05)", loc="left")
+        ax.set_title(f"τ with {target}, 95% CI; tiers of the paired test (Holm, α = {alpha:g})", loc="left")
         ax.grid(axis="y", visible=False)
         bars.set_xlim(-0.5, 4.0)
         bars.axis("off")
@@ -371,21 +371,21 @@ def write_cost(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Pa
     return path
 
 
-def write(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str | None = None) -> list[Path]:
+def write(board: Board, out_dir: Path, target: str | None = None) -> list[Path]:
     """Every figure of one leaderboard under ``out_dir``; scatter plots of measures no longer listed are removed.
 
     ``target``: default ``gap_error``, or the table's first target when it was not evaluated.
     """
-    out_dir = Path(out_dir)
+    out_dir, table = Path(out_dir), board.table
     if target is None:
         target = "gap_error" if table.empty or "gap_error" in set(table.target) else str(table.target.iloc[0])
-    scatters = write_scatters(zoo, table, out_dir, target)
+    scatters = write_scatters(board.zoo, table, out_dir, target)
     for stale in set((out_dir / "scatter").glob("*.png")) - set(scatters):
         stale.unlink()
     heatmap = write_psi_heatmap(table, out_dir / HEATMAP_FIGURE, target)
     if heatmap is None:
         (out_dir / HEATMAP_FIGURE).unlink(missing_ok=True)
-    tier_figure = write_tiers(table, out_dir / TIERS_FIGURE, target)
+    tier_figure = write_tiers(table, out_dir / TIERS_FIGURE, target, board.alpha)
     if tier_figure is None:
         (out_dir / TIERS_FIGURE).unlink(missing_ok=True)
     cost_figure = write_cost(table, out_dir / COST_FIGURE, target)

@@ -8,16 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.evaluation.leaderboard import cheapest_tied, tied_value
+from benchmark.evaluation.board import Board
+from benchmark.evaluation.suite import Suite
 from benchmark.files import write_text
 from benchmark.report import layout
 from benchmark.report.format import count, fmt, fmt_ci, seconds_text
+from benchmark.report.summary import lead_text, noise_text, reliability_text, suite_lead
 
-LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
+_LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
           "with bootstrap 95% intervals (the seeds of each configuration resampled, never the configurations "
           "themselves). Tier: a run of consecutive ranks that the paired bootstrap test (the difference of two "
-          "measures' τ on the same resamples, Holm-adjusted, α = 0.05) cannot split from its first member, like "
+          "measures' τ on the same resamples, Holm-adjusted, α = {alpha}) cannot split from its first member, like "
           "the bars of a critical-difference diagram: tier 1 is #1 and the measures right after it that cannot be "
           "told apart from it; comparing two measures' separate intervals would ignore that their estimates are "
           "correlated. "
@@ -38,6 +40,11 @@ LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over a
           "1/c, U: the units of the weights and the loss. m-adj.: the bound is reported adjusted for the "
           "training-set size m, as Dziugaite et al.'s code does. Failed: the measure raised or gave no finite "
           "value; n/a: the quantity is undefined for that model (not a failure).")
+
+
+def legend(alpha: float) -> str:
+    """What every column of the ranked tables means; ``alpha``: the level of the paired test (the board's)."""
+    return _LEGEND.replace("{alpha}", f"{alpha:g}")
 
 
 FLAT_SHARE = 0.8  # a column whose most common value (as printed) holds this share of the rows cannot rank
@@ -79,92 +86,9 @@ def flat_columns(table: pd.DataFrame, columns=tuple(_WORST_CASE), share: float =
     return out
 
 
-def fmt_p(p) -> str:
-    """A p-value as "p = 0.012", or "p < 0.001" below that."""
-    return "p < 0.001" if isinstance(p, (int, float)) and math.isfinite(p) and p < 0.001 else f"p = {fmt(p, 3)}"
-
-
 def tier_text(tier) -> str:
     """A tier number as printed ("—" when untested: no seed replicates)."""
     return str(int(tier)) if isinstance(tier, (int, float, np.integer, np.floating)) and math.isfinite(tier) else "—"
-
-
-
-
-def noise_text(noise: dict) -> str:
-    """The gap-vs-noise statement: how many models, and how far the gaps spread beyond test-set noise and
-    beyond the seed noise measured from the replicates."""
-    text = (f"{noise['n_converged']} converged models of {noise['n_models']} "
-            f"({noise['n_models'] - noise['n_converged']} unconverged, excluded). "
-            f"Generalization gap (test − train error) from {fmt(noise['gap_min'], 3)} to {fmt(noise['gap_max'], 3)}: "
-            f"spread {fmt(noise['gap_spread'], 3)} = {fmt(noise['spread_over_se'], 1)}× the binomial standard error "
-            f"of one model's test error ({fmt(noise['test_error_se'], 4)}).")
-    sd = noise.get("gap_sd_seed", float("nan"))
-    if sd is not None and math.isfinite(sd):
-        text += (f" Noise floor measured from the seed replicates: the gap's seed-to-seed standard deviation within a "
-                 f"configuration is {fmt(sd, 4)} (test error {fmt(noise.get('test_error_sd_seed'), 4)}); the "
-                 f"configurations' mean gaps spread with a standard deviation of {fmt(noise.get('gap_sd_config'), 4)}, "
-                 f"{fmt(noise.get('gap_config_over_seed'), 1)}× the seed noise.")
-    else:
-        text += " One seed per configuration: the seed noise cannot be measured on this zoo."
-    return text
-
-
-def reliability_text(rel: dict | None, target: str = "gap_error") -> str:
-    """The split-half reliability sentence (``leaderboard.reliability``), or "" when not computed."""
-    r = (rel or {}).get(target)
-    if not r:
-        return ""
-    if not math.isfinite(r.get("rho", float("nan"))):
-        return ("**Reliability:** the split-half reliability of the ranking is undefined here (no configuration has "
-                "two seeds).")
-    return (f"**Reliability:** ranked on two disjoint halves of the seeds ({r['seeds_per_half']} per configuration "
-            f"each, {r['splits']} random splits), the measures' τ against `{target}` agree with Spearman ρ = "
-            f"{fmt(r['rho'])} (from {fmt(r['rho_min'])} to {fmt(r['rho_max'])}); the whole zoo, with all seeds, "
-            f"ranks more reliably than one half.")
-
-
-def lead_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str = "gap_error") -> str:
-    """What a reader needs first: #1 on ``target``, the measures the paired test cannot tell apart from it
-    (``tied_with_best``) and what the baselines score."""
-    t = table[(table.target == target) & table.tau.notna()].sort_values("tau", ascending=False)
-    if t.empty:
-        return ""
-    best = t.iloc[0]
-    tested = t["tied_with_best"].map(tied_value) if "tied_with_best" in t else pd.Series(None, index=t.index)
-    group = t[tested == True]  # noqa: E712  (None: untested)
-    if len(group):
-        names = ", ".join(f"`{m}`" for m in group.measure)
-        text = (f"**#1 predicting `{target}`:** `{best.measure}`, τ = {fmt(best.tau)} [{fmt(best.tau_lo)}, "
-                f"{fmt(best.tau_hi)}]. " + (f"The paired test cannot tell {len(group) - 1} other measure"
-                                            f"{'s' if len(group) > 2 else ''} apart from it ({names})."
-                                            if len(group) > 1 else "The paired test separates it from every other "
-                                            "measure."))
-    else:
-        text = (f"**#1 predicting `{target}`:** `{best.measure}`, τ = {fmt(best.tau)}; without seed replicates no "
-                f"paired test can say whether it leads beyond noise.")
-    cheap = cheapest_tied(table, target)
-    if cheap is not None and len(group) > 1:
-        text += (f" **Cheapest tied with #1:** `{cheap.measure}`, {seconds_text(cheap.seconds)} per model"
-                 + (" (#1 itself)." if cheap.measure == best.measure else
-                    f" against {seconds_text(best.seconds)} for #1 (an intermediate two measures share is charged "
-                    f"to the first that computes it)."))
-    if baselines is not None and len(baselines):
-        b = baselines[baselines.target == target].set_index("measure")
-        axes = b[b.index.str.startswith("baseline.axis.")]
-        parts = []
-        if "baseline.noisy_oracle" in b.index:
-            parts.append(f"the noisy oracle τ = {fmt(b.at['baseline.noisy_oracle', 'tau'])}")
-        if len(axes):
-            top = axes.tau.idxmax()
-            beat = int((t.tau > axes.tau.max()).sum())
-            parts.append(f"the best single axis (`{top.removeprefix('baseline.axis.')}`) τ = {fmt(axes.tau.max())}, "
-                         f"beaten by {beat} of the {len(t)} measures")
-        if "baseline.random" in b.index:
-            parts.append(f"random τ = {fmt(b.at['baseline.random', 'tau'])}")
-        if parts:
-            text += " **Baselines:** " + "; ".join(parts) + "."
-    return text
 
 
 def baselines_markdown(baselines: pd.DataFrame | None) -> list[str]:
@@ -213,18 +137,17 @@ def early_markdown(early: pd.DataFrame | None) -> list[str]:
     return lines + [""]
 
 
-def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str, axes: list[str],
-             baselines: pd.DataFrame | None = None, reliability: dict | None = None,
-             early: pd.DataFrame | None = None) -> str:
+def markdown(board: Board) -> str:
     """The leaderboard as Markdown: the noise floor and reliability, one ranked table per target, the baselines,
     early prediction, a per-axis breakdown, oracle analyses."""
-    lines = [f"# Leaderboard: {title}", ""]
-    lead = lead_text(table, baselines)
+    table, axes, oracle = board.table, board.axes, board.oracle
+    lines = [f"# Leaderboard: {board.name}", ""]
+    lead = lead_text(table, board.baselines)
     lines += [lead, ""] if lead else []
-    lines += [noise_text(noise), ""]
-    rel = reliability_text(reliability)
+    lines += [noise_text(board.noise), ""]
+    rel = reliability_text(board.reliability)
     lines += [rel, ""] if rel else []
-    lines += [LEGEND, ""]
+    lines += [legend(board.alpha), ""]
     for target, t in table.groupby("target", sort=False):
         t = t.sort_values("tau", ascending=False)
         flat = flat_columns(t)
@@ -250,8 +173,8 @@ def markdown(table: pd.DataFrame, noise: dict, oracle: pd.DataFrame, title: str,
         lines.append("")
         if flat:
             lines += [flat.get("sign_error_mean", flat.get("sign_error_max", "")), ""]
-    lines += baselines_markdown(baselines)
-    lines += early_markdown(early)
+    lines += baselines_markdown(board.baselines)
+    lines += early_markdown(board.early)
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
     psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]
     if psi_cols:
@@ -287,25 +210,22 @@ def _text(x) -> str:
     return x if isinstance(x, str) and x else "—"
 
 
-def write(board: layout.BoardFiles, table: pd.DataFrame, zoo: pd.DataFrame, noise: dict, oracle: pd.DataFrame,
-          axes: list[str], baselines: pd.DataFrame | None = None, reliability: dict | None = None,
-          early: pd.DataFrame | None = None) -> list[Path]:
+def write(files: layout.BoardFiles, board: Board) -> list[Path]:
     """The leaderboard's tables: results CSV, Markdown, the zoo DataFrame, the oracle analyses, the baselines,
-    the reliability summary and the early-prediction table (an older one is removed when there is none)."""
-    board.folder.mkdir(parents=True, exist_ok=True)
-    paths = [write_text(board.results, table.to_csv(index=False)),
-             write_text(board.markdown, markdown(table, noise, oracle, board.name, axes, baselines, reliability,
-                                                 early)),
-             write_text(board.zoo, zoo.to_csv(index=False)), write_text(board.oracle, oracle.to_csv(index=False))]
-    if baselines is not None:
-        paths.append(write_text(board.baselines, baselines.to_csv(index=False)))
-    if reliability is not None:
-        paths.append(write_text(board.summary, json.dumps({"reliability": reliability}, indent=1, allow_nan=True)))
-    if early is not None and not early.empty:
-        paths.append(write_text(board.early, early.to_csv(index=False)))
+    the reliability summary, the early-prediction table (an older one is removed when there is none) and the
+    board's typed form (``files.typed``), which the page and the suite view read back."""
+    files.folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_text(files.results, board.table.to_csv(index=False)),
+             write_text(files.markdown, markdown(board)),
+             write_text(files.zoo, board.zoo.to_csv(index=False)),
+             write_text(files.oracle, board.oracle.to_csv(index=False)),
+             write_text(files.baselines, board.baselines.to_csv(index=False)),
+             write_text(files.summary, json.dumps({"reliability": board.reliability}, indent=1, allow_nan=True))]
+    if board.early is not None and not board.early.empty:
+        paths.append(write_text(files.early, board.early.to_csv(index=False)))
     else:
-        board.early.unlink(missing_ok=True)
-    return paths
+        files.early.unlink(missing_ok=True)
+    return [*paths, board.save(files.typed)]
 
 
 ORDERS = ("auto", "asc", "desc")
@@ -352,31 +272,12 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
     return show.to_string(index=False)
 
 
-def suite_markdown(name: str, cross: pd.DataFrame, agree: dict, tasks: dict[str, dict], top: int | None = None) -> str:
-    """A suite's cross-task summary: the tasks, the agreement of their rankings, and every measure's τ per task
-    ranked by its worst task. ``tasks[task]`` holds ``n_models``, ``n_converged``, ``best_test_error``,
-    ``axes``, ``leader``, ``tied`` (the size of the group that cannot be told apart from #1) and ``rho`` (the
-    split-half reliability)."""
-    names = list(tasks)
-    total = sum(t["n_converged"] for t in tasks.values())
-    lines = [f"# Suite: {name}", "",
-             f"{total} converged models over {len(names)} tasks, each its own leaderboard "
-             f"({', '.join(f'[{name}-{t}]({name}-{t}.md)' for t in names)}). A measure that predicts generalization "
-             f"should do so on every task, so the measures are ranked by their worst τ over the tasks.", "",
-             "| task | models (converged) | axes | best test error | #1 on the gap | tied with #1 | split-half ρ |",
-             "|---|---|---|---|---|---|---|"]
-    for t, info in tasks.items():
-        lines.append(f"| {t} | {info['n_models']} ({info['n_converged']}) | "
-                     f"{', '.join(a.removeprefix('hp.') for a in info['axes'])} | {fmt(info['best_test_error'], 3)} | "
-                     f"`{info['leader']}` | {info['tied']} | {fmt(info['rho'])} |")
-    w = agree["concordance"]
-    lines += ["", "## Do the tasks agree?", "",
-              f"Over the {w['n']} measures every task ranks, Kendall's coefficient of concordance of the tasks' τ "
-              f"columns is W = {fmt(w['w'], 3)} (1: the same ranking everywhere, 0: none; Friedman χ² = "
-              f"{fmt(w['chi2'], 1)}, {fmt_p(w['p'])}).", "",
-              "| task | task | Kendall τ | Spearman ρ |", "|---|---|---|---|"]
-    for r in agree["pairs"].itertuples():
-        lines.append(f"| {r.task_a} | {r.task_b} | {fmt(r.kendall_tau, 3)} | {fmt(r.spearman, 3)} |")
+def suite_markdown(suite: Suite, top: int | None = None) -> str:
+    """A suite's cross-task summary: the tasks, the agreement of their rankings (``summary.suite_lead``), and every
+    measure's τ per task ranked by its worst task."""
+    names, cross = list(suite.tasks), suite.cross
+    lines = [f"# Suite: {suite.name}", "", *suite_lead(suite.name, suite.agreement, suite.tasks,
+                                                        "## Do the tasks agree?")]
     lines += ["", "## Every measure on every task (predicting `gap_error`)", "",
               "τ per task with its tier on that task in brackets (tier 1: cannot be told apart from that task's "
               "#1 by the paired test); worst: the smallest τ over the tasks, with the lower end of its 95% "

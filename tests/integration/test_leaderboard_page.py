@@ -18,7 +18,9 @@ import pytest
 import measures
 from benchmark import pipeline
 from benchmark.errors import UserError
-from benchmark.report import layout, plots
+from benchmark.evaluation import board as boards
+from benchmark.evaluation.board import Board
+from benchmark.report import layout, plots, summary
 from benchmark.report import page as html
 from measures import plugins
 from tests.conftest import TINY, make_cfg
@@ -83,8 +85,10 @@ def test_figures_are_valid_deterministic_pngs(board):
         with PIL.Image.open(path) as image:
             assert image.format == "PNG" and image.width > 300 and image.height > 100, path
     before = {p: p.read_bytes() for p in files}
-    plots.write(pd.read_csv(folder / f"{NAME}.zoo.csv"), table, folder / NAME)
-    assert {p: p.read_bytes() for p in files} == before  # same tables, same bytes
+    stored = boards.load(layout.BoardFiles(folder, NAME).typed)
+    pd.testing.assert_frame_equal(stored.table, table)
+    plots.write(stored, folder / NAME)
+    assert {p: p.read_bytes() for p in files} == before  # same board, same bytes
 
 
 def test_page_and_readme_reference_only_existing_files(board):
@@ -109,7 +113,10 @@ def test_page_and_readme_reference_only_existing_files(board):
     readme = (folder / "README.md").read_text()
     for ref in re.findall(r"\]\(([^)]+)\)", readme):
         assert (folder / unquote(ref.split("#")[0])).is_file(), ref
-    assert html.summary(html.load(folder, NAME)) in readme
+    assert summary.summary(html.stored_board(folder, NAME)) in readme
+    written = {p: p.read_bytes() for p in (folder / "index.html", folder / "README.md")}
+    html.write(folder)  # every board as stored: its typed form gives the page evaluate wrote from memory
+    assert {p: p.read_bytes() for p in written} == written
     assert "**Best predictor of `gap_error`:**" in readme
 
 
@@ -124,18 +131,18 @@ def test_summary_answers_the_three_questions():
                      "tau_vs_best_lo": tau - 0.9, "tau_vs_best_hi": tau - 0.7, "tau_vs_best_p_holm": p})
     zoo = pd.DataFrame({"metric.converged": [True] * 4, "metric.gap_error": [0.1, 0.2, 0.3, 0.4],
                         "metric.test_error": [0.2] * 4, "metric.test_size": [100] * 4})
-    text = html.summary(html.Board("x", pd.DataFrame(rows), zoo, pd.DataFrame()))
+    text = summary.summary(Board("x", pd.DataFrame(rows), zoo))
     assert "`a` (f), τ = 0.80 [0.70, 0.90]" in text
     # c's interval overlaps a's, b's does not, but the group comes from the paired test: c is tied, b is not
     assert "cannot tell 1 of the other measures apart from it: `c`" in text
     assert "The runner-up, `b`: τ − τ_best = -0.50 [-0.60, -0.40], Holm-adjusted p = 0.001" in text
-    untied = html.summary(html.Board("x", pd.DataFrame(rows).assign(tied_with_best=[True, False, False]), zoo,
-                                     pd.DataFrame()))
+    untied = summary.summary(Board("x", pd.DataFrame(rows).assign(tied_with_best=[True, False, False]), zoo))
     assert "It leads beyond seed noise" in untied
-    unreplicated = html.summary(html.Board("x", pd.DataFrame(rows).assign(tied_with_best=None), zoo, pd.DataFrame()))
+    unreplicated = summary.summary(Board("x", pd.DataFrame(rows).assign(tied_with_best=None), zoo))
     assert "without seed replicates there is no paired test" in unreplicated
     assert "ψ = -0.40 along `optimizer.lr`" in text and "wrong way" in text
     assert "widest uncertainty is `c`'s τ interval [-0.60, 0.90]" in text
+    assert "α = 0.05)" in text and "α = 0.01)" in summary.summary(Board("x", pd.DataFrame(rows), zoo, alpha=0.01))
 
 
 def test_terminal_options_and_errors(board, capsys):

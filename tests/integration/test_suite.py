@@ -8,6 +8,7 @@ from omegaconf import OmegaConf, open_dict
 
 from benchmark import pipeline
 from benchmark.errors import UserError
+from benchmark.evaluation import suite as cross_task
 from benchmark.plan import task_configs
 from benchmark.report import layout
 from tests.conftest import make_cfg
@@ -53,6 +54,10 @@ def test_a_suite_runs_every_task_and_summarises_them(tmp_path):
     assert len(pd.read_csv(files.agreement)) == 1 and files.figure.exists()
     page = (lb / "index.html").read_text()
     assert 'id="mini"' in page and page.index('id="mini"') < page.index('id="mini-wide"')
+    assert "<p>Over the " in page and "measures every task ranks" in page  # the suite's agreement, from memory
+    stored = cross_task.load(files.typed)  # the typed suite the page was rendered from
+    assert list(stored.tasks) == ["wide", "fast"] and list(stored.cross.columns) == list(cross.columns)
+    assert stored.cross.worst_tau.tolist() == pytest.approx(cross.worst_tau.tolist())
     assert "Suite mini" in (lb / "README.md").read_text()
     assert "worst_tau" in text and "param_norm" in text
     # one task again: nothing retrained, and the summary keeps the other task from its leaderboard on disk

@@ -5,7 +5,11 @@ import numpy as np
 import pandas as pd
 import PIL.Image
 
-from benchmark.report import plots, tables
+from benchmark.evaluation.board import Board
+from benchmark.report import plots, summary, tables
+
+NOISE = {"n_converged": 4, "n_models": 4, "gap_min": 0.1, "gap_max": 0.3, "gap_spread": 0.2, "spread_over_se": 5.0,
+         "test_error_se": 0.04}
 
 
 def _rows(n=10, max_values=None, tiers=None):
@@ -33,24 +37,29 @@ def test_markdown_opens_with_the_tier_of_one_and_the_baselines():
                                      "baseline.random"], "target": "gap_error", "tau": [0.95, 0.5, 0.2, 0.01]})
     base = base.assign(tau_lo=base.tau - 0.05, tau_hi=base.tau + 0.05, psi=0.0, psi_lo=0.0, psi_hi=0.0,
                        sign_error_mean=0.2)
-    text = tables.lead_text(t, base)
+    text = summary.lead_text(t, base)
     assert text.startswith("**#1 predicting `gap_error`:** `m0`, τ = 0.90 [0.85, 0.95].")
     assert "cannot tell 1 other measure apart from it (`m0`, `m1`)" in text
     assert "the best single axis (`model.width`) τ = 0.50, beaten by 4 of the 10 measures" in text
     assert "random τ = 0.01" in text
-    alone = tables.lead_text(t.assign(tied_with_best=[True] + [False] * 9), None)
+    alone = summary.lead_text(t.assign(tied_with_best=[True] + [False] * 9), None)
     assert "separates it from every other measure" in alone
-    md = tables.markdown(t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001, sign_error_mean=0.1,
-                                  seconds=0.01, failures=0), {"n_converged": 4, "n_models": 4, "gap_min": 0.1,
-                                  "gap_max": 0.3, "gap_spread": 0.2, "spread_over_se": 5.0, "test_error_se": 0.04},
-                         pd.DataFrame(), "x", [], base)
+    md = tables.markdown(Board("x", t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001,
+                                             sign_error_mean=0.1, seconds=0.01, failures=0), pd.DataFrame(),
+                               NOISE, baselines=base, axes=[]))
     assert md.index("**#1 predicting") < md.index("converged models") < md.index("## Predicting")
     assert "sign err. mean / max" not in md and "The sign error's maximum is not shown" in md
     assert "| 1 | 1 | `m0` |" in md and "| 10 | 5 | `m9` |" in md
+    assert "Holm-adjusted, α = 0.05)" in md
+    stricter = tables.markdown(Board("x", t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001,
+                                                   sign_error_mean=0.1, seconds=0.01, failures=0), pd.DataFrame(),
+                                     NOISE, alpha=0.01, axes=[]))
+    assert "Holm-adjusted, α = 0.01)" in stricter and "α = 0.05" not in stricter  # the board's level, not a constant
 
 
 def test_tier_figure(tmp_path):
     path = plots.write_tiers(_rows(), tmp_path / "tiers.png")
+    assert path.read_bytes() != plots.write_tiers(_rows(), tmp_path / "strict.png", alpha=0.01).read_bytes()
     with PIL.Image.open(path) as image:
         assert image.format == "PNG" and image.height > 200
     assert plots.write_tiers(_rows().assign(tier=None), tmp_path / "none.png") is None
@@ -62,10 +71,8 @@ def test_an_undefined_sign_error_is_said_once_and_left_out():
     flat = tables.flat_columns(t)
     assert set(flat) == {"sign_error_mean", "sign_error_max", "sign_error_p90"}
     assert "all 576 environments fall below the minimum effective sample size" in flat["sign_error_mean"]
-    md = tables.markdown(t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001, seconds=0.01,
-                                  failures=0), {"n_converged": 4, "n_models": 4, "gap_min": 0.1, "gap_max": 0.3,
-                                                "gap_spread": 0.2, "spread_over_se": 5.0, "test_error_se": 0.04},
-                         pd.DataFrame(), "x", [])
+    md = tables.markdown(Board("x", t.assign(psi=0.1, psi_lo=0.0, psi_hi=0.2, cmi=0.01, cmi_null=0.001,
+                                             seconds=0.01, failures=0), pd.DataFrame(), NOISE, axes=[]))
     head = next(line for line in md.splitlines() if line.startswith("| # |"))
     assert "sign err" not in head and md.count("The robust sign error is undefined") == 1
     rule = md.splitlines()[md.splitlines().index(head) + 1]

@@ -4,8 +4,10 @@ into its stage's work.
     conf/ → plan (tasks, models, settings) → training → store → measuring → store → evaluation → report
 
 Each function takes a ``Plan`` or a composed config (read into a plan once, at the top); the stages below see
-only typed values. Opening the store and writing the report happen here; the command line (``benchmark.cli``)
-only dispatches and prints. Each function returns what it did, for callers in Python.
+only typed values. Training and measuring are imported by the commands that run them, so that the commands that
+only read (printing a stored leaderboard) never load torch. Opening the store and writing the report happen here;
+the command line (``benchmark.cli``) only dispatches and prints. Each function returns what it did, for callers
+in Python.
 """
 from __future__ import annotations
 
@@ -22,13 +24,9 @@ from benchmark.evaluation import board
 from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import suite as cross_task
 from benchmark.files import write_text
-from benchmark.measuring.early import measure_early
-from benchmark.measuring.jobs import measure_zoo, worker_pool
-from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.plan import Plan, Task
 from benchmark.report import layout, page, plots, tables
 from benchmark.store import ON_CONFLICT, NotAStoreError, Store, check_merge, converged, merge, migrate
-from benchmark.training.jobs import train_zoo
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -38,6 +36,8 @@ log = logging.getLogger("genbench")
 
 def train(cfg: Plan | DictConfig) -> dict:
     """Train (or reuse) every model of the zoo; counts of trained, reused and converged models."""
+    from benchmark.measuring.probes import DEFAULT_PROBES
+    from benchmark.training.jobs import train_zoo
     plan = Plan.of(cfg)
     scale, hps, store, opts = plan.scale, plan.models, Store(plan.store_root), plan.options
     have = store.model_ids()
@@ -56,6 +56,8 @@ def measure(cfg: Plan | DictConfig) -> dict:
     """Compute the measures the store lacks on every trained model of the zoo, and the early-prediction values
     on the weights they kept part-way through training (``early.*``); counts, with the wall seconds of the two
     (``seconds``: ``final`` and ``early``)."""
+    from benchmark.measuring.early import measure_early
+    from benchmark.measuring.jobs import measure_zoo, worker_pool
     plan = Plan.of(cfg)
     chosen, hps, store, opts, settings = plan.measures, plan.models, Store(plan.store_root), plan.options, plan.measure
     have = store.model_ids()

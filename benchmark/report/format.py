@@ -59,3 +59,14 @@ def seconds_text(x) -> str:
     if x >= 1e-4:
         return f"{1e3 * x:.2g} ms"
     return f"{1e6 * x:.2g} µs"
+
+
+def ranked(table: pd.DataFrame, target: str = "gap_error") -> pd.DataFrame:
+    """The rows of one target, best τ first (ties by name, undefined τ last) — the order of every figure."""
+    return table[table.target == target].sort_values(["tau", "measure"], ascending=[False, True],
+                                                      na_position="last", ignore_index=True)
+
+
+def short(axis: str) -> str:
+    """``hp.dataset.label_noise`` → ``dataset.label_noise``."""
+    return axis.removeprefix("hp.")

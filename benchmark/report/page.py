@@ -32,8 +32,9 @@ from benchmark.evaluation import suite as cross_task
 from benchmark.evaluation.board import GAP, Board
 from benchmark.evaluation.suite import Suite
 from benchmark.files import write_text
-from benchmark.report import layout, plots
-from benchmark.report.format import count, fmt, fmt_ci
+from benchmark.report import layout
+from benchmark.report.format import count, fmt, fmt_ci, short
+from benchmark.report.format import ranked as ranked_rows
 from benchmark.report.layout import (
     COST_FIGURE,
     HEATMAP_FIGURE,
@@ -45,7 +46,6 @@ from benchmark.report.layout import (
     SuiteFiles,
     scatter_file,
 )
-from benchmark.report.plots import short
 from benchmark.report.summary import agreement_text, noise_text, suite_lead, summary
 from benchmark.report.tables import EARLY_TEXT, early_columns, flat_columns, legend, tier_text
 
@@ -118,7 +118,7 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
     """The ranked table of one target; worst-case columns that cannot separate the measures are left out, with
     the sentence that says why below the table."""
     rows = []
-    ranked = plots.ranked(board.table, target)
+    ranked = ranked_rows(board.table, target)
     flat = flat_columns(ranked)
     for rank, r in enumerate(_records(ranked), 1):
         has_plot = (BoardFiles(folder, board.name).figures / scatter_file(r["measure"])).exists()
@@ -167,7 +167,7 @@ def _axis_tables(board: Board, target: str, heatmap: str) -> str:
     axes = board.psi_axes
     if not axes:
         return "<p>The zoo varies no hyperparameter, so there is no per-axis breakdown.</p>"
-    ranked = _records(plots.ranked(board.table, target))
+    ranked = _records(ranked_rows(board.table, target))
     psi_rows, se_rows = [], []
     for r in ranked:
         name = _td(f'<code>{escape(r["measure"])}</code>', r["measure"])
@@ -280,7 +280,7 @@ def _section(board: Board, folder: Path) -> str:
     scatters = [_figure(board, folder, scatter_file(m), f"{m} against {target}",
                         f"<code>{escape(m)}</code> against <code>{escape(target)}</code>, one panel per "
                         f"hyperparameter.", _anchor(board, m))
-                for m in plots.ranked(board.table, target).measure]
+                for m in ranked_rows(board.table, target).measure]
     if any(scatters):
         parts.append(f"<h3>Each measure against <code>{escape(target)}</code></h3>")
         parts.append('<div class="gallery">' + "".join(scatters) + "</div>")

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from benchmark.evaluation.board import ALPHA, Board, psi_axes
 from benchmark.evaluation.leaderboard import cheapest_tied, pareto_front
 from benchmark.files import write_atomic
-from benchmark.report.format import fmt, fmt_ci
+from benchmark.report.format import fmt, fmt_ci, ranked, short
 from benchmark.report.layout import COST_FIGURE, HEATMAP_FIGURE, SUMMARY_FIGURE, TIERS_FIGURE, scatter_file
 from benchmark.store import converged
 
@@ -51,18 +51,7 @@ TAU_COLOR, PSI_COLOR = "#3b6ea8", "#d9822b"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def ranked(table: pd.DataFrame, target: str = "gap_error") -> pd.DataFrame:
-    """The rows of one target, best τ first (ties by name, undefined τ last) — the order of every figure."""
-    return table[table.target == target].sort_values(["tau", "measure"], ascending=[False, True],
-                                                      na_position="last", ignore_index=True)
-
-
 axes_of = psi_axes  # the zoo axes (``hp.*`` columns) the results table breaks ψ_i down by
-
-
-def short(axis: str) -> str:
-    """``hp.dataset.label_noise`` → ``dataset.label_noise``."""
-    return axis.removeprefix("hp.")
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -19,9 +19,7 @@ import pandas as pd
 
 from benchmark.evaluation.board import GAP, Board
 from benchmark.evaluation.leaderboard import cheapest_tied, tied_value
-from benchmark.report import plots
-from benchmark.report.format import fmt, fmt_ci, fmt_p, seconds_text
-from benchmark.report.plots import short
+from benchmark.report.format import fmt, fmt_ci, fmt_p, ranked, seconds_text, short
 
 
 def noise_text(noise: dict) -> str:
@@ -153,7 +151,7 @@ def summary(board: Board, target: str = GAP) -> str:
     uncertainty is widest (intervals, gap vs. noise)."""
     if target not in set(board.table.target):
         target = board.shown_targets[0] if board.shown_targets else target
-    rows = plots.ranked(board.table, target)
+    rows = ranked(board.table, target)
     rows = rows[rows.tau.notna()].to_dict("records")
     noise = board.noise
     if not rows:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
-
-import torch
+from typing import TYPE_CHECKING
 
 from benchmark.zoo.hparams import ModelHP
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("genbench")
 
@@ -45,6 +47,8 @@ def expected_state(model: ModelHP, dataset: str) -> dict[str, tuple[tuple[int, .
     shape = data_shape(dataset)
     if shape is None:
         return None
+    import torch
+
     from benchmark.zoo.models import build_model
     with torch.device("meta"):
         built = build_model(model, *shape)
@@ -53,6 +57,7 @@ def expected_state(model: ModelHP, dataset: str) -> dict[str, tuple[tuple[int, .
 
 def state_mismatch(state, model: ModelHP, dataset: str) -> str | None:
     """How ``state`` does not fit the architecture (a phrase), or None if it fits (or cannot be checked)."""
+    import torch
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return "are not a state dict of tensors"
     expected = expected_state(model, dataset)

@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import sqlite3
+import sys
 import time
 import urllib.parse
 from contextlib import contextmanager
@@ -37,7 +38,6 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from benchmark.errors import UserError
 from benchmark.files import write_atomic
@@ -337,6 +337,7 @@ class Store:
     def _write_torch(self, path: Path, obj) -> None:
         """``torch.save(obj)`` to ``path`` atomically. Serialised in memory first: torch's own file writer
         reports a full disk as a bare RuntimeError, a plain write as the ENOSPC it is."""
+        import torch
         buffer = io.BytesIO()
         torch.save(obj, buffer)
         with writing(self.root):
@@ -344,6 +345,7 @@ class Store:
 
     def load_states(self, model_id: str) -> tuple[dict, dict]:
         """(initial, final) state dicts of a stored model."""
+        import torch
         path = self.checkpoint_path(model_id)
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -357,6 +359,7 @@ class Store:
 
     def load_snapshots(self, model_id: str) -> list[dict]:
         """The weights a model kept part-way through training: [{"fraction", "epoch", "state"}], [] if none."""
+        import torch
         path = self.early_path(model_id)
         if not path.exists():
             return []
@@ -557,6 +560,12 @@ def jsonable(obj):
         return [jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+    if isinstance(obj, (np.ndarray, np.generic)) or _is_tensor(obj):
         return jsonable(obj.tolist())
     return obj
+
+
+def _is_tensor(obj) -> bool:
+    """Whether ``obj`` is a torch tensor, without importing torch (no tensor exists before torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)

@@ -180,8 +180,8 @@ class Registry:
 
 
 BUILTIN_FAMILIES = tuple(f"measures.{m}" for m in (
-    "size", "margins", "norms", "spectral", "heavy_tail", "optimization", "pacbayes", "sharpness", "hessian",
-    "duality", "phases", "flatness", "sgd_regularization", "sensitivity", "rank", "replicates",
+    "size", "margins", "norms", "spectral", "heavy_tail", "optimization", "pacbayes", "sharpness", "batch_sharpness",
+    "hessian", "duality", "phases", "flatness", "sgd_regularization", "sensitivity", "rank", "replicates",
     "relative_flatness", "margin_distribution"))
 REGISTRY = Registry(BUILTIN_FAMILIES)
 

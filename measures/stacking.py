@@ -1,65 +1,118 @@
-"""Several trained models of one architecture evaluated as one: the stacked forward pass that the many-model
-forms of ``ctx.shared`` (:func:`measures.context.many_form`) use to take the same steps on many models at once.
+"""Several models of one architecture computed as one: the stacked forward pass that the stacked trainer
+(``benchmark.training.stacked``) and the many-model forms of ``ctx.shared`` (:func:`measures.context.many_form`)
+both use to take the same steps on many models at once.
 
 A :class:`Program` is the module-by-module recipe of a model that is, or whose ``net`` attribute is, an
-``nn.Sequential`` of Linear layers, ReLUs, a leading ``Flatten`` and parameter-free dropout or identity
-modules (the identity in eval mode, the mode every measure uses): the zoo's MLPs. The parameters of M models
-live in one ``(M, P)`` buffer (:func:`stack`), so an optimizer update is a few whole-buffer operations, and
-each Linear layer becomes one ``torch.baddbmm`` over ``(M, in, out)`` views of it (weights stored transposed,
-which makes autograd return contiguous gradients). :func:`program` returns None for anything else, and
-:func:`matches` checks the stacked pass against each model's own ``forward`` on a few inputs, so a model whose
-``forward`` does more than ``net`` is not stacked by mistake.
+``nn.Sequential`` of Linear, Conv1d and Conv2d layers, ReLUs, ``Flatten``, adaptive average pooling and
+parameter-free dropout or identity modules: the zoo's MLPs and ConvNets (:func:`compile_program`). The
+parameters of M models live in one ``(M, P)`` buffer (:func:`stack`), so an optimizer update is a few
+whole-buffer operations. Each Linear layer becomes one ``torch.baddbmm`` over ``(M, in, out)`` views of it
+(weights stored transposed, which makes autograd return contiguous gradients) and each convolution one grouped
+convolution (``groups = M``); autograd does the backward. For the stacked trainer on a 2-core CPU,
+``torch.func.vmap(grad(functional_call))`` ran 2–3× slower per model-step (per-op batching-rule overhead that
+small nets do not amortise; ``docs/performance.md``).
+
+The measures stack linear networks only (:func:`program`), and :func:`matches` checks the stacked pass against
+each model's own ``forward`` on a few inputs, so a model whose ``forward`` does more than ``net`` is not stacked
+by mistake. This module imports only torch: ``benchmark.training`` may use it without knowing any measure.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 @dataclass(frozen=True)
+class Op:
+    """One module of the network: what it does, the module itself (a convolution's settings, a pooling layer),
+    the positions in :attr:`Program.names` of its weight and bias, and the settings the stacked pass reads from
+    the module. Two ops are equal when they compute the same function of their parameters (the module itself is
+    not compared), so programs of equal architectures are equal: the measures group models by program."""
+    kind: str  # flatten | linear | conv | relu | dropout | identity | channelwise
+    module: nn.Module = field(compare=False, repr=False)
+    weight: int | None = None
+    bias: int | None = None
+    settings: tuple = ()
+
+
+@dataclass(frozen=True)
 class Program:
-    ops: tuple[tuple, ...]  # ("linear", weight name, bias name or None) | ("relu",) | ("flatten",) | ("identity",)
-    names: tuple[str, ...]  # the parameters in stacked order
+    ops: tuple[Op, ...]
+    names: tuple[str, ...]  # the parameters in stacked order: the model's own (``named_parameters``)
     shapes: tuple[tuple[int, ...], ...]  # their shapes in the model (Linear weights as (out, in))
+
+    @cached_property
+    def transposed(self) -> frozenset[int]:
+        """The Linear weights, stacked transposed as ``(in, out)``."""
+        return frozenset(op.weight for op in self.ops if op.kind == "linear")
+
+    @cached_property
+    def stacked_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """One model's parameters as the stacked pass takes them: Linear weights ``(in, out)``, others as is."""
+        return tuple(s[::-1] if i in self.transposed else s for i, s in enumerate(self.shapes))
+
+
+def compile_program(model: nn.Module) -> Program:
+    """The stacked recipe of ``model`` (module docstring); ``NotImplementedError`` says why there is none."""
+    net = model if isinstance(model, nn.Sequential) else getattr(model, "net", None)
+    if not isinstance(net, nn.Sequential):
+        raise NotImplementedError(f"no stacked forward for {type(model).__name__}")
+    if any(True for _ in model.buffers()):
+        raise NotImplementedError("models with buffers are not stacked")
+    named = list(model.named_parameters())
+    index = {id(p): i for i, (_, p) in enumerate(named)}
+    ops: list[Op] = []
+    used: list[int] = []
+    for mod in net:
+        if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
+            ops.append(Op("flatten", mod))
+        elif isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if isinstance(mod, nn.Conv1d | nn.Conv2d) and mod.padding_mode != "zeros":
+                raise NotImplementedError(f"padding_mode={mod.padding_mode!r}")
+            weight, bias = index[id(mod.weight)], None if mod.bias is None else index[id(mod.bias)]
+            settings = () if isinstance(mod, nn.Linear) else (
+                type(mod).__name__, mod.stride, mod.padding, mod.dilation, mod.groups)
+            ops.append(Op("linear" if isinstance(mod, nn.Linear) else "conv", mod, weight, bias, settings))
+            used += [weight] + ([] if bias is None else [bias])
+        elif isinstance(mod, nn.ReLU):
+            ops.append(Op("relu", mod))
+        elif type(mod).__name__.endswith("Dropout") and not any(True for _ in mod.parameters()):
+            ops.append(Op("dropout", mod))
+        elif isinstance(mod, nn.Identity):
+            ops.append(Op("identity", mod))
+        elif isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            ops.append(Op("channelwise", mod, settings=(type(mod).__name__, mod.output_size)))
+        else:
+            raise NotImplementedError(f"no stacked forward for {type(mod).__name__}")
+    if sorted(used) != list(range(len(named))):
+        raise NotImplementedError("a parameter outside the network's layers, or used twice")
+    return Program(tuple(ops), tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
 
 def program(model: nn.Module) -> Program | None:
-    """The stacked recipe of ``model`` (module docstring), or None when it is not such a network."""
-    net = model if isinstance(model, nn.Sequential) else getattr(model, "net", None)
-    if not isinstance(net, nn.Sequential) or any(True for _ in model.buffers()):
+    """The stacked recipe of ``model`` when it is a linear network the measures stack: Linear layers, ReLUs, a
+    leading ``Flatten``, parameter-free dropout or identity modules (the identity in eval mode, the mode every
+    measure uses); None for anything else, ConvNets included (their copies go through ``vmap``)."""
+    try:
+        prog = compile_program(model)
+    except NotImplementedError:
         return None
-    names = {id(p): n for n, p in model.named_parameters()}
-    ops: list[tuple] = []
-    order: list[str] = []
-    for i, mod in enumerate(net):
-        if isinstance(mod, nn.Linear):
-            bias = None if mod.bias is None else names[id(mod.bias)]
-            ops.append(("linear", names[id(mod.weight)], bias))
-            order += [names[id(mod.weight)]] + ([bias] if bias else [])
-        elif isinstance(mod, nn.ReLU):
-            ops.append(("relu",))
-        elif isinstance(mod, nn.Flatten) and i == 0 and mod.start_dim == 1 and mod.end_dim == -1:
-            ops.append(("flatten",))
-        elif not any(True for _ in mod.parameters()) and (
-                isinstance(mod, nn.Identity) or type(mod).__name__.endswith("Dropout")):
-            ops.append(("identity",))
-        else:
-            return None
-    if len(order) != len(names):  # a parameter outside ``net``
-        return None
-    params = dict(model.named_parameters())
-    return Program(tuple(ops), tuple(order), tuple(tuple(params[n].shape) for n in order))
+    linear = all(op.kind in ("linear", "relu", "dropout", "identity") or (op.kind == "flatten" and k == 0)
+                 for k, op in enumerate(prog.ops))
+    return prog if linear else None
 
 
 def stack(prog: Program, params: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
     """The parameters of M models as one fresh ``(M, P)`` buffer, a row per model, in ``prog.names`` order, each
     Linear weight transposed to (in, out) (:func:`views` gives the per-parameter views)."""
-    rows = [torch.cat([(p[n].detach().T if len(shape) == 2 else p[n].detach()).reshape(-1)
-                       for n, shape in zip(prog.names, prog.shapes)]) for p in params]
+    rows = [torch.cat([(p[n].detach().T if i in prog.transposed else p[n].detach()).reshape(-1)
+                       for i, n in enumerate(prog.names)]) for p in params]
     return torch.stack(rows)
 
 
@@ -69,40 +122,73 @@ def _offsets(prog: Program) -> list[int]:
 
 
 def views(prog: Program, flat: torch.Tensor) -> list[torch.Tensor]:
-    """Views of a stacked ``(M, P)`` buffer as the parameters :func:`forward` takes: Linear weights ``(M, in,
-    out)``, biases ``(M, 1, out)``. Detached and made leaves (``requires_grad_``), they alias the buffer's rows,
-    so an in-place update of the buffer moves them; their gradients concatenate, in order, to a buffer-shaped
-    tensor (``torch.cat([g.reshape(M, -1) for g in grads], 1)``)."""
+    """Views of a stacked ``(M, P)`` buffer as the parameters :func:`forward` takes, ``(M, *stacked_shape)``:
+    Linear weights ``(M, in, out)``, biases ``(M, out)``. Detached and made leaves (``requires_grad_``), they
+    alias the buffer's rows, so an in-place update of the buffer moves them; their gradients concatenate, in
+    order, to a buffer-shaped tensor (``torch.cat([g.reshape(M, -1) for g in grads], 1)``)."""
     off = _offsets(prog)
-    out = []
-    for i, shape in enumerate(prog.shapes):
-        part = flat[:, off[i]:off[i + 1]]
-        out.append(part.view(len(flat), shape[1], shape[0]) if len(shape) == 2 else part.view(len(flat), 1, -1))
-    return out
+    return [flat[:, off[i]:off[i + 1]].view(len(flat), *shape) for i, shape in enumerate(prog.stacked_shapes)]
 
 
 def flat_index(prog: Program, name: str, index: torch.Tensor) -> torch.Tensor:
     """Positions, in a stacked row ``(P,)``, of the entries ``index`` of the model's own flattened parameter
-    ``name`` (row-major (out, in) for a weight)."""
+    ``name`` (row-major (out, in) for a Linear weight)."""
     i = prog.names.index(name)
     shape, start = prog.shapes[i], _offsets(prog)[i]
-    if len(shape) != 2:
+    if i not in prog.transposed:
         return start + index
     out_f, in_f = shape
     return start + (index % in_f) * out_f + index // in_f
 
 
-def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits ``(M, B, classes)`` of the M stacked models on ``x`` ``(M, B, *in_shape)``, eval mode."""
-    pos = {n: i for i, n in enumerate(prog.names)}
-    for op in prog.ops:
-        if op[0] == "linear":
-            w = params[pos[op[1]]]
-            x = torch.bmm(x, w) if op[2] is None else torch.baddbmm(params[pos[op[2]]], x, w)
-        elif op[0] == "relu":
+def _grouped(x: torch.Tensor) -> torch.Tensor:
+    """(M, B, C, *spatial) -> (B, M·C, *spatial): members as channel groups."""
+    return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
+
+
+def _ungrouped(y: torch.Tensor, members: int) -> torch.Tensor:
+    """(B, M·C, *spatial) -> (M, B, C, *spatial), a view."""
+    return y.view(y.shape[0], members, y.shape[1] // members, *y.shape[2:]).transpose(0, 1)
+
+
+def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor,
+            dropout: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+            shared: bool = False) -> torch.Tensor:
+    """Logits ``(M, B, classes)`` of M stacked models on ``x`` ``(M, B, *in_shape)``, or on ``x``
+    ``(B, *in_shape)`` fed to every member when ``shared`` (then the first layer is one wide matmul or conv).
+
+    ``params[i]``: ``(M, *stacked_shapes[i])``, the i-th parameter of every member (:func:`views`).
+    ``dropout(op_index, x)`` applies the members' dropout (training); None means eval mode.
+    """
+    members = params[0].shape[0]
+    for k, op in enumerate(prog.ops):
+        if op.kind == "flatten":
+            x = x.flatten(1 if shared else 2)  # (M, B, features), or (B, features) while shared
+        elif op.kind == "linear":
+            w = params[op.weight]  # (M, in, out)
+            b = None if op.bias is None else params[op.bias]  # (M, out)
+            if shared:  # (B, in) @ (in, M·out) -> (M, B, out)
+                wide = w.transpose(0, 1).reshape(w.shape[1], -1)
+                y = x @ wide if b is None else torch.addmm(b.reshape(-1), x, wide)
+                x, shared = _ungrouped(y, members), False
+            else:
+                x = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
+        elif op.kind == "relu":
             x = torch.relu(x)
-        elif op[0] == "flatten":
-            x = x.flatten(2)
+        elif op.kind == "dropout":
+            x = x if dropout is None else dropout(k, x)
+        elif op.kind == "identity":
+            pass
+        elif op.kind == "conv":
+            m = op.module
+            conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+            w = params[op.weight].flatten(0, 1)  # (M·out, in/groups, *kernel)
+            b = None if op.bias is None else params[op.bias].flatten()
+            groups = m.groups if shared else members * m.groups
+            x = _ungrouped(conv(x if shared else _grouped(x), w, b, m.stride, m.padding, m.dilation, groups), members)
+            shared = False
+        else:  # channelwise: pooling acts on each channel alone
+            x = op.module(x) if shared else _ungrouped(op.module(_grouped(x)), members)
     return x
 
 
@@ -113,17 +199,11 @@ def forward_copies(prog: Program, params: Mapping[str, torch.Tensor], x: torch.T
 
     Each Linear layer is one ``baddbmm`` over the weights' transposed views, which runs the copies' matmuls
     faster than ``vmap(functional_call)`` does (12 copies of a width-128 MLP on 2,500 samples, one core: about
-    a quarter less time, the first layer twice as fast)."""
+    a quarter less time, the first layer twice as fast). Shared inputs are expanded to every copy, not taken as
+    one wide matmul, so each copy's logits are those of its own batch."""
     h = x.expand(next(iter(params.values())).shape[0], *x.shape) if shared else x
-    for op in prog.ops:
-        if op[0] == "linear":
-            w = params[op[1]].transpose(1, 2)
-            h = torch.bmm(h, w) if op[2] is None else torch.baddbmm(params[op[2]].unsqueeze(1), h, w)
-        elif op[0] == "relu":
-            h = torch.relu(h)
-        elif op[0] == "flatten":
-            h = h.flatten(2)
-    return h
+    stacked = [params[n].transpose(1, 2) if i in prog.transposed else params[n] for i, n in enumerate(prog.names)]
+    return forward(prog, stacked, h)
 
 
 @torch.no_grad()

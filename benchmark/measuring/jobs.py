@@ -40,7 +40,7 @@ from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
 from benchmark.runtime import RunOptions, set_threads
 from benchmark.store import CheckpointError, Store, jsonable
-from benchmark.zoo.hparams import HParams
+from benchmark.zoo.hparams import HParams, stack_key
 from measures.plugins import load_all
 
 log = logging.getLogger("genbench")
@@ -140,11 +140,9 @@ GROUP_SIZE = 9  # models measured together in one task, at most: half a stack of
 
 def group_key(hp: HParams) -> tuple:
     """What the models of one measuring task share, so that the measures' many-model forms (``measures.context.
-    many_form``) can take them together: (dataset, training-set size, architecture, depth, width, bias, batch
-    size, optimizer)."""
-    m = hp.model
-    return (hp.dataset.name, hp.dataset.n_train, m.name, m.depth, m.width, m.bias, hp.train.batch_size,
-            hp.optimizer.name)
+    many_form``) can take them together: a stack of the trainer (``stack_key``: dataset, training-set size,
+    architecture, depth, width, bias, batch size) with one optimizer."""
+    return stack_key(hp) + (hp.optimizer.name,)
 
 
 def setup_worker(opts: RunOptions, plugins: Sequence[str]) -> None:

@@ -27,7 +27,8 @@
    fraction of the peak the bare matmuls of the zoo's stacked training steps reach.
 
 Each number has a target; the JSON records the value, the target and whether it is met, and the Markdown report
-(``--md``) is generated from the same numbers. Timings of the small sections are best-of-k wall times.
+(``--md``) is generated from the same numbers (``benchmark.perf.report``). Timings of the small sections are
+best-of-k wall times (``benchmark.perf.timing``).
 """
 from __future__ import annotations
 
@@ -35,22 +36,17 @@ import argparse
 import copy
 import dataclasses
 import json
-import logging
 import math
 import multiprocessing
 import os
-import platform
-import resource
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -62,6 +58,8 @@ from benchmark.measuring.context import Trained
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.perf.floor import step_matmul_ceiling, suite_flops
 from benchmark.perf.isolation import isolation_cost
+from benchmark.perf.report import TARGETS, _pipelines, markdown, table, targets
+from benchmark.perf.timing import MemorySampler, _best_time, _best_times, _quiet, _sync, machine, matmul_peak
 from benchmark.runtime import RunOptions
 from benchmark.store import Store, converged
 from benchmark.training.loop import train_model
@@ -71,33 +69,6 @@ from benchmark.zoo.grid import expand
 from benchmark.zoo.hparams import DatasetHP, HParams
 from benchmark.zoo.models import build_model
 from measures.seeding import generator
-
-# name: (comparison, threshold, what it is); a comparison of None is reported without a target
-TARGETS: dict[str, tuple[str | None, float | None, str]] = {
-    "pipeline_models_per_minute": (">=", 100.0, "models trained, measured (every registered measure) and evaluated "
-                                                "per minute, default zoo, whole pipeline"),
-    "zoo_peak_fraction": (">=", 0.5, "useful training FLOP/s of the training stage over the torch.mm peak"),
-    "suite_over_training": ("<=", 1.0, "wall time of the measure stage over that of the training stage"),
-    "hessian_speedup_vs_pyhessian": (">=", 2.0, "PyHessian time over genbench time, top eigenvalue + trace"),
-    "hessian_agreement": ("<=", 0.01, "genbench's largest relative error against the reference (top eig, trace)"),
-    "models_slope": ("<=", 1.05, "d log(pipeline time) / d log(models), a quarter of the zoo to all of it"),
-    "peak_memory_gib": ("<=", 4.0, "peak resident memory of the process tree during the pipeline"),
-    "isolation_overhead": ("<=", 1.1, "measure time of one isolated worker over the same measures computed in "
-                                      "genbench's own process, every measure on the same models"),
-    "guard_ms_per_measure": (None, None, "milliseconds the input guard (Context.protect) adds to each measure, "
-                                         "isolated or not (reported)"),
-    "train_speedup": (None, None, "stacked over per-model training, model-steps/s (reported, no target)"),
-    "pipeline_floor_models_per_minute": (None, None, "models per minute if every counted FLOP of training and "
-                                                     "measures ran at the run's best torch.mm peak and nothing else "
-                                                     "took time (an upper bound, reported)"),
-    "step_matmul_ceiling": (None, None, "fraction of the torch.mm peak the bare matmuls of the zoo's stacked "
-                                        "training steps reach (an upper bound for their part, reported)"),
-    "suite_peak_fraction": (None, None, "counted measure FLOPs over the measure stage's wall time, over the "
-                                        "torch.mm peak (reported)"),
-    "suite_over_training_floor": (None, None, "the least suite_over_training possible with the training stage at "
-                                              "zoo_peak_fraction's target and every counted measure FLOP at the "
-                                              "peak (reported; above 1 the two targets exclude each other)"),
-}
 
 # The default zoo's model mix before it had replicates (one seed per configuration, widths 64 and 256).
 LEGACY_MIX = ("zoo.seeds=null", "zoo.axes.model.width=[64,256]")
@@ -121,146 +92,6 @@ FULL = Plan(zoo=(), legacy=LEGACY_MIX, quarter=True, speedup_models=None, speedu
             hessian_reference=True, floor_groups=None)
 QUICK = Plan(zoo=("experiment=smoke",), legacy=None, quarter=True, speedup_models=4, speedup_epochs=1, reps=1,
              hessian_reference=False, floor_groups=2)
-
-
-# --------------------------------------------------------------------------------------------- helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _best_time(fn: Callable[[], Any], reps: int, device: torch.device) -> float:
-    """Least wall time of ``reps`` calls of ``fn`` (after one untimed call)."""
-    return _best_times([fn], reps, device)[0]
-
-
-def _best_times(fns: list[Callable[[], Any]], reps: int, device: torch.device) -> list[float]:
-    """Least wall time of each of ``fns`` over ``reps`` rounds that call every one in turn (after one untimed
-    call each), so that a ratio of two is measured under the same conditions when the machine's speed drifts."""
-    for fn in fns:
-        fn()
-    best = [math.inf] * len(fns)
-    for _ in range(reps):
-        for i, fn in enumerate(fns):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
-
-
-def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads(), "device": str(device), "load_average_start": list(os.getloadavg())}
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
-
-
-def matmul_peak(device: torch.device, reps: int, threads: int | None = None) -> float:
-    """Best fp32 GFLOP/s of ``torch.mm`` on two n×n matrices (n = 1024 on a CPU, with ``threads`` threads; 4096
-    on a GPU, where TF32 stays off as torch's default)."""
-    n, inner = (4096, 10) if device.type == "cuda" else (1024, 5)
-    g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        seconds = _best_time(lambda: [torch.mm(a, b) for _ in range(inner)], reps, device) / inner
-    finally:
-        torch.set_num_threads(before)
-    return 2 * n ** 3 / seconds / 1e9
-
-
-def _pss(pid: int, rss: int) -> int:
-    """The proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``), or ``rss`` if unreadable."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return rss
-
-
-class MemorySampler:
-    """Peak memory (GiB) of this process and all its descendants, sampled every ``interval`` s from ``/proc``
-    (Linux): the sum of their proportional set sizes (``smaps_rollup``'s Pss: a page shared by k processes counts
-    1/k in each, so the sum is what the tree holds; the measure workers share the fork server's pages copy-on-write,
-    which a sum of resident sets would count once per worker), or of their resident sets where Pss cannot be read.
-    Elsewhere, the largest single resident set (``ru_maxrss``) of this process."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak = interval, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def tree_gib() -> float | None:
-        try:
-            parent: dict[int, int] = {}
-            rss: dict[int, int] = {}
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{entry.name}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    parent[int(entry.name)] = int(fields[1])
-                    rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-                except (OSError, IndexError, ValueError):
-                    continue
-        except OSError:
-            return None
-        tree, frontier = {os.getpid()}, [os.getpid()]
-        children: dict[int, list[int]] = {}
-        for pid, ppid in parent.items():
-            children.setdefault(ppid, []).append(pid)
-        while frontier:
-            for child in children.get(frontier.pop(), []):
-                if child not in tree:
-                    tree.add(child)
-                    frontier.append(child)
-        return sum(_pss(p, rss.get(p, 0)) for p in tree) / 2 ** 30
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = self.tree_gib()
-            if now is None:
-                return
-            self.peak = max(self.peak, now)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "MemorySampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.tree_gib() or 0.0,
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)  # KiB on Linux
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """genbench's INFO lines (one per stage) are for users of ``genbench run``, not for a timing report."""
-    log = logging.getLogger("genbench")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -526,180 +357,6 @@ def _largest_model(store_root: str, hps: list[HParams], device: torch.device) ->
     """The stored model with the most parameters and training samples (the Hessian section's model)."""
     top = max(hps, key=lambda hp: (hp.model.width, hp.model.depth, hp.dataset.train_size, -hp.seed))
     return Trained.from_store(Store(store_root), top.model_id, RunOptions(device=str(device)))
-
-
-# ------------------------------------------------------------------------------------------------ report
-def targets(values: dict) -> dict:
-    out = {}
-    for name, (op, threshold, what) in TARGETS.items():
-        v = values.get(name)
-        if op is None or v is None:
-            met = None
-        else:
-            met = v >= threshold if op == ">=" else v <= threshold if op == "<=" else v < threshold
-        out[name] = {"value": v, "target": "none" if op is None else f"{op} {threshold:g}", "met": met, "what": what}
-    return out
-
-
-PIPELINES = {"pipeline": "default", "quarter": "default, a quarter", "legacy": "before replicates"}  # key: label
-
-
-def _pipelines(details: dict) -> list[tuple[str, dict]]:
-    """The pipeline timings the report holds, in ``PIPELINES`` order."""
-    return [(key, details[key]) for key in PIPELINES if details.get(key)]
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-
-def table(report: dict) -> str:
-    """The report as a short readable text."""
-    m, d = report["machine"], report["details"]
-    lines = [f"genbench perf: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['device']}"
-             f"{' (quick)' if report['quick'] else ''}", "", f"{'quantity':34s} {'value':>10s}  {'target':>8s}  met"]
-    for name, t in report["targets"].items():
-        met = "-" if t["met"] is None else "yes" if t["met"] else "NO"
-        lines.append(f"{name:34s} {_fmt(t['value'], 4):>10s}  {t['target']:>8s}  {met}")
-    lines.append("")
-    for key, p in _pipelines(d):
-        s = p["stage_s"]
-        lines.append(f"{key}: {p['models']} models (widths {p['widths']}, {len(p['seeds'])} seed(s)) in "
-                     f"{p['total_s']:.0f} s = {p['models_per_minute']:.1f} models/min; train {s['train']:.0f} s, "
-                     f"measures {s['measure']:.0f} s (early {p['measure_split_s']['early']:.0f} s), "
-                     f"evaluate {s['evaluate']:.0f} s; "
-                     f"training {p['training_gflops']:.1f} GFLOP/s of {p['matmul_peak_gflops']:.1f}")
-    f = d["floor"]
-    lines.append(f"floor: {f['suite_flops']['total'] / 1e12:.2f} TFLOP of measures + "
-                 f"{d['pipeline']['useful_flops']['total'] / 1e12:.2f} of training at the peak take "
-                 f"{f['floor_s']:.0f} s = at most {f['floor_models_per_minute']:.0f} models/min")
-    i = d["isolation"]
-    lines.append(f"isolation: {i['isolated_s']:.1f} s isolated vs {i['in_process_s']:.1f} s in process on "
-                 f"{i['models']} models; guard {i['guard_ms_per_measure']:.2f} ms per measure")
-    h = d["hessian"]
-    if "pyhessian_s" in h:
-        lines.append(f"hessian: genbench {h['genbench_s']:.2f} s vs PyHessian {h['pyhessian_s']:.2f} s; errors "
-                     f"genbench {h['genbench_rel_err']}, PyHessian {h['pyhessian_rel_err']}")
-    return "\n".join(lines)
-
-
-def _floor_markdown(p: dict, f: dict) -> list[str]:
-    """The section on what the machine allows the default zoo (``machine_floor``)."""
-    c, m = f["suite_flops"], f["step_matmul"]
-    train = p["useful_flops"]["total"]
-    counted = (f"counted on one model of each of its {c['groups']} measuring groups"
-               if c["counted_models"] == c["groups"] else
-               f"counted on one model of each of the first {c['counted_models']} of its {c['groups']} measuring "
-               "groups and scaled to the zoo")
-    lines = ["", "## What this machine allows", "",
-             f"The measure stage does {c['total'] / 1e12:.2f} TFLOP of counted matmuls on the "
-             f"{PIPELINES['pipeline']} zoo (`{p['zoo']}`; {c['final'] / 1e12:.2f} on the final weights, "
-             f"{c['early'] / 1e12:.2f} on the early snapshots; {c['total'] / c['models'] / 1e9:.1f} GFLOP per model, "
-             f"{counted}, by `torch.utils.flop_counter`), against {train / 1e12:.2f} TFLOP of useful training. At "
-             f"the highest `torch.mm` peak measured in this run, {f['floor_peak_gflops']:.0f} GFLOP/s, with "
-             f"nothing else taking time, the two would take {f['floor_s']:.0f} s: at most "
-             f"{f['floor_models_per_minute']:.0f} models per minute. The measure stage ran them at "
-             f"{f['suite_gflops']:.1f} GFLOP/s ({f['suite_peak_fraction']:.2f} of the peak measured with it, "
-             f"{p['matmul_peak_gflops']:.0f} GFLOP/s).", "",
-             f"With training at `zoo_peak_fraction`'s target ({TARGETS['zoo_peak_fraction'][1]:g} of a peak) and "
-             f"every counted measure FLOP at that peak, the measure stage would still take "
-             f"{f['suite_over_training_floor']:.2f} times the training stage (`suite_over_training_floor`, "
-             f"{TARGETS['zoo_peak_fraction'][1]:g} × {c['total'] / 1e12:.2f} / {train / 1e12:.2f}): "
-             + ("the two targets exclude each other with this suite and this zoo." if f["suite_over_training_floor"] > 1
-                else "the two targets can both be met."), ""]
-    if m["ceiling"] is None:
-        lines.append(f"No bare-matmul ceiling for the training steps: {m['why']}.")
-    else:
-        shapes = ", ".join(f"{s['members']}×({s['batch']}×{'→'.join(str(d[0]) for d in s['layers'])}"
-                           f"→{s['layers'][-1][1]}) {s['gflops']:.0f}" for s in m["shapes"])
-        lines.append(f"The bare matmuls of the zoo's stacked training steps (forward, input gradient, weight "
-                     f"gradient; members × (batch × layer widths), GFLOP/s: {shapes}) reach {m['gflops']:.1f} "
-                     f"GFLOP/s with {m['threads']} thread(s), {m['ceiling']:.2f} of that many threads' `torch.mm` "
-                     f"peak ({m['peak_gflops']:.0f} GFLOP/s): the steps' part of `zoo_peak_fraction` cannot exceed "
-                     "this on this machine.")
-    lines += ["", "Counted measure FLOPs per model (the ten largest, final weights):", "",
-              "| measure | GFLOP/model | share |", "|---|---|---|"]
-    total = sum(c["per_model"].values())
-    for name, v in list(c["per_model"].items())[:10]:
-        lines.append(f"| `{name}` | {v / 1e9:.2f} | {v / total:.0%} |")
-    return lines
-
-
-def markdown(report: dict, command: str) -> str:
-    """``leaderboard/perf.md``, generated from the report (every number in it is in the JSON)."""
-    m, d = report["machine"], report["details"]
-    p, t = d["pipeline"], report["targets"]
-    lines = [
-        "# genbench perf", "",
-        f"Generated by `{command}` in {report['total_s']:.0f} s. Every number is in the JSON next to this file; "
-        "the analysis of what limits each one is in [docs/performance.md](../docs/performance.md).", "",
-        f"**Machine.** {m['cpu']}, {m['cores']} cores, torch {m['torch']} on `{m['device']}`"
-        + (f" ({m['gpu']})" if "gpu" in m else "")
-        + f", Python {m['python']}. Load average {m['load_average_start'][0]:.1f} at the start and "
-          f"{m['load_average_end'][0]:.1f} at the end.", "",
-        "| quantity | value | target | met | what |", "|---|---|---|---|---|"]
-    for name, row in t.items():
-        met = "–" if row["met"] is None else "yes" if row["met"] else "**no**"
-        lines.append(f"| `{name}` | {_fmt(row['value'])} | {row['target']} | {met} | {row['what']} |")
-    lines += ["", "## The pipeline, end to end", "",
-              "| zoo | models | widths | seeds | train s | measures s | of which early s | evaluate s | total s | "
-              "models/min | measure s/model | early s/model | training GFLOP/s | peak GFLOP/s | fraction | "
-              "memory GiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, q in _pipelines(d):
-        s = q["stage_s"]
-        lines.append(f"| {PIPELINES[key]} | {q['models']} | {q['widths']} | {len(q['seeds'])} | {s['train']:.1f} | "
-                     f"{s['measure']:.1f} | {q['measure_split_s']['early']:.1f} | {s['evaluate']:.1f} | "
-                     f"{q['total_s']:.1f} | {q['models_per_minute']:.1f} | {q['measure_seconds_per_model']:.2f} | "
-                     f"{q['early_seconds_per_model']:.2f} | {q['training_gflops']:.1f} | "
-                     f"{q['matmul_peak_gflops']:.1f} | {q['zoo_peak_fraction']:.2f} | {q['peak_memory_gib']:.2f} |")
-    f = p["useful_flops"]
-    lines += ["", f"Useful training FLOPs of the default zoo: {f['training_steps'] / 1e9:.0f} GFLOP of training steps "
-                  f"and {f['stopping_rule_evaluation'] / 1e9:.0f} GFLOP of stopping-rule evaluation, "
-                  f"{p['epochs_mean']:.0f} epochs per model on average; the peak is `torch.mm` on "
-                  f"{p['peak_threads']} thread(s), the cores the pipeline's {p['jobs']} workers use. The measure "
-                  "stage's wall time includes the early-prediction table (`early.measures` on the weights kept "
-                  "part-way through training); measure and early s/model are the measures' own seconds per model "
-                  "(one worker's time) on the final weights and on the snapshots.", "",
-              "Measures by mean seconds per model on the default zoo (the ten slowest):", "",
-              "| measure | s/model | share |", "|---|---|---|"]
-    total = sum(p["per_measure_s"].values())
-    for name, sec in list(p["per_measure_s"].items())[:10]:
-        lines.append(f"| `{name}` | {sec:.3f} | {sec / total:.0%} |")
-    lines += _floor_markdown(p, d["floor"])
-    h = d["hessian"]
-    lines += ["", "## The Hessian against PyHessian", "",
-              f"Model: MLP of width {h['model']['width']}, depth {h['model']['depth']}, {h['params']:,} parameters, "
-              f"on its whole training set ({h['samples']:,} samples). Reference: ARPACK λ_max to 1e-8"
-              + (" and the exact trace." if "trace" in h["reference"] else " (exact trace skipped in this run).")
-              + f" Seconds: the least of rounds that time the two in turn, {h['threads']} thread(s) each.", "",
-              "| | seconds | λ_max | rel. error | trace | rel. error |", "|---|---|---|---|---|---|"]
-    ref = h["reference"]
-    ge = h["genbench_rel_err"]
-    lines.append(f"| genbench `hessian.top_eig` + `hessian.trace` | {h['genbench_s']:.2f} | "
-                 f"{h['genbench_top_eig']:.6g} | {ge['top_eig']:.1e} | {h['genbench_trace']:.6g} | "
-                 f"{_fmt(ge.get('trace'), 2)} |")
-    if "pyhessian_s" in h:
-        pe = h["pyhessian_rel_err"]
-        lines.append(f"| PyHessian `eigenvalues()` + `trace()`, defaults | {h['pyhessian_s']:.2f} | "
-                     f"{h['pyhessian_top_eig']:.6g} | {pe['top_eig']:.1e} | {h['pyhessian_trace']:.6g} | "
-                     f"{_fmt(pe.get('trace'), 2)} |")
-    else:
-        lines.append(f"| PyHessian | {h.get('pyhessian')} | | | | |")
-    lines.append(f"| reference | | {ref['top_eig']:.6g} | | {_fmt(ref.get('trace'), 6)} | |")
-    i = d["isolation"]
-    lines += ["", "## Isolated measures", "",
-              f"Every measure on {i['models']} default models ({i['values']} values), by one isolated worker process "
-              f"and in genbench's own process, the best of alternating rounds: {i['isolated_s']:.1f} s against "
-              f"{i['in_process_s']:.1f} s (×{i['isolation_overhead']:.3f}). Both pay the input guard, "
-              f"{i['guard_ms_per_measure']:.2f} ms per measure on a Context holding every intermediate."]
-    z = d["zoo"]
-    lines += ["", "## Stacked against looped training", "",
-              f"{z['models']} default models, {z['epochs']} epoch(s) each, in stacks of {sorted(set(z['stacks']))}: "
-              f"{z['vectorized_model_steps_per_s']:.0f} model-steps/s stacked against "
-              f"{z['looped_model_steps_per_s']:.0f} looped (×{z['speedup']:.2f}); the largest parameter difference "
-              f"between the two trainers' models is {z['max_abs_param_diff']:.1e}.", ""]
-    return "\n".join(lines)
 
 
 def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:

@@ -2,8 +2,8 @@
 
 A *stack* is a set of models whose parameters have the same shapes and who take the same steps: same dataset
 (input shape, classes), architecture (``model.name/depth/width/bias``), batch size and training-set size
-(``stack_key``). Everything else stays per member: initial weights (``init_scale``), dropout rate and masks,
-learning rate, weight decay, optimizer and its state (SGD, heavy-ball momentum or Adam, in one stack),
+(``benchmark.zoo.hparams.stack_key``). Everything else stays per member: initial weights (``init_scale``), dropout
+rate and masks, learning rate, weight decay, optimizer and its state (SGD, heavy-ball momentum or Adam, in one stack),
 data order, training subset and label noise, target loss and epoch budget. A member that converges,
 diverges or runs out of epochs freezes and leaves the stack; the others go on.
 
@@ -20,12 +20,11 @@ Each member reproduces ``benchmark.training.loop.train_model`` with the same hyp
   own module), history rows, the stopping rule and ``final_metrics`` from ``benchmark.training.history``.
 
 How the stack computes: all members' parameters live in one flat ``(members, P)`` buffer (one row each), so the
-optimizer update is a handful of whole-buffer ops whatever the depth. A linear layer is one ``torch.baddbmm``
-over the members; a convolution is one grouped convolution (``groups = members``); autograd does the backward.
-On a 2-core CPU this was the fastest of the three variants tried: ``torch.func.vmap(grad(functional_call))``
-ran 2–3× slower per model-step (per-op batching-rule overhead that small nets do not amortise), and a
-hand-written backward matched autograd over ``baddbmm`` within noise while duplicating every layer's
-gradient formula (``docs/performance.md``).
+optimizer update is a handful of whole-buffer ops whatever the depth. The forward pass is ``measures.stacking``'s,
+the one the measures' many-model forms use: a linear layer is one ``torch.baddbmm`` over the members, a
+convolution one grouped convolution (``groups = members``); autograd does the backward. A hand-written backward
+matched autograd over ``baddbmm`` within noise while duplicating every layer's gradient formula
+(``docs/performance.md``).
 """
 from __future__ import annotations
 
@@ -52,8 +51,9 @@ from benchmark.training.history import (
 from benchmark.training.loop import TrainResult, train_model
 from benchmark.training.snapshots import Snapshots
 from benchmark.zoo.datasets import DataBundle
-from benchmark.zoo.hparams import DatasetHP, HParams
-from benchmark.zoo.models import MLP, ConvNet, Dropout, build_model
+from benchmark.zoo.hparams import DatasetHP, HParams, stack_key
+from benchmark.zoo.models import MLP, ConvNet, build_model
+from measures import stacking
 from measures.losses import fast_cross_entropy
 from measures.seeding import generator
 from measures.updates import ADAM_BETAS, OPTIMIZERS, adam_, sgd_
@@ -66,13 +66,6 @@ STACKED_OPTIMIZERS = OPTIMIZERS  # the update rules Stack implements
 
 
 # ------------------------------------------------------------------------------------------------ grouping
-def stack_key(hp: HParams) -> tuple:
-    """What the members of one stack share: dataset (input shape, classes), architecture up to dropout and
-    init scale, batch size and training-set size (hence the steps per epoch)."""
-    m = hp.model
-    return (hp.dataset.name, hp.dataset.n_train, m.name, m.depth, m.width, m.bias, hp.train.batch_size)
-
-
 def _stack_indices(hps: list[HParams], max_size: int | None = None) -> list[list[int]]:
     if max_size is not None and max_size < 1:
         raise ValueError(f"max_size must be >= 1, got {max_size}")
@@ -134,92 +127,6 @@ def train_many(hps: list[HParams], data: DataSource, *, device: str | torch.devi
     return results  # type: ignore[return-value]
 
 
-# ------------------------------------------------------------------------------------------- stacked model
-@dataclass(frozen=True)
-class _Op:
-    kind: str  # flatten | linear | conv | relu | dropout | channelwise
-    module: nn.Module
-    weight: int | None = None  # index into the stacked parameter list
-    bias: int | None = None
-
-
-def _compile(model: nn.Module) -> list[_Op]:
-    """The stacked program of a zoo model: its ``net`` Sequential, module by module."""
-    if not isinstance(model, (MLP, ConvNet)) or not isinstance(getattr(model, "net", None), nn.Sequential):
-        raise NotImplementedError(f"no stacked forward for {type(model).__name__}")
-    if any(True for _ in model.buffers()):
-        raise NotImplementedError("models with buffers are not stacked")
-    index = {id(p): i for i, p in enumerate(model.parameters())}
-    ops = []
-    for mod in model.net:
-        if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
-            ops.append(_Op("flatten", mod))
-        elif isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            if isinstance(mod, nn.Conv1d | nn.Conv2d) and mod.padding_mode != "zeros":
-                raise NotImplementedError(f"padding_mode={mod.padding_mode!r}")
-            ops.append(_Op("linear" if isinstance(mod, nn.Linear) else "conv", mod, index[id(mod.weight)],
-                           None if mod.bias is None else index[id(mod.bias)]))
-        elif isinstance(mod, nn.ReLU):
-            ops.append(_Op("relu", mod))
-        elif isinstance(mod, Dropout):
-            ops.append(_Op("dropout", mod))
-        elif isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-            ops.append(_Op("channelwise", mod))
-        else:
-            raise NotImplementedError(f"no stacked forward for {type(mod).__name__}")
-    return ops
-
-
-def _grouped(x: torch.Tensor) -> torch.Tensor:
-    """(M, B, C, *spatial) -> (B, M·C, *spatial): members as channel groups."""
-    return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
-
-
-def _ungrouped(y: torch.Tensor, members: int) -> torch.Tensor:
-    """(B, M·C, *spatial) -> (M, B, C, *spatial), a view."""
-    return y.view(y.shape[0], members, y.shape[1] // members, *y.shape[2:]).transpose(0, 1)
-
-
-def stacked_forward(ops: list[_Op], params: list[torch.Tensor], x: torch.Tensor,
-                    dropout: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-                    shared: bool = False) -> torch.Tensor:
-    """Logits ``(M, B, classes)`` of M stacked models on ``x`` ``(M, B, *in_shape)``, or on ``x``
-    ``(B, *in_shape)`` fed to every member when ``shared`` (then the first layer is one wide matmul or conv).
-
-    ``params[i]``: ``(M, *shape_i)``, the i-th parameter of every member, except that linear weights are
-    stacked transposed, ``(M, in, out)`` (see ``Stack``). ``dropout(op_index, x)`` applies the members'
-    dropout (training); None means eval mode.
-    """
-    members = params[0].shape[0]
-    for k, op in enumerate(ops):
-        if op.kind == "flatten":
-            x = x.flatten(1 if shared else 2)  # (M, B, features), or (B, features) while shared
-        elif op.kind == "linear":
-            w = params[op.weight]  # (M, in, out)
-            b = None if op.bias is None else params[op.bias]  # (M, out)
-            if shared:  # (B, in) @ (in, M·out) -> (M, B, out)
-                wide = w.transpose(0, 1).reshape(w.shape[1], -1)
-                y = x @ wide if b is None else torch.addmm(b.reshape(-1), x, wide)
-                x, shared = _ungrouped(y, members), False
-            else:
-                x = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
-        elif op.kind == "relu":
-            x = torch.relu(x)
-        elif op.kind == "dropout":
-            x = x if dropout is None else dropout(k, x)
-        elif op.kind == "conv":
-            m = op.module
-            conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
-            w = params[op.weight].flatten(0, 1)  # (M·out, in/groups, *kernel)
-            b = None if op.bias is None else params[op.bias].flatten()
-            groups = m.groups if shared else members * m.groups
-            x = _ungrouped(conv(x if shared else _grouped(x), w, b, m.stride, m.padding, m.dilation, groups), members)
-            shared = False
-        else:  # channelwise: pooling acts on each channel alone
-            x = op.module(x) if shared else _ungrouped(op.module(_grouped(x)), members)
-    return x
-
-
 # ------------------------------------------------------------------------------------------------- a stack
 @dataclass
 class _Member:
@@ -274,11 +181,13 @@ class Stack:
         with torch.device("meta"):  # structure only: no memory, no draws from the global generator
             top = max(hps, key=lambda hp: hp.model.dropout).model
             template = build_model(top, self.in_shape, self.num_classes)
-        self.ops = _compile(template)
-        self.shapes = [tuple(p.shape) for p in template.parameters()]
+        if not isinstance(template, (MLP, ConvNet)):
+            raise NotImplementedError(f"no stacked forward for {type(template).__name__}")
+        self.prog = stacking.compile_program(template)
+        self.shapes = list(self.prog.shapes)
         # linear weights are stacked transposed, (in, out): their autograd gradient then comes out contiguous
-        self.transposed = {op.weight for op in self.ops if op.kind == "linear"}
-        self.stacked_shapes = [s[::-1] if i in self.transposed else s for i, s in enumerate(self.shapes)]
+        self.transposed = self.prog.transposed
+        self.stacked_shapes = list(self.prog.stacked_shapes)
         self.sizes = [math.prod(s) for s in self.shapes]
 
         order = sorted(range(len(hps)), key=lambda r: hps[r].optimizer.name == "adam")  # stable
@@ -349,7 +258,7 @@ class Stack:
         """One minibatch step of every member; ``idx`` (M, B) rows of ``self.x``."""
         M, B = idx.shape
         with torch.enable_grad():
-            logits = stacked_forward(self.ops, self.params, self.x[idx], self._dropout)  # (M, B, classes)
+            logits = stacking.forward(self.prog, self.params, self.x[idx], self._dropout)  # (M, B, classes)
             loss = F.cross_entropy(logits.reshape(M * B, -1), self.y[idx].reshape(-1), reduction="none")
             grads = torch.autograd.grad(loss.view(M, B).mean(1).sum(), self.params)
         torch.cat([g.reshape(M, -1) for g in grads], 1, out=self.grad)
@@ -394,7 +303,7 @@ class Stack:
         loss, wrong = torch.zeros(M, dtype=torch.float64), torch.zeros(M, dtype=torch.long)
         for i in range(0, y.shape[1], chunk):
             xb, yb = x[i:i + chunk], y[:, i:i + chunk]
-            logits = stacked_forward(self.ops, params, xb, shared=True)  # (M, b, classes)
+            logits = stacking.forward(self.prog, params, xb, shared=True)  # (M, b, classes)
             ce = fast_cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
             loss += ce.view(M, -1).sum(1).double().cpu()
             wrong += (logits.argmax(2) != yb).sum(1).cpu()
@@ -436,7 +345,7 @@ class Stack:
             test = self._evaluate("test", [r for r in everyone if due or ends[r][0]])
             stop = [(r, diverged) for r, (done, diverged) in enumerate(ends) if done]
             probed = probe_columns_many(
-                self.probes, [m.probe_gens for m in self.members], lambda p, x: stacked_forward(self.ops, p, x),
+                self.probes, [m.probe_gens for m in self.members], lambda p, x: stacking.forward(self.prog, p, x),
                 self.params, [self.data[m.data] for m in self.members], [m.hp for m in self.members],
                 lambda r: self._unstack(r).train()) if self.probes else [{} for _ in self.members]
             for r, m in enumerate(self.members):

@@ -179,6 +179,15 @@ class HParams:
             raise HParamsError("invalid hyperparameters: " + "; ".join(errors))
 
 
+def stack_key(hp: HParams) -> tuple:
+    """What models computed together share: dataset (input shape, classes) and training-set size, architecture up
+    to dropout and init scale (``model.name/depth/width/bias``), and batch size (hence the steps per epoch). The
+    stacked trainer trains such models in one stack (``benchmark.training.stacked``) and the measuring tasks group
+    them, per optimizer, so that the measures' many-model forms take them together (``benchmark.measuring``)."""
+    m = hp.model
+    return (hp.dataset.name, hp.dataset.n_train, m.name, m.depth, m.width, m.bias, hp.train.batch_size)
+
+
 def hash_id(identity: Mapping[str, Any]) -> str:
     """A model id: sha1 of the canonical JSON of its defining dotted keys, 16 hex digits."""
     blob = json.dumps(dict(identity), sort_keys=True, separators=(",", ":"))

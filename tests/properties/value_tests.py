@@ -122,15 +122,15 @@ VALUE_TESTS: dict[str, str] = {
     # after Andriushchenko et al. 2023: m-sharpness in closed form per batch on a linear model; the average case
     # against a Monte Carlo redone draw by draw
     "sharpness.adaptive.m.linf":
-        "tests/unit/measures/test_sharpness.py::test_m_sharpness_on_a_linear_model",
+        "tests/unit/measures/test_batch_sharpness.py::test_m_sharpness_on_a_linear_model",
     "sharpness.adaptive.m.l2":
-        "tests/unit/measures/test_sharpness.py::test_m_sharpness_on_a_linear_model",
+        "tests/unit/measures/test_batch_sharpness.py::test_m_sharpness_on_a_linear_model",
     "sharpness.adaptive.avg.l2":
-        "tests/unit/measures/test_sharpness.py::test_average_case_against_an_independent_monte_carlo",
+        "tests/unit/measures/test_batch_sharpness.py::test_average_case_against_an_independent_monte_carlo",
     "sharpness.adaptive.avg.linf":
-        "tests/unit/measures/test_sharpness.py::test_average_case_against_an_independent_monte_carlo",
+        "tests/unit/measures/test_batch_sharpness.py::test_average_case_against_an_independent_monte_carlo",
     "sharpness.avg.l2":
-        "tests/unit/measures/test_sharpness.py::test_average_case_against_an_independent_monte_carlo",
+        "tests/unit/measures/test_batch_sharpness.py::test_average_case_against_an_independent_monte_carlo",
     # Hessian: dense Hessians and closed-form softmax-regression Hessians
     "hessian.top_eig":
         "tests/unit/measures/test_hessian.py::test_top_eigenvalues_match_dense",

@@ -1,0 +1,154 @@
+"""Timing and machine helpers of ``genbench perf``: best-of-k wall times, the ``torch.mm`` peak, the machine's
+description, and the peak memory of the process tree."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import resource
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_time(fn: Callable[[], Any], reps: int, device: torch.device) -> float:
+    """Least wall time of ``reps`` calls of ``fn`` (after one untimed call)."""
+    return _best_times([fn], reps, device)[0]
+
+
+def _best_times(fns: list[Callable[[], Any]], reps: int, device: torch.device) -> list[float]:
+    """Least wall time of each of ``fns`` over ``reps`` rounds that call every one in turn (after one untimed
+    call each), so that a ratio of two is measured under the same conditions when the machine's speed drifts."""
+    for fn in fns:
+        fn()
+    best = [math.inf] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    out = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+           "threads": torch.get_num_threads(), "device": str(device), "load_average_start": list(os.getloadavg())}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def matmul_peak(device: torch.device, reps: int, threads: int | None = None) -> float:
+    """Best fp32 GFLOP/s of ``torch.mm`` on two n×n matrices (n = 1024 on a CPU, with ``threads`` threads; 4096
+    on a GPU, where TF32 stays off as torch's default)."""
+    n, inner = (4096, 10) if device.type == "cuda" else (1024, 5)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        seconds = _best_time(lambda: [torch.mm(a, b) for _ in range(inner)], reps, device) / inner
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def _pss(pid: int, rss: int) -> int:
+    """The proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``), or ``rss`` if unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss
+
+
+class MemorySampler:
+    """Peak memory (GiB) of this process and all its descendants, sampled every ``interval`` s from ``/proc``
+    (Linux): the sum of their proportional set sizes (``smaps_rollup``'s Pss: a page shared by k processes counts
+    1/k in each, so the sum is what the tree holds; the measure workers share the fork server's pages copy-on-write,
+    which a sum of resident sets would count once per worker), or of their resident sets where Pss cannot be read.
+    Elsewhere, the largest single resident set (``ru_maxrss``) of this process."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def tree_gib() -> float | None:
+        try:
+            parent: dict[int, int] = {}
+            rss: dict[int, int] = {}
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    parent[int(entry.name)] = int(fields[1])
+                    rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+                except (OSError, IndexError, ValueError):
+                    continue
+        except OSError:
+            return None
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+        return sum(_pss(p, rss.get(p, 0)) for p in tree) / 2 ** 30
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = self.tree_gib()
+            if now is None:
+                return
+            self.peak = max(self.peak, now)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.tree_gib() or 0.0,
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)  # KiB on Linux
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """genbench's INFO lines (one per stage) are for users of ``genbench run``, not for a timing report."""
+    log = logging.getLogger("genbench")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

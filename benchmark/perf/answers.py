@@ -43,17 +43,25 @@ def imports_torch(args: list[str], cwd: str, env: dict) -> bool:
     return any(line.rstrip().endswith("| torch") for line in out.splitlines())
 
 
-def answer_times(cwd: str, repeats: int = 3) -> dict:
-    """The median seconds of each answer over ``repeats`` runs in ``cwd`` (where the leaderboard to print is), whether
-    it imported torch, its target, and the median seconds of ``python -c 'import torch'`` timed in the same run."""
+def answer_times(cwd: str, board: tuple[str, str] | None = None, repeats: int = 3) -> dict:
+    """The median seconds of each answer over ``repeats`` runs in ``cwd``, whether it imported torch, its target, and
+    the median seconds of ``python -c 'import torch'`` timed in the same run. ``board`` (folder, name): the stored
+    leaderboard that ``genbench leaderboard`` prints (default: the default board under ``cwd``)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     torch_s = statistics.median(_seconds([sys.executable, "-c", "import torch"], cwd, env) for _ in range(repeats))
     out = {"import_torch_s": torch_s, "answers": {}}
     for name, (args, target, may_import) in ANSWERS.items():
+        if board is not None and args[0] == "leaderboard":
+            args = [*args, f"leaderboard.dir={board[0]}", *([] if "leaderboard.name=nope" in args
+                                                             else [f"leaderboard.name={board[1]}"])]
         seconds = statistics.median(_seconds([*_command(), *args], cwd, env) for _ in range(repeats))
         torch = imports_torch(args, cwd, env)
         out["answers"][name] = {"args": " ".join(args), "seconds": seconds, "target_s": target, "torch": torch,
                                 "ok": seconds <= target and (may_import or not torch)}
+    quick = [a["seconds"] for name, a in out["answers"].items() if not ANSWERS[name][2]]
+    out["slowest_quick_answer_s"] = max(quick)
+    out["measures_answer_s"] = out["answers"]["measures"]["seconds"]
+    out["all_ok"] = all(a["ok"] for a in out["answers"].values())
     return out
 
 
@@ -63,6 +71,6 @@ def lines(d: dict) -> list[str]:
             f"{d['import_torch_s']:.2f} s here):"]
     for name, a in d["answers"].items():
         verdict = "ok" if a["ok"] else "SLOW" if a["seconds"] > a["target_s"] else "imports torch"
-        rows.append(f"  genbench {a['args']:<40} {a['seconds']:5.2f} s (≤ {a['target_s']:.1f} s; "
+        rows.append(f"  genbench {a['args'][:60]:<60} {a['seconds']:5.2f} s (≤ {a['target_s']:.1f} s; "
                     f"torch {'imported' if a['torch'] else 'not imported'}) {verdict}")
     return rows

@@ -56,10 +56,13 @@ from benchmark import pipeline
 from benchmark.config import compose
 from benchmark.measuring.context import Trained
 from benchmark.measuring.probes import DEFAULT_PROBES
+from benchmark.perf.answers import answer_times
 from benchmark.perf.floor import step_matmul_ceiling, suite_flops
 from benchmark.perf.isolation import isolation_cost
 from benchmark.perf.report import TARGETS, _pipelines, markdown, table, targets
 from benchmark.perf.timing import MemorySampler, _best_time, _best_times, _quiet, _sync, machine, matmul_peak
+from benchmark.plan import make_plan
+from benchmark.report import layout
 from benchmark.runtime import RunOptions
 from benchmark.store import Store, converged
 from benchmark.training.loop import train_model
@@ -146,9 +149,10 @@ def time_pipeline(overrides: tuple[str, ...], device: torch.device, folder: Path
     peak = matmul_peak(device, reps, peak_threads)
     seconds, results = {}, {}
     with _quiet(), MemorySampler() as memory:
+        zoo = make_plan(cfg)  # read once, as `genbench run` does
         for stage in ("train", "measure", "evaluate"):
             start = time.perf_counter()
-            results[stage] = getattr(pipeline, stage)(cfg)
+            results[stage] = getattr(pipeline, stage)(zoo)
             _sync(device)
             seconds[stage] = time.perf_counter() - start
             if stage == "train":
@@ -261,9 +265,10 @@ def machine_floor(p: dict, cfg, hps: list[HParams], opts: RunOptions, device: to
     (``benchmark.perf.floor.suite_flops``; ``groups``: count that many measuring groups only), the floor they and
     training set (``floor_numbers``), and the bare-matmul ceiling of the training steps with one worker's threads
     against the ``torch.mm`` peak of those threads."""
-    fractions = pipeline.early_fractions(cfg)
-    early = list(cfg.early.measures) if fractions else []
-    names = [m.name for m in pipeline.selected_measures(cfg)]
+    zoo = make_plan(cfg)
+    fractions = zoo.early.fractions
+    early = list(zoo.early.measures) if fractions else []
+    names = [m.name for m in zoo.measures]
     run_opts = dataclasses.replace(opts, device=str(device), progress=False)
     counted = suite_flops(p["store"], hps, names, early, fractions, run_opts, groups)
     worker = opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.jobs))
@@ -362,7 +367,7 @@ def _largest_model(store_root: str, hps: list[HParams], device: torch.device) ->
 def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
     start = time.perf_counter()
     info = machine(device)
-    opts = pipeline.options(compose(*plan.zoo))
+    opts = make_plan(compose(*plan.zoo)).options
     threads = opts.jobs * (opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.jobs)))
     details: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -383,6 +388,11 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
     details["floor"] = machine_floor(details["pipeline"], cfg, hps, opts, device, plan.reps, plan.floor_groups,
                                      best_peak)
     timings["floor"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    boards = work / "default" / "leaderboard"
+    details["answers"] = answer_times(str(work), (str(boards), layout.boards(boards)[0]), repeats=plan.reps)
+    timings["answers"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     trained = _largest_model(details["pipeline"]["store"], hps, device)
@@ -418,6 +428,8 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
         "peak_memory_gib": max(d["peak_memory_gib"] for d in (p, q, details.get("legacy")) if d),
         "isolation_overhead": details["isolation"]["isolation_overhead"],
         "guard_ms_per_measure": details["isolation"]["guard_ms_per_measure"],
+        "slowest_quick_answer_s": details["answers"]["slowest_quick_answer_s"],
+        "measures_answer_s": details["answers"]["measures_answer_s"],
         "train_speedup": details["zoo"]["speedup"],
         "pipeline_floor_models_per_minute": details["floor"]["floor_models_per_minute"],
         "step_matmul_ceiling": details["floor"]["step_matmul"]["ceiling"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmark.perf.answers import lines as answer_lines
+
 # name: (comparison, threshold, what it is); a comparison of None is reported without a target
 TARGETS: dict[str, tuple[str | None, float | None, str]] = {
     "pipeline_models_per_minute": (">=", 100.0, "models trained, measured (every registered measure) and evaluated "
@@ -18,6 +20,10 @@ TARGETS: dict[str, tuple[str | None, float | None, str]] = {
                                       "genbench's own process, every measure on the same models"),
     "guard_ms_per_measure": (None, None, "milliseconds the input guard (Context.protect) adds to each measure, "
                                          "isolated or not (reported)"),
+    "slowest_quick_answer_s": ("<=", 1.5, "seconds of the slowest answer that needs no computing (a config "
+                                          "mistake, an unknown name, --help, a stored leaderboard), a fresh "
+                                          "genbench process; none of them may import torch (answers section)"),
+    "measures_answer_s": ("<=", 3.0, "seconds of `genbench measures` (lists the registry; imports torch)"),
     "train_speedup": (None, None, "stacked over per-model training, model-steps/s (reported, no target)"),
     "pipeline_floor_models_per_minute": (None, None, "models per minute if every counted FLOP of training and "
                                                      "measures ran at the run's best torch.mm peak and nothing else "
@@ -76,6 +82,8 @@ def table(report: dict) -> str:
     lines.append(f"floor: {f['suite_flops']['total'] / 1e12:.2f} TFLOP of measures + "
                  f"{d['pipeline']['useful_flops']['total'] / 1e12:.2f} of training at the peak take "
                  f"{f['floor_s']:.0f} s = at most {f['floor_models_per_minute']:.0f} models/min")
+    if "answers" in d:
+        lines += answer_lines(d["answers"])
     i = d["isolation"]
     lines.append(f"isolation: {i['isolated_s']:.1f} s isolated vs {i['in_process_s']:.1f} s in process on "
                  f"{i['models']} models; guard {i['guard_ms_per_measure']:.2f} ms per measure")
@@ -190,6 +198,8 @@ def markdown(report: dict, command: str) -> str:
     else:
         lines.append(f"| PyHessian | {h.get('pyhessian')} | | | | |")
     lines.append(f"| reference | | {ref['top_eig']:.6g} | | {_fmt(ref.get('trace'), 6)} | |")
+    if "answers" in d:
+        lines += ["", "## Answers without computing", "", *answer_lines(d["answers"])]
     i = d["isolation"]
     lines += ["", "## Isolated measures", "",
               f"Every measure on {i['models']} default models ({i['values']} values), by one isolated worker process "

@@ -9,6 +9,12 @@
 ``sign`` is the direction the measure is expected to move with the generalization gap (+1: a larger value
 predicts a larger gap). Registering a name twice is an error, not an overwrite.
 
+``needs`` (:data:`NEEDS`) is a contract, not a comment: while a measure runs, reading an input it does not declare
+— directly (``ctx.history``, ``ctx.hp(...)``, ``ctx.x_test``) or through an intermediate that rests on it
+(``ctx.margins`` rests on the model and the training data), even one another measure computed first — raises
+``measures.context.UndeclaredInputError``, which names the measure, what it used and the missing declaration. The
+benchmark records it as that measure's failure. ``needs`` is no part of a stored value or its key.
+
 Three more declarations, each checked by the tests:
 
 * ``raise NotApplicable(reason)`` inside a measure: the quantity is undefined for this model (a label-noise
@@ -73,8 +79,10 @@ class Measure:
 
     def __call__(self, ctx: "Context") -> Value:
         """Run the measure; the result is always a ``Value`` (a bare float is wrapped), adjusted for the
-        training-set size when the measure declares ``sample_size``."""
-        out = self.fn(ctx)
+        training-set size when the measure declares ``sample_size``. Inside, the measure sees only the inputs
+        it declares in ``needs`` (``Context.running``)."""
+        with ctx.running(self.name, self.needs):
+            out = self.fn(ctx)
         value, details = (float(out.value), dict(out.details)) if isinstance(out, Value) else (float(out), {})
         if self.sample_size is not None:
             m = len(ctx.y_train)

@@ -1135,7 +1135,7 @@ def _details(r: BlockVFResult) -> dict:
 
 
 @measure("vf.block_exponent", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation",), reference=REFERENCE, version=1)
+         invariances=("permutation",), seeded=True, reference=REFERENCE, version=1)
 def vf_block_exponent(ctx: Context) -> Value:
     """Variance–flatness exponent ψ, σ_i² ∝ F_i^(−ψ), of the steady-state fluctuations of four 16×16 blocks of the
     middle hidden-to-hidden weight matrix under the model's own optimizer continued.
@@ -1153,7 +1153,7 @@ def vf_block_exponent(ctx: Context) -> Value:
 
 
 @measure("vf.block_flatness_mean_log", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation",), reference=REFERENCE, version=1)
+         invariances=("permutation",), seeded=True, reference=REFERENCE, version=1)
 def vf_block_flatness_mean_log(ctx: Context) -> Value:
     """Mean log flatness, mean_i log F_i, along the fitted fluctuation directions of the block analysis
     (``vf.block_exponent``): PCs 2, 42, …, 242 of four 16×16 blocks of the middle hidden-to-hidden matrix.
@@ -1168,7 +1168,7 @@ def vf_block_flatness_mean_log(ctx: Context) -> Value:
 
 
 @measure("vf.block_weight_variance", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation",), reference=REFERENCE, version=1)
+         invariances=("permutation",), seeded=True, reference=REFERENCE, version=1)
 def vf_block_weight_variance(ctx: Context) -> Value:
     """Mean steady-state variance per weight of four 16×16 blocks of the middle hidden-to-hidden matrix under
     the model's own optimizer continued, (1/(T·N)) Σ_t ‖w_t − ⟨w⟩‖², T = 1,000, N = 4·256 block entries.

@@ -15,5 +15,5 @@ from measures.registry import (
     measure,
 )
 
-__all__ = ["Context", "Layer", "MissingInputError", "UndeclaredInputError", "REGISTRY", "Registry", "Measure", "Value", "measure",
-           "NotApplicable", "DuplicateMeasureError", "UnknownMeasureError"]
+__all__ = ["Context", "Layer", "MissingInputError", "UndeclaredInputError", "REGISTRY", "Registry", "Measure",
+           "Value", "measure", "NotApplicable", "DuplicateMeasureError", "UnknownMeasureError"]

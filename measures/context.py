@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,18 +31,17 @@ from measures import stacking
 from measures.losses import fast_cross_entropy
 from measures.seeding import generator
 
-_MANY: dict[tuple[str, str], Callable[..., list]] = {}
-
 
 def many_form(helper: Callable[..., Any]) -> Callable:
-    """Register ``fn(contexts, *args) -> list`` as the form of ``ctx.shared(helper, *args)`` for several models
-    at once (one value per Context, in order). ``fn`` returns ``NotImplemented`` in place of a value for a model
-    it cannot include (that model then calls ``helper`` alone), or ``None`` instead of the list when it can
-    include none; its values must equal ``helper``'s up to float rounding, which its tests show."""
-    def register(fn: Callable[..., list]) -> Callable[..., list]:
-        _MANY[(helper.__module__, helper.__qualname__)] = fn
+    """Declare ``fn(contexts, *args) -> list`` the form of ``ctx.shared(helper, *args)`` for several models at
+    once (one value per Context, in order), as ``helper.many``. ``fn`` returns ``NotImplemented`` in place of a
+    value for a model it cannot include (that model then calls ``helper`` alone), or ``None`` instead of the list
+    when it can include none; its values must equal ``helper``'s up to float rounding, which its tests show. A
+    Context computes one model alone; the benchmark's grouped Contexts (``benchmark.measuring.many``) use it."""
+    def declare(fn: Callable[..., list]) -> Callable[..., list]:
+        helper.many = fn
         return fn
-    return register
+    return declare
 
 
 class MissingInputError(ValueError):
@@ -174,7 +172,7 @@ class derived(cached_property):
         if name in instance.__dict__:
             instance._reuse(instance._rests.get(name, ()), f"ctx.{name}")
             return instance.__dict__[name]
-        with instance._tracking(f"ctx.{name}") as reads:
+        with instance.recording(f"ctx.{name}") as reads:
             value = super().__get__(instance, owner)
         instance._rests[name] = frozenset(reads)
         instance._born[name] = _Watch(value)
@@ -228,10 +226,6 @@ class Context:
         self.chunk = chunk
         self.extras = dict(extras or {})
         self._shared: dict[tuple, Any] = {}
-        self._group: list[Context] = [self]  # models computing many-model shared intermediates together
-        self._charges: dict[tuple, float] = {}  # seconds a peer spent on this model's shared values, by key
-        self.lent = 0.0  # seconds this Context's calls spent on its peers' shared values
-        self.charged = 0.0  # seconds its peers spent on the shared values it has read
         self._pristine: dict[str, Any] | None = None  # the inputs as given, kept by the first protect()
         self._born: dict[str, _Watch] = {}  # each input and intermediate, watched from when it was given or computed
         self._running: list[tuple[str, frozenset[str]]] = []  # the measures running on this Context, and their needs
@@ -251,7 +245,7 @@ class Context:
             self._running.pop()
 
     @contextmanager
-    def _tracking(self, what: str) -> Iterator[set[str]]:
+    def recording(self, what: str) -> Iterator[set[str]]:
         """Collect the inputs read while ``what`` (an intermediate) is computed."""
         reads: set[str] = set()
         self._reads.append((what, reads))
@@ -349,61 +343,36 @@ class Context:
         return generator(self.seed, tag)
 
     def shared(self, helper: Callable[..., Any], *args) -> Any:
-        """``helper(ctx, *args)``, computed once per (helper, args) for this model.
-
-        When the helper has a form for several models (:func:`many_form`) and this Context is grouped with
-        others (:meth:`group`), the first call computes it for every member of the group that lacks it, in one
-        call, and the others find it ready. The time of that call is split evenly: this Context records the
-        part it spent on the others in ``lent`` and each other member receives its part in ``charged`` when it
-        first reads the value, so that a caller timing each measure can attribute the cost to the measure
-        that reads it (``benchmark.measuring``)."""
-        key = (helper.__module__, helper.__qualname__, *args)
+        """``helper(ctx, *args)``, computed once per (helper, args) for this model; the inputs it read count as
+        read by every measure that asks for it (``running``)."""
+        key = self.shared_key(helper, *args)
         what = f"ctx.shared({helper.__qualname__})"
         if key not in self._shared:
-            many = _MANY.get(key[:2])
-            peers = [c for c in self._group if c is not self and key not in c._shared] if many else []
-            if peers:
-                start = time.perf_counter()
-                with self._tracking(what) as reads:  # the many form reads of each model what the helper reads
-                    values = many([self, *peers], *args)
-                spent = time.perf_counter() - start
-                if values is not None:
-                    done = [(c, v) for c, v in zip([self, *peers], values) if v is not NotImplemented]
-                    share = spent / max(len(done), 1)
-                    for c, v in done:
-                        c._keep(key, v, reads)
-                        if c is not self:
-                            c._charges[key] = share
-                    self.lent += spent - (share if key in self._shared else 0.0)
-            if key not in self._shared:
-                with self._tracking(what) as reads:
-                    value = helper(self, *args)
-                self._keep(key, value, reads)
-            return self._shared[key]
+            with self.recording(what) as reads:
+                value = helper(self, *args)
+            self.provide_shared(key, value, reads)
+            return value
         self._reuse(self._rests[_shared_name(key)], what)
-        if key in self._charges:
-            self.charged += self._charges.pop(key)
         return self._shared[key]
 
-    def _keep(self, key: tuple, value: Any, reads: set[str]) -> None:
-        """Store a shared value, watched from now on (``protect``), with the inputs it rests on."""
+    @staticmethod
+    def shared_key(helper: Callable[..., Any], *args) -> tuple:
+        """The key of ``ctx.shared(helper, *args)``: (helper module, qualname, *args)."""
+        return (helper.__module__, helper.__qualname__, *args)
+
+    def has_shared(self, key: tuple) -> bool:
+        return key in self._shared
+
+    def provide_shared(self, key: tuple, value: Any, rests: set[str] | frozenset[str]) -> None:
+        """Store the shared value of ``key`` (computed here, or for several models at once), watched from now on
+        (``protect``), with the inputs ``rests`` it was computed from."""
         self._shared[key] = value
         self._born[_shared_name(key)] = _Watch(value)
-        self._rests[_shared_name(key)] = frozenset(reads)
+        self._rests[_shared_name(key)] = frozenset(rests)
 
-    @staticmethod
-    def group(contexts: Sequence["Context"]) -> None:
-        """Let ``contexts`` (of different models) compute shared intermediates that have a many-model form
-        together (:meth:`shared`). Each keeps its own values; :meth:`leave` drops one from its group."""
-        members = list(contexts)
-        for c in members:
-            c._group = members
-
-    def leave(self) -> None:
-        """Leave the group and drop the shared intermediates (the model's measures are done)."""
-        if self in self._group:
-            self._group.remove(self)
-        self._group, self._shared, self._charges = [self], {}, {}
+    def drop_shared(self) -> None:
+        """Drop the shared intermediates and stop watching the derived ones (the model's measures are done)."""
+        self._shared = {}
         self._born = {k: v for k, v in self._born.items() if k in self._inputs()}
         self._rests = {k: v for k, v in self._rests.items() if k in _cached_names(type(self))}
 
@@ -474,7 +443,7 @@ class Context:
         self._history, self._hparams = _rows(p["history"]), copy.deepcopy(p["hparams"])
         for name in _cached_names(type(self)):
             self.__dict__.pop(name, None)
-        self._shared, self._charges, self._rests = {}, {}, {}
+        self._shared, self._rests = {}, {}
         self._born = {name: _Watch(v) for name, v in self._inputs().items()}
 
     # ----------------------------------------------------------------------------------------- weights

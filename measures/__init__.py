@@ -3,7 +3,7 @@
 The built-in measures register themselves in ``REGISTRY`` on its first use; ``measures.seeding`` and
 ``measures.history`` are leaves that load none of them.
 """
-from measures.context import Context, Layer, MissingInputError
+from measures.context import Context, Layer, MissingInputError, UndeclaredInputError
 from measures.registry import (
     REGISTRY,
     DuplicateMeasureError,
@@ -15,5 +15,5 @@ from measures.registry import (
     measure,
 )
 
-__all__ = ["Context", "Layer", "MissingInputError", "REGISTRY", "Registry", "Measure", "Value", "measure",
-           "NotApplicable", "DuplicateMeasureError", "UnknownMeasureError"]
+__all__ = ["Context", "Layer", "MissingInputError", "UndeclaredInputError", "REGISTRY", "Registry", "Measure",
+           "Value", "measure", "NotApplicable", "DuplicateMeasureError", "UnknownMeasureError"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,22 +31,32 @@ from measures import stacking
 from measures.losses import fast_cross_entropy
 from measures.seeding import generator
 
-_MANY: dict[tuple[str, str], Callable[..., list]] = {}
-
 
 def many_form(helper: Callable[..., Any]) -> Callable:
-    """Register ``fn(contexts, *args) -> list`` as the form of ``ctx.shared(helper, *args)`` for several models
-    at once (one value per Context, in order). ``fn`` returns ``NotImplemented`` in place of a value for a model
-    it cannot include (that model then calls ``helper`` alone), or ``None`` instead of the list when it can
-    include none; its values must equal ``helper``'s up to float rounding, which its tests show."""
-    def register(fn: Callable[..., list]) -> Callable[..., list]:
-        _MANY[(helper.__module__, helper.__qualname__)] = fn
+    """Declare ``fn(contexts, *args) -> list`` the form of ``ctx.shared(helper, *args)`` for several models at
+    once (one value per Context, in order), as ``helper.many``. ``fn`` returns ``NotImplemented`` in place of a
+    value for a model it cannot include (that model then calls ``helper`` alone), or ``None`` instead of the list
+    when it can include none; its values must equal ``helper``'s up to float rounding, which its tests show. A
+    Context computes one model alone; the benchmark's grouped Contexts (``benchmark.measuring.many``) use it."""
+    def declare(fn: Callable[..., list]) -> Callable[..., list]:
+        helper.many = fn
         return fn
-    return register
+    return declare
 
 
 class MissingInputError(ValueError):
     """A measure asked for an input (initial weights, training data, …) the Context was not given."""
+
+
+class UndeclaredInputError(Exception):
+    """A measure used an input that its ``needs`` does not declare. Not a ``MissingInputError``, which a measure
+    may catch to fall back: an undeclared input is a mistake in the measure's declaration, never a fallback."""
+
+
+# How a message names each input of ``measures.registry.NEEDS``.
+INPUT_NAMES = {"model": "the model", "init_model": "the initial model", "train_data": "the training data",
+               "hparams": "the hyperparameters", "history": "the training history", "test_data": "the test data",
+               "replicates": "the seed replicates"}
 
 
 class Scratch(dict):
@@ -153,14 +162,25 @@ def _pristine(t: torch.Tensor) -> torch.Tensor:
 class derived(cached_property):
     """A ``cached_property`` of a Context: an intermediate derived from its inputs, computed on first use. It is
     watched (``_Watch``) from the moment it is computed, so that ``Context.protect`` sees a measure that changes it
-    later."""
+    later, and it remembers the inputs it rests on, so that a measure that reads it later, cached, must declare
+    them as if it computed it itself (``Context.running``). A data descriptor, so that every read passes here."""
 
     def __get__(self, instance, owner=None):
-        if instance is None or self.attrname in instance.__dict__:
-            return super().__get__(instance, owner)
-        value = super().__get__(instance, owner)
-        instance._born[self.attrname] = _Watch(value)
+        if instance is None:
+            return self
+        name = self.attrname
+        if name in instance.__dict__:
+            instance._reuse(instance._rests.get(name, ()), f"ctx.{name}")
+            return instance.__dict__[name]
+        with instance.recording(f"ctx.{name}") as reads:
+            value = super().__get__(instance, owner)
+        instance._rests[name] = frozenset(reads)
+        instance._born[name] = _Watch(value)
         return value
+
+    def __set__(self, instance, value) -> None:
+        instance.__dict__[self.attrname] = value
+        instance._rests.pop(self.attrname, None)
 
 
 @functools.cache
@@ -194,9 +214,9 @@ class Context:
         of the same architecture on the same data), or a function returning them, called on first use.
         ``extras``: anything else a measure documents it reads (e.g. the mislabeled mask). ``chunk``: samples
         per forward pass in full-dataset sums."""
-        self.model = copy.deepcopy(model).eval()
-        self.init_model = copy.deepcopy(init_model).eval() if init_model is not None else None
-        self.device = next(self.model.parameters()).device
+        self._model = copy.deepcopy(model).eval()
+        self._init_model = copy.deepcopy(init_model).eval() if init_model is not None else None
+        self.device = next(self._model.parameters()).device
         self._train = tuple(t.to(self.device) for t in train) if train is not None else None
         self._test = tuple(t.to(self.device) for t in test) if test is not None else None
         self._hparams = dict(hparams or {})
@@ -206,43 +226,96 @@ class Context:
         self.chunk = chunk
         self.extras = dict(extras or {})
         self._shared: dict[tuple, Any] = {}
-        self._group: list[Context] = [self]  # models computing many-model shared intermediates together
-        self._charges: dict[tuple, float] = {}  # seconds a peer spent on this model's shared values, by key
-        self.lent = 0.0  # seconds this Context's calls spent on its peers' shared values
-        self.charged = 0.0  # seconds its peers spent on the shared values it has read
         self._pristine: dict[str, Any] | None = None  # the inputs as given, kept by the first protect()
         self._born: dict[str, _Watch] = {}  # each input and intermediate, watched from when it was given or computed
+        self._running: list[tuple[str, frozenset[str]]] = []  # the measures running on this Context, and their needs
+        self._reads: list[tuple[str, set[str]]] = []  # the intermediates being computed, and the inputs they read
+        self._rests: dict[str, frozenset[str]] = {}  # the inputs each intermediate was computed from
 
-    # ----------------------------------------------------------------------------------------- inputs
+    # ----------------------------------------------------------------------------------------- declared inputs
+    @contextmanager
+    def running(self, name: str, needs: frozenset[str]) -> Iterator[None]:
+        """Run measure ``name`` on this Context: inside, reading an input outside ``needs`` (directly, or through an
+        intermediate that rests on it, whoever computed it first) raises ``UndeclaredInputError``. A measure
+        called inside another must keep within both declarations."""
+        self._running.append((name, frozenset(needs)))
+        try:
+            yield
+        finally:
+            self._running.pop()
+
+    @contextmanager
+    def recording(self, what: str) -> Iterator[set[str]]:
+        """Collect the inputs read while ``what`` (an intermediate) is computed."""
+        reads: set[str] = set()
+        self._reads.append((what, reads))
+        try:
+            yield reads
+        finally:
+            self._reads.pop()
+
+    def _use(self, need: str, what: str, rests: bool = False) -> None:
+        """Note that input ``need`` was read (through ``what``), and check it against the running measures."""
+        for _, reads in self._reads:
+            reads.add(need)
+        for name, needs in reversed(self._running):
+            if need not in needs:
+                used = self._reads[0][0] if self._reads else what
+                how = f"{used}, which rests on {INPUT_NAMES[need]}," if rests or used != what else used
+                raise UndeclaredInputError(f"measure {name!r} uses {how} but does not declare "
+                                           f"needs=(..., {need!r})")
+
+    def _reuse(self, rests: frozenset[str] | tuple, what: str) -> None:
+        """A cached intermediate read again: the inputs it rests on count as read now."""
+        if self._running or self._reads:
+            for need in sorted(rests):
+                self._use(need, what, rests=True)
+
     def _need(self, value, what: str):
         if value is None:
             raise MissingInputError(f"this measure needs {what}, which the Context was not given")
         return value
 
     @property
+    def model(self) -> nn.Module:
+        self._use("model", "ctx.model")
+        return self._model
+
+    @property
+    def init_model(self) -> nn.Module | None:
+        self._use("init_model", "ctx.init_model")
+        return self._init_model
+
+    @property
     def x_train(self) -> torch.Tensor:
+        self._use("train_data", "ctx.x_train")
         return self._need(self._train, "training data (train=(x, y))")[0]
 
     @property
     def y_train(self) -> torch.Tensor:
+        self._use("train_data", "ctx.y_train")
         return self._need(self._train, "training data (train=(x, y))")[1]
 
     @property
     def x_test(self) -> torch.Tensor:
+        self._use("test_data", "ctx.x_test")
         return self._need(self._test, "test data (test=(x, y))")[0]
 
     @property
     def y_test(self) -> torch.Tensor:
+        self._use("test_data", "ctx.y_test")
         return self._need(self._test, "test data (test=(x, y))")[1]
 
     @property
     def history(self) -> list[Mapping]:
+        self._use("history", "ctx.history")
         return self._need(self._history, "the training history (history=[...])")
 
     @derived
     def replicate_params(self) -> list[dict[str, torch.Tensor]]:
         """The parameters of each replicate (``replicates=``), detached, by the names of ``params``; an
         architecture that differs from this model's is an error."""
+        self._use("replicates", "ctx.replicate_params")
         given = self._need(self._replicates, "the seed replicates of this configuration (replicates=[...])")
         out = []
         for model in (given() if callable(given) else given):
@@ -258,6 +331,7 @@ class Context:
 
     def hp(self, key: str) -> Any:
         """A training hyperparameter by dotted key, e.g. ``ctx.hp("optimizer.lr")``."""
+        self._use("hparams", f"ctx.hp({key!r})")
         if key not in self._hparams:
             raise MissingInputError(f"this measure needs the hyperparameter {key!r}; the Context has "
                                     f"{sorted(self._hparams) or 'none'}")
@@ -269,61 +343,43 @@ class Context:
         return generator(self.seed, tag)
 
     def shared(self, helper: Callable[..., Any], *args) -> Any:
-        """``helper(ctx, *args)``, computed once per (helper, args) for this model.
-
-        When the helper has a form for several models (:func:`many_form`) and this Context is grouped with
-        others (:meth:`group`), the first call computes it for every member of the group that lacks it, in one
-        call, and the others find it ready. The time of that call is split evenly: this Context records the
-        part it spent on the others in ``lent`` and each other member receives its part in ``charged`` when it
-        first reads the value, so that a caller timing each measure can attribute the cost to the measure
-        that reads it (``benchmark.measuring``)."""
-        key = (helper.__module__, helper.__qualname__, *args)
+        """``helper(ctx, *args)``, computed once per (helper, args) for this model; the inputs it read count as
+        read by every measure that asks for it (``running``)."""
+        key = self.shared_key(helper, *args)
+        what = f"ctx.shared({helper.__qualname__})"
         if key not in self._shared:
-            many = _MANY.get(key[:2])
-            peers = [c for c in self._group if c is not self and key not in c._shared] if many else []
-            if peers:
-                start = time.perf_counter()
-                values = many([self, *peers], *args)
-                spent = time.perf_counter() - start
-                if values is not None:
-                    done = [(c, v) for c, v in zip([self, *peers], values) if v is not NotImplemented]
-                    share = spent / max(len(done), 1)
-                    for c, v in done:
-                        c._keep(key, v)
-                        if c is not self:
-                            c._charges[key] = share
-                    self.lent += spent - (share if key in self._shared else 0.0)
-            if key not in self._shared:
-                self._keep(key, helper(self, *args))
-            return self._shared[key]
-        if key in self._charges:
-            self.charged += self._charges.pop(key)
+            with self.recording(what) as reads:
+                value = helper(self, *args)
+            self.provide_shared(key, value, reads)
+            return value
+        self._reuse(self._rests[_shared_name(key)], what)
         return self._shared[key]
 
-    def _keep(self, key: tuple, value: Any) -> None:
-        """Store a shared value, watched from now on (``protect``)."""
+    @staticmethod
+    def shared_key(helper: Callable[..., Any], *args) -> tuple:
+        """The key of ``ctx.shared(helper, *args)``: (helper module, qualname, *args)."""
+        return (helper.__module__, helper.__qualname__, *args)
+
+    def has_shared(self, key: tuple) -> bool:
+        return key in self._shared
+
+    def provide_shared(self, key: tuple, value: Any, rests: set[str] | frozenset[str]) -> None:
+        """Store the shared value of ``key`` (computed here, or for several models at once), watched from now on
+        (``protect``), with the inputs ``rests`` it was computed from."""
         self._shared[key] = value
         self._born[_shared_name(key)] = _Watch(value)
+        self._rests[_shared_name(key)] = frozenset(rests)
 
-    @staticmethod
-    def group(contexts: Sequence["Context"]) -> None:
-        """Let ``contexts`` (of different models) compute shared intermediates that have a many-model form
-        together (:meth:`shared`). Each keeps its own values; :meth:`leave` drops one from its group."""
-        members = list(contexts)
-        for c in members:
-            c._group = members
-
-    def leave(self) -> None:
-        """Leave the group and drop the shared intermediates (the model's measures are done)."""
-        if self in self._group:
-            self._group.remove(self)
-        self._group, self._shared, self._charges = [self], {}, {}
+    def drop_shared(self) -> None:
+        """Drop the shared intermediates and stop watching the derived ones (the model's measures are done)."""
+        self._shared = {}
         self._born = {k: v for k, v in self._born.items() if k in self._inputs()}
+        self._rests = {k: v for k, v in self._rests.items() if k in _cached_names(type(self))}
 
     # ----------------------------------------------------------------------------------------- protection
     def _inputs(self) -> dict[str, Any]:
         """The inputs a measure could change in place, by the name a message gives them."""
-        out: dict[str, Any] = {"the model": self.model, "the initial model": self.init_model}
+        out: dict[str, Any] = {"the model": self._model, "the initial model": self._init_model}
         for part, pair in (("train", self._train), ("test", self._test)):
             if pair is not None:
                 out[f"x_{part}"], out[f"y_{part}"] = pair
@@ -354,7 +410,7 @@ class Context:
             for t in self._inputs().values():
                 if isinstance(t, torch.Tensor):
                     _pristine(t)
-            self._pristine = {"model": copy.deepcopy(self.model), "init_model": copy.deepcopy(self.init_model),
+            self._pristine = {"model": copy.deepcopy(self._model), "init_model": copy.deepcopy(self._init_model),
                               "history": _rows(self._history), "hparams": copy.deepcopy(self._hparams),
                               "extras": dict(self.extras), "train": self._train, "test": self._test}
             self._born.update({name: _Watch(v) for name, v in self._inputs().items()})
@@ -382,12 +438,12 @@ class Context:
                     if t.shape != ref.shape:
                         t.resize_(ref.shape)
                     t.copy_(ref)
-        self.model, self.init_model = copy.deepcopy(p["model"]), copy.deepcopy(p["init_model"])
+        self._model, self._init_model = copy.deepcopy(p["model"]), copy.deepcopy(p["init_model"])
         self._train, self._test, self.extras = p["train"], p["test"], dict(p["extras"])
         self._history, self._hparams = _rows(p["history"]), copy.deepcopy(p["hparams"])
         for name in _cached_names(type(self)):
             self.__dict__.pop(name, None)
-        self._shared, self._charges = {}, {}
+        self._shared, self._rests = {}, {}
         self._born = {name: _Watch(v) for name, v in self._inputs().items()}
 
     # ----------------------------------------------------------------------------------------- weights
@@ -454,7 +510,7 @@ class Context:
         prog = stacking.program(self.model)
         if prog is None or self._train is None:
             return None
-        x = self.x_train[:8]
+        x = self._train[0][:8]  # a check of the recipe, not a use of the training data
         with torch.no_grad():
             got = stacking.forward_copies(prog, {k: v[None] for k, v in self.params.items()}, x, shared=True)[0]
             want = self.model(x)

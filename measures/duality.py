@@ -536,7 +536,7 @@ def duality_mid_size(ctx: Context) -> Value:
 
 
 @measure("duality.mid.gap_hessian", needs=("model", "train_data"), sign=1, family="duality",
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference=REFERENCE)
 def duality_mid_gap_hessian(ctx: Context) -> Value:
     """Quadratic duality gap ½ Σ_n λ_n σ_w,n² = ½ tr(H Σ_w) for training midpoint pairs, complete basis.
@@ -551,7 +551,7 @@ def duality_mid_gap_hessian(ctx: Context) -> Value:
 
 
 @measure("oracle.duality_gap", needs=("model", "train_data", "test_data"), sign=1, family="duality",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling"), seeded=True,
          reference=REFERENCE, oracle=True, version=2)
 def oracle_duality_gap(ctx: Context) -> Value:
     """ORACLE (uses test data): exact duality decomposition Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) = mean_k Δl_k.

@@ -209,7 +209,7 @@ def _eig_details(eigs: Eigs, size: int) -> dict:
 
 
 @measure("hessian.top_eig", needs=("model", "train_data"), sign=1, family="hessian", version=3,
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference="Keskar et al. 2017; Yao et al. 2020 (PyHessian), top eigenvalue")
 def top_eig(ctx: Context) -> Value:
     """Largest eigenvalue λ_max of the training-loss Hessian (whole training set).
@@ -224,7 +224,7 @@ def top_eig(ctx: Context) -> Value:
 
 
 @measure("hessian.logdet_topk", needs=("model", "train_data"), sign=1, family="hessian", version=2,
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference="Yao et al. 2020 (PyHessian) top-k eigenvalues; log-volume of the sharp directions")
 def logdet_topk(ctx: Context) -> Value:
     """Σ_{i ≤ 10, λ_i > 0} log λ_i over the top 10 Hessian eigenvalues (whole training set).
@@ -332,7 +332,7 @@ def _trace(ctx: Context, n: int | None = None) -> dict:
 
 
 @measure("hessian.trace", needs=("model", "train_data"), sign=1, family="hessian", version=3,
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference="Yao et al. 2020 (PyHessian), Hutchinson trace; Meyer et al. 2021 (Hutch++ deflation)")
 def trace(ctx: Context) -> Value:
     """Trace of the training-loss Hessian tr H (whole training set).

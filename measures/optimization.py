@@ -198,7 +198,7 @@ def gradient_noise(ctx: Context, batch_size: int, num_samples: int) -> Value:
 
 
 @measure("grad_noise_final", needs=("model", "train_data", "hparams"), sign=1, family="optimization",
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True, exact_invariances=True,
          reference="Jiang et al. 2020, Appendix C (optimization-based measures: variance of the gradients "
                    "after training)")
 def grad_noise_final(ctx: Context) -> Value:

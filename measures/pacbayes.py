@@ -257,7 +257,7 @@ def _value(search: SigmaSearch, value: float) -> Value:
 # ----------------------------------------------------------------------------------------- measures
 @measure("pacbayes.init", needs=("model", "init_model", "train_data"), sign=1, family="pacbayes", version=2,
          sample_size="sqrt",
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference="Jiang et al. 2020, eq. (48); Dziugaite & Roy 2017; Neyshabur et al. 2017; Dziugaite et al. "
                    "2020 (sample-size adjustment)")
 def pacbayes_init(ctx: Context) -> Value:
@@ -274,7 +274,7 @@ def pacbayes_init(ctx: Context) -> Value:
 
 
 @measure("pacbayes.orig", needs=("model", "train_data"), sign=1, family="pacbayes", version=2, sample_size="sqrt",
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference="Jiang et al. 2020, eq. (49); Dziugaite & Roy 2017; Neyshabur et al. 2017; Dziugaite et al. "
                    "2020 (sample-size adjustment)")
 def pacbayes_orig(ctx: Context) -> Value:
@@ -288,7 +288,7 @@ def pacbayes_orig(ctx: Context) -> Value:
 
 
 @measure("pacbayes.flatness", needs=("model", "train_data"), sign=1, family="pacbayes", version=2,
-         sample_size="sqrt", invariances=("permutation",),
+         sample_size="sqrt", invariances=("permutation",), seeded=True,
          reference="Jiang et al. 2020, eq. (53); Dziugaite et al. 2020 (sample-size adjustment)")
 def pacbayes_flatness(ctx: Context) -> Value:
     """PAC-Bayes flatness √(v/m), v = 1/σ², σ the largest tolerated isotropic Gaussian noise standard deviation.
@@ -302,7 +302,7 @@ def pacbayes_flatness(ctx: Context) -> Value:
 
 @measure("pacbayes.mag.init", needs=("model", "init_model", "train_data"), sign=1, family="pacbayes", version=2,
          sample_size="sqrt",
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference="Jiang et al. 2020, eq. (56) (magnitude-aware perturbation bound); Dziugaite et al. 2020 "
                    "(sample-size adjustment)")
 def pacbayes_mag_init(ctx: Context) -> Value:
@@ -321,7 +321,7 @@ def pacbayes_mag_init(ctx: Context) -> Value:
 
 @measure("pacbayes.mag.orig", needs=("model", "init_model", "train_data"), sign=1, family="pacbayes", version=2,
          sample_size="sqrt",
-         invariances=("permutation",),
+         invariances=("permutation",), seeded=True,
          reference="Jiang et al. 2020, eq. (57) (magnitude-aware perturbation bound); Dziugaite et al. 2020 "
                    "(sample-size adjustment)")
 def pacbayes_mag_orig(ctx: Context) -> Value:
@@ -339,7 +339,7 @@ def pacbayes_mag_orig(ctx: Context) -> Value:
 
 @measure("pacbayes.mag.flatness", needs=("model", "train_data"), sign=1, family="pacbayes", version=2,
          sample_size="sqrt",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling"), seeded=True,
          reference="Jiang et al. 2020, eq. (61) (magnitude-aware perturbation bound); Dziugaite et al. 2020 "
                    "(sample-size adjustment)")
 def pacbayes_mag_flatness(ctx: Context) -> Value:

@@ -477,7 +477,7 @@ def exploration_fraction(ctx: Context) -> Value:
 
 
 @measure("phase.mislabeled_fit_epoch_fraction", needs=("history",), sign=-1, family="physics",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling"), needs_label_noise=True,
          reference=REFERENCE, version=2)
 def mislabeled_fit_epoch_fraction(ctx: Context) -> Value:
     """When the mislabeled samples get learned: (epoch at which half of the drop of the mislabeled-subset loss

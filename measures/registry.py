@@ -9,6 +9,12 @@
 ``sign`` is the direction the measure is expected to move with the generalization gap (+1: a larger value
 predicts a larger gap). Registering a name twice is an error, not an overwrite.
 
+``needs`` (:data:`NEEDS`) is a contract, not a comment: while a measure runs, reading an input it does not declare
+— directly (``ctx.history``, ``ctx.hp(...)``, ``ctx.x_test``) or through an intermediate that rests on it
+(``ctx.margins`` rests on the model and the training data), even one another measure computed first — raises
+``measures.context.UndeclaredInputError``, which names the measure, what it used and the missing declaration. The
+benchmark records it as that measure's failure. ``needs`` is no part of a stored value or its key.
+
 Three more declarations, each checked by the tests:
 
 * ``raise NotApplicable(reason)`` inside a measure: the quantity is undefined for this model (a label-noise
@@ -19,6 +25,23 @@ Three more declarations, each checked by the tests:
   logarithm, √(v/m) otherwise. The unadjusted value and m are kept in the details. Without the adjustment a
   zoo that varies m ranks a bound backwards along m (its complexity term is meant to be divided by m).
 * ``invariances``: the reparametrisations that leave the value unchanged (:data:`INVARIANCES`).
+
+What the registry-wide property tests (``tests/properties``) check of a measure is declared here too, so that a new
+measure is one function with its decorator and no list to edit:
+
+* ``seeded=True``: the measure draws from ``ctx.generator`` (Monte-Carlo noise, Lanczos starts, Hutchinson probes,
+  SGD continuations): bit-identical under the same seed, and allowed to change with it. The default, ``False``,
+  promises a measure that draws nothing: the same value under any seed.
+* ``exact_invariances``: whether the declared invariances hold exactly. The default is ``not seeded``: a seeded
+  measure draws its random vectors per parameter index, so on a reparametrised network it is invariant only in
+  distribution; ``exact_invariances=True`` says that its randomness does not see the parametrisation (a seeded
+  partition of the training samples). A measure that draws nothing is always exact.
+* ``needs_label_noise=True``: the measure is undefined (``NotApplicable``) on a model trained without mislabeled
+  samples.
+* ``oracle=True``: the measure sees test data (``needs`` must include ``"test_data"``): an analysis, shown labelled
+  and never ranked.
+
+A measure without ``"permutation"`` in its invariances is expected to move when the hidden units are relabelled.
 """
 from __future__ import annotations
 
@@ -70,11 +93,16 @@ class Measure:
     oracle: bool = False  # uses test data: an analysis, shown labelled and never ranked
     sample_size: str | None = None  # "log" | "sqrt": reported adjusted for the training-set size m
     invariances: frozenset[str] = frozenset()
+    seeded: bool = False  # draws from ctx.generator
+    exact_invariances: bool = True  # the declared invariances hold exactly, not only in distribution
+    needs_label_noise: bool = False  # NotApplicable on a model trained without mislabeled samples
 
     def __call__(self, ctx: "Context") -> Value:
         """Run the measure; the result is always a ``Value`` (a bare float is wrapped), adjusted for the
-        training-set size when the measure declares ``sample_size``."""
-        out = self.fn(ctx)
+        training-set size when the measure declares ``sample_size``. Inside, the measure sees only the inputs
+        it declares in ``needs`` (``Context.running``)."""
+        with ctx.running(self.name, self.needs):
+            out = self.fn(ctx)
         value, details = (float(out.value), dict(out.details)) if isinstance(out, Value) else (float(out), {})
         if self.sample_size is not None:
             m = len(ctx.y_train)
@@ -193,9 +221,11 @@ def _description(fn: Callable) -> str:
 
 def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, reference: str,
             family: str, version: int = 1, oracle: bool = False, sample_size: str | None = None,
-            invariances: tuple[str, ...] = (), registry: Registry | None = None) -> Callable:
+            invariances: tuple[str, ...] = (), seeded: bool = False, exact_invariances: bool | None = None,
+            needs_label_noise: bool = False, registry: Registry | None = None) -> Callable:
     """Register ``fn(ctx) -> float | Value`` as a measure. The first docstring paragraph is its description;
-    the docstring should carry the formula. ``sample_size`` and ``invariances``: the module docstring."""
+    the docstring should carry the formula. ``sample_size``, ``invariances``, ``seeded``, ``exact_invariances``
+    and ``needs_label_noise``: the module docstring."""
     bad = sorted(set(needs) - set(NEEDS))
     if bad:
         raise ValueError(f"measure {name!r}: unknown needs {bad}; valid: {', '.join(NEEDS)}")
@@ -213,6 +243,16 @@ def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, re
         raise ValueError(f"measure {name!r}: unknown invariances {unknown}; valid: {', '.join(INVARIANCES)}")
     if "test_data" in needs and not oracle:
         raise ValueError(f"measure {name!r} needs test data, so it must be declared oracle=True")
+    for key, flag in (("oracle", oracle), ("seeded", seeded), ("needs_label_noise", needs_label_noise)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"measure {name!r}: {key} must be True or False, got {flag!r}")
+    if exact_invariances is None:
+        exact_invariances = not seeded
+    if not isinstance(exact_invariances, bool):
+        raise ValueError(f"measure {name!r}: exact_invariances must be True, False or None, got {exact_invariances!r}")
+    if not (seeded or exact_invariances):
+        raise ValueError(f"measure {name!r}: a measure that draws nothing (seeded=False) is exactly invariant; "
+                         f"exact_invariances=False needs seeded=True")
 
     def register(fn: Callable) -> Callable:
         description = _description(fn)
@@ -220,7 +260,7 @@ def measure(name: str, *, needs: tuple[str, ...] = ("model",), sign: int = 1, re
             description += f" Reported as {ADJUSTED[sample_size]} of that value v, m the training-set size."
         (REGISTRY if registry is None else registry).add(Measure(name, fn, frozenset(needs), sign, reference, family,
                                            description, version, oracle, sample_size,
-                                           frozenset(invariances)))
+                                           frozenset(invariances), seeded, exact_invariances, needs_label_noise))
         return fn
 
     return register

@@ -430,7 +430,7 @@ def _require_flat_noise(r: SGDRegResult) -> None:
 
 
 @measure("sgd.log_penalty_topk", needs=NEEDS, sign=1, family="physics",
-         invariances=("permutation", "units"), reference=REFERENCE, version=2)
+         invariances=("permutation", "units"), seeded=True, reference=REFERENCE, version=2)
 def sgd_log_penalty_topk(ctx: Context) -> Value:
     """SGD's effective-regularisation penalty over the top-10 Hessian directions, in units of the noise:
     Φ = Σ_{n≤10} ½(κ_n − 1) ln(α_eff λ_n / 2).
@@ -449,7 +449,7 @@ def sgd_log_penalty_topk(ctx: Context) -> Value:
 
 
 @measure("sgd.noise_anisotropy", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation", "units"), reference=REFERENCE, version=3)
+         invariances=("permutation", "units"), seeded=True, reference=REFERENCE, version=3)
 def sgd_noise_anisotropy(ctx: Context) -> Value:
     """Anisotropy of the SGD noise, ⟨κ_n⟩ = mean over the top-10 Hessian directions of Δ_n / Δ_⊥.
 
@@ -465,7 +465,7 @@ def sgd_noise_anisotropy(ctx: Context) -> Value:
 
 
 @measure("sgd.noise_curvature_exponent", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation", "units"), reference=REFERENCE, version=3)
+         invariances=("permutation", "units"), seeded=True, reference=REFERENCE, version=3)
 def sgd_noise_curvature_exponent(ctx: Context) -> Value:
     """Exponent β of the SGD noise–curvature relation, Δ_n ∝ λ_n^β over the top-10 Hessian directions.
 

@@ -1,7 +1,6 @@
 """Test helpers shared by the measure tests: networks whose values can be worked out by hand."""
 from __future__ import annotations
 
-import copy
 import functools
 import math
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.zoo.models import MLP
+from measures.testing import permute_hidden_units, rescale_relu_units  # noqa: F401 — the names the tests use
 from measures.updates import sgd_
 
 
@@ -54,22 +54,6 @@ def small_models(archs, seed: int = 0):
     return out
 
 
-def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
-    """The same function with the hidden units (channels) of every hidden layer permuted: rows of W_i and
-    b_i, and the matching columns of W_{i+1}. Returns a copy."""
-    model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for first, second in zip(layers, layers[1:]):
-            perm = torch.randperm(first.weight.shape[0], generator=g)
-            first.weight.copy_(first.weight[perm])
-            if first.bias is not None:
-                first.bias.copy_(first.bias[perm])
-            second.weight.copy_(second.weight[:, perm])
-    return model
-
-
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300, lr: float = 0.5) -> nn.Module:
     """Full-batch gradient descent with heavy-ball momentum 0.9 (``measures.updates``, each product rounded on
     its own; no torch.optim: its first step imports dynamo)."""
@@ -95,21 +79,3 @@ def measured(name: str, ctx) -> float:
     assert out.value == pytest.approx(0.5 * (v - math.log(size)) if m.sample_size == "log" else math.sqrt(v / size),
                                       rel=1e-12, abs=1e-15)
     return v
-
-
-def rescale_relu_units(model: nn.Module, seed: int, spread: float = 4.0) -> nn.Module:
-    """The same function after a node-wise positive rescaling (Neyshabur et al. 2015; Dinh et al. 2017): each
-    hidden unit's incoming weights and bias are multiplied by its own factor c > 0 (log-uniform in
-    [1/spread, spread], seeded) and its outgoing weights divided by it, which a ReLU passes through unchanged.
-    Returns a copy."""
-    model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for first, second in zip(layers, layers[1:]):
-            c = torch.exp((torch.rand(first.weight.shape[0], generator=g) * 2 - 1) * math.log(spread))
-            first.weight.mul_(c.view(-1, *[1] * (first.weight.dim() - 1)))
-            if first.bias is not None:
-                first.bias.mul_(c)
-            second.weight.div_(c.view(1, -1, *[1] * (second.weight.dim() - 2)))
-    return model

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import nn
 
+from benchmark.measuring.many import Member
 from benchmark.runtime import RunOptions
 from benchmark.store import Store
 from benchmark.zoo.datasets import DataBundle, cached_data
 from benchmark.zoo.hparams import HParams
 from benchmark.zoo.models import build_model
-from measures import Context
 
 if TYPE_CHECKING:
     from benchmark.training.loop import TrainResult
@@ -65,14 +65,14 @@ class Trained:
 
         return dataclasses.replace(trained, replicates=load)
 
-    def context(self, seed: int = 0, oracle: bool = False, curvature_samples: int | None = None) -> Context:
+    def context(self, seed: int = 0, oracle: bool = False, curvature_samples: int | None = None) -> Member:
         """What the measures may see: weights, initial weights, training data, hyperparameters, history, the
         seed replicates and the mislabeled mask; with ``oracle``, the test data too (for oracle analyses only,
-        never ranked).
+        never ranked). A ``Member``: it can be grouped with the Contexts of other models (``benchmark.measuring.many``).
         ``curvature_samples``: the curvature measures use a seeded subset of that many training samples
         instead of the whole training set (``measures.curvature_samples``; for large datasets)."""
         d = self.data
-        return Context(self.model, init_model=self.init, train=(d.x_train, d.y_train),
+        return Member(self.model, init_model=self.init, train=(d.x_train, d.y_train),
                        test=(d.x_test, d.y_test) if oracle else None, hparams=self.hp.flat(), history=self.history,
                        replicates=self.replicates, seed=seed,
                        extras={"mislabeled": d.mislabeled, "curvature_samples": curvature_samples})

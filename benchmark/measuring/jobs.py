@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 import measures
 from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
+from benchmark.measuring.many import Member, costs
 from benchmark.runtime import RunOptions, set_threads
 from benchmark.store import CheckpointError, Store, jsonable
 from benchmark.zoo.hparams import HParams, stack_key
@@ -80,8 +81,8 @@ def compute(m: measures.Measure, ctx: measures.Context, run_on: measures.Context
     cannot be stored, changes its inputs in place or runs past ``timeout`` is ``failed`` with its message; one that
     raises ``NotApplicable`` is ``not_applicable``. The inputs it changed are put back (``Context.protect``) and the
     working directory it left is restored. The seconds are its own model's share of what it computed (``ctx``'s
-    time lent to and charged by its group: ``Context.shared``)."""
-    lent, charged = ctx.lent, ctx.charged
+    time lent to and charged by its group: ``benchmark.measuring.many``)."""
+    lent, charged = costs(ctx)
     value, status, error, details = None, "ok", None, {}
     cwd = os.getcwd()
     with run_on.protect() as changed:  # its own cost (guard_ms_per_measure in genbench perf) is not the measure's
@@ -109,7 +110,8 @@ def compute(m: measures.Measure, ctx: measures.Context, run_on: measures.Context
         details = storable(details)
     except ValueError as err:
         status, value, error, details = "failed", None, f"returned details that cannot be stored: {err}", {}
-    seconds = max(0.0, elapsed - (ctx.lent - lent) + (ctx.charged - charged))
+    lent_now, charged_now = costs(ctx)
+    seconds = max(0.0, elapsed - (lent_now - lent) + (charged_now - charged))
     return value, status, error, details, seconds
 
 
@@ -168,9 +170,9 @@ def by_model(items: Sequence[tuple]) -> list[tuple[str, list]]:
 
 def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[tuple]:
     """In a worker: the (model_id, measure) items of a group of models (``group_key``), model after model, one
-    stored row each. The models' Contexts are grouped (``Context.group``), so an intermediate with a many-model form
+    stored row each. The models' Contexts are grouped (``Member.group``), so an intermediate with a many-model form
     is computed for all of them by the first measure that needs it, and each measure's recorded time is its own
-    model's share of it (``Context.lent``, ``Context.charged``)."""
+    model's share of it (``Member.lent``, ``Member.charged``)."""
     root, seed, timeout, curvature_samples, opts, replicates = common
     store = Store(root, readonly=True)
     loaded, unreadable = [], {}
@@ -182,7 +184,7 @@ def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[
             trained = None
         loaded.append((model_id, names, trained,
                        trained and trained.context(seed, curvature_samples=curvature_samples)))
-    measures.Context.group([ctx for *_, ctx in loaded if ctx is not None])
+    Member.group([ctx for *_, ctx in loaded if ctx is not None])
     for model_id, names, trained, ctx in loaded:
         if model_id in unreadable:
             yield from (_failed(model_id, name, unreadable[model_id]) for name in names)

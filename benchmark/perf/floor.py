@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import measures
 from benchmark.measuring.context import Trained
 from benchmark.measuring.jobs import group_key, replicate_ids
+from benchmark.measuring.many import Member
 from benchmark.runtime import RunOptions, parallel, set_threads
 from benchmark.store import Store
 from benchmark.training.stacked import group_stacks
@@ -57,7 +58,7 @@ def _count_task(args) -> tuple[int, str, dict, dict]:
     store = Store(root)
     trained = Trained.from_store(store, model_id, opts, replicates)
     ctx, oracle = trained.context(), None
-    measures.Context.group([ctx])
+    Member.group([ctx])
     final: dict[str, float] = {}
     for name in names:
         m = measures.REGISTRY.get(name)

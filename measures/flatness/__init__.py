@@ -60,8 +60,9 @@ Numerics:
 
 Cost of the registered estimator (one CPU thread of a shared 2-core machine, process time): median 1.0 s per
 model for a 40→64→64→10 MLP, 1.8 s for 40→256→256→10 when it runs alone (1,100 optimizer steps are most of it;
-PCA and the 28 directions' line scans the rest). When several models are measured together (``Context.group``)
-the continuation is one stacked run for all of them (``block._block_snapshots_many``): 0.26 s per model for 18
+PCA and the 28 directions' line scans the rest). When the benchmark measures several models together
+(``benchmark.measuring.many.Member.group``) the continuation is one stacked run for all of them
+(``block._block_snapshots_many``): 0.26 s per model for 18
 40→128→128→10 MLPs against 0.47 s alone. The three ``vf.block_*`` measures share one analysis
 (``ctx.shared``).
 
@@ -134,7 +135,7 @@ def _details(r: BlockVFResult) -> dict:
 
 
 @measure("vf.block_exponent", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation",), reference=REFERENCE, version=1)
+         invariances=("permutation",), seeded=True, reference=REFERENCE, version=1)
 def vf_block_exponent(ctx: Context) -> Value:
     """Variance–flatness exponent ψ, σ_i² ∝ F_i^(−ψ), of the steady-state fluctuations of four 16×16 blocks of the
     middle hidden-to-hidden weight matrix under the model's own optimizer continued.
@@ -152,7 +153,7 @@ def vf_block_exponent(ctx: Context) -> Value:
 
 
 @measure("vf.block_flatness_mean_log", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation",), reference=REFERENCE, version=1)
+         invariances=("permutation",), seeded=True, reference=REFERENCE, version=1)
 def vf_block_flatness_mean_log(ctx: Context) -> Value:
     """Mean log flatness, mean_i log F_i, along the fitted fluctuation directions of the block analysis
     (``vf.block_exponent``): PCs 2, 42, …, 242 of four 16×16 blocks of the middle hidden-to-hidden matrix.
@@ -167,7 +168,7 @@ def vf_block_flatness_mean_log(ctx: Context) -> Value:
 
 
 @measure("vf.block_weight_variance", needs=NEEDS, sign=-1, family="physics",
-         invariances=("permutation",), reference=REFERENCE, version=1)
+         invariances=("permutation",), seeded=True, reference=REFERENCE, version=1)
 def vf_block_weight_variance(ctx: Context) -> Value:
     """Mean steady-state variance per weight of four 16×16 blocks of the middle hidden-to-hidden matrix under
     the model's own optimizer continued, (1/(T·N)) Σ_t ‖w_t − ⟨w⟩‖², T = 1,000, N = 4·256 block entries.

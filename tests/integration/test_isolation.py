@@ -107,7 +107,7 @@ FAULTS = textwrap.dedent('''
         return 1.0
 
 
-    @measure("fault.zero_margins", needs=("train_data",), family="plugin", reference="a test")
+    @measure("fault.zero_margins", needs=("model", "train_data"), family="plugin", reference="a test")
     def zero_margins(ctx):
         """Zeroes the shared training margins in place."""
         ctx.margins.zero_()
@@ -119,6 +119,12 @@ FAULTS = textwrap.dedent('''
         """Moves the working directory to /."""
         os.chdir("/")
         return 2.0
+
+
+    @measure("fault.undeclared", family="plugin", reference="a test")
+    def undeclared(ctx):
+        """Reads the training history without declaring it."""
+        return float(len(ctx.history))
 
 
     @measure("fault.fine", family="plugin", reference="a test")
@@ -181,7 +187,9 @@ def test_every_fault_is_one_failed_value_and_the_rest_goes_on(trained_tiny, tmp_
                           "fault.huge_details": "returned details that cannot be stored: 4,194,3",
                           "fault.centre_inputs": "changed its inputs in place (x_train)",
                           "fault.scale_weights": "changed its inputs in place (the model",
-                          "fault.zero_margins": "changed its inputs in place (margins)"}.items():
+                          "fault.zero_margins": "changed its inputs in place (margins)",
+                          "fault.undeclared": "UndeclaredInputError: measure 'fault.undeclared' uses ctx.history but "
+                                              "does not declare needs=(..., 'history')"}.items():
             value, status, error = got[model_id, name]
             assert status == "failed" and why in error, (name, error)
     # a crash of the process itself: on the first MAX_CRASHES models, then the measure is not run again (sys.exit is

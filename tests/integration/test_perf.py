@@ -92,7 +92,7 @@ def test_counted_flops_of_one_forward_pass_are_the_closed_form():
     def fails(c):
         once(c)
         raise RuntimeError("after one pass")
-    make = lambda fn: Measure("t", fn, frozenset({"model"}), 1, "", "norm", "")
+    make = lambda fn: Measure("t", fn, frozenset({"model", "train_data"}), 1, "", "norm", "")
     assert counted_flops(make(once), ctx) == 2 * 11 * (7 * 5 + 5 * 3)
     assert counted_flops(make(fails), ctx) == 2 * 11 * (7 * 5 + 5 * 3)
 

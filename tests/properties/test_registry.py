@@ -1,6 +1,7 @@
 """Properties over the whole registry, scikit-learn ``test_common`` style: each property is checked on the
-set of measures that declares it, the sets are written out by name, and a completeness test makes a newly
-registered measure fail here until it is placed in every partition and has a value test of its own.
+set of measures that declares it in ``@measure(...)`` (``seeded``, ``exact_invariances``, ``invariances``,
+``needs_label_noise``, ``oracle``), so a new measure joins every check through its own decorator, and a
+completeness test makes it fail here until it has a value test of its own.
 
 The measures run on a real trained network (an MLP on digits with label noise, trained by the zoo's trainer
 with its per-epoch probes) through the pipeline's own Context construction.
@@ -21,61 +22,27 @@ import measures
 from benchmark.measuring.context import Trained
 from tests.helpers import permute_hidden_units
 from tests.properties.value_tests import VALUE_TESTS
+from tests.values.test_values import CASES
 
 # ---------------------------------------------------------------------------------------------- the sets
+# Each set is what the measures declare in @measure(...) (measures/registry.py), read from the registry.
 # Randomness: SEEDED measures draw from ctx.generator (Monte-Carlo noise, Lanczos starts, Hutchinson probes,
 # SGD continuations; with measures.curvature_samples set, the curvature subset too): bit-identical under the
 # same seed. DETERMINISTIC ones draw nothing (at the default settings): the same value under any seed.
-SEEDED = {
-    "pacbayes.init", "pacbayes.orig", "pacbayes.flatness", "pacbayes.mag.init", "pacbayes.mag.orig",
-    "pacbayes.mag.flatness", "hessian.top_eig", "hessian.trace", "hessian.logdet_topk", "grad_noise_final",
-    "duality.mid.gap_hessian", "oracle.duality_gap",
-    "vf.block_exponent", "vf.block_flatness_mean_log", "vf.block_weight_variance", "sgd.log_penalty_topk",
-    "sgd.noise_anisotropy",
-    "sgd.noise_curvature_exponent",
-    # after Andriushchenko et al. 2023: a seeded partition into batches of 128 (and, average case, seeded noise)
-    "sharpness.adaptive.m.linf", "sharpness.adaptive.m.l2", "sharpness.adaptive.avg.l2",
-    "sharpness.adaptive.avg.linf", "sharpness.avg.l2",
-}
-DETERMINISTIC = {
-    "params", "cross_entropy", "inverse_margin", "output_entropy", "log_prod_of_fro", "log_prod_of_fro_over_margin",
-    "log_sum_of_fro", "log_sum_of_fro_over_margin", "dist_init_fro", "param_norm", "path_norm",
-    "path_norm_over_margin", "log_prod_of_spec", "log_prod_of_spec_fft", "log_prod_of_spec_over_margin",
-    "log_prod_of_spec_over_margin_fft", "log_sum_of_spec", "log_sum_of_spec_fft", "log_sum_of_spec_over_margin",
-    "log_sum_of_spec_over_margin_fft", "log_spec_init_main", "log_spec_init_main_fft", "log_spec_orig_main",
-    "log_spec_orig_main_fft", "fro_over_spec", "fro_over_spec_fft", "dist_spec_init", "dist_spec_init_fft",
-    "alpha_mean", "alpha_weighted", "log_spectral_norm", "steps_to_0.1", "steps_0.1_to_0.01", "sotl",
-    # the ascents start at the solution and, on the whole training set, draw nothing
-    "sharpness.init", "sharpness.orig", "sharpness.flatness", "sharpness.mag.init", "sharpness.mag.orig",
-    "sharpness.mag.flatness", "sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2", "sharpness.adaptive.linf",
-    "duality.mid.gap", "duality.mid.sharpness", "duality.mid.size",
-    "phase.final_alignment", "phase.late_amplitude_sq", "phase.exploration_fraction",
-    "phase.mislabeled_fit_epoch_fraction",
-    "fisher_rao_norm", "input_jacobian_norm", "weight_effective_rank", "feature_effective_rank",
-    "train_confidence", "train_ece",
-    "sgd.noise_to_loss",  # exact tr C and loss on the full training set; the seeded Lanczos does not enter
-    "replicate.disagreement", "replicate.tv_distance", "replicate.barrier", "replicate.barrier_aligned",
-    "relative_flatness", "margin_dist.median", "margin_dist.q1", "margin_dist.q3",
-}
+SEEDED = {m.name for m in measures.REGISTRY if m.seeded}
+DETERMINISTIC = {m.name for m in measures.REGISTRY if not m.seeded}
 # Relabelling hidden units (the same function): EXACT measures do not move (up to float summation order);
 # IN_DISTRIBUTION ones draw random vectors per parameter index, so only the estimate's distribution is
 # invariant (measured here: Hutchinson's trace moves ~4%, everything else < 0.5%).
-# VARIANT ones are not invariant by construction: the raw weight-space line between replicates depends on the
-# order of the hidden units (the aligned barrier removes that).
-PERMUTATION_VARIANT = {"replicate.barrier"}
-PERMUTATION_EXACT = (DETERMINISTIC - PERMUTATION_VARIANT | {"sharpness.l2", "sharpness.linf", "sharpness.adaptive.l2",
-                                      "sharpness.adaptive.linf", "sharpness.init", "sharpness.orig",
-                                      "sharpness.flatness", "sharpness.mag.init", "sharpness.mag.orig",
-                                      "sharpness.mag.flatness", "grad_noise_final",
-                                      # the partition is over samples, the ascent from δ = 0 is equivariant
-                                      "sharpness.adaptive.m.linf", "sharpness.adaptive.m.l2"})
-PERMUTATION_IN_DISTRIBUTION = SEEDED - PERMUTATION_EXACT
+# VARIANT ones are not invariant by construction (they do not declare it): the raw weight-space line between
+# replicates depends on the order of the hidden units (the aligned barrier removes that).
+PERMUTATION_VARIANT = {m.name for m in measures.REGISTRY if "permutation" not in m.invariances}
+PERMUTATION_EXACT = {m.name for m in measures.REGISTRY if "permutation" in m.invariances and m.exact_invariances}
+PERMUTATION_IN_DISTRIBUTION = {m.name for m in measures.REGISTRY
+                               if "permutation" in m.invariances and not m.exact_invariances}
 IN_DISTRIBUTION_REL = 0.05
 # Undefined on some models by design (recorded as not_applicable there): needs mislabeled training samples.
-NEEDS_LABEL_NOISE = {"phase.mislabeled_fit_epoch_fraction"}
-ORACLE = {"oracle.duality_gap"}  # sees test data: an analysis, never ranked
-PARTITIONS = {"randomness": (SEEDED, DETERMINISTIC),
-              "permutation": (PERMUTATION_EXACT, PERMUTATION_IN_DISTRIBUTION, PERMUTATION_VARIANT)}
+NEEDS_LABEL_NOISE = {m.name for m in measures.REGISTRY if m.needs_label_noise}
 
 
 # ------------------------------------------------------------------------------------------- the network
@@ -166,7 +133,6 @@ def test_label_noise_measures_are_not_applicable_on_clean_data(trained, name):
 
 
 def test_oracle_measures_are_exactly_those_that_see_test_data():
-    assert {m.name for m in measures.REGISTRY if m.oracle} == ORACLE
     for m in measures.REGISTRY:
         assert m.oracle == ("test_data" in m.needs), m.name
 
@@ -179,13 +145,26 @@ def test_every_measure_has_metadata():
 
 
 # ---------------------------------------------------------------------------------------- completeness
-@pytest.mark.parametrize("partition", sorted(PARTITIONS))
-def test_every_measure_is_in_exactly_one_set_of_each_partition(partition):
-    sets = PARTITIONS[partition]
-    names = set(measures.REGISTRY.names())
-    for name in names:
-        assert sum(name in s for s in sets) == 1, f"{name}: place it in exactly one {partition} set"
-    assert set().union(*sets) <= names, f"unregistered names in the {partition} sets"
+@pytest.mark.parametrize("declaration, why", [
+    (dict(seeded="yes"), "seeded must be True or False"),
+    (dict(needs_label_noise=1), "needs_label_noise must be True or False"),
+    (dict(exact_invariances=False), "exact_invariances=False needs seeded=True"),
+    (dict(seeded=True, exact_invariances="no"), "exact_invariances must be True, False or None"),
+])
+def test_invalid_property_declarations_are_refused(declaration, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        measures.measure("x", family="plugin", reference="a test", registry=measures.Registry(), **declaration)
+
+
+def test_property_declarations_default_to_a_deterministic_exact_measure():
+    """A plugin without the property keywords registers as a measure that draws nothing, exactly invariant to
+    what it declares, defined on every model; ``seeded=True`` alone means invariant in distribution."""
+    reg = measures.Registry()
+    for name, kw in (("plain", {}), ("noisy", {"seeded": True}), ("partitioned",
+                                                                    {"seeded": True, "exact_invariances": True})):
+        measures.measure(name, family="plugin", reference="a test", registry=reg, **kw)(lambda ctx: 1.0)
+    got = {m.name: (m.seeded, m.exact_invariances, m.needs_label_noise) for m in reg}
+    assert got == {"plain": (False, True, False), "noisy": (True, False, False), "partitioned": (True, True, False)}
 
 
 def _function_source(node_id: str) -> str:
@@ -199,10 +178,13 @@ def _function_source(node_id: str) -> str:
 
 
 @pytest.mark.parametrize("name", measures.REGISTRY.names())
-def test_every_measure_has_a_value_test_that_calls_it_by_name(name):
-    """VALUE_TESTS names, for each measure, a unit test that runs it through the registry by name and checks
-    its value against an independent computation; the test must exist and name the measure literally."""
-    assert name in VALUE_TESTS, f"{name} has no value test (add it to tests/properties/value_tests.py)"
+def test_every_measure_has_a_value_test(name):
+    """Each measure has a value case of ``measures.testing`` in tests/values (collected from the cases
+    themselves), or, until its unit test is converted, an entry in VALUE_TESTS naming a unit test that runs it
+    through the registry by name and checks its value against an independent computation."""
+    if name in {c.measure for c in CASES}:
+        return
+    assert name in VALUE_TESTS, f"{name} has no value test (add a ValueCase to a tests/values/cases_*.py module)"
     source = _function_source(VALUE_TESTS[name])
     assert re.search(rf"[\"']{re.escape(name)}[\"']", source), f"{VALUE_TESTS[name]} does not name {name!r}"
     tree = ast.parse(source.lstrip())
@@ -211,7 +193,8 @@ def test_every_measure_has_a_value_test_that_calls_it_by_name(name):
 
 
 def test_value_tests_name_only_registered_measures():
-    assert set(VALUE_TESTS) <= set(measures.REGISTRY.names())
+    assert set(VALUE_TESTS) | {c.measure for c in CASES} <= set(measures.REGISTRY.names())
+    assert not set(VALUE_TESTS) & {c.measure for c in CASES}, "a converted measure leaves VALUE_TESTS"
 
 
 def test_at_least_35_measures():

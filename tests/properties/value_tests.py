@@ -1,30 +1,11 @@
-"""Where each registered measure's value test lives: measure name → pytest node id of a test in
-``tests/unit/measures/`` that calls the measure through the registry by that exact name (a quoted literal in
-the test function's body or its ``@pytest.mark.parametrize``) and checks its value against an independently
-computed one (a closed form on a hand-built network, a brute-force or dense computation, or the published
-formula evaluated by hand from quantities the test computes itself). Parametrized tests are named without
-their ``[...]`` part."""
+"""The value tests not yet converted to ``measures.testing`` cases (tests/values): measure name → pytest node id of
+a test in ``tests/unit/measures/`` that calls the measure through the registry by that exact name (a quoted literal
+in the test function's body or its ``@pytest.mark.parametrize``) and checks its value against an independently
+computed one (a closed form on a hand-built network, a brute-force or dense computation, or the published formula
+evaluated by hand from quantities the test computes itself). Parametrized tests are named without their ``[...]``
+part. A converted measure leaves this table."""
 
 VALUE_TESTS: dict[str, str] = {
-    # size and norms: closed forms on a diagonal network, path enumeration
-    "params":
-        "tests/unit/measures/test_norms.py::test_params_counts_every_entry",
-    "log_prod_of_fro":
-        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
-    "log_prod_of_fro_over_margin":
-        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
-    "log_sum_of_fro":
-        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
-    "log_sum_of_fro_over_margin":
-        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
-    "param_norm":
-        "tests/unit/measures/test_norms.py::test_frobenius_measures_closed_form",
-    "dist_init_fro":
-        "tests/unit/measures/test_norms.py::test_distances_closed_form",
-    "path_norm":
-        "tests/unit/measures/test_norms.py::test_path_norm_closed_form",
-    "path_norm_over_margin":
-        "tests/unit/measures/test_norms.py::test_path_norm_closed_form",
     # outputs and optimization: a linear model by hand, a hand-made history, every minibatch enumerated
     "cross_entropy":
         "tests/unit/measures/test_margins_optimization.py::test_cross_entropy_and_entropy_by_hand",

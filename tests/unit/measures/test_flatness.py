@@ -563,32 +563,3 @@ def test_stacked_continuation_equals_each_model_alone(name):
         assert got.snapshots.shape == alone.snapshots.shape == (120, 2 * 64)
         torch.testing.assert_close(got.snapshots, alone.snapshots, rtol=1e-4, atol=1e-5)
         assert (alone.snapshots[-1] - alone.snapshots[0]).abs().max() > 1e-3  # the weights did move
-
-
-def test_grouped_contexts_share_the_stacked_value_and_its_cost():
-    """Through ``ctx.shared``: the first grouped Context's call computes the value of all, each reads its own,
-    the time is split (``lent`` on the caller, ``charged`` on the others when they read it) and the measure
-    value equals the one computed alone."""
-    settings = fl.BlockSettings(size=8, blocks=2, steps=120, warmup=15)
-
-    def contexts():
-        out = []
-        for seed in range(3):
-            model, x, y = _mlp(seed)
-            out.append(Context(model, train=(x, y), hparams={"optimizer.lr": 0.05, "train.batch_size": 16}))
-        return out
-    grouped, alone = contexts(), contexts()
-    Context.group(grouped)
-    first = grouped[0].shared(block._block_snapshots, settings)
-    assert grouped[0].lent > 0 and grouped[0].charged == 0
-    assert all(c.charged == 0 and c.lent == 0 for c in grouped[1:])
-    for g, a in zip(grouped, alone):
-        torch.testing.assert_close(g.shared(block._block_snapshots, settings).snapshots,
-                                   a.shared(block._block_snapshots, settings).snapshots, rtol=1e-4, atol=1e-5)
-        assert fl.block_variance_flatness(g, settings).fit.psi == pytest.approx(
-            fl.block_variance_flatness(a, settings).fit.psi, rel=1e-3)
-    share = grouped[1].charged
-    assert share > 0 and grouped[0].lent == pytest.approx(2 * share, rel=1e-6)
-    assert grouped[0].shared(block._block_snapshots, settings) is first
-    grouped[0].leave()
-    assert grouped[0] not in grouped[1]._group and len(grouped[1]._group) == 2

@@ -25,7 +25,7 @@ from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import suite as cross_task
 from benchmark.files import write_text
 from benchmark.plan import Plan, Task
-from benchmark.report import layout, page, plots, tables
+from benchmark.report import layout, page, tables
 from benchmark.store import ON_CONFLICT, NotAStoreError, Store, check_merge, converged, merge, migrate
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ def _evaluate_board(plan: Plan, task: Task) -> board.Board:
                         list(ev.targets), ev.n_boot, ev.seed, early=_early(plan, store, df, axes))
     paths = tables.write(files, built)
     if plan.plots:
+        from benchmark.report import plots  # matplotlib: only where figures are drawn
         figures = plots.write(built, files.figures)
         log.info("wrote %d figures under %s", len(figures), files.figures)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
@@ -156,6 +157,7 @@ def _write_suite(plan: Plan, boards: dict[str, board.Board]) -> cross_task.Suite
                                                               suite.concordance.items()}).to_csv(index=False)),
              write_text(files.markdown, tables.suite_markdown(suite)), suite.save(files.typed)]
     if plan.plots:
+        from benchmark.report import plots
         paths.append(plots.write_tasks(suite.cross, list(suite.tasks), files.figure))
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return suite

@@ -16,7 +16,6 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
 from benchmark.evaluation import stats
 from benchmark.evaluation.board import Board, decode_table, encode_table, plain
@@ -123,6 +122,7 @@ def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> 
     ``pairs``: one row per pair of tasks with Kendall's τ-b and Spearman's ρ between their τ columns;
     ``concordance``: Kendall's W over all tasks (:func:`stats.kendall_w`) with Friedman's χ² and p-value.
     """
+    import scipy.stats  # here: reading a stored suite needs no scipy
     per = _per_task(tables, target)
     tasks = list(per)
     cross = cross_task(tables, target)  # measures identical on every task count once

@@ -34,36 +34,42 @@ conditioning cells) depend only on the hyperparameters, so :func:`evaluate` buil
 (``_Design``) and reuses them for every measure, target and bootstrap replicate.
 """
 
-from benchmark.evaluation.stats.cmi import cmi_null, conditional_mutual_information
-from benchmark.evaluation.stats.pairs import (
-    CONVERGED_COLUMN,
-    SEED_COLUMN,
-    TEST_SIZE_COLUMN,
-    configurations,
-    default_axes,
-)
-from benchmark.evaluation.stats.pairs import (
-    HP_PREFIX as HP_PREFIX,
-)
-from benchmark.evaluation.stats.ranks import granulated_kendall, kendall_tau, spearman_rho
-from benchmark.evaluation.stats.reliability import kendall_w, seed_noise, split_half
-from benchmark.evaluation.stats.replicates import compare
-from benchmark.evaluation.stats.resampling import (
-    RESAMPLING as RESAMPLING,
-)
-from benchmark.evaluation.stats.resampling import (
-    bootstrap_ci,
-    bootstrap_counts,
-    filter_converged,
-    holm,
-    paired_difference,
-    replicated,
-    tiers,
-)
-from benchmark.evaluation.stats.sign_error import MIN_ESS as MIN_ESS
-from benchmark.evaluation.stats.sign_error import MIN_WEIGHT as MIN_WEIGHT
-from benchmark.evaluation.stats.sign_error import hoeffding_weight, robust_sign_error
-from benchmark.evaluation.stats.table import evaluate
+from __future__ import annotations
+
+import importlib
+
+# name → the module of this package that defines it; imported on first use (PEP 562), so that the tables that only
+# read a stored board (``genbench leaderboard``) never load scipy
+_WHERE = {
+    "cmi_null": "cmi",
+    "conditional_mutual_information": "cmi",
+    "CONVERGED_COLUMN": "pairs",
+    "SEED_COLUMN": "pairs",
+    "TEST_SIZE_COLUMN": "pairs",
+    "configurations": "pairs",
+    "default_axes": "pairs",
+    "HP_PREFIX": "pairs",
+    "granulated_kendall": "ranks",
+    "kendall_tau": "ranks",
+    "spearman_rho": "ranks",
+    "kendall_w": "reliability",
+    "seed_noise": "reliability",
+    "split_half": "reliability",
+    "compare": "replicates",
+    "RESAMPLING": "resampling",
+    "bootstrap_ci": "resampling",
+    "bootstrap_counts": "resampling",
+    "filter_converged": "resampling",
+    "holm": "resampling",
+    "paired_difference": "resampling",
+    "replicated": "resampling",
+    "tiers": "resampling",
+    "MIN_ESS": "sign_error",
+    "MIN_WEIGHT": "sign_error",
+    "hoeffding_weight": "sign_error",
+    "robust_sign_error": "sign_error",
+    "evaluate": "table",
+}
 
 __all__ = [
     "SEED_COLUMN",
@@ -91,3 +97,15 @@ __all__ = [
     "filter_converged",
     "evaluate",
 ]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"benchmark.evaluation.stats.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -68,7 +68,7 @@ def measure(cfg: Plan | DictConfig) -> dict:
     curvature = settings.curvature_samples
     store.pin_setting("measures.curvature_samples", curvature)
     bad = set(store.prune_corrupt(ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
-    todo, plugins = [i for i in ids if i not in bad], list(settings.plugins)
+    todo, plugins = [hp for hp in hps if hp.model_id in have and hp.model_id not in bad], list(settings.plugins)
     fractions = plan.early.fractions
     with worker_pool(opts, plugins) as pool:  # one pool for both: their workers' caches serve the early values too
         start = time.perf_counter()

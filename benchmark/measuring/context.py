@@ -46,11 +46,16 @@ class Trained:
         return cls.from_states(result.hparams, result.init_state, result.final_state, data, result.history, device)
 
     @classmethod
-    def from_store(cls, store: Store, model_id: str, opts: RunOptions,
+    def from_store(cls, store: Store, model: str | HParams, opts: RunOptions,
                    replicates: Sequence[str] = ()) -> "Trained":
-        """A stored model; a missing or corrupt checkpoint raises ``CheckpointError``. ``replicates``: the ids
-        of its seed replicates, loaded when a measure first asks for them."""
-        hp, _, history = store.model_record(model_id)
+        """A stored model, given by its hyperparameters (or its id, then read from the store); a missing or corrupt
+        checkpoint raises ``CheckpointError``. ``replicates``: the ids of its seed replicates, loaded when a measure
+        first asks for them."""
+        if isinstance(model, HParams):
+            hp, history = model, store.history(model.model_id)
+        else:
+            hp, _, history = store.model_record(model)
+        model_id = hp.model_id
         init_state, final_state = store.load_states(model_id)
         data = cached_data(hp.dataset, opts.data_root, opts.download)
         trained = cls.from_states(hp, init_state, final_state, data, history, opts.device)

@@ -19,8 +19,9 @@ from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
 from benchmark.measuring.jobs import by_model, compute, hard_timeout, stored_rows
 from benchmark.runtime import RunOptions
-from benchmark.store import CheckpointError, Store
+from benchmark.store import CheckpointError, EarlyValue, Store
 from benchmark.zoo.datasets import cached_data
+from benchmark.zoo.hparams import HParams
 
 log = logging.getLogger("genbench")
 
@@ -42,10 +43,10 @@ def check_early(names: Sequence[str]) -> list[measures.Measure]:
 def _early_items(common: tuple, items: Sequence[tuple[str, float, str]]) -> Iterator[tuple]:
     """In a worker: the (model_id, fraction, measure) items of some models, snapshot after snapshot, one row of
     the ``early`` table each (None for the items of a model whose checkpoint cannot be read: not stored)."""
-    root, seed, timeout, curvature_samples, opts = common
+    root, seed, timeout, curvature_samples, opts, hparams = common
     store = Store(root, readonly=True)
     for model_id, wanted in by_model(items):
-        hp, _, history = store.model_record(model_id)
+        hp, history = hparams[model_id], store.history(model_id)
         try:
             init_state, _ = store.load_states(model_id)
             snapshots = {s["fraction"]: s for s in store.load_snapshots(model_id)}
@@ -61,17 +62,17 @@ def _early_items(common: tuple, items: Sequence[tuple[str, float, str]]) -> Iter
             for name in names:
                 m = measures.REGISTRY.get(name)
                 value, status, error, _, seconds = compute(m, ctx, ctx, timeout)
-                yield model_id, fraction, snap["epoch"], m.name, m.version, value, seconds, status, error
+                yield EarlyValue(model_id, fraction, snap["epoch"], m.name, m.version, value, seconds, status, error)
             ctx.leave()
 
 
-def _failed(item: tuple[str, float, str], why: str) -> tuple:
+def _failed(item: tuple[str, float, str], why: str) -> EarlyValue:
     """The ``early`` row of an item whose measure ended its worker (its snapshot's epoch unknown here: -1)."""
     model_id, fraction, name = item
-    return model_id, fraction, -1, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", why
+    return EarlyValue(model_id, fraction, -1, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", why)
 
 
-def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], fractions: Sequence[float],
+def measure_early(models: Iterable[HParams | str], store: Store, names: Sequence[str], fractions: Sequence[float],
                   opts: RunOptions, *, plugins: Sequence[str] = (), seed: int = 0, timeout: float | None = None,
                   curvature_samples: int | None = None, pool: isolation.Pool | None = None) -> dict[str, int]:
     """Every (model, snapshot, measure) value the store's ``early`` table lacks at the measure's current version,
@@ -81,7 +82,8 @@ def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], 
     long = store.early()
     done = set(zip(long.model_id, long.fraction, long.measure, long.version))
     todo, without = [], 0
-    for model_id in sorted(model_ids):
+    hps = {hp.model_id: hp for hp in (m if isinstance(m, HParams) else store.model_record(m)[0] for m in models)}
+    for model_id in sorted(hps):
         path = store.early_path(model_id)
         if not path.exists():
             without += 1
@@ -96,12 +98,14 @@ def measure_early(model_ids: Iterable[str], store: Store, names: Sequence[str], 
                     without)
     computed = sum(len(n) for _, missing in todo for n in missing.values())
     log.info("early prediction: %d values to compute on %d models", computed, len(todo))
-    common = (str(store.root.resolve()), seed, timeout, curvature_samples, opts)
-    tasks = [isolation.Task(_early_items, common, tuple((model_id, f, n) for model_id, missing in
-                                                        todo[i:i + TASK_MODELS] for f, names in missing.items()
-                                                        for n in names))
-             for i in range(0, len(todo), TASK_MODELS)]
+    chunks = [todo[i:i + TASK_MODELS] for i in range(0, len(todo), TASK_MODELS)]
+    tasks = [isolation.Task(_early_items, (str(store.root.resolve()), seed, timeout, curvature_samples, opts,
+                                           {model_id: hps[model_id] for model_id, _ in chunk}),
+                            tuple((model_id, f, n) for model_id, missing in chunk for f, names in missing.items()
+                                  for n in names))
+             for chunk in chunks]
     iso = isolation.Isolation(measure_of=lambda item: item[2], failed=_failed, hard_timeout=hard_timeout(timeout))
-    failed = sum(row is not None and row[7] == "failed"
-                 for row in stored_rows(tasks, iso, store.save_early, "early", lambda r: r[6], opts, plugins, pool))
+    failed = sum(row is not None and row.status == "failed"
+                 for row in stored_rows(tasks, iso, store.save_early, "early", lambda r: r.seconds, opts, plugins,
+                                        pool))
     return {"computed": computed, "failed": failed, "without_snapshots": without}

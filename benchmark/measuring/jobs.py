@@ -40,7 +40,7 @@ from benchmark.measuring import isolation
 from benchmark.measuring.context import Trained
 from benchmark.measuring.many import Member, costs
 from benchmark.runtime import RunOptions, set_threads
-from benchmark.store import CheckpointError, Store, jsonable
+from benchmark.store import CheckpointError, Measurement, Store, jsonable
 from benchmark.zoo.hparams import HParams, stack_key
 from measures.plugins import load_all
 
@@ -173,12 +173,12 @@ def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[
     stored row each. The models' Contexts are grouped (``Member.group``), so an intermediate with a many-model form
     is computed for all of them by the first measure that needs it, and each measure's recorded time is its own
     model's share of it (``Member.lent``, ``Member.charged``)."""
-    root, seed, timeout, curvature_samples, opts, replicates = common
+    root, seed, timeout, curvature_samples, opts, hparams, replicates = common
     store = Store(root, readonly=True)
     loaded, unreadable = [], {}
     for model_id, names in by_model(items):
         try:
-            trained = Trained.from_store(store, model_id, opts, replicates.get(model_id, ()))
+            trained = Trained.from_store(store, hparams[model_id], opts, replicates.get(model_id, ()))
         except CheckpointError as err:
             unreadable[model_id] = str(err)
             trained = None
@@ -195,13 +195,13 @@ def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[
             if m.oracle and oracle_ctx is None:
                 oracle_ctx = trained.context(seed, oracle=True, curvature_samples=curvature_samples)
             value, status, error, details, seconds = compute(m, ctx, oracle_ctx if m.oracle else ctx, timeout)
-            yield model_id, m.name, m.version, value, seconds, status, error, details
+            yield Measurement(model_id, m.name, m.version, value, seconds, status, error, details)
         ctx.leave()
 
 
-def _failed(model_id: str, name: str, why: str) -> tuple:
+def _failed(model_id: str, name: str, why: str) -> Measurement:
     """The stored row of a measure that could not be computed on a model."""
-    return model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", why, {}
+    return Measurement(model_id, name, measures.REGISTRY.get(name).version, None, 0.0, "failed", why, {})
 
 
 def replicate_ids(store: Store, model_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -216,11 +216,12 @@ def replicate_ids(store: Store, model_ids: Iterable[str]) -> dict[str, list[str]
     return {m: [o for o in ids if o != m] for ids in by_config.values() for m in ids if m in wanted}
 
 
-def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: RunOptions, *,
+def measure_zoo(models: Iterable[HParams | str], store: Store, names: list[str], opts: RunOptions, *,
                 plugins: Sequence[str] = (), seed: int = 0, timeout: float | None = None,
                 retry_failed: bool = False, curvature_samples: int | None = None,
                 pool: isolation.Pool | None = None) -> dict[str, int]:
-    """Compute every (model, measure) pair the store lacks at the measure's current version.
+    """Compute every (model, measure) pair the store lacks at the measure's current version, on ``models`` (their
+    hyperparameters, which the workers receive with the task; or their ids, then read from the store).
 
     ``retry_failed``: recompute the failed ones too (a not-applicable value is final, like an ok one).
     ``curvature_samples``: a seeded training subset for the curvature measures (None: the whole set).
@@ -229,11 +230,12 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     done = store.measured(("ok", "not_applicable") if retry_failed else ("ok", "failed", "not_applicable"))
     groups: dict[tuple, list[tuple[str, list[str]]]] = {}
     reused = 0
-    for model_id in sorted(model_ids):
+    hps = {hp.model_id: hp for hp in (m if isinstance(m, HParams) else store.model_record(m)[0] for m in models)}
+    for model_id in sorted(hps):
         missing = [n for n in names if (model_id, n, versions[n]) not in done]
         reused += len(names) - len(missing)
         if missing:
-            groups.setdefault(group_key(store.model_record(model_id)[0]), []).append((model_id, missing))
+            groups.setdefault(group_key(hps[model_id]), []).append((model_id, missing))
     needs_replicates = any("replicates" in measures.REGISTRY.get(n).needs for n in names)
     siblings = replicate_ids(store, [m for g in groups.values() for m, _ in g]) if needs_replicates else {}
     # the most expensive first (width² · depth · train size ∝ a full-set pass), so the workers finish together
@@ -241,15 +243,15 @@ def measure_zoo(model_ids: Iterable[str], store: Store, names: list[str], opts: 
     chunks = [chunk for k in order for chunk in (groups[k][i:i + GROUP_SIZE] for i in range(0, len(groups[k]),
                                                                                            GROUP_SIZE))]
     tasks = [isolation.Task(_measure_items, (str(store.root.resolve()), seed, timeout, curvature_samples, opts,
-                                             {m: siblings.get(m, []) for m, _ in chunk}),
+                                             {m: hps[m] for m, _ in chunk}, {m: siblings.get(m, []) for m, _ in chunk}),
                             tuple((m, n) for m, missing in chunk for n in missing)) for chunk in chunks]
     computed = sum(len(t.items) for t in tasks)
     log.info("measures: %d values reused, %d to compute on %d models", reused, computed, sum(map(len, chunks)))
     iso = isolation.Isolation(measure_of=lambda item: item[1],
                               failed=lambda item, why: _failed(*item, why),
                               hard_timeout=hard_timeout(timeout))
-    counts = collections.Counter(row[5] for row in stored_rows(tasks, iso, store.save_measurements, "measure",
-                                                               lambda r: r[4], opts, plugins, pool))
+    counts = collections.Counter(row.status for row in stored_rows(tasks, iso, store.save_measurements, "measure",
+                                                                   lambda r: r.seconds, opts, plugins, pool))
     return {"reused": reused, "computed": computed, "failed": counts["failed"],
             "not_applicable": counts["not_applicable"]}
 

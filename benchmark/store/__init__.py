@@ -9,6 +9,8 @@ from benchmark.store.columns import CONVERGED, converged
 from benchmark.store.db import SCHEMA_VERSION, CheckpointError, NotAStoreError, Store, StoreError, jsonable
 from benchmark.store.merge import ON_CONFLICT, MergeConflict, check_merge, merge
 from benchmark.store.migrate import migrate
+from benchmark.store.records import EarlyValue, Measurement
 
-__all__ = ["CONVERGED", "ON_CONFLICT", "SCHEMA_VERSION", "CheckpointError", "MergeConflict", "NotAStoreError", "Store",
-           "StoreError", "check_merge", "converged", "jsonable", "merge", "migrate"]
+__all__ = ["CONVERGED", "EarlyValue", "Measurement", "ON_CONFLICT", "SCHEMA_VERSION", "CheckpointError",
+           "MergeConflict", "NotAStoreError", "Store", "StoreError", "check_merge", "converged", "jsonable", "merge",
+           "migrate"]

@@ -42,6 +42,7 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.files import write_atomic
 from benchmark.store.architecture import state_mismatch
+from benchmark.store.records import EarlyValue, Measurement
 from benchmark.zoo.hparams import HParams
 
 log = logging.getLogger("genbench")
@@ -420,6 +421,14 @@ class Store:
             self.checkpoint_path(model_id).unlink(missing_ok=True)
             self.early_path(model_id).unlink(missing_ok=True)
 
+    def history(self, model_id: str) -> list[dict]:
+        """The per-epoch history of a stored model (its hyperparameters are known to whoever asks)."""
+        with self._db() as db:
+            row = db.execute("SELECT history FROM models WHERE id = ?", (model_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no model {model_id} in {self.path}")
+        return json.loads(row[0])
+
     def model_record(self, model_id: str) -> tuple[HParams, dict, list[dict]]:
         """(hyperparameters, metrics, history) of a stored model."""
         with self._db() as db:
@@ -449,16 +458,15 @@ class Store:
     # ------------------------------------------------------------------------------------ measurements
     def save_measurement(self, model_id: str, measure: str, version: int, value: float | None,
                          seconds: float, status: str, error: str | None = None, details: dict | None = None):
-        self.save_measurements([(model_id, measure, version, value, seconds, status, error, details)])
+        self.save_measurements([Measurement(model_id, measure, version, value, seconds, status, error, details)])
 
-    def save_measurements(self, rows: Sequence[tuple]) -> None:
-        """Several measurements in one transaction: each row is the arguments of ``save_measurement``."""
+    def save_measurements(self, rows: Sequence[Measurement]) -> None:
+        """Several measurements in one transaction."""
         now = time.time()
         with self._db() as db:
             db.executemany("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(model_id, measure, version, value, seconds, status, error,
-                             json.dumps(jsonable(details or {})), now)
-                            for model_id, measure, version, value, seconds, status, error, details in rows])
+                           [(*r[:7], json.dumps(jsonable(r.details or {})), now)
+                            for r in (Measurement(*row) for row in rows)])
 
     def measured(self, statuses: Iterable[str] = STATUSES) -> set[tuple[str, str, int]]:
         """(model_id, measure, version) triples already stored with one of ``statuses``."""
@@ -479,13 +487,12 @@ class Store:
             db.execute("DELETE FROM measurements")
             db.execute("DELETE FROM early")
 
-    def save_early(self, rows: Sequence[tuple]) -> None:
-        """Early values in one transaction: (model_id, fraction, epoch, measure, version, value, seconds, status,
-        error) per row."""
+    def save_early(self, rows: Sequence[EarlyValue]) -> None:
+        """Early values in one transaction."""
         now = time.time()
         with self._db() as db:
             db.executemany("INSERT OR REPLACE INTO early VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(*row, now) for row in rows])
+                           [(*EarlyValue(*row), now) for row in rows])
 
     def early(self) -> pd.DataFrame:
         """Long table of the early values: model_id, fraction, epoch, measure, version, value, seconds, status,

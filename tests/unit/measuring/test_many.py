@@ -13,6 +13,7 @@ from benchmark.measuring.jobs import compute
 from benchmark.measuring.many import Member, costs
 from measures import Context, Registry, measure
 from measures import flatness as fl
+from measures.flatness import block
 
 SETTINGS = fl.BlockSettings(size=8, blocks=2, steps=120, warmup=15)
 
@@ -32,7 +33,7 @@ def _members(cls=Member, seeds=range(3)) -> list[Context]:
 
 
 def test_the_many_form_is_declared_on_the_helper_not_registered_in_the_library():
-    assert fl._block_snapshots.many is fl._block_snapshots_many
+    assert block._block_snapshots.many is block._block_snapshots_many
 
 
 def test_grouped_contexts_share_the_stacked_value_and_its_cost():
@@ -41,21 +42,21 @@ def test_grouped_contexts_share_the_stacked_value_and_its_cost():
     plain ``measures.Context`` computes alone."""
     grouped, alone = _members(), _members(Context)
     Member.group(grouped)
-    first = grouped[0].shared(fl._block_snapshots, SETTINGS)
+    first = grouped[0].shared(block._block_snapshots, SETTINGS)
     assert grouped[0].lent > 0 and grouped[0].charged == 0
     assert all(c.charged == 0 and c.lent == 0 for c in grouped[1:])
     for g, a in zip(grouped, alone):
-        torch.testing.assert_close(g.shared(fl._block_snapshots, SETTINGS).snapshots,
-                                   a.shared(fl._block_snapshots, SETTINGS).snapshots, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g.shared(block._block_snapshots, SETTINGS).snapshots,
+                                   a.shared(block._block_snapshots, SETTINGS).snapshots, rtol=1e-4, atol=1e-5)
         assert fl.block_variance_flatness(g, SETTINGS).fit.psi == pytest.approx(
             fl.block_variance_flatness(a, SETTINGS).fit.psi, rel=1e-3)
     share = grouped[1].charged
     assert share > 0 and grouped[0].lent == pytest.approx(2 * share, rel=1e-6)
-    assert grouped[0].shared(fl._block_snapshots, SETTINGS) is first
+    assert grouped[0].shared(block._block_snapshots, SETTINGS) is first
     assert costs(grouped[1]) == (0.0, share) and costs(alone[0]) == (0.0, 0.0)
     grouped[0].leave()
     assert grouped[0] not in grouped[1]._group and len(grouped[1]._group) == 2
-    assert not grouped[0].has_shared(Context.shared_key(fl._block_snapshots, SETTINGS))
+    assert not grouped[0].has_shared(Context.shared_key(block._block_snapshots, SETTINGS))
 
 
 def test_a_value_computed_for_the_group_rests_on_what_it_read():
@@ -64,13 +65,13 @@ def test_a_value_computed_for_the_group_rests_on_what_it_read():
     reg = Registry()
     for name, needs in (("declared", ("model", "train_data", "hparams")), ("undeclared", ("model", "train_data"))):
         def fn(ctx):
-            return float(ctx.shared(fl._block_snapshots, SETTINGS).snapshots.sum())
+            return float(ctx.shared(block._block_snapshots, SETTINGS).snapshots.sum())
         fn.__doc__ = "The sum of the continued snapshots.\n\nA test measure."
         measure(name, needs=needs, family="plugin", reference="a test", registry=reg)(fn)
     grouped = _members(seeds=range(2))
     Member.group(grouped)
     assert compute(reg.get("declared"), grouped[0], grouped[0], None)[1] == "ok"
-    assert grouped[0].lent > 0 and grouped[1].has_shared(Context.shared_key(fl._block_snapshots, SETTINGS))
+    assert grouped[0].lent > 0 and grouped[1].has_shared(Context.shared_key(block._block_snapshots, SETTINGS))
     value, status, error, _, seconds = compute(reg.get("undeclared"), grouped[1], grouped[1], None)
     assert (value, status) == (None, "failed")
     assert error == ("UndeclaredInputError: measure 'undeclared' uses ctx.shared(_block_snapshots), which rests on "
@@ -82,7 +83,7 @@ def test_the_recorded_seconds_are_the_models_own_share():
     reg = Registry()
 
     def fn(ctx):
-        return float(ctx.shared(fl._block_snapshots, SETTINGS).snapshots.sum())
+        return float(ctx.shared(block._block_snapshots, SETTINGS).snapshots.sum())
     fn.__doc__ = "The sum of the continued snapshots.\n\nA test measure."
     measure("snaps", needs=("model", "train_data", "hparams"), family="plugin", reference="a test", registry=reg)(fn)
     grouped = _members(seeds=range(2))

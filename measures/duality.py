@@ -54,11 +54,13 @@ Choices (documented, configurable through ``ctx.extras``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from measures.context import Context, Layer
 from measures.losses import fast_cross_entropy
@@ -231,6 +233,7 @@ def direction_terms(p: DualPairs, basis: torch.Tensor, eigenvalues: torch.Tensor
     c = torch.where(denom > 0, cov / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(cov))
     cols = {"n": torch.arange(len(mu_w)), "eigenvalue": eigenvalues.double(), "mu_w": mu_w, "mu_g": mu_g,
             "sigma_w": sd_w, "sigma_g": sd_g, "c": c, "mu_term": mu_w * mu_g, "cov_term": cov}
+    import pandas as pd  # here: listing the measures needs no pandas
     return pd.DataFrame({k: v.cpu().numpy() for k, v in cols.items()})
 
 

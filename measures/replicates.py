@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from measures.context import Context
 from measures.losses import fast_cross_entropy
@@ -94,6 +93,7 @@ def align(ctx: Context, other: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         if out[second.weight].shape[1] != units:
             raise ValueError(f"layer {second.name} does not read layer {first.name}'s units one to one")
         corr = _correlation(_unit_inputs(ctx, ctx.params, i), _unit_inputs(ctx, out, i))
+        from scipy.optimize import linear_sum_assignment  # here: listing the measures needs no scipy
         _, perm = linear_sum_assignment(corr.numpy(), maximize=True)
         perm = torch.as_tensor(perm, device=ctx.device)
         out[first.weight] = out[first.weight][perm]

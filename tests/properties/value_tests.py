@@ -19,54 +19,6 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_margins_optimization.py::test_step_counts_on_a_hand_made_history",
     "grad_noise_final":
         "tests/unit/measures/test_margins_optimization.py::test_grad_noise_final_reads_the_training_batch_size",
-    # spectral: closed forms on a diagonal network; FFT variants against explicit convolution matrices
-    "log_prod_of_spec":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "log_prod_of_spec_over_margin":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "log_sum_of_spec":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "log_sum_of_spec_over_margin":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "log_spec_init_main":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "log_spec_orig_main":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "fro_over_spec":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "dist_spec_init":
-        "tests/unit/measures/test_spectral.py::test_spectral_measures_closed_form",
-    "log_prod_of_spec_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    "log_prod_of_spec_over_margin_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    "log_sum_of_spec_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    "log_sum_of_spec_over_margin_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    "log_spec_init_main_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    "log_spec_orig_main_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    "fro_over_spec_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    "dist_spec_init_fft":
-        "tests/unit/measures/test_spectral.py::"
-        "test_every_fft_variant_on_a_convnet_against_explicit_convolution_matrices",
-    # heavy tails: layers with known spectra against the plain WeightWatcher loop
-    "alpha_mean":
-        "tests/unit/measures/test_spectral.py::test_heavy_tail_means_over_layers_against_the_plain_loop",
-    "alpha_weighted":
-        "tests/unit/measures/test_spectral.py::test_heavy_tail_means_over_layers_against_the_plain_loop",
-    "log_spectral_norm":
-        "tests/unit/measures/test_spectral.py::test_heavy_tail_means_over_layers_against_the_plain_loop",
     # PAC-Bayes and sharpness: closed-form σ / α, then the bound terms by hand; fixed radii in closed form
     "pacbayes.init":
         "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",

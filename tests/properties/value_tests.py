@@ -6,19 +6,6 @@ evaluated by hand from quantities the test computes itself). Parametrized tests 
 part. A converted measure leaves this table."""
 
 VALUE_TESTS: dict[str, str] = {
-    # outputs and optimization: a linear model by hand, a hand-made history, every minibatch enumerated
-    "cross_entropy":
-        "tests/unit/measures/test_margins_optimization.py::test_cross_entropy_and_entropy_by_hand",
-    "output_entropy":
-        "tests/unit/measures/test_margins_optimization.py::test_cross_entropy_and_entropy_by_hand",
-    "inverse_margin":
-        "tests/unit/measures/test_margins_optimization.py::test_inverse_margin_uses_the_interpolated_tenth_percentile",
-    "steps_to_0.1":
-        "tests/unit/measures/test_margins_optimization.py::test_step_counts_on_a_hand_made_history",
-    "steps_0.1_to_0.01":
-        "tests/unit/measures/test_margins_optimization.py::test_step_counts_on_a_hand_made_history",
-    "grad_noise_final":
-        "tests/unit/measures/test_margins_optimization.py::test_grad_noise_final_reads_the_training_batch_size",
     # PAC-Bayes and sharpness: closed-form σ / α, then the bound terms by hand; fixed radii in closed form
     "pacbayes.init":
         "tests/unit/measures/test_sharpness.py::test_pacbayes_measures_on_a_model_with_closed_form_sigma",
@@ -143,6 +130,4 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_relative_flatness_margin_distribution.py::test_margin_distribution_closed_form_for_a_linear_softmax",
     "margin_dist.q3":
         "tests/unit/measures/test_relative_flatness_margin_distribution.py::test_margin_distribution_closed_form_for_a_linear_softmax",
-    "sotl":
-        "tests/unit/measures/test_margins_optimization.py::test_sotl_sums_the_hand_made_training_curve",
 }

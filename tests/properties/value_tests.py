@@ -98,20 +98,6 @@ VALUE_TESTS: dict[str, str] = {
     "sgd.noise_to_loss":
         "tests/unit/measures/test_sgd_regularization.py::"
         "test_registered_measures_against_dense_hessian_and_looped_gradients",
-    # added after Jiang et al.: Liang's closed form and per-sample autograd, a linear softmax by hand and finite
-    # differences, known singular values, ECE bin by bin
-    "fisher_rao_norm":
-        "tests/unit/measures/test_sensitivity_rank.py::test_fisher_rao_norm_equals_liangs_closed_form_on_a_bias_free_relu_net",
-    "input_jacobian_norm":
-        "tests/unit/measures/test_sensitivity_rank.py::test_input_jacobian_norm_closed_form_for_a_linear_softmax",
-    "weight_effective_rank":
-        "tests/unit/measures/test_sensitivity_rank.py::test_weight_effective_rank_closed_form_on_known_singular_values",
-    "feature_effective_rank":
-        "tests/unit/measures/test_sensitivity_rank.py::test_feature_effective_rank_reads_the_last_layers_input",
-    "train_confidence":
-        "tests/unit/measures/test_sensitivity_rank.py::test_train_confidence_and_ece_by_hand",
-    "train_ece":
-        "tests/unit/measures/test_sensitivity_rank.py::test_train_confidence_and_ece_by_hand",
     # replicates: outputs of linear models by hand, a loop over the line, a brute-force permutation search
     "replicate.disagreement":
         "tests/unit/measures/test_replicates.py::test_disagreement_and_tv_distance_by_hand",

@@ -1,22 +1,20 @@
-"""Output and optimization measures (measures/margins.py, measures/optimization.py): a linear model with
-known outputs, the gradient-noise variance against enumeration of every minibatch, step counts on a
-hand-made history, and properties."""
+"""Output and optimization measures (measures/margins.py, measures/optimization.py) beyond the values of
+tests/values/cases_margins.py: the margins of a linear model with known outputs, refusals, step counts on edge
+histories, the gradient-noise variance against enumeration of every minibatch on every code path, and properties."""
 from __future__ import annotations
 
-import copy
-import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.zoo.models import MLP, ConvNet, init_parameters
 from measures import REGISTRY, Context, optimization
 from measures.optimization import gradient_noise
 from tests.helpers import measured, permute_hidden_units
+from tests.values.cases_margins import GAMMA, HISTORY, SAMPLES, brute_force_noise, linear_data, linear_model
 
 MODULES = ("measures.margins", "measures.optimization")
 NAMES = [m.name for m in REGISTRY if m.fn.__module__ in MODULES]
@@ -28,50 +26,16 @@ def value(name: str, ctx: Context) -> float:
 
 
 # ----------------------------------------------------------------------------------------- output measures
-# f(x) = W x + b with W = [[1, 0], [0, 1], [0, 0]], b = (0, 0, 0.5): logits (x_1, x_2, 0.5)
-SAMPLES = [  # (x, label, logits by hand, margin by hand)
-    ((3.0, 0.0), 0, (3.0, 0.0, 0.5), 2.5),
-    ((0.0, 2.0), 1, (0.0, 2.0, 0.5), 1.5),
-    ((1.25, 0.0), 0, (1.25, 0.0, 0.5), 0.75),
-    ((0.0, 4.0), 1, (0.0, 4.0, 0.5), 3.5),
-    ((2.0, 1.0), 0, (2.0, 1.0, 0.5), 1.0),
-    ((1.0, 3.0), 1, (1.0, 3.0, 0.5), 2.0),
-    ((0.0, 0.0), 2, (0.0, 0.0, 0.5), 0.5),
-    ((-1.0, -1.0), 2, (-1.0, -1.0, 0.5), 1.5),
-    ((5.0, 0.0), 0, (5.0, 0.0, 0.5), 4.5),
-    ((1.0, 2.0), 1, (1.0, 2.0, 0.5), 1.0),
-]
-
-
 def linear_ctx(samples=SAMPLES) -> Context:
-    model = nn.Linear(2, 3)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
-        model.bias.copy_(torch.tensor([0.0, 0.0, 0.5]))
-    x = torch.tensor([s[0] for s in samples])
-    y = torch.tensor([s[1] for s in samples])
-    return Context(model, train=(x, y))
+    return Context(linear_model(), train=linear_data(samples))
 
 
 def test_margins_of_the_linear_model_are_the_hand_computed_ones():
     assert linear_ctx().margins.tolist() == pytest.approx([s[3] for s in SAMPLES])
 
 
-def test_inverse_margin_uses_the_interpolated_tenth_percentile():
-    gamma = 0.5 + 0.9 * (0.75 - 0.5)  # sorted margins 0.5, 0.75, …: position 0.1·(10 − 1) = 0.9
-    assert gamma == pytest.approx(np.percentile([s[3] for s in SAMPLES], 10))
-    assert value("inverse_margin", linear_ctx()) == pytest.approx(1 / gamma ** 2, rel=1e-6)
-
-
-def test_cross_entropy_and_entropy_by_hand():
-    ce, ent = 0.0, 0.0
-    for _, label, logits, _ in SAMPLES:
-        log_z = math.log(sum(math.exp(z) for z in logits))
-        ce += log_z - logits[label]
-        ent -= sum(math.exp(z - log_z) * (z - log_z) for z in logits)
-    ctx = linear_ctx()
-    assert value("cross_entropy", ctx) == pytest.approx(ce / len(SAMPLES), rel=1e-6)
-    assert value("output_entropy", ctx) == pytest.approx(ent / len(SAMPLES), rel=1e-6)
+def test_the_hand_tenth_percentile_is_numpys_interpolation():
+    assert GAMMA == pytest.approx(np.percentile([s[3] for s in SAMPLES], 10))
 
 
 def test_inverse_margin_refuses_a_nonpositive_tenth_percentile():
@@ -81,27 +45,6 @@ def test_inverse_margin_refuses_a_nonpositive_tenth_percentile():
 
 
 # ----------------------------------------------------------------------------------------- steps
-HISTORY = [
-    {"epoch": 1, "step": 10, "train_loss": 0.9},
-    {"epoch": 2, "step": 20, "train_loss": 0.1},  # reaches 0.1 here (≤ is enough)
-    {"epoch": 3, "step": 30, "train_loss": 0.04},
-    {"epoch": 4, "step": 40, "train_loss": 0.0101},
-    {"epoch": 5, "step": 50, "train_loss": 0.007},  # and 0.01 here
-]
-
-
-def test_step_counts_on_a_hand_made_history():
-    ctx = Context(nn.Linear(2, 2), history=HISTORY)
-    assert value("steps_to_0.1", ctx) == 20
-    assert value("steps_0.1_to_0.01", ctx) == 30
-
-
-def test_sotl_sums_the_hand_made_training_curve():
-    ctx = Context(nn.Linear(2, 2), history=HISTORY)
-    assert value("sotl", ctx) == pytest.approx(0.9 + 0.1 + 0.04 + 0.0101 + 0.007, abs=1e-12)
-    assert value("sotl", Context(nn.Linear(2, 2), history=HISTORY[:2])) == pytest.approx(1.0, abs=1e-12)
-
-
 def test_step_counts_when_one_epoch_crosses_both_thresholds():
     ctx = Context(nn.Linear(2, 2), history=[{"epoch": 1, "step": 7, "train_loss": 0.5},
                                             {"epoch": 2, "step": 14, "train_loss": 0.005}])
@@ -127,19 +70,6 @@ class ScaledMLP(nn.Module):
 
     def forward(self, x):
         return self.second(torch.relu(self.first(x)) * self.scale)
-
-
-def brute_force_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """E_B ‖g_B − g‖² over every subset B of ``batch_size`` samples (minibatches without replacement)."""
-    def gradient(idx):
-        model.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        return torch.cat([p.grad.reshape(-1).double() for p in model.parameters()])
-
-    model = copy.deepcopy(model).eval()
-    full = gradient(list(range(len(y))))
-    subsets = list(itertools.combinations(range(len(y)), batch_size))
-    return sum((gradient(list(s)) - full).square().sum().item() for s in subsets) / len(subsets)
 
 
 def tiny_models():
@@ -186,13 +116,6 @@ def test_gradient_noise_is_deterministic_under_a_seed():
     a, b = (gradient_noise(Context(model, train=(x, y), seed=4), batch_size=5, num_samples=20).value
             for _ in range(2))
     assert a == b
-
-
-def test_grad_noise_final_reads_the_training_batch_size():
-    model, _, _, _ = tiny_models()[0]
-    x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
-    ctx = Context(model, train=(x, y), hparams={"train.batch_size": 3})
-    assert value("grad_noise_final", ctx) == pytest.approx(brute_force_noise(model, x, y, 3), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------- properties

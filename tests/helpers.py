@@ -79,3 +79,32 @@ def measured(name: str, ctx) -> float:
     assert out.value == pytest.approx(0.5 * (v - math.log(size)) if m.sample_size == "log" else math.sqrt(v / size),
                                       rel=1e-12, abs=1e-15)
     return v
+
+
+def dense_hessian(ctx, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The training-loss Hessian of ``ctx``'s model in float64 (default: over the whole training set), by
+    torch.autograd.functional.hessian over all parameters, flattened in ``ctx.flatten``'s order."""
+    import copy
+
+    from torch.func import functional_call
+    model = copy.deepcopy(ctx.model).double()
+    x = (ctx.x_train if x is None else x).double()
+    y = ctx.y_train if y is None else y
+    return torch.autograd.functional.hessian(
+        lambda flat: F.cross_entropy(functional_call(model, ctx.unflatten(flat), (x,)), y),
+        ctx.flatten(ctx.params).double())
+
+
+def trained_mlp(in_dim: int, classes: int, width: int, n: int, seed: int, label_noise: float = 0.0):
+    """A Context on a depth-2 ReLU MLP fitted by full-batch descent (300 steps, lr 0.1) to n Gaussian inputs
+    labelled by a random linear map; with ``label_noise`` > 0, that fraction of the labels (in expectation) is
+    redrawn uniformly first."""
+    from measures import Context
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=g)
+    y = (x @ torch.randn(in_dim, classes, generator=g)).argmax(1)
+    if label_noise > 0:
+        flip = torch.rand(n, generator=g) < label_noise
+        y[flip] = torch.randint(0, classes, (int(flip.sum()),), generator=g)
+    torch.manual_seed(seed)
+    return Context(fit(MLP((in_dim,), classes, depth=2, width=width), x, y, lr=0.1), train=(x, y))

@@ -1,72 +1,40 @@
 """Relative flatness (measures/relative_flatness.py) against a dense autograd Hessian and a closed form, and the
 normalised margin distribution (measures/margin_distribution.py) against a linear model's closed form and
-per-sample autograd loops."""
+per-sample autograd loops. The references are shared with the value cases of tests/values/cases_relative_flatness.py,
+which check the registered values on the default settings; here: chunking, the details, other networks."""
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-from benchmark.zoo.models import MLP
 from measures import REGISTRY, Context, NotApplicable
 from measures.margin_distribution import EPSILON, margin_distances, margin_layers
 from tests.helpers import fit, measured, rescale_relu_units
+from tests.values.cases_relative_flatness import (
+    data,
+    kappa_by_dense_hessian,
+    linear_margins,
+    mlp,
+    relative_flatness_network,
+    signature,
+    standardise_features,
+    strongest_other,
+)
 
 
-def _data(n, d, k, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, k, (n,), generator=g)
-
-
-def _mlp(d, k, depth, width, seed) -> MLP:
-    torch.manual_seed(seed)
-    return MLP((d,), k, depth=depth, width=width).double().eval()
-
-
-# ----------------------------------------------------------------------------------------- relative flatness
-def _kappa_by_dense_hessian(model: MLP, x, y) -> float:
-    """Σ_{s,s'} ⟨w_s, w_s'⟩ Tr(H_{s,s'}), H the dense Hessian of the mean cross-entropy in the last weight."""
-    name = "net.5.weight"
-    w = model.net[5].weight.detach()
-    h = torch.autograd.functional.hessian(
-        lambda v: F.cross_entropy(functional_call(model, {name: v}, (x,)), y), w)  # (C, d, C, d)
-    total = 0.0
-    for s in range(w.shape[0]):
-        for t in range(w.shape[0]):
-            trace = sum(h[s, k, t, k].item() for k in range(w.shape[1]))
-            total += (w[s] @ w[t]).item() * trace
-    return total
-
-
-def _standardise_features(model: MLP, x) -> MLP:
-    """The authors' reparametrisation: each penultimate unit's incoming weights and bias divided by the standard
-    deviation σ_k of its output over the data (np.std), its outgoing weights multiplied by σ_k."""
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        sigma = np.std(model.net[:-1](x).numpy(), axis=0)
-        for k, s in enumerate(sigma):
-            if s != 0.0:
-                model.net[3].weight[k] /= s
-                model.net[3].bias[k] /= s
-                model.net[5].weight[:, k] *= s
-    return model
-
-
-def test_relative_flatness_against_a_dense_autograd_hessian():
-    x, y = _data(23, 5, 3, seed=0)
-    model = _mlp(5, 3, depth=2, width=4, seed=0)
-    standardised = _standardise_features(model, x)
+def test_relative_flatness_in_chunks_and_unstandardised_against_a_dense_autograd_hessian():
+    """The value on the whole set at once is a value case; here in chunks of 7 samples, and the unstandardised κ
+    of the details, both against the dense Hessian of the last layer."""
+    model, x, y = relative_flatness_network()
+    standardised = standardise_features(model, x)
     with torch.no_grad():
         assert torch.allclose(standardised(x), model(x), atol=1e-12)  # the same function
-    expected, unstandardised = _kappa_by_dense_hessian(standardised, x, y), _kappa_by_dense_hessian(model, x, y)
+    expected, unstandardised = kappa_by_dense_hessian(standardised, x, y), kappa_by_dense_hessian(model, x, y)
     out = REGISTRY.get("relative_flatness")(Context(model, train=(x, y), chunk=7))
-    assert measured("relative_flatness", Context(model, train=(x, y))) == pytest.approx(expected, rel=1e-9)
     assert out.value == pytest.approx(expected, rel=1e-9)
     assert out.details["unstandardised"] == pytest.approx(unstandardised, rel=1e-9)
     assert abs(expected - unstandardised) > 0.05 * expected  # the standardisation really enters
@@ -78,8 +46,8 @@ def test_relative_flatness_closed_form_with_a_constant_feature():
     Δ = w₁ − w₂, β = b₁ − b₂, and tr(A W Wᵀ) = p₁p₂‖Δ‖². So κ = (1/n) Σ_i (a_i² + c²) p₁p₂ (Δ₁² + Δ₂²) as given
     (a_i = φ₁(x_i)); standardised, φ₁/σ₁ and σ₁Δ₁ cancel and the constant feature is dropped:
     κ̃ = (1/n) Σ_i a_i² p₁p₂ Δ₁²."""
-    x, y = _data(12, 4, 2, seed=1)
-    model = _mlp(4, 2, depth=1, width=2, seed=1)
+    x, y = data(12, 4, 2, seed=1)
+    model = mlp(4, 2, depth=1, width=2, seed=1)
     c = 1.5
     w = torch.tensor([[1.0, -2.0], [0.3, 0.4]], dtype=torch.float64)
     b = torch.tensor([0.2, -0.1], dtype=torch.float64)
@@ -102,8 +70,8 @@ def test_relative_flatness_closed_form_with_a_constant_feature():
 
 def test_relative_flatness_is_invariant_to_rescaling_and_its_unstandardised_form_is_not():
     """Also with a dead feature unit (σ = 0), whose outgoing weights the rescaling moves."""
-    x, y = _data(40, 6, 3, seed=2)
-    model = fit(_mlp(6, 3, depth=2, width=8, seed=2), x, y, steps=100, lr=0.1)
+    x, y = data(40, 6, 3, seed=2)
+    model = fit(mlp(6, 3, depth=2, width=8, seed=2), x, y, steps=100, lr=0.1)
     moved = rescale_relu_units(model, 0)
     assert (model.net[:-1](x) == 0).all(0).any()  # a dead unit
     a = REGISTRY.get("relative_flatness")(Context(model, train=(x, y)))
@@ -113,36 +81,14 @@ def test_relative_flatness_is_invariant_to_rescaling_and_its_unstandardised_form
 
 
 # ----------------------------------------------------------------------------------------- margin distribution
-def _signature(distances: np.ndarray) -> dict:
-    q1, q2, q3 = np.percentile(distances, [25, 50, 75])
-    return {"q1": q1, "q2": q2, "q3": q3, "lower_fence": q1 - 1.5 * (q3 - q1), "upper_fence": q3 + 1.5 * (q3 - q1)}
-
-
-def _strongest_other(z: torch.Tensor, label: int) -> int:
-    others = z.clone()
-    others[label] = -math.inf
-    return int(others.argmax())
-
-
-def test_margin_distribution_closed_form_for_a_linear_softmax():
-    """f(x) = W x + b has the one layer input x: d_0 = ((w_i − w_j)·x + b_i − b_j) / √(‖w_i − w_j‖² + ε), divided
-    by √(Σ_k Var x_k); the statistics over the correctly classified points only."""
-    x, y = _data(60, 4, 3, seed=3)
-    model = nn.Linear(4, 3).double().eval()
-    w, b = model.weight.detach(), model.bias.detach()
-    nu = math.sqrt(np.var(x.numpy(), axis=0).sum())
-    dist, positive = [], []
-    for xi, yi in zip(x, y):
-        z = w @ xi + b
-        i, j = int(yi), _strongest_other(z, int(yi))
-        dist.append((z[i] - z[j]).item() / math.sqrt((w[i] - w[j]).square().sum().item() + EPSILON) / nu)
-        positive.append(z[i] > z[j])
-    dist, positive = np.array(dist), np.array(positive)
+def test_margin_distribution_details_closed_form_for_a_linear_softmax():
+    """The per-layer statistics in the details of the linear softmax model whose three registered values are
+    value cases (tests/values/cases_relative_flatness.py), in chunks of 16 samples: ν = √(Σ_k Var x_k), the
+    quartiles and fences of the correct points' normalised margins and their logs."""
+    model, x, y, nu, dist, positive = linear_margins()
     assert 0 < positive.sum() < len(x)  # some points are misclassified, so the filter is exercised
-    expected = _signature(dist[positive])
+    expected = signature(dist[positive])
     ctx = Context(model, train=(x, y), chunk=16)
-    for name, stat in (("margin_dist.median", "q2"), ("margin_dist.q1", "q1"), ("margin_dist.q3", "q3")):
-        assert measured(name, ctx) == pytest.approx(math.log(expected[stat]), rel=1e-10)
     details = REGISTRY.get("margin_dist.median")(ctx).details
     (layer,) = details["layers"]
     assert layer["total_variation"] == pytest.approx(nu, rel=1e-12)
@@ -155,8 +101,8 @@ def test_margin_distribution_closed_form_for_a_linear_softmax():
 def test_margin_distribution_on_a_two_hidden_layer_mlp_against_per_sample_autograd():
     """Every sample alone: its representation h_l made a leaf, the rest of the network run from it, and the
     gradient of f_i − f_j taken by torch.autograd.grad; the three layers are the input, h_1 and h_2."""
-    x, y = _data(40, 5, 3, seed=4)
-    model = fit(_mlp(5, 3, depth=2, width=6, seed=4), x, y, steps=60, lr=0.1)
+    x, y = data(40, 5, 3, seed=4)
+    model = fit(mlp(5, 3, depth=2, width=6, seed=4), x, y, steps=60, lr=0.1)
     net = model.net
     tails = [lambda h: net[1:](h), lambda h: net[3:](h), lambda h: net[5:](h)]
     with torch.no_grad():
@@ -167,7 +113,7 @@ def test_margin_distribution_on_a_two_hidden_layer_mlp_against_per_sample_autogr
         for layer, (tail, rep) in enumerate(zip(tails, reps)):
             h = rep[s].clone().requires_grad_(True)
             z = tail(h)
-            i, j = int(y[s]), _strongest_other(z.detach(), int(y[s]))
+            i, j = int(y[s]), strongest_other(z.detach(), int(y[s]))
             (g,) = torch.autograd.grad(z[i] - z[j], h)
             per_sample[layer, s] = (z[i] - z[j]).item() / math.sqrt(g.square().sum().item() + EPSILON)
             positive[s] = (z[i] > z[j]).item()
@@ -178,7 +124,7 @@ def test_margin_distribution_on_a_two_hidden_layer_mlp_against_per_sample_autogr
     helper = ctx.shared(margin_distances)  # every sample's distance, not only the statistics
     for layer in range(3):
         np.testing.assert_allclose(helper["distances"][layer].numpy(), normalised[layer], rtol=1e-10)
-    expected = [_signature(normalised[layer][positive]) for layer in range(3)]
+    expected = [signature(normalised[layer][positive]) for layer in range(3)]
     for name, stat in (("margin_dist.median", "q2"), ("margin_dist.q1", "q1"), ("margin_dist.q3", "q3")):
         want = np.mean([math.log(e[stat]) for e in expected])
         assert measured(name, ctx) == pytest.approx(want, rel=1e-10)
@@ -192,8 +138,8 @@ def test_margin_distribution_on_a_two_hidden_layer_mlp_against_per_sample_autogr
 def test_margin_distribution_layer_choice_and_no_positive_margin():
     assert margin_layers(3) == [0, 1, 2] and margin_layers(4) == [0, 1, 2, 3]
     assert margin_layers(5) == [0, 1, 3, 4] and margin_layers(9) == [0, 3, 5, 8]
-    x, y = _data(30, 5, 3, seed=5)
-    deep = _mlp(5, 3, depth=4, width=6, seed=5)  # five layer inputs: four equally spaced ones
+    x, y = data(30, 5, 3, seed=5)
+    deep = mlp(5, 3, depth=4, width=6, seed=5)  # five layer inputs: four equally spaced ones
     details = REGISTRY.get("margin_dist.median")(Context(deep, train=(x, y))).details
     assert [layer["input_of"] for layer in details["layers"]] == ["net.1", "net.3", "net.7", "net.9"]
     model = nn.Linear(5, 3).double().eval()

@@ -130,15 +130,6 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
     "oracle.duality_gap":
         "tests/unit/measures/test_duality.py::test_oracle_duality_gap_against_explicit_loops",
-    # phases: hand-made histories with values derived by hand
-    "phase.final_alignment":
-        "tests/unit/measures/test_phases.py::test_final_alignment_is_the_last_rows_alignment",
-    "phase.late_amplitude_sq":
-        "tests/unit/measures/test_phases.py::test_late_amplitude_sq_averages_the_last_tenth_of_the_epochs",
-    "phase.exploration_fraction":
-        "tests/unit/measures/test_phases.py::test_exploration_fraction_on_a_decaying_amplitude_with_a_dip",
-    "phase.mislabeled_fit_epoch_fraction":
-        "tests/unit/measures/test_phases.py::test_mislabeled_fit_epoch_fraction_with_a_spike_the_median_removes",
     # variance–flatness: the analysis redone by hand from the recorded snapshots
     "vf.block_exponent":
         "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",

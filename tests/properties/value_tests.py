@@ -164,15 +164,6 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_sensitivity_rank.py::test_train_confidence_and_ece_by_hand",
     "train_ece":
         "tests/unit/measures/test_sensitivity_rank.py::test_train_confidence_and_ece_by_hand",
-    # replicates: outputs of linear models by hand, a loop over the line, a brute-force permutation search
-    "replicate.disagreement":
-        "tests/unit/measures/test_replicates.py::test_disagreement_and_tv_distance_by_hand",
-    "replicate.tv_distance":
-        "tests/unit/measures/test_replicates.py::test_disagreement_and_tv_distance_by_hand",
-    "replicate.barrier":
-        "tests/unit/measures/test_replicates.py::test_barrier_by_a_loop_over_the_line",
-    "replicate.barrier_aligned":
-        "tests/unit/measures/test_replicates.py::test_a_relabelled_copy_is_aligned_back_to_barrier_zero",
     # relative flatness: a dense autograd Hessian of the last layer; margin distribution: a linear softmax by hand
     "relative_flatness":
         "tests/unit/measures/test_relative_flatness_margin_distribution.py::test_relative_flatness_against_a_dense_autograd_hessian",

@@ -137,19 +137,6 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
     "vf.block_weight_variance":
         "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
-    # SGD effective regularization: dense Hessian and looped per-sample gradients
-    "sgd.log_penalty_topk":
-        "tests/unit/measures/test_sgd_regularization.py::"
-        "test_registered_measures_against_dense_hessian_and_looped_gradients",
-    "sgd.noise_anisotropy":
-        "tests/unit/measures/test_sgd_regularization.py::"
-        "test_registered_measures_against_dense_hessian_and_looped_gradients",
-    "sgd.noise_curvature_exponent":
-        "tests/unit/measures/test_sgd_regularization.py::"
-        "test_registered_measures_against_dense_hessian_and_looped_gradients",
-    "sgd.noise_to_loss":
-        "tests/unit/measures/test_sgd_regularization.py::"
-        "test_registered_measures_against_dense_hessian_and_looped_gradients",
     # added after Jiang et al.: Liang's closed form and per-sample autograd, a linear softmax by hand and finite
     # differences, known singular values, ECE bin by bin
     "fisher_rao_norm":

@@ -119,17 +119,6 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_hessian.py::test_trace_of_relu_mlps_is_exact",
     "hessian.logdet_topk":
         "tests/unit/measures/test_hessian.py::test_logdet_topk_leaves_out_null_and_negative_directions",
-    # activity–weight duality: explicit loops and a dense layer-Hessian eigenbasis
-    "duality.mid.gap":
-        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
-    "duality.mid.sharpness":
-        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
-    "duality.mid.size":
-        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
-    "duality.mid.gap_hessian":
-        "tests/unit/measures/test_duality.py::test_training_pair_measures_against_explicit_loops",
-    "oracle.duality_gap":
-        "tests/unit/measures/test_duality.py::test_oracle_duality_gap_against_explicit_loops",
     # variance–flatness: the analysis redone by hand from the recorded snapshots
     "vf.block_exponent":
         "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",

@@ -119,13 +119,6 @@ VALUE_TESTS: dict[str, str] = {
         "tests/unit/measures/test_hessian.py::test_trace_of_relu_mlps_is_exact",
     "hessian.logdet_topk":
         "tests/unit/measures/test_hessian.py::test_logdet_topk_leaves_out_null_and_negative_directions",
-    # variance–flatness: the analysis redone by hand from the recorded snapshots
-    "vf.block_exponent":
-        "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
-    "vf.block_flatness_mean_log":
-        "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
-    "vf.block_weight_variance":
-        "tests/unit/measures/test_flatness.py::test_vf_block_measures_against_an_independent_recomputation",
     # added after Jiang et al.: Liang's closed form and per-sample autograd, a linear softmax by hand and finite
     # differences, known singular values, ECE bin by bin
     "fisher_rao_norm":

@@ -52,6 +52,14 @@ def trained_tiny(tiny_cfg, tmp_path, _tiny_zoo_store):
     return tiny_cfg
 
 
+def pytest_configure(config):
+    """One torch thread from the start, collection included: the value cases (tests/values) compute their references
+    when their modules are imported, and two threads on a shared 2-core machine only contend."""
+    import torch
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     import torch

@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from measures import REGISTRY, Context
 from measures import duality as D
+from tests.values.cases_duality import explicit_reference
 
 
 def _mlp(sizes, act=nn.ReLU, bias=True, seed=0):
@@ -248,80 +249,16 @@ def test_wide_layer_paths_against_the_dense_hessian():
 
 
 # ----------------------------------------------------------------------------------------- registered values
-def _explicit_reference(sizes=(5, 6, 4, 3), n=40, n_test=15, seed=12, mislabeled=None, curvature=None):
-    """A float64 5→6→4→3 tanh MLP (the analysed layer: the 6→4 hidden-to-hidden matrix, 24 weights) and the
-    duality quantities by explicit loops over the CLEAN samples (``mislabeled``: bool mask or None): nearest
-    clean same-label neighbours by brute force, midpoint partners, activities by hand (a = tanh(W_1 x + b_1)),
-    dual weights ΔW_k = (W Δa_k) a_kᵀ/‖a_k‖², losses by hand, and the per-direction statistics in the
-    eigenbasis of the layer's dense Hessian (torch.autograd) over the clean samples (or over ``curvature``,
-    indices of the samples the Hessian is taken over)."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(sizes[0], sizes[1]), nn.Tanh(), nn.Linear(sizes[1], sizes[2]),
-                          nn.Tanh(), nn.Linear(sizes[2], sizes[3])).double()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, sizes[0], generator=g, dtype=torch.float64)
-    y = torch.randint(0, sizes[-1], (n,), generator=g)
-    xt = torch.randn(n_test, sizes[0], generator=g, dtype=torch.float64)
-    yt = torch.randint(0, sizes[-1], (n_test,), generator=g)
-    extras = {} if mislabeled is None else {"mislabeled": mislabeled}
-    ctx = Context(model, train=(x, y), test=(xt, yt), extras=extras)
-    clean = [i for i in range(n) if mislabeled is None or not bool(mislabeled[i])]
-    w1, b1, w, b2, w3, b3 = (p.detach() for p in model.parameters())
-
-    def act(v):  # input activity of the analysed layer
-        return torch.tanh(v @ w1.T + b1)
-
-    def loss(v, label, weight=w):
-        return F.cross_entropy(torch.tanh(act(v) @ weight.T + b2) @ w3.T + b3, label, reduction="none")
-
-    def nearest(q, label, exclude=None):
-        best = None
-        for j in clean:
-            if y[j] != label or j == exclude:
-                continue
-            d = float((q - x[j]).norm())
-            if best is None or d < best[0]:
-                best = (d, j)
-        return best[1]
-
-    hs = clean if curvature is None else list(curvature)
-    hess = torch.autograd.functional.hessian(lambda v: loss(x[hs], y[hs], v.reshape(w.shape)).mean(), w.reshape(-1))
-    lam, vecs = torch.linalg.eigh(hess)  # complete orthonormal basis of the 24-dimensional weight space
-
-    def stats(anchor_x, anchor_y, partner_x, partner_y):
-        a, da = act(anchor_x), act(partner_x) - act(anchor_x)
-        dw = torch.stack([torch.outer(w @ da[k], a[k]) / (a[k] @ a[k]) for k in range(len(a))]).reshape(len(a), -1)
-        dl = loss(partner_x, partner_y) - loss(anchor_x, anchor_y)
-        gk = dl[:, None] * dw / (dw * dw).sum(1, keepdim=True)
-        pw, pg = dw @ vecs, gk @ vecs  # (K, 24) projections on the basis
-        sw, sg = pw.std(0, correction=0), pg.std(0, correction=0)
-        cov = ((pw - pw.mean(0)) * (pg - pg.mean(0))).mean(0)
-        c = cov / (sw * sg)
-        return {"gap": float((c * sg * sw).sum()), "size": float((sw ** 2).sum()),
-                "sharpness": float((sg ** 2).sum().sqrt()), "gap_hessian": 0.5 * float((lam * sw ** 2).sum()),
-                "decomposition": float((pw.mean(0) * pg.mean(0) + c * sg * sw).sum()), "mean_dl": float(dl.mean()),
-                "n_pairs": len(a)}
-
-    mid = torch.stack([(x[i] + x[nearest(x[i], y[i], exclude=i)]) / 2 for i in clean])
-    test_nn = [nearest(xt[i], yt[i]) for i in range(n_test)]
-    return ctx, stats(x[clean], y[clean], mid, y[clean]), stats(x[test_nn], y[test_nn], xt, yt)
-
-
 TRAIN_KEYS = (("duality.mid.gap", "gap"), ("duality.mid.size", "size"), ("duality.mid.sharpness", "sharpness"),
               ("duality.mid.gap_hessian", "gap_hessian"))
 
 
-def test_training_pair_measures_against_explicit_loops():
-    """duality.mid.gap = Σ_n c_n σ_g,n σ_w,n, .size = Σ_n σ_w,n², .sharpness = (Σ_n σ_g,n²)^½ and
-    .gap_hessian = ½ Σ_n λ_n σ_w,n², the sums over the dense Hessian eigenbasis of the analysed layer, each
-    training sample paired with the midpoint between it and its nearest same-label training sample."""
-    ctx, ref, _ = _explicit_reference()
+def test_training_pair_details_against_explicit_loops():
+    """The values are cases of tests/values/cases_duality.py; here the pairs, the analysed layer and the method
+    behind them: all 40 training samples paired, none dropped, mean Δl by hand, the dense Hessian path."""
+    ctx, ref, _ = explicit_reference()
     assert D.select_layer(ctx).name == "3"
     assert ref["gap"] != pytest.approx(ref["gap_hessian"], rel=0.1)  # the two gap estimates really differ here
-    for name, key in (("duality.mid.gap", "gap"), ("duality.mid.size", "size"),
-                      ("duality.mid.sharpness", "sharpness"), ("duality.mid.gap_hessian", "gap_hessian")):
-        out = REGISTRY.get(name)(ctx)
-        assert out.value == pytest.approx(ref[key], rel=1e-8, abs=1e-12), name
     details = REGISTRY.get("duality.mid.gap")(ctx).details
     assert details["n_pairs"] == 40 and details["dropped"] == 0
     assert details["mean_dl"] == pytest.approx(ref["mean_dl"], rel=1e-8)
@@ -337,8 +274,8 @@ def _mask(n=40, bad=(0, 3, 7, 8, 15, 22, 30, 31)):
 def test_mislabeled_samples_are_left_out_of_pairs_hessian_and_gap():
     """With a mislabeled mask, every measure equals the explicit computation on the clean samples only (pairs,
     midpoint neighbours, Hessian, oracle anchors), and differs from the all-samples value."""
-    ctx, ref, ref_test = _explicit_reference(mislabeled=_mask())
-    _, ref_all, ref_test_all = _explicit_reference()
+    ctx, ref, ref_test = explicit_reference(mislabeled=_mask())
+    _, ref_all, ref_test_all = explicit_reference()
     for name, key in TRAIN_KEYS:
         out = REGISTRY.get(name)(ctx).value
         assert out == pytest.approx(ref[key], rel=1e-8, abs=1e-12), name
@@ -352,23 +289,25 @@ def test_mislabeled_samples_are_left_out_of_pairs_hessian_and_gap():
 
 def test_curvature_samples_take_the_hessian_over_a_seeded_clean_subset():
     mask = _mask()
-    ctx, _, _ = _explicit_reference(mislabeled=mask)
+    ctx, _, _ = explicit_reference(mislabeled=mask)
     ctx.extras["curvature_samples"] = 12
     clean = torch.nonzero(~mask).squeeze(1)
     pick = clean[torch.randperm(len(clean), generator=ctx.generator("duality/curvature"))[:12].sort().values]
     assert not mask[pick].any()
-    _, ref, _ = _explicit_reference(mislabeled=mask, curvature=pick.tolist())
-    _, full, _ = _explicit_reference(mislabeled=mask)
+    _, ref, _ = explicit_reference(mislabeled=mask, curvature=pick.tolist())
+    _, full, _ = explicit_reference(mislabeled=mask)
     out = REGISTRY.get("duality.mid.gap_hessian")(ctx).value
     assert out == pytest.approx(ref["gap_hessian"], rel=1e-8)
     assert out != pytest.approx(full["gap_hessian"], rel=1e-3)
     assert REGISTRY.get("duality.mid.gap")(ctx).value == pytest.approx(full["gap"], rel=1e-8)  # pairs: all clean
 
 
-def test_oracle_duality_gap_against_explicit_loops():
-    """oracle.duality_gap = mean_k [l(test_k) − l(nearest same-class training sample of test_k)], which is also
-    Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) over the complete eigenbasis (both computed here by hand)."""
-    ctx, _, ref = _explicit_reference()
+def test_oracle_duality_gap_decomposition_against_explicit_loops():
+    """oracle.duality_gap = mean_k [l(test_k) − l(nearest same-class training sample of test_k)] (the value case,
+    tests/values/cases_duality.py, is the ReLU network; this one is tanh), which is also
+    Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) over the complete eigenbasis (both computed here by hand): the details
+    carry the covariance sum over all 24 directions."""
+    ctx, _, ref = explicit_reference()
     assert ref["decomposition"] == pytest.approx(ref["mean_dl"], rel=1e-9)
     out = REGISTRY.get("oracle.duality_gap")(ctx)
     assert out.value == pytest.approx(ref["mean_dl"], rel=1e-8, abs=1e-12)

@@ -17,6 +17,7 @@ from measures import REGISTRY, Context
 from measures import flatness as fl
 from measures.flatness import block, landscape
 from measures.registry import NotApplicable
+from tests.values import cases_flatness as vf_case
 
 E = math.e
 
@@ -434,89 +435,28 @@ def test_measures_registered_with_family_and_sign():
 
 
 # ------------------------------------------------------------------------------------------- registered values
-def _trained_tanh_ctx(seed=3, n=200, width=12):
-    """A 4→12→12→3 tanh MLP fitted by full-batch descent; the middle hidden-to-hidden weight is the 12×12 matrix
-    "2.weight" (144 entries: each 16×16 block is all of it, in a seeded order), PCs 2, 42, 82, 122 of each of
-    the four blocks are fitted."""
-    from tests.helpers import fit
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    y = (x @ torch.randn(4, 3, generator=g)).argmax(1)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3))
-    fit(model, x, y, steps=300, lr=0.2)
-    return Context(model, train=(x, y), hparams={"optimizer.name": "sgd", "optimizer.lr": 0.05,
-                                                 "train.batch_size": 20}, seed=seed)
+def _trained_tanh_ctx():
+    """The 4→12→12→3 tanh MLP of tests/values/cases_flatness.py: its middle hidden-to-hidden weight is the 12×12
+    matrix "2.weight" (144 entries: each 16×16 block is all of it), PCs 2, 42, 82, 122 of each of the four
+    blocks are fitted."""
+    return Context(vf_case.MODEL, train=(vf_case.X, vf_case.Y), hparams=vf_case.HP, seed=vf_case.SEED)
 
 
-def _first_crossing(loss_of, level: float, top: float) -> float:
-    """The first δ in (0, top] with loss_of(δ) ≥ level, by a 5 %-step geometric grid and bisection."""
-    grid = torch.logspace(math.log10(top) - 8, math.log10(top), 379, dtype=torch.float64)  # ×1.05 per step
-    above = (loss_of(grid) >= level).nonzero()
-    assert len(above) and int(above[0]) > 0, "no crossing, or one below the grid"
-    lo, hi = float(grid[int(above[0]) - 1]), float(grid[int(above[0])])
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if float(loss_of(torch.tensor([mid], dtype=torch.float64))[0]) < level else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def test_vf_block_measures_against_an_independent_recomputation():
-    """The three vf.block_* measures by name against the analysis redone by hand from the same recorded
-    snapshots (read back from the shared analysis, so nothing depends on how the block and the batches were
-    drawn): numpy split-sample PCA (chunks of 25 steps, even → directions, odd → variances), the first
-    distances on each side where the full training loss (float64, by hand) reaches e·L₀ along each direction,
-    the least-squares fit log σ² = c − ψ log F, the mean log F and the mean per-weight variance."""
+def test_vf_block_analysis_against_the_recomputation():
+    """The values are cases of tests/values/cases_flatness.py; here what lies behind them: the analysed layer
+    and blocks (each the whole 12×12 matrix), the recorded snapshots (those of the plain SGD loop there), the 16
+    fitted PCs with no censored side, and the fit's standard error."""
     ctx = _trained_tanh_ctx()
     out = REGISTRY.get("vf.block_exponent")(ctx)
-    r = ctx.shared(fl._block, fl.BLOCK)  # the analysis the measure used: its snapshots and block
+    r = ctx.shared(fl._block, fl.BLOCK)
     assert r.layer == "2.weight" and out.details["block"] == "4x12x12" and out.details["optimizer"] == "sgd"
     snaps = r.snapshots.numpy()  # (T, 4·144)
     assert snaps.shape == (1000, 4 * 144)
-    for idx in r.index.numpy():
-        np.testing.assert_array_equal(np.sort(idx), np.arange(144))  # each block: the whole 12×12 matrix
-    cov = lambda h: (h - h.mean(0)).T @ (h - h.mean(0)) / len(h)
-    pcs, dirs, sigma2, order = [2, 42, 82, 122], [], [], []
-    for k in range(4):
-        ch = snaps[:, k * 144:(k + 1) * 144].reshape(-1, 25, 144)
-        half_a, half_b = ch[0::2].reshape(-1, 144), ch[1::2].reshape(-1, 144)
-        vecs = np.linalg.eigh(cov(half_a))[1][:, ::-1]
-        for p in pcs:
-            dirs.append(vecs[:, p - 1])
-            sigma2.append(vecs[:, p - 1] @ cov(half_b) @ vecs[:, p - 1])
-            order.append(r.index.numpy()[k])  # block entry j is weight entry order[j]
-    sigma2 = np.array(sigma2)
-
-    x, y = ctx.x_train, ctx.y_train
-    w1, b1, w0, b2, w3, b3 = (t.detach().double() for t in ctx.model.parameters())
-    h1 = torch.tanh(x.double() @ w1.T + b1)  # the analysed layer's input, fixed along every line
-    loss0 = float(F.cross_entropy(torch.tanh(h1 @ w0.T + b2) @ w3.T + b3, y))
-
-    def line(direction, order):
-        full = torch.zeros(144, dtype=torch.float64)
-        full[torch.from_numpy(order)] = torch.from_numpy(direction.copy())
-
-        def loss_of(deltas):  # full-training-set loss at w0 + δ·p for every δ
-            w = w0[None] + deltas[:, None, None] * full.reshape(1, *w0.shape)
-            logits = torch.tanh(torch.einsum("ni,doi->dno", h1, w) + b2) @ w3.T + b3
-            return F.cross_entropy(logits.permute(0, 2, 1), y.expand(len(deltas), -1), reduction="none").mean(1)
-        return loss_of
-
-    top = 10 * float(w0.norm())
-    level = math.e * loss0
-    flat = np.array([_first_crossing(line(d, o), level, top) + _first_crossing(line(-d, o), level, top)
-                     for d, o in zip(dirs, order)])
-    slope, icpt = np.polyfit(np.log(flat), np.log(sigma2), 1)
-    psi = -slope
-    resid = np.log(sigma2) - icpt - slope * np.log(flat)
-    se = np.sqrt((resid ** 2).sum() / (len(flat) - 2) / ((np.log(flat) - np.log(flat).mean()) ** 2).sum())
+    for k, idx in enumerate(r.index.numpy()):
+        np.testing.assert_array_equal(idx, np.arange(144))  # each block: the whole 12×12 matrix, in order
+        np.testing.assert_allclose(snaps[:, k * 144:(k + 1) * 144], vf_case.SNAPSHOTS, rtol=1e-5, atol=1e-6)
     assert out.details["n_pcs"] == 16 and out.details["n_censored_left"] == out.details["n_censored_right"] == 0
-    # the measure's scans stop within |log L − log(e·L₀)| ≲ 6e-4 (or a 0.1 %-wide bracket): F to ~5e-4
-    assert out.value == pytest.approx(psi, rel=5e-3)
-    assert out.details["se"] == pytest.approx(se, rel=2e-2)
-    assert REGISTRY.get("vf.block_flatness_mean_log")(ctx).value == pytest.approx(np.log(flat).mean(), abs=1e-3)
-    wv = ((snaps - snaps.mean(0)) ** 2).mean()
-    assert REGISTRY.get("vf.block_weight_variance")(ctx).value == pytest.approx(wv, rel=1e-9)
+    assert out.details["se"] == pytest.approx(vf_case.REFERENCE["se"], rel=2e-2)
 
 
 def test_a_random_walk_is_told_apart_from_the_optimizers_fluctuations():

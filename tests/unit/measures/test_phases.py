@@ -11,6 +11,13 @@ from torch import nn
 from measures import REGISTRY, Context, MissingInputError
 from measures import phases as P
 from measures.registry import NotApplicable
+from tests.values.cases_phases import (
+    alignment_history,
+    dipping_amplitude_history,
+    rising_amplitude_history,
+    spiky_mislabeled_history,
+    spiky_mislabeled_loss,
+)
 
 
 def _net(seed=0):
@@ -286,80 +293,52 @@ def test_registered_phase_measures():
 
 
 # ----------------------------------------------------------------------------------------- registered values
-def test_final_alignment_is_the_last_rows_alignment():
-    """Every epoch has a different alignment, and the last one differs from the mean, median, maximum and
-    minimum of the history and of its last few rows."""
-    align = [0.9, 0.7, 0.5, 0.33, 0.21, 0.14, 0.27, 0.08]
-    rows = [{"epoch": e, "op.alignment": v} for e, v in enumerate(align, 1)]
-    assert REGISTRY.get("phase.final_alignment")(Context(_net(), history=rows)).value == 0.08
+# (the values on these histories: tests/values/cases_phases.py)
+def test_final_alignment_follows_the_last_row():
+    rows = alignment_history()
     rows[-1]["op.alignment"] = 0.3175
     assert REGISTRY.get("phase.final_alignment")(Context(_net(), history=rows)).value == 0.3175
 
 
-def test_exploration_fraction_on_a_decaying_amplitude_with_a_dip():
-    """κ = 0.3, 0.6, 0.9 at epochs 1–3, then falls by 0.02 per epoch to 0.16 at epoch 40, except a three-epoch dip to
-    0.4 at epochs 10–12. The 5-row running median peaks at 0.86 (epochs 3–5) and keeps the dip; late level: the
-    median of the last quarter (epochs 31–40: 0.34 … 0.20, then 0.19 and 0.18 at the shrinking end), 0.25;
-    midpoint 0.555. The smoothed κ stays at or below it from epoch 21 on (κ(20) = 0.56, κ(21) = 0.54), so the
-    fast phase is epochs 1–20 and the fraction 20/40. (Stopping at the first fall below the midpoint would end
-    the fast phase at the dip, epoch 9.) The same rows labelled epochs 11–50 (the first ten not recorded):
-    1 − 30/50; counting rows would give 20/40 again."""
-    def kappa(e):
-        return 0.3 * e if e <= 3 else 0.4 if 10 <= e <= 12 else 0.9 - 0.02 * (e - 3)
-
-    rows = [{"epoch": e, "op.amplitude_sq_corrected": kappa(e)} for e in range(1, 41)]
+def test_exploration_fraction_reads_the_epoch_column():
+    """The dipping history of the value case: the fast phase is epochs 1–20 of 40. The same rows labelled
+    epochs 11–50 (the first ten not recorded): 1 − 30/50; counting rows would give 20/40 again. An amplitude
+    that never falls below its peak level: all of training is fast learning."""
+    rows = dipping_amplitude_history()
     out = REGISTRY.get("phase.exploration_fraction")(Context(_net(), history=rows))
-    assert out.value == pytest.approx(20 / 40, rel=1e-12)
     assert out.details == {"fast_epochs": 20, "epochs": 40}
     shifted = [dict(r, epoch=r["epoch"] + 10) for r in rows]
     assert REGISTRY.get("phase.exploration_fraction")(Context(_net(), history=shifted)).value == pytest.approx(0.4)
-    # an amplitude that never falls below its peak level: all of training is fast learning
     rows = [{"epoch": e, "op.amplitude_sq_corrected": 0.5} for e in range(1, 11)]
     assert REGISTRY.get("phase.exploration_fraction")(Context(_net(), history=rows)).value == 0.0
 
 
-def test_late_amplitude_sq_averages_the_last_tenth_of_the_epochs():
-    """κ(e) = e/100 at epochs 1–40: the last tenth is epochs 37–40, mean 0.385 (the last row alone: 0.40). With
-    only epochs 21–40 recorded, still epochs 37–40 (the last tenth of the rows would be 39–40, 0.395)."""
-    rows = [{"epoch": e, "op.amplitude_sq_corrected": e / 100} for e in range(1, 41)]
+def test_late_amplitude_sq_reads_the_epoch_column():
+    """κ(e) = e/100 at epochs 1–40: the last tenth is epochs 37–40 (4 rows). With only epochs 21–40 recorded,
+    still epochs 37–40 (the last tenth of the rows would be 39–40, 0.395). One row: that row."""
+    rows = rising_amplitude_history()
     out = REGISTRY.get("phase.late_amplitude_sq")(Context(_net(), history=rows))
-    assert out.value == pytest.approx(0.385, rel=1e-12) and out.details == {"rows": 4, "from_epoch": 37}
+    assert out.details == {"rows": 4, "from_epoch": 37}
     assert REGISTRY.get("phase.late_amplitude_sq")(Context(_net(), history=rows[20:])).value == pytest.approx(0.385)
-    short = [{"epoch": 1, "op.amplitude_sq_corrected": -0.01}]  # one row: that row
+    short = [{"epoch": 1, "op.amplitude_sq_corrected": -0.01}]
     assert REGISTRY.get("phase.late_amplitude_sq")(Context(_net(), history=short)).value == -0.01
 
 
-def test_mislabeled_fit_epoch_fraction_with_a_spike_the_median_removes():
-    """L_m rises 1.1 → 2.0 (epochs 1–10), falls by 0.1 per epoch to 0.2 (epoch 28) and stays there to epoch
-    50, with a one-epoch spike to 5.0 at epoch 16. The 5-epoch running median turns the peak into 1.9 (first at
-    epoch 9) and removes the spike; the final level is 0.2, so half the drop (0.85) is done when the smoothed
-    L_m ≤ 1.05: at epoch 20 (1.0; epoch 19 has 1.1). Value 20/50. Without the median the spike would be the
-    peak (value 17/50)."""
-    def lm(e):
-        if e == 16:
-            return 5.0
-        return 1.0 + 0.1 * e if e <= 10 else max(2.0 - 0.1 * (e - 10), 0.2)
-
-    rows = [{"epoch": e, "op.loss_mislabeled": lm(e)} for e in range(1, 51)]
-    out = REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(Context(_net(), history=rows))
-    assert out.value == pytest.approx(20 / 50, rel=1e-12)
+def test_mislabeled_fit_epoch_fraction_details_and_a_loss_never_fitted():
+    """The spiky history of the value case: half-fit at epoch 20, the smoothed peak at epoch 9. A mislabeled
+    loss that only rises is never fitted: 1, censored."""
+    out = REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(Context(_net(), history=spiky_mislabeled_history()))
     assert out.details == {"half_fit_epoch": 20, "peak_epoch": 9, "epochs": 50}
-    # a mislabeled loss that only rises is never fitted: 1, censored
     rows = [{"epoch": e, "op.loss_mislabeled": 0.1 * e} for e in range(1, 21)]
     never = REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(Context(_net(), history=rows))
     assert never.value == 1.0 and never.details["censored"]
 
 
 def test_mislabeled_fit_epoch_fraction_reads_the_epoch_column_and_is_not_applicable_on_clean_labels():
-    """The spiky history of the previous test labelled epochs 11–60 (the first ten not recorded): the half-fit
+    """The spiky history of the value case labelled epochs 11–60 (the first ten not recorded): the half-fit
     row is epoch 30, value 30/60 (counting rows would give 20/50). A history with order parameters but no
     mislabeled subset (clean labels) is NotApplicable, not a failure."""
-    def lm(e):
-        if e == 16:
-            return 5.0
-        return 1.0 + 0.1 * e if e <= 10 else max(2.0 - 0.1 * (e - 10), 0.2)
-
-    rows = [{"epoch": e + 10, "op.loss_mislabeled": lm(e)} for e in range(1, 51)]
+    rows = [{"epoch": e + 10, "op.loss_mislabeled": spiky_mislabeled_loss(e)} for e in range(1, 51)]
     out = REGISTRY.get("phase.mislabeled_fit_epoch_fraction")(Context(_net(), history=rows))
     assert out.value == pytest.approx(0.5, rel=1e-12)
     assert out.details == {"half_fit_epoch": 30, "peak_epoch": 19, "epochs": 60}

@@ -1,11 +1,11 @@
 """Tests of measures.sgd_regularization (SGD effective regularization, Yang, Tang & Tu PRL 2023): the graph
-operators against a dense Hessian and looped per-sample gradients, the registered values against an
-independent recomputation, invariance to the units of weights and loss (on the spectra and on a network
-written with scaled weights), the optimizer rule, the λ ≤ 0 / Δ ≤ 0 rules, the per-sample gradient norms
-(both paths) against a loop, the curvature-samples option, and the valley Langevin check of P ∝ F^κ."""
+operators against a dense Hessian and looped per-sample gradients, the registered values with Lanczos run to
+rounding against the independent recomputation of tests/values/cases_sgd_regularization.py, invariance to the
+units of weights and loss (on the spectra and on a network written with scaled weights), the optimizer rule,
+the λ ≤ 0 / Δ ≤ 0 rules, the per-sample gradient norms (both paths) against a loop, the curvature-samples
+option, and the valley Langevin check of P ∝ F^κ."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -17,51 +17,22 @@ from torch import nn
 
 from measures import REGISTRY, Context, NotApplicable
 from measures import sgd_regularization as sr
+from tests.values.cases_sgd_regularization import HP, dense_hessian, loop_grads, reference, tanh_net
 
 PRL_MEASURES = ("sgd.log_penalty_topk", "sgd.noise_anisotropy", "sgd.noise_curvature_exponent", "sgd.noise_to_loss")
 EXACT = dataclasses.replace(sr.DEFAULT, tol=1e-12)  # Lanczos to rounding (31 parameters: at most 31 products)
-HP = {"optimizer.name": "sgd", "optimizer.lr": 0.3, "train.batch_size": 5, "optimizer.weight_decay": 0.0}
 
 
 def _dense_hessian(ctx: Context) -> torch.Tensor:
-    """The full Hessian of the training loss in float64, by torch.autograd.functional.hessian."""
-    model64 = copy.deepcopy(ctx.model).double()
-    shapes = {k: v.shape for k, v in ctx.params.items()}
-
-    def loss(v):
-        parts = torch.split(v, [math.prod(s) for s in shapes.values()])
-        params = {k: t.view(s) for (k, s), t in zip(shapes.items(), parts)}
-        logits = torch.func.functional_call(model64, params, (ctx.x_train.double(),))
-        return F.cross_entropy(logits, ctx.y_train)
-
-    return torch.autograd.functional.hessian(loss, ctx.flatten(ctx.params).double())
+    return dense_hessian(ctx.model, ctx.x_train, ctx.y_train)
 
 
 def _loop_grads(ctx: Context) -> torch.Tensor:
-    """Per-sample gradients by an explicit loop of backward passes: (n, N)."""
-    rows = []
-    for i in range(len(ctx.y_train)):
-        params = {k: v.clone().requires_grad_(True) for k, v in ctx.params.items()}
-        loss = F.cross_entropy(ctx.forward(ctx.x_train[i:i + 1], params), ctx.y_train[i:i + 1])
-        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params.values()))]))
-    return torch.stack(rows).double()
+    return loop_grads(ctx.model, ctx.x_train, ctx.y_train)
 
 
 def _tanh_net(seed: int, n: int = 60, train_steps: int = 0, hp: dict | None = None) -> Context:
-    """A float64 3→4 tanh→3 network with biases (31 parameters), optionally brought near a minimum by
-    full-batch gradient descent (so that its top-10 Hessian eigenvalues are positive)."""
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (n,), generator=g)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(train_steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+    model, x, y = tanh_net(seed, n, train_steps)
     return Context(model, train=(x, y), hparams=dict(HP, **(hp or {})), seed=seed)
 
 
@@ -92,42 +63,19 @@ def test_spectra_against_dense_eigendecomposition(near_minimum):
 
 # ------------------------------------------------------------------------------------------- registered values
 def _reference(ctx: Context, lr_eff: float, wd: float = 0.0) -> dict:
-    """All four values from the dense Hessian and the covariance of looped per-sample gradients, by the
-    formulas of the module docstring."""
-    evals, evecs = torch.linalg.eigh(_dense_hessian(ctx))
-    k = sr.TOP_K
-    lam, v = evals.flip(0)[:k], evecs.flip(1)[:, :k]
-    grads = _loop_grads(ctx)
-    c = (grads - grads.mean(0)).T @ (grads - grads.mean(0)) / len(grads)
-    n, bs = len(ctx.y_train), int(ctx.hp("train.batch_size"))
-    scale = lr_eff / (2 * bs) * (n - bs) / (n - 1)
-    delta = scale * torch.einsum("nk,nm,mk->k", v, c, v)
-    complement = torch.eye(ctx.num_params, dtype=torch.float64) - v @ v.T  # projector on the flat directions
-    flat = scale * torch.trace(complement @ c @ complement) / (ctx.num_params - k)
-    kappa, lam = (delta / flat).numpy(), lam.numpy() + wd
-    penalty = float((0.5 * (kappa - 1) * np.log(lr_eff * lam / 2)).sum())
-    beta = np.polyfit(np.log(lam), np.log(delta.numpy()), 1)[0]
-    w2 = float(sum((p ** 2).sum() for p in ctx.params.values()))
-    total = scale * float(torch.trace(c)) / (ctx.train_loss + 0.5 * wd * w2)
-    return {"sgd.log_penalty_topk": penalty, "sgd.noise_anisotropy": float(kappa.mean()),
-            "sgd.noise_curvature_exponent": beta, "sgd.noise_to_loss": total}
+    return reference(ctx.model, ctx.x_train, ctx.y_train, int(ctx.hp("train.batch_size")), lr_eff, wd)
 
 
-def test_registered_measures_against_dense_hessian_and_looped_gradients(near_minimum, monkeypatch):
-    """The four sgd.* measures by name against an independent recomputation: top-10 eigenpairs of the dense
-    Hessian, C = (1/n) Σ (g_i − ḡ)(g_i − ḡ)ᵀ from looped per-sample gradients, s = (α/2B)(n − B)/(n − 1),
-    Δ_n = s v_nᵀCv_n, Δ_⊥ = s tr(PCP)/(N − k) (P = I − VVᵀ), Φ = Σ ½(Δ_n/Δ_⊥ − 1) ln(αλ_n/2), ⟨κ⟩, β, s·tr C/L."""
+def test_lanczos_to_rounding_gives_the_dense_values(near_minimum, monkeypatch):
+    """With Lanczos run to rounding, the four sgd.* measures equal the independent recomputation of
+    tests/values/cases_sgd_regularization.py (which checks them at the solver's own tolerance) to 1e-7."""
     ctx = near_minimum
     evals = torch.linalg.eigvalsh(_dense_hessian(ctx)).flip(0)
     assert (evals[:sr.TOP_K] > 1e-3 * evals[0]).all()  # precondition: the top 10 are positive (a minimum)
     ref = _reference(ctx, lr_eff=0.3)
-    names = ("sgd.log_penalty_topk", "sgd.noise_anisotropy", "sgd.noise_curvature_exponent", "sgd.noise_to_loss")
-    default = {name: REGISTRY.get(name)(ctx).value for name in names}  # at the solver's own tolerance
     monkeypatch.setattr(sr, "DEFAULT", EXACT)
-    exact = Context(ctx.model, train=(ctx.x_train, ctx.y_train), hparams=HP, seed=ctx.seed)
-    for name in names:
-        assert REGISTRY.get(name)(exact).value == pytest.approx(ref[name], rel=1e-7), name
-        assert default[name] == pytest.approx(ref[name], rel=2e-2), name
+    for name in PRL_MEASURES:
+        assert REGISTRY.get(name)(ctx).value == pytest.approx(ref[name], rel=1e-7), name
     assert ref["sgd.log_penalty_topk"] < 0 < ref["sgd.noise_curvature_exponent"]  # a number that could be wrong
 
 

@@ -34,10 +34,10 @@ def _mlp_cases() -> list[ValueCase]:
     return out
 
 
-def _softmax_regression_case() -> ValueCase:
-    """Softmax regression, 4 features, 3 classes, no bias (12 parameters, float64):
-    H = (1/n) Σ_n (diag p_n − p_n p_nᵀ) ⊗ x_n x_nᵀ (weights row-major) has rank (3 − 1)·4 = 8 < 10, so the null
-    directions must be left out of the sum."""
+def softmax_regression() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(model, x, y, eigenvalues in descending order): softmax regression, 4 features, 3 classes, no bias (12
+    parameters, float64), and the eigenvalues of its closed-form Hessian H = (1/n) Σ_n (diag p_n − p_n p_nᵀ) ⊗ x_n x_nᵀ
+    (weights row-major), of rank (3 − 1)·4 = 8 < 10."""
     d, classes, n = 4, 3, 60
     g = torch.Generator().manual_seed(31)
     x, y = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
@@ -47,7 +47,12 @@ def _softmax_regression_case() -> ValueCase:
     p = torch.softmax(x @ model[0].weight.detach().T, 1)
     a = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
     hess = torch.einsum("nab,nij->aibj", a, x[:, :, None] * x[:, None, :]).reshape(classes * d, classes * d) / n
-    evals = torch.linalg.eigvalsh(hess).flip(0)
+    return model, x, y, torch.linalg.eigvalsh(hess).flip(0)
+
+
+def _softmax_regression_case() -> ValueCase:
+    """The null directions of the softmax regression's Hessian must be left out of the sum."""
+    model, x, y, evals = softmax_regression()
     return ValueCase("hessian.logdet_topk", model, torch.log(evals[:8]).sum().item(), train=(x, y), rel=1e-8,
                      abs=1e-8, why="Σ log λ_i over the 8 nonzero eigenvalues of the closed-form softmax Hessian")
 

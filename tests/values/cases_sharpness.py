@@ -31,7 +31,7 @@ Z90 = NormalDist().inv_cdf(0.9)  # Φ⁻¹(0.9) = 1.2816
 
 
 # ------------------------------------------------------------------------------------------------ searches
-def _one_hot(n: int, a: float, seed: int) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+def one_hot(n: int, a: float, seed: int) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     """(model, init model, x, y): x_k = e_k, bias-free Linear(n, 2) with column k = a·(1, −1) for label 0 and
     a·(−1, 1) for label 1, so every |w_i| is a and every margin 2a; random initial weights."""
     g = torch.Generator().manual_seed(seed)
@@ -95,7 +95,7 @@ def _pacbayes_cases() -> list[ValueCase]:
     """n = 1100 samples (more than the 1024-sample subset the search once used), a = 0.1: the closed-form σ is
     √2·a/Φ⁻¹(0.9) (Φ(−√2a/σ) = 0.1), σ' = √(σ² − ε²)/a; the bounds at the σ found by hand."""
     n, a, eps = 1100, 0.1, 1e-3
-    model, init, x, y = _one_hot(n, a, seed=0)
+    model, init, x, y = one_hot(n, a, seed=0)
     w, dist = _weights_by_hand(model, init)
     omega, m = len(w), n
     sq_w, sq_dist = sum(v * v for v in w), sum(d * d for d in dist)
@@ -127,7 +127,7 @@ def _search_cases() -> list[ValueCase]:
     [1e-6, 1] at or below a, α' the largest on [1e-5, 10] at or below (a − ε)/a, ε = 1e-5 (the box's ε, not
     Jiang's 1e-3)."""
     n, a, eps = 600, 0.1, 1e-5
-    model, init, x, y = _one_hot(n, a, seed=1)
+    model, init, x, y = one_hot(n, a, seed=1)
     w, dist = _weights_by_hand(model, init)
     omega, m = len(w), n
     sq_w, sq_dist = sum(v * v for v in w), sum(d * d for d in dist)

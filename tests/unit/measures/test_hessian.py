@@ -16,6 +16,7 @@ from measures import REGISTRY, Context
 from measures import hessian as H
 from measures import pacbayes as PB
 from tests.helpers import dense_hessian, fit, trained_mlp
+from tests.values.cases_hessian import softmax_regression
 
 NAMES = {"hessian.top_eig", "hessian.trace", "hessian.logdet_topk"}
 
@@ -266,16 +267,7 @@ def test_logdet_topk_leaves_out_null_and_negative_directions():
     (b) a 2→2→2 tanh network without biases at random weights (8 parameters): an indefinite Hessian, with a
         2-dimensional null space besides (adding one vector to both output rows leaves the loss unchanged);
         3 eigenvalues are kept, the null and negative ones left out."""
-    d, classes, n = 4, 3, 60
-    g = torch.Generator().manual_seed(31)
-    x, y = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
-    model = nn.Sequential(nn.Linear(d, classes, bias=False, dtype=torch.float64))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.randn(classes, d, generator=g, dtype=torch.float64))
-    p = torch.softmax(x @ model[0].weight.detach().T, 1)
-    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    hess = torch.einsum("nab,nij->aibj", A, x[:, :, None] * x[:, None, :]).reshape(classes * d, classes * d) / n
-    evals = torch.linalg.eigvalsh(hess).flip(0)
+    model, x, y, evals = softmax_regression()
     assert evals[7] > 1e-2 * evals[0] and evals[8].abs() < 1e-12 * evals[0]  # rank 8
     assert REGISTRY.get("hessian.logdet_topk")(Context(model, train=(x, y))).details["positive"] == 8
 

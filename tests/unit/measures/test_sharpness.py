@@ -15,6 +15,7 @@ from torch import nn
 from measures import REGISTRY, Context
 from measures import pacbayes as PB
 from measures import sharpness as S
+from tests.values.cases_sharpness import one_hot
 
 PACBAYES = ["pacbayes.init", "pacbayes.orig", "pacbayes.flatness", "pacbayes.mag.init", "pacbayes.mag.orig",
             "pacbayes.mag.flatness"]
@@ -211,20 +212,10 @@ def test_seed_changes_the_draws(trained):
 
 # -------------------------------------------------------------- the searches' σ and α (values: tests/values)
 def _one_hot_ctx(n: int, a: float, seed: int = 0) -> Context:
-    """n one-hot inputs x_k = e_k into a bias-free Linear(n, 2): sample k's logits are the k-th weight column,
-    a·(1, −1) for label 0 and a·(−1, 1) for label 1. Every margin is 2a, every |w_i| is a, and noise on
-    column k moves sample k only, so the accuracy drop averages n·M independent flips: Gaussian noise of
-    standard deviation s on every weight flips a sample with probability Φ(−√2·a/s), and the worst case in
-    the box |δ_i| ≤ α flips every sample exactly when α > a. The initial weights are random."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    sign = (1 - 2 * y).float()
-    model = nn.Sequential(nn.Linear(n, 2, bias=False))
-    init = nn.Sequential(nn.Linear(n, 2, bias=False))
-    with torch.no_grad():
-        model[0].weight.copy_(a * torch.stack([sign, -sign]))
-        init[0].weight.copy_(0.05 * torch.randn(2, n, generator=g))
-    return Context(model, init_model=init, train=(torch.eye(n), y))
+    """The one-hot network of the sharpness value cases (``tests.values.cases_sharpness.one_hot``) as a Context:
+    every margin is 2a and every |w_i| is a, so noise on column k moves sample k only."""
+    model, init, x, y = one_hot(n, a, seed)
+    return Context(model, init_model=init, train=(x, y))
 
 
 def test_pacbayes_searches_find_the_closed_form_sigma():

@@ -252,8 +252,9 @@ def test_ctrl_c_still_stops_the_run(trained_tiny, tmp_path):
 
         @measure("slow.nap", family="plugin", reference="a test")
         def nap(ctx):
-            """Sleeps 0.5 s."""
-            time.sleep(0.5)
+            """Sleeps 2 s: after the first value is stored, three more naps leave 6 s for the Ctrl-C to arrive
+            (with 0.5 s naps, a loaded machine could finish the run before it did)."""
+            time.sleep(2.0)
             return 1.0
     '''))
     args = [*TINY, f"store.root={tmp_path / 'store'}", f"measures.plugins=[{plugin}]",

@@ -40,7 +40,7 @@ def imports_torch(args: list[str], cwd: str, env: dict) -> bool:
     """Whether ``genbench ARGS`` imports torch (read from ``-X importtime``, which lists every module imported)."""
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "benchmark.cli", *args], cwd=cwd, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False).stderr
-    return any(line.rstrip().endswith("| torch") for line in out.splitlines())
+    return any(line.startswith("import time:") and line.split("|")[-1].strip() == "torch" for line in out.splitlines())
 
 
 def answer_times(cwd: str, board: tuple[str, str] | None = None, repeats: int = 3) -> dict:

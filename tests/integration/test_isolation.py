@@ -252,15 +252,17 @@ def test_ctrl_c_still_stops_the_run(trained_tiny, tmp_path):
 
         @measure("slow.nap", family="plugin", reference="a test")
         def nap(ctx):
-            """Sleeps 2 s: after the first value is stored, three more naps leave 6 s for the Ctrl-C to arrive
-            (with 0.5 s naps, a loaded machine could finish the run before it did)."""
-            time.sleep(2.0)
+            """Sleeps 0.5 s."""
+            time.sleep(0.5)
             return 1.0
     '''))
     args = [*TINY, f"store.root={tmp_path / 'store'}", f"measures.plugins=[{plugin}]",
             "measures.include=[slow.nap,path_norm]"]
+    # SIGINT back to its default in the child: a test run started in the background (`pytest &`, nohup) ignores it,
+    # the child would inherit that, and Python would then never raise KeyboardInterrupt on Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "measure", *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     start = time.time()
     while not any(n == "slow.nap" for (_, n) in _values(tmp_path / "store")):
         assert proc.poll() is None, proc.communicate()

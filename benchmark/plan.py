@@ -219,8 +219,9 @@ def early_fractions(config: dict) -> tuple[float, ...]:
 
 
 def make_plan(cfg: DictConfig) -> Plan:
-    """Read the composed config once: the tasks it covers, and every setting, as plain typed values. Invalid
-    settings that need no expansion (a suite's task names, the early fractions, the run.* integers) fail here."""
+    """Read the composed config once: the tasks it covers, and every setting, as plain typed values. A suite's
+    unknown task names and invalid early fractions fail here; the zoo's size and models (``scale``, ``models``) and
+    the run options (``options``) are checked when first read, which the command line does before any stage runs."""
     config = OmegaConf.to_container(cfg, resolve=True)
     tasks = [_task(c) for c in task_configs(cfg).values()]
     every = [_task(c) for c in task_configs(cfg, every=True).values()]
@@ -230,7 +231,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         tasks = every = [_task(cfg)]
     lb, ev, ms = config["leaderboard"], config["evaluate"], config["measures"]
     include = ms["include"]
-    plan = Plan(
+    return Plan(
         config=config, tasks=tuple(tasks), every=tuple(every),
         suite=SuiteFiles(board_dir, str(suite["name"])) if suite is not None else None,
         store_root=str(config["store"]["root"]), board=BoardFiles(board_dir, str(lb["name"])),
@@ -243,7 +244,6 @@ def make_plan(cfg: DictConfig) -> Plan:
                                 retry_failed=bool(ms.get("retry_failed", False)),
                                 curvature_samples=ms.get("curvature_samples")),
         early=Early(tuple((config.get("early") or {}).get("measures") or ()), early_fractions(config)))
-    return plan
 
 
 def _task(cfg: DictConfig) -> Task:

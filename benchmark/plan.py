@@ -221,7 +221,7 @@ def early_fractions(config: dict) -> tuple[float, ...]:
 def make_plan(cfg: DictConfig) -> Plan:
     """Read the composed config once: the tasks it covers, and every setting, as plain typed values. A suite's
     unknown task names and invalid early fractions fail here; the zoo's size and models (``scale``, ``models``) and
-    the run options (``options``) are checked when first read, which the command line does before any stage runs."""
+    the run options (``options``) are checked when first read, before the stage that needs them starts."""
     config = OmegaConf.to_container(cfg, resolve=True)
     tasks = [_task(c) for c in task_configs(cfg).values()]
     every = [_task(c) for c in task_configs(cfg, every=True).values()]

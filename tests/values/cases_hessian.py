@@ -57,17 +57,22 @@ def _softmax_regression_case() -> ValueCase:
                      abs=1e-8, why="Σ log λ_i over the 8 nonzero eigenvalues of the closed-form softmax Hessian")
 
 
-def _tanh_case() -> ValueCase:
-    """A 2 → 2 → 2 tanh network without biases at random weights (8 parameters, float64): an indefinite Hessian
-    with a 2-dimensional null space (one vector added to both output rows leaves the loss unchanged); 3
-    eigenvalues lie above 1e-3·λ_1, none near that cut."""
+def tanh_network() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(model, x, y, dense eigenvalues in descending order): a 2 → 2 → 2 tanh network without biases at random
+    weights (8 parameters, float64), with an indefinite Hessian and a 2-dimensional null space (one vector added to
+    both output rows leaves the loss unchanged)."""
     g = torch.Generator().manual_seed(32)
     model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh(), nn.Linear(2, 2, bias=False)).double()
     with torch.no_grad():
         for prm in model.parameters():
             prm.copy_(1.5 * torch.randn(prm.shape, generator=g, dtype=torch.float64))
     x, y = torch.randn(30, 2, generator=g, dtype=torch.float64), torch.randint(0, 2, (30,), generator=g)
-    evals = torch.linalg.eigvalsh(dense_hessian(Context(model, train=(x, y)))).flip(0)
+    return model, x, y, torch.linalg.eigvalsh(dense_hessian(Context(model, train=(x, y)))).flip(0)
+
+
+def _tanh_case() -> ValueCase:
+    """The tanh network's 3 eigenvalues above 1e-3·λ_1 (none near that cut)."""
+    model, x, y, evals = tanh_network()
     keep = evals[evals > 1e-3 * evals[0]]
     return ValueCase("hessian.logdet_topk", model, torch.log(keep).sum().item(), train=(x, y), rel=1e-8, abs=1e-8,
                      why=f"Σ log λ_i over the {len(keep)} dense eigenvalues above 1e-3·λ_1 of a tanh network")

@@ -16,7 +16,7 @@ from measures import REGISTRY, Context
 from measures import hessian as H
 from measures import pacbayes as PB
 from tests.helpers import dense_hessian, fit, trained_mlp
-from tests.values.cases_hessian import softmax_regression
+from tests.values.cases_hessian import softmax_regression, tanh_network
 
 NAMES = {"hessian.top_eig", "hessian.trace", "hessian.logdet_topk"}
 
@@ -271,14 +271,8 @@ def test_logdet_topk_leaves_out_null_and_negative_directions():
     assert evals[7] > 1e-2 * evals[0] and evals[8].abs() < 1e-12 * evals[0]  # rank 8
     assert REGISTRY.get("hessian.logdet_topk")(Context(model, train=(x, y))).details["positive"] == 8
 
-    g = torch.Generator().manual_seed(32)
-    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh(), nn.Linear(2, 2, bias=False)).double()
-    with torch.no_grad():
-        for prm in model.parameters():
-            prm.copy_(1.5 * torch.randn(prm.shape, generator=g, dtype=torch.float64))
-    x, y = torch.randn(30, 2, generator=g, dtype=torch.float64), torch.randint(0, 2, (30,), generator=g)
+    model, x, y, evals = tanh_network()
     ctx = Context(model, train=(x, y))
-    evals = torch.linalg.eigvalsh(dense_hessian(ctx)).flip(0)
     keep = evals[evals > 1e-3 * evals[0]]
     assert (evals < -1e-2 * evals[0]).any() and len(keep) == 3
     assert not ((evals > 0.5e-3 * evals[0]) & (evals < 2e-3 * evals[0])).any()  # none near the cut

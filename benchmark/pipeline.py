@@ -23,6 +23,8 @@ from benchmark.errors import UserError
 from benchmark.evaluation import board
 from benchmark.evaluation import leaderboard as lb
 from benchmark.evaluation import suite as cross_task
+from benchmark.evaluation.cache import FILE as CACHE_FILE
+from benchmark.evaluation.cache import StatsCache, code_version, digest, zoo_columns
 from benchmark.files import write_text
 from benchmark.plan import Plan, Task
 from benchmark.report import layout, page, tables
@@ -92,23 +94,29 @@ def evaluate(cfg: Plan | DictConfig) -> pd.DataFrame:
     page and index, and returns the results table. For a suite, one leaderboard per task and the cross-task
     summary; the returned table has a ``task`` column."""
     plan = Plan.of(cfg)
-    if plan.suite is None:
-        built = [_evaluate_board(plan, plan.tasks[0])]
-        table, suites = built[0].table, []
-    else:
-        boards = {}
-        for i, task in enumerate(plan.tasks, 1):
-            log.info("evaluating task %d of %d: %s", i, len(plan.tasks), task.name)
-            boards[task.name] = _evaluate_board(plan, task)
-        table = pd.concat([b.table.assign(task=name) for name, b in boards.items()], ignore_index=True)
-        built, suites = list(boards.values()), [_write_suite(plan, boards)]
+    cache = StatsCache(Path(plan.store_root) / "cache" / CACHE_FILE) if plan.evaluation.cache else None
+    try:
+        if plan.suite is None:
+            built = [_evaluate_board(plan, plan.tasks[0], cache)]
+            table, suites = built[0].table, []
+        else:
+            boards = {}
+            for i, task in enumerate(plan.tasks, 1):
+                log.info("evaluating task %d of %d: %s", i, len(plan.tasks), task.name)
+                boards[task.name] = _evaluate_board(plan, task, cache)
+            table = pd.concat([b.table.assign(task=name) for name, b in boards.items()], ignore_index=True)
+            built, suites = list(boards.values()), [_write_suite(plan, boards)]
+    finally:
+        if cache is not None:
+            cache.close()
     paths = page.write(plan.board.folder, built, suites)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return table
 
 
-def _evaluate_board(plan: Plan, task: Task) -> board.Board:
-    """One leaderboard's board (``board.build``), with its tables, typed form and figures written."""
+def _evaluate_board(plan: Plan, task: Task, cache: StatsCache | None) -> board.Board:
+    """One leaderboard's board (``board.build``), with its tables, typed form and figures written; the statistics
+    of measures scored before come from ``cache``."""
     # read-only: evaluating writes only the leaderboard, so a store on a read-only disk can be evaluated
     chosen, store = plan.measures, Store(plan.store_root, readonly=True)
     info = lb.measure_info(chosen)
@@ -117,8 +125,15 @@ def _evaluate_board(plan: Plan, task: Task) -> board.Board:
         raise UserError(f"no trained models of zoo {task.name!r} in {store.root}; run `genbench train` first")
     lb.check_rankable(df, task.name)
     axes, files, ev = list(task.axes), task.board, plan.evaluation
+    if cache is not None:
+        _start_cache(cache, files.name, df, axes, ev)
     built = board.build(files.name, df, info, lb.costs(store.measurements(), df.model_id), axes,
-                        list(ev.targets), ev.n_boot, ev.seed, early=_early(plan, store, df, axes))
+                        list(ev.targets), ev.n_boot, ev.seed, early=_early(plan, store, df, axes, cache),
+                        cache=cache)
+    if cache is not None:
+        cache.prune()
+        log.info("statistics of %s: computed %d, reused %d columns (measures, baselines, early table) from %s",
+                 files.name, cache.computed["measure"], cache.reused["measure"], cache.path or "memory")
     paths = tables.write(files, built)
     if plan.plots:
         from benchmark.report import plots  # matplotlib: only where figures are drawn
@@ -128,7 +143,18 @@ def _evaluate_board(plan: Plan, task: Task) -> board.Board:
     return built
 
 
-def _early(plan: Plan, store: Store, df: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
+def _start_cache(cache: StatsCache, name: str, df: pd.DataFrame, axes: list[str], ev) -> None:
+    """Tell the cache which board it serves, and say in one line why it serves none of it, when it cannot."""
+    zoo = zoo_columns(df).sort_values("model_id", ignore_index=True)
+    state = {"zoo": digest(zoo), "models": len(df), "code": code_version(),
+             "settings": {"targets": list(ev.targets), "n_boot": ev.n_boot, "seed": ev.seed, "axes": list(axes)}}
+    why = cache.start(name, state)
+    if why:
+        log.info("statistics of %s: %s since its last evaluation; recomputing every measure", name, why)
+
+
+def _early(plan: Plan, store: Store, df: pd.DataFrame, axes: list[str],
+           cache: StatsCache | None = None) -> pd.DataFrame | None:
     """The early-prediction table of the board's models (``early.measures``), or None when none was measured."""
     if not plan.early.fractions:
         return None
@@ -137,7 +163,7 @@ def _early(plan: Plan, store: Store, df: pd.DataFrame, axes: list[str]) -> pd.Da
     early = store.early()
     early = early[early.fraction.isin(plan.early.fractions)]  # failed values are NaN: fewer models
     table = lb.early_table(final, early, lb.measure_info(chosen), axes, n_boot=plan.evaluation.n_boot,
-                           seed=plan.evaluation.seed)
+                           seed=plan.evaluation.seed, cache=cache)
     return None if table.empty else table
 
 

@@ -55,6 +55,7 @@ class Evaluation:
     targets: tuple[str, ...]
     n_boot: int
     seed: int
+    cache: bool = True  # reuse the statistics of measures already scored (benchmark.evaluation.cache)
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def make_plan(cfg: DictConfig) -> Plan:
         suite=SuiteFiles(board_dir, str(suite["name"])) if suite is not None else None,
         store_root=str(config["store"]["root"]), board=BoardFiles(board_dir, str(lb["name"])),
         plots=bool(lb["plots"]),
-        evaluation=Evaluation(tuple(ev["targets"]), int(ev["n_boot"]), int(ev["seed"])),
+        evaluation=Evaluation(tuple(ev["targets"]), int(ev["n_boot"]), int(ev["seed"]),
+                              "cache" not in ev or flag(config, "evaluate.cache")),
         view=View(str(lb["target"]), str(lb["sort"]), str(lb.get("order", "auto")), lb["top"]),
         measure=MeasureSettings(include="all" if include == "all" else tuple(include),
                                 exclude=tuple(ms.get("exclude") or ()), plugins=tuple(ms.get("plugins") or ()),

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.evaluation import leaderboard as lb
+from benchmark.evaluation.cache import StatsCache
 from benchmark.files import write_text
 
 ALPHA = 0.05  # the level of the paired test against #1 (tiers, tied_with_best)
@@ -89,14 +90,16 @@ class Board:
 
 def build(name: str, df: pd.DataFrame, info: pd.DataFrame, costs: pd.DataFrame, axes: Sequence[str],
           targets: Sequence[str], n_boot: int, seed: int, early: pd.DataFrame | None = None,
-          alpha: float = ALPHA) -> Board:
+          alpha: float = ALPHA, cache: StatsCache | None = None) -> Board:
     """The board of the zoo DataFrame ``df``: every statistic of the measures of ``info`` (``leaderboard.results``,
     with their ``costs``), the baselines, the split-half reliability, the gap against noise and the oracle
-    analyses; ``early`` is the early-prediction table when one was measured."""
+    analyses; ``early`` is the early-prediction table when one was measured. A ``cache`` (``benchmark.evaluation.
+    cache``) serves the statistics of every measure whose values, zoo and settings it has seen: the board equals
+    the one built without it."""
     axes, targets = list(axes), list(targets)
-    table = lb.results(df, info, costs, axes, targets=targets, n_boot=n_boot, seed=seed, alpha=alpha)
-    baselines = lb.baseline_table(df, axes, targets=targets, n_boot=n_boot, seed=seed, alpha=alpha)
-    reliability = lb.reliability(df, info, targets=targets, seed=seed)
+    table = lb.results(df, info, costs, axes, targets=targets, n_boot=n_boot, seed=seed, alpha=alpha, cache=cache)
+    baselines = lb.baseline_table(df, axes, targets=targets, n_boot=n_boot, seed=seed, alpha=alpha, cache=cache)
+    reliability = lb.reliability(df, info, targets=targets, seed=seed, cache=cache)
     return Board(name, table, df, lb.gap_noise(df), reliability, baselines, lb.oracle_table(df, info), early,
                  alpha, axes, targets)
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from benchmark.errors import NothingToRankError
 from benchmark.evaluation import stats
+from benchmark.evaluation.cache import StatsCache
 from benchmark.store import converged
 from measures.registry import ADJUSTED
 
@@ -100,13 +101,13 @@ def check_rankable(df: pd.DataFrame, zoo: str) -> None:
 
 def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list[str], *,
             targets: Sequence[str] = tuple(TARGETS.values()), n_boot: int = 200, seed: int = 0,
-            alpha: float = 0.05) -> pd.DataFrame:
+            alpha: float = 0.05, cache: StatsCache | None = None) -> pd.DataFrame:
     """Every statistic of every measure against every target, oriented by sign, with cost and metadata; ``alpha``
-    is the level of the paired test against #1."""
+    is the level of the paired test against #1; ``cache`` serves the statistics of measures seen before."""
     oriented, names = _oriented(df, info)
     groups = identical_groups(oriented[converged(oriented)], names)
     table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed,
-                           alpha=alpha)
+                           alpha=alpha, cache=cache)
     table["identical"] = [", ".join(c.removeprefix("measure.") for c in groups[m]) for m in table["measure"]]
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
@@ -205,7 +206,8 @@ EARLY_FINAL = 1.0  # the fraction column of the final models in the early-predic
 
 
 def early_table(df: pd.DataFrame, early: pd.DataFrame, info: pd.DataFrame, axes: list[str], *,
-                target: str = TARGETS["gap_error"], n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+                target: str = TARGETS["gap_error"], n_boot: int = 200, seed: int = 0,
+                cache: StatsCache | None = None) -> pd.DataFrame:
     """How well each measure, computed on the weights kept at a fraction of training, predicts the final
     ``target`` of the same models: τ (oriented by the declared sign) with the leaderboard's seed-bootstrap
     interval, per measure and fraction, and the final models' τ (``fraction`` 1) beside them.
@@ -237,7 +239,8 @@ def early_table(df: pd.DataFrame, early: pd.DataFrame, info: pd.DataFrame, axes:
             wide[col] = sign[name] * df[f"measure.{name}"]
             where[col] = (name, EARLY_FINAL, EARLY_FINAL)
             cols.append(col)
-    res = stats.evaluate(wide, cols, targets=[target], axes=axes, n_boot=n_boot, seed=seed, cmi_permutations=0)
+    res = stats.evaluate(wide, cols, targets=[target], axes=axes, n_boot=n_boot, seed=seed, cmi_permutations=0,
+                         cache=cache)
     rows = []
     for r in res.itertuples():
         name, fraction, real = where[r.measure]
@@ -281,13 +284,14 @@ def baseline_columns(df: pd.DataFrame, axes: Sequence[str], seed: int = 0) -> pd
 
 
 def baseline_table(df: pd.DataFrame, axes: list[str], *, targets: Sequence[str] = tuple(TARGETS.values()),
-                   n_boot: int = 200, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+                   n_boot: int = 200, seed: int = 0, alpha: float = 0.05,
+                   cache: StatsCache | None = None) -> pd.DataFrame:
     """The statistics of the baselines (:func:`baseline_columns`), computed like the measures' but apart from
     them, so that they never enter the ranking or its comparison with the best measure."""
     with_baselines = baseline_columns(df, axes, seed)
     names = [c for c in with_baselines if c.startswith("measure.baseline.")]
     table = stats.evaluate(with_baselines, names, targets=list(targets), axes=axes, n_boot=n_boot, seed=seed,
-                           alpha=alpha)
+                           alpha=alpha, cache=cache)
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table["family"] = BASELINE
@@ -295,13 +299,13 @@ def baseline_table(df: pd.DataFrame, axes: list[str], *, targets: Sequence[str] 
 
 
 def reliability(df: pd.DataFrame, info: pd.DataFrame, *, targets: Sequence[str] = tuple(TARGETS.values()),
-                seed: int = 0) -> dict:
+                seed: int = 0, cache: StatsCache | None = None) -> dict:
     """Split-half reliability of the ranking of the ranked measures (oriented by sign; each group of identical
     measures once, as the leaderboard ranks them, since copies would agree with themselves), per target
     (``stats.split_half``)."""
     oriented, names = _oriented(df[converged(df)], info)
     names = list(identical_groups(oriented, names))
-    return {t.removeprefix("metric."): stats.split_half(oriented, names, t, seed=seed) for t in targets}
+    return {t.removeprefix("metric."): stats.split_half(oriented, names, t, seed=seed, cache=cache) for t in targets}
 
 
 def task_summary(table: pd.DataFrame, df: pd.DataFrame, reliability: dict, axes: Sequence[str]) -> dict:

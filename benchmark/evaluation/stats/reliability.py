@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from benchmark.evaluation.cache import StatsCache, code_version, digest, zoo_columns
 from benchmark.evaluation.stats.pairs import configurations
 from benchmark.evaluation.stats.ranks import kendall_tau
 from benchmark.evaluation.stats.resampling import _canonical
@@ -78,7 +79,8 @@ def seed_noise(df: pd.DataFrame, column: str) -> dict:
 
 
 def split_half(
-    df: pd.DataFrame, measures: Sequence[str], target: str, *, splits: int = 20, seed: int = 0
+    df: pd.DataFrame, measures: Sequence[str], target: str, *, splits: int = 20, seed: int = 0,
+    cache: StatsCache | None = None,
 ) -> dict:
     """Split-half reliability of the ranking of ``measures`` by Kendall tau with ``target``.
 
@@ -90,14 +92,17 @@ def split_half(
     and the seeds per half. A reliability near 1 means a rerun with other seeds would rank the
     measures the same; it is the reliability of a ranking from floor(k/2) seeds per
     configuration, so the full zoo's ranking is more reliable than this. NaN when no
-    configuration has two seeds or fewer than three measures have a tau on both halves.
+    configuration has two seeds or fewer than three measures have a tau on both halves. With a
+    ``cache``, each measure's taus on the halves are read from it when its column, the zoo and the
+    splits were seen before.
     """
     base = _canonical(df)
     configs = configurations(base)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(configs == g) for g in np.unique(configs)]
     groups = [g for g in groups if len(g) >= 2]
-    rhos, per_half = [], min((len(g) // 2 for g in groups), default=0)
+    per_half = min((len(g) // 2 for g in groups), default=0)
+    halves = []
     for _ in range(splits if groups else 0):
         a, b = [], []
         for rows in groups:
@@ -105,13 +110,44 @@ def split_half(
             h = len(rows) // 2
             a.append(perm[:h])
             b.append(perm[h : 2 * h])
-        halves = [base.iloc[np.sort(np.concatenate(x))] for x in (a, b)]
-        taus = np.array([[kendall_tau(h, m, target) for m in measures] for h in halves])
-        ok = np.isfinite(taus).all(axis=0)
+        halves.append([np.sort(np.concatenate(x)) for x in (a, b)])
+    taus = _half_taus(base, list(measures), target, halves, seed, cache)
+    rhos = []
+    for s in range(len(halves)):
+        ok = np.isfinite(taus[:, s]).all(axis=1)
         if ok.sum() >= 3:
-            rhos.append(float(scipy.stats.spearmanr(taus[0, ok], taus[1, ok]).statistic))
+            rhos.append(float(scipy.stats.spearmanr(taus[ok, s, 0], taus[ok, s, 1]).statistic))
     rhos = [r for r in rhos if np.isfinite(r)]
     if not rhos:
         return {"rho": math.nan, "rho_min": math.nan, "rho_max": math.nan, "splits": 0, "seeds_per_half": per_half}
     return {"rho": float(np.mean(rhos)), "rho_min": float(min(rhos)), "rho_max": float(max(rhos)),
             "splits": len(rhos), "seeds_per_half": per_half}
+
+
+def _half_taus(base: pd.DataFrame, measures: list[str], target: str, halves: list[list[np.ndarray]], seed: int,
+               cache: StatsCache | None) -> np.ndarray:
+    """Every measure's Kendall tau with ``target`` on each half of each split, (measures, splits, 2)."""
+    out = np.full((len(measures), len(halves), 2), np.nan)
+    keys = {}
+    if cache is not None:
+        zoo = digest("split_half", zoo_columns(base), target, len(halves), seed, code_version())
+        keys = {m: digest(zoo, m, base[m]) for m in measures}
+    todo = []
+    for k, m in enumerate(measures):
+        found = cache.get(keys[m]) if cache is not None else None
+        if found is None:
+            todo.append(k)
+        else:
+            out[k] = found
+    if cache is not None:
+        cache.reused["split_half"] += len(measures) - len(todo)
+        cache.computed["split_half"] += len(todo)
+    for s, pair in enumerate(halves):
+        for h, rows in enumerate(pair):
+            half = base.iloc[rows]
+            for k in todo:
+                out[k, s, h] = kendall_tau(half, measures[k], target)
+    if cache is not None:
+        for k in todo:
+            cache.put(keys[measures[k]], "split_half", out[k].copy())
+    return out

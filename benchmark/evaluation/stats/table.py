@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from benchmark.evaluation.cache import StatsCache, code_version, digest, zoo_columns
 from benchmark.evaluation.stats.cmi import _cmi_from_sets, _cmi_null_from, _cmi_signs, _permutations
 from benchmark.evaluation.stats.pairs import TEST_SIZE_COLUMN, _column_ranks, _pair_signs, configurations, default_axes
 from benchmark.evaluation.stats.ranks import _psi_from_cells, _tau_from_sums, spearman_rho
@@ -54,6 +55,7 @@ def evaluate(
     alpha: float = 0.05,
     min_ess: float | None = None,
     cmi_permutations: int = 50,
+    cache: StatsCache | None = None,
 ) -> pd.DataFrame:
     """The long results table of the leaderboard: one row per (measure, target).
 
@@ -101,15 +103,42 @@ def evaluate(
     converged, n_dropped = filter_converged(df)
     base = _canonical(converged)
     axes = tuple(default_axes(base) if axes is None else axes)
-    board = _board(base, axes, list(measures), n_boot=n_boot, seed=seed, resample=resample,
-                   cmi_permutations=cmi_permutations)
     min_ess = MIN_ESS if min_ess is None else min_ess
+    measures, targets = list(measures), list(targets)
+    found = _measure_rows(base, axes, measures, targets, n_boot=n_boot, seed=seed, resample=resample,
+                          cmi_permutations=cmi_permutations, min_ess=min_ess, cache=cache)
     rows = []
     for target in targets:
-        rows += _target_rows(board, target, alpha, min_ess)
+        rows += _compared(found, measures, target, alpha)
     attrs = {"n_unconverged": n_dropped, "axes": list(axes), "n_boot": n_boot, "seed": seed, "resample": resample,
              "replicated": replicated(configurations(base)), "alpha": alpha, "min_ess": min_ess}
     return _table(rows, axes, attrs)
+
+
+def _measure_rows(base: pd.DataFrame, axes: tuple[str, ...], measures: list[str], targets: list[str], *,
+                  n_boot: int, seed: int, resample: str, cmi_permutations: int, min_ess: float,
+                  cache: StatsCache | None) -> dict[tuple[str, str], tuple[dict, np.ndarray, np.ndarray]]:
+    """Each (measure, target)'s own columns with its tau and Psi bootstrap replicates: everything of its rows that
+    does not depend on the other measures. With a ``cache``, a measure whose column, zoo and settings were seen
+    before is read from it, and the pair design is built only for the others."""
+    keys = {}
+    if cache is not None:
+        zoo = digest(zoo_columns(base), list(axes), n_boot, seed, resample, cmi_permutations, min_ess, code_version())
+        keys = {(m, t): digest(zoo, m, base[m], t) for m in measures for t in targets}
+    found = {k: v for k, v in ((k, cache.get(key)) for k, key in keys.items()) if v is not None}
+    todo = [m for m in measures if any((m, t) not in found for t in targets)]
+    if cache is not None:
+        cache.reused["measure"] += len(measures) - len(todo)
+        cache.computed["measure"] += len(todo)
+    if todo:
+        board = _board(base, axes, todo, n_boot=n_boot, seed=seed, resample=resample,
+                       cmi_permutations=cmi_permutations)
+        for target in targets:
+            for m, value in zip(todo, _target_rows(board, target, min_ess)):
+                found[(m, target)] = value
+                if cache is not None:
+                    cache.put(keys[(m, target)], "measure", value)
+    return found
 
 
 @dataclass(frozen=True)
@@ -140,8 +169,8 @@ def _board(base: pd.DataFrame, axes: tuple[str, ...], measures: list[str], *, n_
                   ranks=ranks, sx=sx, vx=vx)
 
 
-def _target_rows(board: _Board, target: str, alpha: float, min_ess: float) -> list[dict]:
-    """One target's rows: every measure's columns, then each measure compared with the best one."""
+def _target_rows(board: _Board, target: str, min_ess: float) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """One target's rows of the board's measures, each with its tau and Psi bootstrap replicates."""
     base, design = board.base, board.design
     ry = _column_ranks(base, target)
     g = base[target].to_numpy(dtype=float)
@@ -154,19 +183,29 @@ def _target_rows(board: _Board, target: str, alpha: float, min_ess: float) -> li
         (np.abs(sy)[:, None] * valid).sum(axis=0),
     )
     boot_taus = _boot_taus_blocked(design, board.sx, board.vx, sy, vy)
-    boot_psis = np.full((design.counts.shape[0], len(board.measures)), np.nan)
-    rows = []
+    out = []
     for k, m in enumerate(board.measures):
         rx = board.ranks[m]
-        boot_psis[:, k] = _bootstrap_psi(design, board.psi_weights, rx, ry)
-        rows.append({
+        boot_psi = _bootstrap_psi(design, board.psi_weights, rx, ry)
+        row = {
             "measure": m,
             "target": target,
-            **_rank_columns(board, m, target, rx, ry, taus[k], boot_taus[:, k], boot_psis[:, k]),
+            **_rank_columns(board, m, target, rx, ry, taus[k], boot_taus[:, k], boot_psi),
             **_cmi_columns(board, rx, ry),
             **_sign_error_columns(board, rx, ry, g, n_test, min_ess),
-        })
-    _compare_with_best(rows, [float(t) for t in taus], boot_taus, boot_psis, alpha)
+        }
+        out.append((row, boot_taus[:, k].copy(), boot_psi))
+    return out
+
+
+def _compared(found: dict, measures: list[str], target: str, alpha: float) -> list[dict]:
+    """One target's rows in ``measures`` order, each compared with the best one (:func:`_compare_with_best`)."""
+    parts = [found[(m, target)] for m in measures]
+    rows = [dict(row) for row, _, _ in parts]
+    n_boot = len(parts[0][1]) if parts else 0
+    boot_taus = np.stack([b for _, b, _ in parts], axis=1) if parts else np.zeros((n_boot, 0))
+    boot_psis = np.stack([p for _, _, p in parts], axis=1) if parts else np.zeros((n_boot, 0))
+    _compare_with_best(rows, [float(r["tau"]) for r in rows], boot_taus, boot_psis, alpha)
     return rows
 
 

@@ -142,16 +142,15 @@ def write_scatters(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target
     return _draw_scatters(shared, axes, measures, target, Path(out_dir))
 
 
-def _draw_scatters(shared: pd.DataFrame, axes: list, measures: dict[str, tuple[dict, np.ndarray]], target: str,
+def _draw_scatters(conv: pd.DataFrame, axes: list, measures: dict[str, tuple[dict, np.ndarray]], target: str,
                    out_dir: Path) -> list[Path]:
-    """The scatters of ``measures`` (``scatter_inputs``).
+    """The scatters of ``measures`` over the converged models ``conv`` (``scatter_inputs`` gives both).
 
     What does not depend on the measure (y axis, legends, axis names, frames) is rendered once; for every measure
     only the points, the x axes and the short titles are drawn over a copy of that background (Agg blitting), so
     drawing some of the measures gives the same bytes as drawing all of them.
     Matplotlib rasterises text glyph by glyph, so the per-measure text is kept short.
     """
-    conv = shared
     y = conv[f"metric.{target}"].to_numpy(dtype=float)
     if not measures:
         return []

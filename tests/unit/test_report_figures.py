@@ -71,6 +71,16 @@ def test_a_changed_measure_draws_its_scatter_and_the_figures_that_rank_it(zoo, t
     assert len(changed.reused) == len(changed) - len(expected)
 
 
+def test_values_rescaled_draw_only_their_scatter(zoo, tmp_path):
+    """τ, Ψ and their intervals depend on ranks alone: ten times the values change the scatter's x axis and no
+    cell of the table, so no other figure is drawn."""
+    before = _board(zoo)
+    plots.write(before, tmp_path)
+    rescaled = _board(zoo.assign(**{"measure.perfect": 10 * zoo["measure.perfect"]}))
+    pd.testing.assert_frame_equal(rescaled.table, before.table)
+    assert plots.write(rescaled, tmp_path).drawn == [tmp_path / layout.scatter_file("perfect")]
+
+
 def test_incremental_drawing_gives_the_bytes_of_a_full_drawing(zoo, tmp_path):
     full, incremental = tmp_path / "full", tmp_path / "incremental"
     plots.write(_board(_changed(zoo)), full)

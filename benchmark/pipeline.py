@@ -138,7 +138,7 @@ def _evaluate_board(plan: Plan, task: Task, cache: StatsCache | None) -> board.B
     if plan.plots:
         from benchmark.report import plots  # matplotlib: only where figures are drawn
         figures = plots.write(built, files.figures)
-        log.info("wrote %d figures under %s", len(figures), files.figures)
+        log.info("figures: %d drawn, %d reused under %s", len(figures.drawn), len(figures.reused), files.figures)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return built
 

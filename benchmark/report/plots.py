@@ -19,9 +19,17 @@ Figures use matplotlib's object API on an Agg canvas (no pyplot, no global figur
 a fixed style, and PNG metadata without a version string, so the same tables give the same bytes. The scatter
 figure is built once per leaderboard and only its points and titles change from measure to measure: panels,
 colours and legends depend on the zoo alone. That keeps ~60 measures × 5 axes to about ten CPU seconds.
+
+Figures are drawn again only when what they show changed: each figure's inputs are gathered first (exactly the
+data it is drawn from: for a scatter the converged models' axis, target and measure columns and the table cells in
+its titles; for the other figures the table columns they read), and their digest is compared with the one in the
+folder's manifest ``figures.json`` (``benchmark.report.figure_cache``). Scoring one new measure against a cached
+zoo draws its scatter and the figures that rank every measure, and reuses the rest.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from pathlib import Path
 
@@ -37,6 +45,8 @@ from matplotlib.figure import Figure
 from benchmark.evaluation.board import ALPHA, Board, psi_axes
 from benchmark.evaluation.leaderboard import cheapest_tied, pareto_front
 from benchmark.files import write_atomic
+from benchmark.report import figure_cache
+from benchmark.report.figure_cache import Manifest
 from benchmark.report.format import fmt, fmt_ci, ranked, short
 from benchmark.report.layout import COST_FIGURE, HEATMAP_FIGURE, SUMMARY_FIGURE, TIERS_FIGURE, scatter_file
 from benchmark.store import converged
@@ -104,17 +114,46 @@ def _converged(zoo: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ figures
+SCATTER_FIELDS = ("measure", "sign", "family", "tau", "tau_lo", "tau_hi", "psi", "psi_lo", "psi_hi")
+
+
+def scatter_inputs(zoo: pd.DataFrame, table: pd.DataFrame, target: str = "gap_error"
+                   ) -> tuple[pd.DataFrame, list, dict[str, tuple[dict, np.ndarray]]]:
+    """What the scatter plots are drawn from, and nothing else: the converged models' axis and target columns
+    (shared by every scatter), the axes, and per ranked measure its table cells in the titles and its x values
+    (``sign · measure``)."""
+    conv = _converged(zoo)
+    axes = axes_of(table) or [None]
+    shared = pd.DataFrame({**{a: conv[a] for a in axes if a is not None},
+                           f"metric.{target}": conv[f"metric.{target}"].to_numpy(dtype=float)})
+    fields = [*SCATTER_FIELDS, *(f"psi.{a}" for a in axes if a is not None)]
+    measures = {}
+    for r in ranked(table, target).to_dict("records"):
+        column = f"measure.{r['measure']}"
+        sign = -1 if r.get("sign") == -1 else 1
+        x = sign * conv[column].to_numpy(dtype=float) if column in conv else np.full(len(conv), np.nan)
+        measures[r["measure"]] = ({k: r.get(k, "" if k == "family" else None) for k in fields}, x)
+    return shared, axes, measures
+
+
 def write_scatters(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target: str = "gap_error") -> list[Path]:
-    """One PNG per ranked measure: ``sign · measure`` against ``metric.<target>``, one panel per axis.
+    """One PNG per ranked measure: ``sign · measure`` against ``metric.<target>``, one panel per axis."""
+    shared, axes, measures = scatter_inputs(zoo, table, target)
+    return _draw_scatters(shared, axes, measures, target, Path(out_dir))
+
+
+def _draw_scatters(conv: pd.DataFrame, axes: list, measures: dict[str, tuple[dict, np.ndarray]], target: str,
+                   out_dir: Path) -> list[Path]:
+    """The scatters of ``measures`` over the converged models ``conv`` (``scatter_inputs`` gives both).
 
     What does not depend on the measure (y axis, legends, axis names, frames) is rendered once; for every measure
-    only the points, the x axes and the short titles are drawn over a copy of that background (Agg blitting).
+    only the points, the x axes and the short titles are drawn over a copy of that background (Agg blitting), so
+    drawing some of the measures gives the same bytes as drawing all of them.
     Matplotlib rasterises text glyph by glyph, so the per-measure text is kept short.
     """
-    conv = _converged(zoo)
-    rows = ranked(table, target).to_dict("records")
-    axes = axes_of(table) or [None]
     y = conv[f"metric.{target}"].to_numpy(dtype=float)
+    if not measures:
+        return []
     paths = []
     with matplotlib.rc_context(STYLE):
         width = max(8.0, 0.95 + 2.3 * len(axes))  # the title line needs ~8 inches
@@ -162,10 +201,8 @@ def write_scatters(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target
         for artist in dynamic:
             artist.set_visible(True)
 
-        for r in rows:
-            column = f"measure.{r['measure']}"
-            sign = -1 if r.get("sign") == -1 else 1
-            x = sign * conv[column].to_numpy(dtype=float) if column in conv else np.full(len(conv), np.nan)
+        for r, x in measures.values():
+            sign = -1 if r["sign"] == -1 else 1
             finite = np.isfinite(x)
             canvas.restore_region(background)
             for ax, axis, layer, psi in zip(panels, axes, layers, psis):
@@ -175,9 +212,9 @@ def write_scatters(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target
                     keep = mask & finite
                     coll.set_offsets(np.column_stack([x[keep], y[keep]]))
                     fig.draw_artist(coll)
-                psi.set_text(f"ψ = {fmt(r.get(f'psi.{axis}'))}" if axis else "")
+                psi.set_text(f"ψ = {fmt(r[f'psi.{axis}'])}" if axis else "")
                 fig.draw_artist(psi)
-            title.set_text(f"{'−' if sign < 0 else ''}{r['measure']} ({r.get('family', '')}, sign {sign:+d}):  "
+            title.set_text(f"{'−' if sign < 0 else ''}{r['measure']} ({r['family']}, sign {sign:+d}):  "
                            f"τ = {fmt_ci(r['tau'], r['tau_lo'], r['tau_hi'])}   "
                            f"Ψ = {fmt_ci(r['psi'], r['psi_lo'], r['psi_hi'])}   "
                            f"({int(finite.sum())}/{len(conv)} models)")
@@ -191,7 +228,14 @@ def write_scatters(zoo: pd.DataFrame, table: pd.DataFrame, out_dir: Path, target
 
 def write_summary(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Path:
     """Horizontal bars of τ and Ψ per measure, ranked by τ, with the 95% bootstrap intervals as lines."""
-    rows = ranked(table, target)
+    return _draw_summary(*_summary_inputs(table, target), path)
+
+
+def _summary_inputs(table: pd.DataFrame, target: str) -> tuple:
+    return ranked(table, target)[["measure", "tau", "tau_lo", "tau_hi", "psi", "psi_lo", "psi_hi"]], target
+
+
+def _draw_summary(rows: pd.DataFrame, target: str, path: Path) -> Path:
     n = max(len(rows), 1)
     labels = [f"{i}. {m}" for i, m in enumerate(rows.measure, 1)]
     left = 0.25 + 0.056 * max((len(s) for s in labels), default=8)
@@ -222,10 +266,16 @@ def write_summary(table: pd.DataFrame, path: Path, target: str = "gap_error") ->
 
 def write_psi_heatmap(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Path | None:
     """ψ_i of every measure (rows, ranked by τ) along every axis (columns); None when the zoo has no axis."""
+    inputs = _heatmap_inputs(table, target)
+    return None if inputs is None else _draw_heatmap(*inputs, path)
+
+
+def _heatmap_inputs(table: pd.DataFrame, target: str) -> tuple | None:
     axes = axes_of(table)
-    if not axes:
-        return None
-    rows = ranked(table, target)
+    return (ranked(table, target)[["measure", *(f"psi.{a}" for a in axes)]], axes, target) if axes else None
+
+
+def _draw_heatmap(rows: pd.DataFrame, axes: list[str], target: str, path: Path) -> Path:
     values = rows[[f"psi.{a}" for a in axes]].to_numpy(dtype=float)  # (measures, axes)
     n = max(len(rows), 1)
     left = 0.2 + 0.056 * max((len(m) for m in rows.measure), default=8)
@@ -254,9 +304,18 @@ def write_tiers(table: pd.DataFrame, path: Path, target: str = "gap_error", alph
     """τ of every measure with its 95% interval, ranked, coloured by tier, and a bar at the right joining the
     measures of each tier (the groups the paired test at level ``alpha`` cannot split); None when the table has no
     tiers (a zoo without seed replicates)."""
+    inputs = _tiers_inputs(table, target, alpha)
+    return None if inputs is None else _draw_tiers(*inputs, path)
+
+
+def _tiers_inputs(table: pd.DataFrame, target: str, alpha: float) -> tuple | None:
     rows = ranked(table, target)
     if "tier" not in rows or not rows["tier"].notna().any():
         return None
+    return rows[["measure", "tau", "tau_lo", "tau_hi", "tier"]], target, alpha
+
+
+def _draw_tiers(rows: pd.DataFrame, target: str, alpha: float, path: Path) -> Path:
     tier = rows["tier"].to_numpy(dtype=float)
     n = max(len(rows), 1)
     labels = [f"{i}. {m}" for i, m in enumerate(rows.measure, 1)]
@@ -293,7 +352,19 @@ def write_tiers(table: pd.DataFrame, path: Path, target: str = "gap_error", alph
 
 def write_tasks(cross: pd.DataFrame, tasks: list[str], path: Path) -> Path:
     """Each measure's τ on every task (one marker per task), ranked by its worst task, the worst marked by a line
-    from zero; the cross-task table of ``benchmark.evaluation.suite.cross_task``."""
+    from zero; the cross-task table of ``benchmark.evaluation.suite.cross_task``. Drawn only when its data
+    changed since it was last drawn (the manifest of its folder, ``benchmark.report.figure_cache``)."""
+    path = Path(path)
+    inputs = (cross[["measure", "worst_tau", *(f"tau.{t}" for t in tasks)]], list(tasks))
+    manifest, digest = Manifest(path.parent), figure_cache.digest(_code(), path.name, inputs)
+    if manifest.stale(path, digest):
+        manifest.drop([path])
+        _draw_tasks(*inputs, path)
+    manifest.record({path: digest})
+    return path
+
+
+def _draw_tasks(cross: pd.DataFrame, tasks: list[str], path: Path) -> Path:
     n = max(len(cross), 1)
     left = 0.25 + 0.056 * max((len(m) for m in cross.measure), default=8)
     width, height = left + 5.0, 1.1 + 0.17 * n
@@ -327,15 +398,25 @@ def write_cost(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Pa
     """τ of every measure against its cost (seconds per model, log scale) with the τ interval, the Pareto
     front (no measure both cheaper and better) joined and labelled, and the cheapest measure that the paired test
     cannot tell apart from #1 ringed; None without costs."""
+    inputs = _cost_inputs(table, target)
+    return None if inputs is None else _draw_cost(*inputs, path)
+
+
+def _cost_inputs(table: pd.DataFrame, target: str) -> tuple | None:
     rows = table[(table.target == target) & table.tau.notna()]
     if "seconds" not in rows or not np.isfinite(rows.seconds.astype(float)).any():
         return None
     rows = rows[np.isfinite(rows.seconds.astype(float))]
+    cheap = cheapest_tied(rows, target)
+    cheap = None if cheap is None else (cheap.measure, float(cheap.seconds), float(cheap.tau))
+    return (rows[["measure", "seconds", "tau", "tau_lo", "tau_hi"]].reset_index(drop=True),
+            list(pareto_front(rows, target)), cheap, target)
+
+
+def _draw_cost(rows: pd.DataFrame, front: list[str], cheap: tuple | None, target: str, path: Path) -> Path:
     cost = np.maximum(rows.seconds.to_numpy(dtype=float), COST_FLOOR)
     tau = rows.tau.to_numpy(dtype=float)
-    front = pareto_front(rows, target)
     on = rows.measure.isin(front).to_numpy()
-    cheap = cheapest_tied(rows, target)
     with matplotlib.rc_context(STYLE):
         fig = _figure(7.5, 4.8)
         ax = fig.add_axes((0.09, 0.11, 0.88, 0.8))
@@ -348,8 +429,9 @@ def write_cost(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Pa
         for name, x, y in zip(rows.measure[on], cost[on], tau[on]):
             ax.annotate(name, (x, y), xytext=(4, -9), textcoords="offset points", fontsize=6.5, color=TAU_COLOR)
         if cheap is not None:
-            ax.plot(max(float(cheap.seconds), COST_FLOOR), float(cheap.tau), "o", ms=10, mfc="none", mec=PSI_COLOR,
-                    mew=1.5, label=f"cheapest tied with #1: {cheap.measure}")
+            name, seconds, tau_cheap = cheap
+            ax.plot(max(seconds, COST_FLOOR), tau_cheap, "o", ms=10, mfc="none", mec=PSI_COLOR, mew=1.5,
+                    label=f"cheapest tied with #1: {name}")
         ax.set_xscale("log")
         ax.axhline(0, color="#666", lw=0.8)
         ax.set_xlabel(f"seconds per model (log; below {COST_FLOOR:g} s drawn at {COST_FLOOR:g})")
@@ -360,25 +442,63 @@ def write_cost(table: pd.DataFrame, path: Path, target: str = "gap_error") -> Pa
     return path
 
 
-def write(board: Board, out_dir: Path, target: str | None = None) -> list[Path]:
+class Figures(list):
+    """The paths of a leaderboard's figures, in the order :func:`write` always gave them, and ``drawn``: those this
+    call drew because their data changed; the others (``reused``) were left as they were."""
+
+    def __init__(self, paths: list[Path], drawn: list[Path]):
+        super().__init__(paths)
+        self.drawn = list(drawn)
+
+    @property
+    def reused(self) -> list[Path]:
+        drawn = set(self.drawn)
+        return [p for p in self if p not in drawn]
+
+
+def write(board: Board, out_dir: Path, target: str | None = None) -> Figures:
     """Every figure of one leaderboard under ``out_dir``; scatter plots of measures no longer listed are removed.
 
-    ``target``: default ``gap_error``, or the table's first target when it was not evaluated.
+    A figure is drawn only when the data it shows changed since it was drawn into ``out_dir`` (or its file is
+    missing): its digest is kept in the folder's manifest (``benchmark.report.figure_cache``). The files are the
+    same bytes as a full drawing would give. ``target``: default ``gap_error``, or the table's first target when
+    it was not evaluated.
     """
     out_dir, table = Path(out_dir), board.table
     if target is None:
         target = "gap_error" if table.empty or "gap_error" in set(table.target) else str(table.target.iloc[0])
-    scatters = write_scatters(board.zoo, table, out_dir, target)
-    for stale in set((out_dir / "scatter").glob("*.png")) - set(scatters):
+    code = _code()
+    shared, axes, measures = scatter_inputs(board.zoo, table, target)
+    common = figure_cache.digest(code, "scatter", shared, axes, target)
+    scatters = {m: out_dir / scatter_file(m) for m in measures}
+    digests = {scatters[m]: figure_cache.digest(common, fields, x) for m, (fields, x) in measures.items()}
+    aggregates = {out_dir / SUMMARY_FIGURE: (_draw_summary, _summary_inputs(table, target)),
+                  out_dir / HEATMAP_FIGURE: (_draw_heatmap, _heatmap_inputs(table, target)),
+                  out_dir / TIERS_FIGURE: (_draw_tiers, _tiers_inputs(table, target, board.alpha)),
+                  out_dir / COST_FIGURE: (_draw_cost, _cost_inputs(table, target))}
+    for path, (_, inputs) in aggregates.items():
+        if inputs is None:
+            path.unlink(missing_ok=True)
+        else:
+            digests[path] = figure_cache.digest(code, path.name, inputs)
+
+    manifest = Manifest(out_dir)
+    drawn = [p for p, d in digests.items() if manifest.stale(p, d)]
+    manifest.drop(drawn)
+    redraw = set(drawn)
+    _draw_scatters(shared, axes, {m: v for m, v in measures.items() if scatters[m] in redraw}, target, out_dir)
+    for stale in set((out_dir / "scatter").glob("*.png")) - set(scatters.values()):
         stale.unlink()
-    heatmap = write_psi_heatmap(table, out_dir / HEATMAP_FIGURE, target)
-    if heatmap is None:
-        (out_dir / HEATMAP_FIGURE).unlink(missing_ok=True)
-    tier_figure = write_tiers(table, out_dir / TIERS_FIGURE, target, board.alpha)
-    if tier_figure is None:
-        (out_dir / TIERS_FIGURE).unlink(missing_ok=True)
-    cost_figure = write_cost(table, out_dir / COST_FIGURE, target)
-    if cost_figure is None:
-        (out_dir / COST_FIGURE).unlink(missing_ok=True)
-    return [*scatters, write_summary(table, out_dir / SUMMARY_FIGURE, target),
-            *[f for f in (heatmap, tier_figure, cost_figure) if f]]
+    for path, (draw, inputs) in aggregates.items():
+        if path in redraw:
+            draw(*inputs, path)
+    manifest.record(digests, complete=True)
+    return Figures(list(digests), drawn)
+
+
+@functools.cache
+def _code() -> str:
+    """The figure code's version: this module's and the number formatting's source, and the rendering libraries'
+    versions. Editing either file, or upgrading a library, draws every figure again."""
+    return figure_cache.code_version(Path(__file__), Path(inspect.getfile(fmt)),
+                                     libraries=(matplotlib.__version__, PIL.__version__, np.__version__))

@@ -20,7 +20,7 @@ from benchmark import pipeline
 from benchmark.errors import UserError
 from benchmark.evaluation import board as boards
 from benchmark.evaluation.board import Board
-from benchmark.report import layout, plots, summary
+from benchmark.report import figure_cache, layout, plots, summary
 from benchmark.report import page as html
 from measures import plugins
 from tests.conftest import TINY, make_cfg
@@ -87,7 +87,8 @@ def test_figures_are_valid_deterministic_pngs(board):
     before = {p: p.read_bytes() for p in files}
     stored = boards.load(layout.BoardFiles(folder, NAME).typed)
     pd.testing.assert_frame_equal(stored.table, table)
-    plots.write(stored, folder / NAME)
+    (folder / NAME / figure_cache.MANIFEST).unlink()  # draw every figure again, not reuse it
+    assert len(plots.write(stored, folder / NAME).drawn) == len(list((folder / NAME).rglob("*.png")))
     assert {p: p.read_bytes() for p in files} == before  # same board, same bytes
 
 

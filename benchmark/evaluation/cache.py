@@ -35,20 +35,29 @@ _SOURCES = ("leaderboard.py", "cache.py", "stats")  # under benchmark/evaluation
 _code_version: str | None = None
 
 
+def sources_digest(paths, *extra: str) -> str:
+    """A digest of the files at ``paths`` (names and contents) and of ``extra`` strings (library versions): the
+    version of the code that computes a cached result."""
+    h = hashlib.sha256()
+    for f in paths:
+        f = Path(f)
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for text in extra:
+        h.update(text.encode() + b"\0")
+    return h.hexdigest()
+
+
 def code_version() -> str:
     """A digest of the statistics' source files and of the numerical libraries' versions: a change to either is a
     change of every cached result."""
     global _code_version
     if _code_version is None:
-        here = Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for name in _SOURCES:
-            path = here / name
-            for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-                h.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
         import scipy
-        h.update(f"numpy {np.__version__} scipy {scipy.__version__} pandas {pd.__version__}".encode())
-        _code_version = h.hexdigest()
+        here = Path(__file__).resolve().parent
+        files = [f for name in _SOURCES for f in (sorted((here / name).rglob("*.py")) if (here / name).is_dir()
+                                                   else [here / name])]
+        _code_version = sources_digest(files, f"numpy {np.__version__}", f"scipy {scipy.__version__}",
+                                       f"pandas {pd.__version__}")
     return _code_version
 
 
@@ -61,27 +70,26 @@ def _feed(h, x) -> None:
             _feed(h, x[name])
     elif isinstance(x, pd.Series):
         _feed(h, x.to_numpy())
+    elif isinstance(x, np.ndarray) and x.dtype.kind in "biufcmM":
+        h.update(f"A{x.dtype.str}{x.shape}".encode())
+        h.update(np.ascontiguousarray(x).tobytes())
     elif isinstance(x, np.ndarray):
-        if x.dtype.kind == "O":
-            h.update(b"O")
-            _feed(h, [None if v is None or (isinstance(v, float) and v != v) else v for v in x.tolist()])
-        else:
-            h.update(f"A{x.dtype.str}{x.shape}".encode())
-            h.update(np.ascontiguousarray(x).tobytes())
+        h.update(f"O{x.shape}".encode())
+        _feed(h, x.ravel().tolist())
     elif isinstance(x, (list, tuple)):
         h.update(b"L%d:" % len(x))
         for v in x:
             _feed(h, v)
     elif isinstance(x, dict):
         _feed(h, sorted((str(k), v) for k, v in x.items()))
-    elif x is None or isinstance(x, (bool, int, float, str, np.generic)):
-        h.update(f"{type(x).__name__}:{x!r};".encode())
     else:
-        raise TypeError(f"cannot digest {type(x).__name__}")
+        text = f"{type(x).__name__}:{x!r}".encode()
+        h.update(b"S%d:" % len(text) + text)
 
 
 def digest(*parts) -> str:
-    """The SHA-256 of ``parts`` (tables, columns, arrays, lists, dicts and scalars), as hex."""
+    """The SHA-256 of ``parts`` (tables, columns, arrays, lists, dicts and scalars, nested freely), as hex: computed
+    from values, never from object identities, so the same data gives the same digest in every process."""
     h = hashlib.sha256()
     _feed(h, list(parts))
     return h.hexdigest()
@@ -194,4 +202,4 @@ class StatsCache:
             self._db = None
 
 
-__all__ = ["FILE", "StatsCache", "code_version", "digest", "zoo_columns"]
+__all__ = ["FILE", "StatsCache", "code_version", "digest", "sources_digest", "zoo_columns"]

@@ -6,77 +6,21 @@ again when its file is missing, its digest differs, or the manifest is missing o
 is reused as it stands. Evaluating one new measure against a cached zoo then draws its scatter and the few
 figures that rank every measure, not the dozens of scatters of the measures that did not change.
 
-The digest is computed from values, not from object identities: DataFrames column by column (names, dtypes and
-bytes), object columns value by value through ``repr``, so that the same tables give the same digest in every
-process. It is conservative: a change of dtype with equal values draws the figure again, which costs time but
-never shows a stale figure.
+The digest is the statistics cache's (``benchmark.evaluation.cache.digest``: values, not object identities; names,
+dtypes and bytes). It is conservative: a change of dtype with equal values draws the figure again, which costs time
+but never shows a stale figure.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
+from benchmark.evaluation.cache import digest, sources_digest
 from benchmark.files import write_text
 
 MANIFEST = "figures.json"
 FORMAT = 1
-
-
-def code_version(*sources: Path, libraries: Iterable[str] = ()) -> str:
-    """A digest of the source files that draw the figures and of the rendering libraries' versions: editing the
-    figure code, or upgrading matplotlib, draws every figure again without anyone having to remember it."""
-    h = hashlib.sha256()
-    for source in sources:
-        h.update(Path(source).read_bytes())
-    for version in libraries:
-        h.update(version.encode() + b"\0")
-    return h.hexdigest()
-
-
-def digest(*parts) -> str:
-    """A hex digest of ``parts``: DataFrames, Series, arrays, lists, tuples, dicts and scalars, nested freely."""
-    h = hashlib.sha256()
-    for part in parts:
-        _feed(h, part)
-    return h.hexdigest()
-
-
-def _feed(h, value) -> None:
-    if isinstance(value, pd.DataFrame):
-        _tag(h, b"F", len(value.columns))
-        for name in value.columns:
-            _feed(h, str(name))
-            _feed(h, value[name])
-    elif isinstance(value, pd.Series):
-        _feed(h, value.to_numpy())
-    elif isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
-        data = np.ascontiguousarray(value)
-        _tag(h, b"A" + data.dtype.str.encode() + repr(data.shape).encode(), data.nbytes)
-        h.update(data.tobytes())
-    elif isinstance(value, np.ndarray):
-        _feed(h, value.tolist())
-    elif isinstance(value, (list, tuple)):
-        _tag(h, b"L", len(value))
-        for item in value:
-            _feed(h, item)
-    elif isinstance(value, dict):
-        _tag(h, b"D", len(value))
-        for key in sorted(value, key=str):
-            _feed(h, str(key))
-            _feed(h, value[key])
-    else:
-        text = repr(value).encode()
-        _tag(h, b"S", len(text))
-        h.update(text)
-
-
-def _tag(h, kind: bytes, n: int) -> None:
-    h.update(kind + b"%d:" % n)
 
 
 class Manifest:
@@ -101,9 +45,10 @@ class Manifest:
     def key(self, path: Path) -> str:
         return Path(path).relative_to(self.folder).as_posix()
 
-    def stale(self, path: Path, digest: str) -> bool:
-        """Whether the figure at ``path`` must be drawn: its file is missing or was drawn from other data."""
-        return self.entries.get(self.key(path)) != digest or not Path(path).is_file()
+    def stale(self, path: Path, drawn_from: str) -> bool:
+        """Whether the figure at ``path`` must be drawn: its file is missing or was drawn from other data than the
+        digest ``drawn_from``."""
+        return self.entries.get(self.key(path)) != drawn_from or not Path(path).is_file()
 
     def drop(self, paths: Iterable[Path]) -> None:
         """Forget the figures at ``paths`` before drawing them again: an interrupted drawing then leaves no entry
@@ -125,3 +70,6 @@ class Manifest:
         text = json.dumps({"format": FORMAT, "figures": dict(sorted(entries.items()))}, indent=1)
         write_text(self.path, text + "\n")
         self.entries = entries
+
+
+__all__ = ["FORMAT", "MANIFEST", "Manifest", "digest", "sources_digest"]

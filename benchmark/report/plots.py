@@ -500,5 +500,6 @@ def write(board: Board, out_dir: Path, target: str | None = None) -> Figures:
 def _code() -> str:
     """The figure code's version: this module's and the number formatting's source, and the rendering libraries'
     versions. Editing either file, or upgrading a library, draws every figure again."""
-    return figure_cache.code_version(Path(__file__), Path(inspect.getfile(fmt)),
-                                     libraries=(matplotlib.__version__, PIL.__version__, np.__version__))
+    return figure_cache.sources_digest([Path(__file__), Path(inspect.getfile(fmt))],
+                                       f"matplotlib {matplotlib.__version__}", f"pillow {PIL.__version__}",
+                                       f"numpy {np.__version__}")

@@ -134,10 +134,10 @@ def test_the_digest_follows_values_not_objects():
 def test_the_figure_code_is_part_of_every_digest(tmp_path):
     source = tmp_path / "plots.py"
     source.write_text("x = 1\n")
-    before = figure_cache.code_version(source, libraries=("3.9.0",))
-    assert figure_cache.code_version(source, libraries=("3.9.1",)) != before
+    before = figure_cache.sources_digest([source], "matplotlib 3.9.0")
+    assert figure_cache.sources_digest([source], "matplotlib 3.9.1") != before
     source.write_text("x = 2\n")
-    assert figure_cache.code_version(source, libraries=("3.9.0",)) != before
+    assert figure_cache.sources_digest([source], "matplotlib 3.9.0") != before
 
 
 def test_the_suite_figure_is_drawn_only_when_its_table_changed(tmp_path):

@@ -220,6 +220,12 @@ def _download(url: str, folder: Path) -> Path:
     return target
 
 
+def _why(err: BaseException) -> str:
+    """What tarfile says, unless it is its list of every compression it tried."""
+    text = _first_line(err)
+    return "" if "could not be opened successfully" in text else f": {text}"
+
+
 def _first_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -235,7 +241,7 @@ def verify(path: Path, folder: Path, source: str | None = None) -> dict:
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         if isinstance(err, OSError) and not isinstance(err, EOFError) and err.errno is not None:
             raise
-        raise ArchiveError(f"{where} is not a genbench archive (not a tar file: {_first_line(err)})") from None
+        raise ArchiveError(f"{where} is not a genbench archive (not a tar file{_why(err)})") from None
     manifest, seen = None, set()
     folder.mkdir(parents=True, exist_ok=True)
     with tar:

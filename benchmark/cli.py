@@ -98,8 +98,7 @@ def _migrate(plan: Plan) -> None:
 
 def _export(plan: Plan) -> None:
     from benchmark import pipeline
-    counts = pipeline.export(plan)
-    print(f"wrote {counts['path']}")
+    pipeline.export(plan)
 
 
 def _import(rest: list[str]) -> None:

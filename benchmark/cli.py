@@ -105,14 +105,18 @@ def _import(rest: list[str]) -> None:
     """``genbench import PATH_OR_URL [overrides]``: the one argument that is not an override is the archive (a
     path, relative to the current folder, or a URL); the rest go to Hydra as for every other command."""
     from benchmark.errors import UserError
-    given = [a for a in rest if not a.startswith("-") and "=" not in a.split("://")[0].split("/")[0]]
+    given, after_flag = [], False
+    for i, arg in enumerate(rest):
+        if not after_flag and not arg.startswith("-") and "=" not in arg.split("://")[0].split("/")[0]:
+            given.append(i)
+        after_flag = arg in _CONFIG_DIRS  # its folder is the next argument
     if len(given) != 1:
         raise UserError(f"give one archive to import (a path or a URL), not {len(given)}: genbench import "
                         f"PATH_OR_URL [store.root=DIR] [collect.on_conflict=fail|keep|replace]")
-    source = given[0]
+    source = rest[given[0]]
     if "://" not in source:
         source = str(Path(source).expanduser().absolute())
-    overrides = [a for a in rest if a != given[0]]
+    overrides = rest[:given[0]] + rest[given[0] + 1:]
 
     def task(plan: Plan) -> None:
         from benchmark import pipeline

@@ -292,3 +292,38 @@ def test_sources_that_cannot_be_fetched_are_one_line(zoo, server, tmp_path):
         assert not (tmp_path / "new").exists()
     out = genbench("import", *TINY, f"store.root={tmp_path / 'new'}", cwd=tmp_path)
     _fails_in_one_line(out, "give one archive to import")
+
+
+def test_an_archive_of_an_older_store_schema_is_upgraded_before_it_is_merged(zoo, tmp_path):
+    """An archive written when the store schema was 3 (no dataset.label_noise_mode in the hyperparameters): its
+    store is migrated in the temporary folder, so the destination gets the current schema's rows."""
+    members = _members(zoo["archive"])
+    index = tmp_path / "index.sqlite"
+    index.write_bytes(dict((m.name, d) for m, d in members)["index.sqlite"])
+    with sqlite3.connect(index) as db:
+        for model_id, hp in db.execute("SELECT id, hparams FROM models").fetchall():
+            hp = json.loads(hp)
+            del hp["dataset"]["label_noise_mode"]
+            db.execute("UPDATE models SET hparams = ? WHERE id = ?", (json.dumps(hp), model_id))
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    db.close()
+    data = index.read_bytes()
+
+    def older(manifest):
+        manifest["schema_version"] = 3
+        manifest["files"]["index.sqlite"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    old = [(m, data if m.name == "index.sqlite" else d) for m, d in _with_manifest(members, older)]
+    archive = _write(tmp_path / "old.tar", old)
+    counts = pipeline.import_archive(make_cfg(*TINY, f"store.root={tmp_path / 'store'}"), str(archive))
+    assert counts["models"] == TINY_MODELS and counts["conflicts"] == 0
+    store = Store(tmp_path / "store", readonly=True)
+    assert store.model_ids() == Store(zoo["source"], readonly=True).model_ids()
+    assert {store.model_record(i)[0].dataset.label_noise_mode for i in store.model_ids()} == {"fixed_total"}
+    assert _rows(tmp_path / "store")["measurements"] == _rows(zoo["source"])["measurements"]
+
+
+def test_export_of_a_folder_without_a_store_is_one_line_and_writes_nothing(tmp_path):
+    out = genbench("export", *TINY, f"store.root={tmp_path / 'none'}", f"export.path={tmp_path / 'z.tar'}",
+                   cwd=tmp_path)
+    _fails_in_one_line(out, "genbench export: no genbench store at")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from benchmark.errors import UserError
 from benchmark.files import write_atomic
-from benchmark.store.db import MIGRATABLE, SCHEMA_VERSION, Store, StoreError, schema_version
+from benchmark.store.db import MIGRATABLE, SCHEMA_VERSION, Store, StoreError, connect, schema_version
 from benchmark.store.merge import ON_CONFLICT, check_merge, merge
 
 log = logging.getLogger("genbench")
@@ -106,14 +106,14 @@ def export(root: str | os.PathLike, path: str | os.PathLike) -> dict:
 
 
 def _backup(source: Path, target: Path) -> None:
-    """A consistent copy of the SQLite file ``source`` in one file (no write-ahead log beside it)."""
-    uri = f"file:{urllib.parse.quote(str(source.absolute()))}?mode=ro"
-    src, dst = sqlite3.connect(uri, uri=True, timeout=120), sqlite3.connect(target)
+    """A consistent copy of the store file ``source`` as one file (no write-ahead log beside it), read as
+    ``Store(readonly=True)`` reads it: on a read-only disk too."""
+    dst = sqlite3.connect(target)
     try:
-        src.backup(dst)
+        with connect(source, readonly=True) as src:
+            src.backup(dst)
         dst.execute("PRAGMA journal_mode=DELETE")
     finally:
-        src.close()
         dst.close()
 
 
@@ -124,7 +124,8 @@ def _weights(groups: dict[str, dict], meta: dict | None = None) -> bytes:
     tensors = {f"{g}/{name}": t.detach().contiguous().clone() for g, state in groups.items()
                for name, t in state.items()}
     order = {g: list(state) for g, state in groups.items()}
-    return save(tensors, metadata={"order": json.dumps(order), "meta": json.dumps(meta or {})})
+    # one metadata key: safetensors writes several in an order that changes from process to process
+    return save(tensors, metadata={"genbench": json.dumps({"order": order, "meta": meta or {}})})
 
 
 def _stage(stage: Path, files: dict, name: str, data: bytes) -> None:
@@ -386,8 +387,8 @@ def _load(path: Path, groups: set[str] | None, source: str) -> tuple[dict[str, d
     try:
         with open(path, "rb") as f:
             tensors = load(f.read())
-        header = _header(path)
-        order, meta = json.loads(header["order"]), json.loads(header.get("meta", "{}"))
+        header = json.loads(_header(path)["genbench"])
+        order, meta = header["order"], header["meta"]
         out = {g: {name: tensors.pop(f"{g}/{name}") for name in names} for g, names in order.items()}
     except Exception as err:  # safetensors raises its own types for a malformed file
         raise ArchiveError(f"{source}: {path.name} is not a genbench weights file ({type(err).__name__}: "

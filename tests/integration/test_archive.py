@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 
 from benchmark import pipeline
-from benchmark.store import MergeConflict, Store
+from benchmark.store import MergeConflict, Store, archive
 from benchmark.store.archive import FORMAT, MANIFEST, ArchiveError
 from benchmark.store.db import SCHEMA_VERSION
 from tests.conftest import TINY, TINY_MEASURES, TINY_MODELS, make_cfg
 from tests.integration.test_cli import genbench
-from tests.integration.test_faults_store import _fails_in_one_line
+from tests.integration.test_faults_store import _fails_in_one_line, _read_only
+from tests.integration.test_faults_store import tmpfs as tmpfs  # a fixture
 
 TABLES = ("models", "measurements", "early", "meta")
 
@@ -327,3 +328,17 @@ def test_export_of_a_folder_without_a_store_is_one_line_and_writes_nothing(tmp_p
                    cwd=tmp_path)
     _fails_in_one_line(out, "genbench export: no genbench store at")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_store_on_a_read_only_disk_exports_the_same_archive_contents(zoo, tmpfs, tmp_path):
+    disk = tmpfs("ro", "16m")
+    shutil.copytree(zoo["source"], disk / "store")
+    for companion in (disk / "store").glob("genbench.sqlite-*"):
+        companion.unlink()
+    _read_only(disk)
+    counts = archive.export(disk / "store", tmp_path / "zoo.tar")
+    assert counts["models"] == TINY_MODELS
+    got, want = _members(tmp_path / "zoo.tar"), _members(zoo["archive"])
+    assert [m.name for m, _ in got] == [m.name for m, _ in want]
+    for (m, d), (_, e) in zip(got[1:], want[1:]):  # all but the manifest, which says when it was written
+        assert d == e, m.name

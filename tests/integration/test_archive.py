@@ -148,7 +148,8 @@ def test_a_gzip_archive_round_trips_and_evaluate_gives_the_same_leaderboard(zoo,
     pipeline.import_archive(make_cfg(*TINY, f"store.root={tmp_path / 'store'}"), str(tmp_path / "zoo.tar.gz"))
     _same_store(tmp_path / "store", zoo["source"])
     boards = {}
-    for name, root in (("source", zoo["source"]), ("imported", tmp_path / "store")):
+    shutil.copytree(zoo["source"], tmp_path / "copy")  # evaluate may keep a cache in its store: not in the shared one
+    for name, root in (("source", tmp_path / "copy"), ("imported", tmp_path / "store")):
         cfg = make_cfg(*TINY, f"store.root={root}", f"leaderboard.dir={tmp_path / name}", "leaderboard.plots=false")
         pipeline.evaluate(cfg)
         boards[name] = {p.name: p.read_text() for p in sorted((tmp_path / name).glob("*.csv"))}

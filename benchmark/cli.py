@@ -9,6 +9,8 @@
     genbench measures ...               list every registered measure
     genbench collect collect.sources=[DIR/*]   merge per-job stores (cluster sweeps) into store.root
     genbench migrate store.root=DIR     upgrade a store written by an older genbench in place
+    genbench export [export.path=ZOO.tar]       write store.root as one verified archive (docs/archives.md)
+    genbench import PATH_OR_URL [collect.on_conflict=...]   verify an archive, then merge it into store.root
     genbench reproduce pnas|prl|nmi|mlst [--out DIR] [--full|--quick] [key=value ...]
     genbench perf [--json PATH] [--quick]
 
@@ -94,6 +96,36 @@ def _migrate(plan: Plan) -> None:
     pipeline.upgrade(plan)
 
 
+def _export(plan: Plan) -> None:
+    from benchmark import pipeline
+    pipeline.export(plan)
+
+
+def _import(rest: list[str]) -> None:
+    """``genbench import PATH_OR_URL [overrides]``: the one argument that is not an override is the archive (a
+    path, relative to the current folder, or a URL); the rest go to Hydra as for every other command."""
+    from benchmark.errors import UserError
+    given, after_flag = [], False
+    for i, arg in enumerate(rest):
+        if not after_flag and not arg.startswith("-") and "=" not in arg.split("://")[0].split("/")[0]:
+            given.append(i)
+        after_flag = arg in _CONFIG_DIRS  # its folder is the next argument
+    if len(given) != 1:
+        raise UserError(f"give one archive to import (a path or a URL), not {len(given)}: genbench import "
+                        f"PATH_OR_URL [store.root=DIR] [collect.on_conflict=fail|keep|replace]")
+    source = rest[given[0]]
+    if "://" not in source:
+        source = str(Path(source).expanduser().absolute())
+    overrides = rest[:given[0]] + rest[given[0] + 1:]
+
+    def task(plan: Plan) -> None:
+        from benchmark import pipeline
+        pipeline.import_archive(plan, source)
+        _where(plan)
+
+    _hydra("import", overrides, task)
+
+
 def _check_zoo(plan: Plan, overrides: list[str]) -> None:
     """The zoo's models are valid (each task's, for a suite), and no override sets a hyperparameter that a zoo axis
     would replace. Before torch is imported, so that a mistake is answered at once."""
@@ -115,13 +147,16 @@ def _where(plan: Plan) -> None:
 
 TASKS: dict[str, Callable[["Plan"], None]] = {
     "run": _run, "train": _train, "measure": _measure, "evaluate": _evaluate, "leaderboard": _leaderboard,
-    "measures": _measures, "collect": _collect, "migrate": _migrate}
-OTHER = ("reproduce", "perf")
+    "measures": _measures, "collect": _collect, "migrate": _migrate, "export": _export}
+OTHER = ("import", "reproduce", "perf")
 ZOO_COMMANDS = ("run", "train", "measure", "evaluate")  # the commands that expand the zoo
 # the commands that write nothing under store.root (measures and leaderboard write nothing at all; evaluate writes
 # only leaderboard.dir): Hydra keeps no run dir, .hydra/ or log file for them there, so they work on a read-only
 # store and from a read-only folder
 READ_ONLY = ("measures", "leaderboard", "evaluate")
+# export only reads the store, and import must leave store.root as it was when an archive is refused: neither keeps a
+# Hydra run dir under store.root
+NO_RUN_DIR = (*READ_ONLY, "export", "import")
 _NO_RUN_DIR = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=genbench_console"]
 _CONFIG_DIRS = ("--config-path", "-cp", "--config-dir", "-cd")
 
@@ -178,14 +213,14 @@ def _config_dirs(rest: list[str]) -> list[str]:
     return out
 
 
-def _hydra(command: str, rest: list[str]) -> None:
+def _hydra(command: str, rest: list[str], task: Callable[["Plan"], None] | None = None) -> None:
     import hydra
 
     from benchmark import config
     from benchmark.plan import make_plan
-    task, main_pid, cwd = TASKS[command], os.getpid(), os.getcwd()
+    task, main_pid, cwd = task or TASKS[command], os.getpid(), os.getcwd()
     rest = _config_dirs(rest)
-    if command in READ_ONLY:  # among the user's overrides (argparse wants them together), before them: theirs win
+    if command in NO_RUN_DIR:  # among the user's overrides (argparse wants them together), before them: theirs win
         first = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), 0)
         own_logging = any(a.lstrip("+~").startswith(("hydra/job_logging", "hydra.job_logging")) for a in rest)
         ours = [o for o in _NO_RUN_DIR if not (own_logging and "job_logging" in o)]
@@ -398,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
             perf_main(rest)  # its report dict is for Python callers: the console script must exit 0
         elif command == "reproduce":
             _reproduce(rest)
+        elif command == "import":
+            _import(rest)
         elif command in TASKS:
             _hydra(command, rest)
         else:

@@ -22,7 +22,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from benchmark.zoo.hparams import DEFAULT_ROOT, GROUPS, HParams
 
 SCHEMA = "genbench_schema"
-PATHS = ("store.root", "leaderboard.dir", "dataset.root")  # the config's paths, made absolute where it is composed
+# the config's paths, made absolute where it is composed
+PATHS = ("store.root", "leaderboard.dir", "dataset.root", "export.path")
 PATH_LISTS = ("measures.plugins", "collect.sources")
 _HERE = Path(__file__).resolve().parent
 
@@ -55,7 +56,7 @@ def _root_schema() -> type:
     specs.append(("seed", int, dataclasses.field(default=HParams.__dataclass_fields__["seed"].default)))
     # operational groups: their defaults are in conf/config.yaml and conf/<group>/
     specs += [(k, Any, dataclasses.field(default=MISSING))
-              for k in ("zoo", "measures", "store", "run", "collect", "evaluate", "leaderboard", "early")]
+              for k in ("zoo", "measures", "store", "run", "collect", "evaluate", "leaderboard", "early", "export")]
     specs.append(("suite", Any, dataclasses.field(default=None)))  # several tasks at once (benchmark.zoo.suite)
     return dataclasses.make_dataclass("ConfigSchema", specs)
 

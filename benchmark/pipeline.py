@@ -28,7 +28,7 @@ from benchmark.evaluation.cache import StatsCache, code_version, digest, zoo_col
 from benchmark.files import write_text
 from benchmark.plan import Plan, Task
 from benchmark.report import layout, page, tables
-from benchmark.store import ON_CONFLICT, NotAStoreError, Store, check_merge, converged, merge, migrate
+from benchmark.store import ON_CONFLICT, NotAStoreError, Store, archive, check_merge, converged, merge, migrate
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -267,6 +267,33 @@ def collect(cfg: Plan | DictConfig) -> dict:
                  counts["models"], counts["measurements"], counts["early"], counts["conflicts"])
         total = {k: total[k] + counts[k] for k in total}
     return total
+
+
+def export(cfg: Plan | DictConfig) -> dict:
+    """Write the store at ``store.root`` as one archive at ``export.path`` (default ``<store.root>.tar``; a name
+    ending in ``.gz`` or ``.tgz`` is gzip-compressed); see ``benchmark.store.archive``. The store is only read."""
+    plan = Plan.of(cfg)
+    path = (plan.config.get("export") or {}).get("path") or f"{plan.store_root.rstrip('/')}.tar"
+    counts = archive.export(plan.store_root, Path(path).expanduser().absolute())
+    log.info("exported %s: %d models, %d measurements, %d early values, %d run configs → %s (%.1f MB)",
+             plan.store_root, counts["models"], counts["measurements"], counts["early"], counts["configs"],
+             counts["path"], counts["bytes"] / 1e6)
+    return counts
+
+
+def import_archive(cfg: Plan | DictConfig, source: str) -> dict:
+    """Verify the archive ``source`` (a path or a URL) and merge its store into ``store.root`` as ``collect``
+    merges a source, by ``collect.on_conflict``. Nothing reaches ``store.root`` unless every member of the
+    archive matches its manifest."""
+    plan = Plan.of(cfg)
+    on_conflict = str(plan.config["collect"].get("on_conflict", "fail"))
+    if on_conflict not in ON_CONFLICT:
+        raise UserError(f"collect.on_conflict={on_conflict} is not a rule; valid: {', '.join(ON_CONFLICT)}")
+    counts = archive.import_archive(source, plan.store_root, on_conflict)
+    log.info("imported %s into %s: %d models, %d measurements, %d early values, %d run configs, %d conflicts",
+             source, plan.store_root, counts["models"], counts["measurements"], counts["early"], counts["configs"],
+             counts["conflicts"])
+    return counts
 
 
 def upgrade(cfg: Plan | DictConfig) -> dict:

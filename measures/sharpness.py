@@ -25,7 +25,9 @@ random start found the same maxima to within a few per cent on the reference MLP
 the ascent free of randomness (only an optional subset is seeded) and exactly equivariant to relabelling hidden
 units. (At an exactly stationary point the gradient would vanish and the ascent could not move; trained
 networks are not exactly stationary.) Every visited point costs one forward and, except the last, one
-backward pass; the loss and the error come from the same forward.
+backward pass; the loss and the error come from the same forward. The first point, δ = 0, is the solution
+itself whatever the box, so the radius searches' probes and the fixed radii of a model take it from one shared
+evaluation (``_at_solution``).
 
 The radius search and the fixed radii run on the whole training set (``pacbayes.curvature_data``; a seeded
 subset of N samples when ``ctx.extras["curvature_samples"]`` = N, an option for large datasets, nested with the

@@ -158,7 +158,7 @@ def apgd_checkpoints(iters: int) -> set[int]:
 
 
 def apgd(evaluate: BatchedEvaluate, w: torch.Tensor, c: torch.Tensor, radius: float, norm: str, k: int, *,
-         iters: int = APGD_ITERS, start: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict:
+         iters: int = APGD_ITERS) -> dict:
     """Maximise L_b(w + c ⊙ u_b) over ‖u_b‖_p ≤ radius for K batches b at once, by their momentum APGD.
 
     ``evaluate(flats (K, ω), need_grad)`` as :func:`batched_evaluator`. Per batch, from u = u_prev = 0 and step
@@ -171,13 +171,11 @@ def apgd(evaluate: BatchedEvaluate, w: torch.Tensor, c: torch.Tensor, radius: fl
     on from the current iterate, as in their code. Every iteration costs one forward and backward pass of
     all K batches (the last one a forward only): the loss at the new point and the gradient for the next
     step come from the same pass. Returns per batch the ``worst`` loss (the base loss at u = 0 included), the
-    ``error`` at that point, the ``base`` loss and error, and the final step sizes. ``start``: the evaluation
-    at u = 0 (loss, error, gradient) when the caller has it already (:func:`_batch_start`: both m-sharpness
-    measures start at the solution, so they share it); it is not changed.
+    ``error`` at that point, the ``base`` loss and error, and the final step sizes.
     """
     dtype = w.dtype
     zeros = torch.zeros(k, w.numel(), dtype=dtype, device=w.device)
-    base, base_err, grad = evaluate(w + zeros, True) if start is None else start
+    base, base_err, grad = evaluate(w + zeros, True)
     u, prev, g_at = zeros, zeros, grad
     worst, worst_err, worst_grad = base.clone(), base_err.clone(), grad.clone()
     step = torch.full((k,), APGD_STEP * radius, dtype=dtype, device=w.device)
@@ -217,23 +215,13 @@ def apgd(evaluate: BatchedEvaluate, w: torch.Tensor, c: torch.Tensor, radius: fl
     return {"worst": worst, "error": worst_err, "base": base, "base_error": base_err, "steps": step}
 
 
-def _batch_start(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss (K,), error (K,), gradient (K, ω)) at the solution on each batch of :func:`sample_batches`: the
-    first point of :func:`apgd` (u = 0), evaluated as it does, once per model for both m-sharpness measures."""
-    b = ctx.shared(sample_batches)
-    w = ctx.flatten(ctx.params)
-    zeros = torch.zeros(len(b["y"]), w.numel(), dtype=w.dtype, device=w.device)
-    return batched_evaluator(ctx, b["x"], b["y"])(w + zeros, True)
-
-
 def _m_sharpness(ctx: Context, norm: str, *, radius: float | None = None, iters: int = APGD_ITERS) -> Value:
     """(1/K) Σ_b max_{‖δ ⊘ |w|‖_p ≤ ρ} [L_b(w + δ) − L_b(w)] over the batches of :func:`sample_batches`."""
     radius = RHO_M[(norm, True)] if radius is None else radius
     b = ctx.shared(sample_batches)
     w = ctx.flatten(ctx.params)
     k, m = b["y"].shape
-    out = apgd(batched_evaluator(ctx, b["x"], b["y"]), w, w.abs(), radius, norm, k, iters=iters,
-               start=ctx.shared(_batch_start))
+    out = apgd(batched_evaluator(ctx, b["x"], b["y"]), w, w.abs(), radius, norm, k, iters=iters)
     per_batch = out["worst"] - out["base"]
     return Value(per_batch.mean().item(), {
         "radius": radius, "norm": norm, "adaptive": True, "batch_size": m, "batches": k, "samples": k * m,

@@ -25,7 +25,9 @@ random start found the same maxima to within a few per cent on the reference MLP
 the ascent free of randomness (only an optional subset is seeded) and exactly equivariant to relabelling hidden
 units. (At an exactly stationary point the gradient would vanish and the ascent could not move; trained
 networks are not exactly stationary.) Every visited point costs one forward and, except the last, one
-backward pass; the loss and the error come from the same forward.
+backward pass; the loss and the error come from the same forward. The first point, δ = 0, is the solution
+itself whatever the box, so the radius searches' probes and the fixed radii of a model take it from one shared
+evaluation (``_at_solution``).
 
 The radius search and the fixed radii run on the whole training set (``pacbayes.curvature_data``; a seeded
 subset of N samples when ``ctx.extras["curvature_samples"]`` = N, an option for large datasets, nested with the
@@ -129,16 +131,22 @@ def direction(g: torch.Tensor, norm: str) -> torch.Tensor | None:
 
 
 def ascent(evaluate: Evaluate, w: torch.Tensor, c: torch.Tensor, radius: float, norm: str, steps: int,
-           u0: torch.Tensor) -> dict:
+           u0: torch.Tensor | None, *, start: tuple[float, float, torch.Tensor] | None = None) -> dict:
     """Maximise f(w + c ⊙ u) over ‖u‖_p ≤ radius from the start point ``u0`` (module docstring).
 
     ``evaluate(flat, need_grad) -> (f, error, ∇f or None)``. Returns the largest ``loss`` and ``error`` over the
-    ``steps + 1`` visited points (not necessarily the same point) and the visited ``losses``.
+    ``steps + 1`` visited points (not necessarily the same point) and the visited ``losses``. ``start``: the
+    evaluation at the start point with its gradient, when the caller has it already (u0 = 0 is the solution w
+    itself for every c and radius, so the searches and fixed radii of a model share one: :func:`_at_solution`);
+    then ``u0`` is not used.
     """
     u, losses, errors = u0, [], []
     for k in range(steps + 1):
         last = k == steps
-        loss, err, grad = evaluate(w + c * u, not last)
+        if k == 0 and start is not None and not last:
+            loss, err, grad = start
+        else:
+            loss, err, grad = evaluate(w + c * u, not last)
         losses.append(loss)
         errors.append(err)
         if not last:
@@ -171,6 +179,13 @@ def _data(ctx: Context, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return curvature_data(ctx) if n is None else train_subsample(ctx, n)
 
 
+def _at_solution(ctx: Context, n: int | None) -> tuple[float, float, torch.Tensor]:
+    """(loss, error, gradient) at the solution w on the samples of :func:`_data`: the first point of every
+    ascent from δ = 0 (w + c ⊙ 0 = w), evaluated once per model instead of once per ascent."""
+    x, y = _data(ctx, n)
+    return evaluator(ctx, x, y)(ctx.flatten(ctx.params), True)
+
+
 def _base(ctx: Context, n: int | None) -> tuple[float, float]:
     """Unperturbed (loss, error) on the samples of :func:`_data`."""
     x, y = _data(ctx, n)
@@ -193,11 +208,11 @@ def _alpha_search(ctx: Context, magnitude: bool, *, target: float = TARGET_ERROR
     evaluate = evaluator(ctx, x, y)
     w = ctx.flatten(ctx.params)
     _, base = ctx.shared(_base, n)
-    u0 = torch.zeros_like(w)
+    start = ctx.shared(_at_solution, n)
 
     def increase(alpha: float) -> float:
         c = alpha * w.abs() + eps if magnitude else torch.full_like(w, alpha)
-        return ascent(evaluate, w, c, 1.0, "linf", ascent_steps, u0)["error"] - base
+        return ascent(evaluate, w, c, 1.0, "linf", ascent_steps, None, start=start)["error"] - base
 
     found = bisect_log(increase, bounds, target, tol=tol, steps=steps)
     details = {"alpha": found["s"], "error_increase": found["f"], "base_error": base,
@@ -221,7 +236,7 @@ def _fixed_radius(ctx: Context, norm: str, adaptive: bool, *, radius: float | No
     x, y = _data(ctx, n)
     w = ctx.flatten(ctx.params)
     c = w.abs() if adaptive else torch.ones_like(w)
-    out = ascent(evaluator(ctx, x, y), w, c, radius, norm, steps, torch.zeros_like(w))
+    out = ascent(evaluator(ctx, x, y), w, c, radius, norm, steps, None, start=ctx.shared(_at_solution, n))
     base, _ = ctx.shared(_base, n)
     return Value(out["loss"] - base, {"radius": radius, "norm": norm, "adaptive": adaptive, "base_loss": base,
                                       "losses": out["losses"], "ascent_steps": steps, "samples": len(y)})

@@ -132,8 +132,9 @@ def _evaluate_board(plan: Plan, task: Task, cache: StatsCache | None) -> board.B
                         cache=cache)
     if cache is not None:
         cache.prune()
-        log.info("statistics of %s: computed %d, reused %d columns (measures, baselines, early table) from %s",
-                 files.name, cache.computed["measure"], cache.reused["measure"], cache.path or "memory")
+        computed = cache.computed["ranked"]
+        log.info("statistics of %s: %d of %d ranked measures computed, the others' read from %s", files.name,
+                 computed, computed + cache.reused["ranked"], cache.path or "memory")
     paths = tables.write(files, built)
     if plan.plots:
         from benchmark.report import plots  # matplotlib: only where figures are drawn
@@ -162,8 +163,18 @@ def _early(plan: Plan, store: Store, df: pd.DataFrame, axes: list[str],
     final = store.frame(list(df.model_id), measures={m.name: m.version for m in chosen})
     early = store.early()
     early = early[early.fraction.isin(plan.early.fractions)]  # failed values are NaN: fewer models
-    table = lb.early_table(final, early, lb.measure_info(chosen), axes, n_boot=plan.evaluation.n_boot,
-                           seed=plan.evaluation.seed, cache=cache)
+    info, ev = lb.measure_info(chosen), plan.evaluation
+
+    def compute() -> pd.DataFrame:
+        return lb.early_table(final, early, info, axes, n_boot=ev.n_boot, seed=ev.seed, cache=cache)
+
+    if cache is None:
+        table = compute()
+    else:
+        read = ["model_id", "fraction", "epoch", "measure", "version", "value", "status"]  # what early_table reads
+        key = digest("early", final, early[read].reset_index(drop=True), info[["measure", "sign", "version"]],
+                     axes, ev.n_boot, ev.seed, code_version())
+        table = cache.memo("early", key, compute)
     return None if table.empty else table
 
 

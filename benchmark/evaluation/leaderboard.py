@@ -16,7 +16,7 @@ import pandas as pd
 
 from benchmark.errors import NothingToRankError
 from benchmark.evaluation import stats
-from benchmark.evaluation.cache import StatsCache
+from benchmark.evaluation.cache import StatsCache, code_version, digest, zoo_columns
 from benchmark.store import converged
 from measures.registry import ADJUSTED
 
@@ -107,12 +107,12 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
     oriented, names = _oriented(df, info)
     groups = identical_groups(oriented[converged(oriented)], names)
     table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed,
-                           alpha=alpha, cache=cache)
+                           alpha=alpha, cache=cache, cache_kind="ranked")
     table["identical"] = [", ".join(c.removeprefix("measure.") for c in groups[m]) for m in table["measure"]]
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
-    noise = measure_seed_noise(oriented[converged(oriented)], table["measure"].unique())
+    noise = measure_seed_noise(oriented[converged(oriented)], table["measure"].unique(), cache)
     table["seed_noise"] = table["measure"].map(noise)
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
 
@@ -155,18 +155,29 @@ def cheapest_tied(table: pd.DataFrame, target: str = "gap_error") -> pd.Series |
     return None if group.empty else group.loc[group.seconds.astype(float).idxmin()]
 
 
-def measure_seed_noise(df: pd.DataFrame, names: Sequence[str]) -> dict[str, float]:
+def measure_seed_noise(df: pd.DataFrame, names: Sequence[str], cache: StatsCache | None = None) -> dict[str, float]:
     """Each measure's own seed noise: its pooled seed-to-seed standard deviation within configurations over the
     standard deviation of its configuration means (``stats.seed_noise``: sd_seed / sd_config). Near 0 the
     measure is a property of the configuration; at 1 or more a rerun with other seeds moves a model as far as
     changing its hyperparameters does, and no ranking of single models by it can be trusted. NaN without
-    replicates."""
+    replicates. A ``cache`` serves the measures whose values and zoo it has seen."""
+    zoo = digest("seed_noise", zoo_columns(df), code_version()) if cache is not None else None
     out = {}
     for name in names:
-        n = stats.seed_noise(df, f"measure.{name}") if f"measure.{name}" in df else {}
-        seed, config = n.get("sd_seed", math.nan), n.get("sd_config", math.nan)
-        out[name] = seed / config if np.isfinite(seed) and np.isfinite(config) and config > 0 else math.nan
+        column = f"measure.{name}"
+        if column not in df:
+            out[name] = math.nan
+        elif cache is None:
+            out[name] = _seed_noise_ratio(df, column)
+        else:
+            out[name] = cache.memo("seed_noise", digest(zoo, df[column]), lambda: _seed_noise_ratio(df, column))
     return out
+
+
+def _seed_noise_ratio(df: pd.DataFrame, column: str) -> float:
+    n = stats.seed_noise(df, column)
+    seed, config = n["sd_seed"], n["sd_config"]
+    return seed / config if np.isfinite(seed) and np.isfinite(config) and config > 0 else math.nan
 
 
 def _oriented(df: pd.DataFrame, info: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

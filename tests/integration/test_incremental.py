@@ -51,7 +51,7 @@ def test_a_plugin_is_scored_alone_and_the_board_equals_a_full_evaluation(trained
         caplog.clear()
         pipeline.evaluate(cfg)
     [line] = _lines(caplog, "statistics of smoke-digits")
-    assert line.startswith("statistics of smoke-digits: computed 1, reused 15 columns"), line  # the plugin alone
+    assert line.startswith("statistics of smoke-digits: 1 of 4 ranked measures computed,"), line
     full = trained_tiny(f"measures.plugins=[{plugin}]", include, "evaluate.cache=false",
                         f"leaderboard.dir={tmp_path / 'full'}")
     pipeline.evaluate(full)
@@ -67,8 +67,8 @@ def test_a_changed_setting_or_zoo_recomputes_and_says_why(trained_tiny, tmp_path
         pipeline.evaluate(trained_tiny("evaluate.n_boot=21"))
     [why] = _lines(caplog, "recomputing every measure")
     assert "the evaluation settings changed (n_boot 20 → 21)" in why and "zoo" not in why
-    [line] = _lines(caplog, "statistics of smoke-digits: computed")
-    assert ", reused 0 columns" in line
+    [line] = _lines(caplog, "ranked measures computed")
+    assert "3 of 3 ranked measures computed" in line
 
     store = Store(tmp_path / "store")
     store.delete_model(sorted(store.model_ids())[0])
@@ -82,5 +82,5 @@ def test_a_changed_setting_or_zoo_recomputes_and_says_why(trained_tiny, tmp_path
     with caplog.at_level(logging.INFO, logger="genbench"):
         pipeline.evaluate(trained_tiny("evaluate.n_boot=21"))
     assert not _lines(caplog, "recomputing every measure")
-    [line] = _lines(caplog, "statistics of smoke-digits: computed")
-    assert line.startswith("statistics of smoke-digits: computed 0,")
+    [line] = _lines(caplog, "ranked measures computed")
+    assert line.startswith("statistics of smoke-digits: 0 of 3 ranked measures computed,")

@@ -56,6 +56,7 @@ def evaluate(
     min_ess: float | None = None,
     cmi_permutations: int = 50,
     cache: StatsCache | None = None,
+    cache_kind: str = "columns",
 ) -> pd.DataFrame:
     """The long results table of the leaderboard: one row per (measure, target).
 
@@ -106,7 +107,7 @@ def evaluate(
     min_ess = MIN_ESS if min_ess is None else min_ess
     measures, targets = list(measures), list(targets)
     found = _measure_rows(base, axes, measures, targets, n_boot=n_boot, seed=seed, resample=resample,
-                          cmi_permutations=cmi_permutations, min_ess=min_ess, cache=cache)
+                          cmi_permutations=cmi_permutations, min_ess=min_ess, cache=cache, kind=cache_kind)
     rows = []
     for target in targets:
         rows += _compared(found, measures, target, alpha)
@@ -117,10 +118,11 @@ def evaluate(
 
 def _measure_rows(base: pd.DataFrame, axes: tuple[str, ...], measures: list[str], targets: list[str], *,
                   n_boot: int, seed: int, resample: str, cmi_permutations: int, min_ess: float,
-                  cache: StatsCache | None) -> dict[tuple[str, str], tuple[dict, np.ndarray, np.ndarray]]:
+                  cache: StatsCache | None, kind: str) -> dict[tuple[str, str], tuple[dict, np.ndarray, np.ndarray]]:
     """Each (measure, target)'s own columns with its tau and Psi bootstrap replicates: everything of its rows that
     does not depend on the other measures. With a ``cache``, a measure whose column, zoo and settings were seen
-    before is read from it, and the pair design is built only for the others."""
+    before is read from it, and the pair design is built only for the others; the measures read and computed are
+    counted under ``kind``."""
     keys = {}
     if cache is not None:
         zoo = digest(zoo_columns(base), list(axes), n_boot, seed, resample, cmi_permutations, min_ess, code_version())
@@ -128,8 +130,8 @@ def _measure_rows(base: pd.DataFrame, axes: tuple[str, ...], measures: list[str]
     found = {k: v for k, v in ((k, cache.get(key)) for k, key in keys.items()) if v is not None}
     todo = [m for m in measures if any((m, t) not in found for t in targets)]
     if cache is not None:
-        cache.reused["measure"] += len(measures) - len(todo)
-        cache.computed["measure"] += len(todo)
+        cache.reused[kind] += len(measures) - len(todo)
+        cache.computed[kind] += len(todo)
     if todo:
         board = _board(base, axes, todo, n_boot=n_boot, seed=seed, resample=resample,
                        cmi_permutations=cmi_permutations)
@@ -137,7 +139,7 @@ def _measure_rows(base: pd.DataFrame, axes: tuple[str, ...], measures: list[str]
             for m, value in zip(todo, _target_rows(board, target, min_ess)):
                 found[(m, target)] = value
                 if cache is not None:
-                    cache.put(keys[(m, target)], "measure", value)
+                    cache.put(keys[(m, target)], kind, value)
     return found
 
 

@@ -66,7 +66,7 @@ def test_evaluate_with_a_cache_equals_evaluate_without(tmp_path):
     pd.testing.assert_frame_equal(cold, plain)
     pd.testing.assert_frame_equal(warm, plain)
     assert cold.attrs == plain.attrs == warm.attrs
-    assert cache.computed["measure"] == len(names) and cache.reused["measure"] == 0
+    assert cache.computed["columns"] == len(names) and cache.reused["columns"] == 0
 
 
 def test_a_new_measure_is_the_only_one_computed_and_the_board_equals_a_full_build(tmp_path):
@@ -79,8 +79,8 @@ def test_a_new_measure_is_the_only_one_computed_and_the_board_equals_a_full_buil
     cache.start("zoo", {})
     incremental = _build(full_df, info, costs, cache)
     assert incremental.equals(full)
-    assert cache.computed["measure"] == 1 and cache.computed["split_half"] == len(TARGETS)
-    assert cache.reused["measure"] > 0
+    assert cache.computed["ranked"] == 1 and cache.computed["split_half"] == len(TARGETS)
+    assert cache.reused["ranked"] > 0
     new = incremental.table.query("measure == 'new' and target == 'gap_error'").iloc[0]
     assert 0.5 < new.tau < 1 and np.isfinite(new.tau_vs_best_p_holm)  # compared with #1, Holm over one more
 
@@ -98,16 +98,16 @@ def test_a_changed_value_a_changed_setting_and_a_new_model_miss(tmp_path):
     changed.loc[0, col] = changed.loc[0, col] * (1 + 1e-12)
     cache.start("zoo", {})
     assert _build(changed, info, costs, cache).equals(_build(changed, info, costs))
-    assert cache.computed["measure"] == 1
+    assert cache.computed["ranked"] == 1
 
     cache.start("zoo", {})
     assert _build(df, info, costs, cache, n_boot=21).equals(_build(df, info, costs, n_boot=21))
-    assert cache.reused["measure"] == 0 and cache.computed["measure"] >= names
+    assert cache.reused["ranked"] == 0 and cache.computed["ranked"] >= names
 
     cache.start("zoo", {})
     fewer = df.iloc[1:].reset_index(drop=True)
     assert _build(fewer, info, costs, cache).equals(_build(fewer, info, costs))
-    assert cache.reused["measure"] == 0
+    assert cache.reused["ranked"] == 0
 
 
 def test_prune_drops_only_what_the_board_no_longer_uses(tmp_path):
@@ -119,11 +119,11 @@ def test_prune_drops_only_what_the_board_no_longer_uses(tmp_path):
     smaller, small_info, small_costs = _zoo()
     cache.start("zoo", {})
     _build(smaller, small_info, small_costs, cache)
-    assert cache.prune() == 2 * len(TARGETS)  # the dropped measure: its rows and its split-half taus, per target
+    assert cache.prune() == 2 * len(TARGETS) + 1  # per target its rows and split-half taus, and its seed noise
     reopened = StatsCache(tmp_path / "s.sqlite")
     reopened.start("zoo", {})
     _build(smaller, small_info, small_costs, reopened)
-    assert reopened.computed["measure"] == 0 and reopened.computed["split_half"] == 0
+    assert reopened.computed["ranked"] == 0 and reopened.computed["split_half"] == 0
 
 
 def test_a_board_says_in_one_line_why_the_cache_cannot_serve_it(tmp_path):
@@ -147,7 +147,7 @@ def test_an_unwritable_cache_says_so_once_and_works_in_memory(tmp_path, caplog):
     cache.start("zoo", {})
     first = _build(df, info, costs, cache)
     cache.start("zoo", {})
-    assert _build(df, info, costs, cache).equals(first) and cache.computed["measure"] == 0
+    assert _build(df, info, costs, cache).equals(first) and cache.computed["ranked"] == 0
 
 
 @pytest.mark.parametrize("splits", [0, 5])

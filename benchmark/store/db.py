@@ -42,6 +42,7 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.files import write_atomic
 from benchmark.store.architecture import state_mismatch
+from benchmark.store.checked import Checked
 from benchmark.store.records import EarlyValue, Measurement
 from benchmark.zoo.hparams import HParams
 
@@ -392,24 +393,32 @@ class Store:
     def prune_corrupt(self, model_ids: Iterable[str], on_corrupt: str) -> list[str]:
         """Check the checkpoints of ``model_ids`` (:meth:`check_checkpoint`: readable, and fitting the model's
         architecture); a bad one is deleted (``retrain``: the caller trains it again), skipped (``skip``) or an
-        error (``fail``). Returns the bad ids."""
+        error (``fail``). Returns the bad ids. A checkpoint whose file has not changed since it passed is not read
+        again (``benchmark.store.checked``)."""
         model_ids = list(model_ids)
         with self._db() as db:
             rows = dict(db.execute("SELECT id, hparams FROM models").fetchall())
-        bad = []
+        checked, bad = Checked(self.root, not self.readonly), []
         for model_id in model_ids:
+            files = [self.checkpoint_path(model_id)]
+            if model_id in rows and checked.passed_before(model_id, files):
+                continue
             try:
                 if model_id in rows:
                     self.check_checkpoint(model_id, HParams.from_dict(json.loads(rows[model_id])))
+                    checked.passed(model_id, files)
                 else:  # no row (deleted meanwhile): nothing to check the weights against
                     self.load_states(model_id)
             except CheckpointError as err:
+                checked.failed(model_id)
                 if on_corrupt == "fail":
+                    checked.save()
                     raise
                 log.warning("%s — %s", err, "retraining it" if on_corrupt == "retrain" else "skipping it")
                 bad.append(model_id)
                 if on_corrupt == "retrain":
                     self.delete_model(model_id)
+        checked.save()
         return bad
 
     def delete_model(self, model_id: str) -> None:

@@ -40,7 +40,7 @@ def zoo(_tiny_zoo_store, tmp_path_factory) -> dict:
     shutil.copytree(_tiny_zoo_store, source)
     out = genbench("measure", *TINY, f"store.root={source}", cwd=folder)
     assert out.returncode == 0, out.stderr[-2000:]
-    (source / "cache").mkdir()
+    (source / "cache").mkdir(exist_ok=True)
     (source / "cache" / "scores.bin").write_bytes(b"not part of a zoo")
     out = genbench("export", *TINY, f"store.root={source}", "export.path=zoo.tar", cwd=folder)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -67,6 +67,7 @@ LOSS_RTOL, LOSS_ATOL = 1e-2, 1e-4
 ERROR_SAMPLES, ERROR_FRACTION = 3, 0.005
 MEASURE_RTOL, MEASURE_ATOL = 1e-3, 1e-6
 UNREACHED = 1e-12  # the target loss of the check's models (the stopping rule needs one > 0)
+PERF_TIMEOUT_S = 420  # genbench perf --quick: about a minute; the device's time is lent by the quarter hour
 MLP_ZOO = ("zoo=tiny",)
 CONV_ZOO = ("experiment=smoke", "model=cnn")
 
@@ -211,7 +212,11 @@ def perf_quick(device: torch.device, folder: Path) -> dict:
     path = folder / "perf.json"
     cmd = [sys.executable, "-m", "benchmark.perf.bench", "--device", str(device), "--quick", "--json", str(path)]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PERF_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"command": " ".join(cmd[2:]), "returncode": None, "stderr": f"no answer in {PERF_TIMEOUT_S} s",
+                "passed": False}
     if done.returncode != 0:
         return {"command": " ".join(cmd[2:]), "returncode": done.returncode, "stderr": done.stderr[-2000:],
                 "passed": False}

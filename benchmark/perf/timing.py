@@ -71,6 +71,22 @@ def matmul_peak(device: torch.device, reps: int, threads: int | None = None) -> 
     return 2 * n ** 3 / seconds / 1e9
 
 
+REFERENCE_PEAK_GFLOPS = 70.0  # the torch.mm peak of the slow 2-core machine genbench run must suit
+
+
+def scaled_to_peak(seconds: float, peak_gflops: float, threads: int,
+                   reference: float = REFERENCE_PEAK_GFLOPS) -> dict:
+    """A wall time as the work it took in units of the machine's speed: ``gflop_seconds`` = seconds × the
+    ``torch.mm`` peak measured with it (GFLOP/s, on ``threads`` threads), and ``at_reference_s`` = that over a
+    ``reference`` peak, the time on a machine whose peak is ``reference``. This assumes the time scales with the
+    matmul peak, a fair first model where the work is mostly matmuls, as genbench's is on a CPU (training steps,
+    the Hessian-vector products and perturbed copies of the measures); ``genbench perf``'s ``peak_elasticity``
+    checks it on a slice of training."""
+    return {"wall_s": seconds, "peak_gflops": peak_gflops, "peak_threads": threads,
+            "gflop_seconds": seconds * peak_gflops, "reference_gflops": reference,
+            "at_reference_s": seconds * peak_gflops / reference}
+
+
 def _pss(pid: int, rss: int) -> int:
     """The proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``), or ``rss`` if unreadable."""
     try:

@@ -3,7 +3,7 @@
     python -m benchmark.perf.gpu [--device cuda] [--out DIR] [--quick] [--no-perf]
     genbench perf --gpu-check [the same options]
 
-One short script for the machines where a GPU is lent (about five minutes on one H100). Four steps, each on the
+One short script for the machines where a GPU is lent, sized for about five minutes on one H100. Four steps, each on the
 CPU and on ``--device`` from the same seeds:
 
 1. **Training, the default zoo.** A slice of ``zoo=tiny`` (MLPs on MNIST-1D; the three seeds of its first

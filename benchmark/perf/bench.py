@@ -1,6 +1,7 @@
 """``genbench perf``: how fast genbench is on this machine, measured in one run against its targets.
 
     genbench perf [--json leaderboard/perf.json] [--md leaderboard/perf.md] [--quick] [--device cpu|cuda]
+    genbench perf --gpu-check [--device cuda] [--out DIR]     (the GPU against the CPU: benchmark.perf.gpu)
 
 1. **The pipeline, end to end** (the headline). ``benchmark.pipeline``'s train → measure → evaluate, as
    ``genbench run`` runs them (the configured workers, every registered measure, the statistics, tables, plots
@@ -25,6 +26,12 @@
    FLOPs on the default zoo, the models per minute training and measures would give with every counted FLOP at
    the run's best ``torch.mm`` peak (an upper bound), the measure stage's achieved fraction of the peak, and the
    fraction of the peak the bare matmuls of the zoo's stacked training steps reach.
+7. **The pipeline at a 70 GFLOP/s peak** (``pipeline_s_at_70_gflops``): each timed pipeline's wall time times the
+   ``torch.mm`` peak measured with it (the GFLOP-seconds it took) over 70 GFLOP/s, the peak of the slow 2-core
+   machine ``genbench run`` must suit within 600 s; so runs on different machines compare. It assumes the time
+   scales with the matmul peak, a fair first model since on a CPU the pipeline is mostly matmuls (training steps,
+   Hessian-vector products, perturbed copies); ``peak_elasticity`` checks it on a slice of training timed with
+   1 and with 2 threads against the peak with 1 and 2 threads.
 
 Each number has a target; the JSON records the value, the target and whether it is met, and the Markdown report
 (``--md``) is generated from the same numbers (``benchmark.perf.report``). Timings of the small sections are
@@ -60,7 +67,17 @@ from benchmark.perf.answers import answer_times
 from benchmark.perf.floor import step_matmul_ceiling, suite_flops
 from benchmark.perf.isolation import isolation_cost
 from benchmark.perf.report import TARGETS, _pipelines, markdown, table, targets
-from benchmark.perf.timing import MemorySampler, _best_time, _best_times, _quiet, _sync, machine, matmul_peak
+from benchmark.perf.timing import (
+    MemorySampler,
+    _best_time,
+    _best_times,
+    _quiet,
+    _sync,
+    machine,
+    matmul_peak,
+    peak_elasticity,
+    scaled_to_peak,
+)
 from benchmark.plan import make_plan
 from benchmark.report import layout
 from benchmark.runtime import RunOptions
@@ -89,12 +106,14 @@ class Plan:
     reps: int  # repetitions of each short timing (best kept)
     hessian_reference: bool  # the exact trace: one Hessian-vector product per parameter
     floor_groups: int | None  # measuring groups whose FLOPs are counted, scaled to the zoo (None: all)
+    scaling_models: int = 8  # models of the slice timed with 1 and with 2 threads (peak_elasticity)
+    scaling_epochs: int = 10
 
 
 FULL = Plan(zoo=(), legacy=LEGACY_MIX, quarter=True, speedup_models=None, speedup_epochs=2, reps=3,
             hessian_reference=True, floor_groups=None)
 QUICK = Plan(zoo=("experiment=smoke",), legacy=None, quarter=True, speedup_models=4, speedup_epochs=1, reps=1,
-             hessian_reference=False, floor_groups=2)
+             hessian_reference=False, floor_groups=2, scaling_models=4, scaling_epochs=1)
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -244,6 +263,15 @@ def zoo_throughput(hps: list[HParams], data: Callable[[DatasetHP], DataBundle], 
             "speedup": loop_s / vec_s, "max_abs_param_diff": max_diff}
 
 
+# ------------------------------------------------------------------------------- time scaled by the peak
+def scaled_pipelines(details: dict) -> dict:
+    """Each timed pipeline's wall time with the ``torch.mm`` peak measured in its own run, and scaled to the
+    reference peak (``benchmark.perf.timing.scaled_to_peak``): what ``genbench run`` would take on the slow
+    2-core machine, if its time scales with the matmul peak (``peak_elasticity`` checks that)."""
+    return {key: scaled_to_peak(q["total_s"], q["matmul_peak_gflops"], q["peak_threads"])
+            for key, q in _pipelines(details)}
+
+
 # --------------------------------------------------------------------------------- what the machine allows
 def floor_numbers(p: dict, counted: dict, best_peak_gflops: float) -> dict:
     """From the timed pipeline ``p`` and the measure stage's counted FLOPs (``suite_flops``): the time training
@@ -379,6 +407,7 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
                                                  work / "quarter", threads, plan.reps)
     if plan.legacy is not None:
         details["legacy"] = time_pipeline_alone((*plan.zoo, *plan.legacy), device, work / "legacy", threads, plan.reps)
+    details["scaled"] = scaled_pipelines(details)
     timings["pipeline"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -415,6 +444,11 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
                 chosen += stack[:plan.speedup_models - len(chosen)]
     details["zoo"] = zoo_throughput(chosen, data, plan.speedup_epochs, device)
     timings["train_speedup"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    details["peak_scaling"] = peak_elasticity(max(group_stacks(hps), key=len)[:plan.scaling_models], device,
+                                              plan.scaling_epochs, plan.reps)
+    timings["peak_scaling"] = time.perf_counter() - clock
     details["section_seconds"] = timings
 
     p, q = details["pipeline"], details.get("quarter")
@@ -435,6 +469,8 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
         "step_matmul_ceiling": details["floor"]["step_matmul"]["ceiling"],
         "suite_peak_fraction": details["floor"]["suite_peak_fraction"],
         "suite_over_training_floor": details["floor"]["suite_over_training_floor"],
+        "pipeline_s_at_70_gflops": details["scaled"]["pipeline"]["at_reference_s"],
+        "peak_elasticity": details["peak_scaling"].get("elasticity"),
     }
     info["load_average_end"] = list(os.getloadavg())
     return {**values, "quick": quick, "machine": info, "plan": asdict(plan), "targets": targets(values),
@@ -453,12 +489,20 @@ def _finite(obj: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    if argv and "--gpu-check" in argv:
+        from benchmark.perf.gpu import main as gpu_check
+        code = gpu_check([a for a in argv if a != "--gpu-check"])
+        if code:
+            sys.exit(code)
+        return {}
     parser = argparse.ArgumentParser(prog="genbench perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the report here (e.g. leaderboard/perf.json)")
     parser.add_argument("--md", type=Path, help="write the Markdown report here (e.g. leaderboard/perf.md)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute), numbers indicative only")
     parser.add_argument("--threads", type=int, help="torch threads of the in-process sections (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--gpu-check", action="store_true", help="the GPU against the CPU instead "
+                        "(python -m benchmark.perf.gpu --help)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

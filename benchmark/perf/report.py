@@ -35,6 +35,11 @@ TARGETS: dict[str, tuple[str | None, float | None, str]] = {
     "suite_over_training_floor": (None, None, "the least suite_over_training possible with the training stage at "
                                               "zoo_peak_fraction's target and every counted measure FLOP at the "
                                               "peak (reported; above 1 the two targets exclude each other)"),
+    "pipeline_s_at_70_gflops": ("<=", 600.0, "default pipeline at 70 GFLOP/s ≤ 600 s: its wall time × the "
+                                             "torch.mm peak measured with it / 70, the time on a machine of that "
+                                             "peak if time scales with the peak"),
+    "peak_elasticity": (None, None, "log(time ratio) / log(peak ratio) of a training slice and torch.mm with 1 "
+                                    "and 2 threads: 1 when time scales with the peak (reported; CPU only)"),
 }
 
 
@@ -78,6 +83,10 @@ def table(report: dict) -> str:
                      f"measures {s['measure']:.0f} s (early {p['measure_split_s']['early']:.0f} s), "
                      f"evaluate {s['evaluate']:.0f} s; "
                      f"training {p['training_gflops']:.1f} GFLOP/s of {p['matmul_peak_gflops']:.1f}")
+    for key, sc in d.get("scaled", {}).items():
+        lines.append(f"{key} at {sc['reference_gflops']:.0f} GFLOP/s: {sc['wall_s']:.0f} s × "
+                     f"{sc['peak_gflops']:.1f} / {sc['reference_gflops']:.0f} = {sc['at_reference_s']:.0f} s "
+                     f"({sc['gflop_seconds']:.0f} GFLOP·s at {sc['peak_threads']} thread(s))")
     f = d["floor"]
     lines.append(f"floor: {f['suite_flops']['total'] / 1e12:.2f} TFLOP of measures + "
                  f"{d['pipeline']['useful_flops']['total'] / 1e12:.2f} of training at the peak take "
@@ -92,6 +101,36 @@ def table(report: dict) -> str:
         lines.append(f"hessian: genbench {h['genbench_s']:.2f} s vs PyHessian {h['pyhessian_s']:.2f} s; errors "
                      f"genbench {h['genbench_rel_err']}, PyHessian {h['pyhessian_rel_err']}")
     return "\n".join(lines)
+
+
+def _scaled_markdown(d: dict) -> list[str]:
+    """The section on each pipeline's time scaled to the reference peak (``scaled_pipelines``, ``peak_elasticity``)."""
+    if "scaled" not in d:
+        return []
+    ref = next(iter(d["scaled"].values()))["reference_gflops"]
+    lines = ["", f"## The pipeline at a {ref:.0f} GFLOP/s peak", "",
+             f"Each pipeline's wall time times the `torch.mm` peak measured in its own run (fp32, the threads of the "
+             f"pipeline's workers) is the work it took in GFLOP-seconds; over {ref:.0f} GFLOP/s, the peak of the "
+             f"slow 2-core machine `genbench run` must suit, it is the time there. This assumes the time scales "
+             f"with the matmul peak, a fair first model where the work is mostly matmuls (training steps, "
+             f"Hessian-vector products, perturbed copies); the target is the default pipeline within 600 s.", "",
+             "| zoo | wall s | peak GFLOP/s | threads | GFLOP·s | s at the reference peak |",
+             "|---|---|---|---|---|---|"]
+    for key, sc in d["scaled"].items():
+        lines.append(f"| {PIPELINES[key]} | {sc['wall_s']:.1f} | {sc['peak_gflops']:.1f} | {sc['peak_threads']} | "
+                     f"{sc['gflop_seconds']:.0f} | {sc['at_reference_s']:.0f} |")
+    e = d.get("peak_scaling", {})
+    lines.append("")
+    if e.get("elasticity") is not None:
+        lines.append(f"The assumption, checked: {e['models']} models of the zoo's largest stack trained for "
+                     f"{e['epochs']} epoch(s) took {e['slice_s'][0]:.2f} s with 1 thread and {e['slice_s'][1]:.2f} s "
+                     f"with 2 (×{e['time_ratio']:.2f}), while the `torch.mm` peak went from "
+                     f"{e['peak_gflops'][0]:.1f} to {e['peak_gflops'][1]:.1f} GFLOP/s (×{e['peak_ratio']:.2f}): an "
+                     f"elasticity of {e['elasticity']:.2f} (1 when time follows the peak; below 1, scaling by the "
+                     "peak flatters a slower machine).")
+    elif e:
+        lines.append(f"The assumption was not checked in this run: {e.get('skipped') or e.get('why')}.")
+    return lines
 
 
 def _floor_markdown(p: dict, f: dict) -> list[str]:
@@ -177,6 +216,7 @@ def markdown(report: dict, command: str) -> str:
     total = sum(p["per_measure_s"].values())
     for name, sec in list(p["per_measure_s"].items())[:10]:
         lines.append(f"| `{name}` | {sec:.3f} | {sec / total:.0%} |")
+    lines += _scaled_markdown(d)
     lines += _floor_markdown(p, d["floor"])
     h = d["hessian"]
     lines += ["", "## The Hessian against PyHessian", "",

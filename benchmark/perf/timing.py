@@ -1,5 +1,5 @@
 """Timing and machine helpers of ``genbench perf``: best-of-k wall times, the ``torch.mm`` peak, the machine's
-description, and the peak memory of the process tree."""
+description, the peak memory of the process tree, and a time scaled by the peak (with the check of that model)."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +13,11 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
+
+from benchmark.measuring.probes import DEFAULT_PROBES
+from benchmark.training.stacked import train_many
+from benchmark.zoo.datasets import DataBundle, make_data
+from benchmark.zoo.hparams import DatasetHP, HParams
 
 
 def _sync(device: torch.device) -> None:
@@ -69,6 +74,22 @@ def matmul_peak(device: torch.device, reps: int, threads: int | None = None) -> 
     finally:
         torch.set_num_threads(before)
     return 2 * n ** 3 / seconds / 1e9
+
+
+REFERENCE_PEAK_GFLOPS = 70.0  # the torch.mm peak of the slow 2-core machine genbench run must suit
+
+
+def scaled_to_peak(seconds: float, peak_gflops: float, threads: int,
+                   reference: float = REFERENCE_PEAK_GFLOPS) -> dict:
+    """A wall time as the work it took in units of the machine's speed: ``gflop_seconds`` = seconds × the
+    ``torch.mm`` peak measured with it (GFLOP/s, on ``threads`` threads), and ``at_reference_s`` = that over a
+    ``reference`` peak, the time on a machine whose peak is ``reference``. This assumes the time scales with the
+    matmul peak, a fair first model where the work is mostly matmuls, as genbench's is on a CPU (training steps,
+    the Hessian-vector products and perturbed copies of the measures); ``genbench perf``'s ``peak_elasticity``
+    checks it on a slice of training."""
+    return {"wall_s": seconds, "peak_gflops": peak_gflops, "peak_threads": threads,
+            "gflop_seconds": seconds * peak_gflops, "reference_gflops": reference,
+            "at_reference_s": seconds * peak_gflops / reference}
 
 
 def _pss(pid: int, rss: int) -> int:
@@ -152,3 +173,40 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+def peak_elasticity(hps: list[HParams], device: torch.device, epochs: int, reps: int) -> dict:
+    """Does the time follow the matmul peak? A slice of the zoo's training (``hps``, one stack, ``epochs`` epochs)
+    and ``torch.mm`` (1024², fp32), each with 1 and with 2 threads, all four timed in the same alternating rounds
+    (best kept): the elasticity log(t₁/t₂) / log(peak₂/peak₁) is 1 when the time is inversely proportional to the
+    peak, 0 when the peak does not matter. It is left out (None, with the reason) where the second thread adds
+    less than a tenth to the peak (the other core is busy), and on a GPU, where threads do not set the peak."""
+    if device.type != "cpu":
+        return {"skipped": f"threads do not set the peak of {device.type}"}
+    hps = [hp.replace(**{"train.max_epochs": epochs}) for hp in hps]
+    cache: dict[DatasetHP, DataBundle] = {}
+    data = lambda d: cache[d] if d in cache else cache.setdefault(d, make_data(d))
+    before, n, inner = torch.get_num_threads(), 1024, 5
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+
+    def with_threads(threads: int, work: Callable[[], Any]) -> Callable[[], Any]:
+        def go():
+            torch.set_num_threads(threads)
+            try:
+                work()
+            finally:
+                torch.set_num_threads(before)
+        return go
+    train = lambda: train_many(hps, data, device=device, probes=DEFAULT_PROBES)
+    mm = lambda: [torch.mm(a, b) for _ in range(inner)]
+    one, two, m1, m2 = _best_times([with_threads(1, train), with_threads(2, train), with_threads(1, mm),
+                                    with_threads(2, mm)], max(2, reps), device)
+    p1, p2 = 2 * n ** 3 * inner / m1 / 1e9, 2 * n ** 3 * inner / m2 / 1e9
+    out = {"models": len(hps), "epochs": epochs, "slice_s": [one, two], "peak_gflops": [p1, p2],
+           "time_ratio": one / two, "peak_ratio": p2 / p1, "elasticity": None}
+    if p2 / p1 < 1.1:
+        out["why"] = f"the second thread added {p2 / p1 - 1:.0%} to the peak: the other core is busy"
+    else:
+        out["elasticity"] = math.log(one / two) / math.log(p2 / p1)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
@@ -11,13 +12,14 @@ import torch
 from benchmark import cli
 from benchmark.perf.bench import TARGETS, MemorySampler, _best_times, matmul_peak
 from benchmark.perf.floor import counted_flops, step_operands
+from benchmark.perf.timing import scaled_to_peak
 
 KEYS = ["pipeline_models_per_minute", "zoo_peak_fraction", "suite_over_training", "hessian_speedup_vs_pyhessian",
         "hessian_agreement", "models_slope", "peak_memory_gib", "train_speedup", "pipeline_floor_models_per_minute",
         "step_matmul_ceiling", "suite_peak_fraction", "suite_over_training_floor", "isolation_overhead",
-        "guard_ms_per_measure"]
+        "guard_ms_per_measure", "pipeline_s_at_70_gflops", "peak_elasticity"]
 REPORTED = {"guard_ms_per_measure", "train_speedup", "pipeline_floor_models_per_minute", "step_matmul_ceiling",
-            "suite_peak_fraction", "suite_over_training_floor"}
+            "suite_peak_fraction", "suite_over_training_floor", "peak_elasticity"}
 
 
 def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
@@ -33,7 +35,7 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
         assert set(t) >= {"value", "target", "met"}
         if key == "hessian_speedup_vs_pyhessian" and not have_pyhessian:
             assert report[key] is None and t["met"] is None
-        else:
+        elif key != "peak_elasticity":  # a slice timed with 1 and 2 threads on a busy machine may come out < 0
             assert isinstance(report[key], float) and report[key] > 0, key
             assert t["met"] in ((None,) if key in REPORTED else (True, False)), key
     assert report["quick"] is True
@@ -74,6 +76,28 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
     text = md.read_text()
     assert text.startswith("# genbench perf") and "| `pipeline_models_per_minute` |" in text
     assert "## Isolated measures" in text
+    for key, timed in (("pipeline", p), ("quarter", q)):  # each pipeline's time, scaled by its own run's peak
+        sc = d["scaled"][key]
+        assert sc["wall_s"] == timed["total_s"] and sc["peak_gflops"] == timed["matmul_peak_gflops"]
+        assert sc["at_reference_s"] == pytest.approx(timed["total_s"] * timed["matmul_peak_gflops"] / 70)
+    assert report["pipeline_s_at_70_gflops"] == d["scaled"]["pipeline"]["at_reference_s"]
+    assert report["targets"]["pipeline_s_at_70_gflops"]["target"] == "<= 600"
+    e = d["peak_scaling"]  # the assumption behind the scaling, checked on a slice of training
+    assert 1 <= e["models"] <= 4 and min(e["slice_s"]) > 0 and min(e["peak_gflops"]) > 0
+    assert e["peak_ratio"] == pytest.approx(e["peak_gflops"][1] / e["peak_gflops"][0])
+    if e["peak_ratio"] >= 1.1:
+        assert e["elasticity"] == pytest.approx(math.log(e["time_ratio"]) / math.log(e["peak_ratio"]))
+        assert "an elasticity of" in text
+    else:  # the second core was busy: no ratio to divide by
+        assert e["elasticity"] is None and "other core is busy" in e["why"] and "was not checked" in text
+    assert "## The pipeline at a 70 GFLOP/s peak" in text
+
+
+def test_time_scaled_to_the_reference_peak():
+    """120 s at a 140 GFLOP/s peak is 16,800 GFLOP·s of the machine's speed: 240 s at 70 GFLOP/s."""
+    sc = scaled_to_peak(120.0, 140.0, 2)
+    assert sc["gflop_seconds"] == 16800.0 and sc["at_reference_s"] == 240.0 and sc["peak_threads"] == 2
+    assert scaled_to_peak(120.0, 35.0, 1, reference=35.0)["at_reference_s"] == 120.0
 
 
 def test_counted_flops_of_one_forward_pass_are_the_closed_form():

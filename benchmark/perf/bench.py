@@ -65,6 +65,7 @@ from benchmark.measuring.context import Trained
 from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.perf.answers import answer_times
 from benchmark.perf.floor import step_matmul_ceiling, suite_flops
+from benchmark.perf.incremental import plugin_times
 from benchmark.perf.isolation import isolation_cost
 from benchmark.perf.report import TARGETS, _pipelines, markdown, table, targets
 from benchmark.perf.timing import (
@@ -392,7 +393,10 @@ def _largest_model(store_root: str, hps: list[HParams], device: torch.device) ->
     return Trained.from_store(Store(store_root), top.model_id, RunOptions(device=str(device)))
 
 
-def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
+def run(plan: Plan, device: torch.device, quick: bool, work: Path,
+        standard: tuple[Path, Path] | None = None) -> dict:
+    """Every section of the report on a fresh zoo under ``work``; ``standard`` (store, leaderboard folder): a
+    trained, measured and evaluated standard benchmark on which to time scoring a new measure too."""
     start = time.perf_counter()
     info = machine(device)
     opts = make_plan(compose(*plan.zoo)).options
@@ -449,6 +453,14 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
     details["peak_scaling"] = peak_elasticity(max(group_stacks(hps), key=len)[:plan.scaling_models], device,
                                               plan.scaling_epochs, plan.reps)
     timings["peak_scaling"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()  # last: it adds plugin measures to the default zoo's store
+    details["incremental"] = {"default zoo": plugin_times(list(plan.zoo), work / "default" / "store", boards,
+                                                          work / "incremental", reps=plan.reps)}
+    if standard is not None:
+        details["incremental"]["standard benchmark"] = plugin_times(
+            ["experiment=standard"], standard[0], standard[1], work / "incremental-standard", reps=plan.reps)
+    timings["incremental"] = time.perf_counter() - clock
     details["section_seconds"] = timings
 
     p, q = details["pipeline"], details.get("quarter")
@@ -471,6 +483,9 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path) -> dict:
         "suite_over_training_floor": details["floor"]["suite_over_training_floor"],
         "pipeline_s_at_70_gflops": details["scaled"]["pipeline"]["at_reference_s"],
         "peak_elasticity": details["peak_scaling"].get("elasticity"),
+        "plugin_score_s": details["incremental"]["default zoo"]["incremental_s"],
+        "plugin_score_speedup": details["incremental"]["default zoo"]["speedup"],
+        "standard_plugin_score_s": details["incremental"].get("standard benchmark", {}).get("incremental_s"),
     }
     info["load_average_end"] = list(os.getloadavg())
     return {**values, "quick": quick, "machine": info, "plan": asdict(plan), "targets": targets(values),
@@ -503,7 +518,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--gpu-check", action="store_true", help="the GPU against the CPU instead "
                         "(python -m benchmark.perf.gpu --help)")
+    parser.add_argument("--standard", nargs=2, type=Path, metavar=("STORE", "LEADERBOARD"),
+                        help="also time scoring a new measure on this trained, measured and evaluated standard "
+                             "benchmark (store.root and leaderboard.dir; it gains the plugin measures)")
     args = parser.parse_args(argv)
+    if args.standard and not (args.standard[0] / "genbench.sqlite").is_file():
+        from benchmark.errors import UserError
+        raise UserError(f"--standard {args.standard[0]}: no genbench store there (run `genbench run "
+                        f"experiment=standard store.root={args.standard[0]}` first)")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         from benchmark.errors import UserError
@@ -511,7 +533,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "is False)")
     torch.set_num_threads(args.threads or 1)  # the pipeline's workers set their own threads
     with tempfile.TemporaryDirectory(prefix="genbench-perf-") as work:
-        report = run(QUICK if args.quick else FULL, device, args.quick, Path(work))
+        report = run(QUICK if args.quick else FULL, device, args.quick, Path(work),
+                     tuple(p.resolve() for p in args.standard) if args.standard else None)
     print(table(report))
     command = "genbench perf" + "".join(f" {a}" for a in (argv or []))
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmark.perf.answers import lines as answer_lines
+from benchmark.perf.incremental import lines as incremental_lines
 
 # name: (comparison, threshold, what it is); a comparison of None is reported without a target
 TARGETS: dict[str, tuple[str | None, float | None, str]] = {
@@ -35,6 +36,12 @@ TARGETS: dict[str, tuple[str | None, float | None, str]] = {
     "suite_over_training_floor": (None, None, "the least suite_over_training possible with the training stage at "
                                               "zoo_peak_fraction's target and every counted measure FLOP at the "
                                               "peak (reported; above 1 the two targets exclude each other)"),
+    "plugin_score_s": ("<=", 10.0, "seconds of `genbench run measures.plugins=[m.py]` scoring a new measure (under "
+                                   "1 ms per model) on the cached default zoo, a fresh process, end to end"),
+    "plugin_score_speedup": (None, None, "the same command recomputing every statistic and figure, over "
+                                         "plugin_score_s, timed in the same run (reported)"),
+    "standard_plugin_score_s": ("<=", 30.0, "plugin_score_s on the cached standard benchmark (with --standard "
+                                            "STORE LEADERBOARD)"),
     "pipeline_s_at_70_gflops": ("<=", 600.0, "default pipeline at 70 GFLOP/s ≤ 600 s: its wall time × the "
                                              "torch.mm peak measured with it / 70, the time on a machine of that "
                                              "peak if time scales with the peak"),
@@ -93,6 +100,8 @@ def table(report: dict) -> str:
                  f"{f['floor_s']:.0f} s = at most {f['floor_models_per_minute']:.0f} models/min")
     if "answers" in d:
         lines += answer_lines(d["answers"])
+    if "incremental" in d:
+        lines += incremental_lines(d["incremental"])
     i = d["isolation"]
     lines.append(f"isolation: {i['isolated_s']:.1f} s isolated vs {i['in_process_s']:.1f} s in process on "
                  f"{i['models']} models; guard {i['guard_ms_per_measure']:.2f} ms per measure")
@@ -240,6 +249,8 @@ def markdown(report: dict, command: str) -> str:
     lines.append(f"| reference | | {ref['top_eig']:.6g} | | {_fmt(ref.get('trace'), 6)} | |")
     if "answers" in d:
         lines += ["", "## Answers without computing", "", *answer_lines(d["answers"])]
+    if "incremental" in d:
+        lines += ["", "## Scoring a new measure", "", *incremental_lines(d["incremental"])]
     i = d["isolation"]
     lines += ["", "## Isolated measures", "",
               f"Every measure on {i['models']} default models ({i['values']} values), by one isolated worker process "

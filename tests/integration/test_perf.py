@@ -17,9 +17,10 @@ from benchmark.perf.timing import scaled_to_peak
 KEYS = ["pipeline_models_per_minute", "zoo_peak_fraction", "suite_over_training", "hessian_speedup_vs_pyhessian",
         "hessian_agreement", "models_slope", "peak_memory_gib", "train_speedup", "pipeline_floor_models_per_minute",
         "step_matmul_ceiling", "suite_peak_fraction", "suite_over_training_floor", "isolation_overhead",
-        "guard_ms_per_measure", "pipeline_s_at_70_gflops", "peak_elasticity"]
+        "guard_ms_per_measure", "pipeline_s_at_70_gflops", "peak_elasticity", "plugin_score_s",
+        "plugin_score_speedup"]
 REPORTED = {"guard_ms_per_measure", "train_speedup", "pipeline_floor_models_per_minute", "step_matmul_ceiling",
-            "suite_peak_fraction", "suite_over_training_floor", "peak_elasticity"}
+            "suite_peak_fraction", "suite_over_training_floor", "peak_elasticity", "plugin_score_speedup"}
 
 
 def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
@@ -91,6 +92,12 @@ def test_quick_run_writes_every_key_target_and_the_markdown(tmp_path, capsys):
     else:  # the second core was busy: no ratio to divide by
         assert e["elasticity"] is None and "other core is busy" in e["why"] and "was not checked" in text
     assert "## The pipeline at a 70 GFLOP/s peak" in text
+    inc = d["incremental"]["default zoo"]  # a new measure scored with the caches, and with everything recomputed
+    assert inc["overrides"] == ["experiment=smoke"] and len(inc["incremental_runs_s"]) == len(inc["full_runs_s"]) == 1
+    assert report["plugin_score_s"] == inc["incremental_s"] > 0
+    assert report["plugin_score_speedup"] == pytest.approx(inc["full_s"] / inc["incremental_s"])
+    assert report["standard_plugin_score_s"] is None and report["targets"]["standard_plugin_score_s"]["met"] is None
+    assert "## Scoring a new measure" in text and "recomputing every statistic and figure" in text
 
 
 def test_time_scaled_to_the_reference_peak():

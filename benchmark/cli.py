@@ -4,7 +4,8 @@
     genbench run                        train (or reuse) the zoo, measure, evaluate, write + print leaderboard
     genbench train [-m] ...             train the zoo (or, with zoo=none and -m, one model per sweep job)
     genbench measure ...                compute missing measures on the stored zoo
-    genbench evaluate ...               compute statistics and write leaderboard/ tables, figures and page
+    genbench evaluate ...               compute statistics and write leaderboard/ tables, figures and page (the
+                                        statistics and figures of unchanged measures come from their caches)
     genbench leaderboard ...            print a leaderboard table from leaderboard/
     genbench measures ...               list every registered measure
     genbench collect collect.sources=[DIR/*]   merge per-job stores (cluster sweeps) into store.root
@@ -12,7 +13,8 @@
     genbench export [export.path=ZOO.tar]       write store.root as one verified archive (docs/archives.md)
     genbench import PATH_OR_URL [collect.on_conflict=...]   verify an archive, then merge it into store.root
     genbench reproduce pnas|prl|nmi|mlst [--out DIR] [--full|--quick] [key=value ...]
-    genbench perf [--json PATH] [--quick]
+    genbench perf [--json PATH] [--md PATH] [--quick] [--device cuda] [--standard STORE LEADERBOARD]
+    genbench perf --gpu-check [--device cuda] [--out DIR]    the GPU against the CPU (benchmark.perf.gpu)
 
 A mistake in the input (a hyperparameter, a name, a file) or of the environment (a read-only or full disk,
 a folder without permission) is one line on stderr and exit status 2; ``--debug`` (or HYDRA_FULL_ERROR=1)

@@ -105,9 +105,11 @@ def _end(proc: subprocess.Popen, grace: float) -> int:
 
 
 def _files(root: Path) -> dict[str, int]:
-    """Modification times of a store's files other than its SQLite database (which opening may touch)."""
+    """Modification times of a store's files other than its SQLite database (which opening may touch) and its
+    caches (``cache/``: the record of checkpoints already checked, written on the run after they were)."""
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file() and ".sqlite" not in p.name and not p.name.endswith(("-wal", "-shm", ".db"))}
+            if p.is_file() and ".sqlite" not in p.name and not p.name.endswith(("-wal", "-shm", ".db"))
+            and p.relative_to(root).parts[0] != "cache"}
 
 
 def test_readme_slurm_recipe_survives_a_cancelled_job(tmp_path):

@@ -251,10 +251,7 @@ def collect(cfg: Plan | DictConfig) -> dict:
     read-only, so nothing is ever created in them. With ``fail``, every source is checked before anything is
     copied."""
     plan = Plan.of(cfg)
-    sources_given, root = list(plan.config["collect"]["sources"]), plan.store_root
-    on_conflict = str(plan.config["collect"].get("on_conflict", "fail"))
-    if on_conflict not in ON_CONFLICT:
-        raise UserError(f"collect.on_conflict={on_conflict} is not a rule; valid: {', '.join(ON_CONFLICT)}")
+    sources_given, root, on_conflict = list(plan.config["collect"]["sources"]), plan.store_root, _on_conflict(plan)
     paths = sorted({p for pattern in sources_given for p in glob.glob(str(Path(pattern).expanduser()))})
     paths = [p for p in paths if Path(p).resolve() != Path(root).resolve()]
     if not paths:
@@ -280,6 +277,15 @@ def collect(cfg: Plan | DictConfig) -> dict:
     return total
 
 
+def _on_conflict(plan: Plan) -> str:
+    """``collect.on_conflict``, the rule by which ``collect`` and ``import`` decide what two stores hold differently;
+    one ``UserError`` line when it is not one."""
+    on_conflict = str(plan.config["collect"].get("on_conflict", "fail"))
+    if on_conflict not in ON_CONFLICT:
+        raise UserError(f"collect.on_conflict={on_conflict} is not a rule; valid: {', '.join(ON_CONFLICT)}")
+    return on_conflict
+
+
 def export(cfg: Plan | DictConfig) -> dict:
     """Write the store at ``store.root`` as one archive at ``export.path`` (default ``<store.root>.tar``; a name
     ending in ``.gz`` or ``.tgz`` is gzip-compressed); see ``benchmark.store.archive``. The store is only read."""
@@ -297,10 +303,7 @@ def import_archive(cfg: Plan | DictConfig, source: str) -> dict:
     merges a source, by ``collect.on_conflict``. Nothing reaches ``store.root`` unless every member of the
     archive matches its manifest."""
     plan = Plan.of(cfg)
-    on_conflict = str(plan.config["collect"].get("on_conflict", "fail"))
-    if on_conflict not in ON_CONFLICT:
-        raise UserError(f"collect.on_conflict={on_conflict} is not a rule; valid: {', '.join(ON_CONFLICT)}")
-    counts = archive.import_archive(source, plan.store_root, on_conflict)
+    counts = archive.import_archive(source, plan.store_root, _on_conflict(plan))
     log.info("imported %s into %s: %d models, %d measurements, %d early values, %d run configs, %d conflicts",
              source, plan.store_root, counts["models"], counts["measurements"], counts["early"], counts["configs"],
              counts["conflicts"])

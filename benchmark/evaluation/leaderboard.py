@@ -198,14 +198,18 @@ def identical_groups(df: pd.DataFrame, columns: Sequence[str], rtol: float = 1e-
     FFT variants of the spectral measures equal the direct ones; the leaderboard ranks each group once and
     names the others beside it (``identical``), instead of listing tied rows. Columns without a value (a
     measure undefined on every model) are never grouped."""
+    values = {c: df[c].to_numpy(dtype=float) for c in columns}
+    missing = {c: np.isnan(v) for c, v in values.items()}
+    # each column's first value: two columns whose first values differ (both finite) cannot be equal to rtol
+    first = {c: float(v[~missing[c]][0]) if (~missing[c]).any() else math.nan for c, v in values.items()}
     groups: dict[str, list[str]] = {}
     for c in columns:
-        v = df[c].to_numpy(dtype=float)
-        for k in groups:
-            w = df[k].to_numpy(dtype=float)
-            nan = np.isnan(v)
-            if (~nan).any() and np.array_equal(nan, np.isnan(w)) and np.allclose(v[~nan], w[~nan], rtol=rtol,
-                                                                                   atol=0.0):
+        v, nan, a = values[c], missing[c], first[c]
+        for k in groups if (~nan).any() else ():
+            b = first[k]
+            if math.isfinite(a) and math.isfinite(b) and abs(a - b) > rtol * abs(b):
+                continue
+            if np.array_equal(nan, missing[k]) and np.allclose(v[~nan], values[k][~nan], rtol=rtol, atol=0.0):
                 groups[k].append(c)
                 break
         else:

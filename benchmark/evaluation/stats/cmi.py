@@ -148,8 +148,9 @@ def _cmi_many(sets: Sequence[_ConditioningSet], rms: np.ndarray, rg: np.ndarray,
     """The score of :func:`_cmi_from_sets` for each row of ``rms`` (copies, models), one measure's ranks per row
     (the permutation null), all at once. One ``bincount`` counts every copy's pairs by (joint configuration of
     all the sets' axes for model i, the same for model j, signs); each set's table sums those counts over the
-    configurations (integer counts, so exactly its own bincount), and the normalised CMIs of all tables come in
-    one pass (padded to the largest set's cells: empty cells of weight 0)."""
+    configurations (integer counts, so exactly its own bincount, in two matrix products by one-hot maps of the
+    configurations to the set's values), and the normalised CMIs of all tables come in one pass (padded to the
+    largest set's cells: empty cells of weight 0)."""
     copies = len(rms)
     if copies == 0 or not sets:
         return np.full(copies, np.nan)
@@ -167,11 +168,20 @@ def _cmi_many(sets: Sequence[_ConditioningSet], rms: np.ndarray, rg: np.ndarray,
     counts = counts.reshape(copies, big, big, 6).astype(float)
     width = max(c.n_values for c in sets) ** 2
     tables = np.zeros((len(sets), copies, width, 2, 3))
+    onehots = []
     for s, c in enumerate(sets):
-        k = c.n_values
-        onehot = np.zeros((big, k))
+        onehot = np.zeros((big, c.n_values))
         onehot[np.arange(big), configs[:, s]] = 1.0
-        t = np.einsum("cuvx,ua,vb->cabx", counts, onehot, onehot, optimize=True).reshape(copies, k, k, 2, 3)
+        onehots.append(onehot)
+    # sum over model i's configurations into every set's values at once: (Σ values, copies · big · 6), one product
+    first = np.concatenate(onehots, 1).T @ counts.transpose(1, 0, 2, 3).reshape(big, copies * big * 6)
+    start = 0
+    for s, (c, onehot) in enumerate(zip(sets, onehots)):
+        k = c.n_values
+        t = first[start:start + k].reshape(k, copies, big, 6)  # (a, c, v, x)
+        start += k
+        t = onehot.T @ t.transpose(2, 0, 1, 3).reshape(big, k * copies * 6)  # over model j's: (b, a · c · x)
+        t = t.reshape(k, k, copies, 6).transpose(2, 1, 0, 3).reshape(copies, k, k, 2, 3)
         tables[s, :, :k * k] = (t + t.transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]).reshape(copies, k * k, 2, 3)
     per_set = _normalised_cmi_many(tables.reshape(len(sets) * copies, width, 2, 3)).reshape(len(sets), copies)
     with warnings.catch_warnings():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import torch
 from torch import nn
@@ -25,21 +25,24 @@ if TYPE_CHECKING:
 class Trained:
     hp: HParams
     model: nn.Module  # the trained weights
-    init: nn.Module  # the initial weights
+    init: nn.Module | None  # the initial weights (None: not loaded, as no measure to compute declared them)
     data: DataBundle
-    history: list[dict]
+    history: list[dict] | None  # per-epoch rows (None: not loaded, likewise)
     # the other seeds of the configuration, or a function loading them (``Store``-backed in the pipeline)
     replicates: Sequence[nn.Module] | Callable[[], Sequence[nn.Module]] | None = None
 
     @classmethod
-    def from_states(cls, hp: HParams, init_state: dict, final_state: dict, data: DataBundle, history: list[dict],
-                    device: str | torch.device = "cpu") -> "Trained":
+    def from_states(cls, hp: HParams, init_state: dict | None, final_state: dict, data: DataBundle,
+                    history: list[dict] | None, device: str | torch.device = "cpu") -> "Trained":
         modules = []
         for state in (final_state, init_state):
-            m = build_model(hp.model, data.in_shape, data.num_classes)
-            m.load_state_dict(state)
-            modules.append(m.to(device))
-        return cls(hp, modules[0], modules[1], data, list(history))
+            m = None
+            if state is not None:
+                m = build_model(hp.model, data.in_shape, data.num_classes)
+                m.load_state_dict(state)
+                m = m.to(device)
+            modules.append(m)
+        return cls(hp, modules[0], modules[1], data, None if history is None else list(history))
 
     @classmethod
     def from_result(cls, result: TrainResult, data: DataBundle, device: str | torch.device = "cpu") -> "Trained":
@@ -47,18 +50,21 @@ class Trained:
 
     @classmethod
     def from_store(cls, store: Store, model: str | HParams, opts: RunOptions,
-                   replicates: Sequence[str] = ()) -> "Trained":
+                   replicates: Sequence[str] = (), needs: Collection[str] | None = None) -> "Trained":
         """A stored model, given by its hyperparameters (or its id, then read from the store); a missing or corrupt
         checkpoint raises ``CheckpointError``. ``replicates``: the ids of its seed replicates, loaded when a measure
-        first asks for them."""
+        first asks for them. ``needs``: the inputs the measures to compute declare (``measures.NEEDS``); the
+        initial weights and the history are loaded only if they are among them (default: everything)."""
+        wants = lambda need: needs is None or need in needs  # noqa: E731
         if isinstance(model, HParams):
-            hp, history = model, store.history(model.model_id)
+            hp, history = model, store.history(model.model_id) if wants("history") else None
         else:
             hp, _, history = store.model_record(model)
         model_id = hp.model_id
         init_state, final_state = store.load_states(model_id)
         data = cached_data(hp.dataset, opts.data_root, opts.download)
-        trained = cls.from_states(hp, init_state, final_state, data, history, opts.device)
+        trained = cls.from_states(hp, init_state if wants("init_model") else None, final_state, data,
+                                  history if wants("history") else None, opts.device)
 
         def load() -> list[nn.Module]:
             out = []

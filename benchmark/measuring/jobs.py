@@ -177,8 +177,9 @@ def _measure_items(common: tuple, items: Sequence[tuple[str, str]]) -> Iterator[
     store = Store(root, readonly=True)
     loaded, unreadable = [], {}
     for model_id, names in by_model(items):
+        needs = {need for name in names for need in measures.REGISTRY.get(name).needs}  # what to load
         try:
-            trained = Trained.from_store(store, hparams[model_id], opts, replicates.get(model_id, ()))
+            trained = Trained.from_store(store, hparams[model_id], opts, replicates.get(model_id, ()), needs)
         except CheckpointError as err:
             unreadable[model_id] = str(err)
             trained = None

@@ -137,3 +137,24 @@ def test_in_the_isolated_workers_too(tmp_path, isolate):
     assert out == [("needs.history_undeclared", "failed", "UndeclaredInputError: measure 'needs.history_undeclared' "
                     "uses ctx.history but does not declare needs=(..., 'history')"),
                    ("needs.history_declared", "ok", None)]
+
+
+def test_a_stored_model_is_loaded_with_the_inputs_its_measures_declare_and_gives_the_same_values(trained_tiny,
+                                                                                                 tmp_path):
+    from benchmark.measuring.context import Trained
+    from benchmark.runtime import RunOptions
+    from benchmark.store import Store
+    store = Store(tmp_path / "store", readonly=True)
+    model_id = sorted(store.model_ids())[0]
+    full = Trained.from_store(store, model_id, RunOptions())
+    lean = Trained.from_store(store, model_id, RunOptions(), needs={"model", "train_data"})
+    assert full.init is not None and full.history and lean.init is None and lean.history is None
+    for name in ("params", "log_prod_of_fro", "margin_dist.median"):  # each reads the model and data only
+        m = measures.REGISTRY.get(name)
+        assert set(m.needs) <= {"model", "train_data"}
+        assert compute(m, lean.context(), lean.context(), None)[:2] == compute(m, full.context(), full.context(),
+                                                                               None)[:2]
+    needs_init = measures.REGISTRY.get("dist_init_fro")
+    assert compute(needs_init, lean.context(), lean.context(), None)[1:3] == (
+        "failed", "MissingInputError: this measure needs the initial weights (init_model=...), which the Context "
+                  "was not given")

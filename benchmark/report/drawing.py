@@ -27,6 +27,10 @@ def _draw(board: Board, folder: Path) -> Figures:
     return plots.write(board, folder)
 
 
+def _import_plots() -> None:
+    from benchmark.report import plots  # noqa: F401 — the child's first task, while the first board is computed
+
+
 class Drawer:
     """Draws boards' figures (:func:`draw`) in one other process when ``background``, else here at once; logs what
     each drawing drew and reused."""
@@ -37,15 +41,16 @@ class Drawer:
         self._pending: list[tuple[Path, Future]] = []
 
     def __enter__(self) -> "Drawer":
+        if self.background:  # started now, so that it imports matplotlib while this process computes statistics
+            with main_not_imported():  # the child is started by the first submit
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+                self._pool.submit(_import_plots)
         return self
 
     def draw(self, board: Board, folder: Path) -> None:
-        if not self.background:
+        if self._pool is None:
             self._done(folder, _draw(board, folder))
-            return
-        with main_not_imported():  # the child is started by the first submit
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+        else:
             self._pending.append((folder, self._pool.submit(_draw, board, folder)))
 
     def __exit__(self, kind, *exc) -> None:

@@ -70,7 +70,7 @@ REFERENCE = "Feng, Zhang & Tu, Nat. Mach. Intell. 5, 908 (2023), eqs. (2)–(6);
 DENSE_MAX = 1024
 TOP_K = 20
 PROBES = 64  # Hutchinson probes of duality.mid.gap_hessian on layers above DENSE_MAX
-PROBE_BATCH = 4  # probes per batched Hessian-vector product (larger batches were slower on a CPU)
+PROBE_BATCH = 4  # probes whose matrices are formed together (one matmul), then multiplied by H one by one
 PAIR_BLOCK = 512  # pairs per gathered block of the projections (a block in cache: ~3x faster than all at once)
 
 
@@ -293,15 +293,16 @@ class LayerHessian:
         return self.matmat(v[None])[0]
 
     def matmat(self, v: torch.Tensor) -> torch.Tensor:
-        """H v_b for a batch of flat vectors v (b, out·in): one double backward per vector and chunk, which on a
-        CPU is faster than one batched over the vectors (``is_grads_batched``), for the same numbers."""
+        """H v_b for a batch of flat vectors v (b, out·in), one vector at a time: one double backward per vector
+        and chunk. On a CPU that is faster than one pass batched over the vectors (wider products, and
+        ``is_grads_batched``), for the same numbers."""
         self.matvecs += len(v)
         vm = v.to(self.a.device, self.a.dtype).reshape(len(v), *self.shape)  # (b, out, in)
         out = torch.zeros(vm.shape, dtype=self.a.dtype, device=self.a.device)
-        for delta, grad, a in self._graphs:
-            u = torch.einsum("ki,boi->bko", a, vm).contiguous()
-            hz = torch.stack([self._hz(delta, grad, ub) for ub in u])
-            out += torch.einsum("bko,ki->boi", hz, a)
+        for j in range(len(v)):
+            for delta, grad, a in self._graphs:
+                u = torch.einsum("ki,boi->bko", a, vm[j:j + 1]).contiguous()  # (1, chunk, out)
+                out[j:j + 1] += torch.einsum("bko,ki->boi", self._hz(delta, grad, u[0])[None], a)
         return (out / len(self.x)).reshape(len(v), -1).to(v.dtype)
 
     def dense(self) -> torch.Tensor:

@@ -126,6 +126,32 @@ def test_decomposition_is_basis_free_and_matches_per_sample_loss_changes():
     assert float((table["sigma_w"] ** 2).sum()) == pytest.approx(t["size"], rel=1e-9)
 
 
+def test_projection_of_pairs_sharing_anchors_equals_the_explicit_inner_products():
+    g = torch.Generator().manual_seed(11)
+    distinct = torch.randn(7, 8, generator=g, dtype=torch.float64)
+    a = distinct[torch.randint(0, 7, (D.PAIR_BLOCK + 37,), generator=g)]  # repeated anchors, over two blocks
+    pairs = D.DualPairs(a, torch.randn(len(a), 5, generator=g, dtype=torch.float64),
+                        torch.randn(len(a), generator=g, dtype=torch.float64))
+    basis = torch.randn(6, 5, 8, generator=g, dtype=torch.float64)
+    wk, gk = D.project(pairs, basis)
+    explicit = torch.einsum("koi,noi->kn", pairs.dual_weights(), basis)
+    torch.testing.assert_close(wk, explicit, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gk, pairs.beta[:, None] * explicit, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_hessian_products_of_a_batch_equal_those_of_each_vector():
+    ctx = _ctx((6, 9, 7, 4), seed=12)
+    hess = D.LayerHessian(ctx, D.select_layer(ctx))
+    v = torch.randn(3, hess.dim, generator=torch.Generator().manual_seed(13))
+    batched = torch.zeros(3, *hess.shape)
+    for delta, grad, a in hess._graphs:  # all vectors in one pass
+        u = torch.einsum("ki,boi->bko", a, v.reshape(3, *hess.shape)).contiguous()
+        batched += torch.einsum("bko,ki->boi", hess._hz(delta, grad, u, batched=True), a)
+    got = hess.matmat(v)
+    torch.testing.assert_close(got, batched.reshape(3, -1) / len(hess.x), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got, torch.stack([hess.matvec(x) for x in v]), rtol=1e-6, atol=1e-7)
+
+
 def test_zero_activity_pairs_are_dropped():
     a = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
     pairs = D.DualPairs(a[1:], torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([0.2], dtype=torch.float64),

@@ -235,6 +235,9 @@ def _hydra(command: str, rest: list[str], task: Callable[["Plan"], None] | None 
             from benchmark.runtime import bind_to_parent
             bind_to_parent()
         logging.getLogger("genbench").setLevel(logging.INFO)
+        if command in ("run", "measure") and cfg.run.get("isolate", True):  # before the plan, which imports torch
+            from benchmark.processes import start_forkserver
+            start_forkserver()
         config.absolute_paths(cfg, cwd)  # once, before anything (a plugin's os.chdir) can move a relative path
         try:
             plan = make_plan(cfg)  # the config read once: below here, every stage sees typed values

@@ -27,6 +27,7 @@ from benchmark.evaluation.cache import FILE as CACHE_FILE
 from benchmark.evaluation.cache import StatsCache, code_version, digest, zoo_columns
 from benchmark.files import write_text
 from benchmark.plan import Plan, Task
+from benchmark.processes import start_forkserver
 from benchmark.report import layout, page, tables
 from benchmark.report.drawing import Drawer
 from benchmark.store import ON_CONFLICT, NotAStoreError, Store, archive, check_merge, converged, merge, migrate
@@ -104,13 +105,13 @@ def evaluate(cfg: Plan | DictConfig) -> pd.DataFrame:
     try:
         with Drawer(background=opts.isolate and opts.jobs > 1) as figures:  # figures drawn beside the statistics
             if plan.suite is None:
-                built = [_evaluate_board(plan, plan.tasks[0], snap, cache, figures)]
+                built = [_evaluate_board(plan, plan.tasks[0], snap, cache, figures, last=True)]
                 table, suites = built[0].table, []
             else:
                 boards = {}
                 for i, task in enumerate(plan.tasks, 1):
                     log.info("evaluating task %d of %d: %s", i, len(plan.tasks), task.name)
-                    boards[task.name] = _evaluate_board(plan, task, snap, cache, figures)
+                    boards[task.name] = _evaluate_board(plan, task, snap, cache, figures, last=i == len(plan.tasks))
                 table = pd.concat([b.table.assign(task=name) for name, b in boards.items()], ignore_index=True)
                 built, suites = list(boards.values()), [_write_suite(plan, boards)]
     finally:
@@ -121,9 +122,11 @@ def evaluate(cfg: Plan | DictConfig) -> pd.DataFrame:
     return table
 
 
-def _evaluate_board(plan: Plan, task: Task, snap: Snapshot, cache: StatsCache | None, figures: Drawer) -> board.Board:
+def _evaluate_board(plan: Plan, task: Task, snap: Snapshot, cache: StatsCache | None, figures: Drawer,
+                    last: bool = False) -> board.Board:
     """One leaderboard's board (``board.build``) from the store's tables in ``snap``, with its tables and typed form
-    written and its figures handed to ``figures``; the statistics of measures scored before come from ``cache``."""
+    written and its figures handed to ``figures`` (``last``: the run's last board, see ``Drawer.draw``); the
+    statistics of measures scored before come from ``cache``."""
     chosen, store = plan.measures, snap.store
     info = lb.measure_info(chosen)
     df = snap.frame([hp.model_id for hp in task.hparams], measures={m.name: m.version for m in chosen})
@@ -142,7 +145,7 @@ def _evaluate_board(plan: Plan, task: Task, snap: Snapshot, cache: StatsCache | 
         log.info("statistics of %s: %d of %d ranked measures computed, the others' read from %s", files.name,
                  computed, computed + cache.reused["ranked"], cache.path or "memory")
     if plan.plots:
-        figures.draw(built, files.figures)
+        figures.draw(built, files.figures, last)
     paths = tables.write(files, built)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return built
@@ -241,8 +244,7 @@ def run(cfg: Plan | DictConfig) -> str:
     are loaded once."""
     plan = Plan.of(cfg)
     if plan.options.isolate:
-        from benchmark.measuring.isolation import start_server
-        start_server()  # the measure workers' fork server imports torch and the measures while this process works
+        start_forkserver()  # the measure workers' fork server imports torch and the measures while this one works
     plan.measures  # noqa: B018  (unknown measure names and broken plugins fail before any training)
     plan.early_measures  # noqa: B018
     train(plan)

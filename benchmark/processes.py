@@ -6,8 +6,13 @@ A leaf module: it imports nothing of genbench.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.forkserver
 import sys
-from typing import Iterator
+from typing import Iterator, Sequence
+
+# what the measure workers' fork server imports once (``benchmark.measuring.isolation``): torch and every measure
+MEASURE_PRELOAD = ["benchmark.measuring.preload"]
 
 
 @contextlib.contextmanager
@@ -26,3 +31,12 @@ def main_not_imported() -> Iterator[None]:
     finally:
         if main is not None:
             main.__dict__.update(saved)
+
+
+def start_forkserver(preload: Sequence[str] = tuple(MEASURE_PRELOAD)) -> None:
+    """Start multiprocessing's fork server now, unless it runs already, importing ``preload`` (the measure
+    workers' modules: torch and every measure family, seconds) while the caller gets on with its own work; the
+    first child then forks at once. It ends with this process."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+    with main_not_imported():
+        multiprocessing.forkserver.ensure_running()

@@ -37,12 +37,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
 from benchmark.errors import UserError
-from benchmark.processes import main_not_imported
+from benchmark.processes import MEASURE_PRELOAD, main_not_imported
 from benchmark.runtime import bind_to_parent
 
 MAX_CRASHES = 3  # a measure that ended its worker this often in one run is not started again in that run
 POLL_S = 0.5  # how often the parent looks at the clock while it waits for results
-PRELOAD = ["benchmark.measuring.preload"]  # what the fork server imports once, for every worker it starts
+PRELOAD = MEASURE_PRELOAD  # what the fork server imports once, for every worker it starts
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,6 @@ def _context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
-
-
-def start_server() -> None:
-    """Start the fork server now rather than with the first worker, so that it imports ``PRELOAD`` (torch, every
-    measure family: seconds) while this process gets on with its own work; the first worker then forks at once."""
-    from multiprocessing import forkserver
-    _context()
-    forkserver.ensure_running()
 
 
 def _worker_main(conn: Connection, setup: tuple[Callable, tuple] | None) -> None:

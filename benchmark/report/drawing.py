@@ -1,5 +1,6 @@
 """Each leaderboard's figures drawn in one other process while this one goes on to the next board's statistics:
-on two cores a suite's evaluation takes about the time of its statistics, not of its statistics and figures.
+on two cores a suite's evaluation takes about the time of its statistics, not of its statistics and figures. The
+last board (the only one, outside a suite) is drawn by both processes, each about half of its figures.
 
 The child starts from the ``forkserver`` (``benchmark.processes``); it receives the board and draws exactly what
 :func:`benchmark.report.plots.write` would draw here, into the same folder, with the same manifest. Leaving the
@@ -47,9 +48,14 @@ class Drawer:
                 self._pool.submit(_import_plots)
         return self
 
-    def draw(self, board: Board, folder: Path) -> None:
+    def draw(self, board: Board, folder: Path, last: bool = False) -> None:
+        """Draw ``board``'s figures into ``folder``: in the other process, unless this is the ``last`` board (this
+        process has nothing else to do), which is drawn here with the other process drawing about half of it."""
         if self._pool is None:
             self._done(folder, _draw(board, folder))
+        elif last:
+            from benchmark.report import plots
+            self._done(folder, plots.write(board, folder, helper=self._pool))
         else:
             self._pending.append((folder, self._pool.submit(_draw, board, folder)))
 

@@ -31,7 +31,9 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from concurrent.futures import Executor
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 import matplotlib.ticker
@@ -456,13 +458,14 @@ class Figures(list):
         return [p for p in self if p not in drawn]
 
 
-def write(board: Board, out_dir: Path, target: str | None = None) -> Figures:
+def write(board: Board, out_dir: Path, target: str | None = None, helper: Executor | None = None) -> Figures:
     """Every figure of one leaderboard under ``out_dir``; scatter plots of measures no longer listed are removed.
 
     A figure is drawn only when the data it shows changed since it was drawn into ``out_dir`` (or its file is
     missing): its digest is kept in the folder's manifest (``benchmark.report.figure_cache``). The files are the
     same bytes as a full drawing would give. ``target``: default ``gap_error``, or the table's first target when
-    it was not evaluated.
+    it was not evaluated. ``helper``: an executor (another process) that draws about half of the figures while this
+    process draws the others; the manifest is written here once both are done.
     """
     out_dir, table = Path(out_dir), board.table
     if target is None:
@@ -486,14 +489,44 @@ def write(board: Board, out_dir: Path, target: str | None = None) -> Figures:
     drawn = [p for p, d in digests.items() if manifest.stale(p, d)]
     manifest.drop(drawn)
     redraw = set(drawn)
-    _draw_scatters(shared, axes, {m: v for m, v in measures.items() if scatters[m] in redraw}, target, out_dir)
     for stale in set((out_dir / "scatter").glob("*.png")) - set(scatters.values()):
         stale.unlink()
-    for path, (draw, inputs) in aggregates.items():
-        if path in redraw:
-            draw(*inputs, path)
+    todo = [m for m in measures if scatters[m] in redraw]
+    halves = [todo] if helper is None or len(todo) < 2 else [todo[:len(todo) // 2], todo[len(todo) // 2:]]
+    jobs = [(SCATTER_S[0] + SCATTER_S[1] * len(half), _draw_scatters,
+             (shared, axes, {m: measures[m] for m in half}, target, out_dir)) for half in halves if half]
+    jobs += [(AGGREGATE_S[path.name], draw, (*inputs, path)) for path, (draw, inputs) in aggregates.items()
+             if path in redraw]
+    _run(jobs, helper)
     manifest.record(digests, complete=True)
     return Figures(list(digests), drawn)
+
+
+# about what drawing takes (s), to share a board's figures between two processes: a scatter's background and each
+# scatter drawn over it, and each of the figures that rank every measure (on a board of about 90 measures)
+SCATTER_S = (0.3, 0.06)
+AGGREGATE_S = {SUMMARY_FIGURE: 1.0, HEATMAP_FIGURE: 0.9, TIERS_FIGURE: 0.6, COST_FIGURE: 0.5}
+
+
+def _run(jobs: list[tuple[float, Callable, tuple]], helper: Executor | None) -> None:
+    """Each (cost, function, arguments) job: all here without a ``helper``; else the largest first, each to the
+    side (this process or ``helper``, an executor) with the less work so far, and wait for the helper's."""
+    if helper is None:
+        for _, draw, args in jobs:
+            draw(*args)
+        return
+    here, there, mine, theirs = 0.0, 0.0, [], []
+    for cost, draw, args in sorted(jobs, key=lambda job: -job[0]):
+        if there < here:
+            theirs.append(helper.submit(draw, *args))
+            there += cost
+        else:
+            mine.append((draw, args))
+            here += cost
+    for draw, args in mine:
+        draw(*args)
+    for future in theirs:
+        future.result()
 
 
 @functools.cache

@@ -159,12 +159,27 @@ def test_figures_drawn_in_another_process_are_the_bytes_drawn_here(zoo, tmp_path
     with Drawer(background=False) as drawer:
         drawer.draw(_board(zoo), here)
     with caplog.at_level("INFO", logger="genbench"), Drawer(background=True) as drawer:
-        drawer.draw(_board(zoo), there)
-        drawer.draw(_board(_changed(zoo)), tmp_path / "other")
-    assert _files(there) == _files(here) and len(_files(here)) == 9
-    assert (there / figure_cache.MANIFEST).read_bytes() == (here / figure_cache.MANIFEST).read_bytes()
-    assert [r.getMessage() for r in caplog.records] == [f"figures: 9 drawn, 0 reused under {there}",
-                                                        f"figures: 9 drawn, 0 reused under {tmp_path / 'other'}"]
+        drawer.draw(_board(zoo), there)  # in the other process
+        drawer.draw(_board(zoo), tmp_path / "shared", last=True)  # in both: each about half of the figures
+    for folder in (there, tmp_path / "shared"):
+        assert _files(folder) == _files(here) and len(_files(here)) == 9
+        assert (folder / figure_cache.MANIFEST).read_bytes() == (here / figure_cache.MANIFEST).read_bytes()
+    assert sorted(r.getMessage() for r in caplog.records) == [f"figures: 9 drawn, 0 reused under {tmp_path / f}"
+                                                              for f in ("shared", "there")]
+
+
+def test_figures_shared_between_two_processes_are_split_by_their_cost():
+    from concurrent.futures import ThreadPoolExecutor
+    done = []
+    jobs = [(cost, lambda name: done.append(name), (name,)) for cost, name in [(1.0, "a"), (0.9, "b"), (0.6, "c"),
+                                                                               (0.5, "d"), (2.0, "e")]]
+    with ThreadPoolExecutor(1) as helper:
+        submitted = []
+        original = helper.submit
+        helper.submit = lambda fn, *args: submitted.append(args[0]) or original(fn, *args)
+        plots._run(jobs, helper)
+    assert sorted(done) == ["a", "b", "c", "d", "e"]
+    assert submitted == ["a", "b", "c"]  # e (2.0) here; a, b, c there (1.0, 1.9, 2.5); d here (2.5)
 
 
 def test_an_error_in_the_drawing_process_is_raised_when_its_figures_are_awaited(zoo, tmp_path):

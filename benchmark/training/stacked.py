@@ -281,7 +281,7 @@ class Stack:
         block = max(1, min(full, GATHER_BYTES // max(1, per_step)))
         for start in range(0, full, block):
             steps = min(block, full - start)
-            j = idx[:, start * bs:(start + steps) * bs].reshape(M, steps, bs).transpose(0, 1)  # (steps, M, bs)
+            j = idx[:, start * bs:(start + steps) * bs].reshape(M, steps, bs).transpose(0, 1).contiguous()
             xs, ys = self.x[j], self.y[j]
             for k in range(steps):
                 yield xs[k], ys[k]

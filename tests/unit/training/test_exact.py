@@ -119,3 +119,23 @@ def test_tasks_carry_small_datasets_and_leave_large_ones_to_the_worker(monkeypat
     assert set(shipped) == {HPS[0].dataset, HPS[1].dataset} and shipped[HPS[1].dataset] is made[HPS[1].dataset]
     monkeypatch.setattr(jobs, "SHIP_BYTES", 1000)
     assert jobs._bundles(HPS[:2], made) == {}
+
+
+def test_the_step_gradients_are_autograds(monkeypatch):
+    """The direct call into the engine gives torch.autograd.grad's gradients bit for bit (and is what a step
+    uses), and without a reachable engine the step falls back to torch.autograd.grad itself."""
+    s = _stack()
+    idx = torch.stack([torch.arange(32) + s.offsets[r] for r in range(len(s.members))])
+    x, y = s.x[idx], s.y[idx]
+
+    def loss():
+        with torch.enable_grad():
+            logits = stacking.forward(s.prog, s.params, x)
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    want = torch.autograd.grad(loss(), s.params)
+    got = stacked._gradients(loss(), s.params)
+    monkeypatch.setattr(stacked, "_ENGINE", None)
+    fallback = stacked._gradients(loss(), s.params)
+    assert len(got) == len(want) == len(fallback) == len(s.params)
+    assert all(torch.equal(a, b) and torch.equal(c, b) for a, b, c in zip(got, want, fallback))

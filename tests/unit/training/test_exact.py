@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from benchmark.measuring.probes import DEFAULT_PROBES
+from benchmark.runtime import RunOptions
+from benchmark.store import Store
 from benchmark.training import jobs, stacked
 from benchmark.training.stacked import Stack, train_many
 from benchmark.zoo.datasets import make_data
@@ -119,6 +121,26 @@ def test_tasks_carry_small_datasets_and_leave_large_ones_to_the_worker(monkeypat
     assert set(shipped) == {HPS[0].dataset, HPS[1].dataset} and shipped[HPS[1].dataset] is made[HPS[1].dataset]
     monkeypatch.setattr(jobs, "SHIP_BYTES", 1000)
     assert jobs._bundles(HPS[:2], made) == {}
+
+
+def test_worker_processes_train_the_models_of_one_process_bit_for_bit(tmp_path):
+    """Two worker processes (datasets handed over, the allocator's settings changed) store exactly what one
+    process trains, every weight and history value."""
+    hps = [hp.replace(**{"train.max_epochs": 2}) for hp in HPS] + \
+          [BASE.replace(**{"model.width": 9, "train.max_epochs": 2, "seed": s}) for s in (5, 6)]
+    stores = {}
+    for j in (1, 2):
+        stores[j] = Store(tmp_path / f"jobs{j}")
+        opts = RunOptions(jobs=j, threads=1, progress=False, keep=(0.5,))
+        assert jobs.train_zoo(hps, stores[j], opts, DEFAULT_PROBES) == {"reused": 0, "trained": len(hps)}
+    one, two = stores[1], stores[2]
+    assert one.model_ids() == two.model_ids() == {hp.model_id for hp in hps}
+    for hp in hps:
+        for a, b in zip(one.load_states(hp.model_id), two.load_states(hp.model_id)):
+            assert all(torch.equal(a[k], b[k]) for k in b)
+        ha, hb = one.history(hp.model_id), two.history(hp.model_id)
+        assert len(ha) == len(hb) == 2
+        assert all(ra.keys() == rb.keys() and all(_same_value(ra[k], rb[k]) for k in rb) for ra, rb in zip(ha, hb))
 
 
 def test_the_step_gradients_are_autograds(monkeypatch):

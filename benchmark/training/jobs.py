@@ -19,8 +19,6 @@ from benchmark.zoo.datasets import DataBundle, cached_data
 from benchmark.zoo.hparams import DatasetHP, HParams
 
 SHIP_BYTES = 64 << 20  # a task's datasets up to this size travel with it (_bundles)
-
-
 MMAP_THRESHOLD, TRIM_THRESHOLD = 64 << 20, 256 << 20  # a training worker's malloc settings (_reuse_freed_memory)
 
 

@@ -159,8 +159,15 @@ def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor,
 
     ``params[i]``: ``(M, *stacked_shapes[i])``, the i-th parameter of every member (:func:`views`).
     ``dropout(op_index, x)`` applies the members' dropout (training); None means eval mode.
+
+    Without autograd (evaluation), a ReLU overwrites the activations the pass itself just made instead of
+    allocating new ones: the values are the same, and the evaluation passes over whole data sets, whose
+    activations are megabytes, save an allocation and a pass over memory per layer. With autograd every ReLU
+    makes a new tensor, as it always did, so no gradient formula sees an in-place operation.
     """
     members = params[0].shape[0]
+    reuse = not torch.is_grad_enabled()
+    made = False  # whether x is a tensor this pass allocated (never the caller's input)
     for k, op in enumerate(prog.ops):
         if op.kind == "flatten":
             x = x.flatten(1 if shared else 2)  # (M, B, features), or (B, features) while shared
@@ -173,10 +180,14 @@ def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor,
                 x, shared = _ungrouped(y, members), False
             else:
                 x = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
+            made = True
         elif op.kind == "relu":
-            x = torch.relu(x)
+            x = x.relu_() if reuse and made else torch.relu(x)
+            made = True
         elif op.kind == "dropout":
-            x = x if dropout is None else dropout(k, x)
+            if dropout is not None:
+                y = dropout(k, x)
+                x, made = y, made or y is not x
         elif op.kind == "identity":
             pass
         elif op.kind == "conv":
@@ -186,9 +197,10 @@ def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor,
             b = None if op.bias is None else params[op.bias].flatten()
             groups = m.groups if shared else members * m.groups
             x = _ungrouped(conv(x if shared else _grouped(x), w, b, m.stride, m.padding, m.dilation, groups), members)
-            shared = False
+            shared, made = False, True
         else:  # channelwise: pooling acts on each channel alone
             x = op.module(x) if shared else _ungrouped(op.module(_grouped(x)), members)
+            made = True
     return x
 
 

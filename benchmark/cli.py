@@ -235,14 +235,14 @@ def _hydra(command: str, rest: list[str], task: Callable[["Plan"], None] | None 
             from benchmark.runtime import bind_to_parent
             bind_to_parent()
         logging.getLogger("genbench").setLevel(logging.INFO)
-        if command in ("run", "measure") and cfg.run.get("isolate", True):  # before the plan, which imports torch
-            from benchmark.processes import start_forkserver
-            start_forkserver()
         config.absolute_paths(cfg, cwd)  # once, before anything (a plugin's os.chdir) can move a relative path
         try:
             plan = make_plan(cfg)  # the config read once: below here, every stage sees typed values
             if command in ZOO_COMMANDS:
                 _check_zoo(plan, list(HydraConfig.get().overrides.task))
+            if command in ("run", "measure") and cfg.run.get("isolate", True):
+                from benchmark.processes import start_forkserver
+                start_forkserver()  # a valid config: the measure workers' server imports torch while this one does
             task(plan)
         except Exception as err:
             if isinstance(err, OSError) and err.errno in _DISK and not err.filename:  # a write() names no file

@@ -42,7 +42,6 @@ from benchmark.runtime import bind_to_parent
 
 MAX_CRASHES = 3  # a measure that ended its worker this often in one run is not started again in that run
 POLL_S = 0.5  # how often the parent looks at the clock while it waits for results
-PRELOAD = MEASURE_PRELOAD  # what the fork server imports once, for every worker it starts
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def describe_exit(exitcode: int | None) -> str:
 
 def _context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(MEASURE_PRELOAD)  # what the fork server imports once, for every worker
     return ctx
 
 

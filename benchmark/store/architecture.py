@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("genbench")
 
 # (input shape, classes) of the datasets whose pools need files under dataset.root
-_KNOWN = {"mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
+_KNOWN = {"mnist": ((1, 28, 28), 10), "fashion": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
           "svhn": ((3, 32, 32), 10)}
 
 

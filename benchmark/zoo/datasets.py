@@ -11,6 +11,7 @@ test pool.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -165,7 +166,81 @@ def _torchvision(name: str):
     return pool
 
 
-mnist_pool, fashion_mnist_pool, cifar10_pool, svhn_pool = (_torchvision(name) for name in TORCHVISION)
+mnist_pool, cifar10_pool, svhn_pool = (_torchvision(name) for name in TORCHVISION)
+
+
+FASHION_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+                 "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+FASHION_ENV = "GENBENCH_FASHION_MNIST"  # a folder holding the four files; the only place looked when set
+FASHION_DEBIAN = "/usr/share/datasets/fashion-mnist"  # where Debian's package dataset-fashion-mnist puts them
+FASHION_SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (10000, 28, 28), "y_test": (10000,)}
+
+
+def fashion_places(root: str) -> list[Path]:
+    """The folders searched for Fashion-MNIST's files, in order: ``$GENBENCH_FASHION_MNIST`` alone when it is set;
+    otherwise ``dataset.root`` (itself, its ``fashion-mnist/`` and torchvision's ``FashionMNIST/raw/``), then
+    Debian's ``/usr/share/datasets/fashion-mnist``."""
+    if os.environ.get(FASHION_ENV):
+        return [Path(os.environ[FASHION_ENV]).expanduser()]
+    base = Path(root).expanduser()
+    return [base, base / "fashion-mnist", base / "FashionMNIST" / "raw", Path(FASHION_DEBIAN)]
+
+
+def _fashion_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_idx(path: Path, key: str) -> np.ndarray:
+    """One idx file (gzip-compressed or not) through torchvision's reader, checked against the expected shape."""
+    import gzip
+    import tempfile
+
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    read = read_image_file if key.startswith("x") else read_label_file
+    try:
+        if path.suffix == ".gz":  # torchvision's reader opens plain files only
+            with gzip.open(path, "rb") as f, tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
+                tmp.write(f.read())
+                tmp.flush()
+                array = read(tmp.name).numpy()
+        else:
+            array = read(str(path)).numpy()
+    except (OSError, EOFError, AssertionError, RuntimeError, TypeError, ValueError) as err:
+        raise DatasetMissingError(f"{path} is not a readable idx file ({type(err).__name__}: {err}); "
+                                  "replace it with the original Fashion-MNIST file") from err
+    if array.shape != FASHION_SHAPES[key]:
+        raise DatasetMissingError(f"{path} holds an array of shape {array.shape}, Fashion-MNIST's has "
+                                  f"{FASHION_SHAPES[key]}; replace it with the original file")
+    return array
+
+
+def fashion_pool(root: str, download: bool) -> Pool:
+    """Fashion-MNIST (Xiao et al. 2017): Zalando's 70,000 grayscale 28×28 images of 10 kinds of clothing, the
+    original 60,000/10,000 split, pixels / 255. Read from the original idx files (:func:`fashion_places`:
+    Debian's package ``dataset-fashion-mnist`` installs them), or fetched into ``dataset.root`` by torchvision
+    with ``dataset.download=true``. The arrays are kept in ``$GENBENCH_CACHE`` after the first read."""
+    places = fashion_places(root)
+    found = next((f for f in places if all(_fashion_file(f, s) for s in FASHION_FILES.values())), None)
+    if found is None and download:
+        import torchvision
+        torchvision.datasets.FashionMNIST(str(Path(root).expanduser()), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(Path(root).expanduser()), train=False, download=True)
+        found = Path(root).expanduser() / "FashionMNIST" / "raw"
+    if found is None:
+        raise DatasetMissingError(
+            f"Fashion-MNIST's files ({FASHION_FILES['x_train']}[.gz] and the other three) are not in "
+            f"{', '.join(str(p) for p in places)}: install the Debian package dataset-fashion-mnist, point "
+            f"dataset.root=... or {FASHION_ENV}=... at a folder holding them, or set dataset.download=true")
+    paths = {k: _fashion_file(found, s) for k, s in FASHION_FILES.items()}
+    stamp = "_".join(f"{p.stat().st_size}-{int(p.stat().st_mtime)}" for p in paths.values())
+    tag = hashlib.sha1(f"{found.resolve()}|{stamp}".encode()).hexdigest()[:12]
+    d = _on_disk(f"fashion_{tag}.npz", lambda: {k: _read_idx(p, k) for k, p in paths.items()})
+    as_x = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731 (n, 1, 28, 28)
+    return Pool(as_x(d["x_train"]), d["y_train"].astype(np.int64), as_x(d["x_test"]), d["y_test"].astype(np.int64),
+                10)
 
 
 @functools.lru_cache(maxsize=8)

@@ -83,10 +83,11 @@ OPTIMIZERS = ComponentRegistry("optimizer", "optimizer")
 
 # The built-in components. A dataset's code is ``(root, download) -> Pool``; an architecture's a class taking
 # ``(in_shape, num_classes, **its model.* fields)``; an optimizer's ``(params, **its optimizer.* fields)``.
-TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}
+TORCHVISION = {"mnist": "MNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}
 DATASETS.declare("mnist1d", "benchmark.zoo.datasets:mnist1d_pool")
 DATASETS.declare("mnist5k", "benchmark.zoo.datasets:mnist5k_pool")
 DATASETS.declare("digits", "benchmark.zoo.datasets:digits_pool")
+DATASETS.declare("fashion", "benchmark.zoo.datasets:fashion_pool")
 for _name in TORCHVISION:
     DATASETS.declare(_name, f"benchmark.zoo.datasets:{_name}_pool")
 ARCHITECTURE = ("depth", "width", "dropout", "bias", "init_scale")  # the model.* fields both architectures use

@@ -26,25 +26,32 @@ _KNOWN = {"mnist": ((1, 28, 28), 10), "fashion": ((1, 28, 28), 10), "cifar10": (
 
 
 @functools.lru_cache(maxsize=None)
-def data_shape(dataset: str) -> tuple[tuple[int, ...], int] | None:
-    """(input shape, number of classes) of the registered dataset ``dataset``; None when it cannot be told
-    (its pool cannot be loaded from the default location)."""
+def data_shape(dataset: str, image_size: int = 0) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, number of classes) of the registered dataset ``dataset`` (its images averaged down to
+    ``image_size`` a side, ``dataset.image_size``); None when it cannot be told (its pool cannot be loaded from
+    the default location)."""
     if dataset in _KNOWN:
-        return _KNOWN[dataset]
-    from benchmark.zoo.datasets import load_pool
-    try:
-        pool = load_pool(dataset)
-    except Exception as err:  # a dataset plugin whose files are elsewhere: check what can be checked
-        log.debug("cannot tell the input shape of dataset %s (%s); checkpoints are checked without it", dataset, err)
-        return None
-    return tuple(int(n) for n in pool.x_train.shape[1:]), int(pool.num_classes)
+        shape, classes = _KNOWN[dataset]
+    else:
+        from benchmark.zoo.datasets import load_pool
+        try:
+            pool = load_pool(dataset)
+        except Exception as err:  # a dataset plugin whose files are elsewhere: check what can be checked
+            log.debug("cannot tell the input shape of dataset %s (%s); checkpoints are checked without it", dataset,
+                      err)
+            return None
+        shape, classes = tuple(int(n) for n in pool.x_train.shape[1:]), int(pool.num_classes)
+    if image_size and len(shape) == 3:
+        shape = (shape[0], image_size, image_size)
+    return shape, classes
 
 
 @functools.lru_cache(maxsize=256)
-def expected_state(model: ModelHP, dataset: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
-    """{name: (shape, dtype)} of the state dict of the architecture ``model`` on ``dataset``; None when the
-    dataset's shape is unknown."""
-    shape = data_shape(dataset)
+def expected_state(model: ModelHP, dataset: str,
+                   image_size: int = 0) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
+    """{name: (shape, dtype)} of the state dict of the architecture ``model`` on ``dataset`` (at ``image_size``);
+    None when the dataset's shape is unknown."""
+    shape = data_shape(dataset, image_size)
     if shape is None:
         return None
     import torch
@@ -55,12 +62,12 @@ def expected_state(model: ModelHP, dataset: str) -> dict[str, tuple[tuple[int, .
     return {k: (tuple(v.shape), v.dtype) for k, v in built.state_dict().items()}
 
 
-def state_mismatch(state, model: ModelHP, dataset: str) -> str | None:
+def state_mismatch(state, model: ModelHP, dataset: str, image_size: int = 0) -> str | None:
     """How ``state`` does not fit the architecture (a phrase), or None if it fits (or cannot be checked)."""
     import torch
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return "are not a state dict of tensors"
-    expected = expected_state(model, dataset)
+    expected = expected_state(model, dataset, image_size)
     if expected is None:
         return None
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

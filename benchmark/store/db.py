@@ -382,7 +382,7 @@ class Store:
         init, final = self.load_states(model_id)
         hp = hp or self.model_record(model_id)[0]
         for name, state in (("init", init), ("final", final)):
-            problem = state_mismatch(state, hp.model, hp.dataset.name)
+            problem = state_mismatch(state, hp.model, hp.dataset.name, hp.dataset.image_size)
             if problem:
                 raise CheckpointError(f"checkpoint {self.checkpoint_path(model_id)} does not fit the architecture "
                                       f"of model {model_id} ({hp.model.name}, depth {hp.model.depth}, width "

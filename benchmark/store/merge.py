@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmark.files import write_atomic
 from benchmark.store.db import CheckpointError, Store, StoreError, writing
+from benchmark.zoo.hparams import HParams, HParamsError
 
 log = logging.getLogger("genbench")
 
@@ -100,6 +101,15 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _read_back(hparams: dict) -> dict:
+    """Stored hyperparameters as genbench reads them: a field added since, absent from an older store's rows,
+    takes its default (which left the model's id as it was). Rows of components unknown here stay as stored."""
+    try:
+        return HParams.from_dict(hparams).to_dict()
+    except HParamsError:
+        return hparams
+
+
 def _model_conflict(dest: _Contents, source: _Contents, model_id: str) -> Conflict | None:
     """How the two copies of a model differ (the first difference of each field that differs: hyperparameters,
     metrics, history, checkpoint, early checkpoint), or None if they are identical."""
@@ -107,6 +117,8 @@ def _model_conflict(dest: _Contents, source: _Contents, model_id: str) -> Confli
     ours, theirs = [], []
     for i, field in ((1, "hparams"), (2, "metrics"), (3, "history")):
         a, b = json.loads(d[i]), json.loads(s[i])
+        if field == "hparams":
+            a, b = _read_back(a), _read_back(b)
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):

@@ -284,9 +284,29 @@ def make_data(hp: DatasetHP, root: str = DEFAULT_ROOT, download: bool = False) -
     y_clean = pool.y_train[idx]
     y = corrupt_labels(y_clean, hp.n_mislabeled / n, pool.num_classes, derive_seed32(hp.seed, "labels"))
     test_idx = np.random.default_rng(derive_seed32(hp.seed, "test")).permutation(n_test_pool)[:hp.test_size]
-    t = torch.from_numpy
-    return DataBundle(t(np.ascontiguousarray(pool.x_train[idx])), t(y), t(y_clean),
-                      t(np.ascontiguousarray(pool.x_test[test_idx])), t(pool.y_test[test_idx]), pool.num_classes)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    x_train, x_test = (downsample(t(x), hp) for x in (pool.x_train[idx], pool.x_test[test_idx]))
+    return DataBundle(x_train, t(y), t(y_clean), x_test, t(pool.y_test[test_idx]), pool.num_classes)
+
+
+def downsample(x: torch.Tensor, hp: DatasetHP) -> torch.Tensor:
+    """Images ``x`` (n, C, H, W) averaged down to ``hp.image_size`` pixels a side: each output pixel is the mean of
+    a (H/n) × (W/n) block (area averaging), so pixel values keep their range. 0 (or the images' own size)
+    leaves them as they are; a size that does not divide the sides, or a dataset that is not made of images,
+    is an ``HParamsError``."""
+    n = hp.image_size
+    if n == 0:
+        return x
+    if x.dim() != 4:
+        raise HParamsError(f"dataset.image_size={n} applies to images; {hp.name}'s inputs have shape "
+                           f"{tuple(x.shape[1:])}")
+    h, w = x.shape[-2:]
+    if h % n or w % n:
+        raise HParamsError(f"dataset.image_size={n} must divide the sides of {hp.name}'s {h}×{w} images")
+    if (h, w) == (n, n):
+        return x
+    import torch.nn.functional as F
+    return F.avg_pool2d(x, (h // n, w // n)).contiguous()
 
 
 @functools.lru_cache(maxsize=16)

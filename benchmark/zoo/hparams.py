@@ -35,6 +35,7 @@ class DatasetHP:
     label_noise_mode: str = "fixed_clean"  # fixed_clean: train_size clean samples plus the mislabeled ones;
     # fixed_total: train_size samples in all, a fraction label_noise of them mislabeled (docs/data.md)
     seed: int = 0  # fixes the subset and which samples are mislabeled, shared across model seeds
+    image_size: int = 0  # 0: the images as they are; n: each image averaged down to n × n (docs/data.md)
 
     @property
     def n_mislabeled(self) -> int:
@@ -79,7 +80,8 @@ LABEL_NOISE_MODES = ("fixed_clean", "fixed_total")
 # stored before them stay valid: the label-noise mode matters only with label noise, and the models stored
 # before the mode existed were trained with fixed_total.
 _LEGACY = {"dataset.label_noise_mode": lambda hp: hp.dataset.label_noise == 0
-           or hp.dataset.label_noise_mode == "fixed_total"}
+           or hp.dataset.label_noise_mode == "fixed_total",
+           "dataset.image_size": lambda hp: hp.dataset.image_size == 0}
 
 GROUPS: dict[str, type] = {"dataset": DatasetHP, "model": ModelHP, "optimizer": OptimizerHP, "train": TrainHP}
 _COMPONENTS: dict[str, ComponentRegistry] = {"dataset": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS}
@@ -159,6 +161,7 @@ class HParams:
         checks = names + [
             (d.train_size >= 1, f"dataset.train_size must be >= 1, got {d.train_size}"),
             (d.test_size >= 1, f"dataset.test_size must be >= 1, got {d.test_size}"),
+            (d.image_size >= 0, f"dataset.image_size must be >= 0 (0: the images as they are), got {d.image_size}"),
             (0.0 <= d.label_noise < 1.0, f"dataset.label_noise must be in [0, 1), got {d.label_noise}"),
             (d.label_noise_mode in LABEL_NOISE_MODES, f"dataset.label_noise_mode must be one of "
              f"{', '.join(LABEL_NOISE_MODES)}, got {d.label_noise_mode!r}"),
@@ -181,12 +184,14 @@ class HParams:
 
 
 def stack_key(hp: HParams) -> tuple:
-    """What models computed together share: dataset (input shape, classes) and training-set size, architecture up
-    to dropout and init scale (``model.name/depth/width/bias``), and batch size (hence the steps per epoch). The
+    """What models computed together share: dataset (input shape, classes, ``image_size``) and training-set size,
+    architecture up to dropout and init scale (``model.name/depth/width/bias``), and batch size (hence the steps
+    per epoch). The
     stacked trainer trains such models in one stack (``benchmark.training.stacked``) and the measuring tasks group
     them, per optimizer, so that the measures' many-model forms take them together (``benchmark.measuring``)."""
     m = hp.model
-    return (hp.dataset.name, hp.dataset.n_train, m.name, m.depth, m.width, m.bias, hp.train.batch_size)
+    return (hp.dataset.name, hp.dataset.n_train, m.name, m.depth, m.width, m.bias, hp.train.batch_size,
+            hp.dataset.image_size)
 
 
 def hash_id(identity: Mapping[str, Any]) -> str:

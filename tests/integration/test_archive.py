@@ -31,6 +31,13 @@ from tests.integration.test_faults_store import tmpfs as tmpfs  # a fixture
 TABLES = ("models", "measurements", "early", "meta")
 
 
+def _contents(root: Path) -> tuple:
+    """What a store holds: its tables' rows and every other file's sha256. The SQLite file's bytes are left out:
+    closing its last connection may fold the write-ahead log into it, which changes the bytes, not the rows."""
+    files = {k: v for k, v in _files(root).items() if not k.startswith("genbench.sqlite")}
+    return _rows(root), files
+
+
 @pytest.fixture(scope="module")
 def zoo(_tiny_zoo_store, tmp_path_factory) -> dict:
     """The tiny zoo's store with the Hydra config of a real ``genbench measure`` run and a cache folder beside it,
@@ -177,11 +184,11 @@ def test_import_into_a_store_holding_part_of_the_zoo_merges_like_collect(zoo, tm
     long = store.measurements().set_index(["model_id", "measure"])
     version = int(long.loc[(kept, "params"), "version"])
     store.save_measurement(kept, "params", version, -1.0, 0.0, "ok")
-    before = _files(dest)
+    before = _contents(dest)
     out = genbench("import", str(zoo["archive"]), *TINY, f"store.root={dest}", cwd=tmp_path)
     _fails_in_one_line(out, "genbench import: 1 conflict", f"params v{version} of model {kept}: -1.0 (destination)",
                        "collect.on_conflict=keep")
-    assert _files(dest) == before
+    assert _contents(dest) == before
     with pytest.raises(MergeConflict):
         pipeline.import_archive(make_cfg(*TINY, f"store.root={dest}"), str(zoo["archive"]))
     pipeline.import_archive(make_cfg(*TINY, f"store.root={dest}", "collect.on_conflict=keep"), str(zoo["archive"]))

@@ -118,11 +118,13 @@ def _v1_store(tmp_path, hps):
     old_ids = []
     for hp in hps:
         new_id = _save(store, hp)
-        old_id = hash_id({k: v for k, v in hp.flat().items() if k != "dataset.label_noise_mode"})
+        old_id = hash_id({k: v for k, v in hp.flat().items()
+                          if k not in ("dataset.label_noise_mode", "dataset.image_size")})
         old_ids.append(old_id)
         store.save_measurement(new_id, "m", 1, 1.0, 0.0, "ok")
         stored = hp.to_dict()
         del stored["dataset"]["label_noise_mode"]  # added in schema 4
+        del stored["dataset"]["image_size"]  # added later, with a default that leaves ids as they were
         if old_id != new_id:
             store.checkpoint_path(new_id).rename(store.checkpoint_path(old_id))
         with sqlite3.connect(store.path) as db:

@@ -115,3 +115,35 @@ def test_missing_torchvision_files_name_the_path_and_the_option(name, tmp_path):
     with pytest.raises(DatasetMissingError) as err:
         load_pool(name, str(tmp_path / "nowhere"), False)
     assert str(tmp_path / "nowhere") in str(err.value) and "dataset.download=true" in str(err.value)
+
+
+def test_image_size_averages_blocks_of_pixels():
+    hp = DatasetHP(name="digits", train_size=200, test_size=100, image_size=4)
+    small, full = make_data(hp), make_data(DatasetHP(name="digits", train_size=200, test_size=100))
+    assert small.x_train.shape == (200, 1, 4, 4) and small.x_test.shape == (100, 1, 4, 4)
+    blocks = full.x_train.numpy().reshape(200, 1, 4, 2, 4, 2).mean(axis=(3, 5))  # a second, numpy computation
+    np.testing.assert_allclose(small.x_train.numpy(), blocks, rtol=0, atol=1e-7)
+    assert torch.equal(small.y_train, full.y_train) and torch.equal(small.y_test, full.y_test)  # same samples
+    same = make_data(DatasetHP(name="digits", train_size=200, test_size=100, image_size=8))
+    assert torch.equal(same.x_train, full.x_train)  # the images' own size: unchanged
+
+
+@pytest.mark.parametrize("name,size,fragment", [("digits", 3, "must divide the sides of digits's 8×8 images"),
+                                                ("mnist1d", 4, "applies to images; mnist1d's inputs have shape")])
+def test_an_image_size_that_cannot_apply_is_refused(name, size, fragment):
+    with pytest.raises(HParamsError, match=fragment):
+        make_data(DatasetHP(name=name, train_size=100, test_size=100, image_size=size))
+
+
+def test_image_size_enters_the_model_id_only_when_set():
+    from benchmark.zoo.hparams import HParams, hash_id
+    base = {"dataset": {"name": "digits", "train_size": 100, "test_size": 100},
+            "model": {"name": "mlp", "depth": 1, "width": 8}, "optimizer": {"name": "sgd", "lr": 0.1}}
+    hp = HParams.from_dict(base)
+    assert "dataset.image_size" not in hp.identity()  # ids of models stored before the option are unchanged
+    assert hp.model_id == hash_id({k: v for k, v in hp.flat().items() if k not in (
+        "dataset.image_size", "dataset.label_noise_mode", "optimizer.momentum")})
+    small = hp.replace(**{"dataset.image_size": 4})
+    assert small.identity()["dataset.image_size"] == 4 and small.model_id != hp.model_id
+    with pytest.raises(HParamsError, match="dataset.image_size must be >= 0"):
+        hp.replace(**{"dataset.image_size": -1})

@@ -21,7 +21,9 @@
    ``eigenvalues()`` + ``trace()`` (defaults) on the same trained model and its whole training set; both against
    a tight reference (ARPACK to 1e-8 and the exact trace, one Hessian-vector product per parameter).
 5. **Stacked against looped training** (``train_speedup``, no longer a headline): every default model for a few
-   epochs both ways, stack by stack, alternating which goes first; both give the same models.
+   epochs both ways, stack by stack, alternating which goes first; both give the same models. The same for conv
+   nets (``conv_train_speedup``, target ≥ 3): a stack of six per conv architecture on the 8×8 digits and on
+   Fashion-MNIST at 14×14 (``CONV_DATA``; left out, and said, when its files are missing).
 6. **What the machine allows** (``benchmark.perf.floor``, reported without targets): the measure stage's counted
    FLOPs on the default zoo, the models per minute training and measures would give with every counted FLOP at
    the run's best ``torch.mm`` peak (an upper bound), the measure stage's achieved fraction of the peak, and the
@@ -264,6 +266,44 @@ def zoo_throughput(hps: list[HParams], data: Callable[[DatasetHP], DataBundle], 
             "speedup": loop_s / vec_s, "max_abs_param_diff": max_diff}
 
 
+CONV_FAMILIES = ("cnn", "cnn_bn", "resnet")  # the conv architectures timed by conv_throughput, where registered
+CONV_DATA = ({"name": "digits", "train_size": 500, "test_size": 500},  # 8×8 images
+             {"name": "fashion", "train_size": 500, "test_size": 1000, "image_size": 14})
+
+
+def conv_slice() -> tuple[list[HParams], list[str]]:
+    """One stack of six conv nets (two learning rates × three seeds) per registered conv family and image dataset
+    of ``CONV_DATA``, and why any dataset was left out (its files are missing)."""
+    from benchmark.errors import DatasetMissingError
+    from benchmark.zoo.registry import MODELS
+    hps, skipped = [], []
+    for data in CONV_DATA:
+        try:
+            make_data(DatasetHP(**data))
+        except DatasetMissingError as err:
+            skipped.append(f"{data['name']}: {err}")
+            continue
+        hps += [HParams.from_dict({"dataset": data, "model": {"name": name, "depth": 2, "width": 16},
+                                   "optimizer": {"name": "momentum", "lr": lr}, "train": {"batch_size": 32},
+                                   "seed": seed})
+                for name in CONV_FAMILIES if name in MODELS for lr in (0.02, 0.05) for seed in (0, 1, 2)]
+    return hps, skipped
+
+
+def conv_throughput(epochs: int, device: torch.device) -> dict:
+    """``zoo_throughput`` of ``conv_slice``, per architecture and in all: the conv stacks' speed against training
+    each model alone."""
+    hps, skipped = conv_slice()
+    cache: dict[DatasetHP, DataBundle] = {}
+    data = lambda d: cache[d] if d in cache else cache.setdefault(d, make_data(d))  # noqa: E731
+    per = {name: zoo_throughput([hp for hp in hps if hp.model.name == name], data, epochs, device)
+           for name in dict.fromkeys(hp.model.name for hp in hps)}
+    vec, loop = sum(r["vectorized_s"] for r in per.values()), sum(r["looped_s"] for r in per.values())
+    return {"models": len(hps), "datasets": sorted({hp.dataset.name for hp in hps}), "skipped": skipped,
+            "epochs": epochs, "by_architecture": per, "vectorized_s": vec, "looped_s": loop,
+            "speedup": loop / vec if vec else None}
+
+
 # ------------------------------------------------------------------------------- time scaled by the peak
 def scaled_pipelines(details: dict) -> dict:
     """Each timed pipeline's wall time with the ``torch.mm`` peak measured in its own run, and scaled to the
@@ -450,6 +490,10 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path,
     timings["train_speedup"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    details["conv"] = conv_throughput(plan.speedup_epochs, device)
+    timings["conv_speedup"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
     details["peak_scaling"] = peak_elasticity(max(group_stacks(hps), key=len)[:plan.scaling_models], device,
                                               plan.scaling_epochs, plan.reps)
     timings["peak_scaling"] = time.perf_counter() - clock
@@ -477,6 +521,7 @@ def run(plan: Plan, device: torch.device, quick: bool, work: Path,
         "slowest_quick_answer_s": details["answers"]["slowest_quick_answer_s"],
         "measures_answer_s": details["answers"]["measures_answer_s"],
         "train_speedup": details["zoo"]["speedup"],
+        "conv_train_speedup": details["conv"]["speedup"],
         "pipeline_floor_models_per_minute": details["floor"]["floor_models_per_minute"],
         "step_matmul_ceiling": details["floor"]["step_matmul"]["ceiling"],
         "suite_peak_fraction": details["floor"]["suite_peak_fraction"],

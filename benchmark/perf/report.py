@@ -26,6 +26,8 @@ TARGETS: dict[str, tuple[str | None, float | None, str]] = {
                                           "genbench process; none of them may import torch (answers section)"),
     "measures_answer_s": ("<=", 3.0, "seconds of `genbench measures` (lists the registry; imports torch)"),
     "train_speedup": (None, None, "stacked over per-model training, model-steps/s (reported, no target)"),
+    "conv_train_speedup": (">=", 3.0, "stacked over per-model training of conv nets (every registered conv "
+                                      "architecture, 8×8 digits and 14×14 Fashion-MNIST), model-steps/s"),
     "pipeline_floor_models_per_minute": (None, None, "models per minute if every counted FLOP of training and "
                                                      "measures ran at the run's best torch.mm peak and nothing else "
                                                      "took time (an upper bound, reported)"),

@@ -150,7 +150,7 @@ def path_norm_value(ctx: Context) -> float:
 
 @measure("path_norm", needs=("model", "train_data"), sign=1, family="norm",
          version=2, sample_size="sqrt",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Neyshabur et al. 2015, 'Norm-based capacity control in neural networks'; "
                    "Jiang et al. 2020, eq. (44)")
 def path_norm(ctx: Context) -> float:
@@ -166,7 +166,7 @@ def path_norm(ctx: Context) -> float:
 
 
 @measure("path_norm_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="sqrt", invariances=("permutation", "rescaling"),
+         version=2, sample_size="sqrt", invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Neyshabur et al. 2015; Jiang et al. 2020, eq. (43)")
 def path_norm_over_margin(ctx: Context) -> float:
     """Path norm over the squared margin, Σ_j f_{w²}(1)_j / γ².
@@ -195,7 +195,7 @@ def _directional_losses(ctx: Context) -> torch.Tensor:
 
 
 @measure("fisher_rao_norm", needs=("model", "train_data"), sign=1, family="norm", sample_size="sqrt",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Liang, Poggio, Rakhlin & Stokes 2019, 'Fisher–Rao metric, geometry, and complexity of neural "
                    "networks', eqs. (3.2), (5.3); Jiang et al. 2020, Appendix C (the Fisher–Rao norm)")
 def fisher_rao_norm(ctx: Context) -> float:

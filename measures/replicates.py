@@ -201,7 +201,7 @@ def _barriers(ctx: Context, aligned: bool) -> dict:
 
 
 @measure("replicate.disagreement", needs=("model", "train_data", "replicates"), sign=1, family="replicates",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Nakkiran & Bansal 2020, 'Distributional generalization'; Jiang et al. 2022, 'Assessing "
                    "generalization of SGD via disagreement' (here on training inputs)")
 def replicate_disagreement(ctx: Context) -> Value:
@@ -213,7 +213,7 @@ def replicate_disagreement(ctx: Context) -> Value:
 
 
 @measure("replicate.tv_distance", needs=("model", "train_data", "replicates"), sign=1, family="replicates",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Nakkiran & Bansal 2020; Jiang et al. 2022 (the soft form of replicate disagreement)")
 def replicate_tv_distance(ctx: Context) -> Value:
     """Total-variation distance between this model's and a replicate's predicted distributions on the training

@@ -216,6 +216,7 @@ def rescale_batchnorm_inputs(model: nn.Module, seed: int, spread: float = 4.0) -
 TRANSFORMS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "permutation": lambda model: permute_hidden_units(model, 0),
     "rescaling": lambda model: rescale_relu_units(model, 0),
+    "batchnorm_scaling": lambda model: rescale_batchnorm_inputs(model, 0),
 }
 
 

@@ -4,8 +4,9 @@ digits: the zoo's plain conv net, a conv net with BatchNorm and a small residual
 Each is trained by minibatch SGD with momentum (train mode: BatchNorm normalises by the batch and updates its
 running statistics) until the full training cross-entropy in eval mode is at most ``TARGET_LOSS``, with a
 per-epoch history (losses, errors and the learning-phase order parameters, from 4 minibatch gradients where the
-zoo's probe takes 8, to keep the tests fast) and a seed replicate, so that every measure's ``needs`` can be met. ``family_context`` builds the ``measures.Context`` the way the benchmark does
-(``benchmark.measuring.context.Trained.context``).
+zoo's probe takes 8, to keep the tests fast) and a seed replicate, so that every measure's ``needs`` can be met.
+``fitted(family)`` trains one once per test session; its ``context()`` builds the ``measures.Context`` the way the
+benchmark does (``benchmark.measuring.context.Trained.context``).
 """
 from __future__ import annotations
 

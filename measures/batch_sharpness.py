@@ -283,7 +283,7 @@ def _average_case(ctx: Context, dist: str, adaptive: bool, *, radius: float | No
 
 
 @measure("sharpness.adaptive.m.linf", needs=("model", "train_data"), sign=1, family="sharpness",
-         invariances=("permutation", "rescaling"), seeded=True, exact_invariances=True,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), seeded=True, exact_invariances=True,
          reference="Andriushchenko et al. 2023, adaptive worst-case l-inf m-sharpness (m = 128, 20-step Auto-PGD; "
                    "tml-epfl/sharpness-vs-generalization, eval_APGD_sharpness)")
 def sharpness_adaptive_m_linf(ctx: Context) -> Value:
@@ -298,7 +298,7 @@ def sharpness_adaptive_m_linf(ctx: Context) -> Value:
 
 
 @measure("sharpness.adaptive.m.l2", needs=("model", "train_data"), sign=1, family="sharpness",
-         invariances=("permutation", "rescaling"), seeded=True, exact_invariances=True,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), seeded=True, exact_invariances=True,
          reference="Andriushchenko et al. 2023, adaptive worst-case l2 m-sharpness (m = 128, 20-step Auto-PGD; "
                    "tml-epfl/sharpness-vs-generalization, eval_APGD_sharpness)")
 def sharpness_adaptive_m_l2(ctx: Context) -> Value:
@@ -313,7 +313,7 @@ def sharpness_adaptive_m_l2(ctx: Context) -> Value:
 
 
 @measure("sharpness.adaptive.avg.l2", needs=("model", "train_data"), sign=1, family="sharpness",
-         invariances=("permutation", "rescaling"), seeded=True,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), seeded=True,
          reference="Andriushchenko et al. 2023, adaptive average-case l2 sharpness "
                    "(tml-epfl/sharpness-vs-generalization, eval_average_sharpness, norm='l2')")
 def sharpness_adaptive_avg_l2(ctx: Context) -> Value:
@@ -328,7 +328,7 @@ def sharpness_adaptive_avg_l2(ctx: Context) -> Value:
 
 
 @measure("sharpness.adaptive.avg.linf", needs=("model", "train_data"), sign=1, family="sharpness",
-         invariances=("permutation", "rescaling"), seeded=True,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), seeded=True,
          reference="Andriushchenko et al. 2023, adaptive average-case l-inf sharpness "
                    "(tml-epfl/sharpness-vs-generalization, eval_average_sharpness, norm='linf')")
 def sharpness_adaptive_avg_linf(ctx: Context) -> Value:

@@ -312,18 +312,22 @@ class Context:
         return self._need(self._history, "the training history (history=[...])")
 
     @derived
-    def replicate_params(self) -> list[dict[str, torch.Tensor]]:
-        """The parameters of each replicate (``replicates=``), detached, by the names of ``params``; an
-        architecture that differs from this model's is an error."""
+    def replicate_states(self) -> list[dict[str, torch.Tensor]]:
+        """Each replicate (``replicates=``) as its parameters and floating-point buffers (BatchNorm's running
+        statistics), detached, by name; an architecture that differs from this model's is an error."""
         self._use("replicates", "ctx.replicate_params")
         given = self._need(self._replicates, "the seed replicates of this configuration (replicates=[...])")
-        out = []
-        for model in (given() if callable(given) else given):
-            p = {k: v.detach().to(self.device) for k, v in model.named_parameters()}
-            if {k: v.shape for k, v in p.items()} != {k: v.shape for k, v in self.params.items()}:
-                raise ValueError("a replicate's parameters differ in name or shape from this model's")
-            out.append(p)
+        mine = {k: v.shape for k, v in [*self.params.items(), *self.buffers.items()]}
+        out = [{k: v.detach().to(self.device) for k, v in [*m.named_parameters(), *m.named_buffers()]
+                if k in self.params or v.is_floating_point()} for m in (given() if callable(given) else given)]
+        if any({k: v.shape for k, v in p.items()} != mine for p in out):
+            raise ValueError("a replicate's parameters differ in name or shape from this model's")
         return out
+
+    @derived
+    def replicate_params(self) -> list[dict[str, torch.Tensor]]:
+        """The parameters of each replicate, by the names of ``params`` (``replicate_states``)."""
+        return [{k: state[k] for k in self.params} for state in self.replicate_states]
 
     @property
     def num_classes(self) -> int:
@@ -453,6 +457,11 @@ class Context:
         return {k: v.detach() for k, v in self.model.named_parameters()}
 
     @derived
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The floating-point buffers (BatchNorm's running statistics), detached: read in eval mode, never updated."""
+        return {k: v.detach() for k, v in self.model.named_buffers() if v.is_floating_point()}
+
+    @derived
     def init_params(self) -> dict[str, torch.Tensor]:
         m = self._need(self.init_model, "the initial weights (init_model=...)")
         return {k: v.detach().to(self.device) for k, v in m.named_parameters()}
@@ -568,10 +577,6 @@ class Context:
         total = sum(fast_cross_entropy(self.forward(x[i:i + self.chunk], params), y[i:i + self.chunk],
                                     reduction="sum") for i in range(0, len(x), self.chunk))
         return total / len(x)
-
-    def error(self, params: Mapping[str, torch.Tensor] | None = None) -> float:
-        """Training error rate with the given parameters."""
-        return (self.logits(self.x_train, params).argmax(1) != self.y_train).float().mean().item()
 
     # ----------------------------------------------------------------------------------------- curvature
     def hvp(self, vec: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:

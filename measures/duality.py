@@ -511,7 +511,7 @@ def _details(t: dict) -> dict:
 
 
 @measure("duality.mid.gap", needs=("model", "train_data"), sign=1, family="duality",
-         invariances=("permutation",), reference=REFERENCE)
+         invariances=("permutation", "batchnorm_scaling"), reference=REFERENCE)
 def duality_mid_gap(ctx: Context) -> Value:
     """Duality gap term Σ_n c_n σ_g,n σ_w,n (complete basis) for training midpoint pairs.
 
@@ -524,7 +524,7 @@ def duality_mid_gap(ctx: Context) -> Value:
 
 
 @measure("duality.mid.sharpness", needs=("model", "train_data"), sign=1, family="duality",
-         invariances=("permutation",),
+         invariances=("permutation", "batchnorm_scaling"),
          reference=REFERENCE)
 def duality_mid_sharpness(ctx: Context) -> Value:
     """Sharpness factor ‖σ_g‖ = (Σ_n σ_g,n²)^½ (complete basis) for training midpoint pairs.
@@ -537,7 +537,7 @@ def duality_mid_sharpness(ctx: Context) -> Value:
 
 
 @measure("duality.mid.size", needs=("model", "train_data"), sign=1, family="duality",
-         invariances=("permutation",), reference=REFERENCE)
+         invariances=("permutation", "batchnorm_scaling"), reference=REFERENCE)
 def duality_mid_size(ctx: Context) -> Value:
     """Size factor Σ_n σ_w,n² = mean_k ‖ΔW*_k − ΔW̄‖² (dual-weight spread) for training midpoint pairs.
 
@@ -549,7 +549,7 @@ def duality_mid_size(ctx: Context) -> Value:
 
 
 @measure("duality.mid.gap_hessian", needs=("model", "train_data"), sign=1, family="duality",
-         invariances=("permutation",), seeded=True,
+         invariances=("permutation", "batchnorm_scaling"), seeded=True,
          reference=REFERENCE)
 def duality_mid_gap_hessian(ctx: Context) -> Value:
     """Quadratic duality gap ½ Σ_n λ_n σ_w,n² = ½ tr(H Σ_w) for training midpoint pairs, complete basis.
@@ -564,7 +564,7 @@ def duality_mid_gap_hessian(ctx: Context) -> Value:
 
 
 @measure("oracle.duality_gap", needs=("model", "train_data", "test_data"), sign=1, family="duality",
-         invariances=("permutation", "rescaling"), seeded=True,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), seeded=True,
          reference=REFERENCE, oracle=True, version=2)
 def oracle_duality_gap(ctx: Context) -> Value:
     """ORACLE (uses test data): exact duality decomposition Σ_n (μ_g,n μ_w,n + c_n σ_g,n σ_w,n) = mean_k Δl_k.

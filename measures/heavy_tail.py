@@ -19,8 +19,11 @@ distance is kept. All candidates are evaluated at once (vectorised, blockwise in
 
 Layers are skipped when they have fewer than ``MIN_EVALS`` = 10 eigenvalues (WeightWatcher's default
 ``min_evals``), counting only those above the numerical-rank threshold λ > λ_max·(max(shape)·ε)², which are
-kept out of the fit because log 0 is undefined; the measures average over the layers that remain and raise
-if none does.
+kept out of the fit because log 0 is undefined, as WeightWatcher and its reference analyses do (a power law
+cannot be told apart from anything else on a handful of values). The measures average over the layers that remain
+and name the skipped ones in their details (``skipped_layers``); a model none of whose layers has enough
+eigenvalues (small conv nets: a 3×3 conv with 8 filters has at most 8) raises ``NotApplicable``, with the
+weight shapes, since the exponent is undefined there.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from measures.context import Context
-from measures.registry import Value, measure
+from measures.registry import NotApplicable, Value, measure
 from measures.spectral import layer_svdvals
 
 MIN_EVALS = 10
@@ -92,19 +95,21 @@ def layer_power_law_fits(ctx: Context) -> tuple[PowerLawFit | None, ...]:
 
 
 def _fitted(ctx: Context) -> list[tuple[PowerLawFit, float]]:
-    """(fit, log10 λ_max) of each layer that has at least ``MIN_EVALS`` eigenvalues; raises if none has."""
+    """(fit, log10 λ_max) of each layer that has at least ``MIN_EVALS`` eigenvalues; ``NotApplicable`` if none
+    has."""
     fits = ctx.shared(layer_power_law_fits)
     esds = ctx.shared(layer_esds)
     kept = [(f, math.log10(e.max().item())) for f, e in zip(fits, esds) if f is not None]
     if not kept:
         shapes = [tuple(ctx.matrix(w).shape) for w in ctx.weights]
-        raise ValueError(f"no layer has at least {MIN_EVALS} nonzero eigenvalues of WᵀW (weight matrices {shapes}); "
-                         f"the heavy-tailed measures are undefined for this model")
+        raise NotApplicable(f"no layer has at least {MIN_EVALS} nonzero eigenvalues of WᵀW (weight matrices "
+                            f"{shapes}), the fewest a power-law fit uses (WeightWatcher's min_evals)")
     return kept
 
 
 def _details(ctx: Context, kept) -> dict:
-    return {"layers": len(kept), "skipped": len(ctx.layers) - len(kept),
+    skipped = [layer.name for layer, e in zip(ctx.layers, ctx.shared(layer_esds)) if e is None]
+    return {"layers": len(kept), "skipped": len(skipped), "skipped_layers": skipped,
             "max_ks_distance": max(f.ks_distance for f, _ in kept)}
 
 

@@ -141,7 +141,7 @@ _REFERENCE = ("Jiang, Krishnan, Mobahi & Bengio 2019, 'Predicting the generaliza
 
 
 @measure("margin_dist.median", needs=("model", "train_data"), sign=-1, family="margin",
-         invariances=("permutation",), reference=_REFERENCE)
+         invariances=("permutation", "batchnorm_scaling"), reference=_REFERENCE)
 def margin_dist_median(ctx: Context) -> Value:
     """Mean over the measured layers of the log median normalised margin, (1/|L|) Σ_l log Q2(d̂_l), d̂_l(x) =
     (f_i − f_j)(x) / (‖∇_{h_l}(f_i − f_j)(x)‖₂ √(Σ_k Var h_{l,k})) over the correctly classified training points.
@@ -152,7 +152,7 @@ def margin_dist_median(ctx: Context) -> Value:
 
 
 @measure("margin_dist.q1", needs=("model", "train_data"), sign=-1, family="margin",
-         invariances=("permutation",), reference=_REFERENCE)
+         invariances=("permutation", "batchnorm_scaling"), reference=_REFERENCE)
 def margin_dist_q1(ctx: Context) -> Value:
     """Mean over the measured layers of the log first quartile of the normalised margins, (1/|L|) Σ_l log Q1(d̂_l),
     d̂_l as in ``margin_dist.median``, over the correctly classified training points.
@@ -161,7 +161,7 @@ def margin_dist_q1(ctx: Context) -> Value:
 
 
 @measure("margin_dist.q3", needs=("model", "train_data"), sign=-1, family="margin",
-         invariances=("permutation",), reference=_REFERENCE)
+         invariances=("permutation", "batchnorm_scaling"), reference=_REFERENCE)
 def margin_dist_q3(ctx: Context) -> Value:
     """Mean over the measured layers of the log third quartile of the normalised margins, (1/|L|) Σ_l log Q3(d̂_l),
     d̂_l as in ``margin_dist.median``, over the correctly classified training points.

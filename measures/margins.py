@@ -34,7 +34,7 @@ def tenth_percentile_margin(ctx: Context) -> float:
 
 
 @measure("cross_entropy", needs=("model", "train_data"), sign=1, family="margin",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Jiang et al. 2020, 'Fantastic generalization measures' (training cross-entropy baseline)")
 def cross_entropy(ctx: Context) -> float:
     """Mean cross-entropy of the trained model on the training set.
@@ -47,7 +47,7 @@ def cross_entropy(ctx: Context) -> float:
 
 
 @measure("inverse_margin", needs=("model", "train_data"), sign=1, family="margin",
-         version=2, sample_size="sqrt", invariances=("permutation", "rescaling"),
+         version=2, sample_size="sqrt", invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Jiang et al. 2020, eq. (22)")
 def inverse_margin(ctx: Context) -> float:
     """Inverse squared output margin, 1/γ², with γ the 10th-percentile training margin.
@@ -58,7 +58,7 @@ def inverse_margin(ctx: Context) -> float:
 
 
 @measure("output_entropy", needs=("model", "train_data"), sign=-1, family="margin",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Pereyra et al. 2017, 'Regularizing neural networks by penalizing confident output "
                    "distributions'")
 def output_entropy(ctx: Context) -> float:
@@ -82,7 +82,7 @@ def _confidences(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @measure("train_confidence", needs=("model", "train_data"), sign=1, family="margin",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Guo, Pleiss, Sun & Weinberger 2017, 'On calibration of modern neural networks' (confidence); "
                    "training-set confidence as a predictor: Nakai et al. 2026")
 def train_confidence(ctx: Context) -> float:
@@ -95,7 +95,7 @@ def train_confidence(ctx: Context) -> float:
 
 
 @measure("train_ece", needs=("model", "train_data"), sign=1, family="margin",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Guo, Pleiss, Sun & Weinberger 2017, eq. (3) (expected calibration error); on the training set: "
                    "Nakai et al. 2026")
 def train_ece(ctx: Context) -> float:

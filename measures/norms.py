@@ -26,6 +26,7 @@ import math
 import warnings
 
 import torch
+from torch import nn
 
 from measures.context import Context
 from measures.losses import fast_cross_entropy
@@ -128,10 +129,20 @@ def path_norm_value(ctx: Context) -> float:
     an all-ones input of the training inputs' shape.
 
     Parameters that are not Linear/Conv biases (the weights, and e.g. normalisation scales) are squared.
-    Non-parametric linear maps (average pooling) keep their coefficients unsquared.
+    Non-parametric linear maps (average pooling, an identity skip) keep their coefficients unsquared. A
+    BatchNorm layer in eval mode is the per-channel affine map z ↦ a·z + b, a = γ/√(σ² + ε), b = β − aμ, with
+    the running statistics μ, σ²: its coefficient a is squared and its shift b, like a bias, set to zero
+    (γ → γ², β → 0, μ → 0, σ² → (σ² + ε)² − ε, so that γ²/√(σ² + ε) becomes a²).
     """
     biases = {layer.bias for layer in ctx.layers if layer.bias is not None}
     squared = {k: torch.zeros_like(p) if k in biases else p.square() for k, p in ctx.params.items()}
+    for name, m in ctx.model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            prefix = f"{name}." if name else ""
+            if m.bias is not None:
+                squared[prefix + "bias"] = torch.zeros_like(m.bias)
+            squared[prefix + "running_mean"] = torch.zeros_like(m.running_mean)
+            squared[prefix + "running_var"] = (m.running_var.double() + m.eps).square().sub(m.eps).to(m.running_var)
     ones = torch.ones_like(ctx.x_train[:1])  # (1, *input shape)
     with torch.no_grad():
         return ctx.forward(ones, squared).double().sum().item()
@@ -139,7 +150,7 @@ def path_norm_value(ctx: Context) -> float:
 
 @measure("path_norm", needs=("model", "train_data"), sign=1, family="norm",
          version=2, sample_size="sqrt",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Neyshabur et al. 2015, 'Norm-based capacity control in neural networks'; "
                    "Jiang et al. 2020, eq. (44)")
 def path_norm(ctx: Context) -> float:
@@ -155,7 +166,7 @@ def path_norm(ctx: Context) -> float:
 
 
 @measure("path_norm_over_margin", needs=("model", "train_data"), sign=1, family="norm",
-         version=2, sample_size="sqrt", invariances=("permutation", "rescaling"),
+         version=2, sample_size="sqrt", invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Neyshabur et al. 2015; Jiang et al. 2020, eq. (43)")
 def path_norm_over_margin(ctx: Context) -> float:
     """Path norm over the squared margin, Σ_j f_{w²}(1)_j / γ².
@@ -184,7 +195,7 @@ def _directional_losses(ctx: Context) -> torch.Tensor:
 
 
 @measure("fisher_rao_norm", needs=("model", "train_data"), sign=1, family="norm", sample_size="sqrt",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Liang, Poggio, Rakhlin & Stokes 2019, 'Fisher–Rao metric, geometry, and complexity of neural "
                    "networks', eqs. (3.2), (5.3); Jiang et al. 2020, Appendix C (the Fisher–Rao norm)")
 def fisher_rao_norm(ctx: Context) -> float:

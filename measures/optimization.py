@@ -35,7 +35,7 @@ def first_step_at_or_below(history: Sequence[Mapping], loss: float) -> int:
 
 
 @measure("steps_to_0.1", needs=("history",), sign=1, family="optimization",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Jiang et al. 2020, Appendix C (optimization-based measures)")
 def steps_to_0p1(ctx: Context) -> float:
     """Number of optimizer steps until the training cross-entropy first reaches 0.1.
@@ -47,7 +47,7 @@ def steps_to_0p1(ctx: Context) -> float:
 
 
 @measure("steps_0.1_to_0.01", needs=("history",), sign=1, family="optimization",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Jiang et al. 2020, Appendix C (optimization-based measures)")
 def steps_0p1_to_0p01(ctx: Context) -> float:
     """Number of optimizer steps to go from training cross-entropy 0.1 to 0.01.
@@ -59,7 +59,7 @@ def steps_0p1_to_0p01(ctx: Context) -> float:
 
 
 @measure("sotl", needs=("history",), sign=1, family="optimization",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Ru, Lyle, Schut, Fil, van der Wilk & Gal 2021, 'Speedy performance estimation for neural "
                    "architecture search', NeurIPS (SoTL, the sum over training losses)")
 def sotl(ctx: Context) -> float:

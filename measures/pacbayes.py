@@ -339,7 +339,7 @@ def pacbayes_mag_orig(ctx: Context) -> Value:
 
 @measure("pacbayes.mag.flatness", needs=("model", "train_data"), sign=1, family="pacbayes", version=2,
          sample_size="sqrt",
-         invariances=("permutation", "rescaling"), seeded=True,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), seeded=True,
          reference="Jiang et al. 2020, eq. (61) (magnitude-aware perturbation bound); Dziugaite et al. 2020 "
                    "(sample-size adjustment)")
 def pacbayes_mag_flatness(ctx: Context) -> Value:

@@ -429,7 +429,7 @@ LATE = 0.1  # phase.late_amplitude_sq averages over the last 10% of the epochs t
 
 
 @measure("phase.final_alignment", needs=("history",), sign=-1, family="physics",
-         invariances=("permutation", "rescaling"), reference=REFERENCE)
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), reference=REFERENCE)
 def final_alignment(ctx: Context) -> float:
     """Minibatch-gradient alignment at the end of training, op.alignment of the last history row.
 
@@ -441,7 +441,7 @@ def final_alignment(ctx: Context) -> float:
 
 
 @measure("phase.late_amplitude_sq", needs=("history",), sign=-1, family="physics",
-         invariances=("permutation", "rescaling"), reference=REFERENCE)
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), reference=REFERENCE)
 def late_amplitude_sq(ctx: Context) -> Value:
     """Mean corrected squared amplitude over the last 10% of the epochs: mean of op.amplitude_sq_corrected over the
     rows with epoch > 0.9·T (T the last epoch; at least the last row).
@@ -460,7 +460,7 @@ def late_amplitude_sq(ctx: Context) -> Value:
 
 
 @measure("phase.exploration_fraction", needs=("history",), sign=1, family="physics",
-         invariances=("permutation", "rescaling"), reference=REFERENCE,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), reference=REFERENCE,
          version=2)
 def exploration_fraction(ctx: Context) -> Value:
     """Fraction of the training epochs spent after the fast-learning phase: (T − e_fast) / T, with T the last
@@ -477,7 +477,7 @@ def exploration_fraction(ctx: Context) -> Value:
 
 
 @measure("phase.mislabeled_fit_epoch_fraction", needs=("history",), sign=-1, family="physics",
-         invariances=("permutation", "rescaling"), needs_label_noise=True,
+         invariances=("permutation", "rescaling", "batchnorm_scaling"), needs_label_noise=True,
          reference=REFERENCE, version=2)
 def mislabeled_fit_epoch_fraction(ctx: Context) -> Value:
     """When the mislabeled samples get learned: (epoch at which half of the drop of the mislabeled-subset loss

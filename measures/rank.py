@@ -38,7 +38,8 @@ def penultimate_features(ctx: Context) -> torch.Tensor:
     return torch.cat(grabbed)
 
 
-@measure("weight_effective_rank", needs=("model",), sign=1, family="rank", invariances=("permutation",),
+@measure("weight_effective_rank", needs=("model",), sign=1, family="rank",
+         invariances=("permutation", "batchnorm_scaling"),
          reference="Roy & Vetterli 2007, 'The effective rank: a measure of effective dimensionality'")
 def weight_effective_rank(ctx: Context) -> float:
     """Mean over the layers of the weight matrices' effective ranks, (1/d) Σ_i exp H(s(W_i)/Σ s(W_i)).
@@ -49,7 +50,7 @@ def weight_effective_rank(ctx: Context) -> float:
 
 
 @measure("feature_effective_rank", needs=("model", "train_data"), sign=1, family="rank",
-         invariances=("permutation",),
+         invariances=("permutation", "batchnorm_scaling"),
          reference="Roy & Vetterli 2007; feature rank and generalization: Huh et al. 2023, 'The low-rank "
                    "simplicity bias in deep networks'")
 def feature_effective_rank(ctx: Context) -> float:

@@ -60,6 +60,9 @@ INVARIANCES = {
                    "in distribution for a seeded measure",
     "rescaling": "multiplying each hidden ReLU unit's incoming weights and bias by its own c > 0 and its "
                  "outgoing weights by 1/c (the same function; Neyshabur et al. 2015, Dinh et al. 2017)",
+    "batchnorm_scaling": "multiplying the weights (and bias) of a layer that feeds a BatchNorm layer by c > 0, "
+                         "with BatchNorm's running mean, variance and ε rescaled to match (× c, × c², × c²): the "
+                         "same function, as BatchNorm divides the scale out",
     "units": "measuring the weights or the loss in other units, with the learning rate transformed so that SGD "
              "is the same dynamics (physics measures)",
 }

@@ -83,7 +83,7 @@ def relative_flatness_terms(ctx: Context) -> dict:
 
 
 @measure("relative_flatness", needs=("model", "train_data"), sign=1, family="hessian",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Petzka, Kamp, Adilova, Sminchisescu & Boley 2021, 'Relative flatness and generalization', "
                    "NeurIPS (the trace form κ_Tr)")
 def relative_flatness(ctx: Context) -> Value:

@@ -20,6 +20,16 @@ possible; a single trained network does not have them.
     (``scipy.optimize.linear_sum_assignment``), applied to the rows of W_l, b_l and the columns of W_{l+1}.
     Aligned to a relabelled copy of itself, a model has barrier 0.
 
+BatchNorm: every forward pass runs in eval mode, and a replicate with its own running statistics. On the line
+between two networks with BatchNorm, neither network's statistics describe the interpolated weights (averaging
+them collapses the activations' variance and inflates the barrier; Jordan et al. 2023, "REPAIR"), so at every
+point of the line, the two ends included, the statistics are recomputed from the training set, as Git Re-Basin
+(Ainsworth et al. 2023) does: one pass over the whole training set with the BatchNorm layers collecting exact
+averages, on a private copy of the model (details ``bn_statistics``). The alignment permutes each BatchNorm layer
+with the units it normalises, and checks that the permuted replicate computes the same function; a network whose
+units are not a chain of layers that can be permuted independently (a residual network, whose skip connections
+tie the units of several layers together) makes ``replicate.barrier_aligned`` not applicable, with that reason.
+
 Every measure is the mean over the replicates the Context is given (the pipeline passes every other seed of
 the configuration in the store; their number is in the details). A model without a replicate raises
 ``NotApplicable``. All of it runs on the whole training set and draws nothing.
@@ -29,8 +39,11 @@ all four).
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
+from torch import nn
 
 from measures.context import Context
 from measures.losses import fast_cross_entropy
@@ -40,14 +53,39 @@ PATH_POINTS = 21  # t = 0, 0.05, …, 1 on the line between two replicates
 
 
 def _replicates(ctx: Context) -> list[dict[str, torch.Tensor]]:
-    reps = ctx.replicate_params
+    """Each replicate's parameters and running statistics, by name."""
+    reps = ctx.replicate_states
     if not reps:
         raise NotApplicable("the configuration has no other seed in the store")
     return reps
 
 
-def _probabilities(ctx: Context, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.softmax(ctx.logits(ctx.x_train, params).double(), 1)
+def _probabilities(ctx: Context, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.softmax(ctx.logits(ctx.x_train, state).double(), 1)
+
+
+def _norms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def batch_statistics(ctx: Context, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The running statistics of the model's BatchNorm layers recomputed for ``params`` from the whole training
+    set (exact averages over the chunks of ``ctx.chunk`` samples, one chunk for the benchmark's training sets),
+    on a private copy of the model whose other modules stay in eval mode; empty for a model without BatchNorm."""
+    model = copy.deepcopy(ctx.model)
+    norms = _norms(model)
+    if not norms:
+        return {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
+        for _, bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average
+            bn.train()
+        for i in range(0, len(ctx.x_train), ctx.chunk):
+            model(ctx.x_train[i:i + ctx.chunk])
+    return {k: v.detach() for k, v in model.named_buffers() if v.is_floating_point()}
 
 
 def _agreement(ctx: Context) -> dict[str, float]:
@@ -55,7 +93,7 @@ def _agreement(ctx: Context) -> dict[str, float]:
     p = torch.softmax(ctx.train_logits.double(), 1)
     dis, tv = [], []
     for other in _replicates(ctx):
-        q = _probabilities(ctx, other)
+        q = _probabilities(ctx, other)  # the replicate with its own running statistics
         dis.append((p.argmax(1) != q.argmax(1)).double().mean().item())
         tv.append(0.5 * (p - q).abs().sum(1).mean().item())
     return {"disagreement": float(np.mean(dis)), "tv_distance": float(np.mean(tv)), "replicates": len(dis),
@@ -83,32 +121,63 @@ def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _norm_after(model: nn.Module, layers) -> dict[str, str]:
+    """For each layer, the BatchNorm module that normalises its output units, if one comes right after it in
+    module order (the order of a Sequential) with as many features as the layer has units."""
+    out, last = {}, None
+    names = {layer.name: layer for layer in layers}
+    for name, m in model.named_modules():
+        if name in names:
+            last = names[name]
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and last is not None:
+            if last.name not in out and m.num_features == last.module.weight.shape[0]:
+                out[last.name] = name
+            last = None
+    return out
+
+
 def align(ctx: Context, other: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``other`` with its hidden units permuted to match this model's (activation matching, module docstring)."""
+    """``other`` (parameters and running statistics) with its hidden units permuted to match this model's
+    (activation matching, module docstring), the BatchNorm layer of each unit with it. ``NotApplicable`` when the
+    permuted replicate does not compute the function it computed before (the units are not a chain)."""
     out = dict(other)
     layers = ctx.layers
+    norms = _norm_after(ctx.model, layers)
     for i in range(len(layers) - 1):
         first, second = layers[i], layers[i + 1]
         units = out[first.weight].shape[0]
         if out[second.weight].shape[1] != units:
-            raise ValueError(f"layer {second.name} does not read layer {first.name}'s units one to one")
+            raise NotApplicable(f"layer {second.name} does not read layer {first.name}'s units one to one: the "
+                                f"hidden units are not a chain of layers that can be permuted one layer at a time")
         corr = _correlation(_unit_inputs(ctx, ctx.params, i), _unit_inputs(ctx, out, i))
         from scipy.optimize import linear_sum_assignment  # here: listing the measures needs no scipy
         _, perm = linear_sum_assignment(corr.numpy(), maximize=True)
         perm = torch.as_tensor(perm, device=ctx.device)
-        out[first.weight] = out[first.weight][perm]
-        if first.bias is not None:
-            out[first.bias] = out[first.bias][perm]
+        moved = [first.weight, first.bias]
+        if first.name in norms:
+            moved += [f"{norms[first.name]}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+        for key in moved:
+            if key is not None and key in out:
+                out[key] = out[key][perm]
         out[second.weight] = out[second.weight][:, perm]
+    x = ctx.x_train[:256]
+    if not torch.allclose(ctx.logits(x, out), ctx.logits(x, other), rtol=1e-4, atol=1e-4):
+        raise NotApplicable("permuting each layer's units with the next layer's inputs changes what the replicate "
+                            "computes: its units are not a chain of layers (skip connections, or normalisation "
+                            "the alignment does not know), so the replicates cannot be aligned this way")
     return out
 
 
 def path(ctx: Context, other: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """Training loss and error at the ``PATH_POINTS`` points of the line from this model to ``other``."""
+    """Training loss and error at the ``PATH_POINTS`` points of the line from this model to ``other``; with
+    BatchNorm, each point with its running statistics recomputed (:func:`batch_statistics`)."""
     losses, errors = [], []
     for t in np.linspace(0.0, 1.0, PATH_POINTS):
         params = {k: (1 - t) * v + t * other[k] for k, v in ctx.params.items()}
-        z = ctx.train_logits if t == 0 else ctx.logits(ctx.x_train, params)
+        if ctx.buffers:
+            z = ctx.logits(ctx.x_train, {**params, **batch_statistics(ctx, params)})
+        else:
+            z = ctx.train_logits if t == 0 else ctx.logits(ctx.x_train, params)
         losses.append(fast_cross_entropy(z.double(), ctx.y_train).item())
         errors.append((z.argmax(1) != ctx.y_train).double().mean().item())
     return np.array(losses), np.array(errors)
@@ -127,11 +196,12 @@ def _barriers(ctx: Context, aligned: bool) -> dict:
         loss_b.append(barrier(losses))
         error_b.append(barrier(errors))
     return {"loss_barrier": float(np.mean(loss_b)), "error_barrier": float(np.mean(error_b)),
-            "replicates": len(loss_b), "per_replicate_loss_barrier": loss_b, "points": PATH_POINTS}
+            "replicates": len(loss_b), "per_replicate_loss_barrier": loss_b, "points": PATH_POINTS,
+            "bn_statistics": "recomputed at every point" if _norms(ctx.model) else "none"}
 
 
 @measure("replicate.disagreement", needs=("model", "train_data", "replicates"), sign=1, family="replicates",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Nakkiran & Bansal 2020, 'Distributional generalization'; Jiang et al. 2022, 'Assessing "
                    "generalization of SGD via disagreement' (here on training inputs)")
 def replicate_disagreement(ctx: Context) -> Value:
@@ -143,7 +213,7 @@ def replicate_disagreement(ctx: Context) -> Value:
 
 
 @measure("replicate.tv_distance", needs=("model", "train_data", "replicates"), sign=1, family="replicates",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Nakkiran & Bansal 2020; Jiang et al. 2022 (the soft form of replicate disagreement)")
 def replicate_tv_distance(ctx: Context) -> Value:
     """Total-variation distance between this model's and a replicate's predicted distributions on the training

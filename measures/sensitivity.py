@@ -31,7 +31,7 @@ def jacobian_sq_norms(ctx: Context) -> torch.Tensor:
 
 
 @measure("input_jacobian_norm", needs=("model", "train_data"), sign=1, family="sensitivity",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Novak, Bahri, Abolafia, Pennington & Sohl-Dickstein 2018, 'Sensitivity and generalization in "
                    "neural networks: an empirical study', eq. (1)")
 def input_jacobian_norm(ctx: Context) -> float:

@@ -334,7 +334,7 @@ def sharpness_mag_orig(ctx: Context) -> Value:
 
 @measure("sharpness.mag.flatness", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
          sample_size="sqrt",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Jiang et al. 2020, sharpness-mag-flatness, eq. (60) (magnitude-aware perturbation bound);"
                    " Dziugaite et al. 2020 (sample-size adjustment)")
 def sharpness_mag_flatness(ctx: Context) -> Value:
@@ -372,7 +372,7 @@ def sharpness_linf(ctx: Context) -> Value:
 
 
 @measure("sharpness.adaptive.l2", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Andriushchenko et al. 2023, adaptive worst-case l2 sharpness (Kwon et al. 2021, ASAM)")
 def sharpness_adaptive_l2(ctx: Context) -> Value:
     """Adaptive worst-case ℓ2 sharpness, max_{‖δ ⊘ |w|‖₂ ≤ 1} L(w + δ) − L(w).
@@ -385,7 +385,7 @@ def sharpness_adaptive_l2(ctx: Context) -> Value:
 
 
 @measure("sharpness.adaptive.linf", needs=("model", "train_data"), sign=1, family="sharpness", version=2,
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Andriushchenko et al. 2023, adaptive worst-case l-inf sharpness")
 def sharpness_adaptive_linf(ctx: Context) -> Value:
     """Adaptive worst-case ℓ∞ sharpness, max_{|δ_i| ≤ 0.01|w_i|} L(w + δ) − L(w).

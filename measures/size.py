@@ -17,7 +17,7 @@ from measures.registry import measure
 
 @measure("params", needs=("model", "train_data"), sign=1, family="size",
          version=2, sample_size="log",
-         invariances=("permutation", "rescaling"),
+         invariances=("permutation", "rescaling", "batchnorm_scaling"),
          reference="Jiang et al. 2020, 'Fantastic generalization measures', eq. (20): number of parameters")
 def num_params(ctx: Context) -> float:
     """log of the number of parameters, log ω (a VC-dimension proxy).

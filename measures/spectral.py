@@ -316,7 +316,7 @@ def log_spec_orig_main_fft(ctx: Context) -> float:
 
 
 @measure("fro_over_spec", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="sqrt", invariances=("permutation",),
+         version=2, sample_size="sqrt", invariances=("permutation", "batchnorm_scaling"),
          reference="Jiang et al. 2020, eq. (33)")
 def fro_over_spec(ctx: Context) -> float:
     """Sum of the layers' stable ranks, Σ_i ‖W_i‖_F² / ‖W_i‖_2².
@@ -327,7 +327,7 @@ def fro_over_spec(ctx: Context) -> float:
 
 
 @measure("fro_over_spec_fft", needs=("model", "train_data"), sign=1, family="spectral",
-         version=2, sample_size="sqrt", invariances=("permutation",),
+         version=2, sample_size="sqrt", invariances=("permutation", "batchnorm_scaling"),
          reference="Jiang et al. 2020, eq. (33)" + _FFT_REF)
 def fro_over_spec_fft(ctx: Context) -> float:
     """Σ_i ‖W_i‖_F² / ‖A_i‖_2² with exact conv operator norms in the denominator.

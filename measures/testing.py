@@ -137,46 +137,86 @@ def check_not_applicable(case: ValueCase) -> str:
 
 
 # ------------------------------------------------------------------------------------- reparametrisations
-def _hidden_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    return list(zip(layers, layers[1:]))
+_NORM = nn.modules.batchnorm._BatchNorm
+
+
+def _hidden_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module, _NORM | None]]:
+    """(layer, next layer, the BatchNorm right after the layer in module order or None) for each hidden layer of a
+    chain of Linear/Conv layers (a Sequential-style network)."""
+    seq = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, _NORM))]
+    layers = [m for m in seq if not isinstance(m, _NORM)]
+    after = {id(a): b for a, b in zip(seq, seq[1:])
+             if not isinstance(a, _NORM) and isinstance(b, _NORM) and b.num_features == a.weight.shape[0]}
+    return [(a, b, after.get(id(a))) for a, b in zip(layers, layers[1:])]
 
 
 def permute_hidden_units(model: nn.Module, seed: int) -> nn.Module:
     """The same function with the hidden units (channels) of every hidden layer permuted: rows of W_i and
-    b_i, and the matching columns of W_{i+1}. Returns a copy."""
+    b_i, the features of the BatchNorm layer that follows it (scale, shift, running statistics), and the matching
+    columns of W_{i+1}. For chains of layers (not residual networks). Returns a copy."""
     model = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for first, second in _hidden_pairs(model):
+        for first, second, norm in _hidden_pairs(model):
             perm = torch.randperm(first.weight.shape[0], generator=g)
-            first.weight.copy_(first.weight[perm])
-            if first.bias is not None:
-                first.bias.copy_(first.bias[perm])
+            moved = [first.weight, first.bias]
+            if norm is not None:
+                moved += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+            for t in moved:
+                if t is not None:
+                    t.copy_(t[perm])
             second.weight.copy_(second.weight[:, perm])
     return model
 
 
 def rescale_relu_units(model: nn.Module, seed: int, spread: float = 4.0) -> nn.Module:
     """The same function after a node-wise positive rescaling (Neyshabur et al. 2015; Dinh et al. 2017): each
-    hidden unit's incoming weights and bias are multiplied by its own factor c > 0 (log-uniform in
-    [1/spread, spread], seeded) and its outgoing weights divided by it, which a ReLU passes through unchanged.
+    hidden unit's incoming weights and bias (its BatchNorm scale and shift, when a BatchNorm layer produces the
+    unit's pre-activation) are multiplied by its own factor c > 0 (log-uniform in [1/spread, spread], seeded) and
+    its outgoing weights divided by it, which a ReLU passes through unchanged. Returns a copy."""
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for first, second, norm in _hidden_pairs(model):
+            c = torch.exp((torch.rand(first.weight.shape[0], generator=g) * 2 - 1) * math.log(spread))
+            if norm is not None:
+                norm.weight.mul_(c)
+                norm.bias.mul_(c)
+            else:
+                first.weight.mul_(c.view(-1, *[1] * (first.weight.dim() - 1)))
+                if first.bias is not None:
+                    first.bias.mul_(c)
+            second.weight.div_(c.view(1, -1, *[1] * (second.weight.dim() - 2)))
+    return model
+
+
+def rescale_batchnorm_inputs(model: nn.Module, seed: int, spread: float = 4.0) -> nn.Module:
+    """The same function after multiplying the weights (and bias) of every layer that feeds a BatchNorm layer by
+    one factor c > 0 per layer (log-uniform in [1/spread, spread], seeded). BatchNorm divides the scale out:
+    in training mode through the batch statistics; in eval mode, which the measures use, the running mean
+    and variance are the statistics of the scaled layer (× c and × c²) and ε becomes c²ε, so that
+    (cz − cμ)/√(c²σ² + c²ε) is exactly (z − μ)/√(σ² + ε). A model without BatchNorm is returned unchanged.
     Returns a copy."""
     model = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for first, second in _hidden_pairs(model):
-            c = torch.exp((torch.rand(first.weight.shape[0], generator=g) * 2 - 1) * math.log(spread))
-            first.weight.mul_(c.view(-1, *[1] * (first.weight.dim() - 1)))
-            if first.bias is not None:
-                first.bias.mul_(c)
-            second.weight.div_(c.view(1, -1, *[1] * (second.weight.dim() - 2)))
+        seq = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, _NORM))]
+        for first, norm in zip(seq, seq[1:]):
+            if isinstance(first, _NORM) or not isinstance(norm, _NORM):
+                continue
+            c = math.exp((float(torch.rand((), generator=g)) * 2 - 1) * math.log(spread))
+            for t in (first.weight, first.bias, norm.running_mean):
+                if t is not None:
+                    t.mul_(c)
+            norm.running_var.mul_(c * c)
+            norm.eps = norm.eps * c * c
     return model
 
 
 TRANSFORMS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "permutation": lambda model: permute_hidden_units(model, 0),
     "rescaling": lambda model: rescale_relu_units(model, 0),
+    "batchnorm_scaling": lambda model: rescale_batchnorm_inputs(model, 0),
 }
 
 

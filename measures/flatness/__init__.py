@@ -72,8 +72,6 @@ analysis); the registered measures are defined here.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from measures.context import Context
@@ -106,7 +104,7 @@ from measures.flatness.sampling import (
     snapshot_pca,
     split_sample_pca,
 )
-from measures.registry import Value, measure
+from measures.registry import NotApplicable, Value, measure
 
 __all__ = ["BLOCK", "REFERENCE", "START_SIGMAS", "BlockSettings", "BlockSnapshots", "BlockVFResult", "Continued",
            "FlatnessScan", "LineLoss", "PCAResult", "PowerLawFit", "analysed_names", "block_fit", "block_index",
@@ -128,9 +126,17 @@ def _block_name(r: BlockVFResult) -> str:
     return f"{r.rows.shape[0]}x{r.rows.shape[1]}x{r.cols.shape[1]}"
 
 
+def _too_few(r: BlockVFResult, need: str) -> str:
+    """Why the fit is undefined: too few directions whose flatness is finite on both sides."""
+    return (f"only {int(r.used.sum())} of {len(r.pcs)} fluctuation directions of {r.layer} have a finite flatness "
+            f"({int(r.censored_left.sum() + r.censored_right.sum())} sides censored: the loss does not reach e·L₀ "
+            f"within the search range, or, {r.unresolved} of them, the scan did not locate the crossing); {need}")
+
+
 def _details(r: BlockVFResult) -> dict:
     return {"r2": r.fit.r2, "se": r.fit.se, "n_pcs": r.fit.n, "n_censored_left": int(r.censored_left.sum()),
-            "n_censored_right": int(r.censored_right.sum()), "pcs": f"{int(r.pcs.min())}-{int(r.pcs.max())}",
+            "n_censored_right": int(r.censored_right.sum()), "n_unresolved": r.unresolved,
+            "pcs": f"{int(r.pcs.min())}-{int(r.pcs.max())}",
             "layer": r.layer, "block": _block_name(r), "steps": len(r.snapshots), "optimizer": r.optimizer}
 
 
@@ -149,6 +155,8 @@ def vf_block_exponent(ctx: Context) -> Value:
     steps, optimizer.
     """
     r = ctx.shared(_block, BLOCK)
+    if r.fit.n < 3:
+        raise NotApplicable(_too_few(r, "a fit of ψ needs 3"))
     return Value(r.fit.psi, _details(r))
 
 
@@ -164,7 +172,9 @@ def vf_block_flatness_mean_log(ctx: Context) -> Value:
     """
     r = ctx.shared(_block, BLOCK)
     ok = r.used
-    return Value(float(np.log(r.flatness[ok]).mean()) if ok.any() else math.nan, _details(r))
+    if not ok.any():
+        raise NotApplicable(_too_few(r, "the mean needs one"))
+    return Value(float(np.log(r.flatness[ok]).mean()), _details(r))
 
 
 @measure("vf.block_weight_variance", needs=NEEDS, sign=-1, family="physics",

@@ -78,6 +78,7 @@ class BlockVFResult:
     fit: PowerLawFit
     loss0: float
     optimizer: str
+    unresolved: int = 0  # sides whose scan ran out of rounds (counted among the censored)
 
     @property
     def flatness(self) -> np.ndarray:
@@ -124,7 +125,7 @@ def block_fit(ctx: Context, layer: str, index: torch.Tensor, snapshots: torch.Te
                          snapshots=snapshots.double(), pcs=pcs, block=which, directions=dirs, variance=var_np,
                          left=scan.left.numpy(), right=scan.right.numpy(), censored_left=scan.censored_left.numpy(),
                          censored_right=scan.censored_right.numpy(), fit=power_law_fit(var_np, flat),
-                         loss0=ctx.train_loss, optimizer=optimizer)
+                         loss0=ctx.train_loss, optimizer=optimizer, unresolved=scan.n_unresolved)
 
 
 def block_variance_flatness(ctx: Context, settings: BlockSettings = BLOCK) -> BlockVFResult:

@@ -276,6 +276,9 @@ def line_loss(ctx: Context, names: Sequence[str], w0: torch.Tensor, dirs: torch.
 
 
 # --------------------------------------------------------------------------------------------- flatness
+SAFEGUARD_AFTER = 8  # rounds of secant/Illinois narrowing before a stalled bracket is bisected
+
+
 @dataclass(frozen=True)
 class FlatnessScan:
     left: torch.Tensor  # (K,) δ_l > 0, NaN where censored
@@ -284,6 +287,7 @@ class FlatnessScan:
     censored_right: torch.Tensor
     n_evals: int  # loss evaluations (probes)
     n_rounds: int  # batched passes
+    n_unresolved: int = 0  # sides still bracketing after max_rounds, counted among the censored ones
 
     @property
     def flatness(self) -> torch.Tensor:
@@ -308,9 +312,14 @@ def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor
     already above the target, until the crossing is bracketed; then the bracket is narrowed by secant steps
     through the last two probes when they land inside it, else the Illinois variant of regula falsi on
     (log δ, q) (a geometric bisection where q is undefined), until |q| < ``qtol``
-    (|log L − log(threshold·L₀)| ≲ 0.6·qtol) or the bracket is ``rtol`` wide. A side still below the target
-    at ``max_delta``, or above it at ``min_delta``, is censored (NaN). ``loss(idx, delta)`` is called once
-    per round with every active probe.
+    (|log L − log(threshold·L₀)| ≲ 0.6·qtol) or the bracket is ``rtol`` wide. After ``SAFEGUARD_AFTER`` rounds
+    of narrowing (more than a smooth loss takes), a step that leaves the bracket more than half as wide (in log δ)
+    as two rounds before is replaced by a geometric bisection, so a bracket then narrows at least twofold every
+    two rounds whatever the shape of the loss (a kink, a plateau, float noise).
+    A side still below the target at ``max_delta``, or above it at ``min_delta``, is censored (NaN). A side
+    still searching after ``max_rounds`` rounds is censored too, and counted in ``n_unresolved``: its crossing
+    was not located, and no value is made up for it. ``loss(idx, delta)`` is called once per round with every
+    active probe.
     """
     if not loss0 > 0:
         raise ValueError(f"the flatness threshold needs L0 > 0, got {loss0}")
@@ -324,13 +333,19 @@ def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor
     hi, q_hi = [math.inf] * n_pairs, [math.inf] * n_pairs  # smallest δ known above it
     qe_lo, qe_hi, last = [-math.inf] * n_pairs, [math.inf] * n_pairs, [""] * n_pairs  # Illinois state
     recent = [(math.nan, math.nan)] * n_pairs  # the previous probe (δ, q), for secant steps
+    widths = [(math.inf, math.inf)] * n_pairs  # the bracket's log-width one and two rounds before
+    narrowing = [0] * n_pairs  # rounds spent narrowing a bracket
     result = [math.nan] * n_pairs
     censored = [False] * n_pairs
     active = list(range(n_pairs))
     n_evals = rounds = 0
+    unresolved = 0
     while active:
         if rounds >= max_rounds:
-            raise RuntimeError(f"flatness_scan did not converge in {max_rounds} rounds")
+            for j in active:
+                censored[j] = True
+            unresolved = len(active)
+            break
         rounds += 1
         idx = torch.tensor([j // 2 for j in active])
         delta = torch.tensor([probe[j] * (1.0 if j % 2 else -1.0) for j in active], dtype=torch.float64)
@@ -384,6 +399,10 @@ def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor
                         s_new = s_lo - qe_lo[j] * (s_hi - s_lo) / (qe_hi[j] - qe_lo[j])
                     else:
                         s_new = 0.5 * (s_lo + s_hi)
+                narrowing[j] += 1
+                if narrowing[j] > SAFEGUARD_AFTER and s_hi - s_lo > 0.5 * widths[j][1]:  # too slow: bisect
+                    s_new = 0.5 * (s_lo + s_hi)
+                widths[j] = (s_hi - s_lo, widths[j][0])
                 if s_hi - s_lo < math.log1p(rtol):
                     result[j] = math.exp(s_new)
                     continue
@@ -393,7 +412,7 @@ def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor
     res = torch.tensor(result, dtype=torch.float64).view(n_dirs, 2)
     cens = torch.tensor(censored).view(n_dirs, 2)
     return FlatnessScan(res[:, 0].clone(), res[:, 1].clone(), cens[:, 0].clone(), cens[:, 1].clone(),
-                        n_evals, rounds)
+                        n_evals, rounds, unresolved)
 
 
 # --------------------------------------------------------------------------------------------- fit

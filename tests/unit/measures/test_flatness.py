@@ -65,6 +65,28 @@ def test_censored_sides_are_reported_not_filled():
     assert math.isfinite(scan.right[1]) and math.isnan(scan.left[1])
 
 
+def test_a_scan_that_runs_out_of_rounds_censors_and_counts_the_sides_it_did_not_resolve():
+    loss0 = 0.1
+    lam = torch.tensor([1.0, 1e-6], dtype=torch.float64)
+    scan = fl.flatness_scan(_quadratic_line(loss0, lam, lam), 2, loss0, start=1e-3, max_delta=1e6, max_rounds=2)
+    assert scan.n_rounds == 2 and scan.n_unresolved == 4
+    assert scan.censored_left.all() and scan.censored_right.all() and scan.flatness.isnan().all()
+
+
+def test_a_kinked_loss_is_resolved_within_the_round_budget():
+    """q = log δ below the crossing at δ = 1 and 10⁴·log δ above it (a kink, where secant steps are poor)."""
+    loss0 = 0.01
+
+    def line(idx, delta):
+        s = delta.abs().log()
+        q = torch.where(s < 0, s, 1e4 * s).clamp(max=600.0)
+        return loss0 + (E - 1) * loss0 * torch.exp(q)
+
+    scan = fl.flatness_scan(line, 1, loss0, start=1e-3, max_delta=1e3)
+    torch.testing.assert_close(scan.flatness, torch.tensor([2.0], dtype=torch.float64), rtol=2e-3, atol=0)
+    assert scan.n_unresolved == 0 and scan.n_rounds <= 40
+
+
 def test_too_sharp_below_min_delta_is_censored():
     loss0 = 0.1
     lam = torch.tensor([1e12])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from benchmark.zoo.models import MLP, ConvNet, init_parameters
-from measures import REGISTRY, Context, heavy_tail
+from measures import REGISTRY, Context, NotApplicable, heavy_tail
 from measures.heavy_tail import fit_power_law
 from measures.spectral import conv_operator_norm, layer_input_sizes, layer_spectral_norms
 from tests import helpers
@@ -28,10 +28,22 @@ def value(name: str, ctx: Context) -> float:
 
 
 # ----------------------------------------------------------------------------------------- norms
-def test_heavy_tail_skips_small_layers_and_says_so():
+def test_heavy_tail_is_not_applicable_when_no_layer_has_enough_eigenvalues():
     ctx = diagonal_context((cases.A, cases.B, cases.C), (cases.A0, cases.B0, cases.C0), cases.LABELS, cases.SCALES)
-    with pytest.raises(ValueError, match="at least 10"):
-        value("alpha_mean", ctx)
+    for name in ("alpha_mean", "alpha_weighted", "log_spectral_norm"):
+        with pytest.raises(NotApplicable, match="at least 10 nonzero eigenvalues"):
+            value(name, ctx)
+
+
+def test_heavy_tail_names_the_layers_it_skips():
+    """A 3 → 40 → 5 MLP: the first layer (3 eigenvalues) and the head (5) are skipped, the middle one is fitted."""
+    g = torch.Generator().manual_seed(0)
+    model = MLP((3,), 5, depth=2, width=40)
+    init_parameters(model, g)
+    out = REGISTRY.get("alpha_mean")(Context(model))
+    assert out.details["layers"] == 1 and out.details["skipped_layers"] == ["net.1", "net.5"]
+    assert out.value == pytest.approx(fit_power_law(torch.linalg.svdvals(model.net[3].weight.double()) ** 2).alpha,
+                                      rel=1e-6)
 
 
 def test_spectral_norms_match_torch_linalg():

@@ -23,7 +23,8 @@ from measures.registry import ADJUSTED
 TARGETS = {"gap_error": "metric.gap_error", "test_error": "metric.test_error"}
 
 
-INVARIANCE_CODES = {"permutation": "P", "rescaling": "R", "units": "U"}  # the leaderboard's invariance column
+# the leaderboard's invariance column
+INVARIANCE_CODES = {"permutation": "P", "rescaling": "R", "units": "U", "batchnorm_scaling": "B"}
 
 
 def invariance_code(invariances) -> str:

@@ -52,7 +52,7 @@ def plugin_with_import_error(tmp_path):
     (["train", "train.batch_size=abc"], ["train.batch_size", "could not be converted to Integer"]),
     (["train", "dataset.label_noise=1.5"], ["dataset.label_noise must be in [0, 1), got 1.5"]),
     (["train", "dataset=nope"], ["Could not find 'dataset/nope'", "mnist1d"]),
-    (["train", "model.name=resnet"], ["unknown model 'resnet'; valid: mlp, cnn"]),
+    (["train", "model.name=vit"], ["unknown model 'vit'; valid: mlp, cnn, cnn_bn, resnet"]),
     (["train", "optimizer.lr=50"], ["optimizer.lr=50 would have no effect: the zoo 'tiny' varies optimizer.lr",
                                     "zoo.axes.optimizer.lr=[50]"]),
     (["measures", "measures.include=[nope]"], ["unknown measure 'nope'; valid:", "path_norm"]),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmark import pipeline
+from benchmark.errors import HParamsError
 from benchmark.measuring.context import Trained
 from benchmark.measuring.jobs import group_key
 from benchmark.runtime import RunOptions
@@ -127,3 +128,26 @@ def test_an_exported_and_imported_store_keeps_the_running_statistics(zoo, tmp_pa
             assert list(a) == list(b)
             assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
         copy.check_checkpoint(hp.model_id)  # names, shapes and dtypes fit the architecture, buffers included
+
+
+def test_a_model_that_cannot_step_on_its_smallest_minibatch_fails_before_training(tmp_path):
+    """97 digits in batches of 32 leave one sample in the last minibatch; a depth-5 resnet has shrunk the 8×8
+    image to one position by its last block, where BatchNorm cannot normalise one value per channel. One
+    clear error before any training (checked on the meta device, without touching torch's global generator);
+    depth 4 (2×2 positions) trains."""
+    bad = ["zoo=none", "dataset=digits", "dataset.train_size=97", "dataset.test_size=50", "model=resnet",
+           "model.depth=5", "model.width=4", "train.batch_size=32", "train.max_epochs=1", "run.jobs=1",
+           "run.progress=false", f"store.root={tmp_path / 'store'}"]
+    state = torch.random.get_rng_state()
+    with pytest.raises(HParamsError) as err:
+        pipeline.train(make_cfg(*bad))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    message = str(err.value)
+    assert "\n" not in message and "model resnet (depth 5) cannot train on a minibatch of one sample" in message
+    assert "train.batch_size=32 leaves from 97 training samples" in message
+    assert not any((tmp_path / "store" / "checkpoints").glob("*.pt"))
+    (hp,) = expand(make_cfg(*bad))
+    with pytest.raises(HParamsError, match="cannot train on a minibatch of one sample"):
+        train_model(hp, make_data(hp.dataset))
+    assert pipeline.train(make_cfg(*bad, "model.depth=4"))["trained"] == 1
+    assert pipeline.train(make_cfg(*bad, "model.depth=5", "dataset.train_size=98"))["trained"] == 1

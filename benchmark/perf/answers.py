@@ -18,7 +18,7 @@ ANSWERS = {
     "help": (["--help"], 1.5, False),
     "config_error": (["train", "model.width=0"], 1.5, False),
     "unknown_option": (["train", "dataset=nope"], 1.5, False),
-    "unknown_component": (["run", "model.name=resnet"], 1.5, False),
+    "unknown_component": (["run", "model.name=vit"], 1.5, False),
     "leaderboard": (["leaderboard"], 1.5, False),
     "unknown_leaderboard": (["leaderboard", "leaderboard.name=nope"], 1.5, False),
     "measures": (["measures"], 3.0, True),

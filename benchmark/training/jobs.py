@@ -13,7 +13,7 @@ from typing import Sequence
 from benchmark.runtime import RunOptions, parallel, release_workers, set_threads
 from benchmark.store import Store
 from benchmark.training.history import Probe
-from benchmark.training.loop import train_model
+from benchmark.training.loop import check_smallest_batch, train_model
 from benchmark.training.stacked import group_stacks, train_many
 from benchmark.zoo.datasets import DataBundle, cached_data
 from benchmark.zoo.hparams import DatasetHP, HParams
@@ -90,6 +90,8 @@ def train_zoo(hps: list[HParams], store: Store, opts: RunOptions, probes: Sequen
         return {"reused": len(hps), "trained": 0}
     # missing files or impossible sizes fail here, not in a worker
     made = {d: cached_data(d, opts.data_root, opts.download) for d in dict.fromkeys(hp.dataset for hp in todo)}
+    for hp in todo:  # and so does a model that cannot take a step on its smallest minibatch
+        check_smallest_batch(hp, made[hp.dataset].in_shape, made[hp.dataset].num_classes)
     tasks = split_tasks(todo, opts.jobs) if opts.vectorize else [[hp] for hp in todo]
     tasks = [(str(store.root), tuple(t), opts, tuple(probes), _bundles(t, made), os.getpid()) for t in tasks]
     for _ in parallel(_train_task, tasks, opts.jobs, "train", "model", [len(t[1]) for t in tasks], opts.progress):

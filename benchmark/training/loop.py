@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.errors import HParamsError
 from benchmark.training.history import (
     Probe,
     epoch_row,
@@ -39,6 +40,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 81
         wrong += (logits.argmax(1) != y[i:i + batch]).sum().item()
     model.train(was_training)
     return loss / len(y), wrong / len(y)
+
+
+def check_smallest_batch(hp: HParams, in_shape: tuple[int, ...], num_classes: int) -> None:
+    """Raise ``HParamsError`` if the model cannot take a training step on the epoch's smallest minibatch: one
+    sample (``n_train mod batch_size = 1``, or batches of one) is too few for a BatchNorm layer whose feature
+    map has shrunk to a single position (one value per channel). Tried on the meta device, so it costs no
+    memory, no arithmetic and no random draw, and a model that cannot train fails before any training."""
+    n, bs = hp.dataset.n_train, hp.train.batch_size
+    if min(bs, n % bs or bs) != 1:
+        return
+    with torch.device("meta"):
+        model = build_model(hp.model, in_shape, num_classes)
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return
+        try:
+            model.train()(torch.empty(1, *in_shape))
+        except ValueError as err:
+            raise HParamsError(
+                f"model {hp.model.name} (depth {hp.model.depth}) cannot train on a minibatch of one sample, which "
+                f"train.batch_size={bs} leaves from {n} training samples ({err}); choose another batch size or "
+                f"training-set size") from None
 
 
 @dataclass
@@ -72,6 +94,7 @@ def train_model(hp: HParams, data: DataBundle, *, device: str | torch.device = "
     generator derived from ``hp.seed``, so the same hyperparameters give the same model.
     """
     evaluates_test(1, test_schedule)  # an unknown schedule fails before any training
+    check_smallest_batch(hp, data.in_shape, data.num_classes)
     start = time.perf_counter()
     data = data.to(device)
     model = build_model(hp.model, data.in_shape, data.num_classes, generator(hp.seed, "init")).to(device)

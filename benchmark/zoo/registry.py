@@ -90,9 +90,11 @@ DATASETS.declare("digits", "benchmark.zoo.datasets:digits_pool")
 DATASETS.declare("fashion", "benchmark.zoo.datasets:fashion_pool")
 for _name in TORCHVISION:
     DATASETS.declare(_name, f"benchmark.zoo.datasets:{_name}_pool")
-ARCHITECTURE = ("depth", "width", "dropout", "bias", "init_scale")  # the model.* fields both architectures use
+ARCHITECTURE = ("depth", "width", "dropout", "bias", "init_scale")  # the model.* fields every architecture uses
 MODELS.declare("mlp", "benchmark.zoo.models:MLP", uses=ARCHITECTURE)
 MODELS.declare("cnn", "benchmark.zoo.models:ConvNet", uses=ARCHITECTURE)
+MODELS.declare("cnn_bn", "benchmark.zoo.models:ConvBNNet", uses=ARCHITECTURE)
+MODELS.declare("resnet", "benchmark.zoo.models:ResNet", uses=ARCHITECTURE)
 OPTIMIZERS.declare("sgd", "benchmark.zoo.optimizers:sgd", uses=("lr", "weight_decay"))
 OPTIMIZERS.declare("momentum", "benchmark.zoo.optimizers:momentum", uses=("lr", "momentum", "weight_decay"))
 OPTIMIZERS.declare("adam", "benchmark.zoo.optimizers:adam", uses=("lr", "weight_decay"))

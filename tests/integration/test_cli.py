@@ -54,7 +54,7 @@ def plugin_with_import_error(tmp_path):
     (["train", "dataset=nope"], ["Could not find 'dataset/nope'", "mnist1d"]),
     (["train", "zoo=none", "dataset=digits", "dataset.image_size=3", "dataset.train_size=100"],
      ["dataset.image_size=3 must divide the sides of digits's 8×8 images"]),
-    (["train", "model.name=resnet"], ["unknown model 'resnet'; valid: mlp, cnn"]),
+    (["train", "model.name=vit"], ["unknown model 'vit'; valid: mlp, cnn, cnn_bn, resnet"]),
     (["train", "optimizer.lr=50"], ["optimizer.lr=50 would have no effect: the zoo 'tiny' varies optimizer.lr",
                                     "zoo.axes.optimizer.lr=[50]"]),
     (["measures", "measures.include=[nope]"], ["unknown measure 'nope'; valid:", "path_norm"]),

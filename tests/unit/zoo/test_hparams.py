@@ -21,7 +21,7 @@ from tests.helpers import default_hparams
     ("train.batch_size=5000", "larger than dataset.train_size"),
     ("optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0"),
     ("optimizer.name=lbfgs", "unknown optimizer 'lbfgs'; valid: sgd, momentum, adam"),
-    ("model.name=resnet", "unknown model 'resnet'; valid: mlp, cnn"),
+    ("model.name=vit", "unknown model 'vit'; valid: mlp, cnn, cnn_bn, resnet"),
     ("dataset.name=imagenet", "unknown dataset 'imagenet'; valid: mnist1d"),
     ("+model.heads=4", "unknown key(s) model.heads; valid: model.name"),
 ])

@@ -72,6 +72,8 @@ analysis); the registered measures are defined here.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from measures.context import Context
@@ -157,6 +159,9 @@ def vf_block_exponent(ctx: Context) -> Value:
     r = ctx.shared(_block, BLOCK)
     if r.fit.n < 3:
         raise NotApplicable(_too_few(r, "a fit of ψ needs 3"))
+    if not math.isfinite(r.fit.psi):  # power_law_fit's other undefined case: no spread in log F
+        raise NotApplicable(f"ψ is undefined: the {r.fit.n} fitted directions all have the same flatness "
+                            f"({r.layer}, blocks {_details(r)['block']})")
     return Value(r.fit.psi, _details(r))
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.zoo.models import ConvBNNet, ConvNet
 from measures.testing import ValueCase
-from tests.unit.measures.families import ConvBNNet
 
 SHAPE = (2, 6, 6)
 
@@ -81,7 +81,7 @@ def fitted_tiny(kind: str) -> nn.Module:
     """A conv net (``cnn``: the zoo's, with biases) or a conv net with BatchNorm (``cnn_bn``), two convs of 3
     channels, 3 classes (about 130 parameters), trained by full-batch descent on ``tiny_digits`` (train mode,
     so that BatchNorm collects its running statistics), then in eval mode."""
-    from benchmark.zoo.models import ConvNet, init_parameters
+    from benchmark.zoo.models import init_parameters
     from tests.helpers import fit
     x, y = tiny_digits()
     model = (ConvNet((1, 8, 8), 3, depth=2, width=3) if kind == "cnn" else ConvBNNet((1, 8, 8), 3, depth=2, width=3))

@@ -1,5 +1,6 @@
 """Small networks of every architecture family the measures must handle, trained for real on scikit-learn's 8×8
-digits: the zoo's plain conv net, a conv net with BatchNorm and a small residual network with BatchNorm.
+digits: the zoo's plain conv net (``cnn``), its conv net with BatchNorm (``cnn_bn``) and its residual network
+with BatchNorm (``resnet``), at small depth and width.
 
 Each is trained by minibatch SGD with momentum (train mode: BatchNorm normalises by the batch and updates its
 running statistics) until the full training cross-entropy in eval mode is at most ``TARGET_LOSS``, with a
@@ -21,7 +22,7 @@ from torch import nn
 
 from benchmark.zoo.datasets import make_data
 from benchmark.zoo.hparams import HParams
-from benchmark.zoo.models import ConvNet, init_parameters
+from benchmark.zoo.models import ConvBNNet, ConvNet, ResNet, init_parameters
 from measures import Context
 from measures import history as H
 from measures.phases import order_parameters
@@ -32,64 +33,12 @@ TARGET_LOSS = 0.01
 MAX_EPOCHS = 400
 
 
-class ConvBNNet(nn.Module):
-    """depth × [Conv(3, width, no bias, stride 2 on every other layer) → BatchNorm2d → ReLU] → global average
-    pool → Linear(num_classes)."""
-
-    def __init__(self, in_shape: tuple[int, ...], num_classes: int, depth: int = 2, width: int = 8):
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_shape[0]
-        for i in range(depth):
-            layers += [nn.Conv2d(channels, width, 3, stride=2 if i % 2 == 0 else 1, padding=1, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU()]
-            channels = width
-        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class BasicBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN plus the skip (the identity, or a 1×1 conv-BN projection when the stride or the
-    number of channels changes), then ReLU."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Sequential() if stride == 1 and cin == cout else
-                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
-
-
-class ResNetBN(nn.Module):
-    """Stem conv-BN-ReLU (width), a basic block with the identity skip, a basic block of twice the width with
-    stride 2 and a projection skip, global average pool, Linear(num_classes)."""
-
-    def __init__(self, in_shape: tuple[int, ...], num_classes: int, width: int = 4):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU())
-        self.block1 = BasicBlock(width, width)
-        self.block2 = BasicBlock(width, 2 * width, stride=2)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block2(self.block1(self.stem(x))))
-
-
-FAMILIES = {
+FAMILIES = {  # the zoo's own conv architectures (benchmark.zoo.models), small
     "cnn": lambda shape, classes: ConvNet(shape, classes, depth=2, width=8),
     "cnn_bn": lambda shape, classes: ConvBNNet(shape, classes, depth=2, width=8),
-    "resnet_bn": lambda shape, classes: ResNetBN(shape, classes, width=4),
+    "resnet": lambda shape, classes: ResNet(shape, classes, depth=2, width=4),
 }
-LR = {"cnn": 0.3, "cnn_bn": 0.2, "resnet_bn": 0.1}
+LR = {"cnn": 0.3, "cnn_bn": 0.2, "resnet": 0.1}
 
 
 @dataclass(frozen=True)

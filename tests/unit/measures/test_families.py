@@ -115,6 +115,6 @@ def test_the_barrier_recomputes_batchnorm_statistics_at_each_point():
 
 
 def test_replicate_alignment_is_not_applicable_on_a_residual_net():
-    f = fitted("resnet_bn")
+    f = fitted("resnet")
     with pytest.raises(NotApplicable, match="chain"):
         measures.REGISTRY.get("replicate.barrier_aligned")(f.context())

@@ -103,6 +103,11 @@ def block_fit(ctx: Context, layer: str, index: torch.Tensor, snapshots: torch.Te
     censored sides counted and left out; least squares of log σ_i² = c − ψ log F_i. Takes the snapshots as an
     argument so that any trajectory can be analysed (the tests feed it a random walk)."""
     index = index.reshape(-1, index.shape[-1])
+    finite = torch.isfinite(snapshots).all(1)
+    if not finite.all():
+        first = int((~finite).nonzero()[0]) + 1
+        raise NotApplicable(f"the continued optimizer diverged: the weights of {layer} are not finite from recorded "
+                            f"step {first} of {len(snapshots)} on (after {settings.warmup} unrecorded warm-up steps)")
     nb = index.shape[1]
     w0 = ctx.params[layer].reshape(-1)
     pcs, which, dirs, var, full = [], [], [], [], []

@@ -316,7 +316,8 @@ def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor
     of narrowing (more than a smooth loss takes), a step that leaves the bracket more than half as wide (in log δ)
     as two rounds before is replaced by a geometric bisection, so a bracket then narrows at least twofold every
     two rounds whatever the shape of the loss (a kink, a plateau, float noise).
-    A side still below the target at ``max_delta``, or above it at ``min_delta``, is censored (NaN). A side
+    A side still below the target at ``max_delta``, or above it at ``min_delta``, or without a finite start, is
+    censored (NaN). A side
     still searching after ``max_rounds`` rounds is censored too, and counted in ``n_unresolved``: its crossing
     was not located, and no value is made up for it. ``loss(idx, delta)`` is called once per round with every
     active probe.
@@ -337,7 +338,9 @@ def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor
     narrowing = [0] * n_pairs  # rounds spent narrowing a bracket
     result = [math.nan] * n_pairs
     censored = [False] * n_pairs
-    active = list(range(n_pairs))
+    active = [j for j in range(n_pairs) if math.isfinite(probe[j])]  # no start (a NaN variance): censored
+    for j in set(range(n_pairs)) - set(active):
+        censored[j] = True
     n_evals = rounds = 0
     unresolved = 0
     while active:

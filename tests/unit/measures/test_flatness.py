@@ -43,6 +43,25 @@ def test_quadratic_flatness_closed_form():
     assert scan.n_rounds <= 12 and scan.n_evals <= 2 * len(lam) * scan.n_rounds
 
 
+def test_a_direction_without_a_finite_start_is_censored_without_being_evaluated():
+    loss0, lam = 0.013, torch.tensor([1.0, 33.0], dtype=torch.float64)
+    seen = []
+    line = _quadratic_line(loss0, lam, lam)
+    scan = fl.flatness_scan(lambda idx, d: seen.extend(idx.tolist()) or line(idx, d), 2, loss0,
+                            start=torch.tensor([math.nan, 1e-2]), max_delta=1e4)
+    assert 0 not in seen and math.isnan(scan.flatness[0]) and scan.n_unresolved == 0
+    torch.testing.assert_close(scan.flatness[1], 2 * torch.sqrt(2 * (E - 1) * loss0 / lam[1]), rtol=1e-3, atol=0)
+
+
+def test_a_diverged_continuation_is_not_applicable():
+    ctx = _trained_tanh_ctx()
+    r = ctx.shared(fl._block, fl.BLOCK)
+    snaps = r.snapshots.clone()
+    snaps[7:, 3] = math.inf
+    with pytest.raises(NotApplicable, match="diverged: the weights of 2.weight are not finite from recorded step 8"):
+        block.block_fit(ctx, r.layer, r.index, snaps)
+
+
 def test_asymmetric_sides_and_threshold():
     loss0 = 0.5
     left, right = torch.tensor([2.0, 0.5]), torch.tensor([8.0, 0.5])

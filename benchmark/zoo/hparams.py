@@ -53,8 +53,8 @@ class DatasetHP:
 @dataclass(frozen=True)
 class ModelHP:
     name: str  # a registered architecture (benchmark.zoo.models)
-    depth: int  # hidden layers (mlp) or conv layers (cnn)
-    width: int  # hidden units (mlp) or channels (cnn)
+    depth: int  # hidden layers (mlp), conv layers (cnn, cnn_bn) or residual blocks (resnet); docs/models.md
+    width: int  # hidden units (mlp) or channels (cnn, cnn_bn, resnet)
     dropout: float = 0.0
     bias: bool = True
     init_scale: float = 1.0  # multiplies PyTorch's default (Kaiming-uniform) initial weights

@@ -422,8 +422,8 @@ def _draw_cost(rows: pd.DataFrame, front: list[str], cheap: tuple | None, target
     with matplotlib.rc_context(STYLE):
         fig = _figure(7.5, 4.8)
         ax = fig.add_axes((0.09, 0.11, 0.88, 0.8))
-        ax.errorbar(cost, tau, yerr=[tau - rows.tau_lo.to_numpy(dtype=float), rows.tau_hi.to_numpy(dtype=float) - tau],
-                    fmt="none", ecolor="#bbb", lw=0.8)
+        # each interval from its ends: with few models a bootstrap interval need not contain the estimate
+        ax.vlines(cost, rows.tau_lo.to_numpy(dtype=float), rows.tau_hi.to_numpy(dtype=float), color="#bbb", lw=0.8)
         ax.plot(cost[~on], tau[~on], "o", ms=3.5, color="#999", label="measure")
         order = np.argsort(cost[on])
         ax.plot(cost[on][order], tau[on][order], "o-", ms=4.5, color=TAU_COLOR, lw=1, drawstyle="steps-post",

@@ -87,7 +87,7 @@ from benchmark.runtime import RunOptions
 from benchmark.store import Store, converged
 from benchmark.training.loop import train_model
 from benchmark.training.stacked import group_stacks, train_many
-from benchmark.zoo.datasets import DataBundle, make_data
+from benchmark.zoo.datasets import DataBundle, load_pool, make_data
 from benchmark.zoo.grid import expand
 from benchmark.zoo.hparams import DatasetHP, HParams
 from benchmark.zoo.models import build_model
@@ -279,7 +279,7 @@ def conv_slice() -> tuple[list[HParams], list[str]]:
     hps, skipped = [], []
     for data in CONV_DATA:
         try:
-            make_data(DatasetHP(**data))
+            load_pool(data["name"])
         except DatasetMissingError as err:
             skipped.append(f"{data['name']}: {err}")
             continue

@@ -76,6 +76,23 @@ def _check_size(name: str, depth: int, width: int) -> None:
         raise HParamsError(f"{name} needs model.depth >= 1 and model.width >= 1, got depth {depth}, width {width}")
 
 
+def _conv_stack(name: str, in_shape: tuple[int, ...], num_classes: int, depth: int, width: int, dropout: float,
+                bias: bool, batchnorm: bool) -> nn.Sequential:
+    """depth × [Conv(3, width, stride 2 on every other layer) (→ BatchNorm, the conv then without bias) → ReLU
+    → Dropout] → global average pool → Flatten → Linear(num_classes): the layers of ``cnn`` and ``cnn_bn``."""
+    conv, norm, pool = _conv_kind(in_shape, name)
+    _check_size(name, depth, width)
+    layers: list[nn.Module] = []
+    channels = in_shape[0]
+    for i in range(depth):
+        layers.append(conv(channels, width, 3, stride=2 if i % 2 == 0 else 1, padding=1, bias=bias and not batchnorm))
+        layers += [norm(width), nn.ReLU()] if batchnorm else [nn.ReLU()]
+        if dropout > 0:
+            layers.append(Dropout(dropout))
+        channels = width
+    return nn.Sequential(*layers, pool(1), nn.Flatten(), nn.Linear(width, num_classes, bias=bias))
+
+
 class ConvNet(nn.Module):
     """depth × [Conv(3, width, stride 2 on every other layer) → ReLU → Dropout] → global average pool →
     Linear(num_classes). 1-D inputs ``(C, L)`` use Conv1d, images ``(C, H, W)`` Conv2d."""
@@ -83,16 +100,7 @@ class ConvNet(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, depth: int = 2, width: int = 32,
                  dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        conv, _, pool = _conv_kind(in_shape, "cnn")
-        _check_size("cnn", depth, width)
-        layers: list[nn.Module] = []
-        channels = in_shape[0]
-        for i in range(depth):
-            layers += [conv(channels, width, 3, stride=2 if i % 2 == 0 else 1, padding=1, bias=bias), nn.ReLU()]
-            if dropout > 0:
-                layers.append(Dropout(dropout))
-            channels = width
-        self.net = nn.Sequential(*layers, pool(1), nn.Flatten(), nn.Linear(width, num_classes, bias=bias))
+        self.net = _conv_stack("cnn", in_shape, num_classes, depth, width, dropout, bias, batchnorm=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -110,17 +118,7 @@ class ConvBNNet(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, depth: int = 2, width: int = 32,
                  dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        conv, norm, pool = _conv_kind(in_shape, "cnn_bn")
-        _check_size("cnn_bn", depth, width)
-        layers: list[nn.Module] = []
-        channels = in_shape[0]
-        for i in range(depth):
-            layers += [conv(channels, width, 3, stride=2 if i % 2 == 0 else 1, padding=1, bias=False),
-                       norm(width), nn.ReLU()]
-            if dropout > 0:
-                layers.append(Dropout(dropout))
-            channels = width
-        self.net = nn.Sequential(*layers, pool(1), nn.Flatten(), nn.Linear(width, num_classes, bias=bias))
+        self.net = _conv_stack("cnn_bn", in_shape, num_classes, depth, width, dropout, bias, batchnorm=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -222,13 +222,13 @@ def fashion_pool(root: str, download: bool) -> Pool:
     original 60,000/10,000 split, pixels / 255. Read from the original idx files (:func:`fashion_places`:
     Debian's package ``dataset-fashion-mnist`` installs them), or fetched into ``dataset.root`` by torchvision
     with ``dataset.download=true``. The arrays are kept in ``$GENBENCH_CACHE`` after the first read."""
-    places = fashion_places(root)
+    places, base = fashion_places(root), Path(root).expanduser()
     found = next((f for f in places if all(_fashion_file(f, s) for s in FASHION_FILES.values())), None)
     if found is None and download:
         import torchvision
-        torchvision.datasets.FashionMNIST(str(Path(root).expanduser()), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(Path(root).expanduser()), train=False, download=True)
-        found = Path(root).expanduser() / "FashionMNIST" / "raw"
+        for train in (True, False):
+            torchvision.datasets.FashionMNIST(str(base), train=train, download=True)
+        found = base / "FashionMNIST" / "raw"
     if found is None:
         raise DatasetMissingError(
             f"Fashion-MNIST's files ({FASHION_FILES['x_train']}[.gz] and the other three) are not in "

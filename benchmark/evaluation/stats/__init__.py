@@ -25,6 +25,10 @@ One module per statistic or concern (sources in each module and docstring):
   :func:`split_half`, the split-half reliability of the ranking.
 * :mod:`.replicates` -- bootstrap replicates of tau and Psi as weighted pair sums, and
   :func:`compare`, the paired comparison of two measures on the same replicates.
+* :mod:`.baseline` -- :func:`hparam_baseline`, the out-of-fold prediction of a target from the hyperparameters
+  alone (a gradient-boosting regressor, whole configurations held out), and :func:`within_configuration_tau`,
+  Kendall's tau over seed replicates of one configuration: what a measure adds beyond the hyperparameters.
+  Reached as attributes of the package; ``__all__`` keeps the single module's names.
 * :mod:`.table` -- :func:`evaluate`: all of the above for many measures, as the long leaderboard
   table, with every measure compared with the best one.
 
@@ -41,6 +45,11 @@ import importlib
 # name → the module of this package that defines it; imported on first use (PEP 562), so that the tables that only
 # read a stored board (``genbench leaderboard``) never load scipy
 _WHERE = {
+    "GBR_SETTINGS": "baseline",
+    "configuration_folds": "baseline",
+    "hparam_baseline": "baseline",
+    "hparam_features": "baseline",
+    "within_configuration_tau": "baseline",
     "cmi_null": "cmi",
     "conditional_mutual_information": "cmi",
     "CONVERGED_COLUMN": "pairs",

@@ -103,8 +103,9 @@ def check_rankable(df: pd.DataFrame, zoo: str) -> None:
 def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list[str], *,
             targets: Sequence[str] = tuple(TARGETS.values()), n_boot: int = 200, seed: int = 0,
             alpha: float = 0.05, cache: StatsCache | None = None) -> pd.DataFrame:
-    """Every statistic of every measure against every target, oriented by sign, with cost and metadata; ``alpha``
-    is the level of the paired test against #1; ``cache`` serves the statistics of measures seen before."""
+    """Every statistic of every measure against every target, oriented by sign, with cost and metadata and what the
+    measure adds beyond the hyperparameters (:func:`added_table`); ``alpha`` is the level of the paired test against
+    #1; ``cache`` serves the statistics of measures seen before."""
     oriented, names = _oriented(df, info)
     groups = identical_groups(oriented[converged(oriented)], names)
     table = stats.evaluate(oriented, list(groups), targets=list(targets), axes=axes, n_boot=n_boot, seed=seed,
@@ -113,9 +114,38 @@ def results(df: pd.DataFrame, info: pd.DataFrame, cost: pd.DataFrame, axes: list
     table["measure"] = table["measure"].str.removeprefix("measure.")
     table["target"] = table["target"].str.removeprefix("metric.")
     table = table.merge(info, on="measure", how="left").merge(cost, on="measure", how="left")
+    table = table.merge(added_table(oriented, list(groups), targets, n_boot=n_boot, seed=seed),
+                        on=["measure", "target"], how="left")
     noise = measure_seed_noise(oriented[converged(oriented)], table["measure"].unique(), cache)
     table["seed_noise"] = table["measure"].map(noise)
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
+
+
+ADDED_COLUMNS = ["added_tau", "added_lo", "added_hi", "added_configs"]
+
+
+def added_table(df: pd.DataFrame, columns: Sequence[str], targets: Sequence[str], *, n_boot: int = 200,
+                seed: int = 0) -> pd.DataFrame:
+    """What each of ``columns`` (``measure.*``, already oriented) knows about each target beyond the hyperparameters:
+    ``stats.within_configuration_tau``, Kendall's τ over seed replicates of one configuration, with its bootstrap
+    interval over configurations; a lower end above 0 is information beyond seed noise. One row per (measure,
+    target), both without their prefixes, with :data:`ADDED_COLUMNS`. Pair sums over the few pairs of replicates, for
+    every measure at once: cheap enough to compute on every board instead of caching."""
+    parts = [stats.within_configuration_tau(df, list(columns), t, n_boot=n_boot, seed=seed).assign(target=t)
+             for t in targets]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["measure", "target", *ADDED_COLUMNS])
+    out["measure"] = out["measure"].str.removeprefix("measure.")
+    out["target"] = out["target"].str.removeprefix("metric.")
+    return out[["measure", "target", *ADDED_COLUMNS]]
+
+
+def adds_information(table: pd.DataFrame, target: str) -> pd.DataFrame:
+    """The rows of ``table`` for ``target`` whose within-configuration τ interval lies above 0: the measures that
+    order seed replicates of one configuration as the target does, beyond seed noise (none without the column)."""
+    if "added_lo" not in table:
+        return table.iloc[0:0]
+    lo = pd.to_numeric(table["added_lo"], errors="coerce")
+    return table[(table.target == target) & (lo > 0)]
 
 
 def tied_value(tied) -> bool | None:
@@ -285,6 +315,9 @@ def baseline_columns(df: pd.DataFrame, axes: Sequence[str], seed: int = 0) -> pd
     * ``baseline.axis.<axis>``: the value of one numeric hyperparameter axis, oriented by the sign of its τ
       with the gap (chosen on the data, so optimistic): what knowing only that axis's direction scores, the
       canonical ordering of Jiang et al.
+
+    The hyperparameter baseline (``baseline.hparams``) predicts one target and is scored against that target only;
+    :func:`baseline_table` adds it per target.
     """
     out = df.copy()
     rng = np.random.default_rng(seed)
@@ -299,17 +332,43 @@ def baseline_columns(df: pd.DataFrame, axes: Sequence[str], seed: int = 0) -> pd
     return out
 
 
+HPARAMS = "baseline.hparams"
+
+
+def hparam_prediction(df: pd.DataFrame, target: str, seed: int = 0, cache: StatsCache | None = None) -> np.ndarray:
+    """``stats.hparam_baseline`` of ``target`` from every hyperparameter that varies over the converged models (the
+    seed excepted), one value per row of ``df``; a ``cache`` keeps it under the zoo, the target, the seed and the
+    code, so a board evaluated again does not refit it."""
+    hp = stats.default_axes(df[converged(df)])
+    compute = lambda: stats.hparam_baseline(df, target, hp, seed=seed)  # noqa: E731
+    if cache is None:
+        return compute()
+    key = digest("hparams", zoo_columns(df), target, hp, seed, code_version())
+    return cache.memo("hparams", key, compute)
+
+
 def baseline_table(df: pd.DataFrame, axes: list[str], *, targets: Sequence[str] = tuple(TARGETS.values()),
                    n_boot: int = 200, seed: int = 0, alpha: float = 0.05,
                    cache: StatsCache | None = None) -> pd.DataFrame:
-    """The statistics of the baselines (:func:`baseline_columns`), computed like the measures' but apart from
-    them, so that they never enter the ranking or its comparison with the best measure."""
+    """The statistics of the baselines (:func:`baseline_columns`) and of the hyperparameter baseline
+    (``baseline.hparams``: :func:`hparam_prediction` of each target, scored against that target only), computed like
+    the measures' but apart from them, so that they never enter the ranking or its comparison with the best measure;
+    with what each adds beyond the hyperparameters (:func:`added_table`: 0 for ``baseline.hparams`` by
+    construction). One ``stats.evaluate`` per target, so each target's comparison with the best baseline includes
+    that target's own ``baseline.hparams``."""
     with_baselines = baseline_columns(df, axes, seed)
     names = [c for c in with_baselines if c.startswith("measure.baseline.")]
-    table = stats.evaluate(with_baselines, names, targets=list(targets), axes=axes, n_boot=n_boot, seed=seed,
-                           alpha=alpha, cache=cache)
-    table["measure"] = table["measure"].str.removeprefix("measure.")
-    table["target"] = table["target"].str.removeprefix("metric.")
+    parts = []
+    for target in targets:
+        frame = with_baselines.assign(**{f"measure.{HPARAMS}": hparam_prediction(df, target, seed, cache)})
+        columns = [*names, f"measure.{HPARAMS}"]
+        part = stats.evaluate(frame, columns, targets=[target], axes=axes, n_boot=n_boot, seed=seed, alpha=alpha,
+                              cache=cache)
+        part["measure"] = part["measure"].str.removeprefix("measure.")
+        part["target"] = part["target"].str.removeprefix("metric.")
+        parts.append(part.merge(added_table(frame, columns, [target], n_boot=n_boot, seed=seed),
+                                on=["measure", "target"], how="left"))
+    table = pd.concat(parts, ignore_index=True)
     table["family"] = BASELINE
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
 

@@ -1,6 +1,7 @@
 """The leading summary of a leaderboard and of a suite, in one place for every output.
 
-* :func:`lead_text`: the opening paragraph of the Markdown table (#1, the group tied with it, the baselines).
+* :func:`lead_text`: the opening paragraph of the Markdown table (#1, the group tied with it, the baselines, and
+  what the measures add beyond the hyperparameters, :func:`beyond_text`).
 * :func:`summary`: the generated summary of the page and the README (which measure predicts the gap best, along
   which hyperparameter it fails, how sure we are).
 * :func:`noise_text` and :func:`reliability_text`: the gap-vs-noise and reliability sentences both print.
@@ -18,7 +19,7 @@ import statistics
 import pandas as pd
 
 from benchmark.evaluation.board import GAP, Board
-from benchmark.evaluation.leaderboard import cheapest_tied, tied_value
+from benchmark.evaluation.leaderboard import HPARAMS, adds_information, cheapest_tied, tied_value
 from benchmark.report.format import fmt, fmt_ci, fmt_p, ranked, seconds_text, short
 
 
@@ -70,7 +71,42 @@ def baseline_facts(baselines: pd.DataFrame | None, target: str, taus) -> dict | 
     if len(axes):
         best_axis = (axes.tau.idxmax().removeprefix("baseline.axis."), axes.tau.max(),
                      sum(t > axes.tau.max() for t in taus))
-    return {"noisy_oracle": tau("baseline.noisy_oracle"), "axis": best_axis, "random": tau("baseline.random")}
+    return {"noisy_oracle": tau("baseline.noisy_oracle"), "axis": best_axis, "random": tau("baseline.random"),
+            "hparams": tau(HPARAMS)}
+
+
+def _no_added(table: pd.DataFrame) -> bool:
+    """Whether no measure has a within-configuration τ (no configuration with two seeds, or a board evaluated before
+    the column existed)."""
+    return "added_tau" not in table or pd.to_numeric(table["added_tau"], errors="coerce").isna().all()
+
+
+def beyond_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str = GAP) -> str:
+    """What the hyperparameters alone predict of ``target`` against #1, and how many ranked measures know more: the
+    hyperparameter baseline's τ beside the best measure's, and the number of measures whose within-configuration τ
+    interval (``added_lo``) lies above 0; "" when neither is known."""
+    t = table[(table.target == target) & table.tau.notna()]
+    if t.empty:
+        return ""
+    best = t.loc[t.tau.idxmax()]
+    facts = baseline_facts(baselines, target, t.tau) if baselines is not None and len(baselines) else None
+    hparams = None if facts is None else facts["hparams"]
+    parts = []
+    if hparams is not None and math.isfinite(float(hparams)):
+        parts.append(f"the hyperparameters alone (gradient boosting on every hyperparameter, whole configurations held "
+                     f"out) predict `{target}` with τ = {fmt(hparams)}, against {fmt(best.tau)} for #1 "
+                     f"(`{best.measure}`)")
+    if _no_added(t):
+        if "added_tau" in t:
+            parts.append("no configuration has two converged seeds, so what a measure adds beyond them cannot be "
+                         "measured here")
+    else:
+        adds = adds_information(t, target)
+        named = ", ".join(f"`{m}`" for m in adds.sort_values("added_tau", ascending=False).measure[:3])
+        parts.append(f"{len(adds)} of the {len(t)} measures order the seeds of one configuration as the target does "
+                     f"beyond seed noise (within-configuration τ interval above 0)"
+                     + (f", led by {named}" if len(adds) else ""))
+    return ("**Beyond the hyperparameters:** " + "; ".join(parts) + ".") if parts else ""
 
 
 def lead_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str = GAP) -> str:
@@ -111,7 +147,8 @@ def lead_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str =
             parts.append(f"random τ = {fmt(facts['random'])}")
         if parts:
             text += " **Baselines:** " + "; ".join(parts) + "."
-    return text
+    beyond = beyond_text(table, baselines, target)
+    return f"{text} {beyond}" if beyond else text
 
 
 def _baselines_text(board: Board, target: str, rows: list[dict]) -> str:
@@ -180,7 +217,8 @@ def summary(board: Board, target: str = GAP) -> str:
             out.append(f"It leads beyond seed noise: the paired test (bootstrap over the seeds of each configuration, "
                        f"Holm-adjusted) separates it from every other measure; the runner-up, "
                        f"`{runner['measure']}`: {_versus(runner)}.")
-    for extra in (_baselines_text(board, target, rows), reliability_text(board.reliability, target)):
+    for extra in (_baselines_text(board, target, rows), beyond_text(board.table, board.baselines, target),
+                  reliability_text(board.reliability, target)):
         if extra:
             out.append(extra)
     psi = {a: best.get(f"psi.{a}") for a in board.psi_axes}

@@ -34,7 +34,11 @@ _LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over 
           "measure of its family that computes it, and the others show only their own extra time. Seed noise: the "
           "measure's own seed-to-seed standard deviation within configurations over the standard deviation of its "
           "configuration means (0: a property of the hyperparameters; 1 or more: a rerun moves a model as far as "
-          "changing its configuration; lower is better). Invariant: "
+          "changing its configuration; lower is better). Added: what the measure knows beyond the hyperparameters, "
+          "Kendall τ over pairs of seed replicates of the same configuration only (models the hyperparameter "
+          "baseline cannot tell apart), the configurations' τ averaged weighted by their pairs, with a bootstrap 95% "
+          "interval over configurations; an interval above 0 is information beyond the hyperparameters and seed "
+          "noise, and a function of the hyperparameters alone scores exactly 0. Invariant: "
           "the reparametrisations that leave the value unchanged, each tested — P: permuting hidden units, "
           "R: rescaling each hidden ReLU unit's incoming weights and bias by its own c > 0 and its outgoing ones by "
           "1/c, U: the units of the weights and the loss. m-adj.: the bound is reported adjusted for the "
@@ -91,18 +95,42 @@ def tier_text(tier) -> str:
     return str(int(tier)) if isinstance(tier, (int, float, np.integer, np.floating)) and math.isfinite(tier) else "—"
 
 
+def added_cell(r) -> str:
+    """A row's within-configuration τ with its interval (``added_tau``, ``added_lo``, ``added_hi``), or "—"."""
+    nan = float("nan")
+    return fmt_ci(getattr(r, "added_tau", nan), getattr(r, "added_lo", nan), getattr(r, "added_hi", nan), 2,
+                  point_digits=3)
+
+
+def added_note(table: pd.DataFrame) -> str:
+    """The sentence under a table whose ``added`` column is empty, saying why; "" when it has values."""
+    values = pd.to_numeric(table["added_tau"], errors="coerce") if "added_tau" in table else pd.Series(dtype=float)
+    if values.notna().any():
+        return ""
+    if "added_configs" in table:
+        return ("The added column is empty: no configuration has two converged seeds, so no two models share their "
+                "hyperparameters and what a measure adds beyond them cannot be measured on this zoo.")
+    return "The added column is empty: this board was evaluated before it existed."
+
+
 def baselines_markdown(baselines: pd.DataFrame | None) -> list[str]:
-    """The baselines' table (never ranked): τ, Ψ and the sign error per target."""
+    """The baselines' table (never ranked): τ, Ψ, the sign error and the within-configuration τ per target."""
     if baselines is None or baselines.empty:
         return []
     lines = ["## Baselines (never ranked)", "",
-             "What chance, one axis's direction and a noisy copy of the real test error score on the same "
-             "statistics: a measure is informative to the extent it beats the random baseline and the single axes, "
-             "and the noisy oracle shows how far seed noise lets any measure go.", "",
-             "| target | baseline | τ [95% CI] | Ψ [95% CI] | sign err. mean |", "|---|---|---|---|---|"]
+             "What chance, one axis's direction, the hyperparameters together and a noisy copy of the real test "
+             "error score on the same statistics: a measure is informative to the extent it beats the random "
+             "baseline and the single axes, the noisy oracle shows how far seed noise lets any measure go, and "
+             "`baseline.hparams` is a gradient-boosting regressor of all the hyperparameters, fitted with whole "
+             "configurations held out and scored against the target it predicts, which a measure that says "
+             "nothing beyond the configuration cannot beat. Its added τ is 0 by construction: it ties the seeds of "
+             "a configuration.", "",
+             "| target | baseline | τ [95% CI] | Ψ [95% CI] | sign err. mean | added τ [95% CI] |",
+             "|---|---|---|---|---|---|"]
     for r in baselines.itertuples():
         lines.append(f"| {r.target} | `{r.measure}` | {fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)} | "
-                     f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.sign_error_mean, 2)} |")
+                     f"{fmt_ci(r.psi, r.psi_lo, r.psi_hi, 2, point_digits=3)} | {fmt(r.sign_error_mean, 2)} | "
+                     f"{added_cell(r)} |")
     return lines + [""]
 
 
@@ -155,8 +183,8 @@ def markdown(board: Board) -> str:
         sign_head = "sign err. mean / max | " if show_max else ("sign err. mean | " if show_mean else "")
         lines += [f"## Predicting `{target}`", "",
                   "| # | tier | measure | family | τ [95% CI] | Ψ [95% CI] | CMI (chance) | " + sign_head
-                  + "cost per model | seed noise | invariant | m-adj. | failed | n/a |",
-                  "|---|---|---|---|---|---|---|" + "---|" * (6 + bool(sign_head)) + ""]
+                  + "cost per model | seed noise | added τ [95% CI] | invariant | m-adj. | failed | n/a |",
+                  "|---|---|---|---|---|---|---|" + "---|" * (7 + bool(sign_head)) + ""]
         for rank, r in enumerate(t.itertuples(), 1):
             tau = fmt_ci(r.tau, r.tau_lo, r.tau_hi, 2, point_digits=3)
             chance = getattr(r, "cmi_null", None)
@@ -167,12 +195,15 @@ def markdown(board: Board) -> str:
             sign = f"{sign} | " if show_mean else ""
             lines.append(f"| {rank} | {tier_text(getattr(r, 'tier', None))} | `{r.measure}`{same} | {r.family} | "
                          f"{tau} | {psi} | {fmt(r.cmi, 3)} ({fmt(chance, 3)}) | {sign}{seconds_text(r.seconds)} | "
-                         f"{fmt(getattr(r, 'seed_noise', float('nan')), 2)} | {_text(getattr(r, 'invariances', ''))} | "
+                         f"{fmt(getattr(r, 'seed_noise', float('nan')), 2)} | {added_cell(r)} | "
+                         f"{_text(getattr(r, 'invariances', ''))} | "
                          f"{_text(getattr(r, 'sample_size', ''))} | "
                          f"{count(r.failures)} | {count(getattr(r, 'not_applicable', float('nan')))} |")
         lines.append("")
         if flat:
             lines += [flat.get("sign_error_mean", flat.get("sign_error_max", "")), ""]
+        note = added_note(t)
+        lines += [note, ""] if note else []
     lines += baselines_markdown(board.baselines)
     lines += early_markdown(board.early)
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
@@ -263,6 +294,7 @@ def terminal(table: pd.DataFrame, target: str = "gap_error", sort: str = "tau", 
         "cmi": [fmt(x, 3) for x in t.cmi], "sign_err": [fmt(x, 2) for x in t.sign_error_mean],
         "sec/model": [fmt(x, 3) for x in t.seconds],
         "seed_noise": [fmt(x, 2) for x in t.get("seed_noise", pd.Series([float("nan")] * len(t)))],
+        "added": [added_cell(r) for r in t.itertuples()],
         "invariant": [_text(x) for x in t.get("invariances", pd.Series([""] * len(t)))],
         "failed": [count(x) for x in t.failures],
         "n/a": [count(x) for x in t.get("not_applicable", pd.Series([float("nan")] * len(t)))]})

@@ -368,7 +368,7 @@ def baseline_table(df: pd.DataFrame, axes: list[str], *, targets: Sequence[str] 
         part["target"] = part["target"].str.removeprefix("metric.")
         parts.append(part.merge(added_table(frame, columns, [target], n_boot=n_boot, seed=seed),
                                 on=["measure", "target"], how="left"))
-    table = pd.concat(parts, ignore_index=True)
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["measure", "target", "tau"])
     table["family"] = BASELINE
     return table.sort_values(["target", "tau"], ascending=[True, False], ignore_index=True)
 

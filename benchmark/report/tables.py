@@ -98,8 +98,10 @@ def tier_text(tier) -> str:
 def added_cell(r) -> str:
     """A row's within-configuration τ with its interval (``added_tau``, ``added_lo``, ``added_hi``), or "—"."""
     nan = float("nan")
-    return fmt_ci(getattr(r, "added_tau", nan), getattr(r, "added_lo", nan), getattr(r, "added_hi", nan), 2,
-                  point_digits=3)
+    tau = getattr(r, "added_tau", nan)
+    if tau is None or not math.isfinite(float(tau)):
+        return "—"
+    return fmt_ci(tau, getattr(r, "added_lo", nan), getattr(r, "added_hi", nan), 2, point_digits=3)
 
 
 def added_note(table: pd.DataFrame) -> str:

@@ -263,6 +263,14 @@ def corrupt_labels(y: np.ndarray, fraction: float, num_classes: int, seed: int) 
     return y
 
 
+def held_out_indices(hp: DatasetHP, n_test_pool: int) -> np.ndarray:
+    """Which samples of a test pool of ``n_test_pool`` a model is tested on: the first ``dataset.test_size`` of a
+    permutation seeded by ``dataset.seed`` (shared by the shifted test sets, ``benchmark.zoo.shift``)."""
+    if hp.test_size > n_test_pool:
+        raise HParamsError(f"dataset.test_size={hp.test_size} exceeds the {hp.name} test pool ({n_test_pool})")
+    return np.random.default_rng(derive_seed32(hp.seed, "test")).permutation(n_test_pool)[:hp.test_size]
+
+
 def make_data(hp: DatasetHP, root: str = DEFAULT_ROOT, download: bool = False) -> DataBundle:
     """The training and test tensors a model with these dataset hyperparameters sees."""
     pool = load_pool(hp.name, root, download)
@@ -273,8 +281,7 @@ def make_data(hp: DatasetHP, root: str = DEFAULT_ROOT, download: bool = False) -
                  if n != hp.train_size else "")
         raise HParamsError(f"dataset.train_size={hp.train_size}{extra} exceeds the {hp.name} training pool "
                            f"({n_pool})")
-    if hp.test_size > n_test_pool:
-        raise HParamsError(f"dataset.test_size={hp.test_size} exceeds the {hp.name} test pool ({n_test_pool})")
+    test_idx = held_out_indices(hp, n_test_pool)
     if n < n_pool:
         from sklearn.model_selection import train_test_split
         idx, _ = train_test_split(np.arange(n_pool), train_size=n, stratify=pool.y_train,
@@ -283,7 +290,6 @@ def make_data(hp: DatasetHP, root: str = DEFAULT_ROOT, download: bool = False) -
         idx = np.random.default_rng(derive_seed32(hp.seed, "subset")).permutation(n_pool)
     y_clean = pool.y_train[idx]
     y = corrupt_labels(y_clean, hp.n_mislabeled / n, pool.num_classes, derive_seed32(hp.seed, "labels"))
-    test_idx = np.random.default_rng(derive_seed32(hp.seed, "test")).permutation(n_test_pool)[:hp.test_size]
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     x_train, x_test = (downsample(t(x), hp) for x in (pool.x_train[idx], pool.x_test[test_idx]))
     return DataBundle(x_train, t(y), t(y_clean), x_test, t(pool.y_test[test_idx]), pool.num_classes)

@@ -63,6 +63,7 @@ def measure(cfg: Plan | DictConfig) -> dict:
     (``seconds``: ``final`` and ``early``)."""
     from benchmark.measuring.early import measure_early
     from benchmark.measuring.jobs import measure_zoo, worker_pool
+    from benchmark.training.shift import fill_shift_metrics
     plan = Plan.of(cfg)
     chosen, hps, store, opts, settings = plan.measures, plan.models, Store(plan.store_root), plan.options, plan.measure
     have = store.model_ids()
@@ -74,6 +75,9 @@ def measure(cfg: Plan | DictConfig) -> dict:
     store.pin_setting("measures.curvature_samples", curvature)
     bad = set(store.prune_corrupt(ids, "skip" if opts.on_corrupt == "retrain" else opts.on_corrupt))
     todo, plugins = [hp for hp in hps if hp.model_id in have and hp.model_id not in bad], list(settings.plugins)
+    filled = fill_shift_metrics(todo, store, opts)
+    if filled:
+        log.info("shifted test sets: %d models gained their shift metrics", filled)
     fractions = plan.early.fractions
     with worker_pool(opts, plugins) as pool:  # one pool for both: their workers' caches serve the early values too
         start = time.perf_counter()
@@ -89,7 +93,7 @@ def measure(cfg: Plan | DictConfig) -> dict:
                                             seed=settings.seed, timeout=settings.timeout_s,
                                             curvature_samples=curvature, pool=pool)
             seconds["early"] = time.perf_counter() - start
-    return {**counts, "seconds": seconds}
+    return {**counts, "shift_filled": filled, "seconds": seconds}
 
 
 def evaluate(cfg: Plan | DictConfig) -> pd.DataFrame:
@@ -134,10 +138,14 @@ def _evaluate_board(plan: Plan, task: Task, snap: Snapshot, cache: StatsCache | 
         raise UserError(f"no trained models of zoo {task.name!r} in {store.root}; run `genbench train` first")
     lb.check_rankable(df, task.name)
     axes, files, ev = list(task.axes), task.board, plan.evaluation
+    targets = lb.present_targets(df, ev.targets)
+    if len(targets) < len(ev.targets):
+        log.warning("%s: no values of %s (`genbench measure` adds the shift metrics to a store trained before them)",
+                    files.name, ", ".join(t for t in ev.targets if t not in targets))
     if cache is not None:
-        _start_cache(cache, files.name, df, axes, ev)
+        _start_cache(cache, files.name, df, axes, ev, targets)
     built = board.build(files.name, df, info, lb.costs(snap.measurements, df.model_id), axes,
-                        list(ev.targets), ev.n_boot, ev.seed, early=_early(plan, snap, df, axes, cache),
+                        targets, ev.n_boot, ev.seed, early=_early(plan, snap, df, axes, cache),
                         cache=cache)
     if cache is not None:
         cache.prune()
@@ -151,11 +159,11 @@ def _evaluate_board(plan: Plan, task: Task, snap: Snapshot, cache: StatsCache | 
     return built
 
 
-def _start_cache(cache: StatsCache, name: str, df: pd.DataFrame, axes: list[str], ev) -> None:
+def _start_cache(cache: StatsCache, name: str, df: pd.DataFrame, axes: list[str], ev, targets: list[str]) -> None:
     """Tell the cache which board it serves, and say in one line why it serves none of it, when it cannot."""
     zoo = zoo_columns(df).sort_values("model_id", ignore_index=True)
     state = {"zoo": digest(zoo), "models": len(df), "code": code_version(),
-             "settings": {"targets": list(ev.targets), "n_boot": ev.n_boot, "seed": ev.seed, "axes": list(axes)}}
+             "settings": {"targets": list(targets), "n_boot": ev.n_boot, "seed": ev.seed, "axes": list(axes)}}
     why = cache.start(name, state)
     if why:
         log.info("statistics of %s: %s since its last evaluation; recomputing every measure", name, why)

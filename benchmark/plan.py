@@ -219,6 +219,24 @@ def early_fractions(config: dict) -> tuple[float, ...]:
     return fractions
 
 
+TARGET_METRICS = ("gap_error", "test_error", "gap_loss", "shift_gap", "shift_error")  # besides metric.shift.<name>
+
+
+def targets(config: dict) -> tuple[str, ...]:
+    """``evaluate.targets``, each ``metric.<name>`` of ``TARGET_METRICS`` or ``metric.shift.<shift>`` (one shifted
+    test set's error, docs/shift.md); anything else is a one-line ``UserError`` that lists the valid names."""
+    chosen = tuple(str(t) for t in config["evaluate"]["targets"] or ())
+    if not chosen:
+        raise UserError("evaluate.targets is empty; name at least one, e.g. [metric.gap_error]")
+    for t in chosen:
+        name = t.removeprefix("metric.")
+        if t.startswith("metric.") and (name in TARGET_METRICS or name.startswith("shift.")):
+            continue
+        raise UserError(f"evaluate.targets: unknown target {t!r}; valid: "
+                        f"{', '.join('metric.' + m for m in TARGET_METRICS)}, metric.shift.<shift>")
+    return chosen
+
+
 def make_plan(cfg: DictConfig) -> Plan:
     """Read the composed config once: the tasks it covers, and every setting, as plain typed values. A suite's
     unknown task names and invalid early fractions fail here; the zoo's size and models (``scale``, ``models``) and
@@ -237,7 +255,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         suite=SuiteFiles(board_dir, str(suite["name"])) if suite is not None else None,
         store_root=str(config["store"]["root"]), board=BoardFiles(board_dir, str(lb["name"])),
         plots=bool(lb["plots"]),
-        evaluation=Evaluation(tuple(ev["targets"]), int(ev["n_boot"]), int(ev["seed"]),
+        evaluation=Evaluation(targets(config), int(ev["n_boot"]), int(ev["seed"]),
                               "cache" not in ev or flag(config, "evaluate.cache")),
         view=View(str(lb["target"]), str(lb["sort"]), str(lb.get("order", "auto")), lb["top"]),
         measure=MeasureSettings(include="all" if include == "all" else tuple(include),

@@ -23,6 +23,13 @@ from measures.registry import ADJUSTED
 TARGETS = {"gap_error": "metric.gap_error", "test_error": "metric.test_error"}
 
 
+def present_targets(df: pd.DataFrame, targets: Sequence[str]) -> list[str]:
+    """The targets of ``targets`` that at least two converged models of ``df`` have a value of (a store trained
+    before the shift metrics existed has none of them until ``genbench measure`` fills them in)."""
+    conv = df[converged(df)]
+    return [t for t in targets if t in conv and int(conv[t].notna().sum()) >= 2]
+
+
 # the leaderboard's invariance column
 INVARIANCE_CODES = {"permutation": "P", "rescaling": "R", "units": "U", "batchnorm_scaling": "B"}
 

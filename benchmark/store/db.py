@@ -447,6 +447,18 @@ class Store:
             raise StoreError(f"no model {model_id} in {self.path}")
         return HParams.from_dict(json.loads(row[0])), json.loads(row[1]), json.loads(row[2])
 
+    def update_metrics(self, updates: dict[str, dict]) -> None:
+        """Merge ``updates[model_id]`` into each stored model's metrics (new keys added, the same keys replaced), in
+        one transaction: metrics derived from a stored model's final weights after it was trained (errors on
+        shifted test sets), so an old store gains them without retraining."""
+        with self._db() as db:
+            for model_id, new in updates.items():
+                row = db.execute("SELECT metrics FROM models WHERE id = ?", (model_id,)).fetchone()
+                if row is None:
+                    raise StoreError(f"no model {model_id} in {self.path}")
+                merged = {**json.loads(row[0]), **jsonable(new)}
+                db.execute("UPDATE models SET metrics = ? WHERE id = ?", (json.dumps(merged), model_id))
+
     def settings(self) -> dict:
         """The settings pinned with :meth:`pin_setting`."""
         with self._db() as db:

@@ -110,15 +110,21 @@ def _read_back(hparams: dict) -> dict:
         return hparams
 
 
+DERIVED_METRICS = ("shift",)  # metrics computed from a model's final weights after training (the shifted test sets)
+
+
 def _model_conflict(dest: _Contents, source: _Contents, model_id: str) -> Conflict | None:
     """How the two copies of a model differ (the first difference of each field that differs: hyperparameters,
-    metrics, history, checkpoint, early checkpoint), or None if they are identical."""
+    metrics, history, checkpoint, early checkpoint), or None if they are identical. Metrics derived from the final
+    weights (``DERIVED_METRICS``) do not count: one copy may predate them, and the weights are compared."""
     d, s = dest.models[model_id], source.models[model_id]
     ours, theirs = [], []
     for i, field in ((1, "hparams"), (2, "metrics"), (3, "history")):
         a, b = json.loads(d[i]), json.loads(s[i])
         if field == "hparams":
             a, b = _read_back(a), _read_back(b)
+        if field == "metrics":  # derived from the checkpoint (compared below) and filled in by genbench measure
+            a, b = ({k: v for k, v in m.items() if not k.startswith(DERIVED_METRICS)} for m in (a, b))
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):

@@ -14,9 +14,11 @@ from benchmark.runtime import RunOptions, parallel, release_workers, set_threads
 from benchmark.store import Store
 from benchmark.training.history import Probe
 from benchmark.training.loop import check_smallest_batch, train_model
+from benchmark.training.shift import model_from_state, shift_metrics
 from benchmark.training.stacked import group_stacks, train_many
 from benchmark.zoo.datasets import DataBundle, cached_data
 from benchmark.zoo.hparams import DatasetHP, HParams
+from benchmark.zoo.shift import shifted_tests
 
 SHIP_BYTES = 64 << 20  # a task's datasets up to this size travel with it (_bundles)
 MMAP_THRESHOLD, TRIM_THRESHOLD = 64 << 20, 256 << 20  # a training worker's malloc settings (_reuse_freed_memory)
@@ -52,6 +54,9 @@ def _train_task(args) -> tuple[int, list[str]]:
         results = [train_model(hp, data(hp.dataset), device=opts.device, probes=probes,
                                test_schedule=opts.test_schedule, keep=opts.keep) for hp in hps]
     for r in results:
+        bundle = data(r.hparams.dataset)
+        model = model_from_state(r.hparams, r.final_state, bundle.in_shape, bundle.num_classes)
+        r.metrics.update(shift_metrics(model, r.hparams, r.metrics["train_error"], opts.data_root, opts.download))
         store.save_model(r.hparams, r.init_state, r.final_state, r.metrics, r.history, r.snapshots)
     return len(hps), [r.hparams.model_id for r in results]
 
@@ -90,6 +95,8 @@ def train_zoo(hps: list[HParams], store: Store, opts: RunOptions, probes: Sequen
         return {"reused": len(hps), "trained": 0}
     # missing files or impossible sizes fail here, not in a worker
     made = {d: cached_data(d, opts.data_root, opts.download) for d in dict.fromkeys(hp.dataset for hp in todo)}
+    for d in made:  # the shifted test sets are built once, here, and read from disk by the workers
+        shifted_tests(d, opts.data_root, opts.download)
     for hp in todo:  # and so does a model that cannot take a step on its smallest minibatch
         check_smallest_batch(hp, made[hp.dataset].in_shape, made[hp.dataset].num_classes)
     tasks = split_tasks(todo, opts.jobs) if opts.vectorize else [[hp] for hp in todo]

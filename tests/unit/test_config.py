@@ -120,3 +120,15 @@ def test_an_empty_or_scalar_seed_list_is_refused():
         with pytest.raises(HParamsError, match="is not a list of seeds"):
             expand(make_cfg(bad))
     assert {hp.seed for hp in expand(make_cfg("zoo.seeds=null", "seed=7"))} == {7}
+
+
+def test_evaluate_targets_are_checked_before_anything_runs():
+    from benchmark.errors import UserError
+    from benchmark.plan import make_plan
+    plan = make_plan(make_cfg("evaluate.targets=[metric.shift_gap,metric.shift.rotate,metric.gap_error]"))
+    assert plan.evaluation.targets == ("metric.shift_gap", "metric.shift.rotate", "metric.gap_error")
+    assert make_plan(make_cfg()).evaluation.targets == ("metric.gap_error", "metric.test_error", "metric.shift_gap")
+    with pytest.raises(UserError, match=r"unknown target 'metric.gap'; valid: metric.gap_error, .*metric.shift_gap"):
+        make_plan(make_cfg("evaluate.targets=[metric.gap]"))
+    with pytest.raises(UserError, match="evaluate.targets is empty"):
+        make_plan(make_cfg("evaluate.targets=[]"))

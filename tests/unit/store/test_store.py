@@ -313,6 +313,17 @@ def test_identical_copies_are_no_conflict_whatever_their_seconds(tmp_path):
     assert merge(a, b) == {"models": 0, "measurements": 0, "early": 0, "conflicts": 0}
 
 
+def test_shift_metrics_one_copy_lacks_are_no_conflict_but_another_metric_is(tmp_path):
+    from benchmark.store import MergeConflict, merge
+    a, b, model_id = _pair(tmp_path)
+    a.update_metrics({model_id: {"shift_error": 0.5, "shift.rotate": 0.6, "shift_version": 1}})
+    assert merge(a, b) == {"models": 0, "measurements": 0, "early": 0, "conflicts": 0}
+    assert a.model_record(model_id)[1]["shift.rotate"] == 0.6  # the destination's copy is kept
+    b.update_metrics({model_id: {"test_error": 0.99}})
+    with pytest.raises(MergeConflict, match=r"no metrics.test_error \(destination\) vs metrics.test_error=0.99"):
+        merge(a, b)
+
+
 def test_conflicting_values_keep_or_replace(tmp_path):
     from benchmark.store import MergeConflict, merge
     a, b, model_id = _pair(tmp_path)

@@ -151,6 +151,8 @@ class Suite:
     pairs: pd.DataFrame
     concordance: dict
     tasks: dict[str, dict]
+    targets: pd.DataFrame | None = None  # per task, the i.i.d. and the shift rankings' agreement (targets.py)
+    target_cross: pd.DataFrame | None = None  # each measure's worst τ over the tasks and their targets
 
     @property
     def agreement(self) -> dict:
@@ -159,7 +161,8 @@ class Suite:
     def typed(self) -> dict:
         """The suite as plain JSON values: exact, and the form :meth:`save` writes."""
         return {"format": 1, "name": self.name, "cross": encode_table(self.cross), "pairs": encode_table(self.pairs),
-                "concordance": plain(self.concordance), "tasks": plain(self.tasks)}
+                "concordance": plain(self.concordance), "tasks": plain(self.tasks),
+                "targets": encode_table(self.targets), "target_cross": encode_table(self.target_cross)}
 
     def save(self, path: Path) -> Path:
         return write_text(Path(path), json.dumps(self.typed(), allow_nan=True, separators=(",", ":")))
@@ -175,12 +178,14 @@ def build(name: str, boards: Mapping[str, Board], cross: pd.DataFrame | None = N
     results = {task: b.table for task, b in boards.items()}
     cross = cross_task(results) if cross is None else cross
     agree = agreement(results)
+    from benchmark.evaluation import targets  # it reads this module's expand_identical
     tasks = {task: task_summary(b.table, b.zoo, b.reliability, b.axes) for task, b in boards.items()}
-    return Suite(name, cross, agree["pairs"], agree["concordance"], tasks)
+    return Suite(name, cross, agree["pairs"], agree["concordance"], tasks, targets.suite_agreement(results),
+                 targets.worst_targets(results))
 
 
 def load(path: Path) -> Suite:
     """The suite saved at ``path`` (:meth:`Suite.save`)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return Suite(data["name"], decode_table(data["cross"]), decode_table(data["pairs"]), data["concordance"],
-                 data["tasks"])
+                 data["tasks"], decode_table(data.get("targets")), decode_table(data.get("target_cross")))

@@ -22,6 +22,7 @@ import math
 import re
 from html import escape
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 from urllib.parse import quote
 
@@ -29,6 +30,7 @@ import pandas as pd
 
 from benchmark.evaluation import board as stored
 from benchmark.evaluation import suite as cross_task
+from benchmark.evaluation import targets as by_target
 from benchmark.evaluation.board import GAP, Board
 from benchmark.evaluation.suite import Suite
 from benchmark.files import write_text
@@ -47,7 +49,8 @@ from benchmark.report.layout import (
     scatter_file,
 )
 from benchmark.report.summary import agreement_text, noise_text, suite_lead, summary
-from benchmark.report.tables import EARLY_TEXT, early_columns, flat_columns, legend, tier_text
+from benchmark.report.tables import EARLY_TEXT, added_cell, early_columns, flat_columns, legend, tier_text
+from benchmark.report.targets import agreement_sentence
 
 
 # ------------------------------------------------------------------------------------------------ HTML pieces
@@ -137,6 +140,9 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
             _td(escape(_text(r.get("family"))), _text(r.get("family"))),
             _td(fmt_ci(r["tau"], r["tau_lo"], r["tau_hi"]), r["tau"], "num"),
             _td(fmt_ci(r["psi"], r["psi_lo"], r["psi_hi"]), r["psi"], "num"),
+            _td(added_cell(SimpleNamespace(**r)), r.get("added_tau", math.nan), "num",
+                title="τ within configurations: over seed replicates, which no function of the hyperparameters "
+                      "can tell apart"),
             _td(fmt(r["cmi"], 3), r["cmi"], "num", title=cmi_title),
             *[_td(fmt(r[c]), r[c], "num") for c in ("sign_error_mean", "sign_error_p90", "sign_error_max")
               if c not in flat],
@@ -154,7 +160,7 @@ def _ranked_table(board: Board, target: str, folder: Path) -> str:
             _td(escape(_text(r.get("reference"))), None, "ref"),
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = ["#", "tier", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "CMI",
+    head = ["#", "tier", "measure", "family", "τ [95% CI]", "Ψ [95% CI]", "added τ [95% CI]", "CMI",
             *[h for c, h in (("sign_error_mean", "sign err. mean"), ("sign_error_p90", "p90"),
                              ("sign_error_max", "max")) if c not in flat],
             "s / model", "seed noise", "invariant", "m-adj.", "failed", "n/a", "models", "reference"]
@@ -202,7 +208,7 @@ def _oracle_table(board: Board) -> str:
 
 def _early_table(board: Board) -> str:
     """The early-prediction table: τ per measure at each kept fraction of training, and on the final weights."""
-    if board.early.empty:
+    if board.early is None or board.early.empty:
         return ""
     cols = early_columns(board.early)
     rows = []
@@ -241,6 +247,25 @@ def _figure(board: Board, folder: Path, file: str, alt: str, caption: str, ancho
             f"</a><figcaption>{caption}</figcaption></figure>")
 
 
+def _targets_table(board: Board) -> str:
+    """The cross-target view: how far the i.i.d. and the shift rankings agree, and each measure's τ per target ranked
+    by its worst; "" for a board with one target."""
+    shown = list(dict.fromkeys(board.table["target"]))
+    if len(shown) < 2:
+        return ""
+    agree = by_target.agreement(board.table)
+    worst = by_target.worst_targets({board.name: board.table}, shown)
+    rows = ["<tr>" + "".join([_td(str(rank), rank), _td(f"<code>{escape(r['measure'])}</code>", r["measure"]),
+                              _td(escape(_text(r["family"])), _text(r["family"])),
+                              _td(fmt(r["worst_tau"], 3), r["worst_tau"], "num"),
+                              _td(escape(r["worst_target"] or "—"), r["worst_target"]),
+                              *[_td(fmt(r[f"tau.{t}"], 3), r[f"tau.{t}"], "num") for t in shown]]) + "</tr>"
+            for rank, r in enumerate(worst.to_dict("records"), 1)]
+    head = ["#", "measure", "family", "worst τ", "worst target", *[f"τ {escape(t)}" for t in shown]]
+    text = f"<p>{_inline(agreement_sentence(agree))}</p>" if agree is not None else ""
+    return f"<h3>Across targets</h3>{text}" + _table(head, rows)
+
+
 def _section(board: Board, folder: Path) -> str:
     targets = board.shown_targets
     target = GAP if GAP in targets else (targets[0] if targets else GAP)
@@ -269,6 +294,7 @@ def _section(board: Board, folder: Path) -> str:
     parts.append(_early_table(board))
     parts += [f"<details><summary>Predicting <code>{escape(t)}</code></summary>{_ranked_table(board, t, folder)}"
               f"</details>" for t in targets if t != target]
+    parts.append(_targets_table(board))
     heatmap = _figure(board, folder, HEATMAP_FIGURE, f"ψ_i heatmap, {board.name}",
                       "ψ<sub>i</sub> per measure (rows ranked by τ) and hyperparameter: blue, the measure orders "
                       "models as the target does when only that hyperparameter changes; red, the wrong way.")
@@ -361,7 +387,31 @@ def _suite_section(folder: Path, suite: Suite) -> str:
                       '<div class="summary"><p>A measure that predicts generalization should do so on every task: '
                       'the measures are ranked by their worst τ with the gap over the tasks. A tier in brackets: '
                       'tier 1 cannot be told apart from that task\'s #1.</p></div>', intro,
-                      _table(head, rows), figure, "</section>"])
+                      _table(head, rows), figure, _suite_targets(suite), "</section>"])
+
+
+def _suite_targets(suite: Suite) -> str:
+    """The suite's cross-target view: per task, the i.i.d. and shift rankings' agreement; each measure's worst τ
+    over every task and target."""
+    agree, cross = suite.targets, suite.target_cross
+    if agree is None or cross is None or agree.empty:
+        return ""
+    rows = ["<tr>" + "".join([_td(escape(r["task"]), r["task"]), _td(str(r["n_measures"]), r["n_measures"], "num"),
+                              _td(fmt(r["kendall_tau"], 2), r["kendall_tau"], "num"),
+                              _td(f"<code>{escape(r['top_a'])}</code> ({fmt(r['tau_top_a'])})", r["top_a"]),
+                              _td(f"<code>{escape(r['top_b'])}</code> ({fmt(r['tau_top_b'])})", r["top_b"])]) + "</tr>"
+            for r in _records(agree)]
+    worst = ["<tr>" + "".join([_td(str(rank), rank, "num"), _td(f"<code>{escape(r['measure'])}</code>", r["measure"]),
+                               _td(fmt(r["worst_tau"], 3), r["worst_tau"], "num"),
+                               _td(escape(_text(r["worst_target"])), _text(r["worst_target"])),
+                               _td(escape(_text(r["worst_task"])), _text(r["worst_task"])),
+                               _td(fmt(r["mean_tau"], 3), r["mean_tau"], "num")]) + "</tr>"
+             for rank, r in enumerate(_records(cross), 1)]
+    return ("<h3>Do the targets agree?</h3><p>Kendall τ between the measures' τ for the i.i.d. gap and their τ for "
+            "the gap on the shifted test sets, per task.</p>"
+            + _table(["task", "measures", "Kendall τ", "#1 i.i.d. gap", "#1 shift gap"], rows)
+            + "<details><summary>Every measure's worst case over tasks and targets</summary>"
+            + _table(["#", "measure", "worst τ", "worst target", "worst task", "mean τ"], worst) + "</details>")
 
 
 def page(boards: list[Board], folder: Path, suites: Sequence[Suite] = ()) -> str:

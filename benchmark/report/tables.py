@@ -14,6 +14,8 @@ from benchmark.files import write_text
 from benchmark.report import layout
 from benchmark.report.format import count, fmt, fmt_ci, seconds_text
 from benchmark.report.summary import lead_text, noise_text, reliability_text, suite_lead
+from benchmark.report.targets import board_lines as target_lines
+from benchmark.report.targets import suite_lines as suite_target_lines
 
 _LEGEND = ("τ: Kendall τ-b with the target; Ψ: granulated Kendall (mean over axes of τ within cells that differ in "
           "that axis only); both oriented by the measure's declared sign (+1 = predicts as its authors claim), "
@@ -207,6 +209,7 @@ def markdown(board: Board) -> str:
         note = added_note(t)
         lines += [note, ""] if note else []
     lines += baselines_markdown(board.baselines)
+    lines += target_lines(board)
     lines += early_markdown(board.early)
     gap = table[table.target == "gap_error"].sort_values("tau", ascending=False)
     psi_cols = [f"psi.{a}" for a in axes if f"psi.{a}" in table]
@@ -311,7 +314,8 @@ def suite_markdown(suite: Suite, top: int | None = None) -> str:
     measure's τ per task ranked by its worst task."""
     names, cross = list(suite.tasks), suite.cross
     lines = [f"# Suite: {suite.name}", "", *suite_lead(suite.name, suite.agreement, suite.tasks,
-                                                        "## Do the tasks agree?")]
+                                                        "## Do the tasks agree?"), ""]
+    lines += suite_target_lines(suite.targets, suite.target_cross, top)
     lines += ["", "## Every measure on every task (predicting `gap_error`)", "",
               "τ per task with its tier on that task in brackets (tier 1: cannot be told apart from that task's "
               "#1 by the paired test); worst: the smallest τ over the tasks, with the lower end of its 95% "

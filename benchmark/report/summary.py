@@ -37,6 +37,12 @@ def noise_text(noise: dict) -> str:
                  f"configuration is {fmt(sd, 4)} (test error {fmt(noise.get('test_error_sd_seed'), 4)}); the "
                  f"configurations' mean gaps spread with a standard deviation of {fmt(noise.get('gap_sd_config'), 4)}, "
                  f"{fmt(noise.get('gap_config_over_seed'), 1)}× the seed noise.")
+        se = noise["test_error_se"]
+        if math.isfinite(se) and sd > 0:
+            text += (f" The binomial standard error is {fmt(se / sd, 2)}× the gap's seed-to-seed deviation: "
+                     + ("the test set is large enough to see seed-level differences (at most ½×)." if se <= sd / 2
+                        else "by the rule that it be at most ½×, the test set is too small to see seed-level "
+                             "differences."))
     else:
         text += " One seed per configuration: the seed noise cannot be measured on this zoo."
     return text

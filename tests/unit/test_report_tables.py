@@ -86,3 +86,12 @@ def test_the_terminal_table_says_why_the_sign_error_is_missing():
     assert "sign_err" not in text.splitlines()[0] and "The robust sign error is undefined" in text
     shown = tables.terminal(t.assign(sign_error_mean=0.1, sign_error_max=1.0))
     assert "sign_err" in shown.splitlines()[0] and "not shown" not in shown
+
+
+def test_the_noise_sentence_says_whether_the_test_set_sees_seed_level_differences():
+    seeds = {"gap_sd_seed": 0.01, "test_error_sd_seed": 0.01, "gap_sd_config": 0.05, "gap_config_over_seed": 5.0}
+    small = summary.noise_text({**NOISE, **seeds, "test_error_se": 0.008})
+    assert "0.80× the gap's seed-to-seed deviation" in small and "the test set is too small" in small
+    large = summary.noise_text({**NOISE, **seeds, "test_error_se": 0.005})
+    assert "0.50×" in large and "large enough to see seed-level differences" in large
+    assert "½×" not in summary.noise_text({**NOISE, "gap_sd_seed": float("nan")})  # no replicates: no verdict

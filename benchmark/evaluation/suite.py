@@ -17,27 +17,11 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from benchmark.evaluation import stats
+from benchmark.evaluation import stats, targets
 from benchmark.evaluation.board import Board, decode_table, encode_table, plain
 from benchmark.evaluation.leaderboard import task_summary
+from benchmark.evaluation.targets import expand_identical
 from benchmark.files import write_text
-
-
-def expand_identical(table: pd.DataFrame) -> pd.DataFrame:
-    """The results table with a row for every measure that ``identical`` names beside its group's
-    representative (the representative's numbers, ``copy_of`` naming it), so that tasks whose groups differ
-    line up."""
-    table = table.assign(copy_of="")
-    if "identical" not in table:
-        return table
-    extra = []
-    grouped = table["identical"].map(lambda x: isinstance(x, str) and x != "")
-    for _, row in table[grouped].iterrows():
-        for name in str(row["identical"]).split(", "):
-            copy = row.copy()
-            copy["measure"], copy["copy_of"] = name, row["measure"]
-            extra.append(copy)
-    return pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table
 
 
 def _per_task(tables: Mapping[str, pd.DataFrame], target: str) -> dict[str, pd.DataFrame]:
@@ -178,7 +162,6 @@ def build(name: str, boards: Mapping[str, Board], cross: pd.DataFrame | None = N
     results = {task: b.table for task, b in boards.items()}
     cross = cross_task(results) if cross is None else cross
     agree = agreement(results)
-    from benchmark.evaluation import targets  # it reads this module's expand_identical
     tasks = {task: task_summary(b.table, b.zoo, b.reliability, b.axes) for task, b in boards.items()}
     return Suite(name, cross, agree["pairs"], agree["concordance"], tasks, targets.suite_agreement(results),
                  targets.worst_targets(results))

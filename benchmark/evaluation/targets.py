@@ -15,11 +15,26 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmark.evaluation.suite import expand_identical
-
 IID, SHIFT = "gap_error", "shift_gap"
 AGREEMENT_COLUMNS = ["task", "target_a", "target_b", "n_measures", "kendall_tau", "spearman", "top_a", "tau_top_a",
                      "top_b", "tau_top_b"]
+
+
+def expand_identical(table: pd.DataFrame) -> pd.DataFrame:
+    """The results table with a row for every measure that ``identical`` names beside its group's
+    representative (the representative's numbers, ``copy_of`` naming it), so that tasks whose groups differ
+    line up."""
+    table = table.assign(copy_of="")
+    if "identical" not in table:
+        return table
+    extra = []
+    grouped = table["identical"].map(lambda x: isinstance(x, str) and x != "")
+    for _, row in table[grouped].iterrows():
+        for name in str(row["identical"]).split(", "):
+            copy = row.copy()
+            copy["measure"], copy["copy_of"] = name, row["measure"]
+            extra.append(copy)
+    return pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table
 
 
 def _taus(table: pd.DataFrame, target: str) -> pd.Series:
@@ -37,8 +52,8 @@ def agreement(table: pd.DataFrame, a: str = IID, b: str = SHIFT) -> dict | None:
         return None
     x, y = _taus(table, a), _taus(table, b)
     common = [m for m in x.index if m in y.index and np.isfinite(x[m]) and np.isfinite(y[m])]
-    ok = len(common) >= 2
     xs, ys = x[common].to_numpy(), y[common].to_numpy()
+    ok = len(common) >= 2 and np.ptp(xs) > 0 and np.ptp(ys) > 0  # a constant column ranks nothing
     top = lambda s: (str(s.idxmax()), float(s.max())) if s.notna().any() else ("", np.nan)  # noqa: E731
     (top_a, tau_a), (top_b, tau_b) = top(x), top(y)
     return {"target_a": a, "target_b": b, "n_measures": len(common),

@@ -158,7 +158,7 @@ def test_terminal_options_and_errors(board, capsys):
     assert "The robust sign error is undefined" in note  # 4 unreplicated models: no usable environment
     assert [line.split()[2] for line in lines] == sorted(MEASURES, reverse=True)  # after "#" and "tier"
     for override, message in (("leaderboard.dataset=nope", "available: smoke-digits"),
-                              ("leaderboard.target=nope", "valid: gap_error, test_error"),
+                              ("leaderboard.target=nope", "valid: gap_error, shift_gap, test_error"),
                               ("leaderboard.sort=nope", "valid: measure, target"),
                               ("leaderboard.order=nope", "valid: auto, asc, desc")):
         with pytest.raises(UserError, match=message):

@@ -28,7 +28,7 @@ def test_end_to_end_then_reuse(trained_tiny, tmp_path):
     cfg = trained_tiny()
     table = pipeline.evaluate(cfg)
     assert set(table.measure) == {"params", "log_prod_of_fro", "dist_init_fro"}
-    assert set(table.target) == {"gap_error", "test_error"}
+    assert set(table.target) == {"gap_error", "test_error", "shift_gap"}
     md = (tmp_path / "lb" / "smoke-digits.md").read_text()
     assert "`dist_init_fro`" in md and "spread" in md
     text = pipeline.leaderboard(cfg)
@@ -49,7 +49,7 @@ def test_end_to_end_then_reuse(trained_tiny, tmp_path):
     counts = pipeline.measure(cfg)
     seconds = counts.pop("seconds")  # the wall time of the two sub-stages (genbench perf reports them)
     assert set(seconds) == {"final", "early"} and all(t >= 0 for t in seconds.values())
-    assert counts == {"reused": 12, "computed": 0, "failed": 0, "not_applicable": 0,
+    assert counts == {"reused": 12, "computed": 0, "failed": 0, "not_applicable": 0, "shift_filled": 0,
                       "early": {"computed": 0, "failed": 0, "without_snapshots": 0}}
     assert _mtimes(tmp_path / "store") == before
 
@@ -113,7 +113,7 @@ def test_plugin_scored_on_stored_zoo_without_retraining(trained_tiny, tmp_path, 
     assert pipeline.train(cfg)["trained"] == 0
     counts = pipeline.measure(cfg)
     assert counts.pop("seconds")["final"] > 0
-    assert counts == {"reused": 12, "computed": 16, "failed": 8, "not_applicable": 2,
+    assert counts == {"reused": 12, "computed": 16, "failed": 8, "not_applicable": 2, "shift_filled": 0,
                       "early": {"computed": 0, "failed": 0, "without_snapshots": 0}}
     assert _mtimes(tmp_path / "store") == before
     pd.testing.assert_frame_equal(Store(tmp_path / "store").models(), models_before)

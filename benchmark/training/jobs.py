@@ -55,8 +55,9 @@ def _train_task(args) -> tuple[int, list[str]]:
                                test_schedule=opts.test_schedule, keep=opts.keep) for hp in hps]
     for r in results:
         bundle = data(r.hparams.dataset)
-        model = model_from_state(r.hparams, r.final_state, bundle.in_shape, bundle.num_classes)
-        r.metrics.update(shift_metrics(model, r.hparams, r.metrics["train_error"], opts.data_root, opts.download))
+        model = model_from_state(r.hparams, r.final_state, bundle.in_shape, bundle.num_classes).to(opts.device)
+        r.metrics.update(shift_metrics(model, r.hparams, r.metrics["train_error"], opts.data_root, opts.download,
+                                       opts.device))
         store.save_model(r.hparams, r.init_state, r.final_state, r.metrics, r.history, r.snapshots)
     return len(hps), [r.hparams.model_id for r in results]
 

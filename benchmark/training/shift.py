@@ -61,8 +61,9 @@ def _fill_task(args) -> tuple[int, dict[str, dict]]:
         _, metrics, _ = store.model_record(hp.model_id)
         _, final = store.load_states(hp.model_id)
         data = cached_data(hp.dataset, opts.data_root, opts.download)
-        model = model_from_state(hp, final, data.in_shape, data.num_classes)
-        out[hp.model_id] = shift_metrics(model, hp, metrics["train_error"], opts.data_root, opts.download)
+        model = model_from_state(hp, final, data.in_shape, data.num_classes).to(opts.device)
+        out[hp.model_id] = shift_metrics(model, hp, metrics["train_error"], opts.data_root, opts.download,
+                                         opts.device)
     return len(hps), out
 
 

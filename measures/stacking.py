@@ -4,13 +4,22 @@ both use to take the same steps on many models at once.
 
 A :class:`Program` is the module-by-module recipe of a model that is, or whose ``net`` attribute is, an
 ``nn.Sequential`` of Linear, Conv1d and Conv2d layers, ReLUs, ``Flatten``, adaptive average pooling and
-parameter-free dropout or identity modules: the zoo's MLPs and ConvNets (:func:`compile_program`). The
+parameter-free dropout or identity modules, and BatchNorm layers: the zoo's MLPs, ConvNets and ConvBNNets
+(:func:`compile_program`). The
 parameters of M models live in one ``(M, P)`` buffer (:func:`stack`), so an optimizer update is a few
 whole-buffer operations. Each Linear layer becomes one ``torch.baddbmm`` over ``(M, in, out)`` views of it
 (weights stored transposed, which makes autograd return contiguous gradients) and each convolution one grouped
 convolution (``groups = M``); autograd does the backward. For the stacked trainer on a 2-core CPU,
 ``torch.func.vmap(grad(functional_call))`` ran 2–3× slower per model-step (per-op batching-rule overhead that
 small nets do not amortise; ``docs/performance.md``).
+
+A BatchNorm layer's scale and shift are parameters like any other; its running mean, running variance and
+batch count are *buffers*, held per member outside the parameter buffer (:func:`stack_buffers`, ``(M,
+*shape)`` each) and passed to :func:`forward`. In training mode (``train=True``) one ``F.batch_norm`` over the
+members-as-channel-groups tensor ``(B, M·C, *spatial)`` normalises each member's channel with the statistics
+of that member's own batch (a channel of the grouped tensor holds exactly one member's channel), updates the
+running buffers in place through ``(M·C,)`` views of them, and adds one to each member's batch count: what
+``nn.BatchNorm`` does in training, member by member. In eval mode it uses the running statistics.
 
 The measures stack linear networks only (:func:`program`), and :func:`matches` checks the stacked pass against
 each model's own ``forward`` on a few inputs, so a model whose ``forward`` does more than ``net`` is not stacked
@@ -34,11 +43,12 @@ class Op:
     the positions in :attr:`Program.names` of its weight and bias, and the settings the stacked pass reads from
     the module. Two ops are equal when they compute the same function of their parameters (the module itself is
     not compared), so programs of equal architectures are equal: the measures group models by program."""
-    kind: str  # flatten | linear | conv | relu | dropout | identity | channelwise
+    kind: str  # flatten | linear | conv | relu | dropout | identity | channelwise | batchnorm
     module: nn.Module = field(compare=False, repr=False)
     weight: int | None = None
     bias: int | None = None
     settings: tuple = ()
+    buffers: tuple[int, ...] = ()  # a BatchNorm's running mean, running variance, batch count in Program.buffers
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class Program:
     ops: tuple[Op, ...]
     names: tuple[str, ...]  # the parameters in stacked order: the model's own (``named_parameters``)
     shapes: tuple[tuple[int, ...], ...]  # their shapes in the model (Linear weights as (out, in))
+    buffers: tuple[str, ...] = ()  # the model's buffers (``named_buffers``): BatchNorm running statistics
 
     @cached_property
     def transposed(self) -> frozenset[int]:
@@ -63,12 +74,13 @@ def compile_program(model: nn.Module) -> Program:
     net = model if isinstance(model, nn.Sequential) else getattr(model, "net", None)
     if not isinstance(net, nn.Sequential):
         raise NotImplementedError(f"no stacked forward for {type(model).__name__}")
-    if any(True for _ in model.buffers()):
-        raise NotImplementedError("models with buffers are not stacked")
     named = list(model.named_parameters())
     index = {id(p): i for i, (_, p) in enumerate(named)}
+    named_buffers = list(model.named_buffers())
+    buffer_index = {id(b): i for i, (_, b) in enumerate(named_buffers)}
     ops: list[Op] = []
     used: list[int] = []
+    used_buffers: list[int] = []
     for mod in net:
         if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
             ops.append(Op("flatten", mod))
@@ -80,6 +92,14 @@ def compile_program(model: nn.Module) -> Program:
                 type(mod).__name__, mod.stride, mod.padding, mod.dilation, mod.groups)
             ops.append(Op("linear" if isinstance(mod, nn.Linear) else "conv", mod, weight, bias, settings))
             used += [weight] + ([] if bias is None else [bias])
+        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and type(mod) in (nn.BatchNorm1d, nn.BatchNorm2d):
+            if not mod.track_running_stats or mod.momentum is None:
+                raise NotImplementedError("BatchNorm without running statistics or with a cumulative average")
+            weight, bias = (None, None) if not mod.affine else (index[id(mod.weight)], index[id(mod.bias)])
+            stats = tuple(buffer_index[id(b)] for b in (mod.running_mean, mod.running_var, mod.num_batches_tracked))
+            ops.append(Op("batchnorm", mod, weight, bias, (type(mod).__name__, mod.eps, mod.momentum), stats))
+            used += [] if weight is None else [weight, bias]
+            used_buffers += stats
         elif isinstance(mod, nn.ReLU):
             ops.append(Op("relu", mod))
         elif type(mod).__name__.endswith("Dropout") and not any(True for _ in mod.parameters()):
@@ -92,13 +112,17 @@ def compile_program(model: nn.Module) -> Program:
             raise NotImplementedError(f"no stacked forward for {type(mod).__name__}")
     if sorted(used) != list(range(len(named))):
         raise NotImplementedError("a parameter outside the network's layers, or used twice")
-    return Program(tuple(ops), tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
+    if sorted(used_buffers) != list(range(len(named_buffers))):
+        raise NotImplementedError("a buffer outside the network's BatchNorm layers, or used twice")
+    return Program(tuple(ops), tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named),
+                   tuple(n for n, _ in named_buffers))
 
 
 def program(model: nn.Module) -> Program | None:
     """The stacked recipe of ``model`` when it is a linear network the measures stack: Linear layers, ReLUs, a
     leading ``Flatten``, parameter-free dropout or identity modules (the identity in eval mode, the mode every
-    measure uses); None for anything else, ConvNets included (their copies go through ``vmap``)."""
+    measure uses); None for anything else, ConvNets and BatchNorm nets included (their copies go through
+    ``vmap``)."""
     try:
         prog = compile_program(model)
     except NotImplementedError:
@@ -114,6 +138,17 @@ def stack(prog: Program, params: Sequence[Mapping[str, torch.Tensor]]) -> torch.
     rows = [torch.cat([(p[n].detach().T if i in prog.transposed else p[n].detach()).reshape(-1)
                        for i, n in enumerate(prog.names)]) for p in params]
     return torch.stack(rows)
+
+
+def stack_buffers(prog: Program, models: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """The buffers of M models of ``prog``'s architecture as fresh contiguous ``(M, *shape)`` tensors, in the
+    order of each model's own ``buffers()`` (``prog.buffers``; by position, as the parameters are stacked, since
+    models that differ in their dropout modules name their layers differently): what :func:`forward` reads and,
+    in training mode, updates in place."""
+    own = [[b.detach() for b in m.buffers()] for m in models]
+    if any(len(b) != len(prog.buffers) for b in own):
+        raise ValueError(f"models with {len(prog.buffers)} buffers expected")
+    return [torch.stack([b[i] for b in own]).contiguous() for i in range(len(prog.buffers))]
 
 
 def _offsets(prog: Program) -> list[int]:
@@ -153,12 +188,15 @@ def _ungrouped(y: torch.Tensor, members: int) -> torch.Tensor:
 
 def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor,
             dropout: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-            shared: bool = False) -> torch.Tensor:
+            shared: bool = False, buffers: Sequence[torch.Tensor] = (), train: bool = False) -> torch.Tensor:
     """Logits ``(M, B, classes)`` of M stacked models on ``x`` ``(M, B, *in_shape)``, or on ``x``
     ``(B, *in_shape)`` fed to every member when ``shared`` (then the first layer is one wide matmul or conv).
 
     ``params[i]``: ``(M, *stacked_shapes[i])``, the i-th parameter of every member (:func:`views`).
     ``dropout(op_index, x)`` applies the members' dropout (training); None means eval mode.
+    ``buffers``: the members' buffers (:func:`stack_buffers`), needed when the program has BatchNorm layers;
+    ``train``: BatchNorm in training mode (each member's batch statistics, its running buffers updated in place
+    and its batch count incremented), else eval mode (the running statistics).
 
     Without autograd (evaluation), a ReLU overwrites the activations the pass itself just made instead of
     allocating new ones: the values are the same, and the evaluation passes over whole data sets, whose
@@ -190,6 +228,18 @@ def forward(prog: Program, params: Sequence[torch.Tensor], x: torch.Tensor,
                 x, made = y, made or y is not x
         elif op.kind == "identity":
             pass
+        elif op.kind == "batchnorm":
+            if shared:  # a BatchNorm before any layer with weights: each member normalises its own copy
+                x, shared = x.expand(members, *x.shape), False
+            mean, var, count = (buffers[i] for i in op.buffers)
+            w = None if op.weight is None else params[op.weight].reshape(-1)
+            b = None if op.bias is None else params[op.bias].reshape(-1)
+            _, eps, momentum = op.settings
+            x = _ungrouped(F.batch_norm(_grouped(x), mean.view(-1), var.view(-1), w, b, train, momentum, eps),
+                           members)
+            if train:
+                count.add_(1)
+            made = True
         elif op.kind == "conv":
             m = op.module
             conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d

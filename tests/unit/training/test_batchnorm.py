@@ -90,8 +90,8 @@ def test_stored_statistics_load_back_and_evaluation_uses_them(zoo):
 
 
 def test_the_stored_model_is_the_one_the_per_model_loop_trains(zoo):
-    """The stacked trainer has no BatchNorm forward: each stack of two falls back to ``train_model``, model by
-    model, and the store holds exactly what ``train_model`` gives (the fallback changes nothing)."""
+    """The stacked trainer has no residual block: each resnet stack of two falls back to ``train_model``, model
+    by model, and the store holds exactly what ``train_model`` gives (the fallback changes nothing)."""
     _, hps, store = zoo
     hp = next(h for h in hps if h.model.name == "resnet" and h.seed == 1)
     data = make_data(hp.dataset)
@@ -101,11 +101,12 @@ def test_the_stored_model_is_the_one_the_per_model_loop_trains(zoo):
     assert all(torch.equal(alone.init_state[k], init[k]) for k in init)
 
 
-def test_the_stacked_trainer_declines_batchnorm_and_grouping_keeps_architectures_apart(zoo):
+def test_the_stacked_trainer_declines_resnet_and_grouping_keeps_architectures_apart(zoo):
+    """The stacked forward has BatchNorm (``cnn_bn`` stacks: ``test_stacked_bn.py``) but no residual block."""
     _, hps, _ = zoo
-    pair = [h for h in hps if h.model.name == "cnn_bn"]
+    pair = [h for h in hps if h.model.name == "resnet"]
     data = make_data(pair[0].dataset)
-    with pytest.raises(NotImplementedError, match="no stacked forward for ConvBNNet"):
+    with pytest.raises(NotImplementedError, match="no stacked forward for ResNet"):
         Stack(pair, [data, data], "cpu")
     assert len({stack_key(h) for h in hps}) == 2 and len({group_key(h) for h in hps}) == 2
     tasks = split_tasks(list(hps), 2)

@@ -26,7 +26,8 @@ convolution one grouped convolution (``groups = members``); autograd does the ba
 matched autograd over ``baddbmm`` within noise while duplicating every layer's gradient formula
 (``docs/performance.md``).
 
-BatchNorm nets (``cnn_bn``): each member's BatchNorm scale and shift are columns of its row; its running mean,
+BatchNorm nets (``cnn_bn``, ``resnet``; a residual block is one op of the stacked program, its main path
+and shortcut added): each member's BatchNorm scale and shift are columns of its row; its running mean,
 running variance and batch count are per-member buffers ``(members, *shape)`` beside the flat buffer, updated
 in place by the training pass exactly as ``nn.BatchNorm`` updates them (its own batch's statistics over batch
 and positions, momentum, eps, one count per step) and read by every evaluation. Final states and snapshots carry
@@ -76,7 +77,7 @@ from benchmark.training.loop import TrainResult, check_smallest_batch, train_mod
 from benchmark.training.snapshots import Snapshots
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import DatasetHP, HParams, stack_key
-from benchmark.zoo.models import MLP, ConvBNNet, ConvNet, build_model
+from benchmark.zoo.models import MLP, ConvBNNet, ConvNet, ResNet, build_model
 from measures import stacking
 from measures.losses import fast_cross_entropy
 from measures.seeding import generator
@@ -220,7 +221,7 @@ class Stack:
         with torch.device("meta"):  # structure only: no memory, no draws from the global generator
             top = max(hps, key=lambda hp: hp.model.dropout).model
             template = build_model(top, self.in_shape, self.num_classes)
-        if not isinstance(template, (MLP, ConvNet, ConvBNNet)):
+        if not isinstance(template, (MLP, ConvNet, ConvBNNet, ResNet)):
             raise NotImplementedError(f"no stacked forward for {type(template).__name__}")
         self.prog = stacking.compile_program(template)
         check_smallest_batch(hps[0], self.in_shape, self.num_classes)  # the members share dataset and batch size

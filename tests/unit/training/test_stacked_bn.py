@@ -1,6 +1,7 @@
-"""Stacks of BatchNorm conv nets (``cnn_bn``): the stacked BatchNorm of ``measures.stacking`` against each
-model's own modules, and the stacked trainer against ``train_model``, member by member: histories, stopping
-epochs, final weights and running statistics, snapshots, and the stored state loading back into its model."""
+"""Stacks of BatchNorm conv nets (``cnn_bn``) and residual networks (``resnet``): the stacked BatchNorm and
+residual blocks of ``measures.stacking`` against each model's own modules, and the stacked trainer against
+``train_model``, member by member: histories, stopping epochs, final weights and running statistics, snapshots,
+and the stored state loading back into its model."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ from benchmark.measuring.probes import DEFAULT_PROBES
 from benchmark.training.loop import train_model
 from benchmark.training.stacked import Stack, group_stacks, train_many
 from benchmark.zoo.datasets import make_data
-from benchmark.zoo.models import ConvBNNet, build_model
+from benchmark.zoo.models import ConvBNNet, ResNet, build_model
 from measures import stacking
 from tests.helpers import default_hparams
 
@@ -27,22 +28,27 @@ BASE = default_hparams().replace(**{
     "model.depth": 2, "model.width": 6, "train.batch_size": 32, "train.max_epochs": 4, "train.target_loss": 0.05})
 
 
-def _models(in_shape, seeds=(0, 1, 2), dropout=0.0):
+def _models(in_shape, seeds=(0, 1, 2), cls=ConvBNNet, depth=2):
     out = []
     for s in seeds:
         torch.manual_seed(s)
-        out.append(ConvBNNet(in_shape, 3, depth=2, width=4, dropout=dropout))
+        out.append(cls(in_shape, 3, depth=depth, width=4))
     return out
 
 
+@pytest.mark.parametrize("cls, kinds", [
+    (ConvBNNet, ["conv", "batchnorm", "relu"] * 2 + ["channelwise", "flatten", "linear"]),
+    (ResNet, ["conv", "batchnorm", "relu"] + ["residual", "relu"] * 3 + ["channelwise", "flatten", "linear"])])
 @pytest.mark.parametrize("in_shape", [(1, 8, 8), (2, 10)])
-def test_stacked_batchnorm_is_each_models_own_in_training_and_eval_mode(in_shape):
+def test_stacked_batchnorm_is_each_models_own_in_training_and_eval_mode(in_shape, cls, kinds):
     """Training mode: each member's logits, parameter gradients and updated running statistics and batch count
     are those of its own module on its own batch; eval mode (separate and shared inputs): its running
-    statistics. One ``F.batch_norm`` over the grouped channels normalises each member by its own batch."""
-    models = _models(in_shape)
+    statistics. One ``F.batch_norm`` over the grouped channels normalises each member by its own batch. The
+    residual net (three blocks: a projection shortcut in the 1st and 3rd, the identity in the 2nd) adds each
+    block's shortcut to its main path."""
+    models = _models(in_shape, cls=cls, depth=3 if cls is ResNet else 2)
     prog = stacking.compile_program(models[0])
-    assert [op.kind for op in prog.ops].count("batchnorm") == 2 and stacking.program(models[0]) is None
+    assert [op.kind for op in prog.ops] == kinds and stacking.program(models[0]) is None
     flat = stacking.stack(prog, [dict(m.named_parameters()) for m in models])
     params = [v.detach().requires_grad_(True) for v in stacking.views(prog, flat)]
     buffers = stacking.stack_buffers(prog, models)
@@ -76,7 +82,7 @@ def test_stacked_batchnorm_is_each_models_own_in_training_and_eval_mode(in_shape
 
 
 def test_a_batch_of_one_value_per_channel_fails_as_in_torch():
-    models = _models((1, 2, 2))  # the first convolution (stride 2) leaves one position
+    models = _models((1, 2, 2), depth=1)  # the first convolution (stride 2) leaves one position
     prog = stacking.compile_program(models[0])
     params = stacking.views(prog, stacking.stack(prog, [dict(m.named_parameters()) for m in models]))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
@@ -171,3 +177,17 @@ def test_a_stack_that_would_step_on_one_value_per_channel_fails_before_training(
     with pytest.raises(HParamsError) as stacked:
         train_many(hps, make_data)
     assert str(stacked.value) == str(alone.value)
+
+
+def test_a_resnet_stack_equals_each_model_trained_alone():
+    """Both shortcut kinds (a projection in the strided 1st block, the identity in the 2nd), dropout inside the
+    blocks, SGD, momentum and Adam; snapshots at half-way."""
+    base = BASE.replace(**{"model.name": "resnet", "model.width": 4, "train.max_epochs": 3})
+    hps = [base.replace(**{"optimizer.name": "sgd", "optimizer.lr": 0.3}),
+           base.replace(**{"optimizer.name": "momentum", "optimizer.lr": 0.05, "model.dropout": 0.25, "seed": 1}),
+           base.replace(**{"optimizer.name": "adam", "optimizer.lr": 0.01, "seed": 2, "train.max_epochs": 2})]
+    vec = train_many(hps, make_data, keep=(0.5,))
+    for hp, result in zip(hps, vec):
+        _assert_same(result, train_model(hp, make_data(hp.dataset), keep=(0.5,)))
+    assert [r.metrics["epochs"] for r in vec] == [3, 3, 2]
+    assert all(int(r.final_state["blocks.1.bn2.num_batches_tracked"]) == r.metrics["steps"] for r in vec)

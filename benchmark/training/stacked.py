@@ -26,6 +26,21 @@ convolution one grouped convolution (``groups = members``); autograd does the ba
 matched autograd over ``baddbmm`` within noise while duplicating every layer's gradient formula
 (``docs/performance.md``).
 
+BatchNorm nets (``cnn_bn``, ``resnet``; a residual block is one op of the stacked program, its main path
+and shortcut added): each member's BatchNorm scale and shift are columns of its row; its running mean,
+running variance and batch count are per-member buffers ``(members, *shape)`` beside the flat buffer, updated
+in place by the training pass exactly as ``nn.BatchNorm`` updates them (its own batch's statistics over batch
+and positions, momentum, eps, one count per step) and read by every evaluation. Final states and snapshots carry
+each member's buffers, so they load strictly into ``build_model``. The order-parameter probe's many-model form
+takes parameters only, so a BatchNorm stack probes member by member on its unstacked modules (eval mode, the
+running statistics). How close: on one step from equal states the running statistics come out bit for bit and
+the gradients within 4e-7 (the head's batched matmul rounds differently from ``nn.Linear``); on the 8×8 digits
+(width 8, batches of 32, 160 steps, six members of SGD, momentum and Adam) five members ended within 5e-7 of
+``train_model`` in every weight and running statistic and one (momentum, lr 0.02) separated by 6e-4 at epoch 5
+and 3e-2 at epoch 10 (its per-step error stayed below 4e-7: training amplifies rounding once a ReLU's input sits
+within rounding of zero). Equal to ``train_model`` therefore means up to float rounding over short runs, not bit
+for bit; ``tests/unit/training/test_stacked_bn.py`` checks four epochs at 1e-5.
+
 What a step costs besides its arithmetic is kept small without changing a single bit of any result
 (``tests/unit/training/test_exact.py``): an epoch's minibatches are gathered in blocks, not one indexing per
 step; the gradients come from a direct call into autograd's engine; SGD's learning rates are converted to
@@ -53,15 +68,16 @@ from benchmark.training.history import (
     epoch_row,
     evaluates_test,
     final_metrics,
+    probe_columns,
     probe_columns_many,
     probe_generators,
     stops,
 )
-from benchmark.training.loop import TrainResult, train_model
+from benchmark.training.loop import TrainResult, check_smallest_batch, train_model
 from benchmark.training.snapshots import Snapshots
 from benchmark.zoo.datasets import DataBundle
 from benchmark.zoo.hparams import DatasetHP, HParams, stack_key
-from benchmark.zoo.models import MLP, ConvNet, build_model
+from benchmark.zoo.models import MLP, ConvBNNet, ConvNet, ResNet, build_model
 from measures import stacking
 from measures.losses import fast_cross_entropy
 from measures.seeding import generator
@@ -164,7 +180,7 @@ class _Member:
     init_state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
     wall: float = 0.0
-    kept: Snapshots | None = None  # flat weight rows kept part-way (benchmark.training.snapshots)
+    kept: Snapshots | None = None  # (flat weight row, BatchNorm buffers) kept part-way (training.snapshots)
 
 
 class Stack:
@@ -205,9 +221,10 @@ class Stack:
         with torch.device("meta"):  # structure only: no memory, no draws from the global generator
             top = max(hps, key=lambda hp: hp.model.dropout).model
             template = build_model(top, self.in_shape, self.num_classes)
-        if not isinstance(template, (MLP, ConvNet)):
+        if not isinstance(template, (MLP, ConvNet, ConvBNNet, ResNet)):
             raise NotImplementedError(f"no stacked forward for {type(template).__name__}")
         self.prog = stacking.compile_program(template)
+        check_smallest_batch(hps[0], self.in_shape, self.num_classes)  # the members share dataset and batch size
         self.shapes = list(self.prog.shapes)
         # linear weights are stacked transposed, (in, out): their autograd gradient then comes out contiguous
         self.transposed = self.prog.transposed
@@ -228,6 +245,8 @@ class Stack:
         self.flat = torch.stack([torch.cat([(p.t() if i in self.transposed else p).detach().reshape(-1)
                                             for i, p in enumerate(m.model.parameters())])
                                  for m in self.members])  # (M, P)
+        # BatchNorm running statistics and batch counts: (M, *shape) each, updated in place by the training pass
+        self.buffers = stacking.stack_buffers(self.prog, [m.model for m in self.members])
         self.n_sgd = sum(m.hp.optimizer.name != "adam" for m in self.members)
         mom = self.flat.new_tensor([self._momentum(m.hp) for m in self.members[:self.n_sgd]])
         self.momentum_buf = torch.zeros_like(self.flat[:self.n_sgd]) if bool((mom > 0).any()) else None
@@ -287,7 +306,8 @@ class Stack:
         """One minibatch step of every member on its inputs ``x`` (M, B, *in_shape) and labels ``y`` (M, B)."""
         M, B = y.shape
         with torch.enable_grad():
-            logits = stacking.forward(self.prog, self.params, x, self._dropout)  # (M, B, classes)
+            logits = stacking.forward(self.prog, self.params, x, self._dropout, buffers=self.buffers,
+                                      train=True)  # (M, B, classes)
             loss = F.cross_entropy(logits.reshape(M * B, -1), y.reshape(-1), reduction="none")
             grads = _gradients(loss.view(M, B).mean(1).sum(), self.params)
         torch.cat([g.reshape(M, -1) for g in grads], 1, out=self.grad)
@@ -336,22 +356,26 @@ class Stack:
             group = [r for r in rows if self.inputs[self.members[r].data] == g]
             if not group:
                 continue
-            params = self.params if len(group) == len(self.members) else \
-                [p[torch.tensor(group, device=self.device)] for p in self.params]
+            if len(group) == len(self.members):
+                params, buffers = self.params, self.buffers
+            else:
+                sel = torch.tensor(group, device=self.device)
+                params, buffers = [p[sel] for p in self.params], [b[sel] for b in self.buffers]
             data = [self.data[self.members[r].data] for r in group]
             x = data[0].x_train if split == "train" else data[0].x_test
             y = torch.stack([d.y_train if split == "train" else d.y_test for d in data])
-            out.update(zip(group, self._loss_error(params, x, y)))
+            out.update(zip(group, self._loss_error(params, x, y, buffers)))
         return out
 
-    def _loss_error(self, params, x, y, batch: int = 8192) -> list[tuple[float, float]]:
-        """Mean cross-entropy and error of each member on ``x``; ``y`` (M, n) holds each member's labels."""
+    def _loss_error(self, params, x, y, buffers=(), batch: int = 8192) -> list[tuple[float, float]]:
+        """Mean cross-entropy and error of each member on ``x``; ``y`` (M, n) holds each member's labels;
+        ``buffers``: the members' BatchNorm running statistics, as ``params`` rows."""
         M = params[0].shape[0]
         chunk = max(1, batch // M)  # as many samples per pass as ``evaluate`` takes
         loss, wrong = torch.zeros(M, dtype=torch.float64), torch.zeros(M, dtype=torch.long)
         for i in range(0, y.shape[1], chunk):
             xb, yb = x[i:i + chunk], y[:, i:i + chunk]
-            logits = stacking.forward(self.prog, params, xb, shared=True)  # (M, b, classes)
+            logits = stacking.forward(self.prog, params, xb, shared=True, buffers=buffers)  # (M, b, classes)
             ce = fast_cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
             loss += ce.view(M, -1).sum(1).double().cpu()
             wrong += (logits.argmax(2) != yb).sum(1).cpu()
@@ -359,20 +383,25 @@ class Stack:
         return [(s / n, w / n) for s, w in zip(loss.tolist(), wrong.tolist())]
 
     def _unstack(self, r: int) -> nn.Module:
-        """Member ``r``'s own module holding its current weights."""
+        """Member ``r``'s own module holding its current weights and BatchNorm buffers."""
         m = self.members[r].model
         with torch.no_grad():
             for i, (p, stacked) in enumerate(zip(m.parameters(), self.params)):
                 p.copy_(stacked[r].t() if i in self.transposed else stacked[r])
+            for b, stacked in zip(m.buffers(), self.buffers):
+                b.copy_(stacked[r])
         return m
 
-    def _row_state(self, r: int, row: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Member ``r``'s state dict with the weights of a flat row of ``self.flat`` (linear weights un-transposed)."""
+    def _row_state(self, r: int, row: torch.Tensor, buffers: Sequence[torch.Tensor] = ()) -> dict[str, torch.Tensor]:
+        """Member ``r``'s state dict with the weights of a flat row of ``self.flat`` (linear weights un-transposed)
+        and its BatchNorm ``buffers`` (in the order of the member's own ``buffers()``)."""
         names = [k for k, _ in self.members[r].model.named_parameters()]
+        buffer_names = [k for k, _ in self.members[r].model.named_buffers()]
         state = {k: v.detach().cpu().clone() for k, v in self.members[r].model.state_dict().items()}
         for i, (name, part) in enumerate(zip(names, torch.split(row, self.sizes))):
             w = part.view(self.stacked_shapes[i])
             state[name] = (w.t() if i in self.transposed else w).contiguous().clone()
+        state.update({name: b.clone() for name, b in zip(buffer_names, buffers)})
         return state
 
     # ------------------------------------------------------------------------------------------ epochs
@@ -392,14 +421,19 @@ class Stack:
             due = evaluates_test(self.epoch, self.test_schedule)
             test = self._evaluate("test", [r for r in everyone if due or ends[r][0]])
             stop = [(r, diverged) for r, (done, diverged) in enumerate(ends) if done]
-            probed = probe_columns_many(
-                self.probes, [m.probe_gens for m in self.members], lambda p, x: stacking.forward(self.prog, p, x),
-                self.params, [self.data[m.data] for m in self.members], [m.hp for m in self.members],
-                lambda r: self._unstack(r).train()) if self.probes else [{} for _ in self.members]
+            if self.probes and self.prog.buffers:  # the many forms take parameters only: member by member
+                probed = [probe_columns(self.probes, m.probe_gens, self._unstack(r).train(), self.data[m.data], m.hp)
+                          for r, m in enumerate(self.members)]
+            else:
+                probed = probe_columns_many(
+                    self.probes, [m.probe_gens for m in self.members], lambda p, x: stacking.forward(self.prog, p, x),
+                    self.params, [self.data[m.data] for m in self.members], [m.hp for m in self.members],
+                    lambda r: self._unstack(r).train()) if self.probes else [{} for _ in self.members]
             for r, m in enumerate(self.members):
                 m.history.append(epoch_row(self.epoch, self.step, train[r], test.get(r)) | probed[r])
                 if m.kept.due(self.epoch):
-                    m.kept.add(self.epoch, self.flat[r].detach().cpu().clone())
+                    m.kept.add(self.epoch, (self.flat[r].detach().cpu().clone(),
+                                            [b[r].detach().cpu().clone() for b in self.buffers]))
             share = (time.perf_counter() - start) / len(self.members)
             for m in self.members:
                 m.wall += share
@@ -407,8 +441,8 @@ class Stack:
                 m = self.members[r]
                 final_state = {k: v.detach().cpu().clone() for k, v in self._unstack(r).state_dict().items()}
                 metrics = final_metrics(m.hp, m.history, m.wall, diverged)
-                snapshots = [{"fraction": f, "epoch": e, "state": self._row_state(r, row)}
-                             for f, e, row in m.kept.pick(len(m.history))]
+                snapshots = [{"fraction": f, "epoch": e, "state": self._row_state(r, row, buffers)}
+                             for f, e, (row, buffers) in m.kept.pick(len(m.history))]
                 finished(m.row, TrainResult(m.hp, m.init_state, final_state, metrics, m.history, snapshots))
             if stop:
                 self._remove({r for r, _ in stop})
@@ -418,6 +452,7 @@ class Stack:
         s = self.n_sgd
         take = lambda t, sel: t[torch.tensor(sel, dtype=torch.long, device=self.device)]
         self.flat = take(self.flat, keep)
+        self.buffers = [take(b, keep) for b in self.buffers]
         if self.momentum_buf is not None:
             self.momentum_buf = take(self.momentum_buf, [r for r in keep if r < s])
         self.exp_avg = take(self.exp_avg, [r - s for r in keep if r >= s])

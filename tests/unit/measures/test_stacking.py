@@ -25,12 +25,18 @@ def _cnn(seed: int, in_shape: tuple[int, ...] = (2, 10)) -> ConvNet:
 
 
 def test_the_measures_stack_linear_networks_only():
-    """The trainer compiles MLPs and ConvNets; the measures' copies take the MLPs only (ConvNets through vmap)."""
+    """The trainer compiles MLPs, ConvNets and BatchNorm nets; the measures' copies take the MLPs only (ConvNets
+    and BatchNorm nets through vmap)."""
     assert stacking.program(_mlp(0)) is not None and stacking.program(_mlp(0, dropout=0.3)) is not None
     assert stacking.program(_cnn(0)) is None
     kinds = [op.kind for op in stacking.compile_program(_cnn(0)).ops]
     assert kinds == ["conv", "relu", "conv", "relu", "channelwise", "flatten", "linear"]
-    for unsupported in (nn.Sequential(nn.Linear(4, 4), nn.Tanh()), nn.Sequential(nn.BatchNorm1d(4))):
+    batchnorm = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    assert stacking.program(batchnorm) is None and stacking.compile_program(batchnorm).buffers == (
+        "1.running_mean", "1.running_var", "1.num_batches_tracked")
+    for unsupported in (nn.Sequential(nn.Linear(4, 4), nn.Tanh()), nn.Sequential(nn.LayerNorm(4)),
+                        nn.Sequential(nn.BatchNorm1d(4, momentum=None)),
+                        nn.Sequential(nn.BatchNorm1d(4, track_running_stats=False))):
         assert stacking.program(unsupported) is None
         with pytest.raises(NotImplementedError):
             stacking.compile_program(unsupported)

@@ -10,6 +10,7 @@ test pool.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -83,6 +84,17 @@ def _on_disk(name: str, make) -> dict[str, np.ndarray]:
         return {k: d[k] for k in d.files}
 
 
+@contextlib.contextmanager
+def global_generators_kept():
+    """Restore numpy's and Python's global random generators on leaving: mnist1d seeds them while it generates."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
 def mnist1d_pool(root: str, download: bool) -> Pool:
     """MNIST-1D generated locally (Greydanus 2020) with the package's default args, 12,000 samples split
     6,000/6,000, seed 42; cached on disk because generation takes seconds. Never downloads."""
@@ -90,12 +102,8 @@ def mnist1d_pool(root: str, download: bool) -> Pool:
         from mnist1d.data import get_dataset_args, make_dataset
         args = get_dataset_args()
         args.num_samples, args.train_split, args.seed = 12000, 0.5, 42
-        np_state, py_state = np.random.get_state(), random.getstate()
-        try:  # make_dataset seeds numpy's and Python's global generators; leave them as they were
+        with global_generators_kept():
             d = make_dataset(args)
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
         return {k: d[k] for k in ("x", "y", "x_test", "y_test")}
 
     d = _on_disk("mnist1d_12000_seed42.npz", make)

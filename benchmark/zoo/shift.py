@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmark.errors import HParamsError
-from benchmark.zoo.datasets import _on_disk, downsample, held_out_indices, load_pool
+from benchmark.zoo.datasets import _on_disk, downsample, global_generators_kept, held_out_indices, load_pool
 from benchmark.zoo.hparams import DEFAULT_ROOT
 from benchmark.zoo.registry import DATASETS
 from measures.seeding import derive_seed32
@@ -353,8 +352,7 @@ def mnist1d_raw(num_samples: int = 12000, **knobs: float) -> tuple[np.ndarray, n
     for knob, value in knobs.items():
         setattr(args, knob, value)
     templates = get_templates()
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
+    with global_generators_kept():
         set_seed(args.seed)
         xs, ys = [], []
         for label in range(len(templates["y"])):
@@ -362,9 +360,6 @@ def mnist1d_raw(num_samples: int = 12000, **knobs: float) -> tuple[np.ndarray, n
                 xs.append(transform(templates["x"][label], templates["t"], args)[0])
                 ys.append(templates["y"][label])
         order = np.random.permutation(len(ys))
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
     return np.stack(xs)[order], np.stack(ys)[order]
 
 
@@ -409,6 +404,16 @@ def _check(name: str, shift: str) -> None:
         raise HParamsError(f"no shift {shift!r} for dataset {name!r}; valid: {', '.join(valid) or 'none'}")
 
 
+@functools.lru_cache(maxsize=16)
+def _pool_digest(name: str, root: str, download: bool) -> str:
+    """12 hex digits of the SHA-1 of a dataset's clean test pool (pixels and labels): part of its shifted pools'
+    file names, so a changed pool gets new files. Once per dataset and process, not once per shift."""
+    pool = load_pool(name, root, download)
+    digest = hashlib.sha1(pool.x_test.tobytes())
+    digest.update(pool.y_test.tobytes())
+    return digest.hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=64)
 def shifted_pool(name: str, shift: str, root: str = DEFAULT_ROOT, download: bool = False) -> np.ndarray:
     """The whole test pool of dataset ``name`` under ``shift``, as cached: uint8 images (value × 255, rounded) or
@@ -416,9 +421,7 @@ def shifted_pool(name: str, shift: str, root: str = DEFAULT_ROOT, download: bool
     ``cache_dir()/shift/``; kept per process."""
     _check(name, shift)
     pool = load_pool(name, root, download)
-    digest = hashlib.sha1(pool.x_test.tobytes())
-    digest.update(pool.y_test.tobytes())
-    file = f"shift/v{SHIFT_VERSION}_{name}_{shift}_{digest.hexdigest()[:12]}.npz"
+    file = f"shift/v{SHIFT_VERSION}_{name}_{shift}_{_pool_digest(name, root, download)}.npz"
     if name == "mnist1d":
         d = _on_disk(file, lambda: _mnist1d_shifted(shift))
         if not np.array_equal(d["y"], pool.y_test):

@@ -12,14 +12,7 @@ from benchmark.zoo.shift import CORRUPTIONS, corrupt
 RANDOM = set(CORRUPTIONS) - {"identity", "scale", "brightness", "stripe", "canny_edges"}
 
 
-@pytest.fixture(autouse=True)
-def _tmp_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
-    shift.shifted_pool.cache_clear()
-    shift.shifted_tests.cache_clear()
-    yield
-    shift.shifted_pool.cache_clear()
-    shift.shifted_tests.cache_clear()
+pytestmark = pytest.mark.usefixtures("shift_cache")
 
 
 def _digits(n=6):

@@ -15,15 +15,7 @@ from benchmark.zoo.datasets import FASHION_DEBIAN, downsample, held_out_indices,
 from benchmark.zoo.hparams import DatasetHP
 from benchmark.zoo.shift import MNIST1D_SHIFTS, mnist1d_raw, shift_names, shifted_test, shifted_tests
 
-
-@pytest.fixture(autouse=True)
-def _tmp_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
-    shift.shifted_pool.cache_clear()
-    shift.shifted_tests.cache_clear()
-    yield
-    shift.shifted_pool.cache_clear()
-    shift.shifted_tests.cache_clear()
+pytestmark = pytest.mark.usefixtures("shift_cache")
 
 
 def test_shift_names_per_dataset():

@@ -81,7 +81,7 @@ def baseline_facts(baselines: pd.DataFrame | None, target: str, taus) -> dict | 
             "hparams": tau(HPARAMS)}
 
 
-def _no_added(table: pd.DataFrame) -> bool:
+def no_added(table: pd.DataFrame) -> bool:
     """Whether no measure has a within-configuration τ (no configuration with two seeds, or a board evaluated before
     the column existed)."""
     return "added_tau" not in table or pd.to_numeric(table["added_tau"], errors="coerce").isna().all()
@@ -102,7 +102,7 @@ def beyond_text(table: pd.DataFrame, baselines: pd.DataFrame | None, target: str
         parts.append(f"the hyperparameters alone (gradient boosting on every hyperparameter, whole configurations held "
                      f"out) predict `{target}` with τ = {fmt(hparams)}, against {fmt(best.tau)} for #1 "
                      f"(`{best.measure}`)")
-    if _no_added(t):
+    if no_added(t):
         if "added_tau" in t:
             parts.append("no configuration has two converged seeds, so what a measure adds beyond them cannot be "
                          "measured here")

@@ -13,7 +13,7 @@ from benchmark.evaluation.suite import Suite
 from benchmark.files import write_text
 from benchmark.report import layout
 from benchmark.report.format import count, fmt, fmt_ci, seconds_text
-from benchmark.report.summary import lead_text, noise_text, reliability_text, suite_lead
+from benchmark.report.summary import lead_text, no_added, noise_text, reliability_text, suite_lead
 from benchmark.report.targets import board_lines as target_lines
 from benchmark.report.targets import suite_lines as suite_target_lines
 
@@ -108,8 +108,7 @@ def added_cell(r) -> str:
 
 def added_note(table: pd.DataFrame) -> str:
     """The sentence under a table whose ``added`` column is empty, saying why; "" when it has values."""
-    values = pd.to_numeric(table["added_tau"], errors="coerce") if "added_tau" in table else pd.Series(dtype=float)
-    if values.notna().any():
+    if not no_added(table):
         return ""
     if "added_configs" in table:
         return ("The added column is empty: no configuration has two converged seeds, so no two models share their "
@@ -314,7 +313,7 @@ def suite_markdown(suite: Suite, top: int | None = None) -> str:
     measure's τ per task ranked by its worst task."""
     names, cross = list(suite.tasks), suite.cross
     lines = [f"# Suite: {suite.name}", "", *suite_lead(suite.name, suite.agreement, suite.tasks,
-                                                        "## Do the tasks agree?"), ""]
+                                                        "## Do the tasks agree?")]
     lines += suite_target_lines(suite.targets, suite.target_cross, top)
     lines += ["", "## Every measure on every task (predicting `gap_error`)", "",
               "τ per task with its tier on that task in brackets (tier 1: cannot be told apart from that task's "

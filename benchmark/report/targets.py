@@ -41,11 +41,11 @@ def board_lines(board: Board) -> list[str]:
 
 
 def suite_lines(agree: pd.DataFrame | None, cross: pd.DataFrame | None, top: int | None = None) -> list[str]:
-    """The suite's "Do the targets agree?" section: the i.i.d. and shift rankings' agreement per task, and every
-    measure's worst τ over the tasks and their targets."""
+    """The suite's "Do the targets agree?" section, led by a blank line: the i.i.d. and shift rankings' agreement
+    per task, and every measure's worst τ over the tasks and their targets; none without a shift target."""
     if agree is None or cross is None or agree.empty:
         return []
-    lines = ["## Do the targets agree?", "",
+    lines = ["", "## Do the targets agree?", "",
              "| task | measures | Kendall τ | Spearman ρ | #1 for the i.i.d. gap | #1 for the shift gap |",
              "|---|---|---|---|---|---|"]
     for r in agree.to_dict("records"):
@@ -64,4 +64,4 @@ def suite_lines(agree: pd.DataFrame | None, cross: pd.DataFrame | None, top: int
     for rank, r in enumerate(rows.to_dict("records"), 1):
         lines.append(f"| {rank} | `{r['measure']}` | {r['family']} | {fmt(r['worst_tau'], 3)} | "
                      f"{r['worst_target'] or '—'} | {r.get('worst_task') or '—'} | {fmt(r['mean_tau'], 3)} |")
-    return lines + [""]
+    return lines

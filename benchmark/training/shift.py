@@ -54,27 +54,26 @@ def lacks_shift(hp: HParams, metrics: dict) -> bool:
 
 
 def _fill_task(args) -> tuple[int, dict[str, dict]]:
-    root, hps, opts = args
+    root, models, opts = args  # models: (hyperparameters, final training error) pairs
     set_threads(opts)
     store, out = Store(root, readonly=True), {}
-    for hp in hps:
-        _, metrics, _ = store.model_record(hp.model_id)
+    for hp, train_error in models:
         _, final = store.load_states(hp.model_id)
         data = cached_data(hp.dataset, opts.data_root, opts.download)
         model = model_from_state(hp, final, data.in_shape, data.num_classes).to(opts.device)
-        out[hp.model_id] = shift_metrics(model, hp, metrics["train_error"], opts.data_root, opts.download,
-                                         opts.device)
-    return len(hps), out
+        out[hp.model_id] = shift_metrics(model, hp, train_error, opts.data_root, opts.download, opts.device)
+    return len(models), out
 
 
 def fill_shift_metrics(hps: Sequence[HParams], store: Store, opts: RunOptions) -> int:
     """Compute the shift metrics of every stored model of ``hps`` that lacks them (see :func:`lacks_shift`) from
     its checkpoint and add them to its metrics. Returns how many models gained them."""
-    records = {mid: metrics for mid, _, metrics in store.model_rows()}
-    todo = [hp for hp in hps if hp.model_id in records and lacks_shift(hp, json.loads(records[hp.model_id]))]
+    records = {mid: json.loads(metrics) for mid, _, metrics in store.model_rows()}
+    todo = [(hp, records[hp.model_id]["train_error"]) for hp in hps
+            if hp.model_id in records and lacks_shift(hp, records[hp.model_id])]
     if not todo:
         return 0
-    for d in dict.fromkeys(hp.dataset for hp in todo):  # build the shifted sets once, here, not in every worker
+    for d in dict.fromkeys(hp.dataset for hp, _ in todo):  # build the shifted sets once, here, not in every worker
         shifted_tests(d, opts.data_root, opts.download)
     tasks = [(str(store.root), tuple(todo[i:i + CHUNK]), opts) for i in range(0, len(todo), CHUNK)]
     log.info("shifted test sets: computing the errors of %d stored models", len(todo))

@@ -317,10 +317,9 @@ def flatness_scan(loss: LineLoss, n_dirs: int, loss0: float, start: torch.Tensor
     as two rounds before is replaced by a geometric bisection, so a bracket then narrows at least twofold every
     two rounds whatever the shape of the loss (a kink, a plateau, float noise).
     A side still below the target at ``max_delta``, or above it at ``min_delta``, or without a finite start, is
-    censored (NaN). A side
-    still searching after ``max_rounds`` rounds is censored too, and counted in ``n_unresolved``: its crossing
-    was not located, and no value is made up for it. ``loss(idx, delta)`` is called once per round with every
-    active probe.
+    censored (NaN). A side still searching after ``max_rounds`` rounds is censored too, and counted in
+    ``n_unresolved``: its crossing was not located, and no value is made up for it. ``loss(idx, delta)`` is called
+    once per round with every active probe.
     """
     if not loss0 > 0:
         raise ValueError(f"the flatness threshold needs L0 > 0, got {loss0}")

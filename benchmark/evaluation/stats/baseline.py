@@ -121,9 +121,7 @@ def _within_taus(base: pd.DataFrame, measures: Sequence[str], target: str, count
     block, labels = np.unique(g, return_inverse=True)  # the replicated configurations, and each pair's
     sy, vy = _pair_signs(_column_ranks(base, target), i, j)
     ranks = np.column_stack([_column_ranks(base, c) for c in measures])  # (models, measures)
-    a, b = ranks[i], ranks[j]  # (pairs, measures)
-    vx = ~(np.isnan(a) | np.isnan(b))
-    sx = np.where(vx, np.sign(np.where(vx, a - b, 0.0)), 0.0)
+    sx, vx = _pair_signs(ranks, i, j)  # (pairs, measures)
     valid = vx & vy[:, None]
     per_block = np.zeros((len(block), len(i)))
     per_block[labels, np.arange(len(i))] = 1.0  # (blocks, pairs): which block holds each pair
@@ -135,7 +133,8 @@ def _within_taus(base: pd.DataFrame, measures: Sequence[str], target: str, count
     defined = np.isfinite(taus)
     weight = np.where(defined, pairs, 0.0)
     filled = np.where(defined, taus, 0.0) * weight
-    first_row = np.array([np.flatnonzero(configs == c)[0] for c in block])
+    codes, first = np.unique(configs, return_index=True)
+    first_row = first[np.searchsorted(codes, block)]
     mult = counts[:, first_row]  # (n_boot, blocks): how often each replicated configuration was drawn
     with np.errstate(invalid="ignore", divide="ignore"):
         point = filled.sum(axis=0) / weight.sum(axis=0)

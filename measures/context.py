@@ -529,13 +529,28 @@ class Context:
                       ) -> torch.Tensor:
         """Logits ``(C, B, classes)`` of C parameter sets of the model (``params`` by name, each ``(C, *shape)``)
         on ``x``: ``(B, ...)`` for every copy when ``shared``, else ``(C, B, ...)``. The zoo's MLPs go through
-        :func:`measures.stacking.forward_copies` (checked once against the model), any other model through
-        ``vmap(functional_call)``; the two agree up to float rounding."""
+        :func:`measures.stacking.forward_copies` (checked once against the model), a network with convolutions
+        through ``functional_call`` copy by copy, any other model through ``vmap(functional_call)``; all agree up
+        to float rounding. For the zoo's conv nets on one core, the loop took 2.5–6.6× less time than ``vmap``
+        (whose batching rule makes one grouped convolution of all copies) and 1.5–4× less than the stacked
+        grouped convolution of :mod:`measures.stacking`: 16 copies on 1,000–2,000 images of 8×8 or 14×14."""
         prog = self._copies_program
         if prog is not None:
             return stacking.forward_copies(prog, params, x, shared)
+        if self._copy_by_copy():  # one copy at a time: vmap's batched convolution is the slower way (docstring)
+            count = next(iter(params.values())).shape[0]
+            return torch.stack([functional_call(self.model, {k: v[c] for k, v in params.items()},
+                                                (x if shared else x[c],)) for c in range(count)])
         return vmap(lambda p, xb: functional_call(self.model, p, (xb,)),
                     in_dims=(0, None if shared else 0))(dict(params), x)
+
+    def _copy_by_copy(self) -> bool:
+        return self._copies_program is None and any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in self.model.modules())
+
+    def copies_step(self, copies: int) -> int:
+        """Samples per :meth:`copies_logits` call of ``copies`` copies that keep its activations within those of
+        one ``chunk``-sample forward pass: ``chunk`` when the copies run one at a time, else ``chunk // copies``."""
+        return self.chunk if self._copy_by_copy() else max(1, self.chunk // copies)
 
     # ----------------------------------------------------------------------------------------- outputs
     def forward(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

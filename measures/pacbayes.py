@@ -27,9 +27,9 @@ the sharpness and Hessian families). The standard-normal draws z (one (M, #param
 ``ctx.generator``) are drawn once and reused for every probe (common random numbers), so the estimated drop
 is a deterministic, nearly monotone function of σ and the bisection is well posed. The perturbed copies go
 through the network together (``Context.copies_logits``: one batched matmul per layer for the zoo's MLPs,
-``torch.func.vmap`` over ``functional_call`` for any other model). A search whose crossing lies
-outside its range is reported censored in the details (``at_bound = "lower"/"upper"``), never silently
-clipped.
+copy by copy for conv nets, ``torch.func.vmap`` over ``functional_call`` for any other model). A search whose
+crossing lies outside its range is reported censored in the details (``at_bound = "lower"/"upper"``), never
+silently clipped.
 
 Bound terms, with w all ω parameters flattened, w⁰ the initial ones and m the number of training samples
 (the log(m/σ) + 10 terms are Jiang's constants, kept for comparability):
@@ -154,11 +154,11 @@ def bisect_log(f: Callable[[float], float], bounds: tuple[float, float], target:
 def batched_error(ctx: Context, flats: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Training error of each of several flat parameter vectors ``flats`` (copies, params) on (x, y).
 
-    All copies run through the network together (:meth:`Context.copies_logits`); samples are chunked so that
-    copies × chunk ≤ ``ctx.chunk``.
+    All copies run through the network together (:meth:`Context.copies_logits`), on chunks of samples that keep
+    the activations within those of one ``ctx.chunk``-sample pass (:meth:`Context.copies_step`).
     """
     copies = flats.shape[0]
-    step = max(1, ctx.chunk // copies)
+    step = ctx.copies_step(copies)
     wrong = torch.zeros(copies, device=flats.device)
     params = ctx.unflatten_rows(flats)
     with torch.no_grad():

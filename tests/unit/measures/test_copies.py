@@ -1,7 +1,8 @@
 """Many parameter sets of one model in one pass (``Context.copies_logits``): the batched-matmul form of
 ``measures.stacking.forward_copies`` against each copy run through the model itself, its gradients, when it is
-used and when ``vmap`` is used instead (a ConvNet, a model whose ``forward`` does more than its ``net``), and
-the perturbed-copy error of the PAC-Bayes searches against a plain loop."""
+used and when ``vmap`` is used instead (a model whose ``forward`` does more than its ``net``), a conv net's
+copies (one by one) against ``vmap``, and the perturbed-copy error of the PAC-Bayes searches against a plain
+loop."""
 from __future__ import annotations
 
 import pytest
@@ -64,16 +65,40 @@ def test_forward_copies_equal_each_copy_through_the_model(bias, shared):
 
 
 def test_copies_of_other_models_go_through_vmap():
-    """A ConvNet has no stacked recipe, and a wrapper whose forward rescales ``net`` fails the check against the
-    model: both use ``vmap(functional_call)`` and still give each copy's own logits."""
+    """A wrapper whose forward rescales ``net`` fails the check against the model: it uses
+    ``vmap(functional_call)`` and still gives each copy's own logits."""
     torch.manual_seed(1)
-    for model, shape in ((ConvNet((2, 12), 3, depth=2, width=4), (2, 12)), (_Doubled(), (5,))):
-        ctx = _ctx(model, shape)
-        assert ctx._copies_program is None
-        flats = _copies(ctx, 3, 0.2, 4)
-        got = ctx.copies_logits(ctx.unflatten_rows(flats), ctx.x_train)
-        torch.testing.assert_close(got, _one_by_one(ctx, flats, ctx.x_train, True), rtol=1e-5, atol=1e-6)
+    ctx = _ctx(_Doubled(), (5,))
+    assert ctx._copies_program is None and ctx.copies_step(4) == ctx.chunk // 4
+    flats = _copies(ctx, 3, 0.2, 4)
+    got = ctx.copies_logits(ctx.unflatten_rows(flats), ctx.x_train)
+    torch.testing.assert_close(got, _one_by_one(ctx, flats, ctx.x_train, True), rtol=1e-5, atol=1e-6)
     assert stacking.program(_Doubled()) is not None  # the recipe alone would have been wrong: the check caught it
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("shape", [(2, 12), (1, 6, 6)])
+def test_conv_copies_run_one_by_one_and_equal_vmap(shared, shape):
+    """A conv net's copies go through the model copy by copy (faster than vmap's grouped convolution on a CPU):
+    the logits and their gradients equal ``vmap(functional_call)``'s, 1-D and 2-D, shared and own inputs, and a
+    chunk of samples per call need not shrink with the number of copies."""
+    from torch.func import vmap
+    torch.manual_seed(4)
+    ctx = _ctx(ConvNet(shape, 3, depth=2, width=4), shape)
+    assert ctx._copies_program is None and ctx.copies_step(16) == ctx.chunk
+    flats = _copies(ctx, 3, 0.2, 6)
+    x = ctx.x_train[:7] if shared else torch.randn(3, 7, *shape, generator=torch.Generator().manual_seed(7))
+
+    def by_vmap(f):
+        return vmap(lambda p, xb: functional_call(ctx.model, p, (xb,)),
+                    in_dims=(0, None if shared else 0))(ctx.unflatten_rows(f), x)
+    a, b = flats.clone().requires_grad_(True), flats.clone().requires_grad_(True)
+    got, want = ctx.copies_logits(ctx.unflatten_rows(a), x, shared), by_vmap(b)
+    assert got.shape == (3, 7, 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_batched_error_is_each_copy_s_error():
@@ -87,3 +112,15 @@ def test_batched_error_is_each_copy_s_error():
                         for f in flats])
     got = PB.batched_error(ctx, flats, ctx.x_train, ctx.y_train)
     assert torch.equal(got, want) and len(set(got.tolist())) > 1  # the copies differ, and each is counted right
+
+
+def test_batched_error_of_a_conv_net_is_each_copy_s_error():
+    """The same for a conv net, whose copies run one by one on chunks of ``ctx.chunk`` samples."""
+    torch.manual_seed(3)
+    ctx = _ctx(ConvNet((1, 6, 6), 3, depth=2, width=4), (1, 6, 6), n=300)
+    ctx.chunk = 128  # three chunks, whatever the number of copies
+    flats = _copies(ctx, 5, 0.5, 8)
+    want = torch.stack([(_one_by_one(ctx, f[None], ctx.x_train, True)[0].argmax(1) != ctx.y_train).float().mean()
+                        for f in flats])
+    got = PB.batched_error(ctx, flats, ctx.x_train, ctx.y_train)
+    assert torch.equal(got, want) and len(set(got.tolist())) > 1

@@ -22,6 +22,7 @@ from benchmark.evaluation.board import Board, decode_table, encode_table, plain
 from benchmark.evaluation.leaderboard import task_summary
 from benchmark.evaluation.targets import expand_identical
 from benchmark.files import write_text
+from benchmark.zoo.registry import MODELS
 
 
 def _per_task(tables: Mapping[str, pd.DataFrame], target: str) -> dict[str, pd.DataFrame]:
@@ -124,6 +125,73 @@ def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> 
                                                                      "m": len(tasks), "n": 0}}
 
 
+def architectures(df: pd.DataFrame) -> dict:
+    """A task's architectures (``model``, joined with " + ") and their family (``family``; an architecture's
+    family is declared with it in ``benchmark.zoo.registry``, e.g. ``cnn_bn`` and ``resnet`` are both
+    ``BatchNorm conv``)."""
+    names = sorted(set(df["hp.model.name"])) if "hp.model.name" in df else []
+    family = " + ".join(sorted({MODELS.get(n).family if n in MODELS else n for n in names}))
+    return {"model": " + ".join(names) or "—", "family": family or "—"}
+
+
+def _mean_tau(per: dict[str, pd.DataFrame], tasks: list[str], common: list[str]) -> pd.Series:
+    return pd.concat([per[t].loc[common, "tau"].astype(float) for t in tasks], axis=1).mean(axis=1)
+
+
+def by_family(tables: Mapping[str, pd.DataFrame], families: Mapping[str, str], target: str = "gap_error",
+              reference: str = "MLP") -> dict:
+    """The cross-task view grouped by architecture family (``families``: ``{task: family}``), on the measures
+    every task ranks (those identical on every task once), as :func:`agreement` counts them.
+
+    ``families``: one row per family: its tasks; Kendall's W over their τ columns and the mean Kendall τ between
+    two of them (NaN for a family of one task); its #1, the measure whose worst τ over the family's tasks is
+    largest, with that τ. ``between``: the mean Kendall τ between two tasks' τ columns, for pairs of one family
+    and pairs of two, and Kendall's W over the families' mean τ columns (each measure's τ averaged over the
+    family's tasks). ``change``: each measure's rank by its mean τ over the ``reference`` family's tasks and over
+    all the others, and the change (positive: ranked higher on the others), largest change first; None when
+    either side has no task."""
+    per = _per_task(tables, target)
+    tasks = list(per)
+    cross = cross_task(tables, target)
+    common = [m for m in cross.measure if all(m in per[t].index and np.isfinite(per[t].at[m, "tau"]) for t in tasks)]
+    groups: dict[str, list[str]] = {}
+    for t in tasks:
+        groups.setdefault(families.get(t, "—"), []).append(t)
+    pairs = agreement(tables, target)["pairs"]
+    same = pairs.apply(lambda r: families.get(r.task_a) == families.get(r.task_b), axis=1) if len(pairs) else \
+        pd.Series(dtype=bool)
+    rows = []
+    for family, members in groups.items():
+        inner = pairs[same & pairs.task_a.isin(members)] if len(pairs) else pairs
+        scores = np.vstack([per[t].loc[common, "tau"].to_numpy(float) for t in members])
+        w = stats.kendall_w(scores) if len(members) > 1 and len(common) > 1 else {"w": np.nan, "p": np.nan}
+        worst = pd.concat([per[t].loc[common, "tau"].astype(float) for t in members], axis=1).min(axis=1)
+        leader = worst.idxmax() if len(worst) else None
+        rows.append({"family": family, "tasks": ", ".join(members), "n_tasks": len(members), "w": w["w"],
+                     "w_p": w["p"], "mean_pair_tau": float(inner.kendall_tau.mean()) if len(inner) else np.nan,
+                     "leader": leader, "leader_worst_tau": float(worst[leader]) if leader else np.nan})
+    means = np.vstack([_mean_tau(per, m, common).to_numpy(float) for m in groups.values()]) if common else None
+    across = stats.kendall_w(means) if means is not None and len(groups) > 1 else {"w": np.nan, "p": np.nan}
+    between = {"families": len(groups), "n_measures": len(common),
+               "within_tau": float(pairs[same].kendall_tau.mean()) if same.any() else np.nan,
+               "across_tau": float(pairs[~same].kendall_tau.mean()) if (~same).any() else np.nan,
+               "w_families": across["w"], "w_families_p": across["p"]}
+    ref = groups.get(reference, [])
+    others = [t for t in tasks if t not in ref]
+    change = None
+    if ref and others and common:
+        a, b = _mean_tau(per, ref, common), _mean_tau(per, others, common)
+        ra, rb = a.rank(ascending=False, method="min"), b.rank(ascending=False, method="min")
+        change = pd.DataFrame({"measure": common, "tau_ref": a.to_numpy(), "rank_ref": ra.to_numpy(),
+                               "tau_other": b.to_numpy(), "rank_other": rb.to_numpy(),
+                               "change": (ra - rb).to_numpy()})
+        change = change.reindex(change["change"].abs().sort_values(ascending=False, kind="stable").index)
+        change = change.reset_index(drop=True)
+    return {"families": pd.DataFrame(rows, columns=["family", "tasks", "n_tasks", "w", "w_p", "mean_pair_tau",
+                                                    "leader", "leader_worst_tau"]),
+            "between": between, "change": change, "reference": reference}
+
+
 @dataclass(frozen=True, eq=False)
 class Suite:
     """A suite's cross-task view: the cross-task table (:func:`cross_task`), the agreement of the tasks' rankings
@@ -137,6 +205,9 @@ class Suite:
     tasks: dict[str, dict]
     targets: pd.DataFrame | None = None  # per task, the i.i.d. and the shift rankings' agreement (targets.py)
     target_cross: pd.DataFrame | None = None  # each measure's worst τ over the tasks and their targets
+    families: pd.DataFrame | None = None  # the tasks grouped by architecture family (by_family)
+    between: dict | None = None  # agreement within and across the families
+    change: pd.DataFrame | None = None  # each measure's rank on MLPs against the other families
 
     @property
     def agreement(self) -> dict:
@@ -146,7 +217,9 @@ class Suite:
         """The suite as plain JSON values: exact, and the form :meth:`save` writes."""
         return {"format": 1, "name": self.name, "cross": encode_table(self.cross), "pairs": encode_table(self.pairs),
                 "concordance": plain(self.concordance), "tasks": plain(self.tasks),
-                "targets": encode_table(self.targets), "target_cross": encode_table(self.target_cross)}
+                "targets": encode_table(self.targets), "target_cross": encode_table(self.target_cross),
+                "families": encode_table(self.families), "between": plain(self.between),
+                "change": encode_table(self.change)}
 
     def save(self, path: Path) -> Path:
         return write_text(Path(path), json.dumps(self.typed(), allow_nan=True, separators=(",", ":")))
@@ -162,13 +235,16 @@ def build(name: str, boards: Mapping[str, Board], cross: pd.DataFrame | None = N
     results = {task: b.table for task, b in boards.items()}
     cross = cross_task(results) if cross is None else cross
     agree = agreement(results)
-    tasks = {task: task_summary(b.table, b.zoo, b.reliability, b.axes) for task, b in boards.items()}
+    tasks = {task: {**task_summary(b.table, b.zoo, b.reliability, b.axes), **architectures(b.zoo)}
+             for task, b in boards.items()}
+    fam = by_family(results, {task: info["family"] for task, info in tasks.items()})
     return Suite(name, cross, agree["pairs"], agree["concordance"], tasks, targets.suite_agreement(results),
-                 targets.worst_targets(results))
+                 targets.worst_targets(results), fam["families"], fam["between"], fam["change"])
 
 
 def load(path: Path) -> Suite:
     """The suite saved at ``path`` (:meth:`Suite.save`)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return Suite(data["name"], decode_table(data["cross"]), decode_table(data["pairs"]), data["concordance"],
-                 data["tasks"], decode_table(data.get("targets")), decode_table(data.get("target_cross")))
+                 data["tasks"], decode_table(data.get("targets")), decode_table(data.get("target_cross")),
+                 decode_table(data.get("families")), data.get("between"), decode_table(data.get("change")))

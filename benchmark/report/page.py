@@ -35,6 +35,7 @@ from benchmark.evaluation.board import GAP, Board
 from benchmark.evaluation.suite import Suite
 from benchmark.files import write_text
 from benchmark.report import layout
+from benchmark.report.families import CHANGES, between_text
 from benchmark.report.format import count, fmt, fmt_ci, short
 from benchmark.report.format import ranked as ranked_rows
 from benchmark.report.layout import (
@@ -387,7 +388,34 @@ def _suite_section(folder: Path, suite: Suite) -> str:
                       '<div class="summary"><p>A measure that predicts generalization should do so on every task: '
                       'the measures are ranked by their worst τ with the gap over the tasks. A tier in brackets: '
                       'tier 1 cannot be told apart from that task\'s #1.</p></div>', intro,
-                      _table(head, rows), figure, _suite_targets(suite), "</section>"])
+                      _table(head, rows), figure, _suite_families(suite), _suite_targets(suite), "</section>"])
+
+
+def _suite_families(suite: Suite) -> str:
+    """The suite's tasks by architecture family: agreement within and across families, each family's #1, and the
+    measures whose rank moves most between MLPs and conv nets."""
+    fam, between, change = suite.families, suite.between, suite.change
+    if fam is None or between is None or len(fam) < 2:
+        return ""
+    rows = ["<tr>" + "".join([
+        _td(escape(r["family"]), r["family"]), _td(escape(r["tasks"]), r["tasks"]),
+        _td(fmt(r["w"], 3), r["w"], "num"), _td(fmt(r["mean_pair_tau"], 2), r["mean_pair_tau"], "num"),
+        _td(f"<code>{escape(r['leader'])}</code> ({fmt(r['leader_worst_tau'])})" if r["leader"] else "—",
+            r["leader"] or "")]) + "</tr>" for r in _records(fam)]
+    out = ("<h3>By architecture family</h3>"
+           + _table(["family", "tasks", "Kendall's W within", "mean τ between two of its tasks",
+                     "#1 by its worst τ"], rows)
+           + f"<p>{_inline(between_text(between))}</p>")
+    if change is not None and len(change):
+        moved = ["<tr>" + "".join([
+            _td(f"<code>{escape(r['measure'])}</code>", r["measure"]), _td(fmt(r["tau_ref"], 3), r["tau_ref"], "num"),
+            _td(str(int(r["rank_ref"])), r["rank_ref"], "num"), _td(fmt(r["tau_other"], 3), r["tau_other"], "num"),
+            _td(str(int(r["rank_other"])), r["rank_other"], "num"),
+            _td(f"{int(r['change']):+d}", r["change"], "num")]) + "</tr>" for r in _records(change.head(CHANGES))]
+        out += ("<details><summary>The measures whose rank moves most between MLPs and conv nets</summary>"
+                + _table(["measure", "mean τ, MLPs", "rank", "mean τ, conv nets", "rank", "change"], moved)
+                + "</details>")
+    return out
 
 
 def _suite_targets(suite: Suite) -> str:

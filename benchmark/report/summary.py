@@ -272,17 +272,18 @@ def agreement_text(concordance: dict) -> str:
 def suite_lead(name: str, agree: dict, tasks: dict[str, dict], heading: str) -> list[str]:
     """A suite's opening lines (Markdown): its tasks, each in a few numbers, then the agreement of their rankings
     under ``heading`` (a Markdown heading in the suite's own file, bold in the README). ``tasks[task]`` holds
-    ``n_models``, ``n_converged``, ``best_test_error``, ``axes``, ``leader``, ``tied`` (the size of the group that
-    cannot be told apart from #1) and ``rho`` (the split-half reliability)."""
+    ``family`` (its architectures' family; absent from suites stored before it), ``n_models``, ``n_converged``,
+    ``best_test_error``, ``axes``, ``leader``, ``tied`` (the size of the group that cannot be told apart from #1)
+    and ``rho`` (the split-half reliability)."""
     names = list(tasks)
     total = sum(t["n_converged"] for t in tasks.values())
     lines = [f"{total} converged models over {len(names)} tasks, each its own leaderboard "
              f"({', '.join(f'[{name}-{t}]({name}-{t}.md)' for t in names)}). A measure that predicts generalization "
              f"should do so on every task, so the measures are ranked by their worst τ over the tasks.", "",
-             "| task | models (converged) | axes | best test error | #1 on the gap | tied with #1 | split-half ρ |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | family | models (converged) | axes | best test error | #1 on the gap | tied with #1 | "
+             "split-half ρ |", "|---|---|---|---|---|---|---|---|"]
     for t, info in tasks.items():
-        lines.append(f"| {t} | {info['n_models']} ({info['n_converged']}) | "
+        lines.append(f"| {t} | {info.get('family', '—')} | {info['n_models']} ({info['n_converged']}) | "
                      f"{', '.join(a.removeprefix('hp.') for a in info['axes'])} | {fmt(info['best_test_error'], 3)} | "
                      f"`{info['leader']}` | {info['tied']} | {fmt(info['rho'])} |")
     lines += ["", heading, "", agreement_text(agree["concordance"]), "",

@@ -12,6 +12,7 @@ from benchmark.evaluation.board import Board
 from benchmark.evaluation.suite import Suite
 from benchmark.files import write_text
 from benchmark.report import layout
+from benchmark.report.families import suite_lines as suite_family_lines
 from benchmark.report.format import count, fmt, fmt_ci, seconds_text
 from benchmark.report.summary import lead_text, no_added, noise_text, reliability_text, suite_lead
 from benchmark.report.targets import board_lines as target_lines
@@ -314,6 +315,7 @@ def suite_markdown(suite: Suite, top: int | None = None) -> str:
     names, cross = list(suite.tasks), suite.cross
     lines = [f"# Suite: {suite.name}", "", *suite_lead(suite.name, suite.agreement, suite.tasks,
                                                         "## Do the tasks agree?")]
+    lines += suite_family_lines(suite)
     lines += suite_target_lines(suite.targets, suite.target_cross, top)
     lines += ["", "## Every measure on every task (predicting `gap_error`)", "",
               "τ per task with its tier on that task in brackets (tier 1: cannot be told apart from that task's "

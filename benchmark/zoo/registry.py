@@ -27,6 +27,7 @@ class Component:
     name: str
     target: str | Callable[..., Any]  # "module:attribute" (imported when built), or the callable itself
     uses: tuple[str, ...] | None  # None: every field of the group
+    family: str = ""  # an architecture's family, the suites' unit of comparison (default: its name)
 
     @property
     def build(self) -> Callable[..., Any]:
@@ -48,16 +49,19 @@ class ComponentRegistry:
         self.kind, self.group = kind, group  # "dataset", and its config group "dataset"
         self._items: dict[str, Component] = {}
 
-    def declare(self, name: str, target: str | Callable[..., Any], *, uses: tuple[str, ...] | None = None) -> None:
-        """Add the component ``name`` whose code is ``target`` ("module:attribute", or a callable)."""
+    def declare(self, name: str, target: str | Callable[..., Any], *, uses: tuple[str, ...] | None = None,
+                family: str | None = None) -> None:
+        """Add the component ``name`` whose code is ``target`` ("module:attribute", or a callable). ``family``: an
+        architecture's family (``MLP``, ``conv``, ``BatchNorm conv``), which a suite's cross-task view groups its
+        tasks by; None: the component's own name."""
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is declared twice ({self._items[name].target} and {target})")
-        self._items[name] = Component(name, target, None if uses is None else tuple(uses))
+        self._items[name] = Component(name, target, None if uses is None else tuple(uses), family or name)
 
-    def register(self, name: str, *, uses: tuple[str, ...] | None = None) -> Callable:
+    def register(self, name: str, *, uses: tuple[str, ...] | None = None, family: str | None = None) -> Callable:
         """``declare`` as a decorator, for a component defined in a module of one's own."""
         def add(build: Callable) -> Callable:
-            self.declare(name, build, uses=uses)
+            self.declare(name, build, uses=uses, family=family)
             return build
         return add
 
@@ -91,10 +95,12 @@ DATASETS.declare("fashion", "benchmark.zoo.datasets:fashion_pool")
 for _name in TORCHVISION:
     DATASETS.declare(_name, f"benchmark.zoo.datasets:{_name}_pool")
 ARCHITECTURE = ("depth", "width", "dropout", "bias", "init_scale")  # the model.* fields every architecture uses
-MODELS.declare("mlp", "benchmark.zoo.models:MLP", uses=ARCHITECTURE)
-MODELS.declare("cnn", "benchmark.zoo.models:ConvNet", uses=ARCHITECTURE)
-MODELS.declare("cnn_bn", "benchmark.zoo.models:ConvBNNet", uses=ARCHITECTURE)
-MODELS.declare("resnet", "benchmark.zoo.models:ResNet", uses=ARCHITECTURE)
+MODELS.declare("mlp", "benchmark.zoo.models:MLP", uses=ARCHITECTURE, family="MLP")
+MODELS.declare("cnn", "benchmark.zoo.models:ConvNet", uses=ARCHITECTURE, family="conv")
+# BatchNorm makes the weights that feed it scale-free, which moves the norm, sharpness and PAC-Bayes measures:
+# the BatchNorm conv net and the residual net (whose blocks all normalise) are one family
+MODELS.declare("cnn_bn", "benchmark.zoo.models:ConvBNNet", uses=ARCHITECTURE, family="BatchNorm conv")
+MODELS.declare("resnet", "benchmark.zoo.models:ResNet", uses=ARCHITECTURE, family="BatchNorm conv")
 OPTIMIZERS.declare("sgd", "benchmark.zoo.optimizers:sgd", uses=("lr", "weight_decay"))
 OPTIMIZERS.declare("momentum", "benchmark.zoo.optimizers:momentum", uses=("lr", "momentum", "weight_decay"))
 OPTIMIZERS.declare("adam", "benchmark.zoo.optimizers:adam", uses=("lr", "weight_decay"))

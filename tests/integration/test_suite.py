@@ -57,6 +57,8 @@ def test_a_suite_runs_every_task_and_summarises_them(tmp_path):
     assert "<p>Over the " in page and "measures every task ranks" in page  # the suite's agreement, from memory
     stored = cross_task.load(files.typed)  # the typed suite the page was rendered from
     assert list(stored.tasks) == ["wide", "fast"] and list(stored.cross.columns) == list(cross.columns)
+    assert stored.tasks["wide"]["family"] == "MLP" and "| wide | MLP | 8 (" in md  # the architectures' family
+    assert len(stored.families) == 1 and "By architecture family" not in md  # one family: nothing to compare
     assert stored.cross.worst_tau.tolist() == pytest.approx(cross.worst_tau.tolist())
     assert "Suite mini" in (lb / "README.md").read_text()
     assert "worst_tau" in text and "param_norm" in text

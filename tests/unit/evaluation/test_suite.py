@@ -60,3 +60,65 @@ def test_agreement_against_scipy():
     ref = scipy.stats.friedmanchisquare(*np.array([list(v.values()) for v in taus.values()]).T)
     assert out["concordance"]["chi2"] == pytest.approx(ref.statistic) and out["concordance"]["m"] == 3
     assert out["concordance"]["w"] > 0.5
+
+
+def _w(columns: list[np.ndarray]) -> float:
+    """Kendall's W from its textbook formula (no ties): 12 S / (m² (n³ − n)), S the squared deviations of the
+    items' rank sums."""
+    ranks = np.array([scipy.stats.rankdata(c) for c in columns])
+    m, n = ranks.shape
+    sums = ranks.sum(0)
+    return 12 * ((sums - sums.mean()) ** 2).sum() / (m ** 2 * (n ** 3 - n))
+
+
+def test_families_group_the_tasks_and_find_the_measures_that_move():
+    rng = np.random.default_rng(1)
+    names = [f"m{k}" for k in range(10)]
+    base = np.linspace(-0.4, 0.7, 10)
+    taus = {t: base + 0.15 * rng.standard_normal(10) for t in ("mlp1", "mlp2", "cnn1", "bn1", "bn2")}
+    for t in ("cnn1", "bn1", "bn2"):  # m9 leads the MLPs and falls to last on every conv task
+        taus[t][9] = -0.9
+    families = {"mlp1": "MLP", "mlp2": "MLP", "cnn1": "conv", "bn1": "BatchNorm conv", "bn2": "BatchNorm conv"}
+    tables = {t: _table(dict(zip(names, v))) for t, v in taus.items()}
+    out = suite.by_family(tables, families)
+    fam = out["families"].set_index("family")
+    assert list(fam.index) == ["MLP", "conv", "BatchNorm conv"] and fam.at["MLP", "tasks"] == "mlp1, mlp2"
+    assert fam.at["MLP", "w"] == pytest.approx(_w([taus["mlp1"], taus["mlp2"]]))
+    assert fam.at["BatchNorm conv", "mean_pair_tau"] == pytest.approx(
+        scipy.stats.kendalltau(taus["bn1"], taus["bn2"]).statistic)
+    assert np.isnan(fam.at["conv", "w"]) and np.isnan(fam.at["conv", "mean_pair_tau"])
+    worst = np.minimum(taus["bn1"], taus["bn2"])
+    assert fam.at["BatchNorm conv", "leader"] == names[int(worst.argmax())]
+    assert fam.at["BatchNorm conv", "leader_worst_tau"] == pytest.approx(worst.max())
+    assert fam.at["conv", "leader"] == names[int(taus["cnn1"].argmax())]
+    between = out["between"]
+    kt = {(a, b): scipy.stats.kendalltau(taus[a], taus[b]).statistic
+          for i, a in enumerate(taus) for b in list(taus)[i + 1:]}
+    same = [v for (a, b), v in kt.items() if families[a] == families[b]]
+    assert len(same) == 2 and between["within_tau"] == pytest.approx(np.mean(same))
+    assert between["across_tau"] == pytest.approx(np.mean([v for (a, b), v in kt.items()
+                                                           if families[a] != families[b]]))
+    means = [(taus["mlp1"] + taus["mlp2"]) / 2, taus["cnn1"], (taus["bn1"] + taus["bn2"]) / 2]
+    assert between["w_families"] == pytest.approx(_w(means)) and between["n_measures"] == 10
+    change = out["change"]
+    top = change.iloc[0]
+    ref = scipy.stats.rankdata(-means[0], method="min")
+    other = scipy.stats.rankdata(-(taus["cnn1"] + taus["bn1"] + taus["bn2"]) / 3, method="min")
+    assert top.measure == "m9" and top.rank_other == 10 and top.change == ref[9] - 10 < 0
+    assert dict(zip(change.measure, change.change)) == {n: r - o for n, r, o in zip(names, ref, other)}
+    assert list(change.change.abs()) == sorted(change.change.abs(), reverse=True)
+
+
+def test_a_suite_of_one_family_has_no_change_table():
+    tables = {t: _table({"a": 0.5 + d, "b": 0.2, "c": -0.1 + d}) for t, d in (("t1", 0.0), ("t2", 0.1))}
+    out = suite.by_family(tables, {"t1": "MLP", "t2": "MLP"})
+    assert out["change"] is None and np.isnan(out["between"]["across_tau"])
+    assert out["between"]["within_tau"] == pytest.approx(1.0)
+    assert suite.by_family(tables, {"t1": "conv", "t2": "conv"})["change"] is None  # no MLP task
+
+
+def test_a_task_s_family_comes_from_its_architectures():
+    df = pd.DataFrame({"hp.model.name": ["resnet", "cnn_bn", "resnet"]})
+    assert suite.architectures(df) == {"model": "cnn_bn + resnet", "family": "BatchNorm conv"}
+    assert suite.architectures(pd.DataFrame({"hp.model.name": ["mlp"]}))["family"] == "MLP"
+    assert suite.architectures(pd.DataFrame({"hp.model.name": ["cnn", "mlp"]}))["family"] == "MLP + conv"

@@ -53,8 +53,9 @@ their radii.
 
 Not carried over: their ``--normalize_logits`` (centred, unit-norm logits, used in their best-correlated runs;
 the ρ rule would not transfer: the normalised loss is 1.8 nats on the reference, and ≥ 1.4 nats with 10
-classes), data augmentation of the sharpness batches (off by default), the test-set option, and BatchNorm
-statistics (genbench's models have none).
+classes), data augmentation of the sharpness batches (off by default), the test-set option, and their
+BatchNorm handling: the perturbed copies of a BatchNorm net here run in eval mode, with the trained running
+statistics, which no perturbation re-estimates.
 """
 from __future__ import annotations
 

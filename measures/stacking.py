@@ -171,8 +171,8 @@ def compile_program(model: nn.Module) -> Program:
 def program(model: nn.Module) -> Program | None:
     """The stacked recipe of ``model`` when it is a linear network the measures stack: Linear layers, ReLUs, a
     leading ``Flatten``, parameter-free dropout or identity modules (the identity in eval mode, the mode every
-    measure uses); None for anything else, ConvNets and BatchNorm nets included (their copies go through
-    ``vmap``)."""
+    measure uses); None for anything else, ConvNets and BatchNorm nets included (``Context.copies_logits`` runs
+    their copies one by one)."""
     try:
         prog = compile_program(model)
     except NotImplementedError:

@@ -100,6 +100,12 @@ def _collapse_identical(rows: list[dict], per: dict[str, pd.DataFrame]) -> list[
     return out
 
 
+def _common(tables: Mapping[str, pd.DataFrame], per: dict[str, pd.DataFrame], target: str) -> list[str]:
+    """The measures every task ranks with a finite τ, those identical on every task once (their cross-task row)."""
+    return [m for m in cross_task(tables, target).measure
+            if all(m in t.index and np.isfinite(t.at[m, "tau"]) for t in per.values())]
+
+
 def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> dict:
     """How far the tasks rank the measures alike, on the measures every task ranks (those identical on every task
     once).
@@ -110,8 +116,7 @@ def agreement(tables: Mapping[str, pd.DataFrame], target: str = "gap_error") -> 
     import scipy.stats  # here: reading a stored suite needs no scipy
     per = _per_task(tables, target)
     tasks = list(per)
-    cross = cross_task(tables, target)  # measures identical on every task count once
-    common = [m for m in cross.measure if all(m in per[t].index and np.isfinite(per[t].at[m, "tau"]) for t in tasks)]
+    common = _common(tables, per, target)
     rows = []
     for a, b in combinations(tasks, 2):
         x, y = per[a].loc[common, "tau"].to_numpy(float), per[b].loc[common, "tau"].to_numpy(float)
@@ -134,14 +139,11 @@ def architectures(df: pd.DataFrame) -> dict:
     return {"model": " + ".join(names) or "—", "family": family or "—"}
 
 
-def _mean_tau(per: dict[str, pd.DataFrame], tasks: list[str], common: list[str]) -> pd.Series:
-    return pd.concat([per[t].loc[common, "tau"].astype(float) for t in tasks], axis=1).mean(axis=1)
-
-
 def by_family(tables: Mapping[str, pd.DataFrame], families: Mapping[str, str], target: str = "gap_error",
-              reference: str = "MLP") -> dict:
+              reference: str = "MLP", pairs: pd.DataFrame | None = None) -> dict:
     """The cross-task view grouped by architecture family (``families``: ``{task: family}``), on the measures
-    every task ranks (those identical on every task once), as :func:`agreement` counts them.
+    every task ranks (those identical on every task once), as :func:`agreement` counts them; ``pairs``: its pairs
+    table, when already computed.
 
     ``families``: one row per family: its tasks; Kendall's W over their τ columns and the mean Kendall τ between
     two of them (NaN for a family of one task); its #1, the measure whose worst τ over the family's tasks is
@@ -151,36 +153,35 @@ def by_family(tables: Mapping[str, pd.DataFrame], families: Mapping[str, str], t
     all the others, and the change (positive: ranked higher on the others), largest change first; None when
     either side has no task."""
     per = _per_task(tables, target)
-    tasks = list(per)
-    cross = cross_task(tables, target)
-    common = [m for m in cross.measure if all(m in per[t].index and np.isfinite(per[t].at[m, "tau"]) for t in tasks)]
+    common = _common(tables, per, target)
+    taus = pd.DataFrame({t: per[t].loc[common, "tau"].astype(float) for t in per}, index=common)  # measure × task
     groups: dict[str, list[str]] = {}
-    for t in tasks:
+    for t in per:
         groups.setdefault(families.get(t, "—"), []).append(t)
-    pairs = agreement(tables, target)["pairs"]
+    pairs = agreement(tables, target)["pairs"] if pairs is None else pairs
     same = pairs.apply(lambda r: families.get(r.task_a) == families.get(r.task_b), axis=1) if len(pairs) else \
         pd.Series(dtype=bool)
+    nan_w = {"w": np.nan, "p": np.nan}
     rows = []
     for family, members in groups.items():
         inner = pairs[same & pairs.task_a.isin(members)] if len(pairs) else pairs
-        scores = np.vstack([per[t].loc[common, "tau"].to_numpy(float) for t in members])
-        w = stats.kendall_w(scores) if len(members) > 1 and len(common) > 1 else {"w": np.nan, "p": np.nan}
-        worst = pd.concat([per[t].loc[common, "tau"].astype(float) for t in members], axis=1).min(axis=1)
+        w = stats.kendall_w(taus[members].to_numpy().T) if len(members) > 1 and len(common) > 1 else nan_w
+        worst = taus[members].min(axis=1)
         leader = worst.idxmax() if len(worst) else None
         rows.append({"family": family, "tasks": ", ".join(members), "n_tasks": len(members), "w": w["w"],
                      "w_p": w["p"], "mean_pair_tau": float(inner.kendall_tau.mean()) if len(inner) else np.nan,
                      "leader": leader, "leader_worst_tau": float(worst[leader]) if leader else np.nan})
-    means = np.vstack([_mean_tau(per, m, common).to_numpy(float) for m in groups.values()]) if common else None
-    across = stats.kendall_w(means) if means is not None and len(groups) > 1 else {"w": np.nan, "p": np.nan}
+    means = pd.DataFrame({f: taus[members].mean(axis=1) for f, members in groups.items()})  # measure × family
+    across = stats.kendall_w(means.to_numpy().T) if common and len(groups) > 1 else nan_w
     between = {"families": len(groups), "n_measures": len(common),
                "within_tau": float(pairs[same].kendall_tau.mean()) if same.any() else np.nan,
                "across_tau": float(pairs[~same].kendall_tau.mean()) if (~same).any() else np.nan,
                "w_families": across["w"], "w_families_p": across["p"]}
     ref = groups.get(reference, [])
-    others = [t for t in tasks if t not in ref]
+    others = [t for t in per if t not in ref]
     change = None
     if ref and others and common:
-        a, b = _mean_tau(per, ref, common), _mean_tau(per, others, common)
+        a, b = taus[ref].mean(axis=1), taus[others].mean(axis=1)
         ra, rb = a.rank(ascending=False, method="min"), b.rank(ascending=False, method="min")
         change = pd.DataFrame({"measure": common, "tau_ref": a.to_numpy(), "rank_ref": ra.to_numpy(),
                                "tau_other": b.to_numpy(), "rank_other": rb.to_numpy(),
@@ -189,7 +190,7 @@ def by_family(tables: Mapping[str, pd.DataFrame], families: Mapping[str, str], t
         change = change.reset_index(drop=True)
     return {"families": pd.DataFrame(rows, columns=["family", "tasks", "n_tasks", "w", "w_p", "mean_pair_tau",
                                                     "leader", "leader_worst_tau"]),
-            "between": between, "change": change, "reference": reference}
+            "between": between, "change": change}
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,7 +238,7 @@ def build(name: str, boards: Mapping[str, Board], cross: pd.DataFrame | None = N
     agree = agreement(results)
     tasks = {task: {**task_summary(b.table, b.zoo, b.reliability, b.axes), **architectures(b.zoo)}
              for task, b in boards.items()}
-    fam = by_family(results, {task: info["family"] for task, info in tasks.items()})
+    fam = by_family(results, {task: info["family"] for task, info in tasks.items()}, pairs=agree["pairs"])
     return Suite(name, cross, agree["pairs"], agree["concordance"], tasks, targets.suite_agreement(results),
                  targets.worst_targets(results), fam["families"], fam["between"], fam["change"])
 
